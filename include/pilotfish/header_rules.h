@@ -1,0 +1,30 @@
+#pragma once
+// What may pass between client, proxy and upstream: header syntax checks that llhttp leaves to
+// us, hop-by-hop removal, and the Connection header's tokens.
+
+#include <string>
+#include <string_view>
+
+#include "pilotfish/header_list.h"
+
+namespace pilotfish {
+
+// RFC 9110 token characters.
+bool is_token(std::string_view s);
+// A field value may hold HTAB, SP, visible ASCII and obs-text; never CR, LF, NUL or other
+// control characters. This also rejects obs-fold, which reaches us as CR LF inside a value.
+bool is_valid_field_value(std::string_view s);
+// Host header: reg-name / IPv4 / [IPv6] with an optional :port; no userinfo, no spaces.
+bool is_valid_host(std::string_view s);
+// Lower-cased host without the port, for routing.
+std::string host_for_routing(std::string_view host);
+
+// The lower-cased tokens of every Connection header, comma-separated in one string (",a,b,")
+// so that membership is a substring search of ",name,".
+std::string connection_tokens(const HeaderList& headers);
+bool has_token(const std::string& tokens, std::string_view lower_name);
+
+// Hop-by-hop headers (RFC 9110 7.6.1) plus those the Connection header names: never forwarded.
+bool is_hop_by_hop(std::string_view name, const std::string& connection_tokens);
+
+}  // namespace pilotfish

@@ -1,0 +1,148 @@
+#pragma once
+// The policy snapshot: everything a worker needs to know about listeners, routes and clusters.
+// A Policy is built once by the loader (policy_loader.h), validated, and then never changed: the
+// server hands every worker a shared_ptr<const Policy>, and a request keeps the snapshot it
+// started with, so a hot reload is a pointer swap and never a lock on the request path.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pilotfish/socket_address.h"
+
+namespace pilotfish {
+
+using Duration = std::chrono::milliseconds;
+
+enum class LogLevel { debug, info, warn, error };
+enum class Protocol { http, tcp };
+enum class Intercept { none, inbound, outbound };
+enum class LbPolicy { round_robin, least_request, random };
+enum class AccessLogTarget { off, stdout_stream, file };
+
+// Retry conditions, as bits so that a check on the data path is one AND.
+enum RetryOn : uint32_t {
+  kRetryConnectFailure = 1u << 0,
+  kRetryReset = 1u << 1,
+  kRetry5xx = 1u << 2,
+  kRetryGatewayError = 1u << 3,
+  kRetryRetriableStatusCodes = 1u << 4,
+};
+
+struct HeaderMatch {
+  std::string name;   // lower case
+  std::string value;  // exact
+};
+
+struct RouteMatch {
+  std::optional<std::string> host;         // lower case, without port
+  std::optional<std::string> path_prefix;  // matched against the normalised path
+  std::optional<std::string> method;       // upper case
+  std::vector<HeaderMatch> headers;
+};
+
+struct Route {
+  RouteMatch match;
+  std::string cluster;          // name, as written
+  size_t cluster_index = 0;     // index into Policy::clusters, resolved by the loader
+};
+
+struct Listener {
+  std::string name;
+  SocketAddress address;
+  Intercept intercept = Intercept::none;
+  Protocol protocol = Protocol::http;
+  bool mtls = false;
+  std::vector<std::string> allow;  // SPIFFE ids; a trailing '*' matches any rest
+  Duration header_timeout{10'000};
+  Duration body_timeout{30'000};   // 0 = none
+  Duration idle_timeout{60'000};
+  uint32_t max_header_bytes = 65536;
+  uint64_t max_body_bytes = 0;     // 0 = unlimited; more is answered 413
+  std::vector<Route> routes;
+};
+
+struct RetryPolicy {
+  uint32_t retries = 1;
+  uint32_t on = kRetryConnectFailure;
+  std::vector<int> status_codes;
+  Duration per_try_timeout{0};  // 0 = only the cluster timeout applies
+  Duration backoff_base{25};
+  Duration backoff_max{250};
+  double budget_ratio = 0.2;
+  double budget_min_per_second = 10;
+};
+
+struct CircuitBreakerLimits {
+  uint32_t max_connections = 1024;
+  uint32_t max_pending_requests = 1024;
+  uint32_t max_requests = 1024;
+  uint32_t max_retries = 3;
+};
+
+struct OutlierDetection {
+  uint32_t consecutive_failures = 5;
+  Duration base_ejection_time{30'000};
+  Duration max_ejection_time{300'000};
+  uint32_t max_ejection_percent = 50;
+};
+
+struct ClusterMtls {
+  bool enabled = false;
+  std::string server_identity;
+};
+
+struct Cluster {
+  std::string name;
+  std::vector<SocketAddress> endpoints;
+  std::vector<SocketAddress> vips;
+  ClusterMtls mtls;
+  LbPolicy lb = LbPolicy::round_robin;
+  Duration connect_timeout{1'000};
+  Duration timeout{15'000};        // whole request, every retry included
+  Duration idle_timeout{30'000};   // pooled upstream connection unused this long is closed
+  RetryPolicy retry;
+  CircuitBreakerLimits circuit_breaker;
+  OutlierDetection outlier_detection;
+};
+
+struct Identity {
+  std::string cert;  // absolute or relative to the working directory, resolved by the loader
+  std::string key;
+  std::string ca;
+};
+
+struct AccessLog {
+  AccessLogTarget target = AccessLogTarget::stdout_stream;
+  std::string path;  // for AccessLogTarget::file
+};
+
+struct Policy {
+  int version = 1;
+  std::string service;
+  SocketAddress admin_address;
+  unsigned workers = 0;  // 0 = auto: one per CPU
+  LogLevel log_level = LogLevel::info;
+  Duration drain_timeout{30'000};
+  AccessLog access_log;
+  std::optional<Identity> identity;
+  std::vector<Listener> listeners;
+  std::vector<Cluster> clusters;
+
+  // Where it came from, for /config and history.
+  std::string source_path;
+  std::string sha256;
+
+  const Cluster* find_cluster(const std::string& name) const {
+    for (const auto& c : clusters)
+      if (c.name == name) return &c;
+    return nullptr;
+  }
+};
+
+using PolicyPtr = std::shared_ptr<const Policy>;
+
+}  // namespace pilotfish

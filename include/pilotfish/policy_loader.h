@@ -1,0 +1,49 @@
+#pragma once
+// The one loader that both `pilotfish check` and `pilotfish run` (and every hot reload) use.
+// It never throws: every problem in the file is collected as a PolicyError pointing at the node
+// (file, line, column, key path), so an operator sees all of them at once.
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pilotfish/policy.h"
+
+namespace pilotfish {
+
+struct PolicyError {
+  std::string file;
+  int line = 0;    // 1-based; 0 when the problem has no position (unreadable file)
+  int column = 0;  // 1-based
+  std::string message;  // starts with the key path, e.g. "clusters[1].endpoints: must not be empty"
+
+  // "FILE:LINE:COL: message"
+  std::string to_string() const;
+};
+
+struct PolicyLoadResult {
+  PolicyPtr policy;                   // null when errors is not empty
+  std::vector<PolicyError> errors;
+  std::vector<std::string> warnings;  // accepted, but worth a log line
+  bool ok() const { return errors.empty() && policy != nullptr; }
+};
+
+// Reads and validates a policy file. Relative paths inside it (identity files, access log)
+// resolve against the file's folder.
+PolicyLoadResult load_policy_file(const std::string& path);
+
+// The same from text already in memory; `file_name` is used in error positions and `base_dir`
+// to resolve relative paths.
+PolicyLoadResult load_policy_text(const std::string& text, const std::string& file_name,
+                                  const std::string& base_dir);
+
+// Parses "250ms", "5s", "2m", "1h", "0". Returns false for anything else.
+bool parse_duration(std::string_view text, Duration* out);
+
+// The same, and on failure sets *error to a sentence saying why (no unit, negative, too large).
+bool parse_duration(std::string_view text, Duration* out, std::string* error);
+
+// "250ms" style text for logs and /config.
+std::string format_duration(Duration d);
+
+}  // namespace pilotfish

@@ -1,0 +1,18 @@
+#pragma once
+// The process: loads the policy, starts the workers, handles signals, drains, exits.
+
+#include <string>
+
+namespace pilotfish {
+
+struct RunOptions {
+  std::string config_path;
+  int workers_override = -1;       // from --workers; -1 = use the policy
+  std::string log_level_override;  // from --log-level; empty = use the policy
+};
+
+// Runs until SIGTERM/SIGINT and a drain. Returns the process exit code: 0 after a clean drain,
+// 1 when the policy does not load or a listener cannot bind.
+int run_server(const RunOptions& options);
+
+}  // namespace pilotfish

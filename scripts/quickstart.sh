@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Quick start: installs what is missing, builds, starts a demo service on 127.0.0.1:8080 and
+# pilotfish in front of it on 127.0.0.1:15000 with examples/quickstart/policy.yaml.
+# Runs in the foreground; Ctrl-C drains pilotfish and stops the demo service.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/build.sh build
+
+python3 examples/quickstart/demo_service.py 8080 &
+demo_pid=$!
+pf_pid=
+cleanup() {
+  [[ -n "$pf_pid" ]] && kill -TERM "$pf_pid" 2>/dev/null && wait "$pf_pid" 2>/dev/null || true
+  kill "$demo_pid" 2>/dev/null || true
+  wait "$demo_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+build/pilotfish check --config examples/quickstart/policy.yaml
+build/pilotfish run --config examples/quickstart/policy.yaml &
+pf_pid=$!
+for _ in $(seq 50); do
+  curl -fsS -o /dev/null http://127.0.0.1:15000/ 2>/dev/null && break
+  sleep 0.1
+done
+cat <<MSG
+
+pilotfish is running in front of the demo service. Try:
+  curl -i http://127.0.0.1:15000/hello
+  curl -i http://127.0.0.1:15000/nothing/../hello       # normalised to /hello
+  curl -i -X CONNECT http://127.0.0.1:15000/            # refused: 405
+Access log lines (JSON) appear below. Ctrl-C drains and stops.
+
+MSG
+wait "$pf_pid"

@@ -1,0 +1,1002 @@
+#include "http/http_session.h"
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+#include "log/logger.h"
+#include "pilotfish/header_rules.h"
+#include "pilotfish/route_matcher.h"
+#include "server/worker.h"
+
+namespace pilotfish {
+
+namespace {
+
+HttpSession* session_of(llhttp_t* p) { return static_cast<HttpSession*>(p->data); }
+
+const llhttp_settings_t& request_settings() {
+  static const llhttp_settings_t s = [] {
+    llhttp_settings_t x;
+    llhttp_settings_init(&x);
+    x.on_message_begin = [](llhttp_t* p) { return session_of(p)->on_message_begin(); };
+    x.on_url = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_url(a, n); };
+    x.on_header_field = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_header_field(a, n); };
+    x.on_header_value = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_header_value(a, n); };
+    x.on_header_value_complete = [](llhttp_t* p) { return session_of(p)->on_header_value_complete(); };
+    x.on_headers_complete = [](llhttp_t* p) { return session_of(p)->on_headers_complete(); };
+    x.on_body = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_body(a, n); };
+    x.on_message_complete = [](llhttp_t* p) { return session_of(p)->on_message_complete(); };
+    return x;
+  }();
+  return s;
+}
+
+const llhttp_settings_t& response_settings() {
+  static const llhttp_settings_t s = [] {
+    llhttp_settings_t x;
+    llhttp_settings_init(&x);
+    x.on_status = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_response_status(a, n); };
+    x.on_header_field = [](llhttp_t* p, const char* a, size_t n) {
+      return session_of(p)->on_response_header_field(a, n);
+    };
+    x.on_header_value = [](llhttp_t* p, const char* a, size_t n) {
+      return session_of(p)->on_response_header_value(a, n);
+    };
+    x.on_header_value_complete = [](llhttp_t* p) { return session_of(p)->on_response_header_value_complete(); };
+    x.on_headers_complete = [](llhttp_t* p) { return session_of(p)->on_response_headers_complete(); };
+    x.on_body = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_response_body(a, n); };
+    x.on_message_complete = [](llhttp_t* p) { return session_of(p)->on_response_message_complete(); };
+    return x;
+  }();
+  return s;
+}
+
+const char* reason_phrase(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+  }
+}
+
+void append_uint(std::string& out, uint64_t v) {
+  char buf[24];
+  int n = snprintf(buf, sizeof buf, "%" PRIu64, v);
+  out.append(buf, static_cast<size_t>(n));
+}
+
+void append_chunk_header(std::string& out, size_t length) {
+  char buf[24];
+  int n = snprintf(buf, sizeof buf, "%zx\r\n", length);
+  out.append(buf, static_cast<size_t>(n));
+}
+
+// Headers pilotfish sets itself on the way to the upstream; what a client sent is replaced.
+bool is_replaced_request_header(std::string_view name) {
+  return iequals(name, "x-forwarded-for") || iequals(name, "x-forwarded-proto");
+}
+
+// A message's own framing, checked beyond what llhttp enforces: exactly one valid
+// Content-Length, or Transfer-Encoding that is exactly "chunked", never both.
+bool framing_headers_valid(const HeaderList& h) {
+  size_t te = h.count("transfer-encoding");
+  size_t cl = h.count("content-length");
+  if (te > 1 || cl > 1 || (te && cl)) return false;
+  if (te && !iequals(trim_ows(h.value(h.find("transfer-encoding"))), "chunked")) return false;
+  if (cl) {
+    std::string_view v = trim_ows(h.value(h.find("content-length")));
+    if (v.empty() || v.size() > 19) return false;
+    for (char c : v)
+      if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+bool fields_valid(const HeaderList& h) {
+  for (size_t i = 0; i < h.size(); ++i)
+    if (!is_token(h.name(i)) || !is_valid_field_value(h.value(i))) return false;
+  return true;
+}
+
+constexpr uint64_t kTunnelIdleMs = 3600 * 1000;
+
+// Returned by execute_checked when the head scanner refused a byte llhttp would have taken.
+constexpr llhttp_errno_t kHeadInvalid = HPE_USER;
+
+// Feeds bytes to llhttp, but the bytes of a message head only after HeadScanner has accepted
+// them. The parser's callbacks reset the scanner at the start of each message.
+llhttp_errno_t execute_checked(llhttp_t* parser, HeadScanner& scanner, const char* data, size_t length) {
+  size_t offset = 0;
+  while (offset < length) {
+    size_t n = length - offset;
+    if (scanner.in_head()) {
+      if (scanner.feed(data + offset, length - offset, &n) == HeadScanner::Result::invalid) return kHeadInvalid;
+    }
+    llhttp_errno_t err = llhttp_execute(parser, data + offset, n);
+    if (err != HPE_OK) return err;
+    offset += n;
+  }
+  return HPE_OK;
+}
+
+}  // namespace
+
+HttpSession::HttpSession(Worker& worker, const Listener& listener, PolicyPtr policy)
+    : Stream(worker), listener_(listener), policy_(std::move(policy)) {
+  llhttp_init(&parser_, HTTP_REQUEST, &request_settings());
+  parser_.data = this;
+  worker.add_downstream();
+}
+
+void HttpSession::start() {
+  uv_tcp_nodelay(tcp(), 1);
+  sockaddr_storage peer;
+  int len = sizeof peer;
+  if (uv_tcp_getpeername(tcp(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+    char ip[64] = "";
+    if (peer.ss_family == AF_INET)
+      uv_ip4_name(reinterpret_cast<sockaddr_in*>(&peer), ip, sizeof ip);
+    else if (peer.ss_family == AF_INET6)
+      uv_ip6_name(reinterpret_cast<sockaddr_in6*>(&peer), ip, sizeof ip);
+    client_address_ = ip;
+  }
+  arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
+  start_read();
+}
+
+void HttpSession::drain() {
+  if (closing()) return;
+  if (!in_request_ && !tunnel_) {
+    close();
+    return;
+  }
+  keep_alive_ = false;
+  client_keep_alive_ = false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Downstream input
+
+void HttpSession::on_data(char* data, size_t length) {
+  bytes_in_ += length;
+  if (tunnel_) {
+    send_upstream(data, length);
+    if (upstream_) upstream_->flush();
+    if (upstream_pending() > kHighWater) {
+      paused_for_upstream_ = true;
+      stop_read();
+    }
+    return;
+  }
+  parse_input(data, length);
+}
+
+void HttpSession::parse_input(const char* data, size_t length) {
+  llhttp_errno_t err = execute_checked(&parser_, request_scan_, data, length);
+  if (closing()) return;
+  if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+    // One request is complete; what follows waits until its response is done.
+    const char* pos = llhttp_get_error_pos(&parser_);
+    if (pos && pos >= data && pos < data + length) leftover_.assign(pos, static_cast<size_t>(data + length - pos));
+    stop_read();
+  } else if (err != HPE_OK) {
+    if (!local_response_) {
+      const char* reason = err == kHeadInvalid ? "bare CR or LF, or obs-fold, in the head" : llhttp_get_error_reason(&parser_);
+      log_debug(std::string("listener ") + listener_.name + ": bad request from " + client_address_ + ": " +
+                (reason ? reason : llhttp_errno_name(err)));
+      send_local_response(400, "bad_request", true);
+    }
+    stop_read();
+  }
+  after_downstream_io();
+}
+
+void HttpSession::after_downstream_io() {
+  if (closing()) return;
+  if (upstream_ && upstream_->connected()) {
+    if (upstream_->flush() != 0) {
+      // The upstream write failed; its read side reports the end.
+    }
+  }
+  if (!tunnel_ && in_request_ && !request_complete_ && upstream_pending() > kHighWater) {
+    paused_for_upstream_ = true;
+    stop_read();
+  }
+  if (flush() != 0) {
+    close();
+    return;
+  }
+  maybe_finish_request();
+}
+
+void HttpSession::on_read_end(int) {
+  // The client went away (or reset). Nothing can be answered any more.
+  if (in_request_ && status_ == 0) error_ = "downstream_closed";
+  close();
+}
+
+void HttpSession::on_write_done(int status) {
+  if (status < 0) {
+    close();
+    return;
+  }
+  if (paused_for_downstream_ && pending_bytes() < kLowWater) {
+    paused_for_downstream_ = false;
+    if (upstream_) upstream_->start_read();
+  }
+  if (closing()) return;
+  maybe_finish_request();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request parsing
+
+int HttpSession::on_message_begin() {
+  in_request_ = true;
+  started_ns_ = uv_hrtime();
+  arm_timer(Timer::header, static_cast<uint64_t>(listener_.header_timeout.count()));
+  return 0;
+}
+
+int HttpSession::on_url(const char* at, size_t length) {
+  head_bytes_ += length;
+  if (head_bytes_ > listener_.max_header_bytes) {
+    send_local_response(431, "header_too_large", true);
+    return HPE_USER;
+  }
+  url_.append(at, length);
+  return 0;
+}
+
+int HttpSession::on_header_field(const char* at, size_t length) {
+  head_bytes_ += length;
+  if (head_bytes_ > listener_.max_header_bytes) {
+    send_local_response(431, "header_too_large", true);
+    return HPE_USER;
+  }
+  headers_.append_name({at, length});
+  return 0;
+}
+
+int HttpSession::on_header_value(const char* at, size_t length) {
+  head_bytes_ += length;
+  if (head_bytes_ > listener_.max_header_bytes) {
+    send_local_response(431, "header_too_large", true);
+    return HPE_USER;
+  }
+  headers_.append_value({at, length});
+  return 0;
+}
+
+int HttpSession::on_header_value_complete() {
+  head_bytes_ += 4;  // ": " and CRLF
+  headers_.end_header();
+  if (head_bytes_ > listener_.max_header_bytes) {
+    send_local_response(431, "header_too_large", true);
+    return HPE_USER;
+  }
+  return 0;
+}
+
+bool HttpSession::validate_request_head() {
+  if (parser_.http_major != 1 || parser_.http_minor > 1) {
+    send_local_response(505, "version_not_supported", true);
+    return false;
+  }
+  if (!fields_valid(headers_) || !framing_headers_valid(headers_)) {
+    send_local_response(400, "invalid_header", true);
+    return false;
+  }
+  size_t hosts = headers_.count("host");
+  if (hosts > 1 || (hosts == 0 && parser_.http_minor == 1)) {
+    send_local_response(400, "invalid_host", true);
+    return false;
+  }
+  if (hosts == 1) {
+    authority_.assign(trim_ows(headers_.value(headers_.find("host"))));
+    if (!is_valid_host(authority_)) {
+      send_local_response(400, "invalid_host", true);
+      return false;
+    }
+  }
+  if (parser_.method == HTTP_CONNECT) {
+    send_local_response(405, "connect_refused", true);
+    return false;
+  }
+  if (parser_.method == HTTP_OPTIONS && url_ == "*") {
+    target_.path = "*";
+    target_.query.clear();
+  } else {
+    auto normalized = normalize_target(url_);
+    if (!normalized) {
+      send_local_response(400, "invalid_target", true);
+      return false;
+    }
+    target_ = std::move(*normalized);
+  }
+  request_chunked_ = (parser_.flags & F_CHUNKED) != 0;
+  request_has_body_ = request_chunked_ || ((parser_.flags & F_CONTENT_LENGTH) && parser_.content_length > 0);
+  if (listener_.max_body_bytes && !request_chunked_ && parser_.content_length > listener_.max_body_bytes &&
+      (parser_.flags & F_CONTENT_LENGTH)) {
+    send_local_response(413, "body_too_large", true);
+    return false;
+  }
+  return true;
+}
+
+int HttpSession::on_headers_complete() {
+  if (!validate_request_head()) return HPE_USER;
+  client_keep_alive_ = llhttp_should_keep_alive(&parser_) && !worker_.draining();
+  keep_alive_ = client_keep_alive_;
+
+  if (parser_.upgrade) {
+    size_t u = headers_.find("upgrade");
+    websocket_ = u != HeaderList::npos && iequals(trim_ows(headers_.value(u)), "websocket");
+    // Only WebSocket becomes a tunnel; another protocol's upgrade header is dropped and the
+    // request is answered as a plain one. Either way, unless a 101 turns it into a tunnel, the
+    // connection closes after the response: llhttp takes what follows an upgrade request as
+    // the other protocol's bytes, not as a next request.
+    close_after_response_ = true;
+  }
+
+  size_t id = headers_.find("x-request-id");
+  if (id != HeaderList::npos) {
+    request_id_.assign(headers_.value(id));
+  } else {
+    char buf[33];
+    snprintf(buf, sizeof buf, "%016" PRIx64 "%016" PRIx64, worker_.random().next(), worker_.random().next());
+    request_id_.assign(buf, 32);
+  }
+
+  std::string host = host_for_routing(authority_);
+  RequestView view{host, target_.path, llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)), &headers_};
+  const Route* route = match_route(listener_, view);
+  if (route == nullptr) {
+    send_local_response(404, "no_route", request_has_body_);
+    return request_has_body_ ? HPE_USER : 0;
+  }
+  cluster_index_ = route->cluster_index;
+  cluster_ = &policy_->clusters[cluster_index_];
+  build_upstream_head(*route);
+  connect_upstream();
+  if (closing()) return HPE_USER;
+  if (local_response_) return request_has_body_ ? HPE_USER : 0;
+  if (request_has_body_ && listener_.body_timeout.count() > 0)
+    arm_timer(Timer::body, static_cast<uint64_t>(listener_.body_timeout.count()));
+  else
+    arm_timer(Timer::none, 0);
+  return 0;
+}
+
+void HttpSession::build_upstream_head(const Route&) {
+  std::string& h = upstream_head_;
+  h.clear();
+  h += llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
+  h += ' ';
+  h += target_.path;
+  h += target_.query;
+  h += " HTTP/1.1\r\n";
+  std::string tokens = connection_tokens(headers_);
+  std::string forwarded_for;
+  bool has_host = false;
+  for (size_t i = 0; i < headers_.size(); ++i) {
+    std::string_view name = headers_.name(i);
+    if (is_hop_by_hop(name, tokens)) continue;
+    if (is_replaced_request_header(name)) {
+      if (iequals(name, "x-forwarded-for")) {
+        if (!forwarded_for.empty()) forwarded_for += ", ";
+        forwarded_for += trim_ows(headers_.value(i));
+      }
+      continue;
+    }
+    if (iequals(name, "host")) has_host = true;
+    h += name;
+    h += ": ";
+    h += trim_ows(headers_.value(i));
+    h += "\r\n";
+  }
+  if (!has_host) {
+    h += "host: ";
+    h += listener_.address.text;
+    h += "\r\n";
+  }
+  if (request_chunked_) h += "transfer-encoding: chunked\r\n";
+  h += "x-forwarded-for: ";
+  if (!forwarded_for.empty()) {
+    h += forwarded_for;
+    h += ", ";
+  }
+  h += client_address_;
+  h += "\r\nx-forwarded-proto: http\r\n";
+  if (headers_.find("x-request-id") == HeaderList::npos) {
+    h += "x-request-id: ";
+    h += request_id_;
+    h += "\r\n";
+  }
+  if (websocket_) {
+    h += "connection: upgrade\r\nupgrade: ";
+    h += trim_ows(headers_.value(headers_.find("upgrade")));
+    h += "\r\n";
+  }
+  h += "\r\n";
+  to_upstream_ = h;
+}
+
+int HttpSession::on_body(const char* at, size_t length) {
+  body_bytes_ += length;
+  if (listener_.max_body_bytes && body_bytes_ > listener_.max_body_bytes) {
+    send_local_response(413, "body_too_large", true);
+    return HPE_USER;
+  }
+  if (local_response_) return 0;  // answered already; the rest of the body is skipped
+  if (request_chunked_) {
+    std::string chunk_head;
+    append_chunk_header(chunk_head, length);
+    send_upstream(chunk_head.data(), chunk_head.size());
+    send_upstream(at, length);
+    send_upstream("\r\n", 2);
+  } else {
+    send_upstream(at, length);
+  }
+  return 0;
+}
+
+int HttpSession::on_message_complete() {
+  request_complete_ = true;
+  request_scan_.reset();
+  if (!local_response_ && request_chunked_) send_upstream("0\r\n\r\n", 5);
+  if (!local_response_ && !response_complete_ && cluster_ != nullptr) {
+    // The request is in; from here the cluster's timeout bounds the wait for the answer.
+    arm_timer(Timer::upstream, static_cast<uint64_t>(cluster_->timeout.count()));
+  }
+  if (parser_.upgrade) return 0;  // llhttp pauses by itself (HPE_PAUSED_UPGRADE)
+  return HPE_PAUSED;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream
+
+bool HttpSession::may_retry_connect() const {
+  return cluster_ && (cluster_->retry.on & kRetryConnectFailure) &&
+         static_cast<uint32_t>(attempts_) <= cluster_->retry.retries;
+}
+
+void HttpSession::connect_upstream() {
+  ClusterState& cs = worker_.cluster(cluster_index_);
+  int previous = endpoint_;
+  endpoint_ = cs.balancer->pick([](size_t) { return true; }, previous);
+  if (endpoint_ < 0) {
+    send_local_response(503, "no_healthy_upstream", request_has_body_ && !request_complete_);
+    return;
+  }
+  ++attempts_;
+  cs.balancer->on_request_start(static_cast<size_t>(endpoint_));
+  EndpointPool& pool = *cs.pools[static_cast<size_t>(endpoint_)];
+  resp_headers_.clear();
+  resp_status_text_.clear();
+  response_scan_.reset();
+  llhttp_init(&resp_parser_, HTTP_RESPONSE, &response_settings());
+  resp_parser_.data = this;
+  bool reused = false;
+  UpstreamConnection* c = pool.acquire(this, &reused);
+  if (c->closing()) return;  // failed synchronously: on_upstream_connect_failed has run
+  upstream_ = c;
+  upstream_reused_ = reused;
+  if (reused) on_upstream_connected();
+}
+
+void HttpSession::on_upstream_connected() {
+  upstream_sent_ = true;
+  upstream_->append(to_upstream_);
+  to_upstream_.clear();
+  if (upstream_->flush() != 0) return;
+  if (paused_for_upstream_ && upstream_pending() < kLowWater) {
+    paused_for_upstream_ = false;
+    start_read();
+  }
+}
+
+void HttpSession::on_upstream_connect_failed(int status) {
+  ClusterState& cs = worker_.cluster(cluster_index_);
+  if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
+  upstream_ = nullptr;
+  log_debug("cluster " + cluster_->name + ": connect to " +
+            cs.pools[static_cast<size_t>(endpoint_)]->address().text + " failed: " + uv_strerror(status));
+  if (may_retry_connect()) {
+    connect_upstream();
+    return;
+  }
+  send_local_response(503, status == UV_ETIMEDOUT ? "connect_timeout" : "connect_failure",
+                      request_has_body_ && !request_complete_);
+  after_downstream_io();
+}
+
+void HttpSession::send_upstream(const char* data, size_t length) {
+  if (upstream_ && upstream_->connected() && upstream_sent_)
+    upstream_->append({data, length});
+  else
+    to_upstream_.append(data, length);
+}
+
+size_t HttpSession::upstream_pending() const {
+  return to_upstream_.size() + (upstream_ ? upstream_->pending_bytes() : 0);
+}
+
+void HttpSession::on_upstream_drained() {
+  if (paused_for_upstream_ && upstream_pending() < kLowWater) {
+    paused_for_upstream_ = false;
+    start_read();
+  }
+}
+
+void HttpSession::release_upstream(bool reusable) {
+  if (!upstream_) return;
+  ClusterState& cs = worker_.cluster(cluster_index_);
+  cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
+  UpstreamConnection* c = upstream_;
+  upstream_ = nullptr;
+  c->detach();
+  if (reusable && c->pool() && c->pending_bytes() == 0) {
+    c->pool()->release(c);
+  } else {
+    c->close();
+  }
+}
+
+void HttpSession::abort_upstream() { release_upstream(false); }
+
+void HttpSession::on_upstream_data(char* data, size_t length) {
+  if (tunnel_) {
+    bytes_out_ += length;
+    append({data, length});
+    if (flush() != 0) {
+      close();
+      return;
+    }
+    if (pending_bytes() > kHighWater && upstream_) {
+      paused_for_downstream_ = true;
+      upstream_->stop_read();
+    }
+    return;
+  }
+  response_bytes_seen_ = true;
+  last_progress_ms_ = uv_now(worker_.loop());
+  llhttp_errno_t err = execute_checked(&resp_parser_, response_scan_, data, length);
+  // Interim responses (100 Continue) pause too, so the scanner checks the next head.
+  while (err == HPE_PAUSED && !response_complete_ && !closing()) {
+    const char* pos = llhttp_get_error_pos(&resp_parser_);
+    llhttp_resume(&resp_parser_);
+    if (!pos || pos >= data + length) {
+      err = HPE_OK;
+      break;
+    }
+    size_t rest = static_cast<size_t>(data + length - pos);
+    data = const_cast<char*>(pos);
+    length = rest;
+    err = execute_checked(&resp_parser_, response_scan_, data, length);
+  }
+  if (closing()) return;
+  if (err == HPE_PAUSED_UPGRADE && tunnel_) {
+    const char* pos = llhttp_get_error_pos(&resp_parser_);
+    size_t rest = (pos && pos >= data && pos <= data + length) ? static_cast<size_t>(data + length - pos) : 0;
+    enter_tunnel(pos, rest);
+    return;
+  }
+  if (err == HPE_PAUSED) {
+    // The response is complete. Anything after it is a protocol violation by the upstream.
+    const char* pos = llhttp_get_error_pos(&resp_parser_);
+    bool extra = pos && pos < data + length;
+    bool reusable = !extra && llhttp_should_keep_alive(&resp_parser_) && request_complete_;
+    release_upstream(reusable);
+  } else if (err != HPE_OK) {
+    const char* reason = llhttp_get_error_reason(&resp_parser_);
+    log_warn("cluster " + cluster_->name + ": invalid response from " +
+             worker_.cluster(cluster_index_).pools[static_cast<size_t>(endpoint_)]->address().text + ": " +
+             (reason ? reason : llhttp_errno_name(err)));
+    abort_upstream();
+    if (!response_started_) {
+      send_local_response(502, "invalid_response", true);
+    } else {
+      error_ = "invalid_response";
+      close();
+      return;
+    }
+  }
+  if (flush() != 0) {
+    close();
+    return;
+  }
+  if (upstream_ && pending_bytes() > kHighWater) {
+    paused_for_downstream_ = true;
+    upstream_->stop_read();
+  }
+  maybe_finish_request();
+}
+
+void HttpSession::on_upstream_end(int status) {
+  // The connection is closing itself; it is no longer ours.
+  ClusterState& cs = worker_.cluster(cluster_index_);
+  if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
+  upstream_ = nullptr;
+  if (tunnel_) {
+    close_after_flush();
+    return;
+  }
+  if (response_started_ && !response_complete_ && status == UV_EOF) {
+    // A response delimited by the connection's close ends here.
+    if (llhttp_finish(&resp_parser_) == HPE_OK && response_complete_) {
+      if (flush() != 0) close();
+      else maybe_finish_request();
+      return;
+    }
+  }
+  if (response_started_) {
+    error_ = "upstream_reset";
+    close();
+    return;
+  }
+  // Nothing of a response came back. A request written to a pooled connection that the
+  // upstream was closing at that moment is sent once more on a fresh connection, when it is
+  // safe: no body, and not sent twice already.
+  if (upstream_reused_ && !response_bytes_seen_ && !request_has_body_ && request_complete_ && !replayed_) {
+    replayed_ = true;
+    to_upstream_ = upstream_head_;
+    upstream_sent_ = false;
+    --attempts_;
+    endpoint_ = -1;
+    connect_upstream();
+    after_downstream_io();
+    return;
+  }
+  send_local_response(502, "upstream_reset", !request_complete_);
+  after_downstream_io();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response parsing
+
+int HttpSession::on_response_status(const char* at, size_t length) {
+  resp_status_text_.append(at, length);
+  return 0;
+}
+
+int HttpSession::on_response_header_field(const char* at, size_t length) {
+  resp_headers_.append_name({at, length});
+  return resp_headers_.bytes() > 65536 ? HPE_USER : 0;
+}
+
+int HttpSession::on_response_header_value(const char* at, size_t length) {
+  resp_headers_.append_value({at, length});
+  return resp_headers_.bytes() > 65536 ? HPE_USER : 0;
+}
+
+int HttpSession::on_response_header_value_complete() {
+  resp_headers_.end_header();
+  return 0;
+}
+
+int HttpSession::on_response_headers_complete() {
+  if (resp_parser_.http_major != 1 || !fields_valid(resp_headers_) || !framing_headers_valid(resp_headers_))
+    return HPE_USER;
+  int status = resp_parser_.status_code;
+  if (status < 100 || status > 999) return HPE_USER;
+  if (status == 101) {
+    if (!websocket_) return HPE_USER;  // an upgrade nobody asked for
+    status_ = 101;
+    tunnel_ = true;
+    write_response_head();
+    return 0;
+  }
+  if (status < 200) {
+    // Interim response (100 Continue, 103 Early Hints): passed on, the final one follows.
+    if (parser_.http_minor == 1) write_response_head();
+    resp_headers_.clear();
+    resp_status_text_.clear();
+    return 0;
+  }
+  status_ = status;
+  bool no_body = parser_.method == HTTP_HEAD || status == 204 || status == 304;
+  if (no_body) {
+    framing_ = Framing::none;
+  } else if (resp_parser_.flags & F_CONTENT_LENGTH) {
+    framing_ = Framing::length;
+  } else if (parser_.http_minor == 1) {
+    framing_ = Framing::chunked;
+  } else {
+    framing_ = Framing::close;
+    keep_alive_ = false;
+  }
+  if (close_after_response_ || worker_.draining()) keep_alive_ = false;
+  write_response_head();
+  response_started_ = true;
+  // The answer is arriving; from now on the timeout guards against a stalled stream.
+  arm_timer(Timer::upstream, static_cast<uint64_t>(cluster_->timeout.count()));
+  return no_body ? 1 : 0;
+}
+
+void HttpSession::write_response_head() {
+  std::string& o = out();
+  int status = resp_parser_.status_code;
+  o += "HTTP/1.1 ";
+  append_uint(o, static_cast<uint64_t>(status));
+  o += ' ';
+  o += resp_status_text_;
+  o += "\r\n";
+  std::string tokens = connection_tokens(resp_headers_);
+  for (size_t i = 0; i < resp_headers_.size(); ++i) {
+    std::string_view name = resp_headers_.name(i);
+    if (is_hop_by_hop(name, tokens)) continue;
+    if (status < 200 || status == 204 || (status == 304 && iequals(name, "content-length"))) {
+      if (iequals(name, "content-length")) continue;
+    }
+    o += name;
+    o += ": ";
+    o += trim_ows(resp_headers_.value(i));
+    o += "\r\n";
+  }
+  if (status == 101) {
+    o += "connection: upgrade\r\nupgrade: ";
+    size_t u = resp_headers_.find("upgrade");
+    o += u != HeaderList::npos ? trim_ows(resp_headers_.value(u)) : std::string_view("websocket");
+    o += "\r\n\r\n";
+    return;
+  }
+  if (status >= 200) {
+    if (framing_ == Framing::chunked) o += "transfer-encoding: chunked\r\n";
+    if (!keep_alive_)
+      o += "connection: close\r\n";
+    else if (parser_.http_minor == 0)
+      o += "connection: keep-alive\r\n";
+  }
+  o += "\r\n";
+}
+
+int HttpSession::on_response_body(const char* at, size_t length) {
+  bytes_out_ += length;
+  if (framing_ == Framing::chunked) {
+    append_chunk_header(out(), length);
+    append({at, length});
+    append("\r\n");
+  } else {
+    append({at, length});
+  }
+  return 0;
+}
+
+int HttpSession::on_response_message_complete() {
+  if (tunnel_) return 0;  // 101: llhttp pauses for the upgrade itself
+  response_scan_.reset();
+  if (!response_started_) return HPE_PAUSED;  // the end of an interim response
+  if (framing_ == Framing::chunked) append("0\r\n\r\n");
+  response_complete_ = true;
+  return HPE_PAUSED;
+}
+
+void HttpSession::enter_tunnel(const char* upstream_rest, size_t rest_length) {
+  // From here both sides are bytes: what each side sent after its head goes to the other.
+  response_started_ = true;
+  response_complete_ = true;
+  in_request_ = false;
+  log_request();
+  if (rest_length) append({upstream_rest, rest_length});
+  if (!leftover_.empty()) {
+    send_upstream(leftover_.data(), leftover_.size());
+    leftover_.clear();
+  }
+  if (upstream_) upstream_->flush();
+  if (flush() != 0) {
+    close();
+    return;
+  }
+  arm_timer(Timer::idle, kTunnelIdleMs);
+  start_read();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local responses, completion, timers
+
+void HttpSession::send_local_response(int status, const char* reason, bool close_connection) {
+  if (local_response_ || closing()) return;
+  local_response_ = true;
+  error_ = reason;
+  if (upstream_) abort_upstream();
+  if (response_started_) {
+    // Part of an upstream response went out already: the only honest signal left is a close.
+    close();
+    return;
+  }
+  status_ = status;
+  response_started_ = true;
+  response_complete_ = true;
+  if (close_connection || close_after_response_ || worker_.draining()) keep_alive_ = false;
+  char body[96];
+  int body_len = snprintf(body, sizeof body, "%d %s\n", status, reason);
+  std::string& o = out();
+  o += "HTTP/1.1 ";
+  append_uint(o, static_cast<uint64_t>(status));
+  o += ' ';
+  o += reason_phrase(status);
+  o += "\r\ncontent-type: text/plain\r\ncontent-length: ";
+  append_uint(o, static_cast<uint64_t>(body_len));
+  o += "\r\nx-pilotfish-error: ";
+  o += reason;
+  o += "\r\n";
+  if (status == 503 && std::strcmp(reason, "overloaded") == 0) o += "x-pilotfish-overloaded: true\r\n";
+  if (!keep_alive_)
+    o += "connection: close\r\n";
+  else if (parser_.http_minor == 0)
+    o += "connection: keep-alive\r\n";
+  o += "\r\n";
+  if (parser_.method != HTTP_HEAD) o.append(body, static_cast<size_t>(body_len));
+  bytes_out_ += static_cast<uint64_t>(body_len);
+  if (!keep_alive_) {
+    // Nothing more is read or parsed from this connection.
+    log_request();
+    in_request_ = false;
+    stop_read();
+    close_after_flush();
+  }
+}
+
+void HttpSession::maybe_finish_request() {
+  if (closing() || tunnel_ || !in_request_) return;
+  if (!response_complete_) return;
+  if (!request_complete_) {
+    // Answered before the request was all in (an early error, an upstream that did not wait):
+    // the rest of the request cannot be told apart from the next one, so the connection ends.
+    log_request();
+    in_request_ = false;
+    stop_read();
+    close_after_flush();
+    return;
+  }
+  finish_request();
+}
+
+void HttpSession::finish_request() {
+  log_request();
+  bool keep = keep_alive_ && !close_after_response_;
+  reset_request();
+  if (!keep) {
+    close_after_flush();
+    return;
+  }
+  if (worker_.draining()) {
+    close_after_flush();
+    return;
+  }
+  arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
+  llhttp_resume(&parser_);
+  if (!leftover_.empty()) {
+    std::string pipelined;
+    pipelined.swap(leftover_);
+    parse_input(pipelined.data(), pipelined.size());
+    if (closing() || in_request_) return;
+  }
+  start_read();
+}
+
+void HttpSession::reset_request() {
+  in_request_ = false;
+  request_complete_ = false;
+  request_has_body_ = false;
+  request_chunked_ = false;
+  websocket_ = false;
+  local_response_ = false;
+  head_bytes_ = 0;
+  body_bytes_ = 0;
+  url_.clear();
+  headers_.clear();
+  authority_.clear();
+  request_id_.clear();
+  bytes_in_ = 0;
+  bytes_out_ = 0;
+  cluster_ = nullptr;
+  endpoint_ = -1;
+  attempts_ = 0;
+  replayed_ = false;
+  upstream_reused_ = false;
+  upstream_sent_ = false;
+  to_upstream_.clear();
+  paused_for_upstream_ = false;
+  resp_headers_.clear();
+  resp_status_text_.clear();
+  response_started_ = false;
+  response_complete_ = false;
+  response_bytes_seen_ = false;
+  framing_ = Framing::none;
+  status_ = 0;
+  error_ = "";
+}
+
+void HttpSession::log_request() {
+  AccessLogBuffer& log = worker_.access_log();
+  if (!log.enabled() || started_ns_ == 0) return;
+  AccessLogEntry e;
+  e.listener = listener_.name;
+  e.method = llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
+  e.authority = authority_;
+  e.path = target_.path.empty() ? std::string_view(url_) : std::string_view(target_.path);
+  e.status = status_;
+  e.duration_seconds = static_cast<double>(uv_hrtime() - started_ns_) / 1e9;
+  if (cluster_ && endpoint_ >= 0)
+    e.upstream = worker_.cluster(cluster_index_).pools[static_cast<size_t>(endpoint_)]->address().text;
+  e.bytes_in = bytes_in_;
+  e.bytes_out = bytes_out_;
+  e.attempts = attempts_;
+  e.error = error_;
+  e.request_id = request_id_;
+  log.record(e);
+  started_ns_ = 0;
+}
+
+void HttpSession::arm_timer(Timer which, uint64_t ms) {
+  timer_kind_ = which;
+  if (which == Timer::none || ms == 0) {
+    stop_timer();
+    timer_kind_ = Timer::none;
+    return;
+  }
+  start_timer(ms);
+}
+
+void HttpSession::on_timeout() {
+  switch (timer_kind_) {
+    case Timer::none: return;
+    case Timer::idle: close(); return;
+    case Timer::header:
+    case Timer::body:
+      // A client that trickles its head or body is cut off here, whatever it still sends.
+      send_local_response(408, timer_kind_ == Timer::header ? "header_timeout" : "body_timeout", true);
+      flush();
+      return;
+    case Timer::upstream: {
+      uint64_t limit = static_cast<uint64_t>(cluster_ ? cluster_->timeout.count() : 0);
+      if (response_started_) {
+        // A response is streaming: only a stall as long as the timeout ends it.
+        uint64_t now = uv_now(worker_.loop());
+        if (now - last_progress_ms_ < limit) {
+          start_timer(limit - (now - last_progress_ms_));
+          return;
+        }
+        error_ = "upstream_stalled";
+        close();
+        return;
+      }
+      send_local_response(504, "timeout", !request_complete_);
+      after_downstream_io();
+      return;
+    }
+  }
+}
+
+void HttpSession::on_close() {
+  if (in_request_) log_request();
+  if (upstream_) {
+    ClusterState& cs = worker_.cluster(cluster_index_);
+    if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
+    UpstreamConnection* c = upstream_;
+    upstream_ = nullptr;
+    c->detach();
+    c->close();
+  }
+  worker_.remove_downstream();
+}
+
+}  // namespace pilotfish

@@ -1,0 +1,141 @@
+#pragma once
+// The downstream side of one HTTP/1.1 client connection: parse (llhttp, strict), check what the
+// parser lets through, normalise, route, forward to a pooled upstream connection, and stream
+// the response back, one request at a time in request order (pipelined requests wait in the
+// input buffer). A WebSocket upgrade turns the connection into a byte tunnel after the 101.
+
+#include <llhttp.h>
+
+#include <cstdint>
+#include <string>
+
+#include "net/stream.h"
+#include "pilotfish/head_scanner.h"
+#include "pilotfish/header_list.h"
+#include "pilotfish/path_normalizer.h"
+#include "pilotfish/policy.h"
+#include "upstream/upstream_pool.h"
+
+namespace pilotfish {
+
+class HttpSession final : public Stream, public UpstreamHandler {
+ public:
+  HttpSession(Worker& worker, const Listener& listener, PolicyPtr policy);
+  // Called once the socket is accepted.
+  void start();
+  // Worker is draining: close if idle, else close after the response in flight.
+  void drain() override;
+
+  // llhttp callbacks (public for the C trampolines).
+  int on_message_begin();
+  int on_url(const char* at, size_t length);
+  int on_header_field(const char* at, size_t length);
+  int on_header_value(const char* at, size_t length);
+  int on_header_value_complete();
+  int on_headers_complete();
+  int on_body(const char* at, size_t length);
+  int on_message_complete();
+
+  int on_response_status(const char* at, size_t length);
+  int on_response_header_field(const char* at, size_t length);
+  int on_response_header_value(const char* at, size_t length);
+  int on_response_header_value_complete();
+  int on_response_headers_complete();
+  int on_response_body(const char* at, size_t length);
+  int on_response_message_complete();
+
+ protected:
+  void on_data(char* data, size_t length) override;
+  void on_read_end(int status) override;
+  void on_write_done(int status) override;
+  void on_timeout() override;
+  void on_close() override;
+
+  void on_upstream_connected() override;
+  void on_upstream_connect_failed(int status) override;
+  void on_upstream_data(char* data, size_t length) override;
+  void on_upstream_end(int status) override;
+  void on_upstream_drained() override;
+
+ private:
+  enum class Timer { none, idle, header, body, upstream };
+  enum class Framing { none, length, chunked, close };
+
+  void parse_input(const char* data, size_t length);
+  void after_downstream_io();
+  bool validate_request_head();
+  void build_upstream_head(const Route& route);
+  void connect_upstream();
+  void send_upstream(const char* data, size_t length);
+  size_t upstream_pending() const;
+  void release_upstream(bool reusable);
+  void abort_upstream();
+  void send_local_response(int status, const char* reason, bool close);
+  void write_response_head();
+  void enter_tunnel(const char* upstream_rest, size_t upstream_rest_length);
+  void maybe_finish_request();
+  void finish_request();
+  void reset_request();
+  void arm_timer(Timer which, uint64_t ms);
+  void log_request();
+  bool may_retry_connect() const;
+
+  const Listener& listener_;
+  PolicyPtr policy_;
+  llhttp_t parser_;
+  llhttp_t resp_parser_;
+  HeadScanner request_scan_;
+  HeadScanner response_scan_;
+  std::string client_address_;
+
+  // The request in flight.
+  bool in_request_ = false;
+  bool request_complete_ = false;
+  bool request_has_body_ = false;
+  bool request_chunked_ = false;
+  bool client_keep_alive_ = true;
+  bool websocket_ = false;
+  bool close_after_response_ = false;
+  bool local_response_ = false;
+  uint64_t head_bytes_ = 0;
+  uint64_t body_bytes_ = 0;
+  std::string url_;
+  HeaderList headers_;
+  NormalizedTarget target_;
+  std::string authority_;
+  std::string request_id_;
+  uint64_t started_ns_ = 0;
+  uint64_t bytes_in_ = 0;
+  uint64_t bytes_out_ = 0;
+
+  // The upstream side of it.
+  const Cluster* cluster_ = nullptr;
+  size_t cluster_index_ = 0;
+  int endpoint_ = -1;
+  int attempts_ = 0;
+  bool replayed_ = false;
+  UpstreamConnection* upstream_ = nullptr;
+  bool upstream_reused_ = false;
+  bool upstream_sent_ = false;  // bytes of this request were handed to a connection
+  std::string upstream_head_;
+  std::string to_upstream_;     // bytes waiting for a connection
+  bool paused_for_upstream_ = false;
+
+  // The response.
+  HeaderList resp_headers_;
+  std::string resp_status_text_;
+  bool response_started_ = false;
+  bool response_complete_ = false;
+  bool response_bytes_seen_ = false;
+  bool keep_alive_ = true;
+  Framing framing_ = Framing::none;
+  int status_ = 0;
+  const char* error_ = "";
+  std::string leftover_;  // pipelined bytes after the current request
+  bool tunnel_ = false;
+  bool paused_for_downstream_ = false;
+  uint64_t last_progress_ms_ = 0;
+  Timer timer_kind_ = Timer::none;
+};
+
+}  // namespace pilotfish

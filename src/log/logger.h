@@ -1,0 +1,24 @@
+#pragma once
+// Operational log lines on stderr ("2026-11-26T06:10:00.123Z info message"). Thread-safe; not
+// for per-request records (those go to the access log, batched per worker).
+
+#include <atomic>
+#include <string>
+
+#include "pilotfish/policy.h"
+
+namespace pilotfish {
+
+void set_log_level(LogLevel level);
+bool log_enabled(LogLevel level);
+void log_line(LogLevel level, const std::string& message);
+
+inline void log_debug(const std::string& m) { if (log_enabled(LogLevel::debug)) log_line(LogLevel::debug, m); }
+inline void log_info(const std::string& m) { if (log_enabled(LogLevel::info)) log_line(LogLevel::info, m); }
+inline void log_warn(const std::string& m) { if (log_enabled(LogLevel::warn)) log_line(LogLevel::warn, m); }
+inline void log_error(const std::string& m) { log_line(LogLevel::error, m); }
+
+// "2026-11-26T06:10:00.123Z"
+std::string utc_timestamp();
+
+}  // namespace pilotfish

@@ -1,0 +1,110 @@
+#pragma once
+// A TCP connection on a worker's loop: one uv_tcp_t and one uv_timer_t, an output buffer that
+// collects everything one read callback produces so that it leaves in one system call, and a
+// close that frees the object only after libuv has closed both handles (libuv's rule: memory of
+// a handle is released in its close callback, never earlier).
+
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace pilotfish {
+
+class Worker;
+class Stream;
+
+// A queued write and the bytes it holds until libuv has written them.
+struct WriteRequest {
+  uv_write_t req;
+  std::string data;
+  Stream* owner = nullptr;
+};
+
+class Stream {
+ public:
+  explicit Stream(Worker& worker);
+  virtual ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  uv_tcp_t* tcp() { return &tcp_; }
+  uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }
+  Worker& worker() { return worker_; }
+
+  void start_read();
+  void stop_read();
+  bool reading() const { return reading_; }
+
+  // Output: append, then flush once at the end of the callback that produced it.
+  std::string& out() { return out_; }
+  void append(std::string_view bytes) { out_.append(bytes); }
+  // Writes what is in out(); returns 0 or a libuv error (the connection is then unusable).
+  int flush();
+  // Bytes accepted but not yet handed to the kernel: the backpressure measure.
+  size_t pending_bytes() const;
+
+  // Closes once everything queued is written: the write side is shut down, then the read
+  // side is drained (discarding) for a short while so the peer sees our last bytes before a
+  // close, instead of a reset that could destroy them (a lingering close, as nginx does).
+  void close_after_flush();
+  // After everything queued is written, sends FIN (half-close) and keeps reading.
+  void shutdown_after_flush();
+  bool write_shut() const { return shutdown_requested_; }
+
+  // Closes both handles; the object deletes itself once libuv has closed them.
+  void close();
+  bool closing() const { return closing_; }
+
+  // The worker is draining. Downstream connections close when idle, or after the response
+  // in flight; upstream connections need do nothing.
+  virtual void drain() {}
+
+  void start_timer(uint64_t ms);
+  void stop_timer();
+
+  // Intrusive list of all live streams of a worker, for drain and shutdown.
+  Stream* list_prev = nullptr;
+  Stream* list_next = nullptr;
+
+  static constexpr size_t kHighWater = 256 * 1024;
+  static constexpr size_t kLowWater = 64 * 1024;
+
+ protected:
+  // Bytes arrived. The buffer belongs to the worker and is reused after this returns.
+  virtual void on_data(char* data, size_t length) = 0;
+  // The peer closed (UV_EOF) or the connection failed (< 0).
+  virtual void on_read_end(int status) = 0;
+  // A queued write finished; pending_bytes() may now be below the low-water mark.
+  virtual void on_write_done(int status);
+  virtual void on_timeout() {}
+  // Called once, when close() starts; the place to detach from peers.
+  virtual void on_close() {}
+
+  Worker& worker_;
+
+ private:
+  static void alloc_cb(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);
+  static void read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  static void write_cb(uv_write_t* req, int status);
+  static void shutdown_cb(uv_shutdown_t* req, int status);
+  static void timer_cb(uv_timer_t* t);
+  static void close_cb(uv_handle_t* h);
+  void maybe_finish_flush();
+  void do_shutdown();
+
+  uv_tcp_t tcp_;
+  uv_timer_t timer_;
+  uv_shutdown_t shutdown_req_;
+  std::string out_;
+  int handles_open_ = 2;
+  bool reading_ = false;
+  bool closing_ = false;
+  bool close_after_flush_ = false;
+  bool shutdown_requested_ = false;
+  bool shutdown_started_ = false;
+  bool lingering_ = false;
+};
+
+}  // namespace pilotfish

@@ -1,0 +1,158 @@
+#include "net/tcp_proxy.h"
+
+#include "log/logger.h"
+#include "server/worker.h"
+
+namespace pilotfish {
+
+namespace {
+constexpr uint64_t kTcpIdleMs = 3600 * 1000;
+}
+
+TcpProxySession::TcpProxySession(Worker& worker, const Listener& listener, PolicyPtr policy)
+    : Stream(worker), listener_(listener), policy_(std::move(policy)) {
+  cluster_index_ = listener_.routes.empty() ? 0 : listener_.routes.front().cluster_index;
+  worker.add_downstream();
+}
+
+void TcpProxySession::start() {
+  uv_tcp_nodelay(tcp(), 1);
+  start_timer(kTcpIdleMs);
+  start_read();
+  connect();
+}
+
+void TcpProxySession::connect() {
+  ClusterState& cs = worker_.cluster(cluster_index_);
+  endpoint_ = cs.balancer->pick([](size_t) { return true; }, endpoint_);
+  if (endpoint_ < 0) {
+    close();
+    return;
+  }
+  ++attempts_;
+  // A byte stream is never pooled: each client gets its own upstream connection.
+  upstream_ = new UpstreamConnection(worker_, nullptr, this);
+  upstream_->set_half_close(true);
+  upstream_->connect(cs.pools[static_cast<size_t>(endpoint_)]->address().sa(),
+                     static_cast<uint64_t>(cs.config->connect_timeout.count()));
+}
+
+void TcpProxySession::on_upstream_connected() {
+  upstream_->append(pending_);
+  pending_.clear();
+  pending_.shrink_to_fit();
+  upstream_->flush();
+  if (downstream_eof_) upstream_->shutdown_after_flush();
+  if (paused_for_upstream_ && upstream_->pending_bytes() < kLowWater) {
+    paused_for_upstream_ = false;
+    start_read();
+  }
+}
+
+void TcpProxySession::on_upstream_connect_failed(int status) {
+  upstream_ = nullptr;
+  const Cluster& c = *worker_.cluster(cluster_index_).config;
+  log_debug("listener " + listener_.name + ": connect to cluster " + c.name + " failed: " + uv_strerror(status));
+  if ((c.retry.on & kRetryConnectFailure) && attempts_ <= c.retry.retries) {
+    connect();
+    return;
+  }
+  close();
+}
+
+void TcpProxySession::on_data(char* data, size_t length) {
+  start_timer(kTcpIdleMs);
+  if (upstream_ && upstream_->connected()) {
+    upstream_->append({data, length});
+    upstream_->flush();
+    if (upstream_->pending_bytes() > kHighWater) {
+      paused_for_upstream_ = true;
+      stop_read();
+    }
+  } else {
+    pending_.append(data, length);
+    if (pending_.size() > kHighWater) {
+      paused_for_upstream_ = true;
+      stop_read();
+    }
+  }
+}
+
+void TcpProxySession::on_read_end(int status) {
+  if (status != UV_EOF) {
+    close();
+    return;
+  }
+  downstream_eof_ = true;
+  if (upstream_ && upstream_->connected()) upstream_->shutdown_after_flush();
+  maybe_close();
+}
+
+void TcpProxySession::on_upstream_data(char* data, size_t length) {
+  start_timer(kTcpIdleMs);
+  append({data, length});
+  if (flush() != 0) {
+    close();
+    return;
+  }
+  if (pending_bytes() > kHighWater) {
+    paused_for_downstream_ = true;
+    upstream_->stop_read();
+  }
+}
+
+void TcpProxySession::on_upstream_end(int status) {
+  if (status != UV_EOF) {
+    upstream_ = nullptr;  // it closes itself
+    close();
+    return;
+  }
+  upstream_eof_ = true;
+  shutdown_after_flush();
+  maybe_close();
+}
+
+void TcpProxySession::maybe_close() {
+  if (downstream_eof_ && upstream_eof_) {
+    // Both directions are done; let the last bytes out first.
+    if (upstream_) {
+      UpstreamConnection* u = upstream_;
+      upstream_ = nullptr;
+      u->detach();
+      u->close_after_flush();
+    }
+    close_after_flush();
+  }
+}
+
+void TcpProxySession::on_write_done(int status) {
+  if (status < 0) {
+    close();
+    return;
+  }
+  if (paused_for_downstream_ && pending_bytes() < kLowWater && upstream_) {
+    paused_for_downstream_ = false;
+    upstream_->start_read();
+  }
+}
+
+void TcpProxySession::on_upstream_drained() {
+  if (paused_for_upstream_ && upstream_ && upstream_->pending_bytes() < kLowWater) {
+    paused_for_upstream_ = false;
+    if (!downstream_eof_) start_read();
+  }
+}
+
+void TcpProxySession::on_timeout() { close(); }
+
+void TcpProxySession::on_close() {
+  if (upstream_) {
+    UpstreamConnection* u = upstream_;
+    upstream_ = nullptr;
+    u->detach();
+    u->close();
+  }
+  worker_.remove_downstream();
+}
+
+}  // namespace pilotfish

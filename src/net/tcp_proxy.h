@@ -1,0 +1,50 @@
+#pragma once
+// A `protocol: tcp` listener's connection: bytes both ways to one endpoint of the cluster, with
+// backpressure and half-close passed through (a FIN from one side reaches the other, and the
+// connection ends when both directions have ended).
+
+#include <string>
+
+#include "net/stream.h"
+#include "pilotfish/policy.h"
+#include "upstream/upstream_pool.h"
+
+namespace pilotfish {
+
+class TcpProxySession final : public Stream, public UpstreamHandler {
+ public:
+  TcpProxySession(Worker& worker, const Listener& listener, PolicyPtr policy);
+  void start();
+  void drain() override {}  // a byte stream has no request boundary: it runs until the drain timeout
+
+ protected:
+  void on_data(char* data, size_t length) override;
+  void on_read_end(int status) override;
+  void on_write_done(int status) override;
+  void on_timeout() override;
+  void on_close() override;
+
+  void on_upstream_connected() override;
+  void on_upstream_connect_failed(int status) override;
+  void on_upstream_data(char* data, size_t length) override;
+  void on_upstream_end(int status) override;
+  void on_upstream_drained() override;
+
+ private:
+  void connect();
+  void maybe_close();
+
+  const Listener& listener_;
+  PolicyPtr policy_;
+  size_t cluster_index_ = 0;
+  int endpoint_ = -1;
+  unsigned attempts_ = 0;
+  UpstreamConnection* upstream_ = nullptr;
+  std::string pending_;  // bytes from the client before the upstream connected
+  bool downstream_eof_ = false;
+  bool upstream_eof_ = false;
+  bool paused_for_upstream_ = false;
+  bool paused_for_downstream_ = false;
+};
+
+}  // namespace pilotfish

@@ -1,0 +1,180 @@
+#include "server/worker.h"
+
+#include <unistd.h>
+
+#include "http/http_session.h"
+#include "log/logger.h"
+#include "net/stream.h"
+#include "net/tcp_proxy.h"
+
+namespace pilotfish {
+
+Worker::Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, AccessLogWriter* access_log)
+    : index_(index),
+      policy_(std::move(policy)),
+      listen_fds_(std::move(listen_fds)),
+      read_buffer_(new char[kReadBufferSize]) {
+  uv_loop_init(&loop_);
+  loop_.data = this;
+  uv_async_init(&loop_, &async_, on_async);
+  async_.data = this;
+  access_log_.init(&loop_, access_log);
+  clusters_.resize(policy_->clusters.size());
+  for (size_t i = 0; i < policy_->clusters.size(); ++i) {
+    const Cluster& c = policy_->clusters[i];
+    ClusterState& cs = clusters_[i];
+    cs.config = &c;
+    cs.balancer = std::make_unique<Balancer>(c.lb, c.endpoints.size(), &random_);
+    for (const auto& ep : c.endpoints) cs.pools.push_back(std::make_unique<EndpointPool>(*this, ep, c));
+  }
+  for (size_t i = 0; i < policy_->listeners.size(); ++i) {
+    auto h = std::make_unique<ListenerHandle>();
+    h->worker = this;
+    h->config = &policy_->listeners[i];
+    h->index = i;
+    uv_tcp_init(&loop_, &h->tcp);
+    h->tcp.data = h.get();
+    uv_tcp_open(&h->tcp, listen_fds_[i]);
+    // Listen now, on the constructing thread, so that connections queue in the backlog from
+    // the moment the process says it is ready, before this worker's loop runs.
+    int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&h->tcp), 1024, on_connection);
+    if (rc != 0) log_error("worker " + std::to_string(index_) + ": listen on " + h->config->name + ": " + uv_strerror(rc));
+    listeners_.push_back(std::move(h));
+  }
+}
+
+Worker::~Worker() {
+  // The loop has ended with every handle closed (see close_everything).
+  uv_loop_close(&loop_);
+}
+
+void Worker::start_with_callback(std::function<void()> done) {
+  done_ = std::move(done);
+  thread_ = std::thread([this] {
+    run();
+    if (done_) done_();
+  });
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::run() { uv_run(&loop_, UV_RUN_DEFAULT); }
+
+void Worker::on_connection(uv_stream_t* server, int status) {
+  auto* h = static_cast<ListenerHandle*>(server->data);
+  Worker* w = h->worker;
+  if (status < 0 || w->draining_) return;
+  Stream* s;
+  if (h->config->protocol == Protocol::tcp)
+    s = new TcpProxySession(*w, *h->config, w->policy_);
+  else
+    s = new HttpSession(*w, *h->config, w->policy_);
+  if (uv_accept(server, s->stream()) != 0) {
+    s->close();
+    return;
+  }
+  if (h->config->protocol == Protocol::tcp)
+    static_cast<TcpProxySession*>(s)->start();
+  else
+    static_cast<HttpSession*>(s)->start();
+}
+
+WriteRequest* Worker::take_write_request() {
+  if (free_writes_.empty()) return new WriteRequest;
+  WriteRequest* w = free_writes_.back().release();
+  free_writes_.pop_back();
+  return w;
+}
+
+void Worker::give_write_request(WriteRequest* w) {
+  constexpr size_t kKeep = 16;
+  constexpr size_t kMaxCapacity = 512 * 1024;
+  w->owner = nullptr;
+  w->data.clear();
+  if (free_writes_.size() >= kKeep) {
+    delete w;
+    return;
+  }
+  if (w->data.capacity() > kMaxCapacity) w->data.shrink_to_fit();
+  free_writes_.emplace_back(w);
+}
+
+void Worker::link_stream(Stream* s) {
+  s->list_next = streams_;
+  s->list_prev = nullptr;
+  if (streams_) streams_->list_prev = s;
+  streams_ = s;
+}
+
+void Worker::unlink_stream(Stream* s) {
+  if (s->list_prev) s->list_prev->list_next = s->list_next;
+  else streams_ = s->list_next;
+  if (s->list_next) s->list_next->list_prev = s->list_prev;
+}
+
+void Worker::remove_downstream() {
+  if (downstream_count_) --downstream_count_;
+  if (draining_) maybe_finish_drain();
+}
+
+void Worker::begin_drain() {
+  int expected = 0;
+  command_.compare_exchange_strong(expected, 1);
+  uv_async_send(&async_);
+}
+
+void Worker::force_stop() {
+  command_.store(2);
+  uv_async_send(&async_);
+}
+
+void Worker::on_async(uv_async_t* a) {
+  auto* w = static_cast<Worker*>(a->data);
+  int cmd = w->command_.load();
+  if (cmd == 2) {
+    w->draining_ = true;
+    w->close_everything();
+    return;
+  }
+  if (cmd == 1 && !w->draining_) {
+    w->draining_ = true;
+    w->stop_listening();
+    // Idle connections close now; busy ones after their response (drain() decides).
+    for (Stream* s = w->streams_; s;) {
+      Stream* next = s->list_next;
+      s->drain();
+      s = next;
+    }
+    w->maybe_finish_drain();
+  }
+}
+
+void Worker::stop_listening() {
+  for (auto& l : listeners_) {
+    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&l->tcp)))
+      uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), nullptr);
+  }
+}
+
+void Worker::maybe_finish_drain() {
+  if (!draining_ || stopping_ || downstream_count_ != 0) return;
+  close_everything();
+}
+
+void Worker::close_everything() {
+  if (stopping_) return;
+  stopping_ = true;
+  stop_listening();
+  for (Stream* s = streams_; s;) {
+    Stream* next = s->list_next;
+    s->close();
+    s = next;
+  }
+  for (auto& c : clusters_) c.pools.clear();
+  access_log_.close();
+  uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+}
+
+}  // namespace pilotfish

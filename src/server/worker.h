@@ -1,0 +1,102 @@
+#pragma once
+// One worker: one thread, one uv_loop_t, its own listening sockets (SO_REUSEPORT), its own
+// snapshot of the policy and its own upstream pools. Nothing on the request path is shared with
+// another worker, so nothing on it takes a lock.
+
+#include <uv.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "log/access_log.h"
+#include "net/stream.h"
+#include "pilotfish/balancer.h"
+#include "pilotfish/policy.h"
+#include "upstream/upstream_pool.h"
+
+namespace pilotfish {
+
+class Stream;
+
+// Per-worker state of one cluster: its balancer and one connection pool per endpoint.
+struct ClusterState {
+  const Cluster* config = nullptr;
+  std::unique_ptr<Balancer> balancer;
+  std::vector<std::unique_ptr<EndpointPool>> pools;
+};
+
+class Worker {
+ public:
+  // `listen_fds[i]` is this worker's bound socket for policy->listeners[i].
+  Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, AccessLogWriter* access_log);
+  ~Worker();
+
+  // Runs the loop on a new thread; `done` is called on that thread when the loop has ended.
+  void start_with_callback(std::function<void()> done);
+  void join();
+  // Thread-safe: stop accepting, finish what is in flight, then end the loop.
+  void begin_drain();
+  // Thread-safe: close every connection now and end the loop.
+  void force_stop();
+
+  uv_loop_t* loop() { return &loop_; }
+  unsigned index() const { return index_; }
+  const PolicyPtr& policy() const { return policy_; }
+  bool draining() const { return draining_; }
+  FastRandom& random() { return random_; }
+  ClusterState& cluster(size_t index) { return clusters_[index]; }
+  AccessLogBuffer& access_log() { return access_log_; }
+  uv_buf_t read_buffer() { return uv_buf_init(read_buffer_.get(), kReadBufferSize); }
+
+  void link_stream(Stream* s);
+  void unlink_stream(Stream* s);
+  // A downstream connection finished a request or closed: may end a drain.
+  void maybe_finish_drain();
+  size_t downstream_count() const { return downstream_count_; }
+  void add_downstream() { ++downstream_count_; }
+  void remove_downstream();
+
+  // A small free list of write requests: a streamed body reuses the same few buffers.
+  WriteRequest* take_write_request();
+  void give_write_request(WriteRequest* w);
+
+  static constexpr size_t kReadBufferSize = 64 * 1024;
+
+ private:
+  struct ListenerHandle {
+    Worker* worker;
+    const Listener* config;
+    size_t index;
+    uv_tcp_t tcp;
+  };
+  static void on_connection(uv_stream_t* server, int status);
+  static void on_async(uv_async_t* a);
+  void run();
+  void stop_listening();
+  void close_everything();
+
+  unsigned index_;
+  PolicyPtr policy_;
+  std::vector<int> listen_fds_;
+  uv_loop_t loop_;
+  uv_async_t async_;
+  std::atomic<int> command_{0};  // 1 = drain, 2 = force stop
+  std::vector<std::unique_ptr<ListenerHandle>> listeners_;
+  std::vector<ClusterState> clusters_;
+  Stream* streams_ = nullptr;
+  size_t downstream_count_ = 0;
+  bool draining_ = false;
+  bool stopping_ = false;
+  std::unique_ptr<char[]> read_buffer_;
+  std::vector<std::unique_ptr<WriteRequest>> free_writes_;
+  FastRandom random_;
+  AccessLogBuffer access_log_;
+  std::thread thread_;
+  std::function<void()> done_;
+};
+
+}  // namespace pilotfish

@@ -1,0 +1,146 @@
+#include "upstream/upstream_pool.h"
+
+#include <algorithm>
+
+#include "server/worker.h"
+
+namespace pilotfish {
+
+UpstreamConnection::UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler)
+    : Stream(worker), pool_(pool), handler_(handler) {
+  requests_started_ = 1;
+}
+
+void UpstreamConnection::connect(const sockaddr* address, uint64_t timeout_ms) {
+  connecting_ = true;
+  connect_req_.data = this;
+  int rc = uv_tcp_connect(&connect_req_, tcp(), address, connect_cb);
+  if (rc != 0) {
+    connecting_ = false;
+    UpstreamHandler* h = handler_;
+    handler_ = nullptr;
+    close();
+    if (h) h->on_upstream_connect_failed(rc);
+    return;
+  }
+  start_timer(timeout_ms);
+}
+
+void UpstreamConnection::connect_cb(uv_connect_t* req, int status) {
+  auto* self = static_cast<UpstreamConnection*>(req->data);
+  self->connecting_ = false;
+  if (status == UV_ECANCELED || self->closing()) return;
+  self->stop_timer();
+  UpstreamHandler* h = self->handler_;
+  if (status != 0) {
+    self->handler_ = nullptr;
+    self->close();
+    if (h) h->on_upstream_connect_failed(status);
+    return;
+  }
+  self->connected_ = true;
+  uv_tcp_nodelay(self->tcp(), 1);
+  self->start_read();
+  if (h) h->on_upstream_connected();
+}
+
+void UpstreamConnection::park(uint64_t idle_timeout_ms) {
+  handler_ = nullptr;
+  start_read();
+  start_timer(idle_timeout_ms);
+}
+
+void UpstreamConnection::on_data(char* data, size_t length) {
+  if (handler_) {
+    handler_->on_upstream_data(data, length);
+    return;
+  }
+  close();  // bytes nobody asked for: this connection cannot be trusted with another request
+}
+
+void UpstreamConnection::on_read_end(int status) {
+  if (half_close_ && status == UV_EOF && handler_) {
+    handler_->on_upstream_end(status);
+    return;
+  }
+  UpstreamHandler* h = handler_;
+  handler_ = nullptr;
+  close();
+  if (h) h->on_upstream_end(status);
+}
+
+void UpstreamConnection::on_write_done(int status) {
+  if (status < 0) {
+    UpstreamHandler* h = handler_;
+    handler_ = nullptr;
+    close();
+    if (h) h->on_upstream_end(status);
+    return;
+  }
+  if (handler_ && pending_bytes() < kLowWater) handler_->on_upstream_drained();
+}
+
+void UpstreamConnection::on_timeout() {
+  if (connecting_) {
+    UpstreamHandler* h = handler_;
+    handler_ = nullptr;
+    close();
+    if (h) h->on_upstream_connect_failed(UV_ETIMEDOUT);
+    return;
+  }
+  if (!handler_) close();  // idle too long in the pool
+}
+
+void UpstreamConnection::on_close() {
+  if (pool_) pool_->forget(this);
+  pool_ = nullptr;
+}
+
+EndpointPool::EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster)
+    : worker_(worker),
+      address_(address),
+      connect_timeout_ms_(static_cast<uint64_t>(cluster.connect_timeout.count())),
+      idle_timeout_ms_(static_cast<uint64_t>(cluster.idle_timeout.count())) {}
+
+EndpointPool::~EndpointPool() {
+  for (auto* c : idle_) {
+    c->detach_pool();
+    c->close();
+  }
+  idle_.clear();
+}
+
+UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused) {
+  while (!idle_.empty()) {
+    UpstreamConnection* c = idle_.back();
+    idle_.pop_back();
+    if (c->closing()) continue;
+    c->stop_timer();
+    c->attach(handler);
+    *reused = true;
+    return c;
+  }
+  *reused = false;
+  auto* c = new UpstreamConnection(worker_, this, handler);
+  ++open_;
+  c->connect(address_.sa(), connect_timeout_ms_);
+  return c;
+}
+
+void EndpointPool::release(UpstreamConnection* c) {
+  if (c->closing()) return;
+  if (worker_.draining() && worker_.downstream_count() == 0) {
+    c->close();
+    return;
+  }
+  c->park(idle_timeout_ms_ ? idle_timeout_ms_ : 1);
+  idle_.push_back(c);
+}
+
+void EndpointPool::forget(UpstreamConnection* c) {
+  auto it = std::find(idle_.begin(), idle_.end(), c);
+  if (it != idle_.end()) idle_.erase(it);
+  if (open_) --open_;
+}
+
+}  // namespace pilotfish

@@ -1,0 +1,94 @@
+#pragma once
+// Upstream connections and the per-worker, per-endpoint pool that keeps them alive between
+// requests. An UpstreamConnection is a byte stream: the borrower (an HTTP session or a TCP
+// proxy) parses what comes back, so the pool knows nothing about HTTP.
+
+#include <uv.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "net/stream.h"
+#include "pilotfish/policy.h"
+
+namespace pilotfish {
+
+class EndpointPool;
+
+// What a borrower of an upstream connection is told. A borrower always detaches (release() or
+// close) before it goes away, so the connection never calls a dead handler.
+class UpstreamHandler {
+ public:
+  virtual ~UpstreamHandler() = default;
+  virtual void on_upstream_connected() = 0;
+  virtual void on_upstream_connect_failed(int status) = 0;
+  virtual void on_upstream_data(char* data, size_t length) = 0;
+  virtual void on_upstream_end(int status) = 0;  // UV_EOF or an error; the connection is closing
+  virtual void on_upstream_drained() = 0;         // its write queue fell below the low-water mark
+};
+
+class UpstreamConnection final : public Stream {
+ public:
+  UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler);
+
+  bool connected() const { return connected_; }
+  bool reused() const { return requests_started_ > 1; }
+  EndpointPool* pool() const { return pool_; }
+  void detach_pool() { pool_ = nullptr; }
+  void attach(UpstreamHandler* handler) { handler_ = handler; ++requests_started_; }
+  void detach() { handler_ = nullptr; }
+  // A byte tunnel wants the peer's FIN passed on while the other direction still flows; an
+  // HTTP exchange closes on EOF.
+  void set_half_close(bool on) { half_close_ = on; }
+
+  void connect(const sockaddr* address, uint64_t timeout_ms);
+  // Parks the connection in its pool: reads continue so that a close by the upstream is seen.
+  void park(uint64_t idle_timeout_ms);
+
+ protected:
+  void on_data(char* data, size_t length) override;
+  void on_read_end(int status) override;
+  void on_write_done(int status) override;
+  void on_timeout() override;
+  void on_close() override;
+
+ private:
+  static void connect_cb(uv_connect_t* req, int status);
+  EndpointPool* pool_;
+  UpstreamHandler* handler_;
+  uv_connect_t connect_req_;
+  bool connected_ = false;
+  bool connecting_ = false;
+  bool half_close_ = false;
+  uint64_t requests_started_ = 0;
+};
+
+class EndpointPool {
+ public:
+  EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster);
+  ~EndpointPool();
+  EndpointPool(const EndpointPool&) = delete;
+  EndpointPool& operator=(const EndpointPool&) = delete;
+
+  // An idle pooled connection if there is one (most recently used first, as it is the most
+  // likely to still be open), else a new connection that is connecting.
+  UpstreamConnection* acquire(UpstreamHandler* handler, bool* reused);
+  // The borrower is done and the connection may serve another request.
+  void release(UpstreamConnection* connection);
+  // Called by a closing connection.
+  void forget(UpstreamConnection* connection);
+
+  const SocketAddress& address() const { return address_; }
+  size_t open_connections() const { return open_; }
+  size_t idle_connections() const { return idle_.size(); }
+
+ private:
+  Worker& worker_;
+  SocketAddress address_;
+  uint64_t connect_timeout_ms_;
+  uint64_t idle_timeout_ms_;
+  std::vector<UpstreamConnection*> idle_;
+  size_t open_ = 0;
+};
+
+}  // namespace pilotfish

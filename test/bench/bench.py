@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""pilotfish benchmark: wrk on loopback against the upstream directly, pilotfish, HAProxy and
+NGINX, each configured as the same keep-alive reverse proxy.
+
+Pinned as a pod runs: the proxy and the upstream share CPU 0, wrk has CPU 1, so each proxy's
+CPU time per request decides its throughput. Targets are interleaved and repeated; the table
+gives medians. Not a test: it asserts nothing and is never run by the test suite.
+
+  python3 test/bench/bench.py [--rounds 5] [--duration 5] [--connections 50] [--bin build/pilotfish]
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+PROXY_CPU = "0"
+WRK_CPU = "1"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except FileNotFoundError:
+            pass
+    return total / TICK
+
+
+def children(pid):
+    """The pids of a process and its children (nginx/haproxy master + workers)."""
+    out = [pid]
+    try:
+        for line in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+            out.append(int(line))
+    except OSError:
+        pass
+    return out
+
+
+class Target:
+    def __init__(self, name, port, proc, pids_fn):
+        self.name, self.port, self.proc, self.pids_fn = name, port, proc, pids_fn
+        self.runs = []
+        self.rss_idle = 0
+        self.rss_loaded = 0
+
+
+def parse_latency(text, label):
+    m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not m:
+        return float("nan")
+    v, unit = float(m.group(1)), m.group(2)
+    return v * {"us": 1e-3, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(port, duration, connections):
+    cmd = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+           f"http://127.0.0.1:{port}/"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
+    out = r.stdout
+    m = re.search(r"(\d+) requests in", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: (.*)", out)
+    return {
+        "requests": int(m.group(1)) if m else 0,
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50": parse_latency(out, "50%"),
+        "p99": parse_latency(out, "99%"),
+        "errors": int(errors.group(1)) if errors else 0,
+        "socket_errors": sock_err.group(1) if sock_err else "",
+    }
+
+
+def start(cmd, **kw):
+    return subprocess.Popen(["taskset", "-c", PROXY_CPU] + cmd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, **kw)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--bin", default=os.path.join(ROOT, "build", "pilotfish"))
+    ap.add_argument("--with-access-log", action="store_true", help="also measure pilotfish with its access log on")
+    args = ap.parse_args()
+
+    for tool in ("wrk", "haproxy", "nginx", "taskset"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            sys.exit(f"bench: {tool} is missing: run scripts/install-deps.sh --bench")
+
+    tmp = tempfile.mkdtemp(prefix="pf-bench-")
+    procs = []
+    try:
+        # The upstream: NGINX answering a small fixed body, one worker.
+        up_port = free_port()
+        up_conf = os.path.join(tmp, "upstream.conf")
+        with open(up_conf, "w") as f:
+            f.write(f"""worker_processes 1; daemon off; pid {tmp}/up.pid; error_log {tmp}/up-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{up_port} backlog=4096; location / {{ return 200 "hello from upstream\\n"; }} }} }}
+""")
+        up = start(["nginx", "-c", up_conf, "-p", tmp])
+        procs.append(up)
+        wait_port(up_port)
+
+        targets = [Target("direct", up_port, up, lambda p=up: children(p.pid))]
+
+        def add_pilotfish(name, access_log):
+            port = free_port()
+            pol = os.path.join(tmp, f"{name}.yaml")
+            with open(pol, "w") as f:
+                f.write(f"""version: 1
+service: bench
+workers: 1
+access_log: {os.path.join(tmp, name + '-access.log') if access_log else 'off'}
+admin: {{address: 127.0.0.1:{free_port()}}}
+listeners:
+  - name: ingress
+    address: 127.0.0.1:{port}
+    routes: [{{cluster: upstream}}]
+clusters:
+  - name: upstream
+    endpoints: [127.0.0.1:{up_port}]
+""")
+            p = start([args.bin, "run", "--config", pol])
+            procs.append(p)
+            wait_port(port)
+            targets.append(Target(name, port, p, lambda p=p: [p.pid]))
+
+        add_pilotfish("pilotfish", False)
+        if args.with_access_log:
+            add_pilotfish("pilotfish+log", True)
+
+        ha_port = free_port()
+        ha_conf = os.path.join(tmp, "haproxy.cfg")
+        with open(ha_conf, "w") as f:
+            f.write(f"""global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{ha_port}
+  default_backend be
+backend be
+  server up 127.0.0.1:{up_port}
+""")
+        ha = start(["haproxy", "-f", ha_conf])
+        procs.append(ha)
+        wait_port(ha_port)
+        targets.append(Target("haproxy", ha_port, ha, lambda p=ha: children(p.pid)))
+
+        ng_port = free_port()
+        ng_conf = os.path.join(tmp, "nginx-proxy.conf")
+        with open(ng_conf, "w") as f:
+            f.write(f"""worker_processes 1; daemon off; pid {tmp}/ng.pid; error_log {tmp}/ng-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  upstream up {{ server 127.0.0.1:{up_port}; keepalive 128; keepalive_requests 1000000; }}
+  server {{ listen 127.0.0.1:{ng_port} backlog=4096;
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+        ng = start(["nginx", "-c", ng_conf, "-p", tmp])
+        procs.append(ng)
+        wait_port(ng_port)
+        targets.append(Target("nginx", ng_port, ng, lambda p=ng: children(p.pid)))
+
+        time.sleep(0.5)
+        for t in targets:
+            t.rss_idle = rss_kib(t.pids_fn())
+        # Warm-up, then interleaved rounds.
+        for t in targets:
+            run_wrk(t.port, 2, args.connections)
+        for r in range(args.rounds):
+            for t in targets:
+                pids = t.pids_fn()
+                # The proxy's CPU, without the upstream's: the upstream's own share is measured
+                # in the direct run.
+                c0 = cpu_seconds(pids)
+                res = run_wrk(t.port, args.duration, args.connections)
+                c1 = cpu_seconds(pids)
+                res["cpu_us_per_req"] = (c1 - c0) / res["requests"] * 1e6 if res["requests"] else float("nan")
+                t.runs.append(res)
+                print(f"round {r + 1} {t.name:14s} {res['rps']:10.0f} req/s  p50 {res['p50']:.3f} ms  "
+                      f"p99 {res['p99']:.3f} ms  cpu {res['cpu_us_per_req']:.2f} us/req  "
+                      f"non-2xx {res['errors']} {res['socket_errors']}", flush=True)
+        for t in targets:
+            t.rss_loaded = rss_kib(t.pids_fn())
+
+        def med(t, key):
+            return statistics.median(x[key] for x in t.runs)
+
+        direct = targets[0]
+        pf = next(t for t in targets if t.name == "pilotfish")
+        print()
+        print(f"{time.strftime('%Y-%m-%d')}: wrk -t1 -c{args.connections} -d{args.duration}s, "
+              f"{args.rounds} interleaved rounds, medians; proxy+upstream on CPU {PROXY_CPU}, wrk on CPU {WRK_CPU}")
+        print()
+        print("| target | req/s | p50 ms | p99 ms | added p50 ms | proxy CPU us/req | RSS idle MiB | RSS after MiB | req/s vs pilotfish |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for t in targets:
+            added = med(t, "p50") - med(direct, "p50") if t is not direct else 0.0
+            cpu = med(t, "cpu_us_per_req")
+            print(f"| {t.name} | {med(t, 'rps'):.0f} | {med(t, 'p50'):.3f} | {med(t, 'p99'):.3f} | "
+                  f"{added:.3f} | {cpu:.2f} | {t.rss_idle / 1024:.1f} | {t.rss_loaded / 1024:.1f} | "
+                  f"{med(t, 'rps') / med(pf, 'rps'):.2f} |")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,698 @@
+"""Helpers for pilotfish's integration tests. Python 3 standard library only.
+
+- Pilotfish: writes a policy (dict or YAML text) to a temporary folder, runs the real binary
+  ($PILOTFISH_BIN, default build/pilotfish), waits for `pilotfish ready`, parses the bound port
+  of each listener from its log, and stops it with SIGTERM (asserting exit code 0).
+- Upstream: runs upstream.py in a separate process, reads `PORT n` from its stdout, and reads
+  the stats file it keeps.
+- Client: a raw-socket HTTP client: send exact bytes, read and parse responses, detect close.
+
+Every process started here is registered; `cleanup()` (also run at exit) kills whatever is still
+running, and `main()` fails the test file if any of them was left behind. Children are started
+from the main thread with PR_SET_PDEATHSIG, so they also die if the test runner is killed.
+"""
+
+import atexit
+import ctypes
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+BIN = os.environ.get("PILOTFISH_BIN") or os.path.join(ROOT, "build", "pilotfish")
+UPSTREAM_PY = os.path.join(HERE, "upstream.py")
+
+_started = []  # every subprocess.Popen started by this module
+_tmpdirs = []
+
+
+def _pdeathsig():
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn(args, **kw):
+    """subprocess.Popen, registered for cleanup, dying with its parent."""
+    assert threading.current_thread() is threading.main_thread(), \
+        "spawn from the main thread only (PR_SET_PDEATHSIG is tied to the creating thread)"
+    p = subprocess.Popen(args, preexec_fn=_pdeathsig, **kw)
+    _started.append(p)
+    return p
+
+
+def make_tmpdir(prefix="pf-it-"):
+    d = tempfile.mkdtemp(prefix=prefix)
+    _tmpdirs.append(d)
+    return d
+
+
+def kill_proc(p, sig=signal.SIGTERM, timeout=5.0):
+    if p.poll() is not None:
+        return p.returncode
+    try:
+        p.send_signal(sig)
+        return p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return p.wait(5)
+
+
+def cleanup():
+    for p in _started:
+        if p.poll() is None:
+            try:
+                p.kill()
+                p.wait(5)
+            except Exception:
+                pass
+    for d in _tmpdirs:
+        shutil.rmtree(d, ignore_errors=True)
+    _tmpdirs.clear()
+
+
+atexit.register(cleanup)
+
+
+def leftover_processes():
+    """PIDs started by this module that are still alive (zombies count as dead)."""
+    alive = []
+    for p in _started:
+        if p.poll() is None:
+            alive.append(p.pid)
+    return alive
+
+
+def wait_for(pred, timeout=5.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def listening_ports():
+    """Local ports in LISTEN state on this machine (from /proc/net/tcp and tcp6)."""
+    ports = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A":
+                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+def free_port():
+    """A port with nothing listening on it (bound, then closed)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML
+# ---------------------------------------------------------------------------------------------
+
+def _scalar(v):
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return json.dumps(str(v))  # a JSON string is a valid YAML double-quoted scalar
+
+
+def to_yaml(obj, indent=0):
+    pad = " " * indent
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, dict) and v:
+                out.append("%s%s:" % (pad, k))
+                out.append(to_yaml(v, indent + 2))
+            elif isinstance(v, list) and v:
+                out.append("%s%s:" % (pad, k))
+                out.append(to_yaml(v, indent + 2))
+            elif isinstance(v, (dict, list)):
+                out.append("%s%s: %s" % (pad, k, "{}" if isinstance(v, dict) else "[]"))
+            else:
+                out.append("%s%s: %s" % (pad, k, _scalar(v)))
+    elif isinstance(obj, list):
+        for item in obj:
+            if isinstance(item, (dict, list)) and item:
+                sub = to_yaml(item, indent + 2).split("\n")
+                sub[0] = pad + "- " + sub[0][indent + 2:]
+                out.extend(sub)
+            else:
+                out.append("%s- %s" % (pad, _scalar(item)))
+    else:
+        out.append(pad + _scalar(obj))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Upstream processes
+# ---------------------------------------------------------------------------------------------
+
+class Upstream:
+    def __init__(self, mode="echo", name=None, extra=()):
+        self.dir = make_tmpdir("pf-up-")
+        self.name = name or mode
+        self.stats_path = os.path.join(self.dir, "stats.json")
+        self.stderr_path = os.path.join(self.dir, "stderr")
+        args = [sys.executable, UPSTREAM_PY, "--mode", mode, "--name", self.name,
+                "--stats", self.stats_path] + list(extra)
+        self.stderr_file = open(self.stderr_path, "wb")
+        self.proc = spawn(args, stdout=subprocess.PIPE, stderr=self.stderr_file, stdin=subprocess.DEVNULL)
+        line = _readline_timeout(self.proc.stdout, 10.0)
+        m = re.match(rb"PORT (\d+)", line or b"")
+        if not m:
+            self.stop()
+            raise AssertionError("upstream %s did not start: %r %s" % (mode, line, self.stderr()))
+        self.port = int(m.group(1))
+        self.address = "127.0.0.1:%d" % self.port
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stats(self):
+        for _ in range(50):
+            try:
+                with open(self.stats_path) as f:
+                    return json.load(f)
+            except (OSError, ValueError):
+                time.sleep(0.02)
+        raise AssertionError("cannot read upstream stats " + self.stats_path)
+
+    def requests(self):
+        return self.stats()["requests"]
+
+    def wait_requests(self, n, timeout=5.0):
+        return wait_for(lambda: len(self.requests()) >= n and self.requests(), timeout,
+                        what="%d requests at upstream %s" % (n, self.name))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            kill_proc(self.proc, signal.SIGTERM, 5)
+        try:
+            self.proc.stdout.close()
+        except Exception:
+            pass
+        self.stderr_file.close()
+
+
+def _readline_timeout(f, timeout):
+    fd = f.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return buf
+        r, _, _ = select.select([fd], [], [], left)
+        if not r:
+            return buf
+        b = os.read(fd, 1)
+        if not b:
+            return buf
+        buf += b
+    return buf
+
+
+# ---------------------------------------------------------------------------------------------
+# pilotfish
+# ---------------------------------------------------------------------------------------------
+
+def simple_policy(upstreams, listener=None, cluster=None, workers=1, access_log="off", routes=None):
+    """A policy with one http listener `ingress` on port 0 routing everything to cluster `app`."""
+    if not isinstance(upstreams, (list, tuple)):
+        upstreams = [upstreams]
+    c = {"name": "app", "endpoints": [u if isinstance(u, str) else u.address for u in upstreams]}
+    c.update(cluster or {})
+    l = {"name": "ingress", "address": "127.0.0.1:0"}
+    l.update(listener or {})
+    l["routes"] = routes or [{"cluster": "app"}]
+    return {"version": 1, "service": "it", "admin": {"address": "127.0.0.1:0"}, "workers": workers,
+            "access_log": access_log, "listeners": [l], "clusters": [c]}
+
+
+class Pilotfish:
+    LISTENER_RE = re.compile(r" listener (\S+) on (\S+):(\d+) \(")
+
+    def __init__(self, policy, extra_args=(), start=True, ready_timeout=10.0, wait_listening=True):
+        self.dir = make_tmpdir("pf-run-")
+        self.config = os.path.join(self.dir, "policy.yaml")
+        if isinstance(policy, dict):
+            policy = dict(policy)
+            policy.setdefault("admin", {"address": "127.0.0.1:0"})
+            text = to_yaml(policy) + "\n"
+        else:
+            text = policy
+        with open(self.config, "w") as f:
+            f.write(text)
+        self.policy_text = text
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.ports = {}
+        self.lines = []
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.stdout_path = os.path.join(self.dir, "stdout")
+        self.wait_listening = wait_listening
+        if start:
+            self.start(ready_timeout)
+
+    def start(self, ready_timeout=10.0):
+        self.stdout_file = open(self.stdout_path, "wb")
+        self.proc = spawn([BIN, "run", "--config", self.config] + self.extra_args,
+                          stdout=self.stdout_file, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self.reader.start()
+        deadline = time.monotonic() + ready_timeout
+        while not self.ready.wait(0.05):
+            if self.proc.poll() is not None:
+                self.reader.join(2)
+                raise AssertionError("pilotfish exited with %s before ready:\n%s\npolicy:\n%s"
+                                     % (self.proc.returncode, self.log(), self.policy_text))
+            if time.monotonic() > deadline:
+                raise AssertionError("pilotfish not ready after %.0fs:\n%s" % (ready_timeout, self.log()))
+        if self.wait_listening:
+            # `ready` is logged when serving; should it come before listen(), this keeps the other
+            # tests independent of that (test_cli checks it separately). Reads /proc/net/tcp
+            # rather than connecting, so that no test sees an extra connection.
+            for name, port in self.ports.items():
+                wait_for(lambda: port in listening_ports(), 5.0, what="listener %s in LISTEN state" % name)
+        return self
+
+    def _read_stderr(self):
+        for raw in iter(self.proc.stderr.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            with self.lock:
+                self.lines.append(line)
+            m = self.LISTENER_RE.search(line)
+            if m:
+                self.ports[m.group(1)] = int(m.group(3))
+            if " pilotfish ready" in line:
+                self.ready.set()
+        self.proc.stderr.close()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def port(self, listener="ingress"):
+        if listener not in self.ports:
+            raise AssertionError("no listener %r in log:\n%s" % (listener, self.log()))
+        return self.ports[listener]
+
+    def log(self, last=60):
+        with self.lock:
+            return "\n".join(self.lines[-last:])
+
+    def stdout(self):
+        with open(self.stdout_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_kib(self, field="VmRSS"):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise AssertionError("no %s in /proc/%d/status" % (field, self.proc.pid))
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=15.0, sig=signal.SIGTERM):
+        """SIGTERM, wait for exit, return the exit code (kills on timeout and raises)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                self.reader.join(2)
+                raise AssertionError("pilotfish did not exit within %.0fs of SIGTERM:\n%s" % (timeout, self.log()))
+        self.reader.join(2)
+        self.stdout_file.close()
+        return self.proc.returncode
+
+    def stop_and_check(self, testcase, timeout=15.0):
+        rc = self.stop(timeout)
+        testcase.assertEqual(rc, 0, "pilotfish exit code after SIGTERM:\n" + self.log())
+
+    def kill(self):
+        """Kills the process if it still runs (a safety net for cleanups) and closes its files."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.reader.join(2)
+        if not self.stdout_file.closed:
+            self.stdout_file.close()
+
+
+def run_cli(args, timeout=20.0):
+    """Runs the binary to completion: (exit code, stdout, stderr)."""
+    p = spawn([BIN] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise AssertionError("pilotfish %s did not finish in %.0fs" % (" ".join(args), timeout))
+    return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw HTTP client
+# ---------------------------------------------------------------------------------------------
+
+class Closed(Exception):
+    """The peer closed the connection before a complete message."""
+
+
+class Timeout(Exception):
+    pass
+
+
+class Response:
+    def __init__(self):
+        self.version = ""
+        self.status = 0
+        self.reason = ""
+        self.headers = []
+        self.body = b""
+        self.trailers = []
+        self.interim = []  # 1xx responses before this one
+        self.raw_head = b""
+        self.chunked = False
+
+    def header(self, name):
+        name = name.lower()
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+    def headers_all(self, name):
+        name = name.lower()
+        return [v for n, v in self.headers if n.lower() == name]
+
+    def has_header(self, name):
+        return self.header(name) is not None
+
+    def json(self):
+        return json.loads(self.body.decode("latin-1"))
+
+    def __repr__(self):
+        return "<Response %s %s %r body=%r>" % (self.status, self.reason, self.headers, self.body[:200])
+
+
+def build_request(method="GET", target="/", headers=None, body=None, version="HTTP/1.1", host="test.local"):
+    """Bytes of a request. headers: list of (name, value); Host first unless host=None or given."""
+    headers = list(headers or [])
+    names = [n.lower() for n, _ in headers]
+    if host is not None and "host" not in names:
+        headers.insert(0, ("Host", host))
+    if body is not None and "content-length" not in names and "transfer-encoding" not in names:
+        headers.append(("Content-Length", str(len(body))))
+    out = "%s %s %s\r\n" % (method, target, version)
+    for n, v in headers:
+        out += "%s: %s\r\n" % (n, v)
+    out += "\r\n"
+    data = out.encode("latin-1")
+    if body is not None:
+        data += body if isinstance(body, bytes) else body.encode("latin-1")
+    return data
+
+
+def chunk_encode(pieces, trailers=()):
+    out = b""
+    for p in pieces:
+        out += b"%x\r\n%s\r\n" % (len(p), p)
+    out += b"0\r\n"
+    for n, v in trailers:
+        out += ("%s: %s\r\n" % (n, v)).encode()
+    return out + b"\r\n"
+
+
+class Client:
+    def __init__(self, port, host="127.0.0.1", timeout=5.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.eof = False
+        self.reset = False
+        self.timeout = timeout
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def shutdown_write(self):
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def _fill(self, deadline, n=65536):
+        """Reads more into buf. False at EOF/reset; raises Timeout at the deadline."""
+        if self.eof:
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout()
+        r, _, _ = select.select([self.sock], [], [], left)
+        if not r:
+            raise Timeout()
+        try:
+            data = self.sock.recv(n)
+        except ConnectionResetError:
+            self.eof = True
+            self.reset = True
+            return False
+        except socket.timeout:
+            raise Timeout()
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def _line(self, deadline):
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line = bytes(self.buf[:i])
+                del self.buf[:i + 2]
+                return line
+            if not self._fill(deadline):
+                raise Closed("connection closed inside a line; have %r" % bytes(self.buf[:200]))
+
+    def _exact(self, n, deadline):
+        while len(self.buf) < n:
+            if not self._fill(deadline):
+                raise Closed("connection closed with %d of %d body bytes" % (len(self.buf), n))
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def read_response(self, method="GET", timeout=None, keep_interim=False):
+        """Reads one response. 1xx responses (other than 101) are collected into .interim.
+        Raises Timeout when nothing complete arrives in time, Closed at a premature close."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        interim = []
+        while True:
+            r = self._read_one(method, deadline)
+            if 100 <= r.status < 200 and r.status != 101 and not keep_interim:
+                interim.append(r)
+                continue
+            r.interim = interim
+            return r
+
+    def _read_one(self, method, deadline):
+        r = Response()
+        # Head.
+        while True:
+            i = self.buf.find(b"\r\n\r\n")
+            if i >= 0:
+                head = bytes(self.buf[:i + 4])
+                del self.buf[:i + 4]
+                break
+            if not self._fill(deadline):
+                if not self.buf:
+                    raise Closed("connection closed before a response")
+                raise Closed("connection closed inside a response head: %r" % bytes(self.buf[:300]))
+        r.raw_head = head
+        lines = head[:-4].split(b"\r\n")
+        status_line = lines[0].decode("latin-1")
+        m = re.match(r"^(HTTP/\d\.\d) (\d{3})(?: (.*))?$", status_line)
+        if not m:
+            raise AssertionError("bad status line %r" % status_line)
+        r.version, r.status, r.reason = m.group(1), int(m.group(2)), m.group(3) or ""
+        for line in lines[1:]:
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise AssertionError("bad header line %r in %r" % (line, head))
+            r.headers.append((name, value.strip(" \t")))
+        # Body.
+        if method == "HEAD" or r.status < 200 or r.status in (204, 304):
+            return r
+        te = r.header("transfer-encoding")
+        if te is not None and te.lower().split(",")[-1].strip() == "chunked":
+            r.chunked = True
+            body = bytearray()
+            while True:
+                size_line = self._line(deadline)
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while True:
+                        t = self._line(deadline)
+                        if not t:
+                            break
+                        n, _, v = t.decode("latin-1").partition(":")
+                        r.trailers.append((n, v.strip()))
+                    break
+                body += self._exact(size, deadline)
+                if self._exact(2, deadline) != b"\r\n":
+                    raise AssertionError("chunk not followed by CRLF")
+            r.body = bytes(body)
+            return r
+        cl = r.header("content-length")
+        if cl is not None:
+            r.body = self._exact(int(cl), deadline)
+            return r
+        # Delimited by close.
+        while self._fill(deadline):
+            pass
+        r.body = bytes(self.buf)
+        self.buf.clear()
+        return r
+
+    def read_until_close(self, timeout=None):
+        """(bytes, closed): everything until EOF/reset, or until the timeout (closed=False)."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        try:
+            while self._fill(deadline):
+                pass
+            closed = True
+        except Timeout:
+            closed = False
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data, closed
+
+    def is_closed(self, timeout=2.0):
+        """True when the peer closes (EOF or reset) within timeout; data read meanwhile is kept."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self._fill(deadline):
+                pass
+            return True
+        except Timeout:
+            return False
+
+    def request(self, method="GET", target="/", headers=None, body=None, version="HTTP/1.1",
+                host="test.local", timeout=None):
+        self.send(build_request(method, target, headers, body, version, host))
+        return self.read_response(method, timeout)
+
+
+def request(port, method="GET", target="/", headers=None, body=None, version="HTTP/1.1",
+            host="test.local", timeout=5.0):
+    """One request on a new connection, returns the Response."""
+    with Client(port, timeout=timeout) as c:
+        return c.request(method, target, headers, body, version, host, timeout)
+
+
+def parse_responses(data, methods=None):
+    """Parses a byte string of back-to-back responses (a helper over Client's parser)."""
+    a, b = socket.socketpair()
+    try:
+        a.sendall(data)
+        a.shutdown(socket.SHUT_WR)
+        c = Client.__new__(Client)
+        c.sock, c.buf, c.eof, c.reset, c.timeout = b, bytearray(), False, False, 2.0
+        out = []
+        i = 0
+        while True:
+            try:
+                out.append(c.read_response((methods or [])[i] if methods and i < len(methods) else "GET"))
+            except Closed:
+                if c.buf:
+                    raise
+                break
+            i += 1
+        return out
+    finally:
+        a.close()
+        b.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-file entry point
+# ---------------------------------------------------------------------------------------------
+
+def main():
+    """unittest.main() that also fails when a process this file started is still running."""
+    prog = unittest.main(exit=False, verbosity=2)
+    ok = prog.result.wasSuccessful()
+    # Give processes stopped in tearDown a moment, then check.
+    deadline = time.monotonic() + 5
+    while leftover_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = leftover_processes()
+    if left:
+        print("FAIL: processes left behind by the tests: %s" % left, file=sys.stderr)
+        ok = False
+    cleanup()
+    left = leftover_processes()
+    if left:
+        print("FAIL: could not kill %s" % left, file=sys.stderr)
+    sys.exit(0 if ok else 1)

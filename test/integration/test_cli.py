@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""The command line: version, check (good and bad policies), run with a bad policy, exit codes."""
+
+import os
+import re
+import shutil
+import socket
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+REFERENCE = "/work/shared/contract/policy-reference.yaml"
+
+GOOD = """\
+version: 1
+service: cli-test
+admin:
+  address: 127.0.0.1:0
+listeners:
+  - name: ingress
+    address: 127.0.0.1:0
+    routes:
+      - cluster: app
+clusters:
+  - name: app
+    endpoints: [127.0.0.1:8080]
+"""
+
+# Each problem is on a known line; (line, key column, value column), 1-based.
+BAD = """\
+version: 1
+listeners:
+  - name: a
+    address: 127.0.0.1:0
+    header_timeot: 5s
+    routes:
+      - cluster: nope
+clusters:
+  - name: app
+    endpoints: [127.0.0.1:99999]
+    timeout: 5 parsecs
+    lb: fastest
+"""
+BAD_PROBLEMS = [(5, 5, 20), (7, 9, 18), (10, 5, 17), (11, 5, 14), (12, 5, 9)]
+
+
+class CliTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = h.make_tmpdir("pf-cli-")
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    # -- version / help ----------------------------------------------------------------------
+    def test_version_exits_0_and_names_libraries(self):
+        rc, out, err = h.run_cli(["version"])
+        self.assertEqual(rc, 0, err)
+        for lib in ("pilotfish", "libuv", "llhttp", "OpenSSL", "yaml-cpp", "prometheus-cpp"):
+            self.assertIn(lib, out, "version output should name %s:\n%s" % (lib, out))
+
+    def test_help_exits_0(self):
+        rc, out, err = h.run_cli(["--help"])
+        self.assertEqual(rc, 0, err)
+        self.assertIn("run", out + err)
+
+    # -- bad command lines: exit 2 ------------------------------------------------------------
+    def test_bad_command_lines_exit_2(self):
+        good = self.write("good.yaml", GOOD)
+        cases = [
+            [],
+            ["frobnicate"],
+            ["run"],
+            ["check"],
+            ["run", "--config"],
+            ["check", "--config", good, "--bogus"],
+            ["run", "--config", good, "--workers", "abc"],
+            ["run", "--config", good, "--workers", "0"],
+            ["run", "--config", good, "--log-level", "loud"],
+            ["version", "extra"],
+        ]
+        for args in cases:
+            with self.subTest(args=args):
+                rc, out, err = h.run_cli(args)
+                self.assertEqual(rc, 2, "pilotfish %s: stdout=%r stderr=%r" % (args, out, err))
+                self.assertTrue(err.strip(), "a bad command line should say why on stderr")
+
+    # -- check --------------------------------------------------------------------------------
+    def test_check_good_policy_exits_0_with_one_line(self):
+        path = self.write("good.yaml", GOOD)
+        rc, out, err = h.run_cli(["check", "--config", path])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(len(out.strip().splitlines()), 1, "one-line summary expected: %r" % out)
+
+    def test_check_accepts_the_reference_policy(self):
+        self.assertTrue(os.path.exists(REFERENCE), REFERENCE)
+        path = os.path.join(self.dir, "policy-reference.yaml")
+        shutil.copy(REFERENCE, path)
+        rc, out, err = h.run_cli(["check", "--config", path])
+        self.assertEqual(rc, 0, "check must accept every key of the reference policy:\n" + err)
+
+    def test_check_binds_nothing(self):
+        # A listener address that is already in use: check must not try to bind it.
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        try:
+            port = s.getsockname()[1]
+            path = self.write("busy.yaml", GOOD.replace("address: 127.0.0.1:0\n    routes",
+                                                        "address: 127.0.0.1:%d\n    routes" % port))
+            with open(path) as f:
+                self.assertIn(str(port), f.read())
+            rc, out, err = h.run_cli(["check", "--config", path])
+            self.assertEqual(rc, 0, err)
+        finally:
+            s.close()
+
+    def test_check_bad_policy_reports_every_problem_with_file_line_col(self):
+        path = self.write("bad.yaml", BAD)
+        rc, out, err = h.run_cli(["check", "--config", path])
+        self.assertEqual(rc, 1, "stdout=%r stderr=%r" % (out, err))
+        pattern = re.compile(r"^" + re.escape(path) + r":(\d+):(\d+): (.+)$")
+        found = []
+        for line in (out + err).splitlines():
+            m = pattern.match(line)
+            if m:
+                found.append((int(m.group(1)), int(m.group(2)), m.group(3)))
+        for line_no, key_col, value_col in BAD_PROBLEMS:
+            with self.subTest(line=line_no):
+                hits = [f for f in found if f[0] == line_no]
+                self.assertTrue(hits, "no FILE:%d:COL: message for the problem on line %d; got:\n%s"
+                                % (line_no, line_no, err))
+                self.assertIn(hits[0][1], (key_col, value_col),
+                              "column of the problem on line %d: %s" % (line_no, hits[0]))
+        for line in err.splitlines():
+            self.assertNotIn("yaml-cpp", line.lower())
+            self.assertNotIn("terminate called", line)
+
+    def test_check_unparseable_yaml_exits_1_with_position(self):
+        path = self.write("broken.yaml", "version: 1\nlisteners: [\n  - name: a\n")
+        rc, out, err = h.run_cli(["check", "--config", path])
+        self.assertEqual(rc, 1, err)
+        self.assertRegex(err, r"(?m)^" + re.escape(path) + r":\d+:\d+: ")
+
+    def test_check_missing_file_exits_1(self):
+        rc, out, err = h.run_cli(["check", "--config", os.path.join(self.dir, "missing.yaml")])
+        self.assertEqual(rc, 1, err)
+        self.assertTrue(err.strip())
+
+    # -- run ----------------------------------------------------------------------------------
+    def test_run_bad_policy_exits_1_without_serving(self):
+        path = self.write("bad.yaml", BAD)
+        rc, out, err = h.run_cli(["run", "--config", path])
+        self.assertEqual(rc, 1, err)
+        self.assertRegex(err, re.escape(path) + r":5:\d+: ")
+
+    def test_listeners_accept_as_soon_as_ready(self):
+        # `pilotfish ready` in the log means serving: a connection made right after it must be
+        # accepted (and answered), never refused. A race, so several attempts.
+        refused, log = 0, ""
+        for attempt in range(20):
+            pf = h.Pilotfish(GOOD.replace("endpoints: [127.0.0.1:8080]",
+                                          "endpoints: [127.0.0.1:%d]" % h.free_port()),
+                             wait_listening=False)
+            try:
+                try:
+                    r = h.request(pf.port(), "GET", "/", timeout=5)
+                    self.assertEqual(r.status, 503, r)
+                except ConnectionRefusedError:
+                    refused += 1
+                    log = pf.log()
+                pf.stop_and_check(self)
+            finally:
+                pf.kill()
+        self.assertEqual(refused, 0, "%d of 20 connections made right after `pilotfish ready` were refused:\n%s"
+                         % (refused, log))
+
+    def test_run_then_sigterm_exits_0(self):
+        pf = h.Pilotfish(GOOD)
+        self.assertTrue(pf.alive())
+        self.assertIn("ingress", pf.ports)
+        pf.stop_and_check(self)
+
+
+if __name__ == "__main__":
+    h.main()
