@@ -1,5 +1,7 @@
 // pilotfish command line: run, check, version. Nothing else lives here.
 
+#include <openssl/crypto.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -98,6 +100,9 @@ int cmd_check(const Options& opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // pilotfish configures TLS itself from the policy; the host's openssl.cnf must not change
+  // what a sidecar accepts, and not reading it keeps idle memory down.
+  OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, nullptr);
   if (argc < 2) return usage_error("missing command");
   std::string_view cmd = argv[1];
   if (cmd == "--help" || cmd == "-h" || cmd == "help") {

@@ -115,6 +115,7 @@ bool fields_valid(const HeaderList& h) {
 }
 
 constexpr uint64_t kTunnelIdleMs = 3600 * 1000;
+constexpr size_t kMaxPipelinedBytes = 64 * 1024;
 
 // Returned by execute_checked when the head scanner refused a byte llhttp would have taken.
 constexpr llhttp_errno_t kHeadInvalid = HPE_USER;
@@ -184,6 +185,13 @@ void HttpSession::on_data(char* data, size_t length) {
     }
     return;
   }
+  if (parser_paused_) {
+    // A pipelined request behind the one in flight: kept, and parsed once the response is
+    // done. Reading goes on (no epoll change per request) unless a client sends too much.
+    leftover_.append(data, length);
+    if (leftover_.size() > kMaxPipelinedBytes) stop_read();
+    return;
+  }
   parse_input(data, length);
 }
 
@@ -194,7 +202,7 @@ void HttpSession::parse_input(const char* data, size_t length) {
     // One request is complete; what follows waits until its response is done.
     const char* pos = llhttp_get_error_pos(&parser_);
     if (pos && pos >= data && pos < data + length) leftover_.assign(pos, static_cast<size_t>(data + length - pos));
-    stop_read();
+    parser_paused_ = true;
   } else if (err != HPE_OK) {
     if (!local_response_) {
       const char* reason = err == kHeadInvalid ? "bare CR or LF, or obs-fold, in the head" : llhttp_get_error_reason(&parser_);
@@ -225,7 +233,14 @@ void HttpSession::after_downstream_io() {
   maybe_finish_request();
 }
 
-void HttpSession::on_read_end(int) {
+void HttpSession::on_read_end(int status) {
+  if (status == UV_EOF && parser_paused_ && in_request_ && !tunnel_) {
+    // The client sent its request and then shut down its side: the answer still goes out,
+    // then the connection closes.
+    keep_alive_ = false;
+    close_after_response_ = true;
+    return;
+  }
   // The client went away (or reset). Nothing can be answered any more.
   if (in_request_ && status_ == 0) error_ = "downstream_closed";
   close();
@@ -883,6 +898,7 @@ void HttpSession::finish_request() {
   }
   arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
   llhttp_resume(&parser_);
+  parser_paused_ = false;
   if (!leftover_.empty()) {
     std::string pipelined;
     pipelined.swap(leftover_);
@@ -949,11 +965,11 @@ void HttpSession::log_request() {
 void HttpSession::arm_timer(Timer which, uint64_t ms) {
   timer_kind_ = which;
   if (which == Timer::none || ms == 0) {
-    stop_timer();
+    clear_deadline();
     timer_kind_ = Timer::none;
     return;
   }
-  start_timer(ms);
+  set_deadline(ms);
 }
 
 void HttpSession::on_timeout() {
@@ -972,7 +988,7 @@ void HttpSession::on_timeout() {
         // A response is streaming: only a stall as long as the timeout ends it.
         uint64_t now = uv_now(worker_.loop());
         if (now - last_progress_ms_ < limit) {
-          start_timer(limit - (now - last_progress_ms_));
+          set_deadline(limit - (now - last_progress_ms_));
           return;
         }
         error_ = "upstream_stalled";

@@ -132,6 +132,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   int status_ = 0;
   const char* error_ = "";
   std::string leftover_;  // pipelined bytes after the current request
+  bool parser_paused_ = false;  // a request is complete and its response not yet done
   bool tunnel_ = false;
   bool paused_for_downstream_ = false;
   uint64_t last_progress_ms_ = 0;

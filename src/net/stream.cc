@@ -144,17 +144,45 @@ void Stream::shutdown_cb(uv_shutdown_t* req, int status) {
 
 void Stream::start_timer(uint64_t ms) {
   if (closing_) return;
+  uint64_t now = uv_now(worker_.loop());
+  deadline_ = now + ms;
+  timer_due_ = deadline_;
+  timer_armed_ = true;
   uv_timer_start(&timer_, timer_cb, ms, 0);
 }
 
-void Stream::stop_timer() { uv_timer_stop(&timer_); }
+void Stream::stop_timer() {
+  deadline_ = 0;
+  timer_armed_ = false;
+  uv_timer_stop(&timer_);
+}
+
+void Stream::set_deadline(uint64_t ms) {
+  if (closing_) return;
+  uint64_t now = uv_now(worker_.loop());
+  deadline_ = now + ms;
+  if (timer_armed_ && timer_due_ <= deadline_) return;  // fires first, then re-arms for the rest
+  timer_due_ = deadline_;
+  timer_armed_ = true;
+  uv_timer_start(&timer_, timer_cb, ms, 0);
+}
 
 void Stream::timer_cb(uv_timer_t* t) {
   auto* self = static_cast<Stream*>(t->data);
+  self->timer_armed_ = false;
   if (self->lingering_) {
     self->close();
     return;
   }
+  if (self->deadline_ == 0) return;
+  uint64_t now = uv_now(self->worker_.loop());
+  if (now < self->deadline_) {
+    self->timer_due_ = self->deadline_;
+    self->timer_armed_ = true;
+    uv_timer_start(&self->timer_, timer_cb, self->deadline_ - now, 0);
+    return;
+  }
+  self->deadline_ = 0;
   self->on_timeout();
 }
 

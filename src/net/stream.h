@@ -61,8 +61,16 @@ class Stream {
   // in flight; upstream connections need do nothing.
   virtual void drain() {}
 
+  // One timer per connection. start_timer/stop_timer arm and disarm it exactly.
+  // set_deadline/clear_deadline are for deadlines that move on every request: they only
+  // touch libuv's timer heap when the new deadline is earlier than the armed one; a timer
+  // that fires early re-arms itself for the rest, and one that fires with no deadline set is
+  // ignored. A keep-alive connection thus changes its deadline several times per request at
+  // the cost of a store, not of heap operations.
   void start_timer(uint64_t ms);
   void stop_timer();
+  void set_deadline(uint64_t ms);
+  void clear_deadline() { deadline_ = 0; }
 
   // Intrusive list of all live streams of a worker, for drain and shutdown.
   Stream* list_prev = nullptr;
@@ -98,6 +106,9 @@ class Stream {
   uv_timer_t timer_;
   uv_shutdown_t shutdown_req_;
   std::string out_;
+  uint64_t deadline_ = 0;   // loop time (ms) at which on_timeout is due; 0 = none
+  uint64_t timer_due_ = 0;  // when the armed libuv timer fires; valid while timer_armed_
+  bool timer_armed_ = false;
   int handles_open_ = 2;
   bool reading_ = false;
   bool closing_ = false;

@@ -17,7 +17,7 @@ TcpProxySession::TcpProxySession(Worker& worker, const Listener& listener, Polic
 
 void TcpProxySession::start() {
   uv_tcp_nodelay(tcp(), 1);
-  start_timer(kTcpIdleMs);
+  set_deadline(kTcpIdleMs);
   start_read();
   connect();
 }
@@ -61,7 +61,7 @@ void TcpProxySession::on_upstream_connect_failed(int status) {
 }
 
 void TcpProxySession::on_data(char* data, size_t length) {
-  start_timer(kTcpIdleMs);
+  set_deadline(kTcpIdleMs);
   if (upstream_ && upstream_->connected()) {
     upstream_->append({data, length});
     upstream_->flush();
@@ -89,7 +89,7 @@ void TcpProxySession::on_read_end(int status) {
 }
 
 void TcpProxySession::on_upstream_data(char* data, size_t length) {
-  start_timer(kTcpIdleMs);
+  set_deadline(kTcpIdleMs);
   append({data, length});
   if (flush() != 0) {
     close();

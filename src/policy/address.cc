@@ -91,8 +91,8 @@ std::optional<SocketAddress> parse(std::string_view text, bool allow_port_zero, 
   const bool parsed = ec == std::errc() && end == port_text.data() + port_text.size();
   if (!parsed || port > 65535 || (port == 0 && !allow_port_zero)) {
     std::string shown = parsed ? std::to_string(port) : std::string(port_text.substr(0, 24));
-    set_error(error, "port " + shown + " is out of range 1-65535" +
-                         (allow_port_zero ? " (or 0 for any free port)" : ""));
+    set_error(error,
+              "port " + shown + " is out of range 1-65535" + (allow_port_zero ? " (or 0 for any free port)" : ""));
     return std::nullopt;
   }
 

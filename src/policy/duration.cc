@@ -72,8 +72,8 @@ bool parse_duration(std::string_view text, Duration* out, std::string* error) {
     auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), value);
     if (ec != std::errc() || end != number.data() + number.size() ||
         value > static_cast<uint64_t>(kMaxMilliseconds / unit.milliseconds)) {
-      return fail(error, shown(text) + " is too large (the most is " +
-                             std::to_string(kMaxMilliseconds / 3'600'000) + "h, about 292 years)");
+      return fail(error, shown(text) + " is too large (the most is " + std::to_string(kMaxMilliseconds / 3'600'000) +
+                             "h, about 292 years)");
     }
     if (out) *out = Duration{static_cast<int64_t>(value) * unit.milliseconds};
     return true;

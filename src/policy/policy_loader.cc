@@ -31,9 +31,9 @@
 #include <filesystem>
 #include <limits>
 #include <map>
-#include <sstream>
 #include <optional>
 #include <span>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -68,30 +68,34 @@ constexpr std::string_view kDefaultAdminAddress = "127.0.0.1:9901";
 
 // The keys each section allows. Anything else is an error: a typo must not silently change
 // behaviour (policy-reference.yaml).
-constexpr std::string_view kTopLevelKeys[] = {"version",    "service",  "admin",         "workers",
-                                              "log_level",  "drain_timeout", "access_log", "identity",
-                                              "listeners",  "clusters"};
+constexpr std::string_view kTopLevelKeys[] = {"version",       "service",    "admin",    "workers",   "log_level",
+                                              "drain_timeout", "access_log", "identity", "listeners", "clusters"};
 constexpr std::string_view kAdminKeys[] = {"address"};
 constexpr std::string_view kIdentityKeys[] = {"cert", "key", "ca"};
-constexpr std::string_view kListenerKeys[] = {"name",           "address",        "intercept",
-                                              "protocol",       "mtls",           "allow",
-                                              "header_timeout", "body_timeout",   "idle_timeout",
-                                              "max_header_bytes", "max_body_bytes", "routes"};
+constexpr std::string_view kListenerKeys[] = {
+    "name",           "address",      "intercept",    "protocol",         "mtls",           "allow",
+    "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes"};
 constexpr std::string_view kRouteKeys[] = {"match", "cluster"};
 constexpr std::string_view kMatchKeys[] = {"host", "path_prefix", "method", "headers"};
-constexpr std::string_view kClusterKeys[] = {"name",          "endpoints",       "vips",
-                                             "mtls",          "lb",              "connect_timeout",
-                                             "timeout",       "idle_timeout",    "retry",
-                                             "circuit_breaker", "outlier_detection"};
+constexpr std::string_view kClusterKeys[] = {"name",
+                                             "endpoints",
+                                             "vips",
+                                             "mtls",
+                                             "lb",
+                                             "connect_timeout",
+                                             "timeout",
+                                             "idle_timeout",
+                                             "retry",
+                                             "circuit_breaker",
+                                             "outlier_detection"};
 constexpr std::string_view kClusterMtlsKeys[] = {"server_identity"};
-constexpr std::string_view kRetryKeys[] = {"retries",         "on",      "status_codes",
-                                           "per_try_timeout", "backoff", "budget"};
+constexpr std::string_view kRetryKeys[] = {"retries", "on", "status_codes", "per_try_timeout", "backoff", "budget"};
 constexpr std::string_view kBackoffKeys[] = {"base", "max"};
 constexpr std::string_view kBudgetKeys[] = {"ratio", "min_per_second"};
 constexpr std::string_view kCircuitBreakerKeys[] = {"max_connections", "max_pending_requests", "max_requests",
                                                     "max_retries"};
-constexpr std::string_view kOutlierDetectionKeys[] = {"consecutive_failures", "base_ejection_time",
-                                                      "max_ejection_time", "max_ejection_percent"};
+constexpr std::string_view kOutlierDetectionKeys[] = {"consecutive_failures", "base_ejection_time", "max_ejection_time",
+                                                      "max_ejection_percent"};
 
 template <typename E>
 struct Choice {
@@ -103,9 +107,8 @@ constexpr Choice<LogLevel> kLogLevels[] = {
 constexpr Choice<Protocol> kProtocols[] = {{"http", Protocol::http}, {"tcp", Protocol::tcp}};
 constexpr Choice<Intercept> kIntercepts[] = {
     {"none", Intercept::none}, {"inbound", Intercept::inbound}, {"outbound", Intercept::outbound}};
-constexpr Choice<LbPolicy> kLbPolicies[] = {{"round_robin", LbPolicy::round_robin},
-                                            {"least_request", LbPolicy::least_request},
-                                            {"random", LbPolicy::random}};
+constexpr Choice<LbPolicy> kLbPolicies[] = {
+    {"round_robin", LbPolicy::round_robin}, {"least_request", LbPolicy::least_request}, {"random", LbPolicy::random}};
 constexpr Choice<uint32_t> kRetryConditions[] = {{"connect-failure", kRetryConnectFailure},
                                                  {"reset", kRetryReset},
                                                  {"5xx", kRetry5xx},
@@ -218,9 +221,7 @@ std::string join_path(const std::string& path, std::string_view key) {
   return path.empty() ? std::string(key) : path + "." + std::string(key);
 }
 
-std::string index_path(const std::string& path, size_t index) {
-  return path + "[" + std::to_string(index) + "]";
-}
+std::string index_path(const std::string& path, size_t index) { return path + "[" + std::to_string(index) + "]"; }
 
 bool is_loopback(const SocketAddress& address) {
   if (address.family() == AF_INET) {
@@ -313,9 +314,8 @@ struct Section {
 // Where the values the cross-checks need were written, kept beside the Policy being built.
 struct RouteSource {
   std::string path;
-  Position position;
   Position cluster;
-  bool has_match = false;
+  std::optional<Position> match;  // set when the route has a match
 };
 
 struct ListenerSource {
@@ -339,8 +339,8 @@ class PolicyReader {
   std::vector<std::string>& warnings() { return warnings_; }
 
   void error(Position at, const std::string& path, const std::string& message);
-  // Reports a problem that ends the walk (the YAML does not parse, the file is too big to walk);
-  // what was reported before it stays.
+  // Reports a problem that ends the walk (the YAML does not parse, or yaml-cpp threw something
+  // else); what was reported before it stays.
   void fail(Position at, const std::string& message) {
     errors_.push_back({file_name_, at.line, at.column, message});
     stopped_ = true;
@@ -412,12 +412,12 @@ class PolicyReader {
 
   bool identity_given_ = false;
   Position admin_position_;
-  std::vector<ListenerSource> listener_sources_;  // parallel to policy_.listeners
-  std::unordered_map<std::string, std::string> listener_names_;   // name -> path of its listener
-  std::unordered_map<std::string, size_t> cluster_indexes_;       // name -> index in clusters
-  std::unordered_map<std::string, std::string> cluster_paths_;    // name -> path of its cluster
-  std::unordered_map<std::string, std::string> vip_owners_;       // vip text -> path of its cluster
-  std::map<Intercept, std::string> interceptors_;                 // direction -> path of listener
+  std::vector<ListenerSource> listener_sources_;                 // parallel to policy_.listeners
+  std::unordered_map<std::string, std::string> listener_names_;  // name -> path of its listener
+  std::unordered_map<std::string, size_t> cluster_indexes_;      // name -> index in clusters
+  std::unordered_map<std::string, std::string> cluster_paths_;   // name -> path of its cluster
+  std::unordered_map<std::string, std::string> vip_owners_;      // vip text -> path of its cluster
+  std::map<Intercept, std::string> interceptors_;                // direction -> path of listener
 
   // Addresses pilotfish binds, grouped by (family, port), to find two listeners on one socket.
   struct BoundPort {
@@ -465,8 +465,7 @@ std::vector<PolicyError> PolicyReader::take_errors() {
 // ---------------------------------------------------------------------------------------------
 // Generic readers
 
-std::optional<Section> PolicyReader::open_section(const Field& field,
-                                                  std::span<const std::string_view> known_keys) {
+std::optional<Section> PolicyReader::open_section(const Field& field, std::span<const std::string_view> known_keys) {
   if (stopped_) return std::nullopt;
   if (!field.node.IsMap()) {
     error(field.position, field.path, "expected a map, got " + describe(field.node));
@@ -480,8 +479,8 @@ std::optional<Section> PolicyReader::open_section(const Field& field,
 // Adds the entries of `map` to `section`. Supports the YAML merge key (`<<: *defaults`), which
 // yaml-cpp leaves to the application, because anchors plus merges are how people share retry or
 // timeout blocks between clusters. As YAML says, keys written in the map win over merged ones.
-void PolicyReader::collect_entries(const YAML::Node& map, std::span<const std::string_view> known_keys,
-                                   int merge_depth, Section& section) {
+void PolicyReader::collect_entries(const YAML::Node& map, std::span<const std::string_view> known_keys, int merge_depth,
+                                   Section& section) {
   std::vector<std::pair<YAML::Node, Position>> merges;
   std::unordered_set<std::string> seen_here;
   for (auto it = map.begin(); it != map.end(); ++it) {
@@ -580,8 +579,8 @@ std::optional<std::string> PolicyReader::read_name(const Field& field) {
   }
   bool plain = name->size() <= kMaxNameLength;
   for (char c : *name) {
-    plain = plain && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                      c == '-' || c == '_' || c == '.');
+    plain = plain && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                      c == '_' || c == '.');
   }
   if (!plain) {
     error(field.position, field.path,
@@ -712,8 +711,8 @@ std::optional<SocketAddress> PolicyReader::read_address(const Field& field, bool
     return std::nullopt;
   }
   std::string why;
-  auto address = for_binding ? parse_bind_address(field.node.Scalar(), &why)
-                             : parse_socket_address(field.node.Scalar(), &why);
+  auto address =
+      for_binding ? parse_bind_address(field.node.Scalar(), &why) : parse_socket_address(field.node.Scalar(), &why);
   if (!address) error(field.position, field.path, why);
   return address;
 }
@@ -744,10 +743,8 @@ std::string PolicyReader::resolve_file(const std::string& path) const {
 // Top level
 
 void PolicyReader::read_document(const YAML::Node& root) {
-  {
-    std::string why;
-    policy_.admin_address = *parse_bind_address(kDefaultAdminAddress, &why);
-  }
+  // A constant that always parses; set here rather than in policy.h, which knows no parsing.
+  policy_.admin_address = parse_bind_address(kDefaultAdminAddress, nullptr).value();
   if (!root.IsDefined() || root.IsNull()) {
     error({}, "", "the policy is empty; expected a map with at least `listeners` and `clusters`");
     return;
@@ -810,7 +807,8 @@ void PolicyReader::read_admin(const Field& field) {
   admin_position_ = address_field->position;
   // The admin endpoints can drain and reload the process, so say so when they face a network.
   if (!is_loopback(*address))
-    warn(address_field->path, address->text + " is not a loopback address: /drain and /reload answer anyone who can reach it");
+    warn(address_field->path,
+         address->text + " is not a loopback address: /drain and /reload answer anyone who can reach it");
 }
 
 void PolicyReader::read_workers(const Field& field) {
@@ -824,7 +822,8 @@ void PolicyReader::read_workers(const Field& field) {
     auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
     if (all_digits(text) && ec == std::errc() && end == text.data() + text.size() && n >= 1) {
       if (n > kMaxWorkers) {
-        error(field.position, field.path, std::to_string(n) + " is more than the most, " + std::to_string(kMaxWorkers));
+        error(field.position, field.path,
+              std::to_string(n) + " is more than the maximum of " + std::to_string(kMaxWorkers));
         return;
       }
       policy_.workers = static_cast<unsigned>(n);
@@ -994,19 +993,17 @@ void PolicyReader::read_routes(const Field& field, Listener& listener, ListenerS
   if (listener.protocol == Protocol::tcp) {
     // A tcp listener proxies bytes: there is no request to match, so exactly one route.
     for (const RouteSource& route : source.routes) {
-      if (route.has_match)
-        error(route.position, join_path(route.path, "match"),
+      if (route.match)
+        error(*route.match, join_path(route.path, "match"),
               "a tcp listener's route cannot have a match (there is no HTTP request to match)");
     }
-    if (items->size() > 1)
-      error((*items)[1].position, (*items)[1].path, "a tcp listener takes exactly one route");
+    if (items->size() > 1) error((*items)[1].position, (*items)[1].path, "a tcp listener takes exactly one route");
     return;
   }
   // First match wins, so anything after a route that matches everything is never used.
   for (size_t i = 0; i + 1 < source.routes.size(); ++i) {
-    if (!source.routes[i].has_match) {
-      warn(source.routes[i + 1].path,
-           "never used: " + source.routes[i].path + " has no match and takes every request");
+    if (!source.routes[i].match) {
+      warn(source.routes[i + 1].path, "never used: " + source.routes[i].path + " has no match and takes every request");
       break;
     }
   }
@@ -1018,9 +1015,8 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
   Route route;
   RouteSource route_source;
   route_source.path = field.path;
-  route_source.position = field.position;
   if (const Field* f = section->find("match")) {
-    route_source.has_match = true;
+    route_source.match = f->position;
     route.match = read_match(*f);
   }
   if (const Field* f = require(*section, "cluster", "every route names the cluster it sends to")) {
@@ -1046,9 +1042,8 @@ RouteMatch PolicyReader::read_match(const Field& field) {
       // The request's port is ignored when matching, so a port here could never match.
       // "[::1]" is an IPv6 literal; any other ':' (or one after the ']') starts a port.
       const size_t close = host->starts_with('[') ? host->find(']') : std::string::npos;
-      const bool has_port = close == std::string::npos
-                                ? host->find(':') != std::string::npos && !host->starts_with('[')
-                                : host->find(':', close) != std::string::npos;
+      const bool has_port = close == std::string::npos ? host->find(':') != std::string::npos && !host->starts_with('[')
+                                                       : host->find(':', close) != std::string::npos;
       if (host->empty() || has_space_or_control(*host) || host->find('/') != std::string::npos) {
         error(f->position, f->path, quote(*host) + " is not a host name");
       } else if (has_port) {
@@ -1203,7 +1198,8 @@ void PolicyReader::read_vips(const Field& field, Cluster& cluster) {
     auto [existing, inserted] = vip_owners_.emplace(address->text, cluster_path);
     if (!inserted) {
       error(item.position, item.path,
-            address->text + " is already a vip of " + (existing->second == cluster_path ? "this cluster" : existing->second));
+            address->text + " is already a vip of " +
+                (existing->second == cluster_path ? "this cluster" : existing->second));
       continue;
     }
     cluster.vips.push_back(*address);
@@ -1211,8 +1207,8 @@ void PolicyReader::read_vips(const Field& field, Cluster& cluster) {
 }
 
 void PolicyReader::read_cluster_mtls(const Field& field, Cluster& cluster) {
-  if (field.node.IsScalar() && (field.node.Scalar() == "false" || field.node.Scalar() == "False" ||
-                                field.node.Scalar() == "FALSE")) {
+  if (field.node.IsScalar() &&
+      (field.node.Scalar() == "false" || field.node.Scalar() == "False" || field.node.Scalar() == "FALSE")) {
     cluster.mtls = {};
     return;
   }
@@ -1283,7 +1279,8 @@ void PolicyReader::read_retry(const Field& field, Cluster& cluster) {
   } else if (!retries_on_codes && codes_field && on_field) {
     warn(codes_field->path, "has no effect: retry.on does not include retriable-status-codes");
   } else if (!retries_on_codes && codes_field) {
-    warn(codes_field->path, "has no effect: retry.on (default connect-failure) does not include retriable-status-codes");
+    warn(codes_field->path,
+         "has no effect: retry.on (default connect-failure) does not include retriable-status-codes");
   }
 }
 
@@ -1361,8 +1358,7 @@ void PolicyReader::read_outlier_detection(const Field& field, OutlierDetection& 
 // Checks across sections
 
 void PolicyReader::require_identity(Position at, const std::string& path) {
-  if (!identity_given_)
-    error(at, path, "mtls needs the top-level identity block (identity: {cert, key, ca})");
+  if (!identity_given_) error(at, path, "mtls needs the top-level identity block (identity: {cert, key, ca})");
 }
 
 // Two sockets on one address cannot both bind, and 0.0.0.0:P (or [::]:P) takes port P on every
@@ -1444,9 +1440,7 @@ class DocumentProbe : public YAML::EventHandler {
   void OnDocumentEnd() override {}
   void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
   void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { saw(mark); }
-  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override {
-    saw(mark);
-  }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override { saw(mark); }
   void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
     saw(mark);
   }
@@ -1547,8 +1541,7 @@ bool read_whole_file(const std::string& path, std::string* contents, std::string
 
 }  // namespace
 
-PolicyLoadResult load_policy_text(const std::string& text, const std::string& file_name,
-                                  const std::string& base_dir) {
+PolicyLoadResult load_policy_text(const std::string& text, const std::string& file_name, const std::string& base_dir) {
   PolicyLoadResult result;
   PolicyReader reader(file_name, base_dir);
   // The boundary: yaml-cpp throws, nothing beyond this function does.
@@ -1559,8 +1552,9 @@ PolicyLoadResult load_policy_text(const std::string& text, const std::string& fi
     auto content = first_content(text);
     if (root.IsNull() && content) {
       // Text that YAML reads as no value at all, such as "null" or a stray ','.
-      reader.error(*content, "", "the policy must be a map of keys (version, listeners, clusters, ...), but the "
-                                 "document parses as null");
+      reader.error(*content, "",
+                   "the policy must be a map of keys (version, listeners, clusters, ...), but the "
+                   "document parses as null");
     } else {
       reader.read_document(root);
     }

@@ -47,7 +47,7 @@ void UpstreamConnection::connect_cb(uv_connect_t* req, int status) {
 void UpstreamConnection::park(uint64_t idle_timeout_ms) {
   handler_ = nullptr;
   start_read();
-  start_timer(idle_timeout_ms);
+  set_deadline(idle_timeout_ms);
 }
 
 void UpstreamConnection::on_data(char* data, size_t length) {
@@ -115,7 +115,7 @@ UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused
     UpstreamConnection* c = idle_.back();
     idle_.pop_back();
     if (c->closing()) continue;
-    c->stop_timer();
+    c->clear_deadline();
     c->attach(handler);
     *reused = true;
     return c;

@@ -1,6 +1,8 @@
 // The policy loader: the reference policy, every class of error with its exact position, and
 // a fuzz-ish pass over mutated policies. Address and duration syntax have their own test files.
 
+#include "pilotfish/policy_loader.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -11,14 +13,13 @@
 #include <string>
 #include <vector>
 
-#include "pilotfish/policy_loader.h"
-
 namespace pilotfish {
 namespace {
 
 // A copy of /work/shared/contract/policy-reference.yaml (our own contract), embedded because the
 // contract folder is not at a fixed path in CI. Keep it byte-for-byte in step with the contract.
-constexpr const char* kReferencePolicy = R"yaml(# pilotfish policy, version 1: every key below must be accepted, with the meaning its comment gives.
+constexpr const char* kReferencePolicy =
+    R"yaml(# pilotfish policy, version 1: every key below must be accepted, with the meaning its comment gives.
 # A policy file may leave out any key that has a default. Unknown keys are an error (typos must not
 # silently change behaviour). Durations are strings with a unit: 250ms, 5s, 2m. Addresses are
 # HOST:PORT; IPv6 as [::1]:15001.
@@ -134,14 +135,14 @@ constexpr const char* kBaseDir = "/etc/pilotfish";
 //   listener keys inserted by with_listener() start on line 5, column 5;
 //   cluster keys inserted by with_cluster() start on line 10, column 5.
 constexpr const char* kMinimal =
-    "version: 1\n"                       // 1
-    "listeners:\n"                       // 2
-    "  - name: web\n"                    // 3
-    "    address: 127.0.0.1:0\n"         // 4
-    "    routes:\n"                      // 5
-    "      - cluster: app\n"             // 6
-    "clusters:\n"                        // 7
-    "  - name: app\n"                    // 8
+    "version: 1\n"                        // 1
+    "listeners:\n"                        // 2
+    "  - name: web\n"                     // 3
+    "    address: 127.0.0.1:0\n"          // 4
+    "    routes:\n"                       // 5
+    "      - cluster: app\n"              // 6
+    "clusters:\n"                         // 7
+    "  - name: app\n"                     // 8
     "    endpoints: [127.0.0.1:8080]\n";  // 9
 
 // Appended at the end (a top-level key again), so it moves no line the tests point at.
@@ -169,11 +170,10 @@ std::string describe(const PolicyLoadResult& result) {
 }
 
 // True when one error is at LINE:COL and its message starts with `prefix`.
-::testing::AssertionResult HasError(const PolicyLoadResult& result, int line, int column,
-                                    const std::string& prefix) {
+::testing::AssertionResult HasError(const PolicyLoadResult& result, int line, int column, const std::string& prefix) {
   if (result.policy) return ::testing::AssertionFailure() << "the policy loaded" << describe(result);
-  const std::string wanted = std::string(kFile) + ":" + std::to_string(line) + ":" + std::to_string(column) +
-                             ": " + prefix;
+  const std::string wanted =
+      std::string(kFile) + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " + prefix;
   for (const auto& e : result.errors)
     if (e.to_string().rfind(wanted, 0) == 0) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "no error starting with\n  " << wanted << "\ngot:" << describe(result);
@@ -183,8 +183,7 @@ std::string describe(const PolicyLoadResult& result) {
 ::testing::AssertionResult OnlyError(const PolicyLoadResult& result, int line, int column, const std::string& prefix) {
   auto found = HasError(result, line, column, prefix);
   if (!found) return found;
-  if (result.errors.size() != 1)
-    return ::testing::AssertionFailure() << "more than one error:" << describe(result);
+  if (result.errors.size() != 1) return ::testing::AssertionFailure() << "more than one error:" << describe(result);
   return ::testing::AssertionSuccess();
 }
 
@@ -411,11 +410,12 @@ TEST(Workers, AutoOrAPositiveInteger) {
                           "workers: expected a positive integer or 'auto'"))
         << bad;
   }
-  EXPECT_TRUE(OnlyError(load(with_top("workers: 1025\n")), 2, 10, "workers: 1025 is more than the most, 1024"));
+  EXPECT_TRUE(OnlyError(load(with_top("workers: 1025\n")), 2, 10, "workers: 1025 is more than the maximum of 1024"));
   EXPECT_TRUE(OnlyError(load(with_top("workers: 99999999999999999999999\n")), 2, 10,
                         "workers: expected a positive integer or 'auto'"));
   // A key with no value is null, reported at the key (yaml-cpp marks it at the next token).
-  EXPECT_TRUE(OnlyError(load(with_top("workers:\n")), 2, 1, "workers: expected a positive integer or 'auto', got nothing"));
+  EXPECT_TRUE(
+      OnlyError(load(with_top("workers:\n")), 2, 1, "workers: expected a positive integer or 'auto', got nothing"));
 }
 
 TEST(Version, MustBeOne) {
@@ -442,7 +442,8 @@ TEST(Admin, DefaultsToLoopbackAndAllowsPortZero) {
   EXPECT_TRUE(OnlyError(load(with_top("admin: {address: 127.0.0.1:99999}\n")), 2, 18,
                         "admin.address: port 99999 is out of range 1-65535"));
   EXPECT_TRUE(OnlyError(load(with_top("admin:\n")), 2, 1, "admin: expected a map, got nothing (null)"));
-  EXPECT_TRUE(OnlyError(load(with_top("admin: 127.0.0.1:9901\n")), 2, 8, "admin: expected a map, got '127.0.0.1:9901'"));
+  EXPECT_TRUE(
+      OnlyError(load(with_top("admin: 127.0.0.1:9901\n")), 2, 8, "admin: expected a map, got '127.0.0.1:9901'"));
   EXPECT_TRUE(OnlyError(load(with_top("admin: {adress: 127.0.0.1:1}\n")), 2, 9,
                         "admin.adress: unknown key (did you mean 'address'?)"));
 }
@@ -460,7 +461,8 @@ TEST(AccessLog, StdoutOffOrAPathBesideThePolicy) {
 
   auto typo = load(with_top("access_log: stdot\n"));
   EXPECT_EQ(loaded(typo).access_log.target, AccessLogTarget::file);
-  EXPECT_TRUE(HasWarning(typo, "access_log: 'stdot' is taken as a file name; only stdout and off are special (did you mean 'stdout'?)"));
+  EXPECT_TRUE(HasWarning(
+      typo, "access_log: 'stdot' is taken as a file name; only stdout and off are special (did you mean 'stdout'?)"));
   EXPECT_TRUE(OnlyError(load(with_top("access_log: ''\n")), 2, 13, "access_log: must be stdout, off or a file path"));
   EXPECT_TRUE(OnlyError(load(with_top("access_log: logs/\n")), 2, 13, "access_log: 'logs/' names a folder"));
   EXPECT_TRUE(OnlyError(load(with_top("access_log: [stdout]\n")), 2, 13, "access_log: expected a string, got a list"));
@@ -476,8 +478,7 @@ TEST(Identity, OptionalAndResolvedAgainstThePolicyFolder) {
             "/etc/c.pem");
 
   // Line 10 is the identity line: "identity: {cert: c, key: k}" puts the map at column 11.
-  EXPECT_TRUE(OnlyError(load(std::string(kMinimal) + "identity: {cert: c, key: k}\n"), 10, 11,
-                        "identity.ca: missing"));
+  EXPECT_TRUE(OnlyError(load(std::string(kMinimal) + "identity: {cert: c, key: k}\n"), 10, 11, "identity.ca: missing"));
   EXPECT_TRUE(OnlyError(load(std::string(kMinimal) + "identity: {cert: c, key: k, ca: ''}\n"), 10, 33,
                         "identity.ca: must not be empty"));
   EXPECT_TRUE(OnlyError(load(std::string(kMinimal) + "identity: {cert: c, key: k, ca: a, crt: x}\n"), 10, 36,
@@ -495,8 +496,9 @@ TEST(UnknownKeys, AreErrorsAtEveryLevelWithASuggestion) {
                         "listeners[0].header_timout: unknown key (did you mean 'header_timeout'?)"));
   EXPECT_TRUE(OnlyError(load(replaced(kMinimal, "      - cluster: app", "      - cluster: app\n        timeout: 5s")),
                         7, 9, "listeners[0].routes[0].timeout: unknown key"));
-  EXPECT_TRUE(OnlyError(load(replaced(kMinimal, "      - cluster: app", "      - cluster: app\n        match: {paht_prefix: /}")),
-                        7, 17, "listeners[0].routes[0].match.paht_prefix: unknown key (did you mean 'path_prefix'?)"));
+  EXPECT_TRUE(OnlyError(
+      load(replaced(kMinimal, "      - cluster: app", "      - cluster: app\n        match: {paht_prefix: /}")), 7, 17,
+      "listeners[0].routes[0].match.paht_prefix: unknown key (did you mean 'path_prefix'?)"));
   EXPECT_TRUE(OnlyError(load(with_cluster("    endpoint: [127.0.0.1:1]\n")), 10, 5,
                         "clusters[0].endpoint: unknown key (did you mean 'endpoints'?)"));
   EXPECT_TRUE(OnlyError(load(with_cluster("    retry: {retires: 3}\n")), 10, 13,
@@ -523,8 +525,8 @@ TEST(DuplicateKeys, AreErrors) {
 
 TEST(Shapes, SequencesNullsAndScalarsWhereOtherShapesBelong) {
   // The route's cluster is then unknown too: both are reported.
-  auto clusters_map = load(replaced(kMinimal, "clusters:\n  - name: app\n    endpoints: [127.0.0.1:8080]\n",
-                                    "clusters: {name: app}\n"));
+  auto clusters_map = load(
+      replaced(kMinimal, "clusters:\n  - name: app\n    endpoints: [127.0.0.1:8080]\n", "clusters: {name: app}\n"));
   EXPECT_EQ(clusters_map.errors.size(), 2u) << describe(clusters_map);
   EXPECT_TRUE(HasError(clusters_map, 7, 11, "clusters: expected a list, got a map"));
   EXPECT_TRUE(HasError(clusters_map, 6, 18, "listeners[0].routes[0].cluster: no cluster is named 'app'"));
@@ -534,7 +536,8 @@ TEST(Shapes, SequencesNullsAndScalarsWhereOtherShapesBelong) {
                         "listeners[0].routes: expected a list, got nothing (null)"));
   EXPECT_TRUE(OnlyError(load(replaced(kMinimal, "      - cluster: app\n", "      - [app]\n")), 6, 9,
                         "listeners[0].routes[0]: expected a map, got a list"));
-  EXPECT_TRUE(OnlyError(load(with_cluster("    retry: [1]\n")), 10, 12, "clusters[0].retry: expected a map, got a list"));
+  EXPECT_TRUE(
+      OnlyError(load(with_cluster("    retry: [1]\n")), 10, 12, "clusters[0].retry: expected a map, got a list"));
   EXPECT_TRUE(OnlyError(load(with_cluster("    retry: {on: 5xx}\n")), 10, 17,
                         "clusters[0].retry.on: expected a list, got '5xx'"));
   EXPECT_TRUE(OnlyError(load(with_top("? [a, b]\n: 1\n")), 2, 3, "keys must be plain words, got a list as a key"));
@@ -544,10 +547,12 @@ TEST(Document, EmptyOrNotAMap) {
   auto empty = load("");
   ASSERT_EQ(empty.errors.size(), 1u) << describe(empty);
   EXPECT_FALSE(empty.policy);
-  EXPECT_EQ(empty.errors[0].to_string(), "policy.yaml: the policy is empty; expected a map with at least `listeners` and `clusters`");
+  EXPECT_EQ(empty.errors[0].to_string(),
+            "policy.yaml: the policy is empty; expected a map with at least `listeners` and `clusters`");
   EXPECT_EQ(load("# nothing but a comment\n\n").errors.size(), 1u);
   EXPECT_TRUE(OnlyError(load("- version: 1\n"), 1, 1, "the policy must be a map of keys"));
-  EXPECT_TRUE(OnlyError(load("just words\n"), 1, 1, "the policy must be a map of keys (version, listeners, clusters, ...), got 'just words'"));
+  EXPECT_TRUE(OnlyError(load("just words\n"), 1, 1,
+                        "the policy must be a map of keys (version, listeners, clusters, ...), got 'just words'"));
   EXPECT_EQ(load("version: 1\n").errors.size(), 2u);
   EXPECT_TRUE(HasError(load("version: 1\n"), 1, 1, "listeners: missing; a policy needs at least one listener"));
   EXPECT_TRUE(HasError(load("version: 1\n"), 1, 1, "clusters: missing; a policy needs at least one cluster"));
@@ -605,7 +610,8 @@ TEST(Durations, BadValuesPointAtTheValue) {
                         "clusters[0].timeout: expected a duration such as 250ms or 5s, got a list"));
   // 0 means "none" where the reference says so.
   EXPECT_EQ(loaded(load(with_listener("    body_timeout: 0\n"))).listeners[0].body_timeout, Duration{0});
-  EXPECT_EQ(loaded(load(with_cluster("    retry: {per_try_timeout: 0}\n"))).clusters[0].retry.per_try_timeout, Duration{0});
+  EXPECT_EQ(loaded(load(with_cluster("    retry: {per_try_timeout: 0}\n"))).clusters[0].retry.per_try_timeout,
+            Duration{0});
 }
 
 TEST(Addresses, BadValuesPointAtTheValue) {
@@ -643,10 +649,12 @@ TEST(Numbers, RangesAndHugeValues) {
 }
 
 TEST(Numbers, StatusCodesRatioAndEjectionPercent) {
-  EXPECT_TRUE(OnlyError(load(with_cluster("    retry:\n      on: [retriable-status-codes]\n      status_codes: [503, 600]\n")),
-                        12, 27, "clusters[0].retry.status_codes[1]: 600 is out of range 100-599"));
-  EXPECT_TRUE(OnlyError(load(with_cluster("    retry:\n      on: [retriable-status-codes]\n      status_codes: [99]\n")),
-                        12, 22, "clusters[0].retry.status_codes[0]: 99 is out of range 100-599"));
+  EXPECT_TRUE(
+      OnlyError(load(with_cluster("    retry:\n      on: [retriable-status-codes]\n      status_codes: [503, 600]\n")),
+                12, 27, "clusters[0].retry.status_codes[1]: 600 is out of range 100-599"));
+  EXPECT_TRUE(
+      OnlyError(load(with_cluster("    retry:\n      on: [retriable-status-codes]\n      status_codes: [99]\n")), 12,
+                22, "clusters[0].retry.status_codes[0]: 99 is out of range 100-599"));
   EXPECT_TRUE(OnlyError(load(with_cluster("    retry:\n      budget: {ratio: 1.5}\n")), 11, 23,
                         "clusters[0].retry.budget.ratio: 1.5 is out of range 0-1"));
   EXPECT_TRUE(OnlyError(load(with_cluster("    retry:\n      budget: {ratio: -0.1}\n")), 11, 23,
@@ -686,22 +694,26 @@ TEST(Enums, EveryChoiceAndTheErrors) {
                         "listeners[0].protocol: 'udp' is not one of http or tcp"));
   EXPECT_TRUE(OnlyError(load(with_listener("    intercept: sideways\n")), 5, 16,
                         "listeners[0].intercept: 'sideways' is not one of none, inbound or outbound"));
-  EXPECT_TRUE(OnlyError(load(with_listener("    intercept: inbond\n")), 5, 16,
-                        "listeners[0].intercept: 'inbond' is not one of none, inbound or outbound (did you mean 'inbound'?)"));
+  EXPECT_TRUE(
+      OnlyError(load(with_listener("    intercept: inbond\n")), 5, 16,
+                "listeners[0].intercept: 'inbond' is not one of none, inbound or outbound (did you mean 'inbound'?)"));
   EXPECT_TRUE(OnlyError(load(with_cluster("    lb: fastest\n")), 10, 9,
                         "clusters[0].lb: 'fastest' is not one of round_robin, least_request or random"));
   EXPECT_TRUE(OnlyError(load(with_cluster("    retry: {on: [5xx, timeout]}\n")), 10, 23,
-                        "clusters[0].retry.on[1]: 'timeout' is not one of connect-failure, reset, 5xx, gateway-error or retriable-status-codes"));
-  EXPECT_TRUE(OnlyError(load(with_cluster("    retry: {on: []}\n")), 10, 17, "clusters[0].retry.on: must not be empty"));
+                        "clusters[0].retry.on[1]: 'timeout' is not one of connect-failure, reset, 5xx, gateway-error "
+                        "or retriable-status-codes"));
+  EXPECT_TRUE(
+      OnlyError(load(with_cluster("    retry: {on: []}\n")), 10, 17, "clusters[0].retry.on: must not be empty"));
 
   EXPECT_EQ(loaded(load(with_listener("    intercept: none\n"))).listeners[0].intercept, Intercept::none);
   EXPECT_EQ(loaded(load(with_listener("    intercept: outbound\n"))).listeners[0].intercept, Intercept::outbound);
   EXPECT_EQ(loaded(load(with_listener("    protocol: http\n"))).listeners[0].protocol, Protocol::http);
   EXPECT_EQ(loaded(load(with_cluster("    lb: random\n"))).clusters[0].lb, LbPolicy::random);
   EXPECT_EQ(loaded(load(with_cluster("    lb: round_robin\n"))).clusters[0].lb, LbPolicy::round_robin);
-  EXPECT_EQ(loaded(load(with_cluster(
-                "    retry: {on: [connect-failure, reset, 5xx, gateway-error, retriable-status-codes], status_codes: [503]}\n")))
-                .clusters[0].retry.on,
+  EXPECT_EQ(loaded(load(with_cluster("    retry: {on: [connect-failure, reset, 5xx, gateway-error, "
+                                     "retriable-status-codes], status_codes: [503]}\n")))
+                .clusters[0]
+                .retry.on,
             static_cast<uint32_t>(kRetryConnectFailure | kRetryReset | kRetry5xx | kRetryGatewayError |
                                   kRetryRetriableStatusCodes));
 }
@@ -710,18 +722,19 @@ TEST(Enums, EveryChoiceAndTheErrors) {
 // Names, duplicates and references across sections
 
 constexpr const char* kTwoListeners =
-    "listeners:\n"                        // 1
-    "  - name: a\n"                       // 2
-    "    address: 127.0.0.1:15000\n"      // 3
-    "    routes: [{cluster: app}]\n"      // 4
-    "  - name: NAME_B\n"                  // 5
-    "    address: ADDRESS_B\n"            // 6
+    "listeners:\n"                          // 1
+    "  - name: a\n"                         // 2
+    "    address: 127.0.0.1:15000\n"        // 3
+    "    routes: [{cluster: app}]\n"        // 4
+    "  - name: NAME_B\n"                    // 5
+    "    address: ADDRESS_B\n"              // 6
     "    routes: [{cluster: CLUSTER_B}]\n"  // 7
-    "clusters:\n"                         // 8
-    "  - name: app\n"                     // 9
-    "    endpoints: [127.0.0.1:8080]\n";  // 10
+    "clusters:\n"                           // 8
+    "  - name: app\n"                       // 9
+    "    endpoints: [127.0.0.1:8080]\n";    // 10
 
-std::string two_listeners(const std::string& name_b, const std::string& address_b, const std::string& cluster_b = "app") {
+std::string two_listeners(const std::string& name_b, const std::string& address_b,
+                          const std::string& cluster_b = "app") {
   return replaced(replaced(replaced(kTwoListeners, "NAME_B", name_b), "ADDRESS_B", address_b), "CLUSTER_B", cluster_b);
 }
 
@@ -753,13 +766,17 @@ TEST(Listeners, DuplicateAndClashingAddresses) {
 }
 
 TEST(Listeners, AtMostOneInterceptorPerDirection) {
-  std::string text = replaced(two_listeners("b", "127.0.0.1:15001"), "    routes: [{cluster: app}]\n  - name: b\n",
-                              "    intercept: inbound\n    routes: [{cluster: app}]\n  - name: b\n    intercept: inbound\n");
-  EXPECT_TRUE(OnlyError(load(text), 7, 16,
-                        "listeners[1].intercept: only one listener may intercept inbound traffic; listeners[0] already does"));
-  std::string both = replaced(text, "    intercept: inbound\n    address: 127.0.0.1:15001", "    intercept: outbound\n    address: 127.0.0.1:15001");
+  std::string text =
+      replaced(two_listeners("b", "127.0.0.1:15001"), "    routes: [{cluster: app}]\n  - name: b\n",
+               "    intercept: inbound\n    routes: [{cluster: app}]\n  - name: b\n    intercept: inbound\n");
+  EXPECT_TRUE(
+      OnlyError(load(text), 7, 16,
+                "listeners[1].intercept: only one listener may intercept inbound traffic; listeners[0] already does"));
+  std::string both = replaced(text, "    intercept: inbound\n    address: 127.0.0.1:15001",
+                              "    intercept: outbound\n    address: 127.0.0.1:15001");
   loaded(load(both));
-  std::string none = replaced(replaced(text, "intercept: inbound", "intercept: none"), "intercept: inbound", "intercept: none");
+  std::string none =
+      replaced(replaced(text, "intercept: inbound", "intercept: none"), "intercept: inbound", "intercept: none");
   loaded(load(none));
 }
 
@@ -780,9 +797,11 @@ TEST(Routes, EmptyOrMissing) {
   auto missing = load(replaced(kMinimal, "    routes:\n      - cluster: app\n", ""));
   EXPECT_TRUE(OnlyError(missing, 3, 5, "listeners[0].routes: missing; every listener needs at least one route"));
   EXPECT_TRUE(HasWarning(missing, "clusters[0]: cluster 'app' is not used by any route"));
-  EXPECT_TRUE(OnlyError(load(replaced(kMinimal, "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    routes:\n      - cluster: app\n",
-                                      "listeners: []\n")),
-                        2, 12, "listeners: must list at least one listener"));
+  EXPECT_TRUE(OnlyError(
+      load(replaced(kMinimal,
+                    "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    routes:\n      - cluster: app\n",
+                    "listeners: []\n")),
+      2, 12, "listeners: must list at least one listener"));
 }
 
 TEST(Routes, MatchIsNormalised) {
@@ -811,16 +830,23 @@ TEST(Routes, MatchErrors) {
     return load(replaced(kMinimal, "      - cluster: app\n", "      - cluster: app\n        match: " + match + "\n"));
   };
   // "        match: {" puts '{' at column 16 of line 7.
-  EXPECT_TRUE(OnlyError(route("{path_prefix: users}"), 7, 30, "listeners[0].routes[0].match.path_prefix: 'users' must start with '/'"));
-  EXPECT_TRUE(OnlyError(route("{host: 'a.b:80'}"), 7, 23, "listeners[0].routes[0].match.host: 'a.b:80' must not have a port"));
-  EXPECT_TRUE(OnlyError(route("{host: '[::1]:80'}"), 7, 23, "listeners[0].routes[0].match.host: '[::1]:80' must not have a port"));
+  EXPECT_TRUE(OnlyError(route("{path_prefix: users}"), 7, 30,
+                        "listeners[0].routes[0].match.path_prefix: 'users' must start with '/'"));
+  EXPECT_TRUE(
+      OnlyError(route("{host: 'a.b:80'}"), 7, 23, "listeners[0].routes[0].match.host: 'a.b:80' must not have a port"));
+  EXPECT_TRUE(OnlyError(route("{host: '[::1]:80'}"), 7, 23,
+                        "listeners[0].routes[0].match.host: '[::1]:80' must not have a port"));
   EXPECT_EQ(loaded(route("{host: '[::1]'}")).listeners[0].routes[0].match.host, "[::1]");
   EXPECT_TRUE(OnlyError(route("{host: 'a b'}"), 7, 23, "listeners[0].routes[0].match.host: 'a b' is not a host name"));
-  EXPECT_TRUE(OnlyError(route("{method: 'G T'}"), 7, 25, "listeners[0].routes[0].match.method: 'G T' is not an HTTP method"));
-  EXPECT_TRUE(OnlyError(route("{headers: {'x y': 1}}"), 7, 27, "listeners[0].routes[0].match.headers.x y: 'x y' is not a valid header name"));
-  EXPECT_TRUE(OnlyError(route("{headers: {X-A: 1, x-a: 2}}"), 7, 35, "listeners[0].routes[0].match.headers.x-a: header 'x-a' is matched twice"));
-  EXPECT_TRUE(OnlyError(route("{headers: {x-a: [1]}}"), 7, 32,
-                        "listeners[0].routes[0].match.headers.x-a: expected the exact header value as a string, got a list"));
+  EXPECT_TRUE(
+      OnlyError(route("{method: 'G T'}"), 7, 25, "listeners[0].routes[0].match.method: 'G T' is not an HTTP method"));
+  EXPECT_TRUE(OnlyError(route("{headers: {'x y': 1}}"), 7, 27,
+                        "listeners[0].routes[0].match.headers.x y: 'x y' is not a valid header name"));
+  EXPECT_TRUE(OnlyError(route("{headers: {X-A: 1, x-a: 2}}"), 7, 35,
+                        "listeners[0].routes[0].match.headers.x-a: header 'x-a' is matched twice"));
+  EXPECT_TRUE(
+      OnlyError(route("{headers: {x-a: [1]}}"), 7, 32,
+                "listeners[0].routes[0].match.headers.x-a: expected the exact header value as a string, got a list"));
   EXPECT_TRUE(OnlyError(route("{headers: [x-a]}"), 7, 26,
                         "listeners[0].routes[0].match.headers: expected a map of header name to value, got a list"));
   EXPECT_TRUE(OnlyError(route("[]"), 7, 16, "listeners[0].routes[0].match: expected a map, got a list"));
@@ -834,21 +860,21 @@ TEST(Routes, FirstMatchWinsSoRoutesAfterACatchAllWarn) {
 }
 
 constexpr const char* kTcpListener =
-    "listeners:\n"                         // 1
-    "  - name: db\n"                       // 2
-    "    address: 127.0.0.1:15432\n"       // 3
-    "    protocol: tcp\n"                  // 4
-    "    routes:\n"                        // 5
-    "      - cluster: postgres\n"          // 6
-    "clusters:\n"                          // 7
-    "  - name: postgres\n"                 // 8
-    "    endpoints: [127.0.0.1:5432]\n";   // 9
+    "listeners:\n"                        // 1
+    "  - name: db\n"                      // 2
+    "    address: 127.0.0.1:15432\n"      // 3
+    "    protocol: tcp\n"                 // 4
+    "    routes:\n"                       // 5
+    "      - cluster: postgres\n"         // 6
+    "clusters:\n"                         // 7
+    "  - name: postgres\n"                // 8
+    "    endpoints: [127.0.0.1:5432]\n";  // 9
 
 TEST(TcpListener, TakesExactlyOneRouteWithoutMatch) {
   EXPECT_EQ(loaded(load(kTcpListener)).listeners[0].protocol, Protocol::tcp);
   EXPECT_TRUE(OnlyError(load(replaced(kTcpListener, "      - cluster: postgres\n",
                                       "      - cluster: postgres\n        match: {path_prefix: /}\n")),
-                        6, 9, "listeners[0].routes[0].match: a tcp listener's route cannot have a match"));
+                        7, 16, "listeners[0].routes[0].match: a tcp listener's route cannot have a match"));
   EXPECT_TRUE(OnlyError(load(replaced(kTcpListener, "      - cluster: postgres\n",
                                       "      - cluster: postgres\n      - cluster: postgres\n")),
                         7, 9, "listeners[0].routes[1]: a tcp listener takes exactly one route"));
@@ -860,10 +886,12 @@ TEST(TcpListener, TakesExactlyOneRouteWithoutMatch) {
 TEST(Clusters, DuplicateNamesEmptyEndpointsAndMissingKeys) {
   EXPECT_TRUE(OnlyError(load(with_cluster("  - name: app\n    endpoints: [127.0.0.1:8081]\n")), 10, 11,
                         "clusters[1].name: 'app' is already the name of clusters[0]"));
-  EXPECT_TRUE(OnlyError(load(replaced(kMinimal, "[127.0.0.1:8080]", "[]")), 9, 16, "clusters[0].endpoints: must not be empty"));
+  EXPECT_TRUE(
+      OnlyError(load(replaced(kMinimal, "[127.0.0.1:8080]", "[]")), 9, 16, "clusters[0].endpoints: must not be empty"));
   EXPECT_TRUE(OnlyError(load(replaced(kMinimal, "    endpoints: [127.0.0.1:8080]\n", "")), 8, 5,
                         "clusters[0].endpoints: missing; every cluster needs at least one endpoint"));
-  auto no_clusters = load(replaced(kMinimal, "clusters:\n  - name: app\n    endpoints: [127.0.0.1:8080]\n", "clusters: []\n"));
+  auto no_clusters =
+      load(replaced(kMinimal, "clusters:\n  - name: app\n    endpoints: [127.0.0.1:8080]\n", "clusters: []\n"));
   EXPECT_EQ(no_clusters.errors.size(), 2u) << describe(no_clusters);  // and the route's cluster is unknown
   EXPECT_TRUE(HasError(no_clusters, 7, 11, "clusters: must list at least one cluster"));
   auto twice = load(replaced(kMinimal, "[127.0.0.1:8080]", "[127.0.0.1:8080, 127.0.0.1:8080]"));
@@ -878,7 +906,8 @@ TEST(Clusters, UnusedClusterWarns) {
 }
 
 TEST(Clusters, VipsAreUniqueAcrossClusters) {
-  auto result = load(with_cluster("    vips: [10.96.0.1:80]\n  - name: other\n    endpoints: [127.0.0.1:9000]\n    vips: [10.96.0.1:80]\n"));
+  auto result = load(with_cluster(
+      "    vips: [10.96.0.1:80]\n  - name: other\n    endpoints: [127.0.0.1:9000]\n    vips: [10.96.0.1:80]\n"));
   EXPECT_TRUE(OnlyError(result, 13, 12, "clusters[1].vips[0]: 10.96.0.1:80 is already a vip of clusters[0]"));
   auto unused = load(with_cluster("    vips: [10.96.0.1:80]\n"));
   EXPECT_EQ(loaded(unused).clusters[0].vips.at(0).text, "10.96.0.1:80");
@@ -893,13 +922,15 @@ TEST(Mtls, ListenerNeedsIdentity) {
                         "listeners[0].mtls: mtls needs the top-level identity block"));
   EXPECT_TRUE(loaded(load(with_listener("    mtls: true\n") + kIdentityAtEnd)).listeners[0].mtls);
   EXPECT_FALSE(loaded(load(with_listener("    mtls: false\n"))).listeners[0].mtls);
-  EXPECT_TRUE(OnlyError(load(with_listener("    mtls: yes\n")), 5, 11, "listeners[0].mtls: expected true or false, got 'yes'"));
+  EXPECT_TRUE(
+      OnlyError(load(with_listener("    mtls: yes\n")), 5, 11, "listeners[0].mtls: expected true or false, got 'yes'"));
 }
 
 TEST(Mtls, ClusterNeedsIdentityAndAServerIdentityMap) {
   EXPECT_TRUE(OnlyError(load(with_cluster("    mtls: {server_identity: spiffe://shop.local/sa/x}\n")), 10, 11,
                         "clusters[0].mtls: mtls needs the top-level identity block"));
-  const Policy p = loaded(load(with_cluster("    mtls: {server_identity: spiffe://shop.local/sa/x}\n") + kIdentityAtEnd));
+  const Policy p =
+      loaded(load(with_cluster("    mtls: {server_identity: spiffe://shop.local/sa/x}\n") + kIdentityAtEnd));
   const Cluster& c = p.clusters.at(0);
   EXPECT_TRUE(c.mtls.enabled);
   EXPECT_EQ(c.mtls.server_identity, "spiffe://shop.local/sa/x");
@@ -913,15 +944,16 @@ TEST(Mtls, ClusterNeedsIdentityAndAServerIdentityMap) {
 }
 
 TEST(Mtls, AllowListEntries) {
-  const Policy& p = loaded(load(with_listener("    mtls: true\n    allow: [spiffe://a/b, spiffe://a/c-*, spiffe://*]\n") +
-                                kIdentityAtEnd));
+  const Policy& p = loaded(
+      load(with_listener("    mtls: true\n    allow: [spiffe://a/b, spiffe://a/c-*, spiffe://*]\n") + kIdentityAtEnd));
   EXPECT_EQ(p.listeners[0].allow, (std::vector<std::string>{"spiffe://a/b", "spiffe://a/c-*", "spiffe://*"}));
 
   auto bad = load(with_listener("    mtls: true\n    allow: [spiffe://a/b, http://x, spiffe://a/*/b, spiffe://]\n") +
                   kIdentityAtEnd);
   EXPECT_EQ(bad.errors.size(), 3u) << describe(bad);
   EXPECT_TRUE(HasError(bad, 6, 27, "listeners[0].allow[1]: 'http://x' must start with spiffe://"));
-  EXPECT_TRUE(HasError(bad, 6, 37, "listeners[0].allow[2]: 'spiffe://a/*/b': '*' is allowed only as the last character"));
+  EXPECT_TRUE(
+      HasError(bad, 6, 37, "listeners[0].allow[2]: 'spiffe://a/*/b': '*' is allowed only as the last character"));
   EXPECT_TRUE(HasError(bad, 6, 53, "listeners[0].allow[3]: 'spiffe://' names no trust domain"));
 
   EXPECT_TRUE(OnlyError(load(with_listener("    allow: [spiffe://a/b]\n")), 5, 12,
@@ -934,10 +966,11 @@ TEST(Mtls, AllowListEntries) {
 // Retry details
 
 TEST(Retry, StatusCodesGoWithRetriableStatusCodes) {
-  EXPECT_TRUE(OnlyError(load(with_cluster("    retry:\n      on: [retriable-status-codes]\n")), 11, 11,
-                        "clusters[0].retry.status_codes: missing; retriable-status-codes in retry.on needs the list of codes"));
-  EXPECT_TRUE(OnlyError(load(with_cluster("    retry:\n      on: [retriable-status-codes]\n      status_codes: []\n")), 12, 21,
-                        "clusters[0].retry.status_codes: must not be empty"));
+  EXPECT_TRUE(
+      OnlyError(load(with_cluster("    retry:\n      on: [retriable-status-codes]\n")), 11, 11,
+                "clusters[0].retry.status_codes: missing; retriable-status-codes in retry.on needs the list of codes"));
+  EXPECT_TRUE(OnlyError(load(with_cluster("    retry:\n      on: [retriable-status-codes]\n      status_codes: []\n")),
+                        12, 21, "clusters[0].retry.status_codes: must not be empty"));
   auto unused = load(with_cluster("    retry:\n      status_codes: [503]\n"));
   EXPECT_EQ(loaded(unused).clusters[0].retry.status_codes, std::vector<int>{503});
   EXPECT_TRUE(HasWarning(unused, "clusters[0].retry.status_codes: has no effect"));
@@ -948,7 +981,8 @@ TEST(Retry, BackoffAndEjectionMaximaAreNotBelowTheirBase) {
                         "clusters[0].retry.backoff.max: 500ms is less than base 1s"));
   EXPECT_TRUE(OnlyError(load(with_cluster("    retry: {backoff: {base: 1s}}\n")), 10, 22,
                         "clusters[0].retry.backoff.max: 250ms (the default) is less than base 1s"));
-  EXPECT_TRUE(OnlyError(load(with_cluster("    outlier_detection: {base_ejection_time: 10m, max_ejection_time: 1m}\n")), 10, 69,
+  EXPECT_TRUE(OnlyError(load(with_cluster("    outlier_detection: {base_ejection_time: 10m, max_ejection_time: 1m}\n")),
+                        10, 69,
                         "clusters[0].outlier_detection.max_ejection_time: 1m is less than base_ejection_time 10m"));
   const Policy p = loaded(load(with_cluster("    retry: {backoff: {base: 0, max: 0}}\n")));
   const Cluster& c = p.clusters.at(0);
@@ -967,29 +1001,35 @@ TEST(Retry, PerTryTimeoutLongerThanTheClusterTimeoutWarns) {
 
 TEST(AllErrors, AreReportedTogetherInFileOrder) {
   const std::string text =
-      "version: 1\n"                          // 1
-      "workers: many\n"                       // 2  workers
-      "listeners:\n"                          // 3
-      "  - name: web\n"                       // 4
-      "    address: 127.0.0.1:70000\n"        // 5  port
-      "    protocl: http\n"                   // 6  unknown key
-      "    routes:\n"                         // 7
-      "      - cluster: ap\n"                 // 8  undefined cluster
-      "clusters:\n"                           // 9
-      "  - name: app\n"                       // 10
-      "    endpoints: []\n"                   // 11 empty
-      "    lb: fastest\n"                     // 12 enum
-      "    retry: {backoff: {base: 5}}\n";    // 13 duration
+      "version: 1\n"                        // 1
+      "workers: many\n"                     // 2  workers
+      "listeners:\n"                        // 3
+      "  - name: web\n"                     // 4
+      "    address: 127.0.0.1:70000\n"      // 5  port
+      "    protocl: http\n"                 // 6  unknown key
+      "    routes:\n"                       // 7
+      "      - cluster: ap\n"               // 8  undefined cluster
+      "clusters:\n"                         // 9
+      "  - name: app\n"                     // 10
+      "    endpoints: []\n"                 // 11 empty
+      "    lb: fastest\n"                   // 12 enum
+      "    retry: {backoff: {base: 5}}\n";  // 13 duration
   auto result = load(text);
   EXPECT_FALSE(result.policy);
   ASSERT_EQ(result.errors.size(), 7u) << describe(result);
-  EXPECT_EQ(result.errors[0].to_string(), "policy.yaml:2:10: workers: expected a positive integer or 'auto', got 'many'");
-  EXPECT_EQ(result.errors[1].to_string(), "policy.yaml:5:14: listeners[0].address: port 70000 is out of range 1-65535 (or 0 for any free port)");
-  EXPECT_EQ(result.errors[2].to_string(), "policy.yaml:6:5: listeners[0].protocl: unknown key (did you mean 'protocol'?)");
-  EXPECT_EQ(result.errors[3].to_string(), "policy.yaml:8:18: listeners[0].routes[0].cluster: no cluster is named 'ap' (did you mean 'app'?)");
+  EXPECT_EQ(result.errors[0].to_string(),
+            "policy.yaml:2:10: workers: expected a positive integer or 'auto', got 'many'");
+  EXPECT_EQ(result.errors[1].to_string(),
+            "policy.yaml:5:14: listeners[0].address: port 70000 is out of range 1-65535 (or 0 for any free port)");
+  EXPECT_EQ(result.errors[2].to_string(),
+            "policy.yaml:6:5: listeners[0].protocl: unknown key (did you mean 'protocol'?)");
+  EXPECT_EQ(result.errors[3].to_string(),
+            "policy.yaml:8:18: listeners[0].routes[0].cluster: no cluster is named 'ap' (did you mean 'app'?)");
   EXPECT_EQ(result.errors[4].to_string(), "policy.yaml:11:16: clusters[0].endpoints: must not be empty");
-  EXPECT_EQ(result.errors[5].to_string(), "policy.yaml:12:9: clusters[0].lb: 'fastest' is not one of round_robin, least_request or random");
-  EXPECT_EQ(result.errors[6].to_string(), "policy.yaml:13:29: clusters[0].retry.backoff.base: '5' has no unit (write 5s or 5ms)");
+  EXPECT_EQ(result.errors[5].to_string(),
+            "policy.yaml:12:9: clusters[0].lb: 'fastest' is not one of round_robin, least_request or random");
+  EXPECT_EQ(result.errors[6].to_string(),
+            "policy.yaml:13:29: clusters[0].retry.backoff.base: '5' has no unit (write 5s or 5ms)");
   for (const auto& e : result.errors) EXPECT_EQ(e.file, kFile);
 }
 
@@ -1034,7 +1074,8 @@ TEST(Aliases, ExpansionThroughAliasesIsBounded) {
   const std::string text =
       "clusters:\n  - name: app\n    endpoints: [127.0.0.1:8080]\n"
       "listeners:\n  - name: web\n    address: 127.0.0.1:0\n"
-      "    routes: [&route {cluster: app, match: {headers: {" + headers + "}}}" + aliases + "]\n";
+      "    routes: [&route {cluster: app, match: {headers: {" +
+      headers + "}}}" + aliases + "]\n";
   auto result = load(text);
   EXPECT_FALSE(result.policy);
   ASSERT_FALSE(result.errors.empty());
@@ -1156,9 +1197,15 @@ TEST(Fuzz, MutatedReferencePoliciesAlwaysGetAnAnswer) {
       size_t at = pick(text.size());
       char c = structural[pick(structural.size())];
       switch (pick(3)) {
-        case 0: text[at] = c; break;
-        case 1: text.insert(at, 1, c); break;
-        default: text.erase(at, 1); break;
+        case 0:
+          text[at] = c;
+          break;
+        case 1:
+          text.insert(at, 1, c);
+          break;
+        default:
+          text.erase(at, 1);
+          break;
       }
     }
     expect_an_answer(text, "characters mutated, variant " + std::to_string(i));

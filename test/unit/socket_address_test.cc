@@ -1,11 +1,11 @@
 // parse_socket_address / parse_bind_address / format_sockaddr.
 
+#include "pilotfish/socket_address.h"
+
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 
 #include <string>
-
-#include "pilotfish/socket_address.h"
 
 namespace pilotfish {
 namespace {
