@@ -9,9 +9,12 @@
 #include <string_view>
 
 #include "pilotfish/policy_loader.h"
+#include "policy/quote.h"
 
 namespace pilotfish {
 namespace {
+
+std::string quote_value_short(std::string_view text) { return quote_value(text, 40); }
 
 // The largest duration we accept is the largest that still fits in int64 nanoseconds, so any
 // consumer may convert a policy duration to any std::chrono type without overflow (~292 years).
@@ -23,17 +26,6 @@ struct Unit {
 };
 // "ms" before "m" and "s": suffixes are tried in order.
 constexpr Unit kUnits[] = {{"ms", 1}, {"s", 1'000}, {"m", 60'000}, {"h", 3'600'000}};
-
-std::string shown(std::string_view text) {
-  constexpr size_t kMaxShown = 40;
-  std::string out = "'";
-  for (char c : text.substr(0, kMaxShown)) {
-    unsigned char uc = static_cast<unsigned char>(c);
-    out += (uc < 0x20 || uc == 0x7f) ? '?' : c;
-  }
-  if (text.size() > kMaxShown) out += "...";
-  return out + "'";
-}
 
 bool fail(std::string* error, std::string message) {
   if (error) *error = std::move(message);
@@ -52,7 +44,7 @@ bool all_digits(std::string_view s) {
 bool parse_duration(std::string_view text, Duration* out, std::string* error) {
   constexpr std::string_view kForm = "an integer with a unit: 250ms, 5s, 2m, 1h; or 0";
   if (text.empty()) return fail(error, "empty duration (expected " + std::string(kForm) + ")");
-  if (text.front() == '-') return fail(error, shown(text) + " is negative (a duration must be 0 or more)");
+  if (text.front() == '-') return fail(error, quote_value_short(text) + " is negative (a duration must be 0 or more)");
 
   if (all_digits(text)) {
     // Only zero is unambiguous without a unit.
@@ -60,7 +52,7 @@ bool parse_duration(std::string_view text, Duration* out, std::string* error) {
       if (out) *out = Duration{0};
       return true;
     }
-    return fail(error, shown(text) + " has no unit (write " + std::string(text.substr(0, 20)) + "s or " +
+    return fail(error, quote_value_short(text) + " has no unit (write " + std::string(text.substr(0, 20)) + "s or " +
                            std::string(text.substr(0, 20)) + "ms)");
   }
 
@@ -72,13 +64,13 @@ bool parse_duration(std::string_view text, Duration* out, std::string* error) {
     auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), value);
     if (ec != std::errc() || end != number.data() + number.size() ||
         value > static_cast<uint64_t>(kMaxMilliseconds / unit.milliseconds)) {
-      return fail(error, shown(text) + " is too large (the most is " + std::to_string(kMaxMilliseconds / 3'600'000) +
+      return fail(error, quote_value_short(text) + " is too large (the most is " + std::to_string(kMaxMilliseconds / 3'600'000) +
                              "h, about 292 years)");
     }
     if (out) *out = Duration{static_cast<int64_t>(value) * unit.milliseconds};
     return true;
   }
-  return fail(error, shown(text) + " is not a duration (expected " + std::string(kForm) + ")");
+  return fail(error, quote_value_short(text) + " is not a duration (expected " + std::string(kForm) + ")");
 }
 
 bool parse_duration(std::string_view text, Duration* out) { return parse_duration(text, out, nullptr); }

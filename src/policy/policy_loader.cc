@@ -14,6 +14,7 @@
 // still make a small file expand to a huge tree, so the walk also counts the nodes it visits.
 
 #include "pilotfish/policy_loader.h"
+#include "policy/quote.h"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -118,18 +119,7 @@ constexpr Choice<uint32_t> kRetryConditions[] = {{"connect-failure", kRetryConne
 // ---------------------------------------------------------------------------------------------
 // Small text helpers
 
-// Shows a value from the file inside a message: quoted, shortened, without control characters
-// (a message is one line on a terminal).
-std::string quote(std::string_view text) {
-  constexpr size_t kMaxShown = 60;
-  std::string out = "'";
-  for (char c : text.substr(0, kMaxShown)) {
-    unsigned char uc = static_cast<unsigned char>(c);
-    out += (uc < 0x20 || uc == 0x7f) ? '?' : c;
-  }
-  if (text.size() > kMaxShown) out += "...";
-  return out + "'";
-}
+std::string quote(std::string_view text) { return quote_value(text); }
 
 std::string lower(std::string_view text) {
   std::string out(text);
