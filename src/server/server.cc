@@ -154,7 +154,7 @@ int run_server(const RunOptions& options) {
   uv_run(p.loop, UV_RUN_DEFAULT);
   for (auto& w : p.workers) w->join();
   p.workers.clear();
-  uv_loop_close(p.loop);
+  if (uv_loop_close(p.loop) != 0) log_error("main loop closed with handles still open");
   log_info("drained; exiting");
   return 0;
 }

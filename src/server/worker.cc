@@ -44,8 +44,9 @@ Worker::Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, Ac
 }
 
 Worker::~Worker() {
-  // The loop has ended with every handle closed (see close_everything).
-  uv_loop_close(&loop_);
+  // The loop has ended with every handle closed (see close_everything); a handle still open
+  // here is a leak worth a loud line.
+  if (uv_loop_close(&loop_) != 0) log_error("worker " + std::to_string(index_) + ": loop closed with handles still open");
 }
 
 void Worker::start_with_callback(std::function<void()> done) {

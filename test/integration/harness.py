@@ -376,6 +376,11 @@ class Pilotfish:
     def stop_and_check(self, testcase, timeout=15.0):
         rc = self.stop(timeout)
         testcase.assertEqual(rc, 0, "pilotfish exit code after SIGTERM:\n" + self.log())
+        # Every loop must close with no handle left open (pilotfish says so when one is).
+        full = self.log(last=1 << 30)
+        testcase.assertNotIn("handles still open", full)
+        testcase.assertNotIn("ERROR: AddressSanitizer", full)
+        testcase.assertNotIn("runtime error:", full)
 
     def kill(self):
         """Kills the process if it still runs (a safety net for cleanups) and closes its files."""
