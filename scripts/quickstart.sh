@@ -18,6 +18,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
+for _ in $(seq 50); do  # the demo service is up before pilotfish sends it anything
+  curl -fsS -o /dev/null http://127.0.0.1:8080/ 2>/dev/null && break
+  sleep 0.1
+done
 build/pilotfish check --config examples/quickstart/policy.yaml
 build/pilotfish run --config examples/quickstart/policy.yaml &
 pf_pid=$!

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""The README's quick start: scripts/quickstart.sh starts the demo service and pilotfish in
+front of it on 127.0.0.1:15000; a request goes through; SIGTERM stops both, leaving nothing."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import unittest
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def children_of(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    pids = [int(p) for p in out]
+    for p in list(pids):
+        pids += children_of(p)
+    return pids
+
+
+class QuickstartTest(unittest.TestCase):
+    def test_quickstart_serves_and_stops(self):
+        proc = subprocess.Popen(["bash", "scripts/quickstart.sh"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        family = []
+        try:
+            body = None
+            deadline = time.time() + 120  # may build first
+            while time.time() < deadline and proc.poll() is None:
+                try:
+                    with urllib.request.urlopen("http://127.0.0.1:15000/hello?x=1", timeout=2) as r:
+                        self.assertEqual(r.status, 200)
+                        body = json.loads(r.read())
+                        break
+                except OSError:
+                    time.sleep(0.2)
+            self.assertIsNotNone(body, "quickstart did not serve on 127.0.0.1:15000")
+            self.assertEqual(body["service"], "demo")
+            self.assertEqual(body["path"], "/hello?x=1")
+            self.assertEqual(body["headers"]["x-forwarded-proto"], "http")
+            self.assertIn("x-request-id", body["headers"])
+            family = children_of(proc.pid)
+            self.assertTrue(family, "quickstart.sh should have started the demo service and pilotfish")
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+            text = out.decode(errors="replace")
+            self.assertIn("pilotfish is running in front of the demo service", text)
+            self.assertIn("drained; exiting", text)
+            time.sleep(0.5)
+            for pid in family:
+                self.assertFalse(os.path.exists(f"/proc/{pid}") and
+                                 open(f"/proc/{pid}/stat").read().split()[2] != "Z",
+                                 f"process {pid} left running by quickstart.sh")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            for pid in family:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
