@@ -139,7 +139,7 @@ llhttp_errno_t execute_checked(llhttp_t* parser, HeadScanner& scanner, const cha
 }  // namespace
 
 HttpSession::HttpSession(Worker& worker, const Listener& listener, PolicyPtr policy)
-    : Stream(worker), listener_(listener), policy_(std::move(policy)) {
+    : Stream(worker), worker_(worker), listener_(listener), policy_(std::move(policy)) {
   llhttp_init(&parser_, HTTP_REQUEST, &request_settings());
   parser_.data = this;
   worker.add_downstream();

@@ -18,6 +18,8 @@
 
 namespace pilotfish {
 
+class Worker;
+
 class HttpSession final : public Stream, public UpstreamHandler {
  public:
   HttpSession(Worker& worker, const Listener& listener, PolicyPtr policy);
@@ -80,6 +82,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void log_request();
   bool may_retry_connect() const;
 
+  Worker& worker_;
   const Listener& listener_;
   PolicyPtr policy_;
   llhttp_t parser_;

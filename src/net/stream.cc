@@ -2,7 +2,7 @@
 
 #include <cstdlib>
 
-#include "server/worker.h"
+#include "net/event_loop.h"
 
 namespace pilotfish {
 
@@ -10,19 +10,19 @@ namespace {
 constexpr uint64_t kLingerMs = 2000;
 }  // namespace
 
-Stream::Stream(Worker& worker) : worker_(worker) {
-  uv_tcp_init(worker.loop(), &tcp_);
-  uv_timer_init(worker.loop(), &timer_);
+Stream::Stream(EventLoop& event_loop) : event_loop_(event_loop) {
+  uv_tcp_init(event_loop.loop(), &tcp_);
+  uv_timer_init(event_loop.loop(), &timer_);
   tcp_.data = this;
   timer_.data = this;
-  worker.link_stream(this);
+  event_loop.link_stream(this);
 }
 
-Stream::~Stream() { worker_.unlink_stream(this); }
+Stream::~Stream() { event_loop_.unlink_stream(this); }
 
 void Stream::alloc_cb(uv_handle_t* handle, size_t, uv_buf_t* buf) {
   auto* self = static_cast<Stream*>(handle->data);
-  *buf = self->worker_.read_buffer();
+  *buf = self->event_loop_.read_buffer();
 }
 
 void Stream::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
@@ -75,16 +75,16 @@ int Stream::flush() {
     }
     if (n > 0) out_.erase(0, static_cast<size_t>(n));
   }
-  // The request's buffer comes from the worker's free list, so its capacity serves again
+  // The request's buffer comes from the loop's free list, so its capacity serves again
   // (here as out_'s next buffer, after the swap) instead of a malloc and free per write.
-  WriteRequest* w = worker_.take_write_request();
+  WriteRequest* w = event_loop_.take_write_request();
   w->owner = this;
   w->data.swap(out_);
   w->req.data = w;
   uv_buf_t b = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
   int rc = uv_write(&w->req, stream(), &b, 1, write_cb);
   if (rc != 0) {
-    worker_.give_write_request(w);
+    event_loop_.give_write_request(w);
     return rc;
   }
   return 0;
@@ -93,7 +93,7 @@ int Stream::flush() {
 void Stream::write_cb(uv_write_t* req, int status) {
   auto* w = static_cast<WriteRequest*>(req->data);
   Stream* self = w->owner;
-  self->worker_.give_write_request(w);
+  self->event_loop_.give_write_request(w);
   if (status == UV_ECANCELED || self->closing_) return;
   self->on_write_done(status);
   if (!self->closing_) self->maybe_finish_flush();
@@ -144,7 +144,7 @@ void Stream::shutdown_cb(uv_shutdown_t* req, int status) {
 
 void Stream::start_timer(uint64_t ms) {
   if (closing_) return;
-  uint64_t now = uv_now(worker_.loop());
+  uint64_t now = uv_now(event_loop_.loop());
   deadline_ = now + ms;
   timer_due_ = deadline_;
   timer_armed_ = true;
@@ -159,7 +159,7 @@ void Stream::stop_timer() {
 
 void Stream::set_deadline(uint64_t ms) {
   if (closing_) return;
-  uint64_t now = uv_now(worker_.loop());
+  uint64_t now = uv_now(event_loop_.loop());
   deadline_ = now + ms;
   if (timer_armed_ && timer_due_ <= deadline_) return;  // fires first, then re-arms for the rest
   timer_due_ = deadline_;
@@ -175,7 +175,7 @@ void Stream::timer_cb(uv_timer_t* t) {
     return;
   }
   if (self->deadline_ == 0) return;
-  uint64_t now = uv_now(self->worker_.loop());
+  uint64_t now = uv_now(self->event_loop_.loop());
   if (now < self->deadline_) {
     self->timer_due_ = self->deadline_;
     self->timer_armed_ = true;

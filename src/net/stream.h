@@ -12,7 +12,7 @@
 
 namespace pilotfish {
 
-class Worker;
+class EventLoop;
 class Stream;
 
 // A queued write and the bytes it holds until libuv has written them.
@@ -24,14 +24,13 @@ struct WriteRequest {
 
 class Stream {
  public:
-  explicit Stream(Worker& worker);
+  explicit Stream(EventLoop& event_loop);
   virtual ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
   uv_tcp_t* tcp() { return &tcp_; }
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }
-  Worker& worker() { return worker_; }
 
   void start_read();
   void stop_read();
@@ -90,7 +89,7 @@ class Stream {
   // Called once, when close() starts; the place to detach from peers.
   virtual void on_close() {}
 
-  Worker& worker_;
+  EventLoop& event_loop_;
 
  private:
   static void alloc_cb(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);

@@ -10,7 +10,7 @@ constexpr uint64_t kTcpIdleMs = 3600 * 1000;
 }
 
 TcpProxySession::TcpProxySession(Worker& worker, const Listener& listener, PolicyPtr policy)
-    : Stream(worker), listener_(listener), policy_(std::move(policy)) {
+    : Stream(worker), worker_(worker), listener_(listener), policy_(std::move(policy)) {
   cluster_index_ = listener_.routes.empty() ? 0 : listener_.routes.front().cluster_index;
   worker.add_downstream();
 }

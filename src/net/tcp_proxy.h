@@ -11,6 +11,8 @@
 
 namespace pilotfish {
 
+class Worker;
+
 class TcpProxySession final : public Stream, public UpstreamHandler {
  public:
   TcpProxySession(Worker& worker, const Listener& listener, PolicyPtr policy);
@@ -34,6 +36,7 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
   void connect();
   void maybe_close();
 
+  Worker& worker_;
   const Listener& listener_;
   PolicyPtr policy_;
   size_t cluster_index_ = 0;

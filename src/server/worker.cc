@@ -10,10 +10,7 @@
 namespace pilotfish {
 
 Worker::Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, AccessLogWriter* access_log)
-    : index_(index),
-      policy_(std::move(policy)),
-      listen_fds_(std::move(listen_fds)),
-      read_buffer_(new char[kReadBufferSize]) {
+    : EventLoop(&loop_), index_(index), policy_(std::move(policy)), listen_fds_(std::move(listen_fds)) {
   uv_loop_init(&loop_);
   loop_.data = this;
   uv_async_init(&loop_, &async_, on_async);
@@ -82,39 +79,6 @@ void Worker::on_connection(uv_stream_t* server, int status) {
     static_cast<HttpSession*>(s)->start();
 }
 
-WriteRequest* Worker::take_write_request() {
-  if (free_writes_.empty()) return new WriteRequest;
-  WriteRequest* w = free_writes_.back().release();
-  free_writes_.pop_back();
-  return w;
-}
-
-void Worker::give_write_request(WriteRequest* w) {
-  constexpr size_t kKeep = 16;
-  constexpr size_t kMaxCapacity = 512 * 1024;
-  w->owner = nullptr;
-  w->data.clear();
-  if (free_writes_.size() >= kKeep) {
-    delete w;
-    return;
-  }
-  if (w->data.capacity() > kMaxCapacity) w->data.shrink_to_fit();
-  free_writes_.emplace_back(w);
-}
-
-void Worker::link_stream(Stream* s) {
-  s->list_next = streams_;
-  s->list_prev = nullptr;
-  if (streams_) streams_->list_prev = s;
-  streams_ = s;
-}
-
-void Worker::unlink_stream(Stream* s) {
-  if (s->list_prev) s->list_prev->list_next = s->list_next;
-  else streams_ = s->list_next;
-  if (s->list_next) s->list_next->list_prev = s->list_prev;
-}
-
 void Worker::remove_downstream() {
   if (downstream_count_) --downstream_count_;
   if (draining_) maybe_finish_drain();
@@ -143,11 +107,7 @@ void Worker::on_async(uv_async_t* a) {
     w->draining_ = true;
     w->stop_listening();
     // Idle connections close now; busy ones after their response (drain() decides).
-    for (Stream* s = w->streams_; s;) {
-      Stream* next = s->list_next;
-      s->drain();
-      s = next;
-    }
+    w->for_each_stream([](Stream* s) { s->drain(); });
     w->maybe_finish_drain();
   }
 }
@@ -168,11 +128,7 @@ void Worker::close_everything() {
   if (stopping_) return;
   stopping_ = true;
   stop_listening();
-  for (Stream* s = streams_; s;) {
-    Stream* next = s->list_next;
-    s->close();
-    s = next;
-  }
+  for_each_stream([](Stream* s) { s->close(); });
   for (auto& c : clusters_) c.pools.clear();
   access_log_.close();
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);

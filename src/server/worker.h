@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "log/access_log.h"
-#include "net/stream.h"
+#include "net/event_loop.h"
 #include "pilotfish/balancer.h"
 #include "pilotfish/policy.h"
 #include "upstream/upstream_pool.h"
@@ -29,7 +29,7 @@ struct ClusterState {
   std::vector<std::unique_ptr<EndpointPool>> pools;
 };
 
-class Worker {
+class Worker final : public EventLoop {
  public:
   // `listen_fds[i]` is this worker's bound socket for policy->listeners[i].
   Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, AccessLogWriter* access_log);
@@ -43,28 +43,19 @@ class Worker {
   // Thread-safe: close every connection now and end the loop.
   void force_stop();
 
-  uv_loop_t* loop() { return &loop_; }
   unsigned index() const { return index_; }
   const PolicyPtr& policy() const { return policy_; }
   bool draining() const { return draining_; }
   FastRandom& random() { return random_; }
   ClusterState& cluster(size_t index) { return clusters_[index]; }
   AccessLogBuffer& access_log() { return access_log_; }
-  uv_buf_t read_buffer() { return uv_buf_init(read_buffer_.get(), kReadBufferSize); }
 
-  void link_stream(Stream* s);
-  void unlink_stream(Stream* s);
   // A downstream connection finished a request or closed: may end a drain.
   void maybe_finish_drain();
   size_t downstream_count() const { return downstream_count_; }
   void add_downstream() { ++downstream_count_; }
   void remove_downstream();
 
-  // A small free list of write requests: a streamed body reuses the same few buffers.
-  WriteRequest* take_write_request();
-  void give_write_request(WriteRequest* w);
-
-  static constexpr size_t kReadBufferSize = 64 * 1024;
 
  private:
   struct ListenerHandle {
@@ -87,12 +78,9 @@ class Worker {
   std::atomic<int> command_{0};  // 1 = drain, 2 = force stop
   std::vector<std::unique_ptr<ListenerHandle>> listeners_;
   std::vector<ClusterState> clusters_;
-  Stream* streams_ = nullptr;
   size_t downstream_count_ = 0;
   bool draining_ = false;
   bool stopping_ = false;
-  std::unique_ptr<char[]> read_buffer_;
-  std::vector<std::unique_ptr<WriteRequest>> free_writes_;
   FastRandom random_;
   AccessLogBuffer access_log_;
   std::thread thread_;

@@ -13,6 +13,8 @@
 
 namespace pilotfish {
 
+class Worker;
+
 class EndpointPool;
 
 // What a borrower of an upstream connection is told. A borrower always detaches (release() or

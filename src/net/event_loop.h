@@ -1,0 +1,54 @@
+#pragma once
+// What a Stream needs from the loop it lives on: the uv_loop_t, one read buffer shared by all
+// its connections (a read callback consumes what it reads before returning), a free list of
+// write requests, and the list of live streams (for drain and shutdown). A worker is one; the
+// admin listener on the main thread has its own.
+
+#include <uv.h>
+
+#include <memory>
+#include <vector>
+
+#include "net/stream.h"
+
+namespace pilotfish {
+
+class EventLoop {
+ public:
+  explicit EventLoop(uv_loop_t* loop) : loop_(loop), read_buffer_(new char[kReadBufferSize]) {}
+  virtual ~EventLoop() = default;
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  uv_loop_t* loop() { return loop_; }
+  uv_buf_t read_buffer() { return uv_buf_init(read_buffer_.get(), kReadBufferSize); }
+
+  // A small free list of write requests: a streamed body reuses the same few buffers.
+  WriteRequest* take_write_request();
+  void give_write_request(WriteRequest* w);
+
+  void link_stream(Stream* s);
+  void unlink_stream(Stream* s);
+  // Calls fn for every live stream; fn may close the stream it is given.
+  template <typename Fn>
+  void for_each_stream(Fn fn) {
+    for (Stream* s = streams_; s;) {
+      Stream* next = s->list_next;
+      fn(s);
+      s = next;
+    }
+  }
+
+  static constexpr size_t kReadBufferSize = 64 * 1024;
+
+ protected:
+  void set_loop(uv_loop_t* loop) { loop_ = loop; }
+
+ private:
+  uv_loop_t* loop_;
+  std::unique_ptr<char[]> read_buffer_;
+  std::vector<std::unique_ptr<WriteRequest>> free_writes_;
+  Stream* streams_ = nullptr;
+};
+
+}  // namespace pilotfish
