@@ -25,6 +25,7 @@ std::string connection_tokens(const HeaderList& headers);
 bool has_token(const std::string& tokens, std::string_view lower_name);
 
 // Hop-by-hop headers (RFC 9110 7.6.1) plus those the Connection header names: never forwarded.
+// Content-Length and Host cannot be named away: they frame and route the message.
 bool is_hop_by_hop(std::string_view name, const std::string& connection_tokens);
 
 }  // namespace pilotfish

@@ -146,6 +146,10 @@ bool is_hop_by_hop(std::string_view name, const std::string& tokens) {
   for (auto h : kHopByHop)
     if (iequals(name, h)) return true;
   if (tokens.empty()) return false;
+  // A Connection header may not strip what frames or routes the message: "Connection:
+  // content-length" would otherwise send a body without its length, which is a smuggled
+  // request at the next hop.
+  if (iequals(name, "content-length") || iequals(name, "host")) return false;
   std::string low(name);
   for (char& c : low) c = lower(c);
   return has_token(tokens, low);

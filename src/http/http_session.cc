@@ -116,6 +116,9 @@ bool fields_valid(const HeaderList& h) {
 
 constexpr uint64_t kTunnelIdleMs = 3600 * 1000;
 constexpr size_t kMaxPipelinedBytes = 64 * 1024;
+constexpr size_t kMaxReasonBytes = 1024;
+constexpr int kMaxInterimResponses = 16;
+constexpr uint64_t kDrainFlushMs = 5000;
 
 // Returned by execute_checked when the head scanner refused a byte llhttp would have taken.
 constexpr llhttp_errno_t kHeadInvalid = HPE_USER;
@@ -164,7 +167,14 @@ void HttpSession::start() {
 void HttpSession::drain() {
   if (closing()) return;
   if (!in_request_ && !tunnel_) {
-    close();
+    // Idle: close, but only after what is queued for the client (a finished response to a
+    // slow reader) has gone out.
+    if (pending_bytes() == 0) {
+      close();
+    } else {
+      close_after_flush();
+      arm_timer(Timer::idle, kDrainFlushMs);  // a client that does not read is not waited for long
+    }
     return;
   }
   keep_alive_ = false;
@@ -185,11 +195,20 @@ void HttpSession::on_data(char* data, size_t length) {
     }
     return;
   }
-  if (parser_paused_) {
+  if (leftover_off_ >= leftover_.size()) {
+    leftover_.clear();
+    leftover_off_ = 0;
+  }
+  if (parser_paused_ || waiting_for_client_ || !leftover_.empty()) {
     // A pipelined request behind the one in flight: kept, and parsed once the response is
     // done. Reading goes on (no epoll change per request) unless a client sends too much.
+    if (leftover_off_ > 0) {
+      leftover_.erase(0, leftover_off_);
+      leftover_off_ = 0;
+    }
     leftover_.append(data, length);
     if (leftover_.size() > kMaxPipelinedBytes) stop_read();
+    if (!parser_paused_ && !waiting_for_client_) continue_pipeline();
     return;
   }
   parse_input(data, length);
@@ -201,7 +220,16 @@ void HttpSession::parse_input(const char* data, size_t length) {
   if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
     // One request is complete; what follows waits until its response is done.
     const char* pos = llhttp_get_error_pos(&parser_);
-    if (pos && pos >= data && pos < data + length) leftover_.assign(pos, static_cast<size_t>(data + length - pos));
+    bool from_leftover = !leftover_.empty() && data >= leftover_.data() && data < leftover_.data() + leftover_.size();
+    if (pos && pos >= data && pos < data + length) {
+      if (from_leftover)
+        leftover_off_ = static_cast<size_t>(pos - leftover_.data());  // no copy: just move the mark
+      else
+        leftover_.assign(pos, static_cast<size_t>(data + length - pos));
+    } else if (from_leftover) {
+      leftover_.clear();
+      leftover_off_ = 0;
+    }
     parser_paused_ = true;
   } else if (err != HPE_OK) {
     if (!local_response_) {
@@ -235,10 +263,9 @@ void HttpSession::after_downstream_io() {
 
 void HttpSession::on_read_end(int status) {
   if (status == UV_EOF && parser_paused_ && in_request_ && !tunnel_) {
-    // The client sent its request and then shut down its side: the answer still goes out,
-    // then the connection closes.
-    keep_alive_ = false;
-    close_after_response_ = true;
+    // The client sent its requests and then shut down its side: the answers to every request
+    // already received still go out, then the connection closes.
+    client_eof_ = true;
     return;
   }
   // The client went away (or reset). Nothing can be answered any more.
@@ -251,11 +278,17 @@ void HttpSession::on_write_done(int status) {
     close();
     return;
   }
+  last_progress_ms_ = uv_now(worker_.loop());
   if (paused_for_downstream_ && pending_bytes() < kLowWater) {
     paused_for_downstream_ = false;
     if (upstream_) upstream_->start_read();
   }
   if (closing()) return;
+  if (waiting_for_client_ && pending_bytes() < kLowWater) {
+    waiting_for_client_ = false;
+    continue_pipeline();
+    return;
+  }
   maybe_finish_request();
 }
 
@@ -655,7 +688,8 @@ void HttpSession::on_upstream_end(int status) {
   }
   if (response_started_ && !response_complete_ && status == UV_EOF) {
     // A response delimited by the connection's close ends here.
-    if (llhttp_finish(&resp_parser_) == HPE_OK && response_complete_) {
+    llhttp_errno_t done = llhttp_finish(&resp_parser_);
+    if ((done == HPE_OK || done == HPE_PAUSED) && response_complete_) {
       if (flush() != 0) close();
       else maybe_finish_request();
       return;
@@ -687,6 +721,7 @@ void HttpSession::on_upstream_end(int status) {
 // Response parsing
 
 int HttpSession::on_response_status(const char* at, size_t length) {
+  if (resp_status_text_.size() + length > kMaxReasonBytes) return HPE_USER;
   resp_status_text_.append(at, length);
   return 0;
 }
@@ -720,6 +755,8 @@ int HttpSession::on_response_headers_complete() {
   }
   if (status < 200) {
     // Interim response (100 Continue, 103 Early Hints): passed on, the final one follows.
+    // A few are normal; a stream of them is an upstream gone wrong.
+    if (++interim_responses_ > kMaxInterimResponses) return HPE_USER;
     if (parser_.http_minor == 1) write_response_head();
     resp_headers_.clear();
     resp_status_text_.clear();
@@ -810,10 +847,9 @@ void HttpSession::enter_tunnel(const char* upstream_rest, size_t rest_length) {
   in_request_ = false;
   log_request();
   if (rest_length) append({upstream_rest, rest_length});
-  if (!leftover_.empty()) {
-    send_upstream(leftover_.data(), leftover_.size());
-    leftover_.clear();
-  }
+  if (leftover_.size() > leftover_off_) send_upstream(leftover_.data() + leftover_off_, leftover_.size() - leftover_off_);
+  leftover_.clear();
+  leftover_off_ = 0;
   if (upstream_) upstream_->flush();
   if (flush() != 0) {
     close();
@@ -877,6 +913,7 @@ void HttpSession::maybe_finish_request() {
     // the rest of the request cannot be told apart from the next one, so the connection ends.
     log_request();
     in_request_ = false;
+    arm_timer(Timer::none, 0);
     stop_read();
     close_after_flush();
     return;
@@ -886,26 +923,61 @@ void HttpSession::maybe_finish_request() {
 
 void HttpSession::finish_request() {
   log_request();
-  bool keep = keep_alive_ && !close_after_response_;
+  bool keep = keep_alive_ && !close_after_response_ && !worker_.draining();
   reset_request();
+  arm_timer(Timer::none, 0);
   if (!keep) {
     close_after_flush();
     return;
   }
-  if (worker_.draining()) {
-    close_after_flush();
-    return;
-  }
-  arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
   llhttp_resume(&parser_);
   parser_paused_ = false;
-  if (!leftover_.empty()) {
-    std::string pipelined;
-    pipelined.swap(leftover_);
-    parse_input(pipelined.data(), pipelined.size());
-    if (closing() || in_request_) return;
+  continue_pipeline();
+}
+
+void HttpSession::continue_pipeline() {
+  // Requests already received are answered one after another in this loop, not by recursion:
+  // a local answer (a 404) completes inside parse_input, and maybe_finish_request() then only
+  // asks for another turn of the loop.
+  if (in_pipeline_) {
+    pipeline_again_ = true;
+    return;
   }
-  start_read();
+  in_pipeline_ = true;
+  do {
+    pipeline_again_ = false;
+    if (closing() || parser_paused_) break;
+    if (!in_request_ && pending_bytes() > kHighWater) {
+      // The client is not reading its answers: take no more requests until it does.
+      waiting_for_client_ = true;
+      break;
+    }
+    size_t unparsed = leftover_.size() - leftover_off_;
+    if (unparsed == 0) {
+      leftover_.clear();
+      leftover_off_ = 0;
+      break;
+    }
+    const char* data = leftover_.data() + leftover_off_;
+    // What is parsed now leaves the buffer unless the parser pauses inside it again (then
+    // parse_input moves leftover_off_ to where it stopped).
+    leftover_off_ = leftover_.size();
+    parse_input(data, unparsed);
+    if (leftover_off_ >= leftover_.size()) {
+      leftover_.clear();
+      leftover_off_ = 0;
+    }
+  } while (pipeline_again_);
+  in_pipeline_ = false;
+  if (closing()) return;
+  if (client_eof_) {
+    // Nothing more will come: close once the last complete request is answered.
+    if (!in_request_ || !request_complete_) close_after_flush();
+    return;
+  }
+  if (!in_request_ && !waiting_for_client_)
+    arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
+  if (leftover_.size() - leftover_off_ <= kMaxPipelinedBytes && !waiting_for_client_) start_read();
 }
 
 void HttpSession::reset_request() {
@@ -936,6 +1008,7 @@ void HttpSession::reset_request() {
   response_started_ = false;
   response_complete_ = false;
   response_bytes_seen_ = false;
+  interim_responses_ = 0;
   framing_ = Framing::none;
   status_ = 0;
   error_ = "";
@@ -978,14 +1051,20 @@ void HttpSession::on_timeout() {
     case Timer::idle: close(); return;
     case Timer::header:
     case Timer::body:
+      if (!in_request_ || response_started_) return;
       // A client that trickles its head or body is cut off here, whatever it still sends.
       send_local_response(408, timer_kind_ == Timer::header ? "header_timeout" : "body_timeout", true);
       flush();
       return;
     case Timer::upstream: {
-      uint64_t limit = static_cast<uint64_t>(cluster_ ? cluster_->timeout.count() : 0);
+      if (!in_request_) return;
+      // Waiting for the client to take what is queued is the client's pace, bounded by the
+      // listener's idle timeout; waiting for the upstream is bounded by the cluster's.
+      uint64_t limit = paused_for_downstream_ ? static_cast<uint64_t>(listener_.idle_timeout.count())
+                                              : static_cast<uint64_t>(cluster_ ? cluster_->timeout.count() : 0);
       if (response_started_) {
-        // A response is streaming: only a stall as long as the timeout ends it.
+        // A response is streaming: only a stall as long as the timeout ends it, where a stall
+        // is no byte from the upstream and no byte taken by the client.
         uint64_t now = uv_now(worker_.loop());
         if (now - last_progress_ms_ < limit) {
           set_deadline(limit - (now - last_progress_ms_));

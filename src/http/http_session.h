@@ -77,6 +77,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void enter_tunnel(const char* upstream_rest, size_t upstream_rest_length);
   void maybe_finish_request();
   void finish_request();
+  void continue_pipeline();
   void reset_request();
   void arm_timer(Timer which, uint64_t ms);
   void log_request();
@@ -135,7 +136,13 @@ class HttpSession final : public Stream, public UpstreamHandler {
   int status_ = 0;
   const char* error_ = "";
   std::string leftover_;  // pipelined bytes after the current request
+  size_t leftover_off_ = 0;     // where the unparsed part of leftover_ begins
   bool parser_paused_ = false;  // a request is complete and its response not yet done
+  bool in_pipeline_ = false;
+  bool pipeline_again_ = false;
+  bool waiting_for_client_ = false;  // answers queued past the high-water mark
+  bool client_eof_ = false;          // the client shut down its side
+  int interim_responses_ = 0;
   bool tunnel_ = false;
   bool paused_for_downstream_ = false;
   uint64_t last_progress_ms_ = 0;

@@ -106,7 +106,12 @@ void Stream::on_write_done(int status) {
 void Stream::close_after_flush() {
   close_after_flush_ = true;
   shutdown_requested_ = true;
-  maybe_finish_flush();
+  if (shutdown_done_) {
+    // Our FIN went out earlier (a half-close); now the other direction has ended too.
+    close();
+    return;
+  }
+  maybe_finish_flush();  // if a shutdown is under way, its callback sees close_after_flush_
 }
 
 void Stream::shutdown_after_flush() {
@@ -131,6 +136,7 @@ void Stream::do_shutdown() {
 void Stream::shutdown_cb(uv_shutdown_t* req, int status) {
   auto* self = static_cast<Stream*>(req->data);
   if (status == UV_ECANCELED || self->closing_) return;
+  self->shutdown_done_ = true;
   if (!self->close_after_flush_) return;
   if (status < 0) {
     self->close();

@@ -114,6 +114,7 @@ class Stream {
   bool close_after_flush_ = false;
   bool shutdown_requested_ = false;
   bool shutdown_started_ = false;
+  bool shutdown_done_ = false;
   bool lingering_ = false;
 };
 

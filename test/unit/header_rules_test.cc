@@ -61,6 +61,15 @@ TEST(HeaderRules, HopByHopIncludesConnectionTokens) {
   EXPECT_FALSE(is_hop_by_hop("secret", tokens));
 }
 
+TEST(HeaderRules, ConnectionCannotStripFraming) {
+  HeaderList h;
+  h.add("Connection", "content-length, host, x-a");
+  std::string tokens = connection_tokens(h);
+  EXPECT_FALSE(is_hop_by_hop("Content-Length", tokens));
+  EXPECT_FALSE(is_hop_by_hop("Host", tokens));
+  EXPECT_TRUE(is_hop_by_hop("X-A", tokens));
+}
+
 TEST(HeaderList, PiecesAndEmptyValues) {
   HeaderList h;
   h.append_name("Con");

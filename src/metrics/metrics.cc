@@ -1,0 +1,264 @@
+#include "metrics/metrics.h"
+
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
+
+#include <map>
+#include <sstream>
+
+#include "pilotfish_build_config.h"
+
+namespace pilotfish {
+
+MetricsRegistry::MetricsRegistry(unsigned workers) {
+  for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<WorkerSlot>());
+}
+
+WorkerStats& MetricsRegistry::bind_worker(unsigned worker, const Policy& policy) {
+  WorkerSlot& slot = *workers_.at(worker);
+  std::lock_guard<std::mutex> lock(slot.mutex);
+  WorkerStats next;
+  for (const auto& l : policy.listeners) {
+    auto it = slot.stats.listeners.find(l.name);
+    next.listeners[l.name] = it != slot.stats.listeners.end() ? it->second : std::make_shared<ListenerStats>();
+  }
+  for (const auto& c : policy.clusters) {
+    auto it = slot.stats.clusters.find(c.name);
+    next.clusters[c.name] = it != slot.stats.clusters.end() ? it->second : std::make_shared<ClusterStats>();
+  }
+  slot.stats = std::move(next);
+  return slot.stats;
+}
+
+void MetricsRegistry::set_policy_info(int version, const std::string& sha256) {
+  std::lock_guard<std::mutex> lock(info_mutex_);
+  policy_version_ = version;
+  policy_sha256_ = sha256;
+}
+
+void MetricsRegistry::set_cert_expiry(const std::string& cert, double unix_seconds) {
+  std::lock_guard<std::mutex> lock(info_mutex_);
+  for (auto& [name, value] : cert_expiry_) {
+    if (name == cert) {
+      value = unix_seconds;
+      return;
+    }
+  }
+  cert_expiry_.emplace_back(cert, unix_seconds);
+}
+
+void MetricsRegistry::set_endpoints_ejected(const std::string& cluster, int64_t count) {
+  std::lock_guard<std::mutex> lock(info_mutex_);
+  for (auto& [name, value] : endpoints_ejected_) {
+    if (name == cluster) {
+      value = count;
+      return;
+    }
+  }
+  endpoints_ejected_.emplace_back(cluster, count);
+}
+
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+using Labels = std::vector<ClientMetric::Label>;
+
+MetricFamily family(const char* name, const char* help, MetricType type) {
+  MetricFamily f;
+  f.name = std::string("pilotfish_") + name;
+  f.help = help;
+  f.type = type;
+  return f;
+}
+
+void add_counter(MetricFamily& f, Labels labels, double value) {
+  ClientMetric m;
+  m.label = std::move(labels);
+  m.counter.value = value;
+  f.metric.push_back(std::move(m));
+}
+
+void add_gauge(MetricFamily& f, Labels labels, double value) {
+  ClientMetric m;
+  m.label = std::move(labels);
+  m.gauge.value = value;
+  f.metric.push_back(std::move(m));
+}
+
+// Sums of one route's stats over every worker.
+struct RouteTotals {
+  std::array<uint64_t, StatusCounts::kSlots + 1> codes{};
+  std::array<uint64_t, kLatencyBuckets.size()> buckets{};
+  uint64_t count = 0;
+  uint64_t sum_ns = 0;
+};
+
+struct ListenerTotals {
+  int64_t connections = 0;
+  uint64_t connections_total = 0;
+  uint64_t authz_denied = 0;
+  std::map<std::string, RouteTotals> routes;
+};
+
+struct ClusterTotals {
+  std::array<uint64_t, StatusCounts::kSlots + 1> codes{};
+  uint64_t reset = 0, connect_failure = 0, retries = 0, budget_exhausted = 0, ejections = 0;
+  int64_t connections = 0;
+  std::array<uint64_t, 4> overflow{};
+};
+
+std::string code_label(size_t slot) {
+  return slot == StatusCounts::kSlots ? std::string("other") : std::to_string(StatusCounts::kFirst + slot);
+}
+
+}  // namespace
+
+// Merges every worker's numbers into Prometheus families at scrape time.
+class StatsCollectable final : public prometheus::Collectable {
+ public:
+  explicit StatsCollectable(const MetricsRegistry& registry) : registry_(registry) {}
+  std::vector<MetricFamily> Collect() const override;
+
+ private:
+  const MetricsRegistry& registry_;
+};
+
+std::vector<MetricFamily> StatsCollectable::Collect() const {
+  std::map<std::string, ListenerTotals> listeners;
+  std::map<std::string, ClusterTotals> clusters;
+  for (const auto& slot : registry_.workers_) {
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    for (const auto& [name, l] : slot->stats.listeners) {
+      ListenerTotals& t = listeners[name];
+      t.connections += l->connections.load();
+      t.connections_total += l->connections_total.load();
+      t.authz_denied += l->authz_denied.load();
+      std::lock_guard<std::mutex> routes_lock(l->mutex);
+      for (const auto& [cluster, r] : l->routes) {
+        RouteTotals& rt = t.routes[cluster];
+        for (size_t i = 0; i < rt.codes.size(); ++i) rt.codes[i] += r->codes.slots[i].load();
+        for (size_t i = 0; i < rt.buckets.size(); ++i) rt.buckets[i] += r->buckets[i].load();
+        rt.count += r->count.load();
+        rt.sum_ns += r->sum_ns.load();
+      }
+    }
+    for (const auto& [name, c] : slot->stats.clusters) {
+      ClusterTotals& t = clusters[name];
+      for (size_t i = 0; i < t.codes.size(); ++i) t.codes[i] += c->upstream_codes.slots[i].load();
+      t.reset += c->upstream_reset.load();
+      t.connect_failure += c->upstream_connect_failure.load();
+      t.connections += c->upstream_connections.load();
+      t.retries += c->retries.load();
+      t.budget_exhausted += c->retry_budget_exhausted.load();
+      t.ejections += c->outlier_ejections.load();
+      for (size_t i = 0; i < 4; ++i) t.overflow[i] += c->breaker_overflow[i].load();
+    }
+  }
+
+  std::vector<MetricFamily> out;
+  auto requests = family("requests_total", "Responses sent downstream, pilotfish's own included.", MetricType::Counter);
+  auto duration = family("request_duration_seconds", "Time from the first byte of a request to the end of its response.",
+                         MetricType::Histogram);
+  auto down_conns = family("downstream_connections", "Open client connections.", MetricType::Gauge);
+  auto down_total = family("downstream_connections_total", "Client connections accepted.", MetricType::Counter);
+  auto authz = family("authz_denied_total", "Requests or connections refused by a listener's allow list.",
+                      MetricType::Counter);
+  for (const auto& [name, t] : listeners) {
+    add_gauge(down_conns, {{"listener", name}}, static_cast<double>(t.connections));
+    add_counter(down_total, {{"listener", name}}, static_cast<double>(t.connections_total));
+    add_counter(authz, {{"listener", name}}, static_cast<double>(t.authz_denied));
+    for (const auto& [cluster, rt] : t.routes) {
+      for (size_t i = 0; i < rt.codes.size(); ++i) {
+        if (rt.codes[i] == 0) continue;
+        add_counter(requests, {{"listener", name}, {"cluster", cluster}, {"code", code_label(i)}},
+                    static_cast<double>(rt.codes[i]));
+      }
+      ClientMetric m;
+      m.label = {{"listener", name}, {"cluster", cluster}};
+      m.histogram.sample_count = rt.count;
+      m.histogram.sample_sum = static_cast<double>(rt.sum_ns) / 1e9;
+      uint64_t cumulative = 0;
+      for (size_t i = 0; i < kLatencyBuckets.size(); ++i) {
+        cumulative += rt.buckets[i];
+        m.histogram.bucket.push_back({cumulative, kLatencyBuckets[i]});
+      }
+      m.histogram.bucket.push_back({rt.count, std::numeric_limits<double>::infinity()});
+      duration.metric.push_back(std::move(m));
+    }
+  }
+
+  auto upstream = family("upstream_requests_total",
+                         "Attempts sent upstream, by response code (reset or connect_failure when there was none).",
+                         MetricType::Counter);
+  auto up_conns = family("upstream_connections", "Open upstream connections.", MetricType::Gauge);
+  auto retries = family("retries_total", "Retries sent.", MetricType::Counter);
+  auto budget = family("retry_budget_exhausted_total", "Retries not sent because the retry budget was spent.",
+                       MetricType::Counter);
+  auto overflow = family("circuit_breaker_overflow_total", "Requests refused by a circuit-breaker limit.",
+                         MetricType::Counter);
+  auto ejections = family("outlier_ejections_total", "Endpoints ejected by outlier detection.", MetricType::Counter);
+  auto ejected = family("endpoints_ejected", "Endpoints ejected now.", MetricType::Gauge);
+  static constexpr const char* kLimits[] = {"connections", "pending_requests", "requests", "retries"};
+  std::map<std::string, int64_t> ejected_now;
+  {
+    std::lock_guard<std::mutex> lock(registry_.info_mutex_);
+    for (const auto& [c, n] : registry_.endpoints_ejected_) ejected_now[c] = n;
+  }
+  for (const auto& [name, t] : clusters) {
+    for (size_t i = 0; i < t.codes.size(); ++i) {
+      if (t.codes[i] == 0) continue;
+      add_counter(upstream, {{"cluster", name}, {"code", code_label(i)}}, static_cast<double>(t.codes[i]));
+    }
+    if (t.reset) add_counter(upstream, {{"cluster", name}, {"code", "reset"}}, static_cast<double>(t.reset));
+    if (t.connect_failure)
+      add_counter(upstream, {{"cluster", name}, {"code", "connect_failure"}}, static_cast<double>(t.connect_failure));
+    add_gauge(up_conns, {{"cluster", name}}, static_cast<double>(t.connections));
+    add_counter(retries, {{"cluster", name}}, static_cast<double>(t.retries));
+    add_counter(budget, {{"cluster", name}}, static_cast<double>(t.budget_exhausted));
+    for (size_t i = 0; i < 4; ++i)
+      add_counter(overflow, {{"cluster", name}, {"limit", kLimits[i]}}, static_cast<double>(t.overflow[i]));
+    add_counter(ejections, {{"cluster", name}}, static_cast<double>(t.ejections));
+    add_gauge(ejected, {{"cluster", name}}, static_cast<double>(ejected_now[name]));
+  }
+
+  const ProcessStats& ps = registry_.process_;
+  auto tls = family("tls_handshakes_total", "TLS handshakes.", MetricType::Counter);
+  static constexpr const char* kDirections[] = {"inbound", "outbound"};
+  static constexpr const char* kResults[] = {"ok", "failed"};
+  for (int d = 0; d < 2; ++d)
+    for (int r = 0; r < 2; ++r)
+      add_counter(tls, {{"direction", kDirections[d]}, {"result", kResults[r]}},
+                  static_cast<double>(ps.tls_handshakes[d][r].load()));
+  auto reloads = family("policy_reloads_total", "Policy reloads, applied or rejected.", MetricType::Counter);
+  add_counter(reloads, {{"result", "applied"}}, static_cast<double>(ps.policy_reloads_applied.load()));
+  add_counter(reloads, {{"result", "rejected"}}, static_cast<double>(ps.policy_reloads_rejected.load()));
+
+  auto cert = family("cert_expiry_timestamp_seconds", "When the workload certificate and the CA expire (Unix time).",
+                     MetricType::Gauge);
+  auto policy_info = family("policy_info", "The running policy.", MetricType::Gauge);
+  {
+    std::lock_guard<std::mutex> lock(registry_.info_mutex_);
+    for (const auto& [name, when] : registry_.cert_expiry_) add_gauge(cert, {{"cert", name}}, when);
+    add_gauge(policy_info, {{"version", std::to_string(registry_.policy_version_)}, {"sha256", registry_.policy_sha256_}},
+              1);
+  }
+  auto build = family("build_info", "The pilotfish build.", MetricType::Gauge);
+  add_gauge(build, {{"version", PILOTFISH_VERSION}}, 1);
+
+  for (auto* f : {&requests, &duration, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
+                  &ejections, &ejected, &tls, &authz, &cert, &reloads, &policy_info, &build})
+    out.push_back(std::move(*f));
+  return out;
+}
+
+std::string MetricsRegistry::render() const {
+  StatsCollectable collectable(*this);
+  std::ostringstream text;
+  prometheus::TextSerializer().Serialize(text, collectable.Collect());
+  return text.str();
+}
+
+}  // namespace pilotfish

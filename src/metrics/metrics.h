@@ -1,0 +1,51 @@
+#pragma once
+// The metrics registry: every worker's stats, the process's own, and the text exposition built
+// from them at scrape time. The only part of pilotfish that includes prometheus-cpp is
+// metrics.cc; the data path sees only the plain structs of stats.h.
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "metrics/stats.h"
+#include "pilotfish/policy.h"
+
+namespace pilotfish {
+
+class MetricsRegistry {
+ public:
+  explicit MetricsRegistry(unsigned workers);
+
+  // A worker's stats for the listeners and clusters of `policy`: objects for names it had
+  // before are kept (counters never go backwards), names no longer in the policy are dropped.
+  // Called by the worker's own thread when it takes a snapshot.
+  WorkerStats& bind_worker(unsigned worker, const Policy& policy);
+  ProcessStats& process() { return process_; }
+
+  // The policy whose version and sha256 `policy_info` shows.
+  void set_policy_info(int version, const std::string& sha256);
+  // Certificate expiry times for cert_expiry_timestamp_seconds (issue 3 fills these).
+  void set_cert_expiry(const std::string& cert, double unix_seconds);
+  // Ejected endpoints per cluster for endpoints_ejected (issue 4 fills these).
+  void set_endpoints_ejected(const std::string& cluster, int64_t count);
+
+  // Prometheus text exposition format 0.0.4.
+  std::string render() const;
+
+ private:
+  friend class StatsCollectable;
+  struct WorkerSlot {
+    mutable std::mutex mutex;  // taken by bind_worker and by the scrape, never per request
+    WorkerStats stats;
+  };
+  std::vector<std::unique_ptr<WorkerSlot>> workers_;
+  ProcessStats process_;
+  mutable std::mutex info_mutex_;
+  int policy_version_ = 0;
+  std::string policy_sha256_;
+  std::vector<std::pair<std::string, double>> cert_expiry_;
+  std::vector<std::pair<std::string, int64_t>> endpoints_ejected_;
+};
+
+}  // namespace pilotfish

@@ -1,0 +1,109 @@
+#pragma once
+// The numbers behind pilotfish's metrics, as plain per-worker structs. The hot path adds to a
+// worker's own counter with a relaxed load and store (one writer, so no atomic read-modify-
+// write and no lock); the admin thread reads them at scrape time and sums over workers.
+// Nothing here knows Prometheus: src/metrics/metrics_collector.cc turns these into families.
+//
+// Stats are keyed by listener and cluster *name* in a process-wide StatsStore, so a policy
+// reload that keeps a name keeps its counters (they never go backwards), and one that drops a
+// name drops its series.
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace pilotfish {
+
+struct RelaxedCounter {
+  std::atomic<uint64_t> value{0};
+  void add(uint64_t n = 1) { value.store(value.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  uint64_t load() const { return value.load(std::memory_order_relaxed); }
+};
+
+struct RelaxedGauge {
+  std::atomic<int64_t> value{0};
+  void add(int64_t n) { value.store(value.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  int64_t load() const { return value.load(std::memory_order_relaxed); }
+};
+
+// Request latency buckets for a sidecar: from a quarter of a millisecond to ten seconds.
+inline constexpr std::array<double, 15> kLatencyBuckets = {0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                           0.1,     0.25,   0.5,   1.0,    2.5,   5.0,  10.0};
+
+// Status codes 100..599 each have a slot; anything else counts under 0 ("other").
+struct StatusCounts {
+  static constexpr int kFirst = 100;
+  static constexpr int kSlots = 500;
+  std::array<RelaxedCounter, kSlots + 1> slots;  // the last one: a code outside 100..599
+  void add(int code) { slots[(code >= kFirst && code < kFirst + kSlots) ? code - kFirst : kSlots].add(); }
+};
+
+// Requests of one listener answered for one cluster (or for none: 404s, 400s) in one worker.
+struct RouteStats {
+  StatusCounts codes;
+  std::array<RelaxedCounter, kLatencyBuckets.size()> buckets;  // not cumulative; +Inf = count
+  RelaxedCounter count;
+  RelaxedCounter sum_ns;
+  void record(int status, uint64_t duration_ns) {
+    codes.add(status);
+    double seconds = static_cast<double>(duration_ns) / 1e9;
+    for (size_t i = 0; i < kLatencyBuckets.size(); ++i) {
+      if (seconds <= kLatencyBuckets[i]) {
+        buckets[i].add();
+        break;
+      }
+    }
+    count.add();
+    sum_ns.add(duration_ns);
+  }
+};
+
+struct ListenerStats {
+  RelaxedGauge connections;
+  RelaxedCounter connections_total;
+  RelaxedCounter authz_denied;
+  // Keyed by cluster name ("" = no cluster). Written only by the owning worker's thread; the
+  // map itself is changed only under `mutex`, which the scrape also takes (never the hot path:
+  // a worker resolves its RouteStats pointer once per cluster and keeps it).
+  std::mutex mutex;
+  std::map<std::string, std::unique_ptr<RouteStats>> routes;
+  RouteStats* route(const std::string& cluster) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto& slot = routes[cluster];
+    if (!slot) slot = std::make_unique<RouteStats>();
+    return slot.get();
+  }
+};
+
+enum class BreakerLimit { connections, pending_requests, requests, retries };
+
+struct ClusterStats {
+  StatusCounts upstream_codes;
+  RelaxedCounter upstream_reset;
+  RelaxedCounter upstream_connect_failure;
+  RelaxedGauge upstream_connections;
+  RelaxedCounter retries;
+  RelaxedCounter retry_budget_exhausted;
+  std::array<RelaxedCounter, 4> breaker_overflow;
+  RelaxedCounter outlier_ejections;
+};
+
+// One worker's stats objects for the names of the current policy.
+struct WorkerStats {
+  std::map<std::string, std::shared_ptr<ListenerStats>> listeners;
+  std::map<std::string, std::shared_ptr<ClusterStats>> clusters;
+};
+
+// Process-wide counters that belong to no worker in particular.
+struct ProcessStats {
+  RelaxedCounter tls_handshakes[2][2];  // [inbound, outbound][ok, failed]
+  RelaxedCounter policy_reloads_applied;
+  RelaxedCounter policy_reloads_rejected;
+};
+
+}  // namespace pilotfish
