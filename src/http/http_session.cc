@@ -141,8 +141,11 @@ llhttp_errno_t execute_checked(llhttp_t* parser, HeadScanner& scanner, const cha
 
 }  // namespace
 
-HttpSession::HttpSession(Worker& worker, const Listener& listener, PolicyPtr policy)
-    : Stream(worker), worker_(worker), listener_(listener), policy_(std::move(policy)) {
+HttpSession::HttpSession(Worker& worker, const Listener& listener, size_t listener_index, PolicyPtr policy)
+    : Stream(worker), worker_(worker), listener_(listener), listener_index_(listener_index), policy_(std::move(policy)) {
+  ListenerStats& ls = worker.listener_stats(listener_index);
+  ls.connections.add(1);
+  ls.connections_total.add();
   llhttp_init(&parser_, HTTP_REQUEST, &request_settings());
   parser_.data = this;
   worker.add_downstream();
@@ -262,10 +265,16 @@ void HttpSession::after_downstream_io() {
 }
 
 void HttpSession::on_read_end(int status) {
-  if (status == UV_EOF && parser_paused_ && in_request_ && !tunnel_) {
+  if (status == UV_EOF && !tunnel_ && (parser_paused_ || waiting_for_client_ || leftover_.size() > leftover_off_)) {
     // The client sent its requests and then shut down its side: the answers to every request
     // already received still go out, then the connection closes.
     client_eof_ = true;
+    if (!parser_paused_ && !waiting_for_client_) continue_pipeline();
+    return;
+  }
+  if (status == UV_EOF && !in_request_ && !tunnel_ && pending_bytes() > 0) {
+    // Between requests, with answers still queued: they go out before the close.
+    close_after_flush();
     return;
   }
   // The client went away (or reset). Nothing can be answered any more.
@@ -284,6 +293,8 @@ void HttpSession::on_write_done(int status) {
     if (upstream_) upstream_->start_read();
   }
   if (closing()) return;
+  if (waiting_for_client_ && timer_kind_ == Timer::idle)
+    arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));  // it reads: not idle
   if (waiting_for_client_ && pending_bytes() < kLowWater) {
     waiting_for_client_ = false;
     continue_pipeline();
@@ -562,6 +573,7 @@ void HttpSession::on_upstream_connected() {
 
 void HttpSession::on_upstream_connect_failed(int status) {
   ClusterState& cs = worker_.cluster(cluster_index_);
+  cs.stats->upstream_connect_failure.add();
   if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
   upstream_ = nullptr;
   log_debug("cluster " + cluster_->name + ": connect to " +
@@ -657,6 +669,7 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
     log_warn("cluster " + cluster_->name + ": invalid response from " +
              worker_.cluster(cluster_index_).pools[static_cast<size_t>(endpoint_)]->address().text + ": " +
              (reason ? reason : llhttp_errno_name(err)));
+    if (!response_started_) worker_.cluster(cluster_index_).stats->upstream_reset.add();
     abort_upstream();
     if (!response_started_) {
       send_local_response(502, "invalid_response", true);
@@ -680,6 +693,7 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
 void HttpSession::on_upstream_end(int status) {
   // The connection is closing itself; it is no longer ours.
   ClusterState& cs = worker_.cluster(cluster_index_);
+  if (!tunnel_ && !response_started_) cs.stats->upstream_reset.add();
   if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
   upstream_ = nullptr;
   if (tunnel_) {
@@ -746,6 +760,7 @@ int HttpSession::on_response_headers_complete() {
     return HPE_USER;
   int status = resp_parser_.status_code;
   if (status < 100 || status > 999) return HPE_USER;
+  if (status >= 200 || status == 101) worker_.cluster(cluster_index_).stats->upstream_codes.add(status);
   if (status == 101) {
     if (!websocket_) return HPE_USER;  // an upgrade nobody asked for
     status_ = 101;
@@ -970,13 +985,17 @@ void HttpSession::continue_pipeline() {
   } while (pipeline_again_);
   in_pipeline_ = false;
   if (closing()) return;
+  if (waiting_for_client_) {
+    // A client that takes none of its answers for the idle timeout is closed.
+    arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
+    return;
+  }
   if (client_eof_) {
     // Nothing more will come: close once the last complete request is answered.
     if (!in_request_ || !request_complete_) close_after_flush();
     return;
   }
-  if (!in_request_ && !waiting_for_client_)
-    arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
+  if (!in_request_) arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
   if (leftover_.size() - leftover_off_ <= kMaxPipelinedBytes && !waiting_for_client_) start_read();
 }
 
@@ -1015,15 +1034,22 @@ void HttpSession::reset_request() {
 }
 
 void HttpSession::log_request() {
+  if (started_ns_ == 0) return;
+  uint64_t duration_ns = uv_hrtime() - started_ns_;
+  if (status_ != 0)  // 0: the client left before any answer; nothing was sent
+    worker_.route_stats(listener_index_, cluster_ ? cluster_index_ : SIZE_MAX).record(status_, duration_ns);
   AccessLogBuffer& log = worker_.access_log();
-  if (!log.enabled() || started_ns_ == 0) return;
+  if (!log.enabled()) {
+    started_ns_ = 0;
+    return;
+  }
   AccessLogEntry e;
   e.listener = listener_.name;
   e.method = llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
   e.authority = authority_;
   e.path = target_.path.empty() ? std::string_view(url_) : std::string_view(target_.path);
   e.status = status_;
-  e.duration_seconds = static_cast<double>(uv_hrtime() - started_ns_) / 1e9;
+  e.duration_seconds = static_cast<double>(duration_ns) / 1e9;
   if (cluster_ && endpoint_ >= 0)
     e.upstream = worker_.cluster(cluster_index_).pools[static_cast<size_t>(endpoint_)]->address().text;
   e.bytes_in = bytes_in_;
@@ -1091,6 +1117,7 @@ void HttpSession::on_close() {
     c->detach();
     c->close();
   }
+  worker_.listener_stats(listener_index_).connections.add(-1);
   worker_.remove_downstream();
 }
 

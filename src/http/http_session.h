@@ -22,7 +22,7 @@ class Worker;
 
 class HttpSession final : public Stream, public UpstreamHandler {
  public:
-  HttpSession(Worker& worker, const Listener& listener, PolicyPtr policy);
+  HttpSession(Worker& worker, const Listener& listener, size_t listener_index, PolicyPtr policy);
   // Called once the socket is accepted.
   void start();
   // Worker is draining: close if idle, else close after the response in flight.
@@ -85,6 +85,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
 
   Worker& worker_;
   const Listener& listener_;
+  size_t listener_index_;
   PolicyPtr policy_;
   llhttp_t parser_;
   llhttp_t resp_parser_;

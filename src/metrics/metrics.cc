@@ -4,6 +4,7 @@
 #include <prometheus/metric_family.h>
 #include <prometheus/text_serializer.h>
 
+#include <limits>
 #include <map>
 #include <sstream>
 
@@ -29,6 +30,16 @@ WorkerStats& MetricsRegistry::bind_worker(unsigned worker, const Policy& policy)
   }
   slot.stats = std::move(next);
   return slot.stats;
+}
+
+int64_t MetricsRegistry::cluster_open_connections(const std::string& cluster) const {
+  int64_t total = 0;
+  for (const auto& slot : workers_) {
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    auto it = slot->stats.clusters.find(cluster);
+    if (it != slot->stats.clusters.end()) total += it->second->upstream_connections.load();
+  }
+  return total;
 }
 
 void MetricsRegistry::set_policy_info(int version, const std::string& sha256) {

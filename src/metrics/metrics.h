@@ -30,6 +30,9 @@ class MetricsRegistry {
   // Ejected endpoints per cluster for endpoints_ejected (issue 4 fills these).
   void set_endpoints_ejected(const std::string& cluster, int64_t count);
 
+  // Open upstream connections of a cluster, over every worker (for /clusters).
+  int64_t cluster_open_connections(const std::string& cluster) const;
+
   // Prometheus text exposition format 0.0.4.
   std::string render() const;
 

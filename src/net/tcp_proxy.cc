@@ -9,8 +9,11 @@ namespace {
 constexpr uint64_t kTcpIdleMs = 3600 * 1000;
 }
 
-TcpProxySession::TcpProxySession(Worker& worker, const Listener& listener, PolicyPtr policy)
-    : Stream(worker), worker_(worker), listener_(listener), policy_(std::move(policy)) {
+TcpProxySession::TcpProxySession(Worker& worker, const Listener& listener, size_t listener_index, PolicyPtr policy)
+    : Stream(worker), worker_(worker), listener_(listener), listener_index_(listener_index), policy_(std::move(policy)) {
+  ListenerStats& ls = worker.listener_stats(listener_index);
+  ls.connections.add(1);
+  ls.connections_total.add();
   cluster_index_ = listener_.routes.empty() ? 0 : listener_.routes.front().cluster_index;
   worker.add_downstream();
 }
@@ -31,7 +34,7 @@ void TcpProxySession::connect() {
   }
   ++attempts_;
   // A byte stream is never pooled: each client gets its own upstream connection.
-  upstream_ = new UpstreamConnection(worker_, nullptr, this);
+  upstream_ = new UpstreamConnection(worker_, nullptr, this, &cs.stats->upstream_connections);
   upstream_->set_half_close(true);
   upstream_->connect(cs.pools[static_cast<size_t>(endpoint_)]->address().sa(),
                      static_cast<uint64_t>(cs.config->connect_timeout.count()));
@@ -152,6 +155,7 @@ void TcpProxySession::on_close() {
     u->detach();
     u->close();
   }
+  worker_.listener_stats(listener_index_).connections.add(-1);
   worker_.remove_downstream();
 }
 

@@ -15,7 +15,7 @@ class Worker;
 
 class TcpProxySession final : public Stream, public UpstreamHandler {
  public:
-  TcpProxySession(Worker& worker, const Listener& listener, PolicyPtr policy);
+  TcpProxySession(Worker& worker, const Listener& listener, size_t listener_index, PolicyPtr policy);
   void start();
   void drain() override {}  // a byte stream has no request boundary: it runs until the drain timeout
 
@@ -38,6 +38,7 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
 
   Worker& worker_;
   const Listener& listener_;
+  size_t listener_index_;
   PolicyPtr policy_;
   size_t cluster_index_ = 0;
   int endpoint_ = -1;

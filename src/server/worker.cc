@@ -9,20 +9,29 @@
 
 namespace pilotfish {
 
-Worker::Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, AccessLogWriter* access_log)
+Worker::Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, AccessLogWriter* access_log,
+               MetricsRegistry& metrics)
     : EventLoop(&loop_), index_(index), policy_(std::move(policy)), listen_fds_(std::move(listen_fds)) {
   uv_loop_init(&loop_);
   loop_.data = this;
   uv_async_init(&loop_, &async_, on_async);
   async_.data = this;
   access_log_.init(&loop_, access_log);
+  uv_timer_init(&loop_, &heartbeat_);
+  heartbeat_.data = this;
+  heartbeat_ms_.store(uv_now(&loop_), std::memory_order_relaxed);
+  WorkerStats& stats = metrics.bind_worker(index, *policy_);
+  for (const auto& l : policy_->listeners) listener_stats_.push_back(stats.listeners.at(l.name));
+  route_stats_.assign(policy_->listeners.size(), std::vector<RouteStats*>(policy_->clusters.size() + 1, nullptr));
   clusters_.resize(policy_->clusters.size());
   for (size_t i = 0; i < policy_->clusters.size(); ++i) {
     const Cluster& c = policy_->clusters[i];
     ClusterState& cs = clusters_[i];
     cs.config = &c;
+    cs.stats = stats.clusters.at(c.name);
     cs.balancer = std::make_unique<Balancer>(c.lb, c.endpoints.size(), &random_);
-    for (const auto& ep : c.endpoints) cs.pools.push_back(std::make_unique<EndpointPool>(*this, ep, c));
+    for (const auto& ep : c.endpoints)
+      cs.pools.push_back(std::make_unique<EndpointPool>(*this, ep, c, cs.stats.get()));
   }
   for (size_t i = 0; i < policy_->listeners.size(); ++i) {
     auto h = std::make_unique<ListenerHandle>();
@@ -50,6 +59,7 @@ void Worker::start_with_callback(std::function<void()> done) {
   done_ = std::move(done);
   thread_ = std::thread([this] {
     run();
+    finished_.store(true, std::memory_order_release);
     if (done_) done_();
   });
 }
@@ -58,7 +68,23 @@ void Worker::join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Worker::run() { uv_run(&loop_, UV_RUN_DEFAULT); }
+void Worker::run() {
+  uv_timer_start(&heartbeat_, on_heartbeat, 1000, 1000);
+  uv_run(&loop_, UV_RUN_DEFAULT);
+}
+
+void Worker::on_heartbeat(uv_timer_t* t) {
+  auto* w = static_cast<Worker*>(t->data);
+  w->heartbeat_ms_.store(uv_now(&w->loop_), std::memory_order_relaxed);
+}
+
+RouteStats& Worker::route_stats(size_t listener, size_t cluster) {
+  std::vector<RouteStats*>& row = route_stats_[listener];
+  size_t slot = cluster == SIZE_MAX ? row.size() - 1 : cluster;
+  if (row[slot] == nullptr)
+    row[slot] = listener_stats_[listener]->route(cluster == SIZE_MAX ? std::string() : policy_->clusters[cluster].name);
+  return *row[slot];
+}
 
 void Worker::on_connection(uv_stream_t* server, int status) {
   auto* h = static_cast<ListenerHandle*>(server->data);
@@ -66,9 +92,9 @@ void Worker::on_connection(uv_stream_t* server, int status) {
   if (status < 0 || w->draining_) return;
   Stream* s;
   if (h->config->protocol == Protocol::tcp)
-    s = new TcpProxySession(*w, *h->config, w->policy_);
+    s = new TcpProxySession(*w, *h->config, h->index, w->policy_);
   else
-    s = new HttpSession(*w, *h->config, w->policy_);
+    s = new HttpSession(*w, *h->config, h->index, w->policy_);
   if (uv_accept(server, s->stream()) != 0) {
     s->close();
     return;
@@ -131,6 +157,7 @@ void Worker::close_everything() {
   for_each_stream([](Stream* s) { s->close(); });
   for (auto& c : clusters_) c.pools.clear();
   access_log_.close();
+  uv_close(reinterpret_cast<uv_handle_t*>(&heartbeat_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
 }
 

@@ -6,9 +6,11 @@
 
 namespace pilotfish {
 
-UpstreamConnection::UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler)
-    : Stream(worker), pool_(pool), handler_(handler) {
+UpstreamConnection::UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler,
+                                       RelaxedGauge* open_gauge)
+    : Stream(worker), pool_(pool), handler_(handler), open_gauge_(open_gauge) {
   requests_started_ = 1;
+  if (open_gauge_) open_gauge_->add(1);
 }
 
 void UpstreamConnection::connect(const sockaddr* address, uint64_t timeout_ms) {
@@ -92,15 +94,18 @@ void UpstreamConnection::on_timeout() {
 }
 
 void UpstreamConnection::on_close() {
+  if (open_gauge_) open_gauge_->add(-1);
   if (pool_) pool_->forget(this);
   pool_ = nullptr;
 }
 
-EndpointPool::EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster)
+EndpointPool::EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster,
+                           ClusterStats* stats)
     : worker_(worker),
       address_(address),
       connect_timeout_ms_(static_cast<uint64_t>(cluster.connect_timeout.count())),
-      idle_timeout_ms_(static_cast<uint64_t>(cluster.idle_timeout.count())) {}
+      idle_timeout_ms_(static_cast<uint64_t>(cluster.idle_timeout.count())),
+      stats_(stats) {}
 
 EndpointPool::~EndpointPool() {
   for (auto* c : idle_) {
@@ -121,7 +126,7 @@ UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused
     return c;
   }
   *reused = false;
-  auto* c = new UpstreamConnection(worker_, this, handler);
+  auto* c = new UpstreamConnection(worker_, this, handler, stats_ ? &stats_->upstream_connections : nullptr);
   ++open_;
   c->connect(address_.sa(), connect_timeout_ms_);
   return c;

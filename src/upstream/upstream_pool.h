@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "metrics/stats.h"
 #include "net/stream.h"
 #include "pilotfish/policy.h"
 
@@ -31,7 +32,8 @@ class UpstreamHandler {
 
 class UpstreamConnection final : public Stream {
  public:
-  UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler);
+  // `open_gauge` (may be null) counts this connection while it is open.
+  UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler, RelaxedGauge* open_gauge);
 
   bool connected() const { return connected_; }
   bool reused() const { return requests_started_ > 1; }
@@ -63,11 +65,12 @@ class UpstreamConnection final : public Stream {
   bool connecting_ = false;
   bool half_close_ = false;
   uint64_t requests_started_ = 0;
+  RelaxedGauge* open_gauge_;
 };
 
 class EndpointPool {
  public:
-  EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster);
+  EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster, ClusterStats* stats);
   ~EndpointPool();
   EndpointPool(const EndpointPool&) = delete;
   EndpointPool& operator=(const EndpointPool&) = delete;
@@ -91,6 +94,7 @@ class EndpointPool {
   uint64_t idle_timeout_ms_;
   std::vector<UpstreamConnection*> idle_;
   size_t open_ = 0;
+  ClusterStats* stats_;
 };
 
 }  // namespace pilotfish

@@ -81,8 +81,9 @@ def children(pid):
 
 
 class Target:
-    def __init__(self, name, port, proc, pids_fn):
+    def __init__(self, name, port, proc, pids_fn, scrape_port=None):
         self.name, self.port, self.proc, self.pids_fn = name, port, proc, pids_fn
+        self.scrape_port = scrape_port  # scrape /metrics here once a second during the run
         self.runs = []
         self.rss_idle = 0
         self.rss_loaded = 0
@@ -115,6 +116,30 @@ def run_wrk(port, duration, connections):
     }
 
 
+class Scraper:
+    """GETs /metrics once a second on a thread, as Prometheus would, until stopped."""
+
+    def __init__(self, port):
+        import threading
+        import urllib.request
+        self.count = 0
+        self.done = threading.Event()
+
+        def loop():
+            while not self.done.wait(1.0):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    r.read()
+                self.count += 1
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(10)
+        return self.count
+
+
 def start(cmd, **kw):
     return subprocess.Popen(["taskset", "-c", PROXY_CPU] + cmd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, **kw)
@@ -127,6 +152,8 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "pilotfish"))
     ap.add_argument("--with-access-log", action="store_true", help="also measure pilotfish with its access log on")
+    ap.add_argument("--with-scrape", action="store_true",
+                    help="also measure pilotfish scraped once a second during the load")
     args = ap.parse_args()
 
     for tool in ("wrk", "haproxy", "nginx", "taskset"):
@@ -151,15 +178,16 @@ http {{ access_log off; keepalive_requests 1000000;
 
         targets = [Target("direct", up_port, up, lambda p=up: children(p.pid))]
 
-        def add_pilotfish(name, access_log):
+        def add_pilotfish(name, access_log, scrape=False):
             port = free_port()
+            admin_port = free_port()
             pol = os.path.join(tmp, f"{name}.yaml")
             with open(pol, "w") as f:
                 f.write(f"""version: 1
 service: bench
 workers: 1
 access_log: {os.path.join(tmp, name + '-access.log') if access_log else 'off'}
-admin: {{address: 127.0.0.1:{free_port()}}}
+admin: {{address: 127.0.0.1:{admin_port}}}
 listeners:
   - name: ingress
     address: 127.0.0.1:{port}
@@ -171,11 +199,13 @@ clusters:
             p = start([args.bin, "run", "--config", pol])
             procs.append(p)
             wait_port(port)
-            targets.append(Target(name, port, p, lambda p=p: [p.pid]))
+            targets.append(Target(name, port, p, lambda p=p: [p.pid], admin_port if scrape else None))
 
         add_pilotfish("pilotfish", False)
         if args.with_access_log:
             add_pilotfish("pilotfish+log", True)
+        if args.with_scrape:
+            add_pilotfish("pilotfish+scrape", False, scrape=True)
 
         ha_port = free_port()
         ha_conf = os.path.join(tmp, "haproxy.cfg")
@@ -228,7 +258,10 @@ http {{ access_log off; keepalive_requests 1000000;
                 # The proxy's CPU, without the upstream's: the upstream's own share is measured
                 # in the direct run.
                 c0 = cpu_seconds(pids)
+                scraper = Scraper(t.scrape_port) if t.scrape_port else None
                 res = run_wrk(t.port, args.duration, args.connections)
+                if scraper:
+                    res["scrapes"] = scraper.stop()
                 c1 = cpu_seconds(pids)
                 res["cpu_us_per_req"] = (c1 - c0) / res["requests"] * 1e6 if res["requests"] else float("nan")
                 t.runs.append(res)
