@@ -6,7 +6,7 @@ upstream). Run it against the ASan+UBSan build to catch memory errors:
     PILOTFISH_BIN=build-asan/pilotfish python3 test/integration/test_adversarial.py [-k name]
 
 Environment: PF_FUZZ_SEED (default 20251126; the seed is printed), PF_FUZZ_SECONDS (per fuzz
-mode, default 15).
+mode, default 15), PF_FUZZ_THREADS (concurrent fuzzing clients, default 3).
 
 Every load loop here is bounded in count and in time; every upstream that is not upstream.py is
 a thread of this process (RawUpstream), so nothing outlives the test file.
@@ -28,6 +28,7 @@ import harness as h  # noqa: E402
 
 FUZZ_SEED = int(os.environ.get("PF_FUZZ_SEED", "20251126"))
 FUZZ_SECONDS = float(os.environ.get("PF_FUZZ_SECONDS", "15"))
+FUZZ_THREADS = int(os.environ.get("PF_FUZZ_THREADS", "3"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1054,7 +1055,7 @@ def fuzz_client(rng, port, corpus, mutate_requests, deadline, stats):
 
 
 class FuzzTest(Base):
-    def run_fuzz(self, mode, seconds, threads=3):
+    def run_fuzz(self, mode, seconds, threads=FUZZ_THREADS):
         seed = FUZZ_SEED + (0 if mode == "requests" else 1)
         print("\nfuzz %s: seed %d, %.0f s (PF_FUZZ_SEED=%d to repeat)" % (mode, seed, seconds, FUZZ_SEED),
               file=sys.stderr, flush=True)
