@@ -50,24 +50,12 @@ void MetricsRegistry::set_policy_info(int version, const std::string& sha256) {
 
 void MetricsRegistry::set_cert_expiry(const std::string& cert, double unix_seconds) {
   std::lock_guard<std::mutex> lock(info_mutex_);
-  for (auto& [name, value] : cert_expiry_) {
-    if (name == cert) {
-      value = unix_seconds;
-      return;
-    }
-  }
-  cert_expiry_.emplace_back(cert, unix_seconds);
+  cert_expiry_[cert] = unix_seconds;
 }
 
 void MetricsRegistry::set_endpoints_ejected(const std::string& cluster, int64_t count) {
   std::lock_guard<std::mutex> lock(info_mutex_);
-  for (auto& [name, value] : endpoints_ejected_) {
-    if (name == cluster) {
-      value = count;
-      return;
-    }
-  }
-  endpoints_ejected_.emplace_back(cluster, count);
+  endpoints_ejected_[cluster] = count;
 }
 
 namespace {
@@ -216,7 +204,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
   std::map<std::string, int64_t> ejected_now;
   {
     std::lock_guard<std::mutex> lock(registry_.info_mutex_);
-    for (const auto& [c, n] : registry_.endpoints_ejected_) ejected_now[c] = n;
+    ejected_now = registry_.endpoints_ejected_;
   }
   for (const auto& [name, t] : clusters) {
     for (size_t i = 0; i < t.codes.size(); ++i) {

@@ -3,6 +3,7 @@
 // from them at scrape time. The only part of pilotfish that includes prometheus-cpp is
 // metrics.cc; the data path sees only the plain structs of stats.h.
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -47,8 +48,8 @@ class MetricsRegistry {
   mutable std::mutex info_mutex_;
   int policy_version_ = 0;
   std::string policy_sha256_;
-  std::vector<std::pair<std::string, double>> cert_expiry_;
-  std::vector<std::pair<std::string, int64_t>> endpoints_ejected_;
+  std::map<std::string, double> cert_expiry_;
+  std::map<std::string, int64_t> endpoints_ejected_;
 };
 
 }  // namespace pilotfish
