@@ -88,6 +88,16 @@ class RawUpstream:
             pass
 
 
+def recv_until_eof(sock):
+    """Everything the peer sends until it shuts down its side."""
+    data = b""
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            return data
+        data += d
+
+
 def read_head(s, buf):
     """Reads up to and including CRLF CRLF into buf; returns the head (removed from buf) or None."""
     while b"\r\n\r\n" not in buf:
@@ -694,12 +704,7 @@ class TcpHalfCloseTest(Base):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(b"hello")
                 s.shutdown(socket.SHUT_WR)
-                data = b""
-                while True:
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    data += d
+                data = recv_until_eof(s)
                 self.assertEqual(data, b"hellobye\n")
         self.check_no_leak(pf, fd0)
 
@@ -714,12 +719,7 @@ class TcpHalfCloseTest(Base):
         fd0 = fd_count(pf.pid)
         for i in range(10):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                data = b""
-                while True:
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    data += d
+                data = recv_until_eof(s)
                 self.assertEqual(data, b"banner\n")
                 s.shutdown(socket.SHUT_WR)
                 time.sleep(0.05)
