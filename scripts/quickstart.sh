@@ -25,16 +25,17 @@ done
 build/pilotfish check --config examples/quickstart/policy.yaml
 build/pilotfish run --config examples/quickstart/policy.yaml &
 pf_pid=$!
-for _ in $(seq 50); do
-  curl -fsS -o /dev/null http://127.0.0.1:15000/ 2>/dev/null && break
-  sleep 0.1
-done
+# /ready is 200 once the listener is bound and the demo service accepts connections.
+build/pilotfish wait-ready --config examples/quickstart/policy.yaml --timeout 10s
 cat <<MSG
 
 pilotfish is running in front of the demo service. Try:
   curl -i http://127.0.0.1:15000/hello
   curl -i http://127.0.0.1:15000/nothing/../hello       # normalised to /hello
   curl -i -X CONNECT http://127.0.0.1:15000/            # refused: 405
+  curl -s http://127.0.0.1:9901/metrics | grep requests_total
+Edit examples/quickstart/policy.yaml and save: pilotfish reloads it in place
+(curl -s http://127.0.0.1:9901/policy/history shows each change).
 Access log lines (JSON) appear below. Ctrl-C drains and stops.
 
 MSG

@@ -1,4 +1,4 @@
-// pilotfish command line: run, check, version. Nothing else lives here.
+// pilotfish command line: run, check, wait-ready, version. Nothing else lives here.
 
 #include <openssl/crypto.h>
 
@@ -11,12 +11,14 @@
 #include "pilotfish/policy_loader.h"
 #include "pilotfish/server.h"
 #include "pilotfish/version.h"
+#include "policy/policy_diff.h"
 
 namespace {
 
 constexpr const char* kUsage =
     "usage: pilotfish run --config FILE [--workers N] [--log-level debug|info|warn|error]\n"
-    "       pilotfish check --config FILE\n"
+    "       pilotfish check --config FILE [--against OLD_FILE]\n"
+    "       pilotfish wait-ready (--config FILE | --admin HOST:PORT) [--timeout DURATION]\n"
     "       pilotfish version\n"
     "       pilotfish --help\n";
 
@@ -27,6 +29,7 @@ int usage_error(const std::string& message) {
 
 struct Options {
   std::string config;
+  std::string against;  // check only: the policy to compare the new one with
   int workers = -1;
   std::string log_level;
 };
@@ -46,6 +49,17 @@ std::string parse_flags(int argc, char** argv, int start, bool allow_run_flags, 
       out->config = v;
     } else if (arg.starts_with("--config=")) {
       out->config = std::string(arg.substr(9));
+    } else if (arg == "--against" || arg.starts_with("--against=")) {
+      // Said outright for run: "unknown argument" would suggest a typo rather than the wrong command.
+      if (allow_run_flags) return "--against is only valid with check";
+      if (arg == "--against") {
+        const char* v = value(arg);
+        if (!v) return "--against needs a FILE";
+        out->against = v;
+      } else {
+        out->against = std::string(arg.substr(10));
+      }
+      if (out->against.empty()) return "--against needs a FILE";
     } else if (allow_run_flags && (arg == "--workers" || arg.starts_with("--workers="))) {
       std::string v;
       if (arg == "--workers") {
@@ -86,6 +100,18 @@ int cmd_check(const Options& opt) {
     for (const auto& e : result.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
     return 1;
   }
+  // The old policy goes through the same loader, so both sides have their defaults filled in the
+  // same way and a default written out is not reported as a change. Its warnings are left out:
+  // they are about the policy being replaced, not the one being checked.
+  pilotfish::PolicyLoadResult old;
+  if (!opt.against.empty()) {
+    old = pilotfish::load_policy_file(opt.against);
+    if (!old.ok()) {
+      for (const auto& e : old.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
+      std::fprintf(stderr, "OLD policy %s did not load: cannot compare\n", opt.against.c_str());
+      return 1;
+    }
+  }
   const auto& p = *result.policy;
   size_t routes = 0, endpoints = 0;
   for (const auto& l : p.listeners) routes += l.routes.size();
@@ -94,7 +120,51 @@ int cmd_check(const Options& opt) {
               opt.config.c_str(), p.service.empty() ? "(unnamed)" : p.service.c_str(),
               p.listeners.size(), p.listeners.size() == 1 ? "" : "s", routes, routes == 1 ? "" : "s",
               p.clusters.size(), p.clusters.size() == 1 ? "" : "s", endpoints, endpoints == 1 ? "" : "s");
+  if (old.policy) {
+    std::printf("changes against %s:\n", opt.against.c_str());
+    std::string text = pilotfish::diff_to_text(pilotfish::diff_policies(*old.policy, p));
+    for (size_t start = 0; start <= text.size();) {
+      size_t end = text.find('\n', start);
+      if (end == std::string::npos) end = text.size();
+      std::printf("  %.*s\n", static_cast<int>(end - start), text.data() + start);
+      start = end + 1;
+    }
+  }
   return 0;
+}
+
+// wait-ready: the admin address comes from --admin, or from the policy's admin.address.
+int cmd_wait_ready(int argc, char** argv) {
+  std::string config, admin_text, timeout_text = "60s";
+  for (int i = 2; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    std::string* target = arg == "--config" || arg == "-c" ? &config
+                          : arg == "--admin"               ? &admin_text
+                          : arg == "--timeout"             ? &timeout_text
+                                                           : nullptr;
+    if (!target) return usage_error("unknown argument '" + std::string(arg) + "' for wait-ready");
+    if (i + 1 >= argc) return usage_error(std::string(arg) + " needs a value");
+    *target = argv[++i];
+  }
+  if (config.empty() == admin_text.empty()) return usage_error("wait-ready needs --config FILE or --admin HOST:PORT");
+  pilotfish::Duration timeout{};
+  std::string err;
+  if (!pilotfish::parse_duration(timeout_text, &timeout, &err)) return usage_error("--timeout: " + err);
+  pilotfish::SocketAddress admin;
+  if (!config.empty()) {
+    auto result = pilotfish::load_policy_file(config);
+    if (!result.ok()) {
+      for (const auto& e : result.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
+      return 1;
+    }
+    admin = result.policy->admin_address;
+    if (admin.port() == 0) return usage_error("the policy's admin.address has port 0; pass --admin HOST:PORT");
+  } else {
+    auto parsed = pilotfish::parse_socket_address(admin_text, &err);
+    if (!parsed) return usage_error("--admin: " + err);
+    admin = *parsed;
+  }
+  return pilotfish::wait_ready(admin, timeout);
 }
 
 }  // namespace
@@ -125,5 +195,6 @@ int main(int argc, char** argv) {
     run.log_level_override = opt.log_level;
     return pilotfish::run_server(run);
   }
+  if (cmd == "wait-ready") return cmd_wait_ready(argc, argv);
   return usage_error("unknown command '" + std::string(cmd) + "'");
 }

@@ -127,6 +127,13 @@ struct Policy {
   unsigned workers = 0;  // 0 = auto: one per CPU
   LogLevel log_level = LogLevel::info;
   Duration drain_timeout{30'000};
+  Duration drain_delay{0};  // after a drain begins, listeners keep accepting this long
+  // Where applied and rejected policies are recorded (JSON lines). nullopt: next to the policy
+  // file, as <file>.history.jsonl; "": off.
+  std::optional<std::string> history_path;
+  bool watch = true;  // reload when the policy file changes (SIGHUP and POST /reload always do)
+  // /ready stays 503 until an endpoint of each of these clusters accepts a TCP connection.
+  std::vector<std::string> wait_for_clusters;
   AccessLog access_log;
   std::optional<Identity> identity;
   std::vector<Listener> listeners;

@@ -25,6 +25,7 @@ struct PolicyLoadResult {
   PolicyPtr policy;                   // null when errors is not empty
   std::vector<PolicyError> errors;
   std::vector<std::string> warnings;  // accepted, but worth a log line
+  std::string sha256;                 // of the text read, loaded or not (empty: unreadable)
   bool ok() const { return errors.empty() && policy != nullptr; }
 };
 

@@ -3,6 +3,9 @@
 
 #include <string>
 
+#include "pilotfish/policy.h"
+#include "pilotfish/socket_address.h"
+
 namespace pilotfish {
 
 struct RunOptions {
@@ -14,5 +17,9 @@ struct RunOptions {
 // Runs until SIGTERM/SIGINT and a drain. Returns the process exit code: 0 after a clean drain,
 // 1 when the policy does not load or a listener cannot bind.
 int run_server(const RunOptions& options);
+
+// Polls GET /ready at `admin` every 100 ms until it answers 200 (exit code 0) or `timeout`
+// passes (1, with the last answer on stderr).
+int wait_ready(const SocketAddress& admin, Duration timeout);
 
 }  // namespace pilotfish

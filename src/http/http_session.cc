@@ -119,6 +119,10 @@ constexpr size_t kMaxPipelinedBytes = 64 * 1024;
 constexpr size_t kMaxReasonBytes = 1024;
 constexpr int kMaxInterimResponses = 16;
 constexpr uint64_t kDrainFlushMs = 5000;
+// An idle keep-alive connection is closed this long after a drain begins, not at once: a
+// client may have sent its next request already, and closing under it would fail that request.
+// Arriving within the grace, the request is answered, with `connection: close`.
+constexpr uint64_t kDrainIdleGraceMs = 1000;
 
 // Returned by execute_checked when the head scanner refused a byte llhttp would have taken.
 constexpr llhttp_errno_t kHeadInvalid = HPE_USER;
@@ -141,11 +145,16 @@ llhttp_errno_t execute_checked(llhttp_t* parser, HeadScanner& scanner, const cha
 
 }  // namespace
 
-HttpSession::HttpSession(Worker& worker, const Listener& listener, size_t listener_index, PolicyPtr policy)
-    : Stream(worker), worker_(worker), listener_(listener), listener_index_(listener_index), policy_(std::move(policy)) {
-  ListenerStats& ls = worker.listener_stats(listener_index);
-  ls.connections.add(1);
-  ls.connections_total.add();
+HttpSession::HttpSession(Worker& worker, std::shared_ptr<ListenerSlot> slot)
+    : Stream(worker),
+      worker_(worker),
+      slot_(std::move(slot)),
+      snap_(worker.snapshot()),
+      listener_(&snap_->policy->listeners[slot_->index]),
+      listener_index_(slot_->index),
+      conn_stats_(snap_->listener_stats[listener_index_]) {
+  conn_stats_->connections.add(1);
+  conn_stats_->connections_total.add();
   llhttp_init(&parser_, HTTP_REQUEST, &request_settings());
   parser_.data = this;
   worker.add_downstream();
@@ -163,17 +172,37 @@ void HttpSession::start() {
       uv_ip6_name(reinterpret_cast<sockaddr_in6*>(&peer), ip, sizeof ip);
     client_address_ = ip;
   }
-  arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
+  // Accepted while draining (during drain_delay): one request is expected soon, or none.
+  arm_timer(Timer::idle, draining() ? kDrainIdleGraceMs : static_cast<uint64_t>(listener_->idle_timeout.count()));
   start_read();
+}
+
+void HttpSession::on_policy_changed() {
+  if (slot_->index == SIZE_MAX || slot_->protocol != Protocol::http) drain();
+}
+
+void HttpSession::refresh_snapshot() {
+  const SnapshotPtr& current = worker_.snapshot();
+  if (!current || current == snap_) return;
+  if (slot_->index == SIZE_MAX || slot_->protocol != Protocol::http) {
+    // The listener is gone (or is no longer HTTP): this request is the last, under the policy
+    // the connection was accepted with.
+    draining_ = true;
+    return;
+  }
+  snap_ = current;
+  listener_index_ = slot_->index;
+  listener_ = &snap_->policy->listeners[listener_index_];
 }
 
 void HttpSession::drain() {
   if (closing()) return;
+  draining_ = true;
   if (!in_request_ && !tunnel_) {
-    // Idle: close, but only after what is queued for the client (a finished response to a
-    // slow reader) has gone out.
+    // Idle: close after a grace, or once what is queued for the client (a finished response
+    // to a slow reader) has gone out.
     if (pending_bytes() == 0) {
-      close();
+      arm_timer(Timer::idle, kDrainIdleGraceMs);
     } else {
       close_after_flush();
       arm_timer(Timer::idle, kDrainFlushMs);  // a client that does not read is not waited for long
@@ -237,7 +266,7 @@ void HttpSession::parse_input(const char* data, size_t length) {
   } else if (err != HPE_OK) {
     if (!local_response_) {
       const char* reason = err == kHeadInvalid ? "bare CR or LF, or obs-fold, in the head" : llhttp_get_error_reason(&parser_);
-      log_debug(std::string("listener ") + listener_.name + ": bad request from " + client_address_ + ": " +
+      log_debug(std::string("listener ") + listener_->name + ": bad request from " + client_address_ + ": " +
                 (reason ? reason : llhttp_errno_name(err)));
       send_local_response(400, "bad_request", true);
     }
@@ -294,7 +323,7 @@ void HttpSession::on_write_done(int status) {
   }
   if (closing()) return;
   if (waiting_for_client_ && timer_kind_ == Timer::idle)
-    arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));  // it reads: not idle
+    arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));  // it reads: not idle
   if (waiting_for_client_ && pending_bytes() < kLowWater) {
     waiting_for_client_ = false;
     continue_pipeline();
@@ -307,15 +336,16 @@ void HttpSession::on_write_done(int status) {
 // Request parsing
 
 int HttpSession::on_message_begin() {
+  refresh_snapshot();
   in_request_ = true;
   started_ns_ = uv_hrtime();
-  arm_timer(Timer::header, static_cast<uint64_t>(listener_.header_timeout.count()));
+  arm_timer(Timer::header, static_cast<uint64_t>(listener_->header_timeout.count()));
   return 0;
 }
 
 int HttpSession::on_url(const char* at, size_t length) {
   head_bytes_ += length;
-  if (head_bytes_ > listener_.max_header_bytes) {
+  if (head_bytes_ > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
     return HPE_USER;
   }
@@ -325,7 +355,7 @@ int HttpSession::on_url(const char* at, size_t length) {
 
 int HttpSession::on_header_field(const char* at, size_t length) {
   head_bytes_ += length;
-  if (head_bytes_ > listener_.max_header_bytes) {
+  if (head_bytes_ > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
     return HPE_USER;
   }
@@ -335,7 +365,7 @@ int HttpSession::on_header_field(const char* at, size_t length) {
 
 int HttpSession::on_header_value(const char* at, size_t length) {
   head_bytes_ += length;
-  if (head_bytes_ > listener_.max_header_bytes) {
+  if (head_bytes_ > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
     return HPE_USER;
   }
@@ -346,7 +376,7 @@ int HttpSession::on_header_value(const char* at, size_t length) {
 int HttpSession::on_header_value_complete() {
   head_bytes_ += 4;  // ": " and CRLF
   headers_.end_header();
-  if (head_bytes_ > listener_.max_header_bytes) {
+  if (head_bytes_ > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
     return HPE_USER;
   }
@@ -391,7 +421,7 @@ bool HttpSession::validate_request_head() {
   }
   request_chunked_ = (parser_.flags & F_CHUNKED) != 0;
   request_has_body_ = request_chunked_ || ((parser_.flags & F_CONTENT_LENGTH) && parser_.content_length > 0);
-  if (listener_.max_body_bytes && !request_chunked_ && parser_.content_length > listener_.max_body_bytes &&
+  if (listener_->max_body_bytes && !request_chunked_ && parser_.content_length > listener_->max_body_bytes &&
       (parser_.flags & F_CONTENT_LENGTH)) {
     send_local_response(413, "body_too_large", true);
     return false;
@@ -401,7 +431,7 @@ bool HttpSession::validate_request_head() {
 
 int HttpSession::on_headers_complete() {
   if (!validate_request_head()) return HPE_USER;
-  client_keep_alive_ = llhttp_should_keep_alive(&parser_) && !worker_.draining();
+  client_keep_alive_ = llhttp_should_keep_alive(&parser_) && !draining();
   keep_alive_ = client_keep_alive_;
 
   if (parser_.upgrade) {
@@ -425,19 +455,19 @@ int HttpSession::on_headers_complete() {
 
   std::string host = host_for_routing(authority_);
   RequestView view{host, target_.path, llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)), &headers_};
-  const Route* route = match_route(listener_, view);
+  const Route* route = match_route(*listener_, view);
   if (route == nullptr) {
     send_local_response(404, "no_route", request_has_body_);
     return request_has_body_ ? HPE_USER : 0;
   }
   cluster_index_ = route->cluster_index;
-  cluster_ = &policy_->clusters[cluster_index_];
+  cluster_ = &snap_->policy->clusters[cluster_index_];
   build_upstream_head(*route);
   connect_upstream();
   if (closing()) return HPE_USER;
   if (local_response_) return request_has_body_ ? HPE_USER : 0;
-  if (request_has_body_ && listener_.body_timeout.count() > 0)
-    arm_timer(Timer::body, static_cast<uint64_t>(listener_.body_timeout.count()));
+  if (request_has_body_ && listener_->body_timeout.count() > 0)
+    arm_timer(Timer::body, static_cast<uint64_t>(listener_->body_timeout.count()));
   else
     arm_timer(Timer::none, 0);
   return 0;
@@ -472,7 +502,7 @@ void HttpSession::build_upstream_head(const Route&) {
   }
   if (!has_host) {
     h += "host: ";
-    h += listener_.address.text;
+    h += listener_->address.text;
     h += "\r\n";
   }
   if (request_chunked_) h += "transfer-encoding: chunked\r\n";
@@ -499,7 +529,7 @@ void HttpSession::build_upstream_head(const Route&) {
 
 int HttpSession::on_body(const char* at, size_t length) {
   body_bytes_ += length;
-  if (listener_.max_body_bytes && body_bytes_ > listener_.max_body_bytes) {
+  if (listener_->max_body_bytes && body_bytes_ > listener_->max_body_bytes) {
     send_local_response(413, "body_too_large", true);
     return HPE_USER;
   }
@@ -537,7 +567,7 @@ bool HttpSession::may_retry_connect() const {
 }
 
 void HttpSession::connect_upstream() {
-  ClusterState& cs = worker_.cluster(cluster_index_);
+  ClusterState& cs = cluster_state();
   int previous = endpoint_;
   endpoint_ = cs.balancer->pick([](size_t) { return true; }, previous);
   if (endpoint_ < 0) {
@@ -572,7 +602,7 @@ void HttpSession::on_upstream_connected() {
 }
 
 void HttpSession::on_upstream_connect_failed(int status) {
-  ClusterState& cs = worker_.cluster(cluster_index_);
+  ClusterState& cs = cluster_state();
   cs.stats->upstream_connect_failure.add();
   if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
   upstream_ = nullptr;
@@ -607,7 +637,7 @@ void HttpSession::on_upstream_drained() {
 
 void HttpSession::release_upstream(bool reusable) {
   if (!upstream_) return;
-  ClusterState& cs = worker_.cluster(cluster_index_);
+  ClusterState& cs = cluster_state();
   cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
   UpstreamConnection* c = upstream_;
   upstream_ = nullptr;
@@ -667,9 +697,9 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
   } else if (err != HPE_OK) {
     const char* reason = llhttp_get_error_reason(&resp_parser_);
     log_warn("cluster " + cluster_->name + ": invalid response from " +
-             worker_.cluster(cluster_index_).pools[static_cast<size_t>(endpoint_)]->address().text + ": " +
+             cluster_state().pools[static_cast<size_t>(endpoint_)]->address().text + ": " +
              (reason ? reason : llhttp_errno_name(err)));
-    if (!response_started_) worker_.cluster(cluster_index_).stats->upstream_reset.add();
+    if (!response_started_) cluster_state().stats->upstream_reset.add();
     abort_upstream();
     if (!response_started_) {
       send_local_response(502, "invalid_response", true);
@@ -692,7 +722,7 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
 
 void HttpSession::on_upstream_end(int status) {
   // The connection is closing itself; it is no longer ours.
-  ClusterState& cs = worker_.cluster(cluster_index_);
+  ClusterState& cs = cluster_state();
   if (!tunnel_ && !response_started_) cs.stats->upstream_reset.add();
   if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
   upstream_ = nullptr;
@@ -760,7 +790,7 @@ int HttpSession::on_response_headers_complete() {
     return HPE_USER;
   int status = resp_parser_.status_code;
   if (status < 100 || status > 999) return HPE_USER;
-  if (status >= 200 || status == 101) worker_.cluster(cluster_index_).stats->upstream_codes.add(status);
+  if (status >= 200 || status == 101) cluster_state().stats->upstream_codes.add(status);
   if (status == 101) {
     if (!websocket_) return HPE_USER;  // an upgrade nobody asked for
     status_ = 101;
@@ -789,7 +819,7 @@ int HttpSession::on_response_headers_complete() {
     framing_ = Framing::close;
     keep_alive_ = false;
   }
-  if (close_after_response_ || worker_.draining()) keep_alive_ = false;
+  if (close_after_response_ || draining()) keep_alive_ = false;
   write_response_head();
   response_started_ = true;
   // The answer is arriving; from now on the timeout guards against a stalled stream.
@@ -890,7 +920,7 @@ void HttpSession::send_local_response(int status, const char* reason, bool close
   status_ = status;
   response_started_ = true;
   response_complete_ = true;
-  if (close_connection || close_after_response_ || worker_.draining()) keep_alive_ = false;
+  if (close_connection || close_after_response_ || draining()) keep_alive_ = false;
   char body[96];
   int body_len = snprintf(body, sizeof body, "%d %s\n", status, reason);
   std::string& o = out();
@@ -938,7 +968,7 @@ void HttpSession::maybe_finish_request() {
 
 void HttpSession::finish_request() {
   log_request();
-  bool keep = keep_alive_ && !close_after_response_ && !worker_.draining();
+  bool keep = keep_alive_ && !close_after_response_ && !draining();
   reset_request();
   arm_timer(Timer::none, 0);
   if (!keep) {
@@ -987,7 +1017,7 @@ void HttpSession::continue_pipeline() {
   if (closing()) return;
   if (waiting_for_client_) {
     // A client that takes none of its answers for the idle timeout is closed.
-    arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
+    arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));
     return;
   }
   if (client_eof_) {
@@ -995,7 +1025,7 @@ void HttpSession::continue_pipeline() {
     if (!in_request_ || !request_complete_) close_after_flush();
     return;
   }
-  if (!in_request_) arm_timer(Timer::idle, static_cast<uint64_t>(listener_.idle_timeout.count()));
+  if (!in_request_) arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));
   if (leftover_.size() - leftover_off_ <= kMaxPipelinedBytes && !waiting_for_client_) start_read();
 }
 
@@ -1037,21 +1067,21 @@ void HttpSession::log_request() {
   if (started_ns_ == 0) return;
   uint64_t duration_ns = uv_hrtime() - started_ns_;
   if (status_ != 0)  // 0: the client left before any answer; nothing was sent
-    worker_.route_stats(listener_index_, cluster_ ? cluster_index_ : SIZE_MAX).record(status_, duration_ns);
+    snap_->route(listener_index_, cluster_ ? cluster_index_ : SIZE_MAX).record(status_, duration_ns);
   AccessLogBuffer& log = worker_.access_log();
   if (!log.enabled()) {
     started_ns_ = 0;
     return;
   }
   AccessLogEntry e;
-  e.listener = listener_.name;
+  e.listener = listener_->name;
   e.method = llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
   e.authority = authority_;
   e.path = target_.path.empty() ? std::string_view(url_) : std::string_view(target_.path);
   e.status = status_;
   e.duration_seconds = static_cast<double>(duration_ns) / 1e9;
   if (cluster_ && endpoint_ >= 0)
-    e.upstream = worker_.cluster(cluster_index_).pools[static_cast<size_t>(endpoint_)]->address().text;
+    e.upstream = cluster_state().pools[static_cast<size_t>(endpoint_)]->address().text;
   e.bytes_in = bytes_in_;
   e.bytes_out = bytes_out_;
   e.attempts = attempts_;
@@ -1086,7 +1116,7 @@ void HttpSession::on_timeout() {
       if (!in_request_) return;
       // Waiting for the client to take what is queued is the client's pace, bounded by the
       // listener's idle timeout; waiting for the upstream is bounded by the cluster's.
-      uint64_t limit = paused_for_downstream_ ? static_cast<uint64_t>(listener_.idle_timeout.count())
+      uint64_t limit = paused_for_downstream_ ? static_cast<uint64_t>(listener_->idle_timeout.count())
                                               : static_cast<uint64_t>(cluster_ ? cluster_->timeout.count() : 0);
       if (response_started_) {
         // A response is streaming: only a stall as long as the timeout ends it, where a stall
@@ -1110,14 +1140,14 @@ void HttpSession::on_timeout() {
 void HttpSession::on_close() {
   if (in_request_) log_request();
   if (upstream_) {
-    ClusterState& cs = worker_.cluster(cluster_index_);
+    ClusterState& cs = cluster_state();
     if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
     UpstreamConnection* c = upstream_;
     upstream_ = nullptr;
     c->detach();
     c->close();
   }
-  worker_.listener_stats(listener_index_).connections.add(-1);
+  conn_stats_->connections.add(-1);
   worker_.remove_downstream();
 }
 

@@ -14,19 +14,19 @@
 #include "pilotfish/header_list.h"
 #include "pilotfish/path_normalizer.h"
 #include "pilotfish/policy.h"
+#include "server/worker.h"
 #include "upstream/upstream_pool.h"
 
 namespace pilotfish {
 
-class Worker;
-
 class HttpSession final : public Stream, public UpstreamHandler {
  public:
-  HttpSession(Worker& worker, const Listener& listener, size_t listener_index, PolicyPtr policy);
+  HttpSession(Worker& worker, std::shared_ptr<ListenerSlot> slot);
   // Called once the socket is accepted.
   void start();
   // Worker is draining: close if idle, else close after the response in flight.
   void drain() override;
+  void on_policy_changed() override;
 
   // llhttp callbacks (public for the C trampolines).
   int on_message_begin();
@@ -82,11 +82,18 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void arm_timer(Timer which, uint64_t ms);
   void log_request();
   bool may_retry_connect() const;
+  // Takes the worker's current snapshot, between requests.
+  void refresh_snapshot();
+  bool draining() const { return draining_ || worker_.draining(); }
+  ClusterState& cluster_state() { return *snap_->clusters[cluster_index_]; }
 
   Worker& worker_;
-  const Listener& listener_;
-  size_t listener_index_;
-  PolicyPtr policy_;
+  std::shared_ptr<ListenerSlot> slot_;
+  SnapshotPtr snap_;              // the policy this connection's current request runs under
+  const Listener* listener_;      // in snap_
+  size_t listener_index_;         // in snap_
+  std::shared_ptr<ListenerStats> conn_stats_;  // the listener that accepted the connection
+  bool draining_ = false;         // its listener left the policy: close after this response
   llhttp_t parser_;
   llhttp_t resp_parser_;
   HeadScanner request_scan_;

@@ -59,6 +59,8 @@ class Stream {
   // The worker is draining. Downstream connections close when idle, or after the response
   // in flight; upstream connections need do nothing.
   virtual void drain() {}
+  // The worker switched to a new policy snapshot (a connection of a removed listener drains).
+  virtual void on_policy_changed() {}
 
   // One timer per connection. start_timer/stop_timer arm and disarm it exactly.
   // set_deadline/clear_deadline are for deadlines that move on every request: they only

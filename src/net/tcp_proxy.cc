@@ -9,11 +9,14 @@ namespace {
 constexpr uint64_t kTcpIdleMs = 3600 * 1000;
 }
 
-TcpProxySession::TcpProxySession(Worker& worker, const Listener& listener, size_t listener_index, PolicyPtr policy)
-    : Stream(worker), worker_(worker), listener_(listener), listener_index_(listener_index), policy_(std::move(policy)) {
-  ListenerStats& ls = worker.listener_stats(listener_index);
-  ls.connections.add(1);
-  ls.connections_total.add();
+TcpProxySession::TcpProxySession(Worker& worker, std::shared_ptr<ListenerSlot> slot)
+    : Stream(worker),
+      worker_(worker),
+      snap_(worker.snapshot()),
+      listener_(snap_->policy->listeners[slot->index]),
+      conn_stats_(snap_->listener_stats[slot->index]) {
+  conn_stats_->connections.add(1);
+  conn_stats_->connections_total.add();
   cluster_index_ = listener_.routes.empty() ? 0 : listener_.routes.front().cluster_index;
   worker.add_downstream();
 }
@@ -26,7 +29,7 @@ void TcpProxySession::start() {
 }
 
 void TcpProxySession::connect() {
-  ClusterState& cs = worker_.cluster(cluster_index_);
+  ClusterState& cs = *snap_->clusters[cluster_index_];
   endpoint_ = cs.balancer->pick([](size_t) { return true; }, endpoint_);
   if (endpoint_ < 0) {
     close();
@@ -34,10 +37,10 @@ void TcpProxySession::connect() {
   }
   ++attempts_;
   // A byte stream is never pooled: each client gets its own upstream connection.
-  upstream_ = new UpstreamConnection(worker_, nullptr, this, &cs.stats->upstream_connections);
+  upstream_ = new UpstreamConnection(worker_, nullptr, this, cs.stats);
   upstream_->set_half_close(true);
   upstream_->connect(cs.pools[static_cast<size_t>(endpoint_)]->address().sa(),
-                     static_cast<uint64_t>(cs.config->connect_timeout.count()));
+                     static_cast<uint64_t>(snap_->policy->clusters[cluster_index_].connect_timeout.count()));
 }
 
 void TcpProxySession::on_upstream_connected() {
@@ -54,7 +57,7 @@ void TcpProxySession::on_upstream_connected() {
 
 void TcpProxySession::on_upstream_connect_failed(int status) {
   upstream_ = nullptr;
-  const Cluster& c = *worker_.cluster(cluster_index_).config;
+  const Cluster& c = snap_->policy->clusters[cluster_index_];
   log_debug("listener " + listener_.name + ": connect to cluster " + c.name + " failed: " + uv_strerror(status));
   if ((c.retry.on & kRetryConnectFailure) && attempts_ <= c.retry.retries) {
     connect();
@@ -155,7 +158,7 @@ void TcpProxySession::on_close() {
     u->detach();
     u->close();
   }
-  worker_.listener_stats(listener_index_).connections.add(-1);
+  conn_stats_->connections.add(-1);
   worker_.remove_downstream();
 }
 

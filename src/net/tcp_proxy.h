@@ -7,15 +7,15 @@
 
 #include "net/stream.h"
 #include "pilotfish/policy.h"
+#include "server/worker.h"
 #include "upstream/upstream_pool.h"
 
 namespace pilotfish {
 
-class Worker;
-
 class TcpProxySession final : public Stream, public UpstreamHandler {
  public:
-  TcpProxySession(Worker& worker, const Listener& listener, size_t listener_index, PolicyPtr policy);
+  // A byte stream keeps the snapshot it was accepted under for its whole life.
+  TcpProxySession(Worker& worker, std::shared_ptr<ListenerSlot> slot);
   void start();
   void drain() override {}  // a byte stream has no request boundary: it runs until the drain timeout
 
@@ -37,9 +37,9 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
   void maybe_close();
 
   Worker& worker_;
+  SnapshotPtr snap_;
   const Listener& listener_;
-  size_t listener_index_;
-  PolicyPtr policy_;
+  std::shared_ptr<ListenerStats> conn_stats_;
   size_t cluster_index_ = 0;
   int endpoint_ = -1;
   unsigned attempts_ = 0;

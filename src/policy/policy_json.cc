@@ -7,6 +7,15 @@ namespace pilotfish {
 
 void json_string(std::string& out, std::string_view s) { append_json_string(out, s); }
 
+void json_string_array(std::string& out, const std::vector<std::string>& items) {
+  out += '[';
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i) out += ',';
+    append_json_string(out, items[i]);
+  }
+  out += ']';
+}
+
 namespace {
 
 class JsonWriter {
@@ -114,6 +123,13 @@ std::string policy_to_json(const Policy& p) {
   w.key("workers").num(p.workers);
   w.key("log_level").str(name_of(p.log_level));
   w.key("drain_timeout").dur(p.drain_timeout);
+  w.key("drain_delay").dur(p.drain_delay);
+  w.key("policy_history").str(p.history_path ? (p.history_path->empty() ? std::string("off") : *p.history_path)
+                                             : p.source_path + ".history.jsonl");
+  w.key("policy_watch").boolean(p.watch);
+  w.key("wait_for_clusters").begin_array();
+  for (const auto& c : p.wait_for_clusters) w.str(c);
+  w.end_array();
   w.key("access_log").str(p.access_log.target == AccessLogTarget::off ? "off"
                           : p.access_log.target == AccessLogTarget::stdout_stream ? "stdout"
                                                                                    : p.access_log.path);

@@ -69,8 +69,10 @@ constexpr std::string_view kDefaultAdminAddress = "127.0.0.1:9901";
 
 // The keys each section allows. Anything else is an error: a typo must not silently change
 // behaviour (policy-reference.yaml).
-constexpr std::string_view kTopLevelKeys[] = {"version",       "service",    "admin",    "workers",   "log_level",
-                                              "drain_timeout", "access_log", "identity", "listeners", "clusters"};
+constexpr std::string_view kTopLevelKeys[] = {"version",     "service",        "admin",          "workers",
+                                              "log_level",   "drain_timeout",  "drain_delay",    "policy_history", "policy_watch",
+                                              "wait_for_clusters", "access_log", "identity",     "listeners",
+                                              "clusters"};
 constexpr std::string_view kAdminKeys[] = {"address"};
 constexpr std::string_view kIdentityKeys[] = {"cert", "key", "ca"};
 constexpr std::string_view kListenerKeys[] = {
@@ -366,6 +368,8 @@ class PolicyReader {
   void read_admin(const Field& field);
   void read_workers(const Field& field);
   void read_access_log(const Field& field);
+  void read_policy_history(const Field& field);
+  void read_wait_for_clusters(const Field& field);
   void read_identity(const Field& field);
   void read_listeners(const Field& field);
   void read_listener(const Field& field);
@@ -765,6 +769,13 @@ void PolicyReader::read_document(const YAML::Node& root) {
   if (const Field* f = top->find("drain_timeout")) {
     if (auto timeout = read_duration(*f, /*zero_allowed=*/true)) policy_.drain_timeout = *timeout;
   }
+  if (const Field* f = top->find("drain_delay")) {
+    if (auto delay = read_duration(*f, /*zero_allowed=*/true)) policy_.drain_delay = *delay;
+  }
+  if (const Field* f = top->find("policy_history")) read_policy_history(*f);
+  if (const Field* f = top->find("policy_watch")) {
+    if (auto watch = read_bool(*f)) policy_.watch = *watch;
+  }
   if (const Field* f = top->find("access_log")) read_access_log(*f);
   // Identity before listeners and clusters, which check that it exists where mtls is on.
   if (const Field* f = top->find("identity")) read_identity(*f);
@@ -776,6 +787,9 @@ void PolicyReader::read_document(const YAML::Node& root) {
 
   resolve_routes();
   check_cluster_use();
+  if (const Field* f = top->find("wait_for_clusters")) read_wait_for_clusters(*f);
+  if (policy_.drain_delay > policy_.drain_timeout && top->find("drain_delay"))
+    warn("drain_delay", "is longer than drain_timeout: a drain ends at drain_timeout, before listeners stop");
 }
 
 void PolicyReader::read_version(const Field& field) {
@@ -843,6 +857,40 @@ void PolicyReader::read_access_log(const Field& field) {
       warn(field.path, quote(*target) + " is taken as a file name; only stdout and off are special" +
                            did_you_mean(*target, std::span(kKeywords, 2)));
     }
+  }
+}
+
+void PolicyReader::read_policy_history(const Field& field) {
+  auto target = read_text(field);
+  if (!target) return;
+  if (*target == "off") {
+    policy_.history_path = std::string();
+  } else if (target->empty() || target->back() == '/') {
+    error(field.position, field.path, "must be off or a file path, got " + quote(*target));
+  } else {
+    policy_.history_path = resolve_file(*target);
+  }
+}
+
+void PolicyReader::read_wait_for_clusters(const Field& field) {
+  auto items = open_list(field);
+  if (!items) return;
+  std::vector<std::string_view> names;
+  for (const Cluster& cluster : policy_.clusters)
+    if (!cluster.name.empty()) names.push_back(cluster.name);
+  for (const Field& item : *items) {
+    auto name = read_text(item);
+    if (!name) continue;
+    if (!cluster_indexes_.count(*name)) {
+      error(item.position, item.path, "no cluster is named " + quote(*name) + did_you_mean(*name, names));
+      continue;
+    }
+    if (std::find(policy_.wait_for_clusters.begin(), policy_.wait_for_clusters.end(), *name) !=
+        policy_.wait_for_clusters.end()) {
+      error(item.position, item.path, quote(*name) + " is listed twice");
+      continue;
+    }
+    policy_.wait_for_clusters.push_back(*name);
   }
 }
 
@@ -1533,6 +1581,7 @@ bool read_whole_file(const std::string& path, std::string* contents, std::string
 
 PolicyLoadResult load_policy_text(const std::string& text, const std::string& file_name, const std::string& base_dir) {
   PolicyLoadResult result;
+  result.sha256 = sha256_hex(text);
   PolicyReader reader(file_name, base_dir);
   // The boundary: yaml-cpp throws, nothing beyond this function does.
   try {
@@ -1566,7 +1615,7 @@ PolicyLoadResult load_policy_text(const std::string& text, const std::string& fi
 
   auto policy = std::make_shared<Policy>(std::move(reader.policy()));
   policy->source_path = file_name;
-  policy->sha256 = sha256_hex(text);
+  policy->sha256 = result.sha256;
   result.policy = std::move(policy);
   return result;
 }

@@ -5,18 +5,24 @@
 #include <uv.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <ctime>
+#include <filesystem>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "log/access_log.h"
-#include "metrics/metrics.h"
-#include "policy/policy_json.h"
-#include "server/admin_server.h"
 #include "log/logger.h"
+#include "metrics/metrics.h"
 #include "net/listen_socket.h"
 #include "pilotfish/policy_loader.h"
+#include "policy/policy_diff.h"
+#include "policy/policy_json.h"
+#include "server/admin_server.h"
+#include "server/policy_events.h"
 #include "server/worker.h"
 
 namespace pilotfish {
@@ -31,38 +37,104 @@ LogLevel parse_level(const std::string& s, LogLevel fallback) {
   return fallback;
 }
 
-std::string iso_time(std::time_t t) {
-  std::tm tm;
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
+// The key under which a listener's bound sockets are kept across reloads: its address as
+// written. Port 0 means "any port", so two such listeners are told apart by name.
+std::string bind_key(const Listener& l) {
+  return l.address.port() == 0 ? l.name + "@" + l.address.text : l.address.text;
 }
 
-// The process's own loop: signals, the drain deadline, word from finished workers, and the
+void close_fds(std::vector<std::vector<int>>& fds) {
+  for (auto& per_worker : fds)
+    for (int& fd : per_worker)
+      if (fd >= 0) {
+        ::close(fd);
+        fd = -1;
+      }
+}
+
+std::string default_history_path(const Policy& p, const std::string& config_path) {
+  if (p.history_path) return *p.history_path;
+  return config_path + ".history.jsonl";
+}
+
+// A TCP connect to an endpoint of a cluster named in wait_for_clusters.
+struct Probe {
+  struct Process* process;
+  size_t cluster;  // index into the wait list
+  uint64_t started_ms;
+  uv_tcp_t tcp;
+  uv_connect_t req;
+};
+
+// The process's own loop: signals, reloads, the drain, word from finished workers, and the
 // admin endpoints.
 struct Process final : AdminBackend {
+  RunOptions options;
   uv_loop_t* loop = nullptr;
-  PolicyPtr policy;
+  PolicyPtr policy;   // running, with the addresses the listeners are bound to
+  PolicyPtr loaded;   // running, as the loader read it (reload summaries compare these)
+  std::map<std::string, SocketAddress> bound;  // bind_key -> bound address
+  int version = 1;
   std::unique_ptr<MetricsRegistry> registry;
   std::unique_ptr<AdminServer> admin;
   std::time_t loaded_at = 0;
   bool serving = false;  // every listener bound and every worker started
-  std::string history_events;  // JSON objects, comma-separated, oldest first
+  PolicyHistory events;
   std::unique_ptr<AccessLogWriter> access_log;
   std::vector<std::unique_ptr<Worker>> workers;
   uv_signal_t sigterm, sigint, sighup, sigusr1;
-  uv_timer_t drain_timer;
+  uv_timer_t drain_timer, drain_delay_timer;
   uv_async_t worker_done;
   std::atomic<unsigned> finished{0};
   bool draining = false;
 
+  // Reload on file change: the folder is watched (in-place writes and renames into place,
+  // such as a ConfigMap's symlink swap), a stat poll backs it up, and bursts are debounced.
+  bool watching = false;
+  uv_fs_event_t dir_watch;
+  uv_fs_poll_t file_poll;
+  uv_timer_t debounce;
+  // What the policy file looked like when last read: a folder event that did not change it
+  // (a log file written next to it, our own history file) is not a reason to reload.
+  struct Stamp {
+    uint64_t ino = 0, size = 0, mtime_sec = 0, mtime_nsec = 0, ctime_sec = 0, ctime_nsec = 0;
+    bool operator==(const Stamp&) const = default;
+  };
+  Stamp stamp;
+  std::string rejected_sha256;  // the last file rejected: not re-read until it changes
+  Stamp read_stamp() {
+    uv_fs_t req;
+    Stamp s;
+    if (uv_fs_stat(nullptr, &req, options.config_path.c_str(), nullptr) == 0) {
+      const uv_stat_t& st = req.statbuf;
+      s = {st.st_ino, st.st_size, static_cast<uint64_t>(st.st_mtim.tv_sec), static_cast<uint64_t>(st.st_mtim.tv_nsec),
+           static_cast<uint64_t>(st.st_ctim.tv_sec), static_cast<uint64_t>(st.st_ctim.tv_nsec)};
+    }
+    uv_fs_req_cleanup(&req);
+    return s;
+  }
+
+  // Startup ordering: /ready waits for these clusters to accept connections.
+  std::vector<std::string> wait_for;
+  std::vector<bool> reachable;
+  std::vector<Probe*> probes;
+  uv_timer_t probe_timer;
+  bool app_ready = true;
+
+  // ---- admin ---------------------------------------------------------------------------------
   Answer metrics() override {
     return {200, "text/plain; version=0.0.4; charset=utf-8", registry->render()};
   }
   Answer ready() override {
-    if (serving && !draining) return {200, "text/plain", "ready\n"};
-    return {503, "text/plain", draining ? "draining\n" : "starting\n"};
+    if (draining) return {503, "text/plain", "draining\n"};
+    if (!serving) return {503, "text/plain", "starting\n"};
+    if (!app_ready) {
+      std::string waiting;
+      for (size_t i = 0; i < wait_for.size(); ++i)
+        if (!reachable[i]) waiting += (waiting.empty() ? "" : ", ") + wait_for[i];
+      return {503, "text/plain", "waiting for cluster " + waiting + " to accept connections\n"};
+    }
+    return {200, "text/plain", "ready\n"};
   }
   Answer live() override {
     // Each worker's loop stamps a heartbeat every second; a loop stuck for 5 s is not live.
@@ -77,12 +149,13 @@ struct Process final : AdminBackend {
     return {200, "text/plain", "live\n"};
   }
   Answer config() override {
-    std::string body = "{\"version\":1,\"sha256\":";
+    std::string body = "{\"version\":" + std::to_string(version) + ",\"sha256\":";
     json_string(body, policy->sha256);
     body += ",\"loaded_at\":";
     json_string(body, iso_time(loaded_at));
     body += ",\"source\":";
     json_string(body, policy->source_path);
+    body += ",\"last_reload\":" + events.last_reload_json();
     body += ",\"policy\":" + policy_to_json(*policy) + "}\n";
     return {200, "application/json", body};
   }
@@ -110,25 +183,278 @@ struct Process final : AdminBackend {
     body += "]}\n";
     return {200, "application/json", body};
   }
-  Answer history() override { return {200, "application/json", "{\"events\":[" + history_events + "]}\n"}; }
-  Answer reload() override {
-    return {503, "application/json",
-            "{\"outcome\":\"unavailable\",\"reason\":\"hot reload is not in this build; the running policy "
-            "stays\"}\n"};
-  }
+  Answer history() override { return {200, "application/json", events.to_json()}; }
+  Answer reload() override { return reload_policy("admin", /*quiet_if_unchanged=*/false); }
   Answer drain() override {
     begin_drain("POST /drain");
     return {202, "application/json", "{\"draining\":true}\n"};
   }
 
+  // ---- reload --------------------------------------------------------------------------------
+  Answer reload_policy(const char* trigger, bool quiet_if_unchanged) {
+    std::string v = std::to_string(version);
+    if (draining) {
+      log_warn(std::string("policy reload (") + trigger + ") ignored: draining");
+      return {503, "application/json", "{\"outcome\":\"draining\",\"version\":" + v + "}\n"};
+    }
+    stamp = read_stamp();
+    PolicyLoadResult result = load_policy_file(options.config_path);
+    if (quiet_if_unchanged && result.sha256 == rejected_sha256) return {};
+    PolicyEvent event;
+    event.version = version;
+    event.time_ms = unix_time_ms();
+    event.trigger = trigger;
+    if (!result.ok()) {
+      for (const auto& e : result.errors) event.errors.push_back(e.to_string());
+      event.sha256 = result.sha256;
+      return reject(event, "policy " + options.config_path + " did not load");
+    }
+    event.sha256 = result.policy->sha256;
+    if (event.sha256 == loaded->sha256) {
+      std::string msg = std::string("policy reload (") + trigger + "): unchanged (sha256 " + event.sha256.substr(0, 12) + ")";
+      if (quiet_if_unchanged) log_debug(msg);
+      else log_info(msg);
+      std::string body = "{\"outcome\":\"unchanged\",\"version\":" + v + ",\"sha256\":";
+      json_string(body, event.sha256);
+      return {200, "application/json", body + "}\n"};
+    }
+    for (const auto& w : result.warnings) {
+      log_warn(options.config_path + ": " + w);
+      event.warnings.push_back(w);
+    }
+
+    Policy next = *result.policy;
+    // What a running process cannot change: kept as it is, and said.
+    auto keep = [&](bool changed, const std::string& what) {
+      if (!changed) return;
+      std::string note = what + " changes need a restart; the running value stays";
+      log_warn("policy reload: " + note);
+      event.warnings.push_back(note);
+    };
+    unsigned wanted_workers = next.workers == 0 ? std::max(1u, std::thread::hardware_concurrency()) : next.workers;
+    keep(options.workers_override <= 0 && wanted_workers != policy->workers, "workers");
+    next.workers = policy->workers;
+    keep(next.admin_address.text != loaded->admin_address.text, "admin.address");
+    next.admin_address = policy->admin_address;
+    keep(next.access_log.target != loaded->access_log.target || next.access_log.path != loaded->access_log.path,
+         "access_log");
+    next.access_log = policy->access_log;
+    if (!options.log_level_override.empty()) next.log_level = policy->log_level;
+
+    // Listeners at an address already bound keep their sockets; others are bound now, by every
+    // worker's count, before anything is switched: a port that cannot be bound rejects the
+    // whole policy and the running one stays.
+    size_t n = workers.size();
+    std::vector<std::vector<int>> fds(n, std::vector<int>(next.listeners.size(), -1));
+    std::map<std::string, SocketAddress> next_bound;
+    std::vector<std::string> opened;
+    for (size_t i = 0; i < next.listeners.size(); ++i) {
+      Listener& l = next.listeners[i];
+      std::string key = bind_key(l);
+      auto found = bound.find(key);
+      if (found != bound.end()) {
+        l.address = found->second;
+        next_bound[key] = found->second;
+        continue;
+      }
+      SocketAddress address = l.address;
+      for (size_t w = 0; w < n; ++w) {
+        std::string err;
+        int fd = open_listen_socket(address, &err);
+        if (fd < 0) {
+          close_fds(fds);
+          event.errors.push_back(options.config_path + ": listener " + l.name + ": " + err);
+          return reject(event, "policy " + options.config_path + " rejected");
+        }
+        if (w == 0) address = bound_address(fd);
+        fds[w][i] = fd;
+      }
+      l.address = address;
+      next_bound[key] = address;
+      opened.push_back("listener " + l.name + " on " + address.text + " (" +
+                       (l.protocol == Protocol::tcp ? "tcp" : "http") + ", " + std::to_string(l.routes.size()) +
+                       " route" + (l.routes.size() == 1 ? "" : "s") + ")");
+    }
+
+    PolicyDiff diff = diff_policies(*loaded, *result.policy);
+    auto snapshot = std::make_shared<const Policy>(std::move(next));
+    hand_to_workers(snapshot, fds);
+    for (const auto& line : opened) log_info(line);
+
+    policy = snapshot;
+    loaded = std::make_shared<const Policy>(*result.policy);
+    bound = std::move(next_bound);
+    ++version;
+    loaded_at = event.time_ms / 1000;
+    set_log_level(policy->log_level);
+    registry->set_policy_info(version, policy->sha256);
+    registry->process().policy_reloads_applied.add();
+    events.set_path(default_history_path(*policy, options.config_path));
+    event.version = version;
+    event.outcome = "applied";
+    event.changes_json = diff_to_json(diff);
+    events.record(event);
+    std::string summary = diff_to_text(diff);
+    for (char& c : summary)
+      if (c == '\n') c = ';';
+    log_info(std::string("policy reload (") + trigger + "): applied version " + std::to_string(version) + ", sha256 " +
+             event.sha256.substr(0, 12) + ": " + summary);
+    std::string body = "{\"outcome\":\"applied\",\"version\":" + std::to_string(version) + ",\"sha256\":";
+    json_string(body, event.sha256);
+    body += ",\"changes\":" + event.changes_json + "}\n";
+    return {200, "application/json", body};
+  }
+
+  Answer reject(PolicyEvent& event, const std::string& what) {
+    for (const auto& e : event.errors) log_error(e);
+    log_error(what + " (" + event.trigger + "); the running policy (version " + std::to_string(version) + ") stays");
+    event.outcome = "rejected";
+    rejected_sha256 = event.sha256;
+    registry->process().policy_reloads_rejected.add();
+    events.record(event);
+    std::string body = "{\"outcome\":\"rejected\",\"version\":" + std::to_string(version) + ",\"errors\":";
+    json_string_array(body, event.errors);
+    return {422, "application/json", body + "}\n"};
+  }
+
+  // Gives every worker the new snapshot and waits (bounded) until each has switched, so that
+  // whoever asked for the reload sees it in effect on the next request.
+  void hand_to_workers(const PolicyPtr& snapshot, std::vector<std::vector<int>>& fds) {
+    struct Acks {
+      std::mutex mutex;
+      std::condition_variable cv;
+      size_t count = 0;
+    };
+    auto acks = std::make_shared<Acks>();
+    for (size_t w = 0; w < workers.size(); ++w) {
+      workers[w]->reload(snapshot, fds[w], [acks] {
+        std::lock_guard<std::mutex> lock(acks->mutex);
+        ++acks->count;
+        acks->cv.notify_all();
+      });
+    }
+    std::unique_lock<std::mutex> lock(acks->mutex);
+    if (!acks->cv.wait_for(lock, std::chrono::seconds(5), [&] { return acks->count == workers.size(); }))
+      log_warn("policy reload: a worker took more than 5 s to switch; it switches when its loop turns");
+  }
+
+  // ---- file watch ------------------------------------------------------------------------------
+  void start_watch() {
+    std::filesystem::path path(options.config_path);
+    std::string dir = path.parent_path().string();
+    if (dir.empty()) dir = ".";
+    stamp = read_stamp();
+    uv_timer_init(loop, &debounce);
+    debounce.data = this;
+    uv_fs_event_init(loop, &dir_watch);
+    dir_watch.data = this;
+    int rc = uv_fs_event_start(&dir_watch, on_dir_event, dir.c_str(), 0);
+    if (rc != 0) log_warn("policy watch: cannot watch " + dir + ": " + uv_strerror(rc) + "; polling every 2 s instead");
+    uv_fs_poll_init(loop, &file_poll);
+    file_poll.data = this;
+    uv_fs_poll_start(&file_poll, on_poll, options.config_path.c_str(), 2000);
+    watching = true;
+  }
+  void stop_watch() {
+    if (!watching) return;
+    watching = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&dir_watch), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&file_poll), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&debounce), nullptr);
+  }
+  void schedule_reload() {
+    // Editors and ConfigMap updates write in bursts: reload once they are quiet.
+    if (watching && !draining && policy->watch) uv_timer_start(&debounce, on_debounce, 150, 0);
+  }
+  static void on_dir_event(uv_fs_event_t* h, const char*, int, int status) {
+    auto* p = static_cast<Process*>(h->data);
+    if (status < 0 || p->read_stamp() == p->stamp) return;
+    p->schedule_reload();
+  }
+  static void on_poll(uv_fs_poll_t* h, int status, const uv_stat_t*, const uv_stat_t*) {
+    auto* p = static_cast<Process*>(h->data);
+    if (status == 0 && p->read_stamp() != p->stamp) p->schedule_reload();
+  }
+  static void on_debounce(uv_timer_t* t) {
+    auto* p = static_cast<Process*>(t->data);
+    p->reload_policy("file", /*quiet_if_unchanged=*/true);
+  }
+
+  // ---- startup ordering ------------------------------------------------------------------------
+  void start_probes() {
+    uv_timer_init(loop, &probe_timer);
+    probe_timer.data = this;
+    wait_for = policy->wait_for_clusters;
+    reachable.assign(wait_for.size(), false);
+    if (wait_for.empty()) return;
+    app_ready = false;
+    uv_timer_start(&probe_timer, on_probe_timer, 0, 250);
+  }
+  static void on_probe_timer(uv_timer_t* t) {
+    auto* p = static_cast<Process*>(t->data);
+    uint64_t now = uv_now(p->loop);
+    // A probe that has not connected within a second is given up and tried again.
+    for (Probe* probe : p->probes)
+      if (now - probe->started_ms > 1000 && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&probe->tcp)))
+        uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
+    for (size_t i = 0; i < p->wait_for.size(); ++i) {
+      if (p->reachable[i]) continue;
+      bool in_flight = false;
+      for (Probe* probe : p->probes) in_flight |= probe->cluster == i;
+      if (in_flight) continue;
+      const Cluster* c = p->policy->find_cluster(p->wait_for[i]);
+      if (!c || c->endpoints.empty()) continue;
+      auto* probe = new Probe{p, i, now, {}, {}};
+      uv_tcp_init(p->loop, &probe->tcp);
+      probe->tcp.data = probe;
+      probe->req.data = probe;
+      const SocketAddress& ep = c->endpoints[p->random.below(c->endpoints.size())];
+      p->probes.push_back(probe);
+      if (uv_tcp_connect(&probe->req, &probe->tcp, ep.sa(), on_probe_connect) != 0)
+        uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
+    }
+  }
+  static void on_probe_connect(uv_connect_t* req, int status) {
+    auto* probe = static_cast<Probe*>(req->data);
+    Process* p = probe->process;
+    if (status == 0 && !p->reachable[probe->cluster]) {
+      p->reachable[probe->cluster] = true;
+      log_info("cluster " + p->wait_for[probe->cluster] + " accepts connections");
+      bool all = true;
+      for (bool r : p->reachable) all &= r;
+      if (all) {
+        p->app_ready = true;
+        uv_timer_stop(&p->probe_timer);
+        log_info("every cluster in wait_for_clusters is up: ready");
+      }
+    }
+    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&probe->tcp)))
+      uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
+  }
+  static void on_probe_closed(uv_handle_t* h) {
+    auto* probe = static_cast<Probe*>(h->data);
+    auto& list = probe->process->probes;
+    list.erase(std::find(list.begin(), list.end(), probe));
+    delete probe;
+  }
+  FastRandom random;
+
+  // ---- drain -----------------------------------------------------------------------------------
   void begin_drain(const char* why) {
     if (draining) return;
     draining = true;
-    log_info(std::string("draining (") + why + "), up to " + format_duration(policy->drain_timeout));
-    for (auto& w : workers) w->begin_drain();
+    uint64_t delay = static_cast<uint64_t>(policy->drain_delay.count());
+    log_info(std::string("draining (") + why + "), up to " + format_duration(policy->drain_timeout) +
+             (delay ? ", listeners accept for " + format_duration(policy->drain_delay) + " more" : std::string()));
+    for (auto& w : workers) w->begin_drain(/*stop_accepting=*/delay == 0);
+    if (delay) uv_timer_start(&drain_delay_timer, on_drain_delay, delay, 0);
     uv_timer_start(&drain_timer, on_drain_deadline, static_cast<uint64_t>(policy->drain_timeout.count()), 0);
   }
-
+  static void on_drain_delay(uv_timer_t* t) {
+    auto* p = static_cast<Process*>(t->data);
+    log_info("drain delay over: listeners stop accepting");
+    for (auto& w : p->workers) w->stop_accepting();
+  }
   static void on_drain_deadline(uv_timer_t* t) {
     auto* p = static_cast<Process*>(t->data);
     log_warn("drain timeout passed: closing the connections still open");
@@ -140,7 +466,7 @@ struct Process final : AdminBackend {
     switch (signum) {
       case SIGTERM: p->begin_drain("SIGTERM"); break;
       case SIGINT: p->begin_drain("SIGINT"); break;
-      case SIGHUP: log_warn("SIGHUP: policy reload is not available in this build; the running policy stays"); break;
+      case SIGHUP: p->reload_policy("sighup", /*quiet_if_unchanged=*/false); break;
       case SIGUSR1: {
         std::string err;
         if (!p->access_log->reopen(&err)) log_error(err);
@@ -153,11 +479,14 @@ struct Process final : AdminBackend {
   static void on_worker_done(uv_async_t* a) {
     auto* p = static_cast<Process*>(a->data);
     if (p->finished.load() < p->workers.size()) return;
-    uv_close(reinterpret_cast<uv_handle_t*>(&p->sigterm), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&p->sigint), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&p->sighup), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&p->sigusr1), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&p->drain_timer), nullptr);
+    for (uv_signal_t* s : {&p->sigterm, &p->sigint, &p->sighup, &p->sigusr1})
+      uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+    for (uv_timer_t* t : {&p->drain_timer, &p->drain_delay_timer, &p->probe_timer})
+      uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+    for (Probe* probe : p->probes)
+      if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&probe->tcp)))
+        uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
+    p->stop_watch();
     uv_close(reinterpret_cast<uv_handle_t*>(&p->worker_done), nullptr);
     p->admin->close();
   }
@@ -181,7 +510,8 @@ int run_server(const RunOptions& options) {
   set_log_level(policy->log_level);
 
   Process p;
-  p.policy = policy;
+  p.options = options;
+  p.loaded = std::make_shared<const Policy>(*loaded.policy);
   p.loop = uv_default_loop();
   p.loaded_at = std::time(nullptr);
   p.registry = std::make_unique<MetricsRegistry>(policy->workers);
@@ -207,6 +537,7 @@ int run_server(const RunOptions& options) {
   unsigned n = policy->workers;
   std::vector<std::vector<int>> fds(n);
   for (auto& l : policy->listeners) {
+    std::string key = bind_key(l);
     SocketAddress address = l.address;
     for (unsigned w = 0; w < n; ++w) {
       int fd = open_listen_socket(address, &err);
@@ -222,9 +553,11 @@ int run_server(const RunOptions& options) {
       fds[w].push_back(fd);
     }
     l.address = address;
+    p.bound[key] = address;
     log_info("listener " + l.name + " on " + address.text + " (" + (l.protocol == Protocol::tcp ? "tcp" : "http") +
              ", " + std::to_string(l.routes.size()) + " route" + (l.routes.size() == 1 ? "" : "s") + ")");
   }
+  p.policy = policy;
 
   for (uv_signal_t* s : {&p.sigterm, &p.sigint, &p.sighup, &p.sigusr1}) {
     uv_signal_init(p.loop, s);
@@ -234,8 +567,10 @@ int run_server(const RunOptions& options) {
   uv_signal_start(&p.sigint, Process::on_signal, SIGINT);
   uv_signal_start(&p.sighup, Process::on_signal, SIGHUP);
   uv_signal_start(&p.sigusr1, Process::on_signal, SIGUSR1);
-  uv_timer_init(p.loop, &p.drain_timer);
-  p.drain_timer.data = &p;
+  for (uv_timer_t* t : {&p.drain_timer, &p.drain_delay_timer}) {
+    uv_timer_init(p.loop, t);
+    t->data = &p;
+  }
   uv_async_init(p.loop, &p.worker_done, Process::on_worker_done);
   p.worker_done.data = &p;
 
@@ -247,11 +582,18 @@ int run_server(const RunOptions& options) {
     uv_async_send(&p.worker_done);
   });
   p.serving = true;
-  p.history_events = "{\"version\":1,\"time\":";
-  json_string(p.history_events, iso_time(p.loaded_at));
-  p.history_events += ",\"trigger\":\"startup\",\"sha256\":";
-  json_string(p.history_events, policy->sha256);
-  p.history_events += ",\"outcome\":\"applied\"}";
+
+  p.events.set_path(default_history_path(*policy, options.config_path));
+  PolicyEvent startup;
+  startup.version = 1;
+  startup.time_ms = static_cast<int64_t>(p.loaded_at) * 1000;
+  startup.trigger = "startup";
+  startup.sha256 = policy->sha256;
+  startup.outcome = "applied";
+  startup.warnings = loaded.warnings;
+  p.events.record(startup);
+  p.start_watch();
+  p.start_probes();
   log_info("pilotfish ready: service " + (policy->service.empty() ? std::string("(unnamed)") : policy->service) +
            ", " + std::to_string(n) + " worker" + (n == 1 ? "" : "s"));
 

@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <map>
+#include <set>
+
 #include "http/http_session.h"
 #include "log/logger.h"
 #include "net/stream.h"
@@ -9,9 +12,17 @@
 
 namespace pilotfish {
 
+RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
+  std::vector<RouteStats*>& row = route_stats[listener];
+  size_t slot = cluster == SIZE_MAX ? row.size() - 1 : cluster;
+  if (row[slot] == nullptr)
+    row[slot] = listener_stats[listener]->route(cluster == SIZE_MAX ? std::string() : policy->clusters[cluster].name);
+  return *row[slot];
+}
+
 Worker::Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, AccessLogWriter* access_log,
                MetricsRegistry& metrics)
-    : EventLoop(&loop_), index_(index), policy_(std::move(policy)), listen_fds_(std::move(listen_fds)) {
+    : EventLoop(&loop_), index_(index), metrics_(metrics) {
   uv_loop_init(&loop_);
   loop_.data = this;
   uv_async_init(&loop_, &async_, on_async);
@@ -20,39 +31,89 @@ Worker::Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, Ac
   uv_timer_init(&loop_, &heartbeat_);
   heartbeat_.data = this;
   heartbeat_ms_.store(uv_now(&loop_), std::memory_order_relaxed);
-  WorkerStats& stats = metrics.bind_worker(index, *policy_);
-  for (const auto& l : policy_->listeners) listener_stats_.push_back(stats.listeners.at(l.name));
-  route_stats_.assign(policy_->listeners.size(), std::vector<RouteStats*>(policy_->clusters.size() + 1, nullptr));
-  clusters_.resize(policy_->clusters.size());
-  for (size_t i = 0; i < policy_->clusters.size(); ++i) {
-    const Cluster& c = policy_->clusters[i];
-    ClusterState& cs = clusters_[i];
-    cs.config = &c;
-    cs.stats = stats.clusters.at(c.name);
-    cs.balancer = std::make_unique<Balancer>(c.lb, c.endpoints.size(), &random_);
-    for (const auto& ep : c.endpoints)
-      cs.pools.push_back(std::make_unique<EndpointPool>(*this, ep, c, cs.stats.get()));
-  }
-  for (size_t i = 0; i < policy_->listeners.size(); ++i) {
-    auto h = std::make_unique<ListenerHandle>();
-    h->worker = this;
-    h->config = &policy_->listeners[i];
-    h->index = i;
-    uv_tcp_init(&loop_, &h->tcp);
-    h->tcp.data = h.get();
-    uv_tcp_open(&h->tcp, listen_fds_[i]);
-    // Listen now, on the constructing thread, so that connections queue in the backlog from
-    // the moment the process says it is ready, before this worker's loop runs.
-    int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&h->tcp), 1024, on_connection);
-    if (rc != 0) log_error("worker " + std::to_string(index_) + ": listen on " + h->config->name + ": " + uv_strerror(rc));
-    listeners_.push_back(std::move(h));
-  }
+  snapshot_ = build_snapshot(std::move(policy));
+  // Listen now, on the constructing thread, so that connections queue in the backlog from the
+  // moment the process says it is ready, before this worker's loop runs.
+  for (size_t i = 0; i < snapshot_->policy->listeners.size(); ++i) open_listener(i, listen_fds[i]);
 }
 
 Worker::~Worker() {
   // The loop has ended with every handle closed (see close_everything); a handle still open
   // here is a leak worth a loud line.
   if (uv_loop_close(&loop_) != 0) log_error("worker " + std::to_string(index_) + ": loop closed with handles still open");
+}
+
+SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
+  auto next = std::make_shared<WorkerSnapshot>();
+  WorkerStats& stats = metrics_.bind_worker(index_, *policy);
+  for (const auto& l : policy->listeners) next->listener_stats.push_back(stats.listeners.at(l.name));
+  next->route_stats.assign(policy->listeners.size(), std::vector<RouteStats*>(policy->clusters.size() + 1, nullptr));
+
+  // What the current snapshot has, by cluster name and by (cluster, endpoint).
+  std::map<std::string, std::shared_ptr<ClusterState>> old_clusters;
+  std::map<std::pair<std::string, std::string>, std::shared_ptr<EndpointPool>> old_pools;
+  if (snapshot_) {
+    for (const auto& cs : snapshot_->clusters) {
+      old_clusters[cs->name] = cs;
+      for (const auto& pool : cs->pools) old_pools[{cs->name, pool->address().text}] = pool;
+    }
+  }
+  std::set<EndpointPool*> kept;
+  for (const Cluster& c : policy->clusters) {
+    std::shared_ptr<ClusterState> cs;
+    auto found = old_clusters.find(c.name);
+    if (found != old_clusters.end() && found->second->lb == c.lb && found->second->endpoints == c.endpoints) {
+      cs = found->second;  // same endpoints: balancer and pools carry over as they are
+    } else {
+      cs = std::make_shared<ClusterState>();
+      cs->name = c.name;
+      cs->endpoints = c.endpoints;
+      cs->lb = c.lb;
+      cs->stats = stats.clusters.at(c.name);
+      cs->balancer = std::make_unique<Balancer>(c.lb, c.endpoints.size(), &random_);
+      for (const auto& ep : c.endpoints) {
+        auto pool = old_pools.find({c.name, ep.text});
+        if (pool != old_pools.end())
+          cs->pools.push_back(pool->second);  // an endpoint that stays keeps its connections
+        else
+          cs->pools.push_back(std::make_shared<EndpointPool>(*this, ep, c, cs->stats));
+      }
+    }
+    for (const auto& pool : cs->pools) {
+      pool->configure(c);
+      kept.insert(pool.get());
+    }
+    next->clusters.push_back(std::move(cs));
+  }
+  // Endpoints that left the policy: their idle connections close now, busy ones when released.
+  for (const auto& [key, pool] : old_pools)
+    if (!kept.count(pool.get())) pool->retire();
+  next->policy = std::move(policy);
+  return next;
+}
+
+void Worker::open_listener(size_t index, int fd) {
+  const Listener& l = snapshot_->policy->listeners[index];
+  auto* h = new ListenHandle();
+  h->worker = this;
+  h->slot = std::make_shared<ListenerSlot>();
+  h->slot->index = index;
+  h->slot->protocol = l.protocol;
+  h->slot->intercept = l.intercept;
+  h->address = l.address.text;
+  uv_tcp_init(&loop_, &h->tcp);
+  h->tcp.data = h;
+  uv_tcp_open(&h->tcp, fd);
+  int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&h->tcp), 1024, on_connection);
+  if (rc != 0) log_error("worker " + std::to_string(index_) + ": listen on " + l.name + ": " + uv_strerror(rc));
+  listeners_.push_back(h);
+}
+
+void Worker::close_listener(ListenHandle* h) {
+  h->slot->index = SIZE_MAX;
+  uv_close(reinterpret_cast<uv_handle_t*>(&h->tcp), [](uv_handle_t* handle) {
+    delete static_cast<ListenHandle*>(handle->data);
+  });
 }
 
 void Worker::start_with_callback(std::function<void()> done) {
@@ -78,28 +139,20 @@ void Worker::on_heartbeat(uv_timer_t* t) {
   w->heartbeat_ms_.store(uv_now(&w->loop_), std::memory_order_relaxed);
 }
 
-RouteStats& Worker::route_stats(size_t listener, size_t cluster) {
-  std::vector<RouteStats*>& row = route_stats_[listener];
-  size_t slot = cluster == SIZE_MAX ? row.size() - 1 : cluster;
-  if (row[slot] == nullptr)
-    row[slot] = listener_stats_[listener]->route(cluster == SIZE_MAX ? std::string() : policy_->clusters[cluster].name);
-  return *row[slot];
-}
-
 void Worker::on_connection(uv_stream_t* server, int status) {
-  auto* h = static_cast<ListenerHandle*>(server->data);
+  auto* h = static_cast<ListenHandle*>(server->data);
   Worker* w = h->worker;
-  if (status < 0 || w->draining_) return;
+  if (status < 0 || w->stopping_ || h->slot->index == SIZE_MAX) return;
   Stream* s;
-  if (h->config->protocol == Protocol::tcp)
-    s = new TcpProxySession(*w, *h->config, h->index, w->policy_);
+  if (h->slot->protocol == Protocol::tcp)
+    s = new TcpProxySession(*w, h->slot);
   else
-    s = new HttpSession(*w, *h->config, h->index, w->policy_);
+    s = new HttpSession(*w, h->slot);
   if (uv_accept(server, s->stream()) != 0) {
     s->close();
     return;
   }
-  if (h->config->protocol == Protocol::tcp)
+  if (h->slot->protocol == Protocol::tcp)
     static_cast<TcpProxySession*>(s)->start();
   else
     static_cast<HttpSession*>(s)->start();
@@ -110,52 +163,126 @@ void Worker::remove_downstream() {
   if (draining_) maybe_finish_drain();
 }
 
-void Worker::begin_drain() {
-  int expected = 0;
-  command_.compare_exchange_strong(expected, 1);
+void Worker::post(Command command) {
+  {
+    std::lock_guard<std::mutex> lock(command_mutex_);
+    commands_.push_back(std::move(command));
+  }
   uv_async_send(&async_);
 }
 
-void Worker::force_stop() {
-  command_.store(2);
-  uv_async_send(&async_);
+void Worker::begin_drain(bool stop_accepting) {
+  post({Command::drain, nullptr, {}, nullptr});
+  if (stop_accepting) post({Command::stop_accepting, nullptr, {}, nullptr});
+}
+
+void Worker::force_stop() { post({Command::force_stop, nullptr, {}, nullptr}); }
+
+void Worker::reload(PolicyPtr policy, std::vector<int> new_fds, std::function<void()> done) {
+  post({Command::reload, std::move(policy), std::move(new_fds), std::move(done)});
 }
 
 void Worker::on_async(uv_async_t* a) {
   auto* w = static_cast<Worker*>(a->data);
-  int cmd = w->command_.load();
-  if (cmd == 2) {
-    w->draining_ = true;
-    w->close_everything();
-    return;
+  std::vector<Command> commands;
+  {
+    std::lock_guard<std::mutex> lock(w->command_mutex_);
+    commands.swap(w->commands_);
   }
-  if (cmd == 1 && !w->draining_) {
-    w->draining_ = true;
-    w->stop_listening();
-    // Idle connections close now; busy ones after their response (drain() decides).
-    w->for_each_stream([](Stream* s) { s->drain(); });
-    w->maybe_finish_drain();
+  for (Command& c : commands) {
+    switch (c.kind) {
+      case Command::force_stop:
+        w->draining_ = true;
+        w->close_everything();
+        break;
+      case Command::drain:
+        if (w->draining_) break;
+        w->draining_ = true;
+        // Idle connections close now; busy ones after their response (drain() decides).
+        w->for_each_stream([](Stream* s) { s->drain(); });
+        break;
+      case Command::stop_accepting:
+        w->accepting_stopped_ = true;
+        // The local app's outbound traffic keeps working until the process ends.
+        w->stop_listening(/*keep_outbound=*/true);
+        w->maybe_finish_drain();
+        break;
+      case Command::reload:
+        w->apply_reload(c);
+        break;
+    }
   }
 }
 
-void Worker::stop_listening() {
-  for (auto& l : listeners_) {
-    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&l->tcp)))
-      uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), nullptr);
+void Worker::apply_reload(Command& command) {
+  if (stopping_) {
+    for (int fd : command.fds)
+      if (fd >= 0) ::close(fd);
+    if (command.done) command.done();
+    return;
   }
+  snapshot_ = build_snapshot(std::move(command.policy));
+  const Policy& p = *snapshot_->policy;
+  std::map<std::string, ListenHandle*> by_address;
+  for (ListenHandle* h : listeners_) by_address[h->address] = h;
+  std::vector<ListenHandle*> live;
+  std::vector<size_t> to_open;
+  for (size_t i = 0; i < p.listeners.size(); ++i) {
+    const Listener& l = p.listeners[i];
+    if (i < command.fds.size() && command.fds[i] >= 0) {
+      to_open.push_back(i);
+      continue;
+    }
+    auto found = by_address.find(l.address.text);
+    if (found == by_address.end()) {
+      // Stopped accepting already (drain) or never bound here: nothing to listen on.
+      continue;
+    }
+    ListenHandle* h = found->second;
+    by_address.erase(found);
+    // The socket and its connections stay; new connections get the new listener.
+    h->slot->index = i;
+    h->slot->protocol = l.protocol;
+    h->slot->intercept = l.intercept;
+    live.push_back(h);
+  }
+  for (auto& [address, h] : by_address) close_listener(h);
+  listeners_ = std::move(live);
+  for (size_t i : to_open) {
+    if (draining_ && accepting_stopped_ && p.listeners[i].intercept != Intercept::outbound) {
+      ::close(command.fds[i]);
+      continue;
+    }
+    open_listener(i, command.fds[i]);
+  }
+  // Connections of a removed listener finish their request and close.
+  for_each_stream([](Stream* s) { s->on_policy_changed(); });
+  if (command.done) command.done();
+}
+
+void Worker::stop_listening(bool keep_outbound) {
+  std::vector<ListenHandle*> live;
+  for (ListenHandle* h : listeners_) {
+    if (keep_outbound && h->slot->intercept == Intercept::outbound)
+      live.push_back(h);
+    else
+      close_listener(h);
+  }
+  listeners_ = std::move(live);
 }
 
 void Worker::maybe_finish_drain() {
-  if (!draining_ || stopping_ || downstream_count_ != 0) return;
+  if (!draining_ || !accepting_stopped_ || stopping_ || downstream_count_ != 0) return;
   close_everything();
 }
 
 void Worker::close_everything() {
   if (stopping_) return;
   stopping_ = true;
-  stop_listening();
+  stop_listening(/*keep_outbound=*/false);
   for_each_stream([](Stream* s) { s->close(); });
-  for (auto& c : clusters_) c.pools.clear();
+  // The snapshot (and with it the pools) goes once the last connection has let go of it.
+  snapshot_.reset();
   access_log_.close();
   uv_close(reinterpret_cast<uv_handle_t*>(&heartbeat_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);

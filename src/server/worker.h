@@ -2,12 +2,19 @@
 // One worker: one thread, one uv_loop_t, its own listening sockets (SO_REUSEPORT), its own
 // snapshot of the policy and its own upstream pools. Nothing on the request path is shared with
 // another worker, so nothing on it takes a lock.
+//
+// A policy reload hands every worker a new Policy. The worker builds a WorkerSnapshot from it on
+// its own thread: cluster states (balancer, pools) whose endpoints did not change are carried
+// over, so pooled connections survive; listening sockets whose address did not change are kept,
+// so their connections survive. A connection holds the snapshot its request started with and
+// takes the worker's current one at the start of its next request.
 
 #include <uv.h>
 
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,13 +30,36 @@ namespace pilotfish {
 
 class Stream;
 
-// Per-worker state of one cluster: its balancer and one connection pool per endpoint.
+// Per-worker state of one cluster: its balancer and one connection pool per endpoint. Shared by
+// every snapshot in which the cluster has the same endpoints and balancing policy.
 struct ClusterState {
-  const Cluster* config = nullptr;
+  std::string name;
+  std::vector<SocketAddress> endpoints;
+  LbPolicy lb = LbPolicy::round_robin;
   std::shared_ptr<ClusterStats> stats;
   std::unique_ptr<Balancer> balancer;
-  std::vector<std::unique_ptr<EndpointPool>> pools;
+  std::vector<std::shared_ptr<EndpointPool>> pools;  // by endpoint index
 };
+
+// One listening address of a worker, stable across reloads while its address is unchanged.
+struct ListenerSlot {
+  size_t index = SIZE_MAX;  // its listener in the worker's current snapshot; SIZE_MAX: removed
+  Protocol protocol = Protocol::http;
+  Intercept intercept = Intercept::none;
+};
+
+// Everything a request needs from its policy, resolved for one worker. Immutable once built,
+// except for the lazily filled route-stats table (touched only by the owning worker's thread).
+struct WorkerSnapshot {
+  PolicyPtr policy;
+  std::vector<std::shared_ptr<ClusterState>> clusters;         // by cluster index
+  std::vector<std::shared_ptr<ListenerStats>> listener_stats;  // by listener index
+  std::vector<std::vector<RouteStats*>> route_stats;           // [listener][cluster + 1]
+
+  // Requests of a listener answered for a cluster (SIZE_MAX: for none), resolved once.
+  RouteStats& route(size_t listener, size_t cluster);
+};
+using SnapshotPtr = std::shared_ptr<WorkerSnapshot>;
 
 class Worker final : public EventLoop {
  public:
@@ -41,20 +71,24 @@ class Worker final : public EventLoop {
   // Runs the loop on a new thread; `done` is called on that thread when the loop has ended.
   void start_with_callback(std::function<void()> done);
   void join();
-  // Thread-safe: stop accepting, finish what is in flight, then end the loop.
-  void begin_drain();
+  // Thread-safe: answer with `connection: close`, close idle connections; with
+  // `stop_accepting`, also stop accepting (except on outbound intercept listeners). The loop
+  // ends once accepting has stopped and no downstream connection is left.
+  void begin_drain(bool stop_accepting);
+  // Thread-safe: the drain delay is over; stop accepting (outbound intercept listeners go on).
+  void stop_accepting() { post({Command::stop_accepting, nullptr, {}, nullptr}); }
   // Thread-safe: close every connection now and end the loop.
   void force_stop();
+  // Thread-safe: switch to `policy`. `new_fds[i]` is a freshly bound socket for listener i, or
+  // -1 where the worker already listens on that listener's address. `done` runs on the worker's
+  // thread once the new snapshot is in place.
+  void reload(PolicyPtr policy, std::vector<int> new_fds, std::function<void()> done);
 
   unsigned index() const { return index_; }
-  const PolicyPtr& policy() const { return policy_; }
+  const SnapshotPtr& snapshot() const { return snapshot_; }
   bool draining() const { return draining_; }
   FastRandom& random() { return random_; }
-  ClusterState& cluster(size_t index) { return clusters_[index]; }
   AccessLogBuffer& access_log() { return access_log_; }
-  ListenerStats& listener_stats(size_t listener) { return *listener_stats_[listener]; }
-  // Requests of a listener answered for a cluster (SIZE_MAX: for none), resolved once.
-  RouteStats& route_stats(size_t listener, size_t cluster);
   // Milliseconds (steady clock) of this worker's last heartbeat: /live checks the loops answer.
   uint64_t heartbeat_ms() const { return heartbeat_ms_.load(std::memory_order_relaxed); }
   bool finished() const { return finished_.load(std::memory_order_acquire); }
@@ -65,36 +99,45 @@ class Worker final : public EventLoop {
   void add_downstream() { ++downstream_count_; }
   void remove_downstream();
 
-
  private:
-  struct ListenerHandle {
+  struct ListenHandle {
     Worker* worker;
-    const Listener* config;
-    size_t index;
+    std::shared_ptr<ListenerSlot> slot;
+    std::string address;  // bound address text
     uv_tcp_t tcp;
+  };
+  struct Command {
+    enum Kind { drain, stop_accepting, force_stop, reload } kind;
+    PolicyPtr policy;
+    std::vector<int> fds;
+    std::function<void()> done;
   };
   static void on_connection(uv_stream_t* server, int status);
   static void on_async(uv_async_t* a);
   static void on_heartbeat(uv_timer_t* t);
+  void post(Command command);
   void run();
-  void stop_listening();
+  SnapshotPtr build_snapshot(PolicyPtr policy);
+  void apply_reload(Command& command);
+  void open_listener(size_t index, int fd);
+  void close_listener(ListenHandle* h);
+  void stop_listening(bool keep_outbound);
   void close_everything();
 
   unsigned index_;
-  PolicyPtr policy_;
-  std::vector<int> listen_fds_;
+  MetricsRegistry& metrics_;
+  SnapshotPtr snapshot_;
   uv_loop_t loop_;
   uv_async_t async_;
-  std::atomic<int> command_{0};  // 1 = drain, 2 = force stop
-  std::vector<std::unique_ptr<ListenerHandle>> listeners_;
-  std::vector<ClusterState> clusters_;
-  std::vector<std::shared_ptr<ListenerStats>> listener_stats_;
-  std::vector<std::vector<RouteStats*>> route_stats_;  // [listener][cluster + 1]
+  std::mutex command_mutex_;
+  std::vector<Command> commands_;
+  std::vector<ListenHandle*> listeners_;
   uv_timer_t heartbeat_;
   std::atomic<uint64_t> heartbeat_ms_{0};
   std::atomic<bool> finished_{false};
   size_t downstream_count_ = 0;
   bool draining_ = false;
+  bool accepting_stopped_ = false;
   bool stopping_ = false;
   FastRandom random_;
   AccessLogBuffer access_log_;

@@ -7,10 +7,10 @@
 namespace pilotfish {
 
 UpstreamConnection::UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler,
-                                       RelaxedGauge* open_gauge)
-    : Stream(worker), pool_(pool), handler_(handler), open_gauge_(open_gauge) {
+                                       std::shared_ptr<ClusterStats> stats)
+    : Stream(worker), pool_(pool), handler_(handler), stats_(std::move(stats)) {
   requests_started_ = 1;
-  if (open_gauge_) open_gauge_->add(1);
+  if (stats_) stats_->upstream_connections.add(1);
 }
 
 void UpstreamConnection::connect(const sockaddr* address, uint64_t timeout_ms) {
@@ -94,25 +94,42 @@ void UpstreamConnection::on_timeout() {
 }
 
 void UpstreamConnection::on_close() {
-  if (open_gauge_) open_gauge_->add(-1);
+  if (stats_) stats_->upstream_connections.add(-1);
   if (pool_) pool_->forget(this);
   pool_ = nullptr;
 }
 
 EndpointPool::EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster,
-                           ClusterStats* stats)
-    : worker_(worker),
-      address_(address),
-      connect_timeout_ms_(static_cast<uint64_t>(cluster.connect_timeout.count())),
-      idle_timeout_ms_(static_cast<uint64_t>(cluster.idle_timeout.count())),
-      stats_(stats) {}
+                           std::shared_ptr<ClusterStats> stats)
+    : worker_(worker), address_(address), stats_(std::move(stats)) {
+  configure(cluster);
+}
 
 EndpointPool::~EndpointPool() {
-  for (auto* c : idle_) {
+  // Busy connections belong to borrowers that hold this pool through their snapshot, so only
+  // idle or closing ones can be left here; none may keep a pointer to a dead pool.
+  for (UpstreamConnection* c = all_; c;) {
+    UpstreamConnection* next = c->pool_next_;
+    c->pool_prev_ = c->pool_next_ = nullptr;
     c->detach_pool();
-    c->close();
+    c = next;
   }
-  idle_.clear();
+  all_ = nullptr;
+  std::vector<UpstreamConnection*> idle;
+  idle.swap(idle_);
+  for (auto* c : idle) c->close();
+}
+
+void EndpointPool::configure(const Cluster& cluster) {
+  connect_timeout_ms_ = static_cast<uint64_t>(cluster.connect_timeout.count());
+  idle_timeout_ms_ = static_cast<uint64_t>(cluster.idle_timeout.count());
+}
+
+void EndpointPool::retire() {
+  retired_ = true;
+  std::vector<UpstreamConnection*> idle;
+  idle.swap(idle_);
+  for (auto* c : idle) c->close();
 }
 
 UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused) {
@@ -126,7 +143,10 @@ UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused
     return c;
   }
   *reused = false;
-  auto* c = new UpstreamConnection(worker_, this, handler, stats_ ? &stats_->upstream_connections : nullptr);
+  auto* c = new UpstreamConnection(worker_, this, handler, stats_);
+  c->pool_next_ = all_;
+  if (all_) all_->pool_prev_ = c;
+  all_ = c;
   ++open_;
   c->connect(address_.sa(), connect_timeout_ms_);
   return c;
@@ -134,7 +154,7 @@ UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused
 
 void EndpointPool::release(UpstreamConnection* c) {
   if (c->closing()) return;
-  if (worker_.draining() && worker_.downstream_count() == 0) {
+  if (retired_ || (worker_.draining() && worker_.downstream_count() == 0)) {
     c->close();
     return;
   }
@@ -145,6 +165,10 @@ void EndpointPool::release(UpstreamConnection* c) {
 void EndpointPool::forget(UpstreamConnection* c) {
   auto it = std::find(idle_.begin(), idle_.end(), c);
   if (it != idle_.end()) idle_.erase(it);
+  if (c->pool_prev_) c->pool_prev_->pool_next_ = c->pool_next_;
+  else if (all_ == c) all_ = c->pool_next_;
+  if (c->pool_next_) c->pool_next_->pool_prev_ = c->pool_prev_;
+  c->pool_prev_ = c->pool_next_ = nullptr;
   if (open_) --open_;
 }
 

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "metrics/stats.h"
@@ -32,8 +33,8 @@ class UpstreamHandler {
 
 class UpstreamConnection final : public Stream {
  public:
-  // `open_gauge` (may be null) counts this connection while it is open.
-  UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler, RelaxedGauge* open_gauge);
+  // `stats` (may be null) counts this connection in upstream_connections while it is open.
+  UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler, std::shared_ptr<ClusterStats> stats);
 
   bool connected() const { return connected_; }
   bool reused() const { return requests_started_ > 1; }
@@ -65,12 +66,17 @@ class UpstreamConnection final : public Stream {
   bool connecting_ = false;
   bool half_close_ = false;
   uint64_t requests_started_ = 0;
-  RelaxedGauge* open_gauge_;
+  std::shared_ptr<ClusterStats> stats_;
+  // Every connection of a pool, idle or busy, so that a pool that goes away can let go of all.
+  friend class EndpointPool;
+  UpstreamConnection* pool_prev_ = nullptr;
+  UpstreamConnection* pool_next_ = nullptr;
 };
 
 class EndpointPool {
  public:
-  EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster, ClusterStats* stats);
+  EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster,
+               std::shared_ptr<ClusterStats> stats);
   ~EndpointPool();
   EndpointPool(const EndpointPool&) = delete;
   EndpointPool& operator=(const EndpointPool&) = delete;
@@ -82,6 +88,10 @@ class EndpointPool {
   void release(UpstreamConnection* connection);
   // Called by a closing connection.
   void forget(UpstreamConnection* connection);
+  // A reload: the cluster's timeouts may have changed.
+  void configure(const Cluster& cluster);
+  // The endpoint left the policy: idle connections close now, busy ones when released.
+  void retire();
 
   const SocketAddress& address() const { return address_; }
   size_t open_connections() const { return open_; }
@@ -93,8 +103,10 @@ class EndpointPool {
   uint64_t connect_timeout_ms_;
   uint64_t idle_timeout_ms_;
   std::vector<UpstreamConnection*> idle_;
+  UpstreamConnection* all_ = nullptr;  // intrusive list of every open connection
   size_t open_ = 0;
-  ClusterStats* stats_;
+  bool retired_ = false;
+  std::shared_ptr<ClusterStats> stats_;
 };
 
 }  // namespace pilotfish

@@ -1,0 +1,88 @@
+// `pilotfish wait-ready`: polls a sidecar's GET /ready until it answers 200. An app container
+// runs it before its own process so that the app starts after its sidecar can carry traffic.
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "pilotfish/server.h"
+
+namespace pilotfish {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One GET /ready, bounded by `budget`. Returns the status code, or 0 with *why set.
+int probe_ready(const SocketAddress& admin, std::chrono::milliseconds budget, std::string* why) {
+  int fd = ::socket(admin.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *why = std::strerror(errno);
+    return 0;
+  }
+  auto deadline = Clock::now() + budget;
+  auto wait = [&](short events) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    pollfd p{fd, events, 0};
+    return ::poll(&p, 1, static_cast<int>(left)) == 1;
+  };
+  int status = 0;
+  std::string request = "GET /ready HTTP/1.1\r\nHost: " + admin.text + "\r\nConnection: close\r\n\r\n";
+  std::string response;
+  if (::connect(fd, admin.sa(), admin.length) != 0 && errno != EINPROGRESS) {
+    *why = std::strerror(errno);
+  } else if (!wait(POLLOUT)) {
+    *why = "connect timed out";
+  } else {
+    int err = 0;
+    socklen_t len = sizeof err;
+    ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) {
+      *why = std::strerror(err);
+    } else if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+      *why = std::strerror(errno);
+    } else {
+      char buf[512];
+      while (response.find("\r\n") == std::string::npos && response.size() < 4096 && wait(POLLIN)) {
+        ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        response.append(buf, static_cast<size_t>(n));
+      }
+      // "HTTP/1.1 200 OK"
+      if (response.size() >= 12 && response.compare(0, 5, "HTTP/") == 0) status = std::atoi(response.c_str() + 9);
+      if (status == 0) *why = "no HTTP answer";
+    }
+  }
+  ::close(fd);
+  return status;
+}
+
+}  // namespace
+
+int wait_ready(const SocketAddress& admin, Duration timeout) {
+  auto deadline = Clock::now() + timeout;
+  std::string last;
+  for (;;) {
+    std::string why;
+    int status = probe_ready(admin, std::chrono::milliseconds(1000), &why);
+    if (status == 200) {
+      std::fprintf(stdout, "pilotfish at %s is ready\n", admin.text.c_str());
+      return 0;
+    }
+    last = status ? "GET /ready answered " + std::to_string(status) : why;
+    if (Clock::now() + std::chrono::milliseconds(100) >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::fprintf(stderr, "pilotfish wait-ready: %s not ready after %lld ms (last: %s)\n", admin.text.c_str(),
+               static_cast<long long>(timeout.count()), last.c_str());
+  return 1;
+}
+
+}  // namespace pilotfish
