@@ -401,6 +401,31 @@ TEST(ExtensionKeys, LogLevelDrainTimeoutAndMaxBodyBytes) {
                         "listeners[0].max_body_bytes: -1 is out of range 0-18446744073709551615"));
 }
 
+TEST(ExtensionKeys, PolicyRolloutKeys) {
+  Policy defaults = loaded(load(kMinimal));
+  EXPECT_EQ(defaults.drain_delay, Duration{0});
+  EXPECT_FALSE(defaults.history_path.has_value());  // next to the policy file
+  EXPECT_TRUE(defaults.watch);
+  EXPECT_TRUE(defaults.wait_for_clusters.empty());
+
+  Policy p = loaded(load(with_top("drain_delay: 5s\npolicy_history: state/h.jsonl\npolicy_watch: false\n"
+                                  "wait_for_clusters: [app]\n")));
+  EXPECT_EQ(p.drain_delay, Duration{5'000});
+  EXPECT_EQ(p.history_path, std::string(kBaseDir) + "/state/h.jsonl");
+  EXPECT_FALSE(p.watch);
+  EXPECT_EQ(p.wait_for_clusters, std::vector<std::string>{"app"});
+  EXPECT_EQ(loaded(load(with_top("policy_history: off\n"))).history_path, std::string());
+  EXPECT_EQ(loaded(load(with_top("policy_history: /var/h.jsonl\n"))).history_path, std::string("/var/h.jsonl"));
+
+  EXPECT_TRUE(OnlyError(load(with_top("wait_for_clusters: [ap]\n")), 2, 21,
+                        "wait_for_clusters[0]: no cluster is named 'ap' (did you mean 'app'?)"));
+  EXPECT_TRUE(OnlyError(load(with_top("wait_for_clusters: [app, app]\n")), 2, 26, "wait_for_clusters[1]: 'app' is listed twice"));
+  EXPECT_TRUE(OnlyError(load(with_top("drain_delay: 5\n")), 2, 14, "drain_delay: '5' has no unit"));
+  EXPECT_TRUE(OnlyError(load(with_top("policy_watch: sometimes\n")), 2, 15, "policy_watch:"));
+  EXPECT_TRUE(OnlyError(load(with_top("policy_history: dir/\n")), 2, 17, "policy_history: must be off or a file path"));
+  EXPECT_TRUE(HasWarning(load(with_top("drain_delay: 40s\n")), "drain_delay: is longer than drain_timeout"));
+}
+
 TEST(Workers, AutoOrAPositiveInteger) {
   EXPECT_EQ(loaded(load(with_top("workers: auto\n"))).workers, 0u);
   EXPECT_EQ(loaded(load(with_top("workers: 4\n"))).workers, 4u);
