@@ -303,7 +303,7 @@ void HttpSession::on_read_end(int status) {
   }
   if (status == UV_EOF && !in_request_ && !tunnel_ && pending_bytes() > 0) {
     // Between requests, with answers still queued: they go out before the close.
-    close_after_flush();
+    close_when_flushed();
     return;
   }
   // The client went away (or reset). Nothing can be answered any more.
@@ -727,7 +727,7 @@ void HttpSession::on_upstream_end(int status) {
   if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
   upstream_ = nullptr;
   if (tunnel_) {
-    close_after_flush();
+    close_when_flushed();
     return;
   }
   if (response_started_ && !response_complete_ && status == UV_EOF) {
@@ -946,8 +946,14 @@ void HttpSession::send_local_response(int status, const char* reason, bool close
     log_request();
     in_request_ = false;
     stop_read();
-    close_after_flush();
+    close_when_flushed();
   }
+}
+
+void HttpSession::close_when_flushed() {
+  close_after_flush();
+  // A client that does not take its last answer is not waited for longer than an idle one.
+  if (!closing() && pending_bytes() > 0) arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));
 }
 
 void HttpSession::maybe_finish_request() {
@@ -960,7 +966,7 @@ void HttpSession::maybe_finish_request() {
     in_request_ = false;
     arm_timer(Timer::none, 0);
     stop_read();
-    close_after_flush();
+    close_when_flushed();
     return;
   }
   finish_request();
@@ -972,7 +978,7 @@ void HttpSession::finish_request() {
   reset_request();
   arm_timer(Timer::none, 0);
   if (!keep) {
-    close_after_flush();
+    close_when_flushed();
     return;
   }
   llhttp_resume(&parser_);
@@ -1022,7 +1028,7 @@ void HttpSession::continue_pipeline() {
   }
   if (client_eof_) {
     // Nothing more will come: close once the last complete request is answered.
-    if (!in_request_ || !request_complete_) close_after_flush();
+    if (!in_request_ || !request_complete_) close_when_flushed();
     return;
   }
   if (!in_request_) arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));

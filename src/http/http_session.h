@@ -76,6 +76,8 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void write_response_head();
   void enter_tunnel(const char* upstream_rest, size_t upstream_rest_length);
   void maybe_finish_request();
+  // Closes once what is queued for the client has gone out, or after idle_timeout.
+  void close_when_flushed();
   void finish_request();
   void continue_pipeline();
   void reset_request();

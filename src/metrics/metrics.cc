@@ -20,9 +20,15 @@ WorkerStats& MetricsRegistry::bind_worker(unsigned worker, const Policy& policy)
   WorkerSlot& slot = *workers_.at(worker);
   std::lock_guard<std::mutex> lock(slot.mutex);
   WorkerStats next;
+  auto in_policy = [&policy](const std::string& cluster) { return policy.find_cluster(cluster) != nullptr; };
   for (const auto& l : policy.listeners) {
     auto it = slot.stats.listeners.find(l.name);
-    next.listeners[l.name] = it != slot.stats.listeners.end() ? it->second : std::make_shared<ListenerStats>();
+    if (it != slot.stats.listeners.end()) {
+      it->second->keep_routes(in_policy);
+      next.listeners[l.name] = it->second;
+    } else {
+      next.listeners[l.name] = std::make_shared<ListenerStats>();
+    }
   }
   for (const auto& c : policy.clusters) {
     auto it = slot.stats.clusters.find(c.name);

@@ -70,13 +70,21 @@ struct ListenerStats {
   // Keyed by cluster name ("" = no cluster). Written only by the owning worker's thread; the
   // map itself is changed only under `mutex`, which the scrape also takes (never the hot path:
   // a worker resolves its RouteStats pointer once per cluster and keeps it).
+  // A snapshot holds its own reference, so a reload that drops a cluster's series cannot pull
+  // them from under a request of the old snapshot.
   std::mutex mutex;
-  std::map<std::string, std::unique_ptr<RouteStats>> routes;
-  RouteStats* route(const std::string& cluster) {
+  std::map<std::string, std::shared_ptr<RouteStats>> routes;
+  std::shared_ptr<RouteStats> route(const std::string& cluster) {
     std::lock_guard<std::mutex> lock(mutex);
     auto& slot = routes[cluster];
-    if (!slot) slot = std::make_unique<RouteStats>();
-    return slot.get();
+    if (!slot) slot = std::make_shared<RouteStats>();
+    return slot;
+  }
+  // Drops the series of clusters that left the policy ("" stays: requests no route matched).
+  template <typename Keep>
+  void keep_routes(Keep keep) {
+    std::lock_guard<std::mutex> lock(mutex);
+    std::erase_if(routes, [&](const auto& entry) { return !entry.first.empty() && !keep(entry.first); });
   }
 };
 

@@ -13,7 +13,7 @@
 namespace pilotfish {
 
 RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
-  std::vector<RouteStats*>& row = route_stats[listener];
+  std::vector<std::shared_ptr<RouteStats>>& row = route_stats[listener];
   size_t slot = cluster == SIZE_MAX ? row.size() - 1 : cluster;
   if (row[slot] == nullptr)
     row[slot] = listener_stats[listener]->route(cluster == SIZE_MAX ? std::string() : policy->clusters[cluster].name);
@@ -47,7 +47,8 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
   auto next = std::make_shared<WorkerSnapshot>();
   WorkerStats& stats = metrics_.bind_worker(index_, *policy);
   for (const auto& l : policy->listeners) next->listener_stats.push_back(stats.listeners.at(l.name));
-  next->route_stats.assign(policy->listeners.size(), std::vector<RouteStats*>(policy->clusters.size() + 1, nullptr));
+  next->route_stats.assign(policy->listeners.size(),
+                           std::vector<std::shared_ptr<RouteStats>>(policy->clusters.size() + 1));
 
   // What the current snapshot has, by cluster name and by (cluster, endpoint).
   std::map<std::string, std::shared_ptr<ClusterState>> old_clusters;

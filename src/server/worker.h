@@ -54,7 +54,7 @@ struct WorkerSnapshot {
   PolicyPtr policy;
   std::vector<std::shared_ptr<ClusterState>> clusters;         // by cluster index
   std::vector<std::shared_ptr<ListenerStats>> listener_stats;  // by listener index
-  std::vector<std::vector<RouteStats*>> route_stats;           // [listener][cluster + 1]
+  std::vector<std::vector<std::shared_ptr<RouteStats>>> route_stats;  // [listener][cluster + 1]
 
   // Requests of a listener answered for a cluster (SIZE_MAX: for none), resolved once.
   RouteStats& route(size_t listener, size_t cluster);

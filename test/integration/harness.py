@@ -701,3 +701,170 @@ def main():
     if left:
         print("FAIL: could not kill %s" % left, file=sys.stderr)
     sys.exit(0 if ok else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Admin endpoints, metrics, policy rewrites and the log after start (hot reload, drain)
+# ---------------------------------------------------------------------------------------------
+
+ADMIN_LOG_RE = re.compile(r" admin on 127\.0\.0\.1:(\d+)")
+
+
+def admin_port(pf):
+    """The admin listener's port, from the `admin on 127.0.0.1:PORT` log line."""
+    with pf.lock:
+        lines = list(pf.lines)
+    for line in lines:
+        m = ADMIN_LOG_RE.search(line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError("no 'admin on' line in the log:\n" + pf.log())
+
+
+def admin_request(pf, path, method="GET", body=None, timeout=15.0):
+    """(status, {lower-case header: value}, body text) of one admin request on a new connection."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port(pf), timeout=timeout)
+    try:
+        conn.request(method, path, body=body if body is not None else (b"" if method == "POST" else None))
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def admin_json(pf, path, method="GET"):
+    """(status, parsed JSON body, headers) of an admin request whose answer must be JSON."""
+    status, headers, body = admin_request(pf, path, method)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise AssertionError("%s %s answered %d with a body that is not JSON: %r" % (method, path, status, body[:500]))
+    return status, doc, headers
+
+
+def parse_samples(text):
+    """{(name, frozenset(labels)): value} of a Prometheus text exposition."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
+        assert m, "unparsable sample line: %r" % line
+        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def metrics(pf):
+    status, _, text = admin_request(pf, "/metrics")
+    assert status == 200, "GET /metrics answered %d" % status
+    return parse_samples(text)
+
+
+def sample(samples, name, **labels):
+    """The value of one series, or None when it is absent."""
+    return samples.get((name, frozenset(labels.items())))
+
+
+def series(samples, name):
+    """[(labels dict, value)] of every series of a metric."""
+    return [(dict(labels), v) for (n, labels), v in samples.items() if n == name]
+
+
+def file_sha256(path):
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def policy_text(policy):
+    """The YAML text Pilotfish would write for a policy dict (the admin address is filled in)."""
+    if isinstance(policy, dict):
+        policy = dict(policy)
+        policy.setdefault("admin", {"address": "127.0.0.1:0"})
+        return to_yaml(policy) + "\n"
+    return policy
+
+
+def write_policy(pf, policy, how="inplace"):
+    """Rewrites pf's policy file: `inplace` truncates and writes the same file (same inode);
+    `rename` writes a temporary file in the same folder and renames it over the policy file.
+    Returns the sha256 of what was written."""
+    import hashlib
+    text = policy_text(policy)
+    data = text.encode()
+    if how == "inplace":
+        with open(pf.config, "r+b" if os.path.exists(pf.config) else "wb") as f:
+            f.truncate(0)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    elif how == "rename":
+        tmp = os.path.join(os.path.dirname(pf.config), ".policy.yaml.tmp-%d" % os.getpid())
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, pf.config)
+    else:
+        raise ValueError(how)
+    pf.policy_text = text
+    return hashlib.sha256(data).hexdigest()
+
+
+def log_mark(pf):
+    """The number of log lines so far: pass it as `since` to the helpers below."""
+    with pf.lock:
+        return len(pf.lines)
+
+
+def log_lines(pf, since=0):
+    with pf.lock:
+        return list(pf.lines[since:])
+
+
+def wait_log(pf, pattern, since=0, timeout=5.0):
+    """The first re.search match of pattern in a log line logged at or after `since`."""
+    rx = re.compile(pattern)
+
+    def find():
+        for line in log_lines(pf, since):
+            m = rx.search(line)
+            if m:
+                return m
+        return None
+    return wait_for(find, timeout, what="log line /%s/ in:\n%s" % (pattern, pf.log()))
+
+
+def listener_port_since(pf, name, since=0, timeout=5.0):
+    """The port of listener `name` from a `listener NAME on HOST:PORT (` line logged at or after
+    `since` (a listener bound by a reload logs the same line as at startup). Also updates
+    pf.ports, and waits until the port is in LISTEN state."""
+    m = wait_log(pf, r" listener %s on (\S+):(\d+) \(" % re.escape(name), since, timeout)
+    port = int(m.group(2))
+    pf.ports[name] = port
+    wait_for(lambda: port in listening_ports(), timeout, what="listener %s in LISTEN state" % name)
+    return port
+
+
+def ports_from_log(pf):
+    """{listener: port} from every `listener NAME on HOST:PORT (` line so far, the last line of
+    each name winning (pf.ports is kept the same way by the log reader)."""
+    out = {}
+    for line in log_lines(pf):
+        m = Pilotfish.LISTENER_RE.search(line)
+        if m:
+            out[m.group(1)] = int(m.group(3))
+    return out
+
+
+def connect_refused(port, timeout=2.0):
+    """True when a TCP connect to 127.0.0.1:port is refused; False when it is accepted (the
+    socket is closed again at once)."""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except ConnectionRefusedError:
+        return True
+    s.close()
+    return False

@@ -40,17 +40,7 @@ def admin(pf, path, method="GET"):
         return e.code, dict(e.headers), e.read().decode()
 
 
-def samples(text):
-    """{(name, frozenset(labels)): value} of a text exposition."""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
-        assert m, "unparsable sample line: %r" % line
-        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        out[(m.group(1), labels)] = float(m.group(3))
-    return out
+samples = h.parse_samples
 
 
 def value(s, name, **labels):

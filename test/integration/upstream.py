@@ -22,6 +22,9 @@ Modes (--mode):
   invalid    answer every request with an invalid response (--invalid-kind)
   tcpecho    raw TCP: echo bytes back; on EOF reply `EOF after N bytes\n`, then shut down writing
   backlog    listen with backlog 0, fill the accept queue, never accept: connects to it hang
+  light      keep-alive echo for load: answers {"name", "conn", "seq", "method", "target"} and
+             keeps no per-request record (the stats file counts connections; `light_requests`
+             is the number of requests, read it from /__stats); /slow?ms=N waits first
 
 Path behaviours in echo mode (query parameters in brackets):
   /__stats                 the stats JSON
@@ -501,6 +504,8 @@ class Server:
         try:
             if self.args.mode == "tcpecho":
                 self.handle_tcpecho(sock, cid)
+            elif self.args.mode == "light":
+                handle_light(self, sock, cid)
             else:
                 self.handle_http(sock, cid)
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -567,7 +572,8 @@ def ws_frame(opcode, payload, fin=True, mask=None):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", default="echo",
-                    choices=["echo", "close", "slow", "hang", "reset", "invalid", "tcpecho", "backlog"])
+                    choices=["echo", "close", "slow", "hang", "reset", "invalid", "tcpecho", "backlog",
+                             "light"])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--stats", default="")
     ap.add_argument("--name", default="upstream")
@@ -577,6 +583,48 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
     Server(args).run()
+
+
+def handle_light(server, sock, cid):
+    """Mode light: an echo that stays fast under load. The stats file is rewritten only when a
+    connection opens or closes (never per request), so thousands of requests cost nothing."""
+    c = Conn(sock, server.stats)
+    seq = 0
+    while True:
+        head = c.read_head()
+        if head is None:
+            return
+        method, target, version, headers = parse_head(head)
+        seq += 1
+        cl = hget(headers, "content-length")
+        if cl is not None:
+            try:
+                n = int(cl)
+            except ValueError:
+                n = 0
+            if not c.read_exact(n, lambda piece: None):
+                return
+        server.stats.update(lambda d: d.__setitem__("light_requests", d.get("light_requests", 0) + 1),
+                            flush=False)
+        path, _, query = target.partition("?")
+        q = dict(urllib.parse.parse_qsl(query))
+        keep_alive = Server.wants_keep_alive(version, headers)
+        conn_hdr = b"" if keep_alive else b"Connection: close\r\n"
+        if path == "/__stats":
+            out = json.dumps(server.stats.snapshot()).encode()
+        else:
+            if path.startswith("/slow"):
+                time.sleep(int(q.get("ms", "1000")) / 1000.0)
+            out = json.dumps({"name": server.args.name, "conn": cid, "seq": seq, "method": method,
+                              "target": target}).encode()
+        Server.respond(c, method, 200, [(b"Content-Type", b"application/json")], out, conn_hdr)
+        if not keep_alive:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            time.sleep(0.05)
+            return
 
 
 if __name__ == "__main__":
