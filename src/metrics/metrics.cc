@@ -6,6 +6,7 @@
 
 #include <limits>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "pilotfish_build_config.h"
@@ -20,15 +21,13 @@ WorkerStats& MetricsRegistry::bind_worker(unsigned worker, const Policy& policy)
   WorkerSlot& slot = *workers_.at(worker);
   std::lock_guard<std::mutex> lock(slot.mutex);
   WorkerStats next;
-  auto in_policy = [&policy](const std::string& cluster) { return policy.find_cluster(cluster) != nullptr; };
+  std::set<std::string> cluster_names;
+  for (const auto& c : policy.clusters) cluster_names.insert(c.name);
   for (const auto& l : policy.listeners) {
     auto it = slot.stats.listeners.find(l.name);
-    if (it != slot.stats.listeners.end()) {
-      it->second->keep_routes(in_policy);
-      next.listeners[l.name] = it->second;
-    } else {
-      next.listeners[l.name] = std::make_shared<ListenerStats>();
-    }
+    auto stats = it != slot.stats.listeners.end() ? it->second : std::make_shared<ListenerStats>();
+    stats->set_clusters(cluster_names);
+    next.listeners[l.name] = std::move(stats);
   }
   for (const auto& c : policy.clusters) {
     auto it = slot.stats.clusters.find(c.name);

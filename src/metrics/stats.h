@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -76,16 +77,21 @@ struct ListenerStats {
   std::map<std::string, std::shared_ptr<RouteStats>> routes;
   std::shared_ptr<RouteStats> route(const std::string& cluster) {
     std::lock_guard<std::mutex> lock(mutex);
+    // A request of an old snapshot for a cluster that a reload removed counts, but into a
+    // series of its own that is not exported: the removed cluster's series must not come back.
+    if (!cluster.empty() && !clusters.count(cluster)) return std::make_shared<RouteStats>();
     auto& slot = routes[cluster];
     if (!slot) slot = std::make_shared<RouteStats>();
     return slot;
   }
-  // Drops the series of clusters that left the policy ("" stays: requests no route matched).
-  template <typename Keep>
-  void keep_routes(Keep keep) {
+  // The clusters of the policy now in force: the series of the others go ("" stays: requests
+  // no route matched).
+  void set_clusters(std::set<std::string> names) {
     std::lock_guard<std::mutex> lock(mutex);
-    std::erase_if(routes, [&](const auto& entry) { return !entry.first.empty() && !keep(entry.first); });
+    clusters = std::move(names);
+    std::erase_if(routes, [&](const auto& entry) { return !entry.first.empty() && !clusters.count(entry.first); });
   }
+  std::set<std::string> clusters;
 };
 
 enum class BreakerLimit { connections, pending_requests, requests, retries };

@@ -1,6 +1,6 @@
 #pragma once
-// What changed between two policies, for `pilotfish check --against OLD` (and, once hot reload
-// lands, for the reload log line and /policy/history): an operator reviewing a policy change wants
+// What changed between two policies, for `pilotfish check --against OLD`, the reload log line and
+// the events of /policy/history: an operator reviewing a policy change wants
 // to see which listeners, routes and clusters it touches before it goes out, not a text diff of
 // two YAML files that may differ only in comments or key order.
 //
@@ -26,8 +26,8 @@ struct PolicyDiff {
   ChangeSet routes;     // "<listener>: <match> -> <cluster>", only for listeners in both policies
   ChangeSet clusters;   // by name; "modified" = any field differs
   // Top-level keys whose value changed, in this order: "service", "admin.address", "workers",
-  // "log_level", "drain_timeout", "drain_delay", "policy_history", "wait_for_clusters",
-  // "access_log", "identity".
+  // "log_level", "drain_timeout", "drain_delay", "policy_history", "policy_watch",
+  // "wait_for_clusters", "access_log", "identity".
   std::vector<std::string> settings;
   bool empty() const { return listeners.empty() && routes.empty() && clusters.empty() && settings.empty(); }
 };

@@ -868,7 +868,18 @@ void PolicyReader::read_policy_history(const Field& field) {
   } else if (target->empty() || target->back() == '/') {
     error(field.position, field.path, "must be off or a file path, got " + quote(*target));
   } else {
-    policy_.history_path = resolve_file(*target);
+    std::string path = resolve_file(*target);
+    // Appending events to the policy file itself would make every event a policy change.
+    std::error_code ec1, ec2;
+    auto a = std::filesystem::weakly_canonical(path, ec1);
+    auto b = std::filesystem::weakly_canonical(
+        base_dir_.empty() ? std::filesystem::path(file_name_)
+                          : std::filesystem::path(base_dir_) / std::filesystem::path(file_name_).filename(),
+        ec2);
+    if (!ec1 && !ec2 && a == b)
+      error(field.position, field.path, quote(*target) + " is the policy file itself");
+    else
+      policy_.history_path = path;
   }
 }
 

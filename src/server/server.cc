@@ -62,6 +62,7 @@ struct Probe {
   struct Process* process;
   size_t cluster;  // index into the wait list
   uint64_t started_ms;
+  bool stale;      // the wait list changed since it started
   uv_tcp_t tcp;
   uv_connect_t req;
 };
@@ -207,6 +208,9 @@ struct Process final : AdminBackend {
     if (!result.ok()) {
       for (const auto& e : result.errors) event.errors.push_back(e.to_string());
       event.sha256 = result.sha256;
+      // The watch leaves this content alone until it changes (a bind failure is not the
+      // content's fault, so only a file that does not load is remembered).
+      rejected_sha256 = result.sha256;
       return reject(event, "policy " + options.config_path + " did not load");
     }
     event.sha256 = result.policy->sha256;
@@ -246,16 +250,28 @@ struct Process final : AdminBackend {
     // whole policy and the running one stays.
     size_t n = workers.size();
     std::vector<std::vector<int>> fds(n, std::vector<int>(next.listeners.size(), -1));
+    std::vector<std::string> keys;
     std::map<std::string, SocketAddress> next_bound;
+    for (Listener& l : next.listeners) {
+      keys.push_back(bind_key(l));
+      auto found = bound.find(keys.back());
+      if (found != bound.end()) {
+        l.address = found->second;
+        next_bound[keys.back()] = found->second;
+      }
+    }
     std::vector<std::string> opened;
     for (size_t i = 0; i < next.listeners.size(); ++i) {
       Listener& l = next.listeners[i];
-      std::string key = bind_key(l);
-      auto found = bound.find(key);
-      if (found != bound.end()) {
-        l.address = found->second;
-        next_bound[key] = found->second;
-        continue;
+      if (next_bound.count(keys[i])) continue;
+      // SO_REUSEPORT would let a second socket onto a port a kept listener holds (one whose
+      // port 0 was resolved to it): that is a clash, not a new listener.
+      for (size_t k = 0; k < next.listeners.size(); ++k) {
+        if (k == i || !next_bound.count(keys[k]) || next.listeners[k].address.text != l.address.text) continue;
+        close_fds(fds);
+        event.errors.push_back(options.config_path + ": listener " + l.name + ": " + l.address.text +
+                               " is already the address of listener " + next.listeners[k].name);
+        return reject(event, "policy " + options.config_path + " rejected");
       }
       SocketAddress address = l.address;
       for (size_t w = 0; w < n; ++w) {
@@ -270,7 +286,7 @@ struct Process final : AdminBackend {
         fds[w][i] = fd;
       }
       l.address = address;
-      next_bound[key] = address;
+      next_bound[keys[i]] = address;
       opened.push_back("listener " + l.name + " on " + address.text + " (" +
                        (l.protocol == Protocol::tcp ? "tcp" : "http") + ", " + std::to_string(l.routes.size()) +
                        " route" + (l.routes.size() == 1 ? "" : "s") + ")");
@@ -278,11 +294,13 @@ struct Process final : AdminBackend {
 
     PolicyDiff diff = diff_policies(*loaded, *result.policy);
     auto snapshot = std::make_shared<const Policy>(std::move(next));
-    hand_to_workers(snapshot, fds);
+    hand_to_workers(snapshot, keys, fds);
     for (const auto& line : opened) log_info(line);
 
     policy = snapshot;
     loaded = std::make_shared<const Policy>(*result.policy);
+    rejected_sha256.clear();
+    if (!app_ready) update_wait_list();
     bound = std::move(next_bound);
     ++version;
     loaded_at = event.time_ms / 1000;
@@ -309,7 +327,6 @@ struct Process final : AdminBackend {
     for (const auto& e : event.errors) log_error(e);
     log_error(what + " (" + event.trigger + "); the running policy (version " + std::to_string(version) + ") stays");
     event.outcome = "rejected";
-    rejected_sha256 = event.sha256;
     registry->process().policy_reloads_rejected.add();
     events.record(event);
     std::string body = "{\"outcome\":\"rejected\",\"version\":" + std::to_string(version) + ",\"errors\":";
@@ -319,7 +336,8 @@ struct Process final : AdminBackend {
 
   // Gives every worker the new snapshot and waits (bounded) until each has switched, so that
   // whoever asked for the reload sees it in effect on the next request.
-  void hand_to_workers(const PolicyPtr& snapshot, std::vector<std::vector<int>>& fds) {
+  void hand_to_workers(const PolicyPtr& snapshot, const std::vector<std::string>& keys,
+                       std::vector<std::vector<int>>& fds) {
     struct Acks {
       std::mutex mutex;
       std::condition_variable cv;
@@ -327,7 +345,7 @@ struct Process final : AdminBackend {
     };
     auto acks = std::make_shared<Acks>();
     for (size_t w = 0; w < workers.size(); ++w) {
-      workers[w]->reload(snapshot, fds[w], [acks] {
+      workers[w]->reload(snapshot, keys, fds[w], [acks] {
         std::lock_guard<std::mutex> lock(acks->mutex);
         ++acks->count;
         acks->cv.notify_all();
@@ -390,6 +408,31 @@ struct Process final : AdminBackend {
     app_ready = false;
     uv_timer_start(&probe_timer, on_probe_timer, 0, 250);
   }
+  // A reload before the app came up: the clusters to wait for are the new policy's; one that
+  // was reached stays reached, one no longer listed is no longer waited for.
+  void update_wait_list() {
+    std::vector<std::string> next = policy->wait_for_clusters;
+    std::vector<bool> next_reachable(next.size(), false);
+    for (size_t i = 0; i < next.size(); ++i)
+      for (size_t k = 0; k < wait_for.size(); ++k)
+        if (wait_for[k] == next[i] && reachable[k]) next_reachable[i] = true;
+    // Probes in flight carry an index into the old list: they are closed, and tried again.
+    for (Probe* probe : probes) {
+      probe->stale = true;
+      if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&probe->tcp)))
+        uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
+    }
+    wait_for = std::move(next);
+    reachable = std::move(next_reachable);
+    check_all_reachable();
+  }
+  void check_all_reachable() {
+    for (bool r : reachable)
+      if (!r) return;
+    app_ready = true;
+    uv_timer_stop(&probe_timer);
+    if (!wait_for.empty()) log_info("every cluster in wait_for_clusters is up: ready");
+  }
   static void on_probe_timer(uv_timer_t* t) {
     auto* p = static_cast<Process*>(t->data);
     uint64_t now = uv_now(p->loop);
@@ -400,11 +443,11 @@ struct Process final : AdminBackend {
     for (size_t i = 0; i < p->wait_for.size(); ++i) {
       if (p->reachable[i]) continue;
       bool in_flight = false;
-      for (Probe* probe : p->probes) in_flight |= probe->cluster == i;
+      for (Probe* probe : p->probes) in_flight |= !probe->stale && probe->cluster == i;
       if (in_flight) continue;
       const Cluster* c = p->policy->find_cluster(p->wait_for[i]);
       if (!c || c->endpoints.empty()) continue;
-      auto* probe = new Probe{p, i, now, {}, {}};
+      auto* probe = new Probe{p, i, now, false, {}, {}};
       uv_tcp_init(p->loop, &probe->tcp);
       probe->tcp.data = probe;
       probe->req.data = probe;
@@ -417,16 +460,11 @@ struct Process final : AdminBackend {
   static void on_probe_connect(uv_connect_t* req, int status) {
     auto* probe = static_cast<Probe*>(req->data);
     Process* p = probe->process;
-    if (status == 0 && !p->reachable[probe->cluster]) {
+    bool current = probe->cluster < p->reachable.size() && !probe->stale;
+    if (status == 0 && current && !p->reachable[probe->cluster]) {
       p->reachable[probe->cluster] = true;
       log_info("cluster " + p->wait_for[probe->cluster] + " accepts connections");
-      bool all = true;
-      for (bool r : p->reachable) all &= r;
-      if (all) {
-        p->app_ready = true;
-        uv_timer_stop(&p->probe_timer);
-        log_info("every cluster in wait_for_clusters is up: ready");
-      }
+      p->check_all_reachable();
     }
     if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&probe->tcp)))
       uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
@@ -536,8 +574,10 @@ int run_server(const RunOptions& options) {
   // bound stops the start cleanly. Port 0 is resolved by the first bind and reused after.
   unsigned n = policy->workers;
   std::vector<std::vector<int>> fds(n);
+  std::vector<std::string> keys;
   for (auto& l : policy->listeners) {
     std::string key = bind_key(l);
+    keys.push_back(key);
     SocketAddress address = l.address;
     for (unsigned w = 0; w < n; ++w) {
       int fd = open_listen_socket(address, &err);
@@ -576,7 +616,7 @@ int run_server(const RunOptions& options) {
 
   PolicyPtr snapshot = policy;
   for (unsigned w = 0; w < n; ++w)
-    p.workers.push_back(std::make_unique<Worker>(w, snapshot, fds[w], p.access_log.get(), *p.registry));
+    p.workers.push_back(std::make_unique<Worker>(w, snapshot, keys, fds[w], p.access_log.get(), *p.registry));
   for (auto& w : p.workers) w->start_with_callback([&p] {
     p.finished.fetch_add(1);
     uv_async_send(&p.worker_done);

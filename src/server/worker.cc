@@ -20,8 +20,8 @@ RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
   return *row[slot];
 }
 
-Worker::Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, AccessLogWriter* access_log,
-               MetricsRegistry& metrics)
+Worker::Worker(unsigned index, PolicyPtr policy, std::vector<std::string> keys, std::vector<int> listen_fds,
+               AccessLogWriter* access_log, MetricsRegistry& metrics)
     : EventLoop(&loop_), index_(index), metrics_(metrics) {
   uv_loop_init(&loop_);
   loop_.data = this;
@@ -34,7 +34,7 @@ Worker::Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, Ac
   snapshot_ = build_snapshot(std::move(policy));
   // Listen now, on the constructing thread, so that connections queue in the backlog from the
   // moment the process says it is ready, before this worker's loop runs.
-  for (size_t i = 0; i < snapshot_->policy->listeners.size(); ++i) open_listener(i, listen_fds[i]);
+  for (size_t i = 0; i < snapshot_->policy->listeners.size(); ++i) open_listener(i, keys[i], listen_fds[i]);
 }
 
 Worker::~Worker() {
@@ -63,18 +63,23 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
   for (const Cluster& c : policy->clusters) {
     std::shared_ptr<ClusterState> cs;
     auto found = old_clusters.find(c.name);
-    if (found != old_clusters.end() && found->second->lb == c.lb && found->second->endpoints == c.endpoints) {
+    if (found != old_clusters.end() && found->second->lb == c.lb && found->second->endpoints == c.endpoints &&
+        found->second->mtls.enabled == c.mtls.enabled &&
+        found->second->mtls.server_identity == c.mtls.server_identity) {
       cs = found->second;  // same endpoints: balancer and pools carry over as they are
     } else {
       cs = std::make_shared<ClusterState>();
       cs->name = c.name;
       cs->endpoints = c.endpoints;
       cs->lb = c.lb;
+      cs->mtls = c.mtls;
       cs->stats = stats.clusters.at(c.name);
       cs->balancer = std::make_unique<Balancer>(c.lb, c.endpoints.size(), &random_);
+      bool same_tls = found != old_clusters.end() && found->second->mtls.enabled == c.mtls.enabled &&
+                      found->second->mtls.server_identity == c.mtls.server_identity;
       for (const auto& ep : c.endpoints) {
         auto pool = old_pools.find({c.name, ep.text});
-        if (pool != old_pools.end())
+        if (pool != old_pools.end() && same_tls)
           cs->pools.push_back(pool->second);  // an endpoint that stays keeps its connections
         else
           cs->pools.push_back(std::make_shared<EndpointPool>(*this, ep, c, cs->stats));
@@ -93,7 +98,7 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
   return next;
 }
 
-void Worker::open_listener(size_t index, int fd) {
+void Worker::open_listener(size_t index, const std::string& key, int fd) {
   const Listener& l = snapshot_->policy->listeners[index];
   auto* h = new ListenHandle();
   h->worker = this;
@@ -101,7 +106,7 @@ void Worker::open_listener(size_t index, int fd) {
   h->slot->index = index;
   h->slot->protocol = l.protocol;
   h->slot->intercept = l.intercept;
-  h->address = l.address.text;
+  h->key = key;
   uv_tcp_init(&loop_, &h->tcp);
   h->tcp.data = h;
   uv_tcp_open(&h->tcp, fd);
@@ -167,20 +172,28 @@ void Worker::remove_downstream() {
 void Worker::post(Command command) {
   {
     std::lock_guard<std::mutex> lock(command_mutex_);
-    commands_.push_back(std::move(command));
+    if (!async_closed_) {
+      commands_.push_back(std::move(command));
+      uv_async_send(&async_);
+      return;
+    }
   }
-  uv_async_send(&async_);
+  // The loop has ended (or is ending): nothing will take the command.
+  for (int fd : command.fds)
+    if (fd >= 0) ::close(fd);
+  if (command.done) command.done();
 }
 
 void Worker::begin_drain(bool stop_accepting) {
-  post({Command::drain, nullptr, {}, nullptr});
-  if (stop_accepting) post({Command::stop_accepting, nullptr, {}, nullptr});
+  post({Command::drain, nullptr, {}, {}, nullptr});
+  if (stop_accepting) post({Command::stop_accepting, nullptr, {}, {}, nullptr});
 }
 
-void Worker::force_stop() { post({Command::force_stop, nullptr, {}, nullptr}); }
+void Worker::force_stop() { post({Command::force_stop, nullptr, {}, {}, nullptr}); }
 
-void Worker::reload(PolicyPtr policy, std::vector<int> new_fds, std::function<void()> done) {
-  post({Command::reload, std::move(policy), std::move(new_fds), std::move(done)});
+void Worker::reload(PolicyPtr policy, std::vector<std::string> keys, std::vector<int> new_fds,
+                    std::function<void()> done) {
+  post({Command::reload, std::move(policy), std::move(keys), std::move(new_fds), std::move(done)});
 }
 
 void Worker::on_async(uv_async_t* a) {
@@ -224,8 +237,8 @@ void Worker::apply_reload(Command& command) {
   }
   snapshot_ = build_snapshot(std::move(command.policy));
   const Policy& p = *snapshot_->policy;
-  std::map<std::string, ListenHandle*> by_address;
-  for (ListenHandle* h : listeners_) by_address[h->address] = h;
+  std::map<std::string, ListenHandle*> by_key;
+  for (ListenHandle* h : listeners_) by_key[h->key] = h;
   std::vector<ListenHandle*> live;
   std::vector<size_t> to_open;
   for (size_t i = 0; i < p.listeners.size(); ++i) {
@@ -234,27 +247,28 @@ void Worker::apply_reload(Command& command) {
       to_open.push_back(i);
       continue;
     }
-    auto found = by_address.find(l.address.text);
-    if (found == by_address.end()) {
-      // Stopped accepting already (drain) or never bound here: nothing to listen on.
+    auto found = by_key.find(command.keys[i]);
+    if (found == by_key.end()) {
+      // Only after a drain stopped this worker's listeners (reloads are refused while draining).
+      if (!accepting_stopped_) log_error("worker " + std::to_string(index_) + ": no socket for listener " + l.name);
       continue;
     }
     ListenHandle* h = found->second;
-    by_address.erase(found);
+    by_key.erase(found);
     // The socket and its connections stay; new connections get the new listener.
     h->slot->index = i;
     h->slot->protocol = l.protocol;
     h->slot->intercept = l.intercept;
     live.push_back(h);
   }
-  for (auto& [address, h] : by_address) close_listener(h);
+  for (auto& [key, h] : by_key) close_listener(h);
   listeners_ = std::move(live);
   for (size_t i : to_open) {
     if (draining_ && accepting_stopped_ && p.listeners[i].intercept != Intercept::outbound) {
       ::close(command.fds[i]);
       continue;
     }
-    open_listener(i, command.fds[i]);
+    open_listener(i, command.keys[i], command.fds[i]);
   }
   // Connections of a removed listener finish their request and close.
   for_each_stream([](Stream* s) { s->on_policy_changed(); });
@@ -286,6 +300,17 @@ void Worker::close_everything() {
   snapshot_.reset();
   access_log_.close();
   uv_close(reinterpret_cast<uv_handle_t*>(&heartbeat_), nullptr);
+  std::vector<Command> left;
+  {
+    std::lock_guard<std::mutex> lock(command_mutex_);
+    async_closed_ = true;
+    left.swap(commands_);
+  }
+  for (Command& c : left) {
+    for (int fd : c.fds)
+      if (fd >= 0) ::close(fd);
+    if (c.done) c.done();
+  }
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
 }
 

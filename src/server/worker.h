@@ -31,11 +31,12 @@ namespace pilotfish {
 class Stream;
 
 // Per-worker state of one cluster: its balancer and one connection pool per endpoint. Shared by
-// every snapshot in which the cluster has the same endpoints and balancing policy.
+// every snapshot in which the cluster has the same endpoints, balancing policy and upstream TLS.
 struct ClusterState {
   std::string name;
   std::vector<SocketAddress> endpoints;
   LbPolicy lb = LbPolicy::round_robin;
+  ClusterMtls mtls;  // pooled connections were made with these TLS settings
   std::shared_ptr<ClusterStats> stats;
   std::unique_ptr<Balancer> balancer;
   std::vector<std::shared_ptr<EndpointPool>> pools;  // by endpoint index
@@ -63,9 +64,9 @@ using SnapshotPtr = std::shared_ptr<WorkerSnapshot>;
 
 class Worker final : public EventLoop {
  public:
-  // `listen_fds[i]` is this worker's bound socket for policy->listeners[i].
-  Worker(unsigned index, PolicyPtr policy, std::vector<int> listen_fds, AccessLogWriter* access_log,
-         MetricsRegistry& metrics);
+  // `listen_fds[i]` is this worker's bound socket for policy->listeners[i], kept under `keys[i]`.
+  Worker(unsigned index, PolicyPtr policy, std::vector<std::string> keys, std::vector<int> listen_fds,
+         AccessLogWriter* access_log, MetricsRegistry& metrics);
   ~Worker();
 
   // Runs the loop on a new thread; `done` is called on that thread when the loop has ended.
@@ -76,13 +77,14 @@ class Worker final : public EventLoop {
   // ends once accepting has stopped and no downstream connection is left.
   void begin_drain(bool stop_accepting);
   // Thread-safe: the drain delay is over; stop accepting (outbound intercept listeners go on).
-  void stop_accepting() { post({Command::stop_accepting, nullptr, {}, nullptr}); }
+  void stop_accepting() { post({Command::stop_accepting, nullptr, {}, {}, nullptr}); }
   // Thread-safe: close every connection now and end the loop.
   void force_stop();
-  // Thread-safe: switch to `policy`. `new_fds[i]` is a freshly bound socket for listener i, or
-  // -1 where the worker already listens on that listener's address. `done` runs on the worker's
-  // thread once the new snapshot is in place.
-  void reload(PolicyPtr policy, std::vector<int> new_fds, std::function<void()> done);
+  // Thread-safe: switch to `policy`. `keys[i]` names listener i's socket across reloads (its
+  // address as written); `new_fds[i]` is a freshly bound socket for it, or -1 where the worker
+  // keeps the socket it has under that key. `done` runs once the new snapshot is in place (on
+  // the worker's thread, or at once if the worker has ended).
+  void reload(PolicyPtr policy, std::vector<std::string> keys, std::vector<int> new_fds, std::function<void()> done);
 
   unsigned index() const { return index_; }
   const SnapshotPtr& snapshot() const { return snapshot_; }
@@ -103,12 +105,13 @@ class Worker final : public EventLoop {
   struct ListenHandle {
     Worker* worker;
     std::shared_ptr<ListenerSlot> slot;
-    std::string address;  // bound address text
+    std::string key;  // the listener's address as written (see Worker::reload)
     uv_tcp_t tcp;
   };
   struct Command {
     enum Kind { drain, stop_accepting, force_stop, reload } kind;
     PolicyPtr policy;
+    std::vector<std::string> keys;
     std::vector<int> fds;
     std::function<void()> done;
   };
@@ -119,7 +122,7 @@ class Worker final : public EventLoop {
   void run();
   SnapshotPtr build_snapshot(PolicyPtr policy);
   void apply_reload(Command& command);
-  void open_listener(size_t index, int fd);
+  void open_listener(size_t index, const std::string& key, int fd);
   void close_listener(ListenHandle* h);
   void stop_listening(bool keep_outbound);
   void close_everything();
@@ -131,6 +134,7 @@ class Worker final : public EventLoop {
   uv_async_t async_;
   std::mutex command_mutex_;
   std::vector<Command> commands_;
+  bool async_closed_ = false;  // under command_mutex_: commands are no longer taken
   std::vector<ListenHandle*> listeners_;
   uv_timer_t heartbeat_;
   std::atomic<uint64_t> heartbeat_ms_{0};

@@ -324,6 +324,26 @@ class WaitForClustersTest(unittest.TestCase):
         self.assertEqual(r.status, 200, r)
         pf.stop_and_check(self)
 
+    def test_reload_before_the_app_is_up_changes_what_ready_waits_for(self):
+        app_port = h.free_port()
+        policy = h.simple_policy("127.0.0.1:%d" % app_port, workers=1)
+        policy["wait_for_clusters"] = ["app"]
+        pf = h.Pilotfish(policy)
+        self.addCleanup(pf.kill)
+        self.assertEqual(ready_status(pf), 503)
+        # The app moved: the new policy waits for a cluster at another port, where it listens.
+        u = h.Upstream("echo", name="app2")
+        self.addCleanup(u.stop)
+        moved = h.simple_policy(u, workers=1)
+        moved["clusters"][0]["name"] = "app2"
+        moved["listeners"][0]["routes"] = [{"cluster": "app2"}]
+        moved["wait_for_clusters"] = ["app2"]
+        h.write_policy(pf, moved)
+        status, doc, _ = h.admin_json(pf, "/reload", "POST")
+        self.assertEqual((status, doc["outcome"]), (200, "applied"), doc)
+        h.wait_for(lambda: ready_status(pf) == 200, 2.0, interval=0.05, what="/ready 200 once app2 accepts")
+        pf.stop_and_check(self)
+
 
 if __name__ == "__main__":
     h.main()

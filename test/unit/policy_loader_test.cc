@@ -424,6 +424,9 @@ TEST(ExtensionKeys, PolicyRolloutKeys) {
   EXPECT_TRUE(OnlyError(load(with_top("policy_watch: sometimes\n")), 2, 15, "policy_watch:"));
   EXPECT_TRUE(OnlyError(load(with_top("policy_history: dir/\n")), 2, 17, "policy_history: must be off or a file path"));
   EXPECT_TRUE(HasWarning(load(with_top("drain_delay: 40s\n")), "drain_delay: is longer than drain_timeout"));
+  // kFile is /etc/pilotfish/policy.yaml: events appended to it would be policy changes.
+  EXPECT_TRUE(OnlyError(load(with_top("policy_history: policy.yaml\n")), 2, 17,
+                        "policy_history: 'policy.yaml' is the policy file itself"));
 }
 
 TEST(Workers, AutoOrAPositiveInteger) {
