@@ -74,6 +74,7 @@ struct RetryPolicy {
   Duration backoff_max{250};
   double budget_ratio = 0.2;
   double budget_min_per_second = 10;
+  bool nested = false;  // also retry requests that another pilotfish sent (x-pilotfish-attempt)
 };
 
 struct CircuitBreakerLimits {

@@ -118,6 +118,8 @@ constexpr uint64_t kTunnelIdleMs = 3600 * 1000;
 constexpr size_t kMaxPipelinedBytes = 64 * 1024;
 constexpr size_t kMaxReasonBytes = 1024;
 constexpr int kMaxInterimResponses = 16;
+// A request body up to this size is kept, so that an idempotent request can be sent again.
+constexpr size_t kMaxReplayBytes = 64 * 1024;
 constexpr uint64_t kDrainFlushMs = 5000;
 // An idle keep-alive connection is closed this long after a drain begins, not at once: a
 // client may have sent its next request already, and closing under it would fail that request.
@@ -462,8 +464,16 @@ int HttpSession::on_headers_complete() {
   }
   cluster_index_ = route->cluster_index;
   cluster_ = &snap_->policy->clusters[cluster_index_];
+  ClusterState& cs = cluster_state();
+  if (!ClusterShared::try_take(cs.shared->requests, cluster_->circuit_breaker.max_requests)) {
+    overflow(BreakerLimit::requests);
+    return request_has_body_ ? HPE_USER : 0;
+  }
+  breaker_request_ = true;
+  cs.shared->budget.record_request(worker_.index(), uv_now(worker_.loop()));
+  replayable_ = !request_has_body_ || idempotent_method(parser_.method);
   build_upstream_head(*route);
-  connect_upstream();
+  start_attempt();
   if (closing()) return HPE_USER;
   if (local_response_) return request_has_body_ ? HPE_USER : 0;
   if (request_has_body_ && listener_->body_timeout.count() > 0)
@@ -492,6 +502,10 @@ void HttpSession::build_upstream_head(const Route&) {
         if (!forwarded_for.empty()) forwarded_for += ", ";
         forwarded_for += trim_ows(headers_.value(i));
       }
+      continue;
+    }
+    if (iequals(name, "x-pilotfish-attempt")) {
+      nested_ = true;  // from another pilotfish: its hop retries, this one does not (by default)
       continue;
     }
     if (iequals(name, "host")) has_host = true;
@@ -523,8 +537,15 @@ void HttpSession::build_upstream_head(const Route&) {
     h += trim_ows(headers_.value(headers_.find("upgrade")));
     h += "\r\n";
   }
-  h += "\r\n";
-  to_upstream_ = h;
+  // The head ends with the attempt header, added per attempt (attempt_head()).
+}
+
+std::string HttpSession::attempt_head() const {
+  std::string h = upstream_head_;
+  h += "x-pilotfish-attempt: ";
+  append_uint(h, static_cast<uint64_t>(attempts_));
+  h += "\r\n\r\n";
+  return h;
 }
 
 int HttpSession::on_body(const char* at, size_t length) {
@@ -537,11 +558,11 @@ int HttpSession::on_body(const char* at, size_t length) {
   if (request_chunked_) {
     std::string chunk_head;
     append_chunk_header(chunk_head, length);
-    send_upstream(chunk_head.data(), chunk_head.size());
-    send_upstream(at, length);
-    send_upstream("\r\n", 2);
+    send_body(chunk_head.data(), chunk_head.size());
+    send_body(at, length);
+    send_body("\r\n", 2);
   } else {
-    send_upstream(at, length);
+    send_body(at, length);
   }
   return 0;
 }
@@ -549,10 +570,15 @@ int HttpSession::on_body(const char* at, size_t length) {
 int HttpSession::on_message_complete() {
   request_complete_ = true;
   request_scan_.reset();
-  if (!local_response_ && request_chunked_) send_upstream("0\r\n\r\n", 5);
+  if (!local_response_ && request_chunked_) send_body("0\r\n\r\n", 5);
   if (!local_response_ && !response_complete_ && cluster_ != nullptr) {
-    // The request is in; from here the cluster's timeout bounds the wait for the answer.
-    arm_timer(Timer::upstream, static_cast<uint64_t>(cluster_->timeout.count()));
+    // The request is in; from here the cluster's timeout bounds every attempt, and the
+    // per-try timeout the one in flight.
+    uint64_t now = uv_now(worker_.loop());
+    deadline_ms_ = now + static_cast<uint64_t>(cluster_->timeout.count());
+    if (upstream_ && cluster_->retry.per_try_timeout.count() > 0)
+      try_deadline_ms_ = now + static_cast<uint64_t>(cluster_->retry.per_try_timeout.count());
+    arm_upstream_timer();
   }
   if (parser_.upgrade) return 0;  // llhttp pauses by itself (HPE_PAUSED_UPGRADE)
   return HPE_PAUSED;
@@ -561,33 +587,182 @@ int HttpSession::on_message_complete() {
 // ---------------------------------------------------------------------------------------------
 // Upstream
 
-bool HttpSession::may_retry_connect() const {
-  return cluster_ && (cluster_->retry.on & kRetryConnectFailure) &&
-         static_cast<uint32_t>(attempts_) <= cluster_->retry.retries;
+bool HttpSession::idempotent_method(uint8_t method) {
+  switch (method) {
+    case HTTP_GET: case HTTP_HEAD: case HTTP_OPTIONS: case HTTP_PUT: case HTTP_DELETE: case HTTP_TRACE:
+      return true;
+    default:
+      return false;
+  }
 }
 
-void HttpSession::connect_upstream() {
+void HttpSession::send_body(const char* data, size_t length) {
+  // Kept for a retry while it is small; a larger body is sent once.
+  if (replayable_ && request_has_body_) {
+    if (replay_.size() + length <= kMaxReplayBytes)
+      replay_.append(data, length);
+    else
+      replayable_ = false, replay_.clear(), replay_.shrink_to_fit();
+  }
+  send_upstream(data, length);
+}
+
+void HttpSession::overflow(BreakerLimit limit) {
+  cluster_state().stats->breaker_overflow[static_cast<size_t>(limit)].add();
+  send_local_response(503, "overloaded", request_has_body_ && !request_complete_);
+}
+
+void HttpSession::start_attempt() {
   ClusterState& cs = cluster_state();
+  uint64_t now = uv_now(worker_.loop());
   int previous = endpoint_;
-  endpoint_ = cs.balancer->pick([](size_t) { return true; }, previous);
+  endpoint_ = -1;
+  size_t n = cs.pools.size();
+  for (size_t tries = 0; tries < n; ++tries) {
+    int chosen = cs.balancer->pick([&](size_t i) { return cs.health[i]->may_try(now); }, previous);
+    if (chosen < 0) break;
+    EndpointHealth& health = *cs.health[static_cast<size_t>(chosen)];
+    if (!health.needs_probe()) {
+      endpoint_ = chosen;
+      break;
+    }
+    // Its ejection is over: this request is its one probe, unless another got there first.
+    if (health.claim_probe()) {
+      probe_ = true;
+      endpoint_ = chosen;
+      break;
+    }
+  }
   if (endpoint_ < 0) {
     send_local_response(503, "no_healthy_upstream", request_has_body_ && !request_complete_);
     return;
   }
   ++attempts_;
-  cs.balancer->on_request_start(static_cast<size_t>(endpoint_));
   EndpointPool& pool = *cs.pools[static_cast<size_t>(endpoint_)];
   resp_headers_.clear();
   resp_status_text_.clear();
   response_scan_.reset();
   llhttp_init(&resp_parser_, HTTP_RESPONSE, &response_settings());
   resp_parser_.data = this;
+  // What this attempt sends: the head with its attempt number, then the body so far. A first
+  // attempt's body is still arriving (send_body); a retry's was kept (replay_), unless nothing
+  // was sent at all (a connect failure), when it is still in to_upstream_.
+  std::string head = attempt_head();
+  if (!upstream_sent_)
+    to_upstream_.replace(0, unsent_head_length_, head);
+  else
+    to_upstream_ = head + replay_;
+  unsent_head_length_ = head.size();
+  upstream_sent_ = false;
   bool reused = false;
-  UpstreamConnection* c = pool.acquire(this, &reused);
+  BreakerLimit limit = BreakerLimit::connections;
+  UpstreamConnection* c = pool.acquire(this, &reused, &limit);
+  if (!c) {
+    release_probe();
+    overflow(limit);
+    return;
+  }
+  cs.balancer->on_request_start(static_cast<size_t>(endpoint_));
+  balanced_ = true;
   if (c->closing()) return;  // failed synchronously: on_upstream_connect_failed has run
   upstream_ = c;
   upstream_reused_ = reused;
+  if (request_complete_ && cluster_->retry.per_try_timeout.count() > 0) {
+    try_deadline_ms_ = now + static_cast<uint64_t>(cluster_->retry.per_try_timeout.count());
+    arm_upstream_timer();
+  }
   if (reused) on_upstream_connected();
+}
+
+void HttpSession::release_cluster_holds() {
+  if (cluster_ == nullptr) return;
+  release_probe();
+  ClusterState& cs = cluster_state();
+  if (breaker_request_) ClusterShared::give_back(cs.shared->requests);
+  if (retry_slot_) ClusterShared::give_back(cs.shared->retries);
+  breaker_request_ = retry_slot_ = false;
+}
+
+void HttpSession::end_balance() {
+  if (!balanced_) return;
+  balanced_ = false;
+  if (endpoint_ >= 0) cluster_state().balancer->on_request_end(static_cast<size_t>(endpoint_));
+}
+
+void HttpSession::release_probe() {
+  if (!probe_) return;
+  probe_ = false;
+  if (endpoint_ >= 0) cluster_state().health[static_cast<size_t>(endpoint_)]->release_probe(uv_now(worker_.loop()));
+}
+
+void HttpSession::endpoint_verdict(bool ok) {
+  if (endpoint_ < 0 || cluster_ == nullptr) return;
+  ClusterState& cs = cluster_state();
+  EndpointHealth& health = *cs.health[static_cast<size_t>(endpoint_)];
+  probe_ = false;
+  if (ok) {
+    record_endpoint_success(health, *cs.shared);
+    return;
+  }
+  if (record_endpoint_failure(health, *cs.shared, cluster_->outlier_detection, cs.pools.size(),
+                              uv_now(worker_.loop()))) {
+    cs.stats->outlier_ejections.add();
+    log_warn("cluster " + cluster_->name + ": endpoint " + cs.pools[static_cast<size_t>(endpoint_)]->address().text +
+             " ejected (outlier detection)");
+  }
+}
+
+bool HttpSession::retry_allowed(uint32_t condition) {
+  const RetryPolicy& retry = cluster_->retry;
+  if (!(retry.on & condition)) return false;
+  if (nested_ && !retry.nested) return false;
+  if (static_cast<uint32_t>(attempts_) > retry.retries) return false;
+  // Sent bytes can be sent again only when they were kept and the method allows it; a
+  // connect failure sent nothing.
+  bool sent = upstream_sent_ || condition != kRetryConnectFailure;
+  if (sent && (!request_complete_ || !replayable_)) return false;
+  uint64_t now = uv_now(worker_.loop());
+  if (deadline_ms_ && now >= deadline_ms_) return false;
+  ClusterState& cs = cluster_state();
+  if (!cs.shared->budget.allows_retry(now, retry.budget_ratio, retry.budget_min_per_second)) {
+    cs.stats->retry_budget_exhausted.add();
+    return false;
+  }
+  if (!retry_slot_) {
+    if (!ClusterShared::try_take(cs.shared->retries, cluster_->circuit_breaker.max_retries)) {
+      cs.stats->breaker_overflow[static_cast<size_t>(BreakerLimit::retries)].add();
+      return false;
+    }
+    retry_slot_ = true;
+  }
+  cs.stats->retries.add();
+  cs.shared->budget.record_retry(worker_.index(), now);
+  return true;
+}
+
+void HttpSession::schedule_retry() {
+  // Full jitter: uniform in [0, min(max, base * 2^(n-1))) before retry n. While the client is
+  // still sending its body (a connect failure), the retry is at once.
+  const RetryPolicy& retry = cluster_->retry;
+  uint64_t cap = static_cast<uint64_t>(retry.backoff_base.count());
+  for (int i = 1; i < attempts_ && cap < static_cast<uint64_t>(retry.backoff_max.count()); ++i) cap *= 2;
+  cap = std::min(cap, static_cast<uint64_t>(retry.backoff_max.count()));
+  uint64_t wait = cap ? worker_.random().below(cap) : 0;
+  if (wait == 0 || !request_complete_) {
+    start_attempt();
+    return;
+  }
+  backoff_until_ms_ = uv_now(worker_.loop()) + wait;
+  arm_upstream_timer();
+}
+
+void HttpSession::arm_upstream_timer() {
+  uint64_t next = 0;
+  for (uint64_t t : {deadline_ms_, try_deadline_ms_, backoff_until_ms_})
+    if (t && (next == 0 || t < next)) next = t;
+  if (next == 0) return;
+  uint64_t now = uv_now(worker_.loop());
+  arm_timer(Timer::upstream, next > now ? next - now : 1);
 }
 
 void HttpSession::on_upstream_connected() {
@@ -604,12 +779,14 @@ void HttpSession::on_upstream_connected() {
 void HttpSession::on_upstream_connect_failed(int status) {
   ClusterState& cs = cluster_state();
   cs.stats->upstream_connect_failure.add();
-  if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
+  end_balance();
   upstream_ = nullptr;
   log_debug("cluster " + cluster_->name + ": connect to " +
             cs.pools[static_cast<size_t>(endpoint_)]->address().text + " failed: " + uv_strerror(status));
-  if (may_retry_connect()) {
-    connect_upstream();
+  endpoint_verdict(false);
+  if (retry_allowed(kRetryConnectFailure)) {
+    schedule_retry();
+    after_downstream_io();
     return;
   }
   send_local_response(503, status == UV_ETIMEDOUT ? "connect_timeout" : "connect_failure",
@@ -637,8 +814,7 @@ void HttpSession::on_upstream_drained() {
 
 void HttpSession::release_upstream(bool reusable) {
   if (!upstream_) return;
-  ClusterState& cs = cluster_state();
-  cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
+  end_balance();
   UpstreamConnection* c = upstream_;
   upstream_ = nullptr;
   c->detach();
@@ -681,6 +857,13 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
     length = rest;
     err = execute_checked(&resp_parser_, response_scan_, data, length);
   }
+  if (retry_after_response_ && !closing()) {
+    retry_after_response_ = false;
+    abort_upstream();
+    schedule_retry();
+    after_downstream_io();
+    return;
+  }
   if (closing()) return;
   if (err == HPE_PAUSED_UPGRADE && tunnel_) {
     const char* pos = llhttp_get_error_pos(&resp_parser_);
@@ -699,7 +882,10 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
     log_warn("cluster " + cluster_->name + ": invalid response from " +
              cluster_state().pools[static_cast<size_t>(endpoint_)]->address().text + ": " +
              (reason ? reason : llhttp_errno_name(err)));
-    if (!response_started_) cluster_state().stats->upstream_reset.add();
+    if (!response_started_) {
+      cluster_state().stats->upstream_reset.add();
+      endpoint_verdict(false);
+    }
     abort_upstream();
     if (!response_started_) {
       send_local_response(502, "invalid_response", true);
@@ -724,7 +910,7 @@ void HttpSession::on_upstream_end(int status) {
   // The connection is closing itself; it is no longer ours.
   ClusterState& cs = cluster_state();
   if (!tunnel_ && !response_started_) cs.stats->upstream_reset.add();
-  if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
+  end_balance();
   upstream_ = nullptr;
   if (tunnel_) {
     close_when_flushed();
@@ -745,15 +931,21 @@ void HttpSession::on_upstream_end(int status) {
     return;
   }
   // Nothing of a response came back. A request written to a pooled connection that the
-  // upstream was closing at that moment is sent once more on a fresh connection, when it is
-  // safe: no body, and not sent twice already.
-  if (upstream_reused_ && !response_bytes_seen_ && !request_has_body_ && request_complete_ && !replayed_) {
+  // upstream was closing at that moment (the keep-alive race) is sent once more on a fresh
+  // connection when that is safe: no body, or an idempotent one that was kept. It is not the
+  // endpoint's fault, and not a retry: no budget, no count.
+  bool safe = !request_has_body_ || replayable_;
+  if (upstream_reused_ && !response_bytes_seen_ && safe && request_complete_ && !replayed_) {
     replayed_ = true;
-    to_upstream_ = upstream_head_;
-    upstream_sent_ = false;
+    release_probe();
     --attempts_;
-    endpoint_ = -1;
-    connect_upstream();
+    start_attempt();
+    after_downstream_io();
+    return;
+  }
+  endpoint_verdict(false);
+  if (retry_allowed(kRetryReset)) {
+    schedule_retry();
     after_downstream_io();
     return;
   }
@@ -806,6 +998,31 @@ int HttpSession::on_response_headers_complete() {
     resp_headers_.clear();
     resp_status_text_.clear();
     return 0;
+  }
+  // The final answer: the endpoint's verdict, and perhaps a retry instead of passing it on.
+  uint32_t condition = 0;
+  if (status >= 500) condition |= kRetry5xx;
+  if (status == 502 || status == 503 || status == 504) condition |= kRetryGatewayError;
+  for (int code : cluster_->retry.status_codes)
+    if (code == status) condition |= kRetryRetriableStatusCodes;
+  endpoint_verdict(status < 500);
+  if (condition && retry_allowed(condition)) {
+    retry_after_response_ = true;
+    return HPE_USER;  // on_upstream_data drops this answer and its connection, and retries
+  }
+  deadline_ms_ = try_deadline_ms_ = backoff_until_ms_ = 0;
+  // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
+  // kept idle that long, so that no request is written to it as it closes.
+  size_t ka = resp_headers_.find("keep-alive");
+  if (ka != HeaderList::npos && upstream_) {
+    std::string_view v = resp_headers_.value(ka);
+    size_t t = v.find("timeout=");
+    if (t != std::string_view::npos) {
+      uint64_t seconds = 0;
+      size_t i = t + 8;
+      while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 1'000'000) seconds = seconds * 10 + (v[i++] - '0');
+      upstream_->set_idle_limit(seconds == 0 ? 1 : seconds * 800);
+    }
   }
   status_ = status;
   bool no_body = parser_.method == HTTP_HEAD || status == 204 || status == 304;
@@ -1050,10 +1267,17 @@ void HttpSession::reset_request() {
   request_id_.clear();
   bytes_in_ = 0;
   bytes_out_ = 0;
+  release_cluster_holds();
   cluster_ = nullptr;
   endpoint_ = -1;
   attempts_ = 0;
   replayed_ = false;
+  replay_.clear();
+  replayable_ = true;
+  nested_ = false;
+  deadline_ms_ = try_deadline_ms_ = backoff_until_ms_ = 0;
+  unsent_head_length_ = 0;
+  retry_after_response_ = false;
   upstream_reused_ = false;
   upstream_sent_ = false;
   to_upstream_.clear();
@@ -1136,8 +1360,37 @@ void HttpSession::on_timeout() {
         close();
         return;
       }
-      send_local_response(504, "timeout", !request_complete_);
-      after_downstream_io();
+      uint64_t now = uv_now(worker_.loop());
+      if (deadline_ms_ && now >= deadline_ms_) {
+        // Every attempt together had the cluster's timeout.
+        if (upstream_) endpoint_verdict(false);
+        release_probe();
+        send_local_response(504, "timeout", !request_complete_);
+        after_downstream_io();
+        return;
+      }
+      if (backoff_until_ms_ && now >= backoff_until_ms_) {
+        backoff_until_ms_ = 0;
+        start_attempt();
+        after_downstream_io();
+        return;
+      }
+      if (try_deadline_ms_ && now >= try_deadline_ms_ && upstream_) {
+        // This attempt had its per-try timeout: a 504 for the retry conditions and a failure
+        // of the endpoint.
+        try_deadline_ms_ = 0;
+        cluster_state().stats->upstream_timeout.add();
+        abort_upstream();
+        endpoint_verdict(false);
+        if (retry_allowed(kRetry5xx | kRetryGatewayError)) {
+          schedule_retry();
+        } else {
+          send_local_response(504, "timeout", !request_complete_);
+        }
+        after_downstream_io();
+        return;
+      }
+      arm_upstream_timer();
       return;
     }
   }
@@ -1146,13 +1399,13 @@ void HttpSession::on_timeout() {
 void HttpSession::on_close() {
   if (in_request_) log_request();
   if (upstream_) {
-    ClusterState& cs = cluster_state();
-    if (endpoint_ >= 0) cs.balancer->on_request_end(static_cast<size_t>(endpoint_));
+    end_balance();
     UpstreamConnection* c = upstream_;
     upstream_ = nullptr;
     c->detach();
     c->close();
   }
+  release_cluster_holds();
   conn_stats_->connections.add(-1);
   worker_.remove_downstream();
 }

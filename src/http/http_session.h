@@ -67,7 +67,19 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void after_downstream_io();
   bool validate_request_head();
   void build_upstream_head(const Route& route);
-  void connect_upstream();
+  // Resilience: one attempt at an endpoint the outlier detection allows; its verdict; retries.
+  void start_attempt();
+  std::string attempt_head() const;
+  void send_body(const char* data, size_t length);
+  void overflow(BreakerLimit limit);
+  void end_balance();
+  void release_probe();
+  void release_cluster_holds();
+  void endpoint_verdict(bool ok);
+  bool retry_allowed(uint32_t condition);
+  void schedule_retry();
+  void arm_upstream_timer();
+  static bool idempotent_method(uint8_t method);
   void send_upstream(const char* data, size_t length);
   size_t upstream_pending() const;
   void release_upstream(bool reusable);
@@ -83,7 +95,6 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void reset_request();
   void arm_timer(Timer which, uint64_t ms);
   void log_request();
-  bool may_retry_connect() const;
   // Takes the worker's current snapshot, between requests.
   void refresh_snapshot();
   bool draining() const { return draining_ || worker_.draining(); }
@@ -131,7 +142,19 @@ class HttpSession final : public Stream, public UpstreamHandler {
   UpstreamConnection* upstream_ = nullptr;
   bool upstream_reused_ = false;
   bool upstream_sent_ = false;  // bytes of this request were handed to a connection
-  std::string upstream_head_;
+  std::string upstream_head_;    // without the attempt header and the final CRLF
+  size_t unsent_head_length_ = 0;  // of the attempt head at the front of to_upstream_
+  std::string replay_;           // the body as sent, kept for a retry (up to kMaxReplayBytes)
+  bool replayable_ = true;       // no body, or an idempotent one small enough to keep
+  bool nested_ = false;          // sent by another pilotfish: not retried again here
+  bool balanced_ = false;        // counted in the balancer's active requests
+  bool probe_ = false;           // this attempt is its ejected endpoint's one probe
+  bool breaker_request_ = false; // holds one of the cluster's max_requests
+  bool retry_slot_ = false;      // holds one of the cluster's max_retries
+  bool retry_after_response_ = false;
+  uint64_t deadline_ms_ = 0;     // the cluster timeout, over every attempt
+  uint64_t try_deadline_ms_ = 0; // the per-try timeout of the attempt in flight
+  uint64_t backoff_until_ms_ = 0;
   std::string to_upstream_;     // bytes waiting for a connection
   bool paused_for_upstream_ = false;
 

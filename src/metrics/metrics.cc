@@ -109,7 +109,7 @@ struct ListenerTotals {
 
 struct ClusterTotals {
   std::array<uint64_t, StatusCounts::kSlots + 1> codes{};
-  uint64_t reset = 0, connect_failure = 0, retries = 0, budget_exhausted = 0, ejections = 0;
+  uint64_t reset = 0, connect_failure = 0, timeout = 0, retries = 0, budget_exhausted = 0, ejections = 0;
   int64_t connections = 0;
   std::array<uint64_t, 4> overflow{};
 };
@@ -154,6 +154,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
       for (size_t i = 0; i < t.codes.size(); ++i) t.codes[i] += c->upstream_codes.slots[i].load();
       t.reset += c->upstream_reset.load();
       t.connect_failure += c->upstream_connect_failure.load();
+      t.timeout += c->upstream_timeout.load();
       t.connections += c->upstream_connections.load();
       t.retries += c->retries.load();
       t.budget_exhausted += c->retry_budget_exhausted.load();
@@ -219,6 +220,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
     if (t.reset) add_counter(upstream, {{"cluster", name}, {"code", "reset"}}, static_cast<double>(t.reset));
     if (t.connect_failure)
       add_counter(upstream, {{"cluster", name}, {"code", "connect_failure"}}, static_cast<double>(t.connect_failure));
+    if (t.timeout) add_counter(upstream, {{"cluster", name}, {"code", "timeout"}}, static_cast<double>(t.timeout));
     add_gauge(up_conns, {{"cluster", name}}, static_cast<double>(t.connections));
     add_counter(retries, {{"cluster", name}}, static_cast<double>(t.retries));
     add_counter(budget, {{"cluster", name}}, static_cast<double>(t.budget_exhausted));

@@ -100,6 +100,7 @@ struct ClusterStats {
   StatusCounts upstream_codes;
   RelaxedCounter upstream_reset;
   RelaxedCounter upstream_connect_failure;
+  RelaxedCounter upstream_timeout;  // attempts abandoned at their per-try timeout
   RelaxedGauge upstream_connections;
   RelaxedCounter retries;
   RelaxedCounter retry_budget_exhausted;

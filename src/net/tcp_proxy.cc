@@ -30,20 +30,41 @@ void TcpProxySession::start() {
 
 void TcpProxySession::connect() {
   ClusterState& cs = *snap_->clusters[cluster_index_];
-  endpoint_ = cs.balancer->pick([](size_t) { return true; }, endpoint_);
+  const Cluster& c = snap_->policy->clusters[cluster_index_];
+  uint64_t now = uv_now(worker_.loop());
+  int previous = endpoint_;
+  endpoint_ = cs.balancer->pick([&](size_t i) { return cs.health[i]->may_try(now); }, previous);
+  // An ejected endpoint whose time is up takes one connection as its probe.
+  probe_ = false;
+  if (endpoint_ >= 0 && cs.health[static_cast<size_t>(endpoint_)]->needs_probe()) {
+    if (cs.health[static_cast<size_t>(endpoint_)]->claim_probe())
+      probe_ = true;
+    else
+      endpoint_ = -1;
+  }
   if (endpoint_ < 0) {
+    close();
+    return;
+  }
+  if (!ClusterShared::try_take(cs.shared->connections, c.circuit_breaker.max_connections)) {
+    cs.stats->breaker_overflow[static_cast<size_t>(BreakerLimit::connections)].add();
+    cs.health[static_cast<size_t>(endpoint_)]->release_probe(now);
+    probe_ = false;
     close();
     return;
   }
   ++attempts_;
   // A byte stream is never pooled: each client gets its own upstream connection.
-  upstream_ = new UpstreamConnection(worker_, nullptr, this, cs.stats);
+  upstream_ = new UpstreamConnection(worker_, nullptr, this, cs.stats, cs.shared);
   upstream_->set_half_close(true);
   upstream_->connect(cs.pools[static_cast<size_t>(endpoint_)]->address().sa(),
-                     static_cast<uint64_t>(snap_->policy->clusters[cluster_index_].connect_timeout.count()));
+                     static_cast<uint64_t>(c.connect_timeout.count()));
 }
 
 void TcpProxySession::on_upstream_connected() {
+  ClusterState& cs = *snap_->clusters[cluster_index_];
+  record_endpoint_success(*cs.health[static_cast<size_t>(endpoint_)], *cs.shared);
+  probe_ = false;
   upstream_->append(pending_);
   pending_.clear();
   pending_.shrink_to_fit();
@@ -58,6 +79,12 @@ void TcpProxySession::on_upstream_connected() {
 void TcpProxySession::on_upstream_connect_failed(int status) {
   upstream_ = nullptr;
   const Cluster& c = snap_->policy->clusters[cluster_index_];
+  ClusterState& cs = *snap_->clusters[cluster_index_];
+  cs.stats->upstream_connect_failure.add();
+  if (record_endpoint_failure(*cs.health[static_cast<size_t>(endpoint_)], *cs.shared, c.outlier_detection,
+                              cs.pools.size(), uv_now(worker_.loop())))
+    cs.stats->outlier_ejections.add();
+  probe_ = false;
   log_debug("listener " + listener_.name + ": connect to cluster " + c.name + " failed: " + uv_strerror(status));
   if ((c.retry.on & kRetryConnectFailure) && attempts_ <= c.retry.retries) {
     connect();
@@ -158,6 +185,8 @@ void TcpProxySession::on_close() {
     u->detach();
     u->close();
   }
+  if (probe_ && endpoint_ >= 0)  // left before the probe had a verdict: the next one probes
+    snap_->clusters[cluster_index_]->health[static_cast<size_t>(endpoint_)]->release_probe(uv_now(worker_.loop()));
   conn_stats_->connections.add(-1);
   worker_.remove_downstream();
 }

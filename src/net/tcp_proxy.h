@@ -43,6 +43,7 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
   size_t cluster_index_ = 0;
   int endpoint_ = -1;
   unsigned attempts_ = 0;
+  bool probe_ = false;  // this connection is its ejected endpoint's one probe
   UpstreamConnection* upstream_ = nullptr;
   std::string pending_;  // bytes from the client before the upstream connected
   bool downstream_eof_ = false;

@@ -31,7 +31,7 @@ bool same_listener(const Listener& a, const Listener& b) {
 bool same_retry(const RetryPolicy& a, const RetryPolicy& b) {
   return a.retries == b.retries && a.on == b.on && a.status_codes == b.status_codes &&
          a.per_try_timeout == b.per_try_timeout && a.backoff_base == b.backoff_base && a.backoff_max == b.backoff_max &&
-         a.budget_ratio == b.budget_ratio && a.budget_min_per_second == b.budget_min_per_second;
+         a.budget_ratio == b.budget_ratio && a.budget_min_per_second == b.budget_min_per_second && a.nested == b.nested;
 }
 
 bool same_cluster(const Cluster& a, const Cluster& b) {

@@ -207,6 +207,7 @@ std::string policy_to_json(const Policy& p) {
     w.key("backoff").begin_object().key("base").dur(r.backoff_base).key("max").dur(r.backoff_max).end_object();
     w.key("budget").begin_object().key("ratio").num(r.budget_ratio).key("min_per_second").num(r.budget_min_per_second);
     w.end_object();
+    w.key("nested").boolean(r.nested);
     w.end_object();
     const CircuitBreakerLimits& b = c.circuit_breaker;
     w.key("circuit_breaker").begin_object();

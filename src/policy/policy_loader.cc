@@ -92,7 +92,8 @@ constexpr std::string_view kClusterKeys[] = {"name",
                                              "circuit_breaker",
                                              "outlier_detection"};
 constexpr std::string_view kClusterMtlsKeys[] = {"server_identity"};
-constexpr std::string_view kRetryKeys[] = {"retries", "on", "status_codes", "per_try_timeout", "backoff", "budget"};
+constexpr std::string_view kRetryKeys[] = {"retries", "on",     "status_codes", "per_try_timeout",
+                                           "backoff", "budget", "nested"};
 constexpr std::string_view kBackoffKeys[] = {"base", "max"};
 constexpr std::string_view kBudgetKeys[] = {"ratio", "min_per_second"};
 constexpr std::string_view kCircuitBreakerKeys[] = {"max_connections", "max_pending_requests", "max_requests",
@@ -1317,6 +1318,9 @@ void PolicyReader::read_retry(const Field& field, Cluster& cluster) {
   }
   if (const Field* f = section->find("backoff")) read_backoff(*f, retry);
   if (const Field* f = section->find("budget")) read_budget(*f, retry);
+  if (const Field* f = section->find("nested")) {
+    if (auto nested = read_bool(*f)) retry.nested = *nested;
+  }
 
   if (!on_valid) return;  // what on means is unknown, so nothing can be said about status_codes
   const bool retries_on_codes = (retry.on & kRetryRetriableStatusCodes) != 0;

@@ -24,6 +24,7 @@
 #include "server/admin_server.h"
 #include "server/policy_events.h"
 #include "server/worker.h"
+#include "upstream/resilience.h"
 
 namespace pilotfish {
 
@@ -77,6 +78,7 @@ struct Process final : AdminBackend {
   std::map<std::string, SocketAddress> bound;  // bind_key -> bound address
   int version = 1;
   std::unique_ptr<MetricsRegistry> registry;
+  std::unique_ptr<ResilienceRegistry> resilience;
   std::unique_ptr<AdminServer> admin;
   std::time_t loaded_at = 0;
   bool serving = false;  // every listener bound and every worker started
@@ -124,6 +126,10 @@ struct Process final : AdminBackend {
 
   // ---- admin ---------------------------------------------------------------------------------
   Answer metrics() override {
+    for (const auto& c : policy->clusters) {
+      auto shared = resilience->find_cluster(c.name);
+      registry->set_endpoints_ejected(c.name, shared ? shared->ejected.load() : 0);
+    }
     return {200, "text/plain; version=0.0.4; charset=utf-8", registry->render()};
   }
   Answer ready() override {
@@ -173,13 +179,29 @@ struct Process final : AdminBackend {
         if (i) body += ',';
         body += "{\"address\":";
         json_string(body, c.endpoints[i].text);
-        body += ",\"health\":\"ok\"}";
+        auto health = resilience->find_endpoint(c.name, c.endpoints[i].text);
+        uint32_t state = health ? health->state.load() : EndpointHealth::ok;
+        body += ",\"health\":";
+        body += state == EndpointHealth::ok ? "\"ok\"" : state == EndpointHealth::ejected ? "\"ejected\"" : "\"probing\"";
+        body += ",\"ejected_until\":";
+        if (state == EndpointHealth::ok) body += "null";
+        else json_string(body, iso_time_ms(health->ejected_until_unix_ms.load()));
+        body += ",\"ejections\":" + std::to_string(health ? health->ejections.load() : 0);
+        body += ",\"consecutive_failures\":" + std::to_string(health ? health->consecutive_failures.load() : 0) + "}";
       }
       body += "],\"open_connections\":" + std::to_string(registry->cluster_open_connections(c.name));
       body += ",\"circuit_breaker\":{\"max_connections\":" + std::to_string(c.circuit_breaker.max_connections) +
               ",\"max_pending_requests\":" + std::to_string(c.circuit_breaker.max_pending_requests) +
               ",\"max_requests\":" + std::to_string(c.circuit_breaker.max_requests) +
-              ",\"max_retries\":" + std::to_string(c.circuit_breaker.max_retries) + "}}";
+              ",\"max_retries\":" + std::to_string(c.circuit_breaker.max_retries) + "}";
+      auto shared = resilience->find_cluster(c.name);
+      auto count = [&](std::atomic<int64_t> ClusterShared::*field) {
+        return std::to_string(shared ? (shared.get()->*field).load() : 0);
+      };
+      body += ",\"in_flight\":{\"connections\":" + count(&ClusterShared::connections) +
+              ",\"pending_requests\":" + count(&ClusterShared::pending) +
+              ",\"requests\":" + count(&ClusterShared::requests) + ",\"retries\":" + count(&ClusterShared::retries) +
+              "},\"endpoints_ejected\":" + count(&ClusterShared::ejected) + "}";
     }
     body += "]}\n";
     return {200, "application/json", body};
@@ -300,6 +322,7 @@ struct Process final : AdminBackend {
     policy = snapshot;
     loaded = std::make_shared<const Policy>(*result.policy);
     rejected_sha256.clear();
+    resilience->keep_only(*policy);
     if (!app_ready) update_wait_list();
     bound = std::move(next_bound);
     ++version;
@@ -553,6 +576,7 @@ int run_server(const RunOptions& options) {
   p.loop = uv_default_loop();
   p.loaded_at = std::time(nullptr);
   p.registry = std::make_unique<MetricsRegistry>(policy->workers);
+  p.resilience = std::make_unique<ResilienceRegistry>(policy->workers);
   p.registry->set_policy_info(1, policy->sha256);
   p.access_log = std::make_unique<AccessLogWriter>(policy->access_log);
   std::string err;
@@ -616,7 +640,8 @@ int run_server(const RunOptions& options) {
 
   PolicyPtr snapshot = policy;
   for (unsigned w = 0; w < n; ++w)
-    p.workers.push_back(std::make_unique<Worker>(w, snapshot, keys, fds[w], p.access_log.get(), *p.registry));
+    p.workers.push_back(std::make_unique<Worker>(w, snapshot, keys, fds[w], p.access_log.get(), *p.registry,
+                                                      *p.resilience));
   for (auto& w : p.workers) w->start_with_callback([&p] {
     p.finished.fetch_add(1);
     uv_async_send(&p.worker_done);

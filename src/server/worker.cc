@@ -21,8 +21,8 @@ RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
 }
 
 Worker::Worker(unsigned index, PolicyPtr policy, std::vector<std::string> keys, std::vector<int> listen_fds,
-               AccessLogWriter* access_log, MetricsRegistry& metrics)
-    : EventLoop(&loop_), index_(index), metrics_(metrics) {
+               AccessLogWriter* access_log, MetricsRegistry& metrics, ResilienceRegistry& resilience)
+    : EventLoop(&loop_), index_(index), metrics_(metrics), resilience_(resilience) {
   uv_loop_init(&loop_);
   loop_.data = this;
   uv_async_init(&loop_, &async_, on_async);
@@ -74,6 +74,8 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
       cs->lb = c.lb;
       cs->mtls = c.mtls;
       cs->stats = stats.clusters.at(c.name);
+      cs->shared = resilience_.cluster(c.name);
+      for (const auto& ep : c.endpoints) cs->health.push_back(resilience_.endpoint(c.name, ep.text));
       cs->balancer = std::make_unique<Balancer>(c.lb, c.endpoints.size(), &random_);
       bool same_tls = found != old_clusters.end() && found->second->mtls.enabled == c.mtls.enabled &&
                       found->second->mtls.server_identity == c.mtls.server_identity;
@@ -82,7 +84,7 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
         if (pool != old_pools.end() && same_tls)
           cs->pools.push_back(pool->second);  // an endpoint that stays keeps its connections
         else
-          cs->pools.push_back(std::make_shared<EndpointPool>(*this, ep, c, cs->stats));
+          cs->pools.push_back(std::make_shared<EndpointPool>(*this, ep, c, cs->stats, cs->shared));
       }
     }
     for (const auto& pool : cs->pools) {

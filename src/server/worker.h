@@ -24,6 +24,7 @@
 #include "net/event_loop.h"
 #include "pilotfish/balancer.h"
 #include "pilotfish/policy.h"
+#include "upstream/resilience.h"
 #include "upstream/upstream_pool.h"
 
 namespace pilotfish {
@@ -38,8 +39,10 @@ struct ClusterState {
   LbPolicy lb = LbPolicy::round_robin;
   ClusterMtls mtls;  // pooled connections were made with these TLS settings
   std::shared_ptr<ClusterStats> stats;
+  std::shared_ptr<ClusterShared> shared;                // breaker counts, retry budget: all workers
   std::unique_ptr<Balancer> balancer;
-  std::vector<std::shared_ptr<EndpointPool>> pools;  // by endpoint index
+  std::vector<std::shared_ptr<EndpointPool>> pools;     // by endpoint index
+  std::vector<std::shared_ptr<EndpointHealth>> health;  // by endpoint index: all workers
 };
 
 // One listening address of a worker, stable across reloads while its address is unchanged.
@@ -66,7 +69,7 @@ class Worker final : public EventLoop {
  public:
   // `listen_fds[i]` is this worker's bound socket for policy->listeners[i], kept under `keys[i]`.
   Worker(unsigned index, PolicyPtr policy, std::vector<std::string> keys, std::vector<int> listen_fds,
-         AccessLogWriter* access_log, MetricsRegistry& metrics);
+         AccessLogWriter* access_log, MetricsRegistry& metrics, ResilienceRegistry& resilience);
   ~Worker();
 
   // Runs the loop on a new thread; `done` is called on that thread when the loop has ended.
@@ -129,6 +132,7 @@ class Worker final : public EventLoop {
 
   unsigned index_;
   MetricsRegistry& metrics_;
+  ResilienceRegistry& resilience_;
   SnapshotPtr snapshot_;
   uv_loop_t loop_;
   uv_async_t async_;

@@ -7,10 +7,16 @@
 namespace pilotfish {
 
 UpstreamConnection::UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler,
-                                       std::shared_ptr<ClusterStats> stats)
-    : Stream(worker), pool_(pool), handler_(handler), stats_(std::move(stats)) {
+                                       std::shared_ptr<ClusterStats> stats, std::shared_ptr<ClusterShared> shared)
+    : Stream(worker), pool_(pool), handler_(handler), stats_(std::move(stats)), shared_(std::move(shared)) {
   requests_started_ = 1;
   if (stats_) stats_->upstream_connections.add(1);
+}
+
+void UpstreamConnection::end_pending() {
+  if (!pending_counted_) return;
+  pending_counted_ = false;
+  ClusterShared::give_back(shared_->pending);
 }
 
 void UpstreamConnection::connect(const sockaddr* address, uint64_t timeout_ms) {
@@ -31,6 +37,7 @@ void UpstreamConnection::connect(const sockaddr* address, uint64_t timeout_ms) {
 void UpstreamConnection::connect_cb(uv_connect_t* req, int status) {
   auto* self = static_cast<UpstreamConnection*>(req->data);
   self->connecting_ = false;
+  self->end_pending();
   if (status == UV_ECANCELED || self->closing()) return;
   self->stop_timer();
   UpstreamHandler* h = self->handler_;
@@ -49,6 +56,7 @@ void UpstreamConnection::connect_cb(uv_connect_t* req, int status) {
 void UpstreamConnection::park(uint64_t idle_timeout_ms) {
   handler_ = nullptr;
   start_read();
+  if (idle_limit_ms_ && idle_limit_ms_ < idle_timeout_ms) idle_timeout_ms = idle_limit_ms_;
   set_deadline(idle_timeout_ms);
 }
 
@@ -95,13 +103,15 @@ void UpstreamConnection::on_timeout() {
 
 void UpstreamConnection::on_close() {
   if (stats_) stats_->upstream_connections.add(-1);
+  end_pending();
+  if (shared_) ClusterShared::give_back(shared_->connections);
   if (pool_) pool_->forget(this);
   pool_ = nullptr;
 }
 
 EndpointPool::EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster,
-                           std::shared_ptr<ClusterStats> stats)
-    : worker_(worker), address_(address), stats_(std::move(stats)) {
+                           std::shared_ptr<ClusterStats> stats, std::shared_ptr<ClusterShared> shared)
+    : worker_(worker), address_(address), stats_(std::move(stats)), shared_(std::move(shared)) {
   configure(cluster);
 }
 
@@ -123,6 +133,7 @@ EndpointPool::~EndpointPool() {
 void EndpointPool::configure(const Cluster& cluster) {
   connect_timeout_ms_ = static_cast<uint64_t>(cluster.connect_timeout.count());
   idle_timeout_ms_ = static_cast<uint64_t>(cluster.idle_timeout.count());
+  limits_ = cluster.circuit_breaker;
 }
 
 void EndpointPool::retire() {
@@ -132,7 +143,7 @@ void EndpointPool::retire() {
   for (auto* c : idle) c->close();
 }
 
-UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused) {
+UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow) {
   while (!idle_.empty()) {
     UpstreamConnection* c = idle_.back();
     idle_.pop_back();
@@ -143,7 +154,19 @@ UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused
     return c;
   }
   *reused = false;
-  auto* c = new UpstreamConnection(worker_, this, handler, stats_);
+  if (shared_) {
+    if (!ClusterShared::try_take(shared_->connections, limits_.max_connections)) {
+      *overflow = BreakerLimit::connections;
+      return nullptr;
+    }
+    if (!ClusterShared::try_take(shared_->pending, limits_.max_pending_requests)) {
+      ClusterShared::give_back(shared_->connections);
+      *overflow = BreakerLimit::pending_requests;
+      return nullptr;
+    }
+  }
+  auto* c = new UpstreamConnection(worker_, this, handler, stats_, shared_);
+  if (shared_) c->count_pending();
   c->pool_next_ = all_;
   if (all_) all_->pool_prev_ = c;
   all_ = c;

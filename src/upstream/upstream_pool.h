@@ -12,6 +12,7 @@
 #include "metrics/stats.h"
 #include "net/stream.h"
 #include "pilotfish/policy.h"
+#include "upstream/resilience.h"
 
 namespace pilotfish {
 
@@ -33,8 +34,10 @@ class UpstreamHandler {
 
 class UpstreamConnection final : public Stream {
  public:
-  // `stats` (may be null) counts this connection in upstream_connections while it is open.
-  UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler, std::shared_ptr<ClusterStats> stats);
+  // `stats` (may be null) counts this connection in upstream_connections while it is open;
+  // `shared` (may be null) in the cluster-wide count the max_connections breaker reads.
+  UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler, std::shared_ptr<ClusterStats> stats,
+                     std::shared_ptr<ClusterShared> shared = nullptr);
 
   bool connected() const { return connected_; }
   bool reused() const { return requests_started_ > 1; }
@@ -47,6 +50,10 @@ class UpstreamConnection final : public Stream {
   void set_half_close(bool on) { half_close_ = on; }
 
   void connect(const sockaddr* address, uint64_t timeout_ms);
+  // Counted in the cluster's pending requests until the connect completes or fails.
+  void count_pending() { pending_counted_ = true; }
+  // The upstream said `Keep-Alive: timeout=N`: never kept idle for that long.
+  void set_idle_limit(uint64_t ms) { idle_limit_ms_ = ms; }
   // Parks the connection in its pool: reads continue so that a close by the upstream is seen.
   void park(uint64_t idle_timeout_ms);
 
@@ -67,6 +74,10 @@ class UpstreamConnection final : public Stream {
   bool half_close_ = false;
   uint64_t requests_started_ = 0;
   std::shared_ptr<ClusterStats> stats_;
+  std::shared_ptr<ClusterShared> shared_;
+  bool pending_counted_ = false;
+  uint64_t idle_limit_ms_ = 0;  // 0: none
+  void end_pending();
   // Every connection of a pool, idle or busy, so that a pool that goes away can let go of all.
   friend class EndpointPool;
   UpstreamConnection* pool_prev_ = nullptr;
@@ -76,14 +87,15 @@ class UpstreamConnection final : public Stream {
 class EndpointPool {
  public:
   EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster,
-               std::shared_ptr<ClusterStats> stats);
+               std::shared_ptr<ClusterStats> stats, std::shared_ptr<ClusterShared> shared);
   ~EndpointPool();
   EndpointPool(const EndpointPool&) = delete;
   EndpointPool& operator=(const EndpointPool&) = delete;
 
   // An idle pooled connection if there is one (most recently used first, as it is the most
-  // likely to still be open), else a new connection that is connecting.
-  UpstreamConnection* acquire(UpstreamHandler* handler, bool* reused);
+  // likely to still be open), else a new connection that is connecting; or null when the
+  // cluster's max_connections or max_pending_requests breaker is full (*overflow says which).
+  UpstreamConnection* acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow);
   // The borrower is done and the connection may serve another request.
   void release(UpstreamConnection* connection);
   // Called by a closing connection.
@@ -102,11 +114,13 @@ class EndpointPool {
   SocketAddress address_;
   uint64_t connect_timeout_ms_;
   uint64_t idle_timeout_ms_;
+  CircuitBreakerLimits limits_;
   std::vector<UpstreamConnection*> idle_;
   UpstreamConnection* all_ = nullptr;  // intrusive list of every open connection
   size_t open_ = 0;
   bool retired_ = false;
   std::shared_ptr<ClusterStats> stats_;
+  std::shared_ptr<ClusterShared> shared_;
 };
 
 }  // namespace pilotfish

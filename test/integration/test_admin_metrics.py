@@ -89,8 +89,13 @@ class AdminTest(unittest.TestCase):
         self.assertEqual(status, 200)
         clusters = json.loads(body)["clusters"]
         self.assertEqual([c["name"] for c in clusters], ["app"])
-        self.assertEqual(clusters[0]["endpoints"], [{"address": self.up.address, "health": "ok"}])
+        self.assertEqual(clusters[0]["endpoints"], [{"address": self.up.address, "health": "ok", "ejected_until": None,
+                                                     "ejections": 0, "consecutive_failures": 0}])
         self.assertEqual(clusters[0]["circuit_breaker"]["max_requests"], 1024)
+        self.assertEqual(clusters[0]["in_flight"],
+                         {"connections": clusters[0]["open_connections"], "pending_requests": 0, "requests": 0,
+                          "retries": 0})
+        self.assertEqual(clusters[0]["endpoints_ejected"], 0)
 
         status, _, body = admin(self.pf, "/policy/history")
         self.assertEqual(status, 200)
