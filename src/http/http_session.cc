@@ -647,12 +647,19 @@ void HttpSession::start_attempt() {
   // What this attempt sends: the head with its attempt number, then the body so far. A first
   // attempt's body is still arriving (send_body); a retry's was kept (replay_), unless nothing
   // was sent at all (a connect failure), when it is still in to_upstream_.
-  std::string head = attempt_head();
-  if (!upstream_sent_)
-    to_upstream_.replace(0, unsent_head_length_, head);
-  else
-    to_upstream_ = head + replay_;
-  unsent_head_length_ = head.size();
+  if (attempts_ == 1 && to_upstream_.empty()) {
+    // The common case, built in place: no copy of the head beyond this one.
+    to_upstream_ = upstream_head_;
+    to_upstream_ += "x-pilotfish-attempt: 1\r\n\r\n";
+    unsent_head_length_ = to_upstream_.size();
+  } else {
+    std::string head = attempt_head();
+    if (!upstream_sent_)
+      to_upstream_.replace(0, unsent_head_length_, head);
+    else
+      to_upstream_ = head + replay_;
+    unsent_head_length_ = head.size();
+  }
   upstream_sent_ = false;
   bool reused = false;
   BreakerLimit limit = BreakerLimit::connections;

@@ -154,6 +154,10 @@ def main():
     ap.add_argument("--with-access-log", action="store_true", help="also measure pilotfish with its access log on")
     ap.add_argument("--with-scrape", action="store_true",
                     help="also measure pilotfish scraped once a second during the load")
+    ap.add_argument("--with-resilience", action="store_true",
+                    help="also measure pilotfish with a policy that configures retries, budget, breakers and outlier "
+                         "detection explicitly")
+    ap.add_argument("--baseline-bin", help="also measure this pilotfish binary (an older build) as 'baseline'")
     args = ap.parse_args()
 
     for tool in ("wrk", "haproxy", "nginx", "taskset"):
@@ -178,7 +182,23 @@ http {{ access_log off; keepalive_requests 1000000;
 
         targets = [Target("direct", up_port, up, lambda p=up: children(p.pid))]
 
-        def add_pilotfish(name, access_log, scrape=False):
+        resilience = """
+    lb: least_request
+    connect_timeout: 250ms
+    timeout: 3s
+    retry:
+      retries: 2
+      on: [connect-failure, reset, gateway-error, retriable-status-codes]
+      status_codes: [503]
+      per_try_timeout: 1s
+      backoff: {base: 25ms, max: 250ms}
+      budget: {ratio: 0.2, min_per_second: 10}
+    circuit_breaker: {max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3}
+    outlier_detection: {consecutive_failures: 5, base_ejection_time: 30s, max_ejection_time: 300s,
+                        max_ejection_percent: 50}
+"""
+
+        def add_pilotfish(name, access_log, scrape=False, binary=None, cluster_extra=""):
             port = free_port()
             admin_port = free_port()
             pol = os.path.join(tmp, f"{name}.yaml")
@@ -194,9 +214,9 @@ listeners:
     routes: [{{cluster: upstream}}]
 clusters:
   - name: upstream
-    endpoints: [127.0.0.1:{up_port}]
+    endpoints: [127.0.0.1:{up_port}]{cluster_extra}
 """)
-            p = start([args.bin, "run", "--config", pol])
+            p = start([binary or args.bin, "run", "--config", pol])
             procs.append(p)
             wait_port(port)
             targets.append(Target(name, port, p, lambda p=p: [p.pid], admin_port if scrape else None))
@@ -206,6 +226,10 @@ clusters:
             add_pilotfish("pilotfish+log", True)
         if args.with_scrape:
             add_pilotfish("pilotfish+scrape", False, scrape=True)
+        if args.with_resilience:
+            add_pilotfish("pilotfish+resilience", False, cluster_extra=resilience.rstrip())
+        if args.baseline_bin:
+            add_pilotfish("baseline", False, binary=args.baseline_bin)
 
         ha_port = free_port()
         ha_conf = os.path.join(tmp, "haproxy.cfg")
