@@ -612,7 +612,7 @@ void HttpSession::overflow(BreakerLimit limit) {
   send_local_response(503, "overloaded", request_has_body_ && !request_complete_);
 }
 
-void HttpSession::start_attempt() {
+void HttpSession::start_attempt(bool fresh_connection) {
   ClusterState& cs = cluster_state();
   uint64_t now = uv_now(worker_.loop());
   int previous = endpoint_;
@@ -647,7 +647,7 @@ void HttpSession::start_attempt() {
   // What this attempt sends: the head with its attempt number, then the body so far. A first
   // attempt's body is still arriving (send_body); a retry's was kept (replay_), unless nothing
   // was sent at all (a connect failure), when it is still in to_upstream_.
-  if (attempts_ == 1 && to_upstream_.empty()) {
+  if (attempts_ == 1 && !upstream_sent_ && to_upstream_.empty()) {
     // The common case, built in place: no copy of the head beyond this one.
     to_upstream_ = upstream_head_;
     to_upstream_ += "x-pilotfish-attempt: 1\r\n\r\n";
@@ -663,7 +663,7 @@ void HttpSession::start_attempt() {
   upstream_sent_ = false;
   bool reused = false;
   BreakerLimit limit = BreakerLimit::connections;
-  UpstreamConnection* c = pool.acquire(this, &reused, &limit);
+  UpstreamConnection* c = pool.acquire(this, &reused, &limit, fresh_connection);
   if (!c) {
     release_probe();
     overflow(limit);
@@ -738,6 +738,7 @@ bool HttpSession::retry_allowed(uint32_t condition) {
   if (!retry_slot_) {
     if (!ClusterShared::try_take(cs.shared->retries, cluster_->circuit_breaker.max_retries)) {
       cs.stats->breaker_overflow[static_cast<size_t>(BreakerLimit::retries)].add();
+      retry_overflow_ = true;  // answered 503 overloaded, as every breaker limit is
       return false;
     }
     retry_slot_ = true;
@@ -796,7 +797,10 @@ void HttpSession::on_upstream_connect_failed(int status) {
     after_downstream_io();
     return;
   }
-  send_local_response(503, status == UV_ETIMEDOUT ? "connect_timeout" : "connect_failure",
+  send_local_response(503,
+                      retry_overflow_             ? "overloaded"
+                      : status == UV_ETIMEDOUT ? "connect_timeout"
+                                               : "connect_failure",
                       request_has_body_ && !request_complete_);
   after_downstream_io();
 }
@@ -867,7 +871,10 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
   if (retry_after_response_ && !closing()) {
     retry_after_response_ = false;
     abort_upstream();
-    schedule_retry();
+    if (retry_overflow_)
+      send_local_response(503, "overloaded", !request_complete_);
+    else
+      schedule_retry();
     after_downstream_io();
     return;
   }
@@ -946,7 +953,7 @@ void HttpSession::on_upstream_end(int status) {
     replayed_ = true;
     release_probe();
     --attempts_;
-    start_attempt();
+    start_attempt(/*fresh_connection=*/true);  // another pooled one may be closing just the same
     after_downstream_io();
     return;
   }
@@ -956,7 +963,10 @@ void HttpSession::on_upstream_end(int status) {
     after_downstream_io();
     return;
   }
-  send_local_response(502, "upstream_reset", !request_complete_);
+  if (retry_overflow_)
+    send_local_response(503, "overloaded", !request_complete_);
+  else
+    send_local_response(502, "upstream_reset", !request_complete_);
   after_downstream_io();
 }
 
@@ -1013,7 +1023,7 @@ int HttpSession::on_response_headers_complete() {
   for (int code : cluster_->retry.status_codes)
     if (code == status) condition |= kRetryRetriableStatusCodes;
   endpoint_verdict(status < 500);
-  if (condition && retry_allowed(condition)) {
+  if (condition && (retry_allowed(condition) || retry_overflow_)) {
     retry_after_response_ = true;
     return HPE_USER;  // on_upstream_data drops this answer and its connection, and retries
   }
@@ -1285,6 +1295,7 @@ void HttpSession::reset_request() {
   deadline_ms_ = try_deadline_ms_ = backoff_until_ms_ = 0;
   unsent_head_length_ = 0;
   retry_after_response_ = false;
+  retry_overflow_ = false;
   upstream_reused_ = false;
   upstream_sent_ = false;
   to_upstream_.clear();
@@ -1392,7 +1403,8 @@ void HttpSession::on_timeout() {
         if (retry_allowed(kRetry5xx | kRetryGatewayError)) {
           schedule_retry();
         } else {
-          send_local_response(504, "timeout", !request_complete_);
+          send_local_response(retry_overflow_ ? 503 : 504, retry_overflow_ ? "overloaded" : "timeout",
+                              !request_complete_);
         }
         after_downstream_io();
         return;

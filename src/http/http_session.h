@@ -68,7 +68,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   bool validate_request_head();
   void build_upstream_head(const Route& route);
   // Resilience: one attempt at an endpoint the outlier detection allows; its verdict; retries.
-  void start_attempt();
+  void start_attempt(bool fresh_connection = false);
   std::string attempt_head() const;
   void send_body(const char* data, size_t length);
   void overflow(BreakerLimit limit);
@@ -152,6 +152,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   bool breaker_request_ = false; // holds one of the cluster's max_requests
   bool retry_slot_ = false;      // holds one of the cluster's max_retries
   bool retry_after_response_ = false;
+  bool retry_overflow_ = false;  // a retry was refused by max_retries: the answer is 503 overloaded
   uint64_t deadline_ms_ = 0;     // the cluster timeout, over every attempt
   uint64_t try_deadline_ms_ = 0; // the per-try timeout of the attempt in flight
   uint64_t backoff_until_ms_ = 0;

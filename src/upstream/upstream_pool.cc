@@ -143,8 +143,9 @@ void EndpointPool::retire() {
   for (auto* c : idle) c->close();
 }
 
-UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow) {
-  while (!idle_.empty()) {
+UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow,
+                                          bool fresh) {
+  while (!fresh && !idle_.empty()) {
     UpstreamConnection* c = idle_.back();
     idle_.pop_back();
     if (c->closing()) continue;

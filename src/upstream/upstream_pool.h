@@ -95,7 +95,8 @@ class EndpointPool {
   // An idle pooled connection if there is one (most recently used first, as it is the most
   // likely to still be open), else a new connection that is connecting; or null when the
   // cluster's max_connections or max_pending_requests breaker is full (*overflow says which).
-  UpstreamConnection* acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow);
+  // `fresh`: a new connection even if an idle one is pooled.
+  UpstreamConnection* acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow, bool fresh = false);
   // The borrower is done and the connection may serve another request.
   void release(UpstreamConnection* connection);
   // Called by a closing connection.

@@ -868,3 +868,82 @@ def connect_refused(port, timeout=2.0):
         return True
     s.close()
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Clusters (GET /clusters), concurrent calls, ISO times
+# ---------------------------------------------------------------------------------------------
+
+def cluster_info(pf, name="app"):
+    """One cluster's object from GET /clusters."""
+    status, doc, _ = admin_json(pf, "/clusters")
+    assert status == 200, "GET /clusters answered %d" % status
+    for c in doc.get("clusters", []):
+        if c.get("name") == name:
+            return c
+    raise AssertionError("no cluster %r in /clusters: %r" % (name, doc))
+
+
+def endpoint_info(pf, address, cluster="app"):
+    """One endpoint's object (address, health, ejected_until, ...) from GET /clusters."""
+    c = cluster_info(pf, cluster)
+    for e in c.get("endpoints", []):
+        if e.get("address") == address:
+            return e
+    raise AssertionError("no endpoint %s in cluster %s of /clusters: %r" % (address, cluster, c))
+
+
+def parse_iso_utc(text):
+    """Seconds since the epoch of an ISO-8601 UTC time such as 2026-01-02T03:04:05.678Z."""
+    import datetime
+    m = re.match(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?(Z|\+00:00)$", text or "")
+    assert m, "not an ISO-8601 UTC time: %r" % (text,)
+    dt = datetime.datetime(*[int(g) for g in m.groups()[:6]], tzinfo=datetime.timezone.utc)
+    return dt.timestamp() + (float(m.group(7)) if m.group(7) else 0.0)
+
+
+def run_concurrently(fns, timeout=30.0):
+    """Calls every fn in its own thread at once; returns their results in order (an exception
+    raised by a fn is returned in its place). Raises when one has not returned within timeout."""
+    results = [None] * len(fns)
+    start = threading.Barrier(len(fns)) if fns else None
+
+    def run(i, fn):
+        try:
+            start.wait(timeout)
+            results[i] = fn()
+        except BaseException as e:  # noqa: B902 - handed back to the caller
+            results[i] = e
+    threads = [threading.Thread(target=run, args=(i, fn), daemon=True) for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        raise AssertionError("%d of %d concurrent calls still running after %.0fs"
+                             % (sum(t.is_alive() for t in threads), len(threads), timeout))
+    return results
+
+
+def start_thread(fn):
+    """Runs fn in a daemon thread; returns a getter that joins it (timeout) and returns its
+    result or raises what it raised."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: B902 - raised again by the getter
+            box["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def get(timeout=30.0):
+        t.join(timeout)
+        if t.is_alive():
+            raise AssertionError("background call still running after %.0fs" % timeout)
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+    return get

@@ -24,7 +24,32 @@ Modes (--mode):
   backlog    listen with backlog 0, fill the accept queue, never accept: connects to it hang
   light      keep-alive echo for load: answers {"name", "conn", "seq", "method", "target"} and
              keeps no per-request record (the stats file counts connections; `light_requests`
-             is the number of requests, read it from /__stats); /slow?ms=N waits first
+             is the number of requests, read it from /__stats); /slow?ms=N waits first.
+             Idle keep-alive connections (see handle_light()):
+               --idle-close-ms N       close a connection idle for exactly N ms after a response
+               --idle-close-max-ms N   close a connection idle for a random 0..N ms after a
+                                       response (new draw each time; a new connection is never
+                                       closed before its first request)
+               --keepalive-timeout N   every response carries `Keep-Alive: timeout=N`
+             Stats: idle_closed (connections this upstream closed when idle), idle_closed_pending
+             (of those, how many had request bytes waiting unread at the close: a lost race),
+             peer_closed_idle_ms (how long a connection had been idle when the peer closed it,
+             the first 1000), max_seq (most requests seen on one connection)
+  fault      like echo, but the first --fault-count requests (-1, the default: every request)
+             get the fault --fault KIND after --fault-delay-ms; later requests are answered as
+             in echo mode (path behaviours included). KIND is one of FAULT_KINDS:
+               NNN               answer with status NNN (header `X-Fault: NNN`, body
+                                 `fault NNN <faults applied so far, all keys>`), keep-alive
+               reset             read the whole request, then reset (RST) with no response byte
+               close             read the whole request, then close (FIN) with no response byte
+               reset-after-head  read the whole request, send a 200 head (Content-Length: 1000)
+                                 and 10 body bytes, then reset
+               hang              read the whole request, never answer
+               drop-reused       on the 2nd or later request of a connection: close (FIN) with no
+                                 response byte (the 1st request of a connection is answered and
+                                 does not use up the count)
+               reset-reused      the same with a reset (RST)
+             Each request record carries "fault": the KIND applied, or null.
 
 Path behaviours in echo mode (query parameters in brackets):
   /__stats                 the stats JSON
@@ -38,6 +63,11 @@ Path behaviours in echo mode (query parameters in brackets):
   /close                   echo with `Connection: close`, then close
   /respheaders             a response carrying hop-by-hop headers that a proxy must remove
   /ws                      WebSocket (RFC 6455) handshake, then echo every frame
+  /fault/KIND [n, key, delay, ms]
+                           the fault KIND (as in mode fault) for the first n requests (-1, the
+                           default: always) whose query `key` is the same (default: the path);
+                           the fault comes after `delay` ms; later requests with that key are
+                           echoed after `ms` milliseconds (default 0). Also in modes close, slow.
 """
 
 import argparse
@@ -68,6 +98,13 @@ INVALID_RESPONSES = {
     "nul_header": b"HTTP/1.1 200 OK\r\nX-Bad: a\x00b\r\nContent-Length: 2\r\n\r\nok",
     "bad_chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nxx\r\n0\r\n\r\n",
 }
+
+
+FAULT_KINDS = ("reset", "close", "reset-after-head", "hang", "drop-reused", "reset-reused")  # or NNN
+
+
+def valid_fault(kind):
+    return kind in FAULT_KINDS or (len(kind) == 3 and kind.isdigit() and 100 <= int(kind) <= 599)
 
 
 def chunked_body(n, size):
@@ -215,6 +252,19 @@ class Server:
         self.conn_ids = 0
         self.id_lock = threading.Lock()
         self.block = None
+        self.fault_lock = threading.Lock()
+        self.fault_counts = {}  # key -> faults applied (None: mode fault)
+
+    def take_fault(self, key, kind, limit, seq):
+        """The fault kind to apply to this request, or None; counts it against `limit`."""
+        if kind in ("drop-reused", "reset-reused") and seq < 2:
+            return None
+        with self.fault_lock:
+            done = self.fault_counts.get(key, 0)
+            if 0 <= limit <= done:
+                return None
+            self.fault_counts[key] = done + 1
+            return kind
 
     # -- HTTP ------------------------------------------------------------------------------
     def handle_http(self, sock, cid):
@@ -228,13 +278,18 @@ class Server:
             seq += 1
             rec = {"conn": cid, "seq": seq, "method": method, "target": target, "version": version,
                    "headers": headers, "body_len": 0, "body_crc": 0, "chunked": False,
-                   "sent_100": False, "complete": False, "t": time.time()}
+                   "sent_100": False, "complete": False, "t": time.time(), "fault": None}
             self.stats.update(lambda d: (d["requests"].append(rec), d.__setitem__(
                 "bytes_parsed", d["bytes_parsed"] + len(head))))
             path, _, query = target.partition("?")
             q = dict(urllib.parse.parse_qsl(query))
             behaviour = self.args.mode
-            if behaviour == "echo" or behaviour == "close" or behaviour == "slow":
+            fault, fault_delay, after_ms = None, 0, 0
+            if behaviour == "fault":
+                behaviour = "echo"
+                fault = self.take_fault(None, self.args.fault, self.args.fault_count, seq)
+                fault_delay = self.args.fault_delay_ms
+            if fault is None and (behaviour == "echo" or behaviour == "close" or behaviour == "slow"):
                 if path == "/__stats":
                     behaviour = "stats"
                 elif path.startswith("/status/"):
@@ -242,6 +297,12 @@ class Server:
                 elif path in ("/chunked", "/slow", "/hang", "/reset", "/invalid", "/download",
                               "/close", "/respheaders", "/ws"):
                     behaviour = path[1:]
+                elif path.startswith("/fault/") and valid_fault(path[len("/fault/"):]):
+                    fault = self.take_fault("path:" + q.get("key", path), path[len("/fault/"):],
+                                            int(q.get("n", "-1")), seq)
+                    fault_delay = int(q.get("delay", "0"))
+                    after_ms = int(q.get("ms", "0"))
+            rec["fault"] = fault
             if behaviour == "reset":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.close()
@@ -316,6 +377,31 @@ class Server:
             if not ok:
                 return
 
+            if fault is not None:
+                if fault_delay:
+                    time.sleep(fault_delay / 1000.0)
+                if fault in ("reset", "reset-reused"):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.close()
+                    return
+                if fault in ("close", "drop-reused"):
+                    sock.shutdown(socket.SHUT_RDWR)
+                    return
+                if fault == "reset-after-head":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nX-Fault: reset-after-head\r\n\r\n"
+                              + b"0123456789")
+                    time.sleep(0.05)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.close()
+                    return
+                if fault == "hang":
+                    while c._recv():
+                        pass
+                    return
+                behaviour = "fault-status"  # NNN: answered below, keep-alive as usual
+            elif after_ms:
+                time.sleep(after_ms / 1000.0)
+
             if behaviour == "hang":
                 while c._recv():
                     pass
@@ -340,6 +426,11 @@ class Server:
             if behaviour == "stats":
                 out = json.dumps(self.stats.snapshot()).encode()
                 self.respond(c, method, 200, [(b"Content-Type", b"application/json")], out, conn_hdr)
+            elif behaviour == "fault-status":
+                with self.fault_lock:
+                    count = sum(self.fault_counts.values())
+                self.respond(c, method, int(fault), [(b"X-Fault", fault.encode())],
+                             b"fault %s %d\n" % (fault.encode(), count), conn_hdr)
             elif behaviour == "status":
                 code = int(path.split("/")[2])
                 if code in (204, 304):
@@ -573,26 +664,78 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", default="echo",
                     choices=["echo", "close", "slow", "hang", "reset", "invalid", "tcpecho", "backlog",
-                             "light"])
+                             "light", "fault"])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--stats", default="")
     ap.add_argument("--name", default="upstream")
     ap.add_argument("--delay-ms", type=int, default=1000)
     ap.add_argument("--invalid-kind", default="garbage", choices=sorted(INVALID_RESPONSES))
+    ap.add_argument("--fault", default="503", help="mode fault: NNN or one of %s" % (FAULT_KINDS,))
+    ap.add_argument("--fault-count", type=int, default=-1, help="mode fault: faults to inject (-1: every request)")
+    ap.add_argument("--fault-delay-ms", type=int, default=0, help="mode fault: wait this long before the fault")
+    ap.add_argument("--idle-close-ms", type=int, default=-1, help="mode light: close connections idle this long")
+    ap.add_argument("--idle-close-max-ms", type=int, default=-1,
+                    help="mode light: close connections idle a random 0..N ms")
+    ap.add_argument("--keepalive-timeout", type=int, default=-1,
+                    help="mode light: send `Keep-Alive: timeout=N` on every response")
     args = ap.parse_args()
+    if not valid_fault(args.fault):
+        ap.error("--fault: not NNN or one of %s" % (FAULT_KINDS,))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
     Server(args).run()
 
 
+def _light_idle_wait(server, sock, c, idle_since, seq):
+    """Mode light with --idle-close-ms / --idle-close-max-ms, between two requests: waits for the
+    next request's first bytes. Returns False when this upstream closed the connection as idle.
+    Only a keep-alive connection is closed so: one that has answered a request (seq >= 1)."""
+    a = server.args
+    if seq < 1 or c.buf or (a.idle_close_ms < 0 and a.idle_close_max_ms < 0):
+        return True
+    import random
+    import select
+    wait = a.idle_close_ms / 1000.0 if a.idle_close_ms >= 0 else random.uniform(0, a.idle_close_max_ms / 1000.0)
+    r, _, _ = select.select([sock], [], [], max(0.0, idle_since + wait - time.monotonic()))
+    if r:
+        return True
+    # Idle for the whole time: close, whatever arrives meanwhile (that is the race a pooling
+    # client must survive). Bytes already waiting at the close are a lost request.
+    r, _, _ = select.select([sock], [], [], 0)
+    pending = False
+    if r:
+        try:
+            pending = bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            pending = False
+    server.stats.update(lambda d: (d.__setitem__("idle_closed", d.get("idle_closed", 0) + 1),
+                                   d.__setitem__("idle_closed_pending",
+                                                 d.get("idle_closed_pending", 0) + (1 if pending else 0))),
+                        flush=False)
+    return False
+
+
 def handle_light(server, sock, cid):
     """Mode light: an echo that stays fast under load. The stats file is rewritten only when a
-    connection opens or closes (never per request), so thousands of requests cost nothing."""
+    connection opens or closes (never per request), so thousands of requests cost nothing.
+    With --idle-close-ms / --idle-close-max-ms it closes idle connections itself; it notes how
+    long a connection had been idle when the peer closed it (peer_closed_idle_ms)."""
     c = Conn(sock, server.stats)
     seq = 0
+    idle_since = time.monotonic()
     while True:
+        if not _light_idle_wait(server, sock, c, idle_since, seq):
+            return
         head = c.read_head()
         if head is None:
+            if not c.buf:  # the peer closed between requests: note how long it had been idle
+                idle_ms = (time.monotonic() - idle_since) * 1000.0
+
+                def note(d, seq=seq):
+                    lst = d.setdefault("peer_closed_idle_ms", [])
+                    if len(lst) < 1000 and seq > 0:
+                        lst.append(round(idle_ms, 1))
+                server.stats.update(note, flush=False)
             return
         method, target, version, headers = parse_head(head)
         seq += 1
@@ -604,7 +747,8 @@ def handle_light(server, sock, cid):
                 n = 0
             if not c.read_exact(n, lambda piece: None):
                 return
-        server.stats.update(lambda d: d.__setitem__("light_requests", d.get("light_requests", 0) + 1),
+        server.stats.update(lambda d: (d.__setitem__("light_requests", d.get("light_requests", 0) + 1),
+                                       d.__setitem__("max_seq", max(seq, d.get("max_seq", 0)))),
                             flush=False)
         path, _, query = target.partition("?")
         q = dict(urllib.parse.parse_qsl(query))
@@ -617,7 +761,11 @@ def handle_light(server, sock, cid):
                 time.sleep(int(q.get("ms", "1000")) / 1000.0)
             out = json.dumps({"name": server.args.name, "conn": cid, "seq": seq, "method": method,
                               "target": target}).encode()
-        Server.respond(c, method, 200, [(b"Content-Type", b"application/json")], out, conn_hdr)
+        extra = [(b"Content-Type", b"application/json")]
+        if server.args.keepalive_timeout >= 0 and keep_alive:
+            extra.append((b"Keep-Alive", b"timeout=%d" % server.args.keepalive_timeout))
+        Server.respond(c, method, 200, extra, out, conn_hdr)
+        idle_since = time.monotonic()
         if not keep_alive:
             try:
                 sock.shutdown(socket.SHUT_WR)
