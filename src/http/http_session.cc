@@ -661,16 +661,21 @@ void HttpSession::start_attempt(bool fresh_connection) {
     unsent_head_length_ = head.size();
   }
   upstream_sent_ = false;
+  response_bytes_seen_ = false;
+  interim_responses_ = 0;
   bool reused = false;
   BreakerLimit limit = BreakerLimit::connections;
+  // Counted before acquire(): a connect that fails at once runs on_upstream_connect_failed
+  // (and perhaps a whole retry) inside it, and that ends this count.
+  cs.balancer->on_request_start(static_cast<size_t>(endpoint_));
+  balanced_ = true;
   UpstreamConnection* c = pool.acquire(this, &reused, &limit, fresh_connection);
   if (!c) {
+    end_balance();
     release_probe();
     overflow(limit);
     return;
   }
-  cs.balancer->on_request_start(static_cast<size_t>(endpoint_));
-  balanced_ = true;
   if (c->closing()) return;  // failed synchronously: on_upstream_connect_failed has run
   upstream_ = c;
   upstream_reused_ = reused;
@@ -686,8 +691,14 @@ void HttpSession::release_cluster_holds() {
   release_probe();
   ClusterState& cs = cluster_state();
   if (breaker_request_) ClusterShared::give_back(cs.shared->requests);
-  if (retry_slot_) ClusterShared::give_back(cs.shared->retries);
-  breaker_request_ = retry_slot_ = false;
+  breaker_request_ = false;
+  release_retry_slot();
+}
+
+void HttpSession::release_retry_slot() {
+  if (!retry_slot_ || cluster_ == nullptr) return;
+  retry_slot_ = false;
+  ClusterShared::give_back(cluster_state().shared->retries);
 }
 
 void HttpSession::end_balance() {
@@ -722,7 +733,9 @@ void HttpSession::endpoint_verdict(bool ok) {
 bool HttpSession::retry_allowed(uint32_t condition) {
   const RetryPolicy& retry = cluster_->retry;
   if (!(retry.on & condition)) return false;
-  if (nested_ && !retry.nested) return false;
+  // A request from another pilotfish was retried there already; a connect failure sent
+  // nothing anywhere, so it is still tried elsewhere.
+  if (nested_ && !retry.nested && condition != kRetryConnectFailure) return false;
   if (static_cast<uint32_t>(attempts_) > retry.retries) return false;
   // Sent bytes can be sent again only when they were kept and the method allows it; a
   // connect failure sent nothing.
@@ -749,6 +762,7 @@ bool HttpSession::retry_allowed(uint32_t condition) {
 }
 
 void HttpSession::schedule_retry() {
+  try_deadline_ms_ = 0;  // that attempt is over
   // Full jitter: uniform in [0, min(max, base * 2^(n-1))) before retry n. While the client is
   // still sending its body (a connect failure), the retry is at once.
   const RetryPolicy& retry = cluster_->retry;
@@ -791,7 +805,13 @@ void HttpSession::on_upstream_connect_failed(int status) {
   upstream_ = nullptr;
   log_debug("cluster " + cluster_->name + ": connect to " +
             cs.pools[static_cast<size_t>(endpoint_)]->address().text + " failed: " + uv_strerror(status));
-  endpoint_verdict(false);
+  // A connect that failed here (no descriptors, no local port) says nothing about the endpoint.
+  bool local = status == UV_EMFILE || status == UV_ENFILE || status == UV_EADDRNOTAVAIL || status == UV_ENOBUFS ||
+               status == UV_ENOMEM;
+  if (local)
+    release_probe();
+  else
+    endpoint_verdict(false);
   if (retry_allowed(kRetryConnectFailure)) {
     schedule_retry();
     after_downstream_io();
@@ -946,9 +966,9 @@ void HttpSession::on_upstream_end(int status) {
   }
   // Nothing of a response came back. A request written to a pooled connection that the
   // upstream was closing at that moment (the keep-alive race) is sent once more on a fresh
-  // connection when that is safe: no body, or an idempotent one that was kept. It is not the
-  // endpoint's fault, and not a retry: no budget, no count.
-  bool safe = !request_has_body_ || replayable_;
+  // connection when that is safe: an idempotent request whose body (if any) was kept. It is
+  // not the endpoint's fault, and not a retry: no budget, no count.
+  bool safe = idempotent_method(parser_.method) && replayable_;
   if (upstream_reused_ && !response_bytes_seen_ && safe && request_complete_ && !replayed_) {
     replayed_ = true;
     release_probe();
@@ -1002,6 +1022,8 @@ int HttpSession::on_response_headers_complete() {
   if (status >= 200 || status == 101) cluster_state().stats->upstream_codes.add(status);
   if (status == 101) {
     if (!websocket_) return HPE_USER;  // an upgrade nobody asked for
+    endpoint_verdict(true);
+    release_retry_slot();
     status_ = 101;
     tunnel_ = true;
     write_response_head();
@@ -1028,6 +1050,7 @@ int HttpSession::on_response_headers_complete() {
     return HPE_USER;  // on_upstream_data drops this answer and its connection, and retries
   }
   deadline_ms_ = try_deadline_ms_ = backoff_until_ms_ = 0;
+  release_retry_slot();  // retrying is over: this answer goes to the client
   // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
   // kept idle that long, so that no request is written to it as it closes.
   size_t ka = resp_headers_.find("keep-alive");
@@ -1178,6 +1201,7 @@ void HttpSession::send_local_response(int status, const char* reason, bool close
   if (!keep_alive_) {
     // Nothing more is read or parsed from this connection.
     log_request();
+    release_cluster_holds();
     in_request_ = false;
     stop_read();
     close_when_flushed();
@@ -1197,6 +1221,7 @@ void HttpSession::maybe_finish_request() {
     // Answered before the request was all in (an early error, an upstream that did not wait):
     // the rest of the request cannot be told apart from the next one, so the connection ends.
     log_request();
+    release_cluster_holds();
     in_request_ = false;
     arm_timer(Timer::none, 0);
     stop_read();
@@ -1290,6 +1315,7 @@ void HttpSession::reset_request() {
   attempts_ = 0;
   replayed_ = false;
   replay_.clear();
+  if (replay_.capacity() > 16 * 1024) replay_.shrink_to_fit();  // one big PUT does not pin 64 KiB
   replayable_ = true;
   nested_ = false;
   deadline_ms_ = try_deadline_ms_ = backoff_until_ms_ = 0;

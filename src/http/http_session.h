@@ -75,6 +75,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void end_balance();
   void release_probe();
   void release_cluster_holds();
+  void release_retry_slot();
   void endpoint_verdict(bool ok);
   bool retry_allowed(uint32_t condition);
   void schedule_retry();

@@ -48,7 +48,7 @@ void TcpProxySession::connect() {
   }
   if (!ClusterShared::try_take(cs.shared->connections, c.circuit_breaker.max_connections)) {
     cs.stats->breaker_overflow[static_cast<size_t>(BreakerLimit::connections)].add();
-    cs.health[static_cast<size_t>(endpoint_)]->release_probe(now);
+    if (probe_) cs.health[static_cast<size_t>(endpoint_)]->release_probe(now);
     probe_ = false;
     close();
     return;

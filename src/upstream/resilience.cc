@@ -54,6 +54,15 @@ void ResilienceRegistry::keep_only(const Policy& policy) {
     for (const auto& ep : c.endpoints) endpoints.insert({c.name, ep.text});
   }
   std::lock_guard<std::mutex> lock(mutex_);
+  for (auto& [key, health] : endpoints_) {
+    if (endpoints.count(key)) continue;
+    // A removed endpoint that was ejected no longer counts against max_ejection_percent.
+    health->retired.store(true, std::memory_order_release);
+    uint32_t was = health->state.exchange(EndpointHealth::ok, std::memory_order_acq_rel);
+    auto cluster = clusters_.find(key.first);
+    if (was != EndpointHealth::ok && cluster != clusters_.end())
+      cluster->second->ejected.fetch_sub(1, std::memory_order_acq_rel);
+  }
   std::erase_if(clusters_, [&](const auto& e) { return !names.count(e.first); });
   std::erase_if(endpoints_, [&](const auto& e) { return !endpoints.count(e.first); });
 }
@@ -73,43 +82,43 @@ std::shared_ptr<EndpointHealth> ResilienceRegistry::find_endpoint(const std::str
 
 bool record_endpoint_failure(EndpointHealth& health, ClusterShared& cluster, const OutlierDetection& od,
                              size_t cluster_endpoints, uint64_t now_ms) {
-  if (od.consecutive_failures == 0) return false;
+  if (od.consecutive_failures == 0 || health.retired.load(std::memory_order_acquire)) return false;
   uint32_t state = health.state.load(std::memory_order_acquire);
-  bool eject = false;
+  // The deadline goes in before the state says "ejected", so that no worker can see the new
+  // state with the old, passed deadline and probe at once.
+  auto set_deadline = [&](uint32_t times) {
+    uint64_t base = static_cast<uint64_t>(od.base_ejection_time.count());
+    uint64_t duration = std::min<uint64_t>(base * times, static_cast<uint64_t>(od.max_ejection_time.count()));
+    health.ejected_until_ms.store(now_ms + duration, std::memory_order_relaxed);
+    auto unix_now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count();
+    health.ejected_until_unix_ms.store(unix_now + static_cast<int64_t>(duration), std::memory_order_relaxed);
+  };
+  uint32_t times = health.ejections.load(std::memory_order_relaxed) + 1;
   if (state == EndpointHealth::probing) {
     // The probe failed: ejected again, for longer. It still counts as ejected.
+    set_deadline(times);
     uint32_t expected = EndpointHealth::probing;
-    eject = health.state.compare_exchange_strong(expected, EndpointHealth::ejected);
-    if (!eject) return false;
+    if (!health.state.compare_exchange_strong(expected, EndpointHealth::ejected)) return false;
   } else if (state == EndpointHealth::ok) {
     uint32_t failures = health.consecutive_failures.fetch_add(1, std::memory_order_acq_rel) + 1;
     if (failures < od.consecutive_failures) return false;
     // Never more than max_ejection_percent of the endpoints at once, but one always may be.
     int64_t cap = std::max<int64_t>(1, static_cast<int64_t>(cluster_endpoints) * od.max_ejection_percent / 100);
-    int64_t now_ejected = cluster.ejected.fetch_add(1, std::memory_order_acq_rel);
-    if (now_ejected >= cap) {
-      cluster.ejected.fetch_sub(1, std::memory_order_acq_rel);
-      return false;
-    }
+    if (!ClusterShared::try_take(cluster.ejected, static_cast<uint32_t>(cap))) return false;
+    set_deadline(times);
     uint32_t expected = EndpointHealth::ok;
     if (!health.state.compare_exchange_strong(expected, EndpointHealth::ejected)) {
       cluster.ejected.fetch_sub(1, std::memory_order_acq_rel);  // another worker was first
       return false;
     }
-    eject = true;
   } else {
     return false;  // ejected already
   }
-  uint32_t times = health.ejections.fetch_add(1, std::memory_order_acq_rel) + 1;
-  uint64_t base = static_cast<uint64_t>(od.base_ejection_time.count());
-  uint64_t duration = std::min<uint64_t>(base * times, static_cast<uint64_t>(od.max_ejection_time.count()));
-  health.ejected_until_ms.store(now_ms + duration, std::memory_order_relaxed);
-  auto unix_now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::system_clock::now().time_since_epoch())
-                      .count();
-  health.ejected_until_unix_ms.store(unix_now + static_cast<int64_t>(duration), std::memory_order_relaxed);
+  health.ejections.fetch_add(1, std::memory_order_acq_rel);
   health.consecutive_failures.store(0, std::memory_order_relaxed);
-  return eject;
+  return true;
 }
 
 void record_endpoint_success(EndpointHealth& health, ClusterShared& cluster) {

@@ -31,6 +31,7 @@ struct EndpointHealth {
   std::atomic<uint32_t> ejections{0};          // times ejected so far
   std::atomic<uint64_t> ejected_until_ms{0};   // steady clock (uv_now)
   std::atomic<int64_t> ejected_until_unix_ms{0};  // the same moment, for /clusters
+  std::atomic<bool> retired{false};  // left the policy: requests still in flight no longer count
 
   // May a request go here now? An ejected endpoint whose time is up may take one request, the
   // probe, which whoever picks it must claim (claim_probe) before sending.
@@ -48,9 +49,9 @@ struct EndpointHealth {
   }
   // The probe ended without a verdict (the client left): the next request probes instead.
   void release_probe(uint64_t now_ms) {
-    ejected_until_ms.store(now_ms, std::memory_order_relaxed);
     uint32_t expected = probing;
-    state.compare_exchange_strong(expected, ejected, std::memory_order_acq_rel);
+    if (state.compare_exchange_strong(expected, ejected, std::memory_order_acq_rel))
+      ejected_until_ms.store(now_ms, std::memory_order_relaxed);
   }
 };
 
@@ -93,9 +94,11 @@ struct ClusterShared {
 
   // Takes one unit of `counter` if it is under `limit`.
   static bool try_take(std::atomic<int64_t>& counter, uint32_t limit) {
-    int64_t now = counter.fetch_add(1, std::memory_order_acq_rel);
-    if (now < static_cast<int64_t>(limit)) return true;
-    counter.fetch_sub(1, std::memory_order_acq_rel);
+    // Compare-and-swap, not add-then-undo: a worker at the limit never makes another's
+    // request see a full breaker for a moment.
+    int64_t now = counter.load(std::memory_order_relaxed);
+    while (now < static_cast<int64_t>(limit))
+      if (counter.compare_exchange_weak(now, now + 1, std::memory_order_acq_rel)) return true;
     return false;
   }
   static void give_back(std::atomic<int64_t>& counter) { counter.fetch_sub(1, std::memory_order_acq_rel); }

@@ -4,6 +4,8 @@
 
 #include "upstream/resilience.h"
 
+#include "pilotfish/socket_address.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -145,6 +147,32 @@ TEST(CircuitBreaker, TryTakeStopsAtTheLimitAcrossThreads) {
   ClusterShared::give_back(counter);
   EXPECT_TRUE(ClusterShared::try_take(counter, 50));
   EXPECT_FALSE(ClusterShared::try_take(counter, 50));
+}
+
+
+TEST(ResilienceRegistry, AnEjectedEndpointThatLeavesThePolicyNoLongerCounts) {
+  ResilienceRegistry registry(1);
+  Policy policy;
+  Cluster c;
+  c.name = "app";
+  std::string err;
+  c.endpoints = {*parse_socket_address("127.0.0.1:1", &err), *parse_socket_address("127.0.0.1:2", &err)};
+  policy.clusters.push_back(c);
+  auto shared = registry.cluster("app");
+  auto gone = registry.endpoint("app", "127.0.0.1:2");
+  auto od = detection(1, 1000, 10000, 50);
+  ASSERT_TRUE(record_endpoint_failure(*gone, *shared, od, 2, 0));
+  EXPECT_EQ(shared->ejected.load(), 1);
+  // The reload drops 127.0.0.1:2: the cluster may eject another endpoint again.
+  policy.clusters[0].endpoints.pop_back();
+  registry.keep_only(policy);
+  EXPECT_EQ(shared->ejected.load(), 0);
+  EXPECT_EQ(registry.find_endpoint("app", "127.0.0.1:2"), nullptr);
+  // A request of the old snapshot that fails there afterwards changes nothing.
+  EXPECT_FALSE(record_endpoint_failure(*gone, *shared, od, 2, 0));
+  EXPECT_EQ(shared->ejected.load(), 0);
+  auto kept = registry.endpoint("app", "127.0.0.1:1");
+  EXPECT_TRUE(record_endpoint_failure(*kept, *shared, od, 1, 0));
 }
 
 }  // namespace
