@@ -8,6 +8,7 @@ closed by the upstream at random moments; `Keep-Alive: timeout=N`; a reused conn
 with no response byte). Attempts are counted from the upstreams' own records (upstream.py
 modes `fault` and `light`, and the path /fault/KIND)."""
 
+import json
 import os
 import random
 import sys
@@ -722,6 +723,54 @@ class OutlierTest(Base):
         self.assertEqual(self.metric("outlier_ejections_total"), 1)
         self.assertEqual(sum(self.overflow().values()), 0)
 
+
+    def test_reload_keeps_ejection_state_and_breaker_counts(self):
+        # Issue 6: a cluster whose endpoints are unchanged keeps its ejection state and its
+        # breaker counts across a reload; an ejected endpoint that the reload removes stops
+        # counting against max_ejection_percent.
+        bad = self.upstream("fault", fault="503")
+        good = self.upstream("echo", name="good")
+        policy = h.simple_policy([bad, good], workers=2, cluster={
+            "retry": {"retries": 0}, "circuit_breaker": {"max_requests": 1},
+            "outlier_detection": {"consecutive_failures": 2, "base_ejection_time": "30s",
+                                  "max_ejection_percent": 50}})
+        pf = h.Pilotfish(policy)
+        self.addCleanup(pf.kill)
+        self.pfs.append(pf)
+        self.pf, self.port = pf, pf.port()
+        for i in range(8):
+            if len(bad.requests()) >= 2:
+                break
+            self.req("/e/%d" % i)
+        self.assertEqual(h.endpoint_info(pf, bad.address)["health"], "ejected")
+        slow = h.Client(self.port, timeout=10)
+        self.addCleanup(slow.close)
+        slow.send(h.build_request("GET", "/slow?ms=1500"))
+        h.wait_for(lambda: h.cluster_info(pf)["in_flight"]["requests"] == 1, 3.0, what="one request in flight")
+
+        changed = json.loads(json.dumps(policy))
+        changed["clusters"][0]["timeout"] = "20s"
+        changed["listeners"][0]["idle_timeout"] = "50s"
+        h.write_policy(pf, changed)
+        status, doc, _ = h.admin_json(pf, "/reload", "POST")
+        self.assertEqual((status, doc["outcome"]), (200, "applied"), doc)
+        info = h.cluster_info(pf)
+        self.assertEqual(h.endpoint_info(pf, bad.address)["health"], "ejected", info)
+        self.assertEqual(info["in_flight"]["requests"], 1, "the breaker count went through the reload")
+        self.assert_overloaded(self.req("/over"))
+        self.assertEqual(slow.read_response(timeout=10).status, 200)
+        h.wait_for(lambda: h.cluster_info(pf)["in_flight"]["requests"] == 0, 3.0, what="the slow request done")
+        self.assertEqual(self.metric("endpoints_ejected"), 1)
+
+        # The ejected endpoint leaves the policy: nothing is ejected any more.
+        shrunk = json.loads(json.dumps(changed))
+        shrunk["clusters"][0]["endpoints"] = [good.address]
+        h.write_policy(pf, shrunk)
+        status, doc, _ = h.admin_json(pf, "/reload", "POST")
+        self.assertEqual((status, doc["outcome"]), (200, "applied"), doc)
+        self.assertEqual(self.metric("endpoints_ejected"), 0)
+        self.assertEqual(h.cluster_info(pf)["endpoints_ejected"], 0)
+        self.assertEqual(self.req("/after").status, 200)
 
 # =============================================================================================
 # Keep-alive race and the Keep-Alive hint
