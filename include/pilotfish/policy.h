@@ -114,6 +114,10 @@ struct Identity {
   std::string cert;  // absolute or relative to the working directory, resolved by the loader
   std::string key;
   std::string ca;
+  // Read from the files when the loader checks them (load_policy_file).
+  std::string spiffe_id;
+  int64_t cert_not_after = 0;  // Unix seconds
+  int64_t ca_not_after = 0;    // the earliest certificate of the bundle
 };
 
 struct AccessLog {

@@ -30,13 +30,14 @@ struct PolicyLoadResult {
 };
 
 // Reads and validates a policy file. Relative paths inside it (identity files, access log)
-// resolve against the file's folder.
+// resolve against the file's folder. The identity files are read and checked too (see
+// tls/identity_files.h): a policy whose certificate is missing, broken or expired does not load.
 PolicyLoadResult load_policy_file(const std::string& path);
 
 // The same from text already in memory; `file_name` is used in error positions and `base_dir`
-// to resolve relative paths.
+// to resolve relative paths. The identity files are checked only with `check_files`.
 PolicyLoadResult load_policy_text(const std::string& text, const std::string& file_name,
-                                  const std::string& base_dir);
+                                  const std::string& base_dir, bool check_files = false);
 
 // Parses "250ms", "5s", "2m", "1h", "0". Returns false for anything else.
 bool parse_duration(std::string_view text, Duration* out);

@@ -58,6 +58,11 @@ void MetricsRegistry::set_cert_expiry(const std::string& cert, double unix_secon
   cert_expiry_[cert] = unix_seconds;
 }
 
+void MetricsRegistry::clear_cert_expiry() {
+  std::lock_guard<std::mutex> lock(info_mutex_);
+  cert_expiry_.clear();
+}
+
 void MetricsRegistry::set_endpoints_ejected(const std::string& cluster, int64_t count) {
   std::lock_guard<std::mutex> lock(info_mutex_);
   endpoints_ejected_[cluster] = count;

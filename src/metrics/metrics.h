@@ -28,6 +28,7 @@ class MetricsRegistry {
   void set_policy_info(int version, const std::string& sha256);
   // Certificate expiry times for cert_expiry_timestamp_seconds (issue 3 fills these).
   void set_cert_expiry(const std::string& cert, double unix_seconds);
+  void clear_cert_expiry();
   // Ejected endpoints per cluster for endpoints_ejected (issue 4 fills these).
   void set_endpoints_ejected(const std::string& cluster, int64_t count);
 

@@ -15,6 +15,7 @@
 
 #include "pilotfish/policy_loader.h"
 #include "policy/quote.h"
+#include "tls/identity_files.h"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -29,6 +30,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -321,8 +323,8 @@ struct ListenerSource {
 
 class PolicyReader {
  public:
-  PolicyReader(std::string file_name, std::string base_dir)
-      : file_name_(std::move(file_name)), base_dir_(std::move(base_dir)) {}
+  PolicyReader(std::string file_name, std::string base_dir, bool check_files)
+      : file_name_(std::move(file_name)), base_dir_(std::move(base_dir)), check_files_(check_files) {}
 
   // Reads the whole document into policy_; errors_ and warnings_ say what was wrong.
   void read_document(const YAML::Node& root);
@@ -398,6 +400,7 @@ class PolicyReader {
 
   std::string file_name_;
   std::string base_dir_;
+  bool check_files_ = false;
   Policy policy_;
   std::vector<PolicyError> errors_;
   std::vector<std::string> warnings_;
@@ -912,8 +915,11 @@ void PolicyReader::read_identity(const Field& field) {
   if (!section) return;
   Identity identity;
   bool complete = true;
+  const Field* fields[3] = {nullptr, nullptr, nullptr};
+  int next_field = 0;
   auto read_file = [&](std::string_view key, std::string& out, const char* why) {
     const Field* f = require(*section, key, why);
+    fields[next_field++] = f;
     if (!f) {
       complete = false;
       return;
@@ -929,7 +935,19 @@ void PolicyReader::read_identity(const Field& field) {
   read_file("cert", identity.cert, "the PEM certificate chain of this workload");
   read_file("key", identity.key, "the PEM private key of identity.cert");
   read_file("ca", identity.ca, "the PEM trust bundle for peers");
-  if (complete) policy_.identity = identity;
+  if (!complete) return;
+  if (check_files_) {
+    IdentityCheck check = check_identity_files(identity, std::time(nullptr));
+    for (const auto& e : check.errors) {
+      const Field* f = fields[static_cast<int>(e.file)];
+      error(f->position, f->path, e.message);
+    }
+    for (const auto& w : check.warnings) warn(fields[static_cast<int>(w.file)]->path, w.message);
+    identity.spiffe_id = check.spiffe_id;
+    identity.cert_not_after = check.cert_not_after;
+    identity.ca_not_after = check.ca_not_after;
+  }
+  policy_.identity = identity;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1594,10 +1612,11 @@ bool read_whole_file(const std::string& path, std::string* contents, std::string
 
 }  // namespace
 
-PolicyLoadResult load_policy_text(const std::string& text, const std::string& file_name, const std::string& base_dir) {
+PolicyLoadResult load_policy_text(const std::string& text, const std::string& file_name, const std::string& base_dir,
+                                  bool check_files) {
   PolicyLoadResult result;
   result.sha256 = sha256_hex(text);
-  PolicyReader reader(file_name, base_dir);
+  PolicyReader reader(file_name, base_dir, check_files);
   // The boundary: yaml-cpp throws, nothing beyond this function does.
   try {
     const YAML::Node root = YAML::Load(text);
@@ -1644,7 +1663,7 @@ PolicyLoadResult load_policy_file(const std::string& path) {
     return result;
   }
   std::string base_dir = std::filesystem::path(path).parent_path().string();
-  return load_policy_text(contents, path, base_dir);
+  return load_policy_text(contents, path, base_dir, /*check_files=*/true);
 }
 
 }  // namespace pilotfish

@@ -213,6 +213,14 @@ struct Process final : AdminBackend {
     return {202, "application/json", "{\"draining\":true}\n"};
   }
 
+  // cert_expiry_timestamp_seconds follows the identity of the running policy.
+  void publish_identity() {
+    registry->clear_cert_expiry();
+    if (!policy->identity) return;
+    registry->set_cert_expiry("identity", static_cast<double>(policy->identity->cert_not_after));
+    registry->set_cert_expiry("ca", static_cast<double>(policy->identity->ca_not_after));
+  }
+
   // ---- reload --------------------------------------------------------------------------------
   Answer reload_policy(const char* trigger, bool quiet_if_unchanged) {
     std::string v = std::to_string(version);
@@ -330,6 +338,7 @@ struct Process final : AdminBackend {
     set_log_level(policy->log_level);
     registry->set_policy_info(version, policy->sha256);
     registry->process().policy_reloads_applied.add();
+    publish_identity();
     events.set_path(default_history_path(*policy, options.config_path));
     event.version = version;
     event.outcome = "applied";
@@ -578,6 +587,8 @@ int run_server(const RunOptions& options) {
   p.registry = std::make_unique<MetricsRegistry>(policy->workers);
   p.resilience = std::make_unique<ResilienceRegistry>(policy->workers);
   p.registry->set_policy_info(1, policy->sha256);
+  p.policy = policy;
+  p.publish_identity();
   p.access_log = std::make_unique<AccessLogWriter>(policy->access_log);
   std::string err;
   if (!p.access_log->open(&err)) {

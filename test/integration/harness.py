@@ -947,3 +947,47 @@ def start_thread(fn):
             raise box["error"]
         return box["value"]
     return get
+
+
+# ---------------------------------------------------------------------------------------------
+# Certificates for tests: a CA and workload certificates made with the openssl CLI
+# ---------------------------------------------------------------------------------------------
+
+def openssl(*args, cwd=None):
+    r = subprocess.run(["openssl"] + list(args), cwd=cwd, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, "openssl %s failed:\n%s" % (" ".join(args), r.stderr)
+    return r.stdout
+
+
+class Pki:
+    """A CA (EC P-256) in `folder`, and leaf certificates it signs. `days` may be negative
+    (openssl x509 -days -1 makes a certificate that expired a day ago)."""
+
+    def __init__(self, folder, name="test-ca", days=30):
+        os.makedirs(folder, exist_ok=True)
+        self.dir = folder
+        self.name = name
+        self.key = os.path.join(folder, name + ".key")
+        self.cert = os.path.join(folder, name + ".pem")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", self.key, "-out", self.cert, "-days", str(days), "-subj", "/CN=" + name)
+
+    def leaf(self, name, uris=("spiffe://test.local/ns/test/sa/app",), days=30, eku="serverAuth,clientAuth",
+             cert_path=None, key_path=None):
+        """Signs a certificate for `name` with the given URI SANs; returns (cert path, key path)."""
+        cert_path = cert_path or os.path.join(self.dir, name + ".pem")
+        key_path = key_path or os.path.join(self.dir, name + ".key")
+        csr = os.path.join(self.dir, name + ".csr")
+        ext = os.path.join(self.dir, name + ".ext")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key_path,
+                "-out", csr, "-subj", "/CN=" + name)
+        lines = []
+        if uris:
+            lines.append("subjectAltName=" + ",".join("URI:" + u for u in uris))
+        if eku:
+            lines.append("extendedKeyUsage=" + eku)
+        with open(ext, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        openssl("x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key, "-CAcreateserial",
+                "-out", cert_path, "-days", str(days), "-extfile", ext)
+        return cert_path, key_path

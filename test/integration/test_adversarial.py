@@ -1023,10 +1023,19 @@ def fuzz_policy(main_address, good_address):
                        "routes": [{"match": {"path_prefix": "/nope"}, "cluster": "dead"},
                                   {"match": {"path_prefix": "/good"}, "cluster": "good"},
                                   {"cluster": "app"}]}],
+        # Retries on every condition, short ejections and quick probes: the fuzzed responses
+        # drive the retry, ejection and half-open paths too, while most requests still reach
+        # the fuzzing upstream.
         "clusters": [{"name": "app", "endpoints": [main_address], "timeout": "1s",
-                      "connect_timeout": "250ms", "idle_timeout": "1s"},
+                      "connect_timeout": "250ms", "idle_timeout": "1s",
+                      "retry": {"retries": 2, "on": ["connect-failure", "reset", "5xx", "gateway-error"],
+                                "per_try_timeout": "400ms", "backoff": {"base": "1ms", "max": "5ms"},
+                                "budget": {"ratio": 1.0, "min_per_second": 1000}},
+                      "outlier_detection": {"consecutive_failures": 3, "base_ejection_time": "50ms",
+                                            "max_ejection_time": "200ms"}},
                      {"name": "good", "endpoints": [good_address], "timeout": "2s"},
-                     {"name": "dead", "endpoints": ["127.0.0.1:1"], "connect_timeout": "100ms"}],
+                     {"name": "dead", "endpoints": ["127.0.0.1:1"], "connect_timeout": "100ms",
+                      "outlier_detection": {"consecutive_failures": 1, "base_ejection_time": "50ms"}}],
     }
 
 

@@ -100,6 +100,11 @@ class CliTest(unittest.TestCase):
         self.assertTrue(os.path.exists(REFERENCE), REFERENCE)
         path = os.path.join(self.dir, "policy-reference.yaml")
         shutil.copy(REFERENCE, path)
+        # The identity files it names, beside it (check reads and verifies them).
+        certs = os.path.join(self.dir, "certs")
+        pki = h.Pki(certs, name="ca")
+        pki.leaf("payments", uris=["spiffe://shop.local/ns/shop/sa/payments"],
+                 cert_path=os.path.join(certs, "payments.pem"), key_path=os.path.join(certs, "payments-key.pem"))
         rc, out, err = h.run_cli(["check", "--config", path])
         self.assertEqual(rc, 0, "check must accept every key of the reference policy:\n" + err)
 

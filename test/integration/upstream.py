@@ -245,6 +245,15 @@ def hall(headers, name):
     return [v for n, v in headers if n.lower() == name]
 
 
+
+def finish_close(sock):
+    """After the last response of a connection: our FIN, then a moment for it to leave first."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    time.sleep(0.05)
+
 class Server:
     def __init__(self, args):
         self.args = args
@@ -481,11 +490,7 @@ class Server:
                 }).encode()
                 self.respond(c, method, 200, [(b"Content-Type", b"application/json")], out, conn_hdr)
             if not keep_alive:
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-                time.sleep(0.05)
+                finish_close(sock)
                 return
 
     @staticmethod
@@ -767,11 +772,7 @@ def handle_light(server, sock, cid):
         Server.respond(c, method, 200, extra, out, conn_hdr)
         idle_since = time.monotonic()
         if not keep_alive:
-            try:
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            time.sleep(0.05)
+            finish_close(sock)
             return
 
 

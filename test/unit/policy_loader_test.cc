@@ -1145,14 +1145,25 @@ TEST(LoadPolicyFile, ResolvesRelativePathsBesideTheFileAndHashesItsBytes) {
     std::ofstream out(path, std::ios::binary);
     out << text;
   }
-  auto result = load_policy_file(path);
+  // The identity files do not exist: a file load checks them (the text load does not), and
+  // says so at the keys that name them, with the paths resolved beside the policy file.
+  auto checked = load_policy_file(path);
+  ASSERT_EQ(checked.errors.size(), 3u) << describe(checked);
+  EXPECT_NE(checked.errors[0].to_string().find("identity.cert: cannot read " + (dir / "certs/me.pem").string()),
+            std::string::npos)
+      << describe(checked);
+  EXPECT_NE(checked.errors[1].to_string().find("identity.key: cannot read /keys/me-key.pem"), std::string::npos);
+  EXPECT_NE(checked.errors[2].to_string().find("identity.ca: cannot read " + (dir / "ca.pem").string()),
+            std::string::npos);
+  auto result = load_policy_text(text, path, dir.string());
   const Policy& p = loaded(result);
   EXPECT_EQ(p.source_path, path);
   EXPECT_EQ(p.access_log.path, (dir / "logs/access.log").string());
   ASSERT_TRUE(p.identity.has_value());
   EXPECT_EQ(p.identity->cert, (dir / "certs/me.pem").string());
   EXPECT_EQ(p.identity->key, "/keys/me-key.pem");
-  // The same bytes give the same hash as loading the text.
+  // The same bytes give the same hash however they were loaded.
+  EXPECT_EQ(checked.sha256, p.sha256);
   EXPECT_EQ(p.sha256, loaded(load_policy_text(text, "other", "")).sha256);
 
   // Errors name the file as given.
