@@ -537,15 +537,14 @@ void HttpSession::build_upstream_head(const Route&) {
     h += trim_ows(headers_.value(headers_.find("upgrade")));
     h += "\r\n";
   }
-  // The head ends with the attempt header, added per attempt (attempt_head()).
+  // The head ends with the attempt header, added per attempt (append_attempt_head()).
 }
 
-std::string HttpSession::attempt_head() const {
-  std::string h = upstream_head_;
-  h += "x-pilotfish-attempt: ";
-  append_uint(h, static_cast<uint64_t>(attempts_));
-  h += "\r\n\r\n";
-  return h;
+void HttpSession::append_attempt_head(std::string& out) const {
+  out += upstream_head_;
+  out += "x-pilotfish-attempt: ";
+  append_uint(out, static_cast<uint64_t>(attempts_));
+  out += "\r\n\r\n";
 }
 
 int HttpSession::on_body(const char* at, size_t length) {
@@ -649,11 +648,11 @@ void HttpSession::start_attempt(bool fresh_connection) {
   // was sent at all (a connect failure), when it is still in to_upstream_.
   if (attempts_ == 1 && !upstream_sent_ && to_upstream_.empty()) {
     // The common case, built in place: no copy of the head beyond this one.
-    to_upstream_ = upstream_head_;
-    to_upstream_ += "x-pilotfish-attempt: 1\r\n\r\n";
+    append_attempt_head(to_upstream_);
     unsent_head_length_ = to_upstream_.size();
   } else {
-    std::string head = attempt_head();
+    std::string head;
+    append_attempt_head(head);
     if (!upstream_sent_)
       to_upstream_.replace(0, unsent_head_length_, head);
     else

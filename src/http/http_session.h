@@ -69,7 +69,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void build_upstream_head(const Route& route);
   // Resilience: one attempt at an endpoint the outlier detection allows; its verdict; retries.
   void start_attempt(bool fresh_connection = false);
-  std::string attempt_head() const;
+  void append_attempt_head(std::string& out) const;  // head, attempt header, final CRLF
   void send_body(const char* data, size_t length);
   void overflow(BreakerLimit limit);
   void end_balance();

@@ -44,6 +44,12 @@ std::string bind_key(const Listener& l) {
   return l.address.port() == 0 ? l.name + "@" + l.address.text : l.address.text;
 }
 
+// "listener web on 127.0.0.1:15000 (http, 2 routes)": logged as each listener is bound.
+std::string listener_line(const Listener& l) {
+  return "listener " + l.name + " on " + l.address.text + " (" + (l.protocol == Protocol::tcp ? "tcp" : "http") +
+         ", " + std::to_string(l.routes.size()) + " route" + (l.routes.size() == 1 ? "" : "s") + ")";
+}
+
 void close_fds(std::vector<std::vector<int>>& fds) {
   for (auto& per_worker : fds)
     for (int& fd : per_worker)
@@ -317,9 +323,7 @@ struct Process final : AdminBackend {
       }
       l.address = address;
       next_bound[keys[i]] = address;
-      opened.push_back("listener " + l.name + " on " + address.text + " (" +
-                       (l.protocol == Protocol::tcp ? "tcp" : "http") + ", " + std::to_string(l.routes.size()) +
-                       " route" + (l.routes.size() == 1 ? "" : "s") + ")");
+      opened.push_back(listener_line(l));
     }
 
     PolicyDiff diff = diff_policies(*loaded, *result.policy);
@@ -451,8 +455,7 @@ struct Process final : AdminBackend {
     // Probes in flight carry an index into the old list: they are closed, and tried again.
     for (Probe* probe : probes) {
       probe->stale = true;
-      if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&probe->tcp)))
-        uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
+      close_probe(probe);
     }
     wait_for = std::move(next);
     reachable = std::move(next_reachable);
@@ -470,8 +473,7 @@ struct Process final : AdminBackend {
     uint64_t now = uv_now(p->loop);
     // A probe that has not connected within a second is given up and tried again.
     for (Probe* probe : p->probes)
-      if (now - probe->started_ms > 1000 && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&probe->tcp)))
-        uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
+      if (now - probe->started_ms > 1000) close_probe(probe);
     for (size_t i = 0; i < p->wait_for.size(); ++i) {
       if (p->reachable[i]) continue;
       bool in_flight = false;
@@ -485,8 +487,7 @@ struct Process final : AdminBackend {
       probe->req.data = probe;
       const SocketAddress& ep = c->endpoints[p->random.below(c->endpoints.size())];
       p->probes.push_back(probe);
-      if (uv_tcp_connect(&probe->req, &probe->tcp, ep.sa(), on_probe_connect) != 0)
-        uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
+      if (uv_tcp_connect(&probe->req, &probe->tcp, ep.sa(), on_probe_connect) != 0) close_probe(probe);
     }
   }
   static void on_probe_connect(uv_connect_t* req, int status) {
@@ -498,6 +499,9 @@ struct Process final : AdminBackend {
       log_info("cluster " + p->wait_for[probe->cluster] + " accepts connections");
       p->check_all_reachable();
     }
+    close_probe(probe);
+  }
+  static void close_probe(Probe* probe) {
     if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&probe->tcp)))
       uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
   }
@@ -553,9 +557,7 @@ struct Process final : AdminBackend {
       uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
     for (uv_timer_t* t : {&p->drain_timer, &p->drain_delay_timer, &p->probe_timer})
       uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
-    for (Probe* probe : p->probes)
-      if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&probe->tcp)))
-        uv_close(reinterpret_cast<uv_handle_t*>(&probe->tcp), on_probe_closed);
+    for (Probe* probe : p->probes) close_probe(probe);
     p->stop_watch();
     uv_close(reinterpret_cast<uv_handle_t*>(&p->worker_done), nullptr);
     p->admin->close();
@@ -629,8 +631,7 @@ int run_server(const RunOptions& options) {
     }
     l.address = address;
     p.bound[key] = address;
-    log_info("listener " + l.name + " on " + address.text + " (" + (l.protocol == Protocol::tcp ? "tcp" : "http") +
-             ", " + std::to_string(l.routes.size()) + " route" + (l.routes.size() == 1 ? "" : "s") + ")");
+    log_info(listener_line(l));
   }
   p.policy = policy;
 

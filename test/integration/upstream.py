@@ -246,6 +246,16 @@ def hall(headers, name):
 
 
 
+def content_length(headers):
+    """The Content-Length of a head as an int (0 if it is not a number), or None without one."""
+    cl = hget(headers, "content-length")
+    if cl is None:
+        return None
+    try:
+        return int(cl)
+    except ValueError:
+        return 0
+
 def finish_close(sock):
     """After the last response of a connection: our FIN, then a moment for it to leave first."""
     try:
@@ -368,12 +378,8 @@ class Server:
                         break
                     framing += len(crlf)
             else:
-                cl = hget(headers, "content-length")
-                if cl is not None:
-                    try:
-                        n = int(cl)
-                    except ValueError:
-                        n = 0
+                n = content_length(headers)
+                if n is not None:
                     ok = c.read_exact(n, sink)
             body = bytes(kept)
 
@@ -744,14 +750,9 @@ def handle_light(server, sock, cid):
             return
         method, target, version, headers = parse_head(head)
         seq += 1
-        cl = hget(headers, "content-length")
-        if cl is not None:
-            try:
-                n = int(cl)
-            except ValueError:
-                n = 0
-            if not c.read_exact(n, lambda piece: None):
-                return
+        n = content_length(headers)
+        if n is not None and not c.read_exact(n, lambda piece: None):
+            return
         server.stats.update(lambda d: (d.__setitem__("light_requests", d.get("light_requests", 0) + 1),
                                        d.__setitem__("max_seq", max(seq, d.get("max_seq", 0)))),
                             flush=False)
