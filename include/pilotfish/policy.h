@@ -94,6 +94,8 @@ struct OutlierDetection {
 struct ClusterMtls {
   bool enabled = false;
   std::string server_identity;
+  std::string sni;  // server name sent in the handshake; empty: the cluster's name
+  bool operator==(const ClusterMtls&) const = default;
 };
 
 struct Cluster {

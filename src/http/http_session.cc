@@ -88,8 +88,11 @@ void append_chunk_header(std::string& out, size_t length) {
 }
 
 // Headers pilotfish sets itself on the way to the upstream; what a client sent is replaced.
+// x-forwarded-client-cert is only ever pilotfish's own: a client's is dropped on every listener,
+// so no one can claim an identity they did not prove.
 bool is_replaced_request_header(std::string_view name) {
-  return iequals(name, "x-forwarded-for") || iequals(name, "x-forwarded-proto");
+  return iequals(name, "x-forwarded-for") || iequals(name, "x-forwarded-proto") ||
+         iequals(name, "x-forwarded-client-cert");
 }
 
 // A message's own framing, checked beyond what llhttp enforces: exactly one valid
@@ -174,9 +177,41 @@ void HttpSession::start() {
       uv_ip6_name(reinterpret_cast<sockaddr_in6*>(&peer), ip, sizeof ip);
     client_address_ = ip;
   }
+  if (listener_->mtls) {
+    const TlsMaterialPtr& material = worker_.tls();
+    if (!material) {  // cannot happen: a policy with mtls has an identity
+      close();
+      return;
+    }
+    TlsOptions options;
+    options.server = true;
+    options.http = true;
+    start_tls(material, options);
+    // The handshake is bounded like a request head: a client that never finishes it does not
+    // hold the connection for the idle timeout.
+    arm_timer(Timer::handshake, static_cast<uint64_t>(listener_->header_timeout.count()));
+    start_read();
+    return;
+  }
   // Accepted while draining (during drain_delay): one request is expected soon, or none.
   arm_timer(Timer::idle, draining() ? kDrainIdleGraceMs : static_cast<uint64_t>(listener_->idle_timeout.count()));
   start_read();
+}
+
+// The listener's allow list, read at each request: a reload that changes it applies to the next
+// request of a connection already open.
+bool HttpSession::peer_allowed() const {
+  const TlsState* t = tls();
+  return t && t->established() && identity_allowed(listener_->allow, t->peer_id());
+}
+
+void HttpSession::on_tls_established() {
+  arm_timer(Timer::idle, draining() ? kDrainIdleGraceMs : static_cast<uint64_t>(listener_->idle_timeout.count()));
+}
+
+void HttpSession::on_tls_failed() {
+  log_debug("listener " + listener_->name + ": mTLS handshake with " + client_address_ + " failed: " + tls()->error());
+  close();
 }
 
 void HttpSession::on_policy_changed() {
@@ -455,6 +490,14 @@ int HttpSession::on_headers_complete() {
     request_id_.assign(buf, 32);
   }
 
+  if (listener_->mtls && !peer_allowed()) {
+    snap_->listener_stats[listener_index_]->authz_denied.add();
+    log_debug("listener " + listener_->name + ": " + (tls_established() ? tls()->peer_id() : "a peer without mTLS") +
+              " is not in its allow list");
+    send_local_response(403, "peer_not_allowed", true);
+    return HPE_USER;
+  }
+
   std::string host = host_for_routing(authority_);
   RequestView view{host, target_.path, llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)), &headers_};
   const Route* route = match_route(*listener_, view);
@@ -526,7 +569,17 @@ void HttpSession::build_upstream_head(const Route&) {
     h += ", ";
   }
   h += client_address_;
-  h += "\r\nx-forwarded-proto: http\r\n";
+  if (TlsState* t = tls(); t && t->established()) {
+    h += "\r\nx-forwarded-proto: https\r\nx-forwarded-client-cert: By=";
+    h += t->own_id();
+    h += ";URI=";
+    h += t->peer_id();
+    h += ";Hash=";
+    h += t->peer_cert_sha256();
+    h += "\r\n";
+  } else {
+    h += "\r\nx-forwarded-proto: http\r\n";
+  }
   if (headers_.find("x-request-id") == HeaderList::npos) {
     h += "x-request-id: ";
     h += request_id_;
@@ -803,7 +856,7 @@ void HttpSession::on_upstream_connect_failed(int status) {
   end_balance();
   upstream_ = nullptr;
   log_debug("cluster " + cluster_->name + ": connect to " +
-            cs.pools[static_cast<size_t>(endpoint_)]->address().text + " failed: " + uv_strerror(status));
+            cs.pools[static_cast<size_t>(endpoint_)]->address().text + " failed: " + upstream_error_text(status));
   // A connect that failed here (no descriptors, no local port) says nothing about the endpoint.
   bool local = status == UV_EMFILE || status == UV_ENFILE || status == UV_EADDRNOTAVAIL || status == UV_ENOBUFS ||
                status == UV_ENOMEM;
@@ -817,9 +870,10 @@ void HttpSession::on_upstream_connect_failed(int status) {
     return;
   }
   send_local_response(503,
-                      retry_overflow_             ? "overloaded"
-                      : status == UV_ETIMEDOUT ? "connect_timeout"
-                                               : "connect_failure",
+                      retry_overflow_                ? "overloaded"
+                      : status == UV_ETIMEDOUT    ? "connect_timeout"
+                      : status == kUpstreamTlsFailed ? "upstream_tls_failure"
+                                                  : "connect_failure",
                       request_has_body_ && !request_complete_);
   after_downstream_io();
 }
@@ -1378,6 +1432,10 @@ void HttpSession::on_timeout() {
   switch (timer_kind_) {
     case Timer::none: return;
     case Timer::idle: close(); return;
+    case Timer::handshake:
+      if (tls()) tls()->abandon("handshake not complete within header_timeout");
+      close();
+      return;
     case Timer::header:
     case Timer::body:
       if (!in_request_ || response_started_) return;

@@ -52,6 +52,9 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void on_write_done(int status) override;
   void on_timeout() override;
   void on_close() override;
+  void on_tls_established() override;
+  void on_tls_failed() override;
+  bool peer_allowed() const;
 
   void on_upstream_connected() override;
   void on_upstream_connect_failed(int status) override;
@@ -60,7 +63,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void on_upstream_drained() override;
 
  private:
-  enum class Timer { none, idle, header, body, upstream };
+  enum class Timer { none, idle, handshake, header, body, upstream };
   enum class Framing { none, length, chunked, close };
 
   void parse_input(const char* data, size_t length);

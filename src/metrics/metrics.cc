@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "pilotfish_build_config.h"
+#include "tls/tls.h"
 
 namespace pilotfish {
 
@@ -239,13 +240,25 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
   auto tls = family("tls_handshakes_total", "TLS handshakes.", MetricType::Counter);
   static constexpr const char* kDirections[] = {"inbound", "outbound"};
   static constexpr const char* kResults[] = {"ok", "failed"};
+  const TlsCounters& tc = tls_counters();
   for (int d = 0; d < 2; ++d)
     for (int r = 0; r < 2; ++r)
       add_counter(tls, {{"direction", kDirections[d]}, {"result", kResults[r]}},
-                  static_cast<double>(ps.tls_handshakes[d][r].load()));
+                  static_cast<double>(tc.handshakes[d][r].load(std::memory_order_relaxed)));
+  auto resumed = family("tls_sessions_resumed_total",
+                        "Successful TLS handshakes that resumed a session (no certificate exchange).",
+                        MetricType::Counter);
+  for (int d = 0; d < 2; ++d)
+    add_counter(resumed, {{"direction", kDirections[d]}},
+                static_cast<double>(tc.resumed[d].load(std::memory_order_relaxed)));
   auto reloads = family("policy_reloads_total", "Policy reloads, applied or rejected.", MetricType::Counter);
   add_counter(reloads, {{"result", "applied"}}, static_cast<double>(ps.policy_reloads_applied.load()));
   add_counter(reloads, {{"result", "rejected"}}, static_cast<double>(ps.policy_reloads_rejected.load()));
+  auto rotations = family("identity_rotations_total",
+                          "Changes of the identity files seen: applied, or rejected (the material in use stays).",
+                          MetricType::Counter);
+  add_counter(rotations, {{"result", "applied"}}, static_cast<double>(ps.identity_rotations_applied.load()));
+  add_counter(rotations, {{"result", "rejected"}}, static_cast<double>(ps.identity_rotations_rejected.load()));
 
   auto cert = family("cert_expiry_timestamp_seconds", "When the workload certificate and the CA expire (Unix time).",
                      MetricType::Gauge);
@@ -260,7 +273,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
   add_gauge(build, {{"version", PILOTFISH_VERSION}}, 1);
 
   for (auto* f : {&requests, &duration, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
-                  &ejections, &ejected, &tls, &authz, &cert, &reloads, &policy_info, &build})
+                  &ejections, &ejected, &tls, &resumed, &authz, &cert, &reloads, &rotations, &policy_info, &build})
     out.push_back(std::move(*f));
   return out;
 }

@@ -116,9 +116,10 @@ struct WorkerStats {
 
 // Process-wide counters that belong to no worker in particular.
 struct ProcessStats {
-  RelaxedCounter tls_handshakes[2][2];  // [inbound, outbound][ok, failed]
   RelaxedCounter policy_reloads_applied;
   RelaxedCounter policy_reloads_rejected;
+  RelaxedCounter identity_rotations_applied;  // written by the main thread only
+  RelaxedCounter identity_rotations_rejected;
 };
 
 }  // namespace pilotfish

@@ -22,6 +22,12 @@ class EventLoop {
 
   uv_loop_t* loop() { return loop_; }
   uv_buf_t read_buffer() { return uv_buf_init(read_buffer_.get(), kReadBufferSize); }
+  // Where TLS connections decrypt into: what one read brings (plus a record OpenSSL held
+  // from an earlier read) fits, so it reaches on_data in one call.
+  char* tls_buffer() {
+    if (!tls_buffer_) tls_buffer_.reset(new char[kTlsBufferSize]);
+    return tls_buffer_.get();
+  }
 
   // A small free list of write requests: a streamed body reuses the same few buffers.
   WriteRequest* take_write_request();
@@ -40,6 +46,7 @@ class EventLoop {
   }
 
   static constexpr size_t kReadBufferSize = 64 * 1024;
+  static constexpr size_t kTlsBufferSize = kReadBufferSize + 32 * 1024;
 
  protected:
   void set_loop(uv_loop_t* loop) { loop_ = loop; }
@@ -47,6 +54,7 @@ class EventLoop {
  private:
   uv_loop_t* loop_;
   std::unique_ptr<char[]> read_buffer_;
+  std::unique_ptr<char[]> tls_buffer_;
   std::vector<std::unique_ptr<WriteRequest>> free_writes_;
   Stream* streams_ = nullptr;
 };

@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "net/event_loop.h"
+#include "tls/tls.h"
 
 namespace pilotfish {
 
@@ -34,10 +35,79 @@ void Stream::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   }
   if (nread < 0) {
     self->stop_read();
+    if (self->tls_ && !self->tls_->established()) {
+      self->tls_->abandon(nread == UV_EOF ? "the peer closed the connection during the handshake"
+                                          : std::string("connection lost during the handshake: ") + uv_strerror(nread));
+      self->on_tls_failed();
+      return;
+    }
     self->on_read_end(static_cast<int>(nread));
     return;
   }
+  if (self->tls_) {
+    self->tls_input(buf->base, static_cast<size_t>(nread));
+    return;
+  }
   self->on_data(buf->base, static_cast<size_t>(nread));
+}
+
+void Stream::start_tls(std::shared_ptr<const TlsMaterial> material, const TlsOptions& options) {
+  tls_ = std::make_unique<TlsState>(std::move(material), options, &cipher_);
+  if (tls_->failed()) {
+    on_tls_failed();
+    return;
+  }
+  if (options.server) return;  // the client speaks first
+  TlsState::Step step = tls_->handshake();
+  if (write_bytes(cipher_) != 0 && step != TlsState::Step::failed) {
+    tls_->abandon("cannot write the ClientHello");
+    step = TlsState::Step::failed;
+  }
+  if (step == TlsState::Step::failed) on_tls_failed();
+}
+
+bool Stream::tls_established() const { return tls_ && tls_->established(); }
+
+// Ciphertext arrived: the handshake advances, or records are decrypted into the loop's
+// plaintext buffer and handed to on_data. All of it is consumed before this returns (the read
+// buffer is reused), so what one read brings is delivered in this callback, as without TLS.
+void Stream::tls_input(const char* data, size_t length) {
+  TlsState& t = *tls_;
+  t.feed(data, length);
+  if (!t.established()) {
+    TlsState::Step step = t.handshake();
+    int rc = write_bytes(cipher_);  // the next flight, or an alert
+    if (step == TlsState::Step::again) {
+      if (rc != 0) {
+        t.abandon(std::string("write failed during the handshake: ") + uv_strerror(rc));
+        on_tls_failed();
+      }
+      return;
+    }
+    if (step == TlsState::Step::failed) {
+      on_tls_failed();
+      return;
+    }
+    on_tls_established();
+    if (closing_) return;
+  }
+  char* plain = event_loop_.tls_buffer();
+  while (!closing_ && !lingering_) {
+    bool eof = false, error = false;
+    size_t got = t.read(plain, EventLoop::kTlsBufferSize, &eof, &error);
+    if (got) on_data(plain, got);
+    if (closing_ || lingering_) break;
+    if (eof || error) {
+      write_bytes(cipher_);
+      stop_read();
+      on_read_end(eof ? UV_EOF : UV_EPROTO);
+      return;
+    }
+    if (got < EventLoop::kTlsBufferSize) break;
+  }
+  t.feed(nullptr, 0);
+  // Whatever reading produced on its own (a key update's answer, an alert).
+  if (!closing_ && !cipher_.empty()) write_bytes(cipher_);
 }
 
 void Stream::start_read() {
@@ -52,34 +122,48 @@ void Stream::stop_read() {
 }
 
 size_t Stream::pending_bytes() const {
-  return out_.size() + uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&tcp_));
+  return out_.size() + cipher_.size() +
+         uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&tcp_));
 }
 
 int Stream::flush() {
-  if (closing_ || out_.empty()) {
+  if (!tls_) return write_bytes(out_);
+  if (closing_) return 0;
+  if (tls_->established() && !out_.empty()) {
+    bool ok = tls_->write(out_.data(), out_.size());
+    out_.clear();
+    if (!ok) return UV_EPROTO;
+  }
+  return write_bytes(cipher_);
+}
+
+// Hands `bytes` (out_, or cipher_ with TLS) to the kernel, or to libuv's queue for what the
+// socket buffer does not take now.
+int Stream::write_bytes(std::string& bytes) {
+  if (closing_ || bytes.empty()) {
     maybe_finish_flush();
     return 0;
   }
   if (uv_stream_get_write_queue_size(stream()) == 0) {
     // Most writes fit in the socket buffer: try it now and skip the request allocation.
-    uv_buf_t b = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
+    uv_buf_t b = uv_buf_init(bytes.data(), static_cast<unsigned>(bytes.size()));
     int n = uv_try_write(stream(), &b, 1);
-    if (n == static_cast<int>(out_.size())) {
-      out_.clear();
+    if (n == static_cast<int>(bytes.size())) {
+      bytes.clear();
       maybe_finish_flush();
       return 0;
     }
     if (n < 0 && n != UV_EAGAIN) {
-      out_.clear();
+      bytes.clear();
       return n;
     }
-    if (n > 0) out_.erase(0, static_cast<size_t>(n));
+    if (n > 0) bytes.erase(0, static_cast<size_t>(n));
   }
   // The request's buffer comes from the loop's free list, so its capacity serves again
-  // (here as out_'s next buffer, after the swap) instead of a malloc and free per write.
+  // (here as the next buffer, after the swap) instead of a malloc and free per write.
   WriteRequest* w = event_loop_.take_write_request();
   w->owner = this;
-  w->data.swap(out_);
+  w->data.swap(bytes);
   w->req.data = w;
   uv_buf_t b = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
   int rc = uv_write(&w->req, stream(), &b, 1, write_cb);
@@ -126,6 +210,17 @@ void Stream::maybe_finish_flush() {
 }
 
 void Stream::do_shutdown() {
+  if (tls_ && tls_->established() && !tls_->close_notify_sent()) {
+    // close_notify first, so the peer can tell our end from a truncation.
+    tls_->shutdown();
+    if (write_bytes(cipher_) != 0) {
+      if (close_after_flush_) close();
+      return;
+    }
+    // write_bytes may have finished the shutdown itself (all written at once), or it runs
+    // again from the write callback once the alert has gone out.
+    if (shutdown_started_ || closing_ || pending_bytes() != 0) return;
+  }
   shutdown_started_ = true;
   shutdown_req_.data = this;
   if (uv_shutdown(&shutdown_req_, stream(), shutdown_cb) != 0) {
@@ -194,6 +289,7 @@ void Stream::timer_cb(uv_timer_t* t) {
 
 void Stream::close() {
   if (closing_) return;
+  if (tls_ && !tls_->established()) tls_->abandon("closed during the handshake");
   closing_ = true;
   on_close();
   reading_ = false;

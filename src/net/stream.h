@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -14,6 +15,9 @@ namespace pilotfish {
 
 class EventLoop;
 class Stream;
+class TlsMaterial;
+class TlsState;
+struct TlsOptions;
 
 // A queued write and the bytes it holds until libuv has written them.
 struct WriteRequest {
@@ -36,7 +40,15 @@ class Stream {
   void stop_read();
   bool reading() const { return reading_; }
 
+  // Makes this connection TLS (a server side at accept, a client side once connected): from
+  // now on on_data sees plaintext and out() is encrypted on flush. A client's first flight is
+  // written at once. on_tls_established or on_tls_failed follow.
+  void start_tls(std::shared_ptr<const TlsMaterial> material, const TlsOptions& options);
+  TlsState* tls() const { return tls_.get(); }
+  bool tls_established() const;
+
   // Output: append, then flush once at the end of the callback that produced it.
+  // With TLS, bytes appended before the handshake is done wait in out() until it is.
   std::string& out() { return out_; }
   void append(std::string_view bytes) { out_.append(bytes); }
   // Writes what is in out(); returns 0 or a libuv error (the connection is then unusable).
@@ -90,6 +102,10 @@ class Stream {
   virtual void on_timeout() {}
   // Called once, when close() starts; the place to detach from peers.
   virtual void on_close() {}
+  // The TLS handshake completed (the peer's identity is in tls()), or failed (tls()->error()
+  // says why; the default closes).
+  virtual void on_tls_established() {}
+  virtual void on_tls_failed() { close(); }
 
   EventLoop& event_loop_;
 
@@ -102,11 +118,15 @@ class Stream {
   static void close_cb(uv_handle_t* h);
   void maybe_finish_flush();
   void do_shutdown();
+  int write_bytes(std::string& bytes);
+  void tls_input(const char* data, size_t length);
 
   uv_tcp_t tcp_;
   uv_timer_t timer_;
   uv_shutdown_t shutdown_req_;
   std::string out_;
+  std::unique_ptr<TlsState> tls_;
+  std::string cipher_;  // with TLS: encrypted bytes not yet handed to libuv
   uint64_t deadline_ = 0;   // loop time (ms) at which on_timeout is due; 0 = none
   uint64_t timer_due_ = 0;  // when the armed libuv timer fires; valid while timer_armed_
   bool timer_armed_ = false;

@@ -23,9 +23,43 @@ TcpProxySession::TcpProxySession(Worker& worker, std::shared_ptr<ListenerSlot> s
 
 void TcpProxySession::start() {
   uv_tcp_nodelay(tcp(), 1);
+  if (listener_.mtls) {
+    const TlsMaterialPtr& material = worker_.tls();
+    if (!material) {
+      close();
+      return;
+    }
+    TlsOptions options;
+    options.server = true;
+    options.http = false;
+    start_tls(material, options);
+    // The upstream is connected only for a peer that proved an allowed identity, and the
+    // handshake is bounded like an HTTP request head.
+    handshaking_ = true;
+    set_deadline(static_cast<uint64_t>(listener_.header_timeout.count()));
+    start_read();
+    return;
+  }
   set_deadline(kTcpIdleMs);
   start_read();
   connect();
+}
+
+void TcpProxySession::on_tls_established() {
+  handshaking_ = false;
+  if (!identity_allowed(listener_.allow, tls()->peer_id())) {
+    conn_stats_->authz_denied.add();
+    log_debug("listener " + listener_.name + ": " + tls()->peer_id() + " is not in its allow list; connection closed");
+    close();
+    return;
+  }
+  set_deadline(kTcpIdleMs);
+  connect();
+}
+
+void TcpProxySession::on_tls_failed() {
+  log_debug("listener " + listener_.name + ": mTLS handshake failed: " + tls()->error());
+  close();
 }
 
 void TcpProxySession::connect() {
@@ -57,7 +91,13 @@ void TcpProxySession::connect() {
   // A byte stream is never pooled: each client gets its own upstream connection.
   upstream_ = new UpstreamConnection(worker_, nullptr, this, cs.stats, cs.shared);
   upstream_->set_half_close(true);
-  upstream_->connect(cs.pools[static_cast<size_t>(endpoint_)]->address().sa(),
+  const EndpointPool& pool = *cs.pools[static_cast<size_t>(endpoint_)];
+  if (pool.tls_options()) {
+    TlsOptions options = *pool.tls_options();  // its sessions resume here too
+    options.http = false;
+    upstream_->set_tls(std::move(options), pool.label());
+  }
+  upstream_->connect(pool.address().sa(),
                      static_cast<uint64_t>(c.connect_timeout.count()));
 }
 
@@ -85,7 +125,7 @@ void TcpProxySession::on_upstream_connect_failed(int status) {
                               cs.pools.size(), uv_now(worker_.loop())))
     cs.stats->outlier_ejections.add();
   probe_ = false;
-  log_debug("listener " + listener_.name + ": connect to cluster " + c.name + " failed: " + uv_strerror(status));
+  log_debug("listener " + listener_.name + ": connect to cluster " + c.name + " failed: " + upstream_error_text(status));
   if ((c.retry.on & kRetryConnectFailure) && attempts_ <= c.retry.retries) {
     connect();
     return;
@@ -176,7 +216,10 @@ void TcpProxySession::on_upstream_drained() {
   }
 }
 
-void TcpProxySession::on_timeout() { close(); }
+void TcpProxySession::on_timeout() {
+  if (handshaking_ && tls()) tls()->abandon("handshake not complete within header_timeout");
+  close();
+}
 
 void TcpProxySession::on_close() {
   if (upstream_) {

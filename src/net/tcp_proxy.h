@@ -25,6 +25,8 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
   void on_write_done(int status) override;
   void on_timeout() override;
   void on_close() override;
+  void on_tls_established() override;
+  void on_tls_failed() override;
 
   void on_upstream_connected() override;
   void on_upstream_connect_failed(int status) override;
@@ -46,6 +48,7 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
   bool probe_ = false;  // this connection is its ejected endpoint's one probe
   UpstreamConnection* upstream_ = nullptr;
   std::string pending_;  // bytes from the client before the upstream connected
+  bool handshaking_ = false;
   bool downstream_eof_ = false;
   bool upstream_eof_ = false;
   bool paused_for_upstream_ = false;

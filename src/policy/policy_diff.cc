@@ -38,7 +38,7 @@ bool same_cluster(const Cluster& a, const Cluster& b) {
   const CircuitBreakerLimits &ba = a.circuit_breaker, &bb = b.circuit_breaker;
   const OutlierDetection &oa = a.outlier_detection, &ob = b.outlier_detection;
   return same_addresses(a.endpoints, b.endpoints) && same_addresses(a.vips, b.vips) &&
-         a.mtls.enabled == b.mtls.enabled && a.mtls.server_identity == b.mtls.server_identity && a.lb == b.lb &&
+         a.mtls == b.mtls && a.lb == b.lb &&
          a.connect_timeout == b.connect_timeout && a.timeout == b.timeout && a.idle_timeout == b.idle_timeout &&
          same_retry(a.retry, b.retry) && ba.max_connections == bb.max_connections &&
          ba.max_pending_requests == bb.max_pending_requests && ba.max_requests == bb.max_requests &&

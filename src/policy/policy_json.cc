@@ -185,7 +185,11 @@ std::string policy_to_json(const Policy& p) {
       w.key("vips");
       write_addresses(w, c.vips);
     }
-    if (c.mtls.enabled) w.key("mtls").begin_object().key("server_identity").str(c.mtls.server_identity).end_object();
+    if (c.mtls.enabled) {
+      w.key("mtls").begin_object().key("server_identity").str(c.mtls.server_identity);
+      if (!c.mtls.sni.empty()) w.key("sni").str(c.mtls.sni);
+      w.end_object();
+    }
     w.key("lb").str(name_of(c.lb));
     w.key("connect_timeout").dur(c.connect_timeout).key("timeout").dur(c.timeout).key("idle_timeout").dur(c.idle_timeout);
     const RetryPolicy& r = c.retry;

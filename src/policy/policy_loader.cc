@@ -93,7 +93,7 @@ constexpr std::string_view kClusterKeys[] = {"name",
                                              "retry",
                                              "circuit_breaker",
                                              "outlier_detection"};
-constexpr std::string_view kClusterMtlsKeys[] = {"server_identity"};
+constexpr std::string_view kClusterMtlsKeys[] = {"server_identity", "sni"};
 constexpr std::string_view kRetryKeys[] = {"retries", "on",     "status_codes", "per_try_timeout",
                                            "backoff", "budget", "nested"};
 constexpr std::string_view kBackoffKeys[] = {"base", "max"};
@@ -1291,7 +1291,20 @@ void PolicyReader::read_cluster_mtls(const Field& field, Cluster& cluster) {
   require_identity(field.position, field.path);
   const Field* f = require(*section, "server_identity", "the spiffe:// identity the upstream must present");
   if (!f) return;
-  if (auto id = read_spiffe_id(*f, /*wildcard_allowed=*/false)) cluster.mtls = {true, *id};
+  auto id = read_spiffe_id(*f, /*wildcard_allowed=*/false);
+  if (!id) return;
+  cluster.mtls = {true, *id, {}};
+  if (const Field* sni = section->find("sni")) {
+    auto name = read_text(*sni);
+    if (!name) return;
+    bool valid = !name->empty() && name->size() <= 253 && name->front() != '.' && name->front() != '-';
+    for (char c : *name)
+      valid = valid && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.');
+    if (!valid)
+      error(sni->position, sni->path, quote(*name) + " is not a DNS name (letters, digits, '-' and '.')");
+    else
+      cluster.mtls.sni = *name;
+  }
 }
 
 void PolicyReader::read_retry(const Field& field, Cluster& cluster) {

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "server/admin_server.h"
 #include "server/policy_events.h"
 #include "server/worker.h"
+#include "tls/tls.h"
 #include "upstream/resilience.h"
 
 namespace pilotfish {
@@ -111,10 +113,11 @@ struct Process final : AdminBackend {
   };
   Stamp stamp;
   std::string rejected_sha256;  // the last file rejected: not re-read until it changes
-  Stamp read_stamp() {
+  Stamp read_stamp() const { return stamp_of(options.config_path); }
+  static Stamp stamp_of(const std::string& path) {
     uv_fs_t req;
     Stamp s;
-    if (uv_fs_stat(nullptr, &req, options.config_path.c_str(), nullptr) == 0) {
+    if (uv_fs_stat(nullptr, &req, path.c_str(), nullptr) == 0) {
       const uv_stat_t& st = req.statbuf;
       s = {st.st_ino, st.st_size, static_cast<uint64_t>(st.st_mtim.tv_sec), static_cast<uint64_t>(st.st_mtim.tv_nsec),
            static_cast<uint64_t>(st.st_ctim.tv_sec), static_cast<uint64_t>(st.st_ctim.tv_nsec)};
@@ -219,12 +222,99 @@ struct Process final : AdminBackend {
     return {202, "application/json", "{\"draining\":true}\n"};
   }
 
-  // cert_expiry_timestamp_seconds follows the identity of the running policy.
+  // ---- workload identity -------------------------------------------------------------------------
+  // The material new handshakes use: made at startup, on a reload, and when the identity files
+  // change (a rotation). Connections keep the material they were made with.
+  TlsMaterialPtr tls;
+
+  // cert_expiry_timestamp_seconds follows the material in use.
   void publish_identity() {
     registry->clear_cert_expiry();
+    if (!tls) return;
+    registry->set_cert_expiry("identity", static_cast<double>(tls->cert_not_after()));
+    registry->set_cert_expiry("ca", static_cast<double>(tls->ca_not_after()));
+  }
+  void use_material(TlsMaterialPtr material) {
+    tls = std::move(material);
+    tls_publish(tls);
+    publish_identity();
+  }
+
+  // Rotation: the cert, key and CA files are polled (stat, every second) and their folders
+  // watched, so an in-place write and a Kubernetes secret's symlink swap are both seen; bursts
+  // (a cert written before its key) are debounced, and files that do not make a usable identity
+  // are refused with the current material kept, until they change again.
+  std::vector<uv_handle_t*> identity_handles;
+  uv_timer_t identity_debounce;
+  std::vector<Stamp> identity_stamps;
+  std::vector<Stamp> read_identity_stamps() const {
+    std::vector<Stamp> out;
+    if (!policy->identity) return out;
+    for (const std::string* path : {&policy->identity->cert, &policy->identity->key, &policy->identity->ca})
+      out.push_back(stamp_of(*path));
+    return out;
+  }
+  void start_identity_watch() {
+    stop_identity_watch();
+    identity_stamps = read_identity_stamps();
     if (!policy->identity) return;
-    registry->set_cert_expiry("identity", static_cast<double>(policy->identity->cert_not_after));
-    registry->set_cert_expiry("ca", static_cast<double>(policy->identity->ca_not_after));
+    std::set<std::string> dirs;
+    for (const std::string* path : {&policy->identity->cert, &policy->identity->key, &policy->identity->ca}) {
+      std::string dir = std::filesystem::path(*path).parent_path().string();
+      dirs.insert(dir.empty() ? "." : dir);
+      auto* poll = new uv_fs_poll_t;
+      uv_fs_poll_init(loop, poll);
+      poll->data = this;
+      uv_fs_poll_start(poll, on_identity_poll, path->c_str(), 1000);
+      identity_handles.push_back(reinterpret_cast<uv_handle_t*>(poll));
+    }
+    for (const std::string& dir : dirs) {
+      auto* event = new uv_fs_event_t;
+      uv_fs_event_init(loop, event);
+      event->data = this;
+      identity_handles.push_back(reinterpret_cast<uv_handle_t*>(event));
+      int rc = uv_fs_event_start(event, on_identity_dir, dir.c_str(), 0);
+      if (rc != 0) log_warn("identity watch: cannot watch " + dir + ": " + uv_strerror(rc) + "; polling every second");
+    }
+  }
+  void stop_identity_watch() {
+    for (uv_handle_t* h : identity_handles)
+      uv_close(h, [](uv_handle_t* handle) {
+        if (uv_handle_get_type(handle) == UV_FS_POLL) delete reinterpret_cast<uv_fs_poll_t*>(handle);
+        else delete reinterpret_cast<uv_fs_event_t*>(handle);
+      });
+    identity_handles.clear();
+  }
+  void identity_maybe_changed() {
+    if (draining || read_identity_stamps() == identity_stamps) return;
+    uv_timer_start(&identity_debounce, on_identity_debounce, 150, 0);
+  }
+  static void on_identity_poll(uv_fs_poll_t* h, int, const uv_stat_t*, const uv_stat_t*) {
+    static_cast<Process*>(h->data)->identity_maybe_changed();
+  }
+  static void on_identity_dir(uv_fs_event_t* h, const char*, int, int status) {
+    if (status == 0) static_cast<Process*>(h->data)->identity_maybe_changed();
+  }
+  static void on_identity_debounce(uv_timer_t* t) { static_cast<Process*>(t->data)->rotate_identity(); }
+  void rotate_identity() {
+    std::vector<Stamp> now = read_identity_stamps();
+    if (now == identity_stamps || !policy->identity) return;
+    identity_stamps = now;
+    std::string err;
+    TlsMaterialPtr next = TlsMaterial::build(*policy->identity, &err);
+    if (!next) {
+      registry->process().identity_rotations_rejected.add();
+      log_error("identity files changed but are refused: " + err + "; new handshakes keep using " +
+                (tls ? tls->spiffe_id() + " (certificate valid until " + iso_time(tls->cert_not_after()) + ")"
+                     : std::string("no identity")));
+      return;
+    }
+    std::string before = tls ? tls->spiffe_id() : std::string("none");
+    use_material(next);
+    registry->process().identity_rotations_applied.add();
+    log_info("identity rotated: " + next->spiffe_id() + (before != next->spiffe_id() ? " (was " + before + ")" : "") +
+             ", certificate valid until " + iso_time(next->cert_not_after()) +
+             "; new handshakes use it, open connections continue");
   }
 
   // ---- reload --------------------------------------------------------------------------------
@@ -326,6 +416,20 @@ struct Process final : AdminBackend {
       opened.push_back(listener_line(l));
     }
 
+    // The identity is made before anything switches: a listener that turns mtls on must find
+    // it on its first connection.
+    TlsMaterialPtr material;
+    if (next.identity) {
+      std::string err;
+      material = TlsMaterial::build(*next.identity, &err);
+      if (!material) {
+        close_fds(fds);
+        event.errors.push_back(options.config_path + ": identity: " + err);
+        return reject(event, "policy " + options.config_path + " rejected");
+      }
+    }
+    use_material(material);
+
     PolicyDiff diff = diff_policies(*loaded, *result.policy);
     auto snapshot = std::make_shared<const Policy>(std::move(next));
     hand_to_workers(snapshot, keys, fds);
@@ -342,7 +446,7 @@ struct Process final : AdminBackend {
     set_log_level(policy->log_level);
     registry->set_policy_info(version, policy->sha256);
     registry->process().policy_reloads_applied.add();
-    publish_identity();
+    start_identity_watch();
     events.set_path(default_history_path(*policy, options.config_path));
     event.version = version;
     event.outcome = "applied";
@@ -555,10 +659,11 @@ struct Process final : AdminBackend {
     if (p->finished.load() < p->workers.size()) return;
     for (uv_signal_t* s : {&p->sigterm, &p->sigint, &p->sighup, &p->sigusr1})
       uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
-    for (uv_timer_t* t : {&p->drain_timer, &p->drain_delay_timer, &p->probe_timer})
+    for (uv_timer_t* t : {&p->drain_timer, &p->drain_delay_timer, &p->probe_timer, &p->identity_debounce})
       uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
     for (Probe* probe : p->probes) close_probe(probe);
     p->stop_watch();
+    p->stop_identity_watch();
     uv_close(reinterpret_cast<uv_handle_t*>(&p->worker_done), nullptr);
     p->admin->close();
   }
@@ -590,9 +695,17 @@ int run_server(const RunOptions& options) {
   p.resilience = std::make_unique<ResilienceRegistry>(policy->workers);
   p.registry->set_policy_info(1, policy->sha256);
   p.policy = policy;
-  p.publish_identity();
-  p.access_log = std::make_unique<AccessLogWriter>(policy->access_log);
   std::string err;
+  if (policy->identity) {
+    TlsMaterialPtr material = TlsMaterial::build(*policy->identity, &err);
+    if (!material) {
+      log_error("identity: " + err + "; not starting");
+      return 1;
+    }
+    p.use_material(material);
+    log_info("identity " + material->spiffe_id() + ", certificate valid until " + iso_time(material->cert_not_after()));
+  }
+  p.access_log = std::make_unique<AccessLogWriter>(policy->access_log);
   if (!p.access_log->open(&err)) {
     log_error(err);
     return 1;
@@ -670,6 +783,9 @@ int run_server(const RunOptions& options) {
   startup.warnings = loaded.warnings;
   p.events.record(startup);
   p.start_watch();
+  uv_timer_init(p.loop, &p.identity_debounce);
+  p.identity_debounce.data = &p;
+  p.start_identity_watch();
   p.start_probes();
   log_info("pilotfish ready: service " + (policy->service.empty() ? std::string("(unnamed)") : policy->service) +
            ", " + std::to_string(n) + " worker" + (n == 1 ? "" : "s"));

@@ -64,8 +64,7 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
     std::shared_ptr<ClusterState> cs;
     auto found = old_clusters.find(c.name);
     if (found != old_clusters.end() && found->second->lb == c.lb && found->second->endpoints == c.endpoints &&
-        found->second->mtls.enabled == c.mtls.enabled &&
-        found->second->mtls.server_identity == c.mtls.server_identity) {
+        found->second->mtls == c.mtls) {
       cs = found->second;  // same endpoints: balancer and pools carry over as they are
     } else {
       cs = std::make_shared<ClusterState>();
@@ -77,8 +76,7 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
       cs->shared = resilience_.cluster(c.name);
       for (const auto& ep : c.endpoints) cs->health.push_back(resilience_.endpoint(c.name, ep.text));
       cs->balancer = std::make_unique<Balancer>(c.lb, c.endpoints.size(), &random_);
-      bool same_tls = found != old_clusters.end() && found->second->mtls.enabled == c.mtls.enabled &&
-                      found->second->mtls.server_identity == c.mtls.server_identity;
+      bool same_tls = found != old_clusters.end() && found->second->mtls == c.mtls;
       for (const auto& ep : c.endpoints) {
         auto pool = old_pools.find({c.name, ep.text});
         if (pool != old_pools.end() && same_tls)

@@ -24,6 +24,7 @@
 #include "net/event_loop.h"
 #include "pilotfish/balancer.h"
 #include "pilotfish/policy.h"
+#include "tls/tls.h"
 #include "upstream/resilience.h"
 #include "upstream/upstream_pool.h"
 
@@ -93,6 +94,16 @@ class Worker final : public EventLoop {
   const SnapshotPtr& snapshot() const { return snapshot_; }
   bool draining() const { return draining_; }
   FastRandom& random() { return random_; }
+  // The TLS material new connections use (null without an identity): the published one, taken
+  // again only when a rotation or reload published another.
+  const TlsMaterialPtr& tls() {
+    uint64_t g = tls_current_generation();
+    if (g != tls_seen_) {
+      tls_ = tls_current();
+      tls_seen_ = g;
+    }
+    return tls_;
+  }
   AccessLogBuffer& access_log() { return access_log_; }
   // Milliseconds (steady clock) of this worker's last heartbeat: /live checks the loops answer.
   uint64_t heartbeat_ms() const { return heartbeat_ms_.load(std::memory_order_relaxed); }
@@ -148,6 +159,8 @@ class Worker final : public EventLoop {
   bool accepting_stopped_ = false;
   bool stopping_ = false;
   FastRandom random_;
+  TlsMaterialPtr tls_;
+  uint64_t tls_seen_ = UINT64_MAX;
   AccessLogBuffer access_log_;
   std::thread thread_;
   std::function<void()> done_;

@@ -52,8 +52,9 @@ std::string date_text(int64_t unix_seconds) {
   return buf;
 }
 
-// The URI SANs of a certificate.
-std::vector<std::string> uri_sans(X509* cert) {
+}  // namespace
+
+std::vector<std::string> certificate_uri_sans(X509* cert) {
   std::vector<std::string> out;
   auto* names = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   if (!names) return out;
@@ -67,8 +68,6 @@ std::vector<std::string> uri_sans(X509* cert) {
   GENERAL_NAMES_free(names);
   return out;
 }
-
-}  // namespace
 
 IdentityCheck check_identity_files(const Identity& identity, std::time_t now) {
   IdentityCheck result;
@@ -118,7 +117,7 @@ IdentityCheck check_identity_files(const Identity& identity, std::time_t now) {
   if (!leaf) return result;
 
   // An X.509-SVID: exactly one URI SAN, a spiffe:// ID (never the CN).
-  std::vector<std::string> uris = uri_sans(leaf);
+  std::vector<std::string> uris = certificate_uri_sans(leaf);
   if (uris.empty())
     error(File::cert, identity.cert + ": the certificate has no URI SAN; an X.509-SVID carries its spiffe:// ID there");
   else if (uris.size() > 1)

@@ -12,6 +12,8 @@
 
 #include "pilotfish/policy.h"
 
+struct x509_st;  // OpenSSL's X509
+
 namespace pilotfish {
 
 struct IdentityCheck {
@@ -28,5 +30,8 @@ struct IdentityCheck {
 };
 
 IdentityCheck check_identity_files(const Identity& identity, std::time_t now);
+
+// The URI SANs of a certificate, in order.
+std::vector<std::string> certificate_uri_sans(x509_st* cert);
 
 }  // namespace pilotfish

@@ -2,13 +2,28 @@
 
 #include <algorithm>
 
+#include "log/logger.h"
 #include "server/worker.h"
 
 namespace pilotfish {
 
+const char* upstream_error_text(int status) {
+  if (status == kUpstreamTlsFailed) return "TLS handshake failed";
+  return uv_strerror(status);
+}
+
+TlsOptions upstream_tls_options(const Cluster& cluster, bool http) {
+  TlsOptions o;
+  o.server = false;
+  o.http = http;
+  o.expected_peer = cluster.mtls.server_identity;
+  o.sni = cluster.mtls.sni.empty() ? cluster.name : cluster.mtls.sni;
+  return o;
+}
+
 UpstreamConnection::UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler,
                                        std::shared_ptr<ClusterStats> stats, std::shared_ptr<ClusterShared> shared)
-    : Stream(worker), pool_(pool), handler_(handler), stats_(std::move(stats)), shared_(std::move(shared)) {
+    : Stream(worker), worker_(worker), pool_(pool), handler_(handler), stats_(std::move(stats)), shared_(std::move(shared)) {
   requests_started_ = 1;
   if (stats_) stats_->upstream_connections.add(1);
 }
@@ -17,6 +32,11 @@ void UpstreamConnection::end_pending() {
   if (!pending_counted_) return;
   pending_counted_ = false;
   ClusterShared::give_back(shared_->pending);
+}
+
+void UpstreamConnection::set_tls(TlsOptions options, std::string label) {
+  tls_options_ = std::make_unique<TlsOptions>(std::move(options));
+  tls_label_ = std::move(label);
 }
 
 void UpstreamConnection::connect(const sockaddr* address, uint64_t timeout_ms) {
@@ -37,20 +57,60 @@ void UpstreamConnection::connect(const sockaddr* address, uint64_t timeout_ms) {
 void UpstreamConnection::connect_cb(uv_connect_t* req, int status) {
   auto* self = static_cast<UpstreamConnection*>(req->data);
   self->connecting_ = false;
-  self->end_pending();
-  if (status == UV_ECANCELED || self->closing()) return;
-  self->stop_timer();
-  UpstreamHandler* h = self->handler_;
-  if (status != 0) {
-    self->handler_ = nullptr;
-    self->close();
-    if (h) h->on_upstream_connect_failed(status);
+  if (status == UV_ECANCELED || self->closing()) {
+    self->end_pending();
     return;
   }
-  self->connected_ = true;
+  if (status != 0) {
+    self->stop_timer();
+    self->connect_failed(status);
+    return;
+  }
   uv_tcp_nodelay(self->tcp(), 1);
-  self->start_read();
-  if (h) h->on_upstream_connected();
+  if (self->tls_options_) {
+    // Still connecting until the handshake is done; the connect timer keeps running.
+    TlsMaterialPtr material = self->worker_.tls();
+    if (!material) {
+      log_warn(self->tls_label_ + ": no identity to originate mTLS with");
+      self->stop_timer();
+      self->connect_failed(kUpstreamTlsFailed);
+      return;
+    }
+    self->connecting_ = true;
+    self->start_read();
+    self->start_tls(std::move(material), *self->tls_options_);
+    return;
+  }
+  self->stop_timer();
+  self->ready();
+}
+
+void UpstreamConnection::ready() {
+  connecting_ = false;
+  end_pending();
+  connected_ = true;
+  start_read();
+  if (handler_) handler_->on_upstream_connected();
+}
+
+void UpstreamConnection::connect_failed(int status) {
+  connecting_ = false;
+  end_pending();
+  UpstreamHandler* h = handler_;
+  handler_ = nullptr;
+  close();
+  if (h) h->on_upstream_connect_failed(status);
+}
+
+void UpstreamConnection::on_tls_established() {
+  stop_timer();
+  ready();
+}
+
+void UpstreamConnection::on_tls_failed() {
+  stop_timer();
+  log_warn(tls_label_ + ": mTLS handshake failed: " + tls()->error());
+  connect_failed(kUpstreamTlsFailed);
 }
 
 void UpstreamConnection::park(uint64_t idle_timeout_ms) {
@@ -92,10 +152,11 @@ void UpstreamConnection::on_write_done(int status) {
 
 void UpstreamConnection::on_timeout() {
   if (connecting_) {
-    UpstreamHandler* h = handler_;
-    handler_ = nullptr;
-    close();
-    if (h) h->on_upstream_connect_failed(UV_ETIMEDOUT);
+    if (tls()) {
+      tls()->abandon("handshake not complete within connect_timeout");
+      log_warn(tls_label_ + ": mTLS handshake not complete within connect_timeout");
+    }
+    connect_failed(UV_ETIMEDOUT);
     return;
   }
   if (!handler_) close();  // idle too long in the pool
@@ -113,6 +174,11 @@ EndpointPool::EndpointPool(Worker& worker, const SocketAddress& address, const C
                            std::shared_ptr<ClusterStats> stats, std::shared_ptr<ClusterShared> shared)
     : worker_(worker), address_(address), stats_(std::move(stats)), shared_(std::move(shared)) {
   configure(cluster);
+  label_ = "cluster " + cluster.name + " endpoint " + address.text;
+  if (cluster.mtls.enabled) {
+    tls_options_ = std::make_unique<TlsOptions>(upstream_tls_options(cluster, /*http=*/true));
+    tls_options_->sessions = std::make_shared<TlsSessionSlot>();
+  }
 }
 
 EndpointPool::~EndpointPool() {
@@ -168,6 +234,7 @@ UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused
   }
   auto* c = new UpstreamConnection(worker_, this, handler, stats_, shared_);
   if (shared_) c->count_pending();
+  if (tls_options_) c->set_tls(*tls_options_, label_);
   c->pool_next_ = all_;
   if (all_) all_->pool_prev_ = c;
   all_ = c;

@@ -12,6 +12,7 @@
 #include "metrics/stats.h"
 #include "net/stream.h"
 #include "pilotfish/policy.h"
+#include "tls/tls.h"
 #include "upstream/resilience.h"
 
 namespace pilotfish {
@@ -19,6 +20,12 @@ namespace pilotfish {
 class Worker;
 
 class EndpointPool;
+
+// on_upstream_connect_failed's status when TCP connected but the TLS handshake failed (the
+// server's certificate or identity was refused, or it refused ours).
+constexpr int kUpstreamTlsFailed = -200001;
+// uv_strerror, and a word for kUpstreamTlsFailed.
+const char* upstream_error_text(int status);
 
 // What a borrower of an upstream connection is told. A borrower always detaches (release() or
 // close) before it goes away, so the connection never calls a dead handler.
@@ -49,6 +56,9 @@ class UpstreamConnection final : public Stream {
   // HTTP exchange closes on EOF.
   void set_half_close(bool on) { half_close_ = on; }
 
+  // Originate TLS once connected; the connection counts as connected only after the handshake,
+  // which the connect timeout also bounds. `label` names the connection in log lines.
+  void set_tls(TlsOptions options, std::string label);
   void connect(const sockaddr* address, uint64_t timeout_ms);
   // Counted in the cluster's pending requests until the connect completes or fails.
   void count_pending() { pending_counted_ = true; }
@@ -63,9 +73,16 @@ class UpstreamConnection final : public Stream {
   void on_write_done(int status) override;
   void on_timeout() override;
   void on_close() override;
+  void on_tls_established() override;
+  void on_tls_failed() override;
 
  private:
   static void connect_cb(uv_connect_t* req, int status);
+  void ready();
+  void connect_failed(int status);
+  Worker& worker_;
+  std::unique_ptr<TlsOptions> tls_options_;
+  std::string tls_label_;
   EndpointPool* pool_;
   UpstreamHandler* handler_;
   uv_connect_t connect_req_;
@@ -88,6 +105,9 @@ class EndpointPool {
  public:
   EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster,
                std::shared_ptr<ClusterStats> stats, std::shared_ptr<ClusterShared> shared);
+  // With cluster mtls: how to originate TLS to this endpoint (null without); sessions resume.
+  const TlsOptions* tls_options() const { return tls_options_.get(); }
+  const std::string& label() const { return label_; }
   ~EndpointPool();
   EndpointPool(const EndpointPool&) = delete;
   EndpointPool& operator=(const EndpointPool&) = delete;
@@ -122,6 +142,11 @@ class EndpointPool {
   bool retired_ = false;
   std::shared_ptr<ClusterStats> stats_;
   std::shared_ptr<ClusterShared> shared_;
+  std::unique_ptr<TlsOptions> tls_options_;
+  std::string label_;  // "cluster NAME endpoint ADDRESS"
 };
+
+// How a connection to an endpoint of `cluster` originates TLS (the cluster's mtls must be on).
+TlsOptions upstream_tls_options(const Cluster& cluster, bool http);
 
 }  // namespace pilotfish
