@@ -98,6 +98,7 @@ void Stream::tls_input(const char* data, size_t length) {
     if (got) on_data(plain, got);
     if (closing_ || lingering_) break;
     if (eof || error) {
+      t.feed(nullptr, 0);
       write_bytes(cipher_);
       stop_read();
       on_read_end(eof ? UV_EOF : UV_EPROTO);
@@ -289,7 +290,19 @@ void Stream::timer_cb(uv_timer_t* t) {
 
 void Stream::close() {
   if (closing_) return;
-  if (tls_ && !tls_->established()) tls_->abandon("closed during the handshake");
+  if (tls_ && !tls_->established()) {
+    tls_->abandon("closed during the handshake");
+  } else if (tls_ && !tls_->close_notify_sent() && tls_->error().empty()) {
+    // A clean end (an idle timeout, the last response sent): close_notify, best effort, so the
+    // peer sees an end and not a truncation, and the session stays resumable (OpenSSL marks
+    // the session of a connection freed without it as not resumable).
+    tls_->shutdown();
+    if (!cipher_.empty() && uv_stream_get_write_queue_size(stream()) == 0) {
+      uv_buf_t b = uv_buf_init(cipher_.data(), static_cast<unsigned>(cipher_.size()));
+      uv_try_write(stream(), &b, 1);
+    }
+    cipher_.clear();
+  }
   closing_ = true;
   on_close();
   reading_ = false;

@@ -7,6 +7,12 @@ CPU time per request decides its throughput. Targets are interleaved and repeate
 gives medians. Not a test: it asserts nothing and is never run by the test suite.
 
   python3 test/bench/bench.py [--rounds 5] [--duration 5] [--connections 50] [--bin build/pilotfish]
+
+--with-mtls adds two chains of two proxies each, as a mesh hop runs: wrk speaks plain HTTP to
+sidecar A, A speaks mTLS to sidecar B, B plain HTTP to the upstream; pilotfish pair against an
+HAProxy pair (ssl on both sides of the hop, one thread each). Both proxies of a pair are on the
+proxy CPU. It also measures new TLS connections per second into B with `openssl s_time`, full
+handshakes and resumed sessions.
 """
 import argparse
 import os
@@ -145,6 +151,154 @@ def start(cmd, **kw):
                             stderr=subprocess.DEVNULL, **kw)
 
 
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def add_mtls_pairs(tmp, procs, targets, up_port, binary):
+    """Starts the pilotfish pair and the HAProxy pair for the mTLS rows; returns what
+    report_mtls needs (admin ports, certificate paths, B's ports)."""
+    sys.path.insert(0, os.path.join(ROOT, "test", "integration"))
+    import harness  # Pki: a CA and SPIFFE leaf certificates made with the openssl CLI
+    pki = harness.Pki(os.path.join(tmp, "pki"))
+    td = "spiffe://bench.local/ns/bench/sa/"
+    a_cert, a_key = pki.leaf("a", uris=[td + "a"])
+    b_cert, b_key = pki.leaf("b", uris=[td + "b"])
+    info = {"pki": pki, "a_cert": a_cert, "a_key": a_key}
+
+    pa, pb, a_admin, b_admin = free_port(), free_port(), free_port(), free_port()
+    identity = "identity: {{cert: {}, key: {}, ca: {}}}\n"
+    pol_b = write(os.path.join(tmp, "pf-b.yaml"), f"""version: 1
+service: bench-b
+workers: 1
+access_log: off
+admin: {{address: 127.0.0.1:{b_admin}}}
+{identity.format(b_cert, b_key, pki.cert)}listeners:
+  - name: inbound
+    address: 127.0.0.1:{pb}
+    mtls: true
+    allow: [{td}a]
+    routes: [{{cluster: app}}]
+clusters:
+  - name: app
+    endpoints: [127.0.0.1:{up_port}]
+""")
+    pol_a = write(os.path.join(tmp, "pf-a.yaml"), f"""version: 1
+service: bench-a
+workers: 1
+access_log: off
+admin: {{address: 127.0.0.1:{a_admin}}}
+{identity.format(a_cert, a_key, pki.cert)}listeners:
+  - name: outbound
+    address: 127.0.0.1:{pa}
+    routes: [{{cluster: b}}]
+clusters:
+  - name: b
+    endpoints: [127.0.0.1:{pb}]
+    mtls: {{server_identity: {td}b}}
+""")
+    b = start([binary, "run", "--config", pol_b])
+    procs.append(b)
+    wait_port(pb)
+    a = start([binary, "run", "--config", pol_a])
+    procs.append(a)
+    wait_port(pa)
+    targets.append(Target("pilotfish-mtls", pa, a, lambda a=a, b=b: [a.pid, b.pid]))
+    info.update(pf_a_admin=a_admin, pf_b_admin=b_admin, pf_b_port=pb)
+
+    # HAProxy wants the certificate and its key in one file.
+    def combined(cert, key, name):
+        with open(cert) as c, open(key) as k:
+            return write(os.path.join(tmp, name), c.read() + k.read())
+    ha_a_pem, ha_b_pem = combined(a_cert, a_key, "ha-a.pem"), combined(b_cert, b_key, "ha-b.pem")
+    ha, hb = free_port(), free_port()
+    common = """global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+  option http-keep-alive
+"""
+    conf_b = write(os.path.join(tmp, "ha-b.cfg"), common + f"""frontend fe
+  bind 127.0.0.1:{hb} ssl crt {ha_b_pem} ca-file {pki.cert} verify required alpn http/1.1
+  default_backend be
+backend be
+  server up 127.0.0.1:{up_port}
+""")
+    conf_a = write(os.path.join(tmp, "ha-a.cfg"), common + f"""frontend fe
+  bind 127.0.0.1:{ha}
+  default_backend be
+backend be
+  server b 127.0.0.1:{hb} ssl crt {ha_a_pem} ca-file {pki.cert} verify required alpn http/1.1
+""")
+    hbp = start(["haproxy", "-f", conf_b])
+    procs.append(hbp)
+    wait_port(hb)
+    hap = start(["haproxy", "-f", conf_a])
+    procs.append(hap)
+    wait_port(ha)
+    targets.append(Target("haproxy-mtls", ha, hap,
+                          lambda a=hap, b=hbp: children(a.pid) + children(b.pid)))
+    info.update(ha_b_port=hb)
+    return info
+
+
+def metric(admin_port, name, **labels):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"pilotfish_{name}{{{want}}} "):
+            return float(line.split()[-1])
+    return float("nan")
+
+
+def s_time(port, info, reuse, seconds):
+    """New TLS connections per wall-clock second into `port`, each with one GET (openssl s_time
+    on the wrk CPU; with TLS 1.3 the session ticket comes after the handshake, so -reuse needs
+    the request for there to be a session to resume)."""
+    cmd = ["taskset", "-c", WRK_CPU, "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+           "-cert", info["a_cert"], "-key", info["a_key"], "-CAfile", info["pki"].cert,
+           "-time", str(seconds), "-www", "/", "-reuse" if reuse else "-new"]
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    elapsed = time.monotonic() - t0
+    n = re.findall(r"(\d+) connections in [\d.]+s", out)
+    return (int(n[-1]) / elapsed if n else float("nan")), (int(n[-1]) if n else 0)
+
+
+def report_mtls(info, args):
+    print()
+    a, b = info["pf_a_admin"], info["pf_b_admin"]
+    print("pilotfish A outbound handshakes: ok %d, failed %d, resumed %d; B inbound ok %d, resumed %d" % (
+        metric(a, "tls_handshakes_total", direction="outbound", result="ok"),
+        metric(a, "tls_handshakes_total", direction="outbound", result="failed"),
+        metric(a, "tls_sessions_resumed_total", direction="outbound"),
+        metric(b, "tls_handshakes_total", direction="inbound", result="ok"),
+        metric(b, "tls_sessions_resumed_total", direction="inbound")))
+    print()
+    print("New TLS connections per second into B (openssl s_time, %d s each, medians of %d):" % (
+        args.duration, args.rounds))
+    print()
+    print("| target B | full handshakes/s | resumed sessions/s |")
+    print("|---|---|---|")
+    rows = {}
+    for r in range(args.rounds):
+        for name, port in (("pilotfish", info["pf_b_port"]), ("haproxy", info["ha_b_port"])):
+            for reuse in (False, True):
+                rate, _ = s_time(port, info, reuse, args.duration)
+                rows.setdefault((name, reuse), []).append(rate)
+    for name in ("pilotfish", "haproxy"):
+        print(f"| {name} | {statistics.median(rows[(name, False)]):.0f} | {statistics.median(rows[(name, True)]):.0f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -158,6 +312,9 @@ def main():
                     help="also measure pilotfish with a policy that configures retries, budget, breakers and outlier "
                          "detection explicitly")
     ap.add_argument("--baseline-bin", help="also measure this pilotfish binary (an older build) as 'baseline'")
+    ap.add_argument("--with-mtls", action="store_true",
+                    help="also measure an mTLS hop (plain -> A -> mTLS -> B -> plain) for pilotfish and HAProxy")
+    ap.add_argument("--only-mtls", action="store_true", help="measure only the direct upstream and the mTLS pairs")
     args = ap.parse_args()
 
     for tool in ("wrk", "haproxy", "nginx", "taskset"):
@@ -221,7 +378,10 @@ clusters:
             wait_port(port)
             targets.append(Target(name, port, p, lambda p=p: [p.pid], admin_port if scrape else None))
 
-        add_pilotfish("pilotfish", False)
+        if args.only_mtls:
+            args.with_mtls = True
+        else:
+            add_pilotfish("pilotfish", False)
         if args.with_access_log:
             add_pilotfish("pilotfish+log", True)
         if args.with_scrape:
@@ -230,6 +390,10 @@ clusters:
             add_pilotfish("pilotfish+resilience", False, cluster_extra=resilience.rstrip())
         if args.baseline_bin:
             add_pilotfish("baseline", False, binary=args.baseline_bin)
+
+        mtls_info = {}
+        if args.with_mtls:
+            mtls_info = add_mtls_pairs(tmp, procs, targets, up_port, args.bin)
 
         ha_port = free_port()
         ha_conf = os.path.join(tmp, "haproxy.cfg")
@@ -250,10 +414,11 @@ frontend fe
 backend be
   server up 127.0.0.1:{up_port}
 """)
-        ha = start(["haproxy", "-f", ha_conf])
-        procs.append(ha)
-        wait_port(ha_port)
-        targets.append(Target("haproxy", ha_port, ha, lambda p=ha: children(p.pid)))
+        if not args.only_mtls:
+            ha = start(["haproxy", "-f", ha_conf])
+            procs.append(ha)
+            wait_port(ha_port)
+            targets.append(Target("haproxy", ha_port, ha, lambda p=ha: children(p.pid)))
 
         ng_port = free_port()
         ng_conf = os.path.join(tmp, "nginx-proxy.conf")
@@ -265,10 +430,11 @@ http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{ng_port} backlog=4096;
     location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
 """)
-        ng = start(["nginx", "-c", ng_conf, "-p", tmp])
-        procs.append(ng)
-        wait_port(ng_port)
-        targets.append(Target("nginx", ng_port, ng, lambda p=ng: children(p.pid)))
+        if not args.only_mtls:
+            ng = start(["nginx", "-c", ng_conf, "-p", tmp])
+            procs.append(ng)
+            wait_port(ng_port)
+            targets.append(Target("nginx", ng_port, ng, lambda p=ng: children(p.pid)))
 
         time.sleep(0.5)
         for t in targets:
@@ -299,7 +465,7 @@ http {{ access_log off; keepalive_requests 1000000;
             return statistics.median(x[key] for x in t.runs)
 
         direct = targets[0]
-        pf = next(t for t in targets if t.name == "pilotfish")
+        pf = next(t for t in targets if t.name in ("pilotfish", "pilotfish-mtls"))
         print()
         print(f"{time.strftime('%Y-%m-%d')}: wrk -t1 -c{args.connections} -d{args.duration}s, "
               f"{args.rounds} interleaved rounds, medians; proxy+upstream on CPU {PROXY_CPU}, wrk on CPU {WRK_CPU}")
@@ -312,6 +478,8 @@ http {{ access_log off; keepalive_requests 1000000;
             print(f"| {t.name} | {med(t, 'rps'):.0f} | {med(t, 'p50'):.3f} | {med(t, 'p99'):.3f} | "
                   f"{added:.3f} | {cpu:.2f} | {t.rss_idle / 1024:.1f} | {t.rss_loaded / 1024:.1f} | "
                   f"{med(t, 'rps') / med(pf, 'rps'):.2f} |")
+        if mtls_info:
+            report_mtls(mtls_info, args)
     finally:
         for p in procs:
             if p.poll() is None:

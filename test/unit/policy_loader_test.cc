@@ -971,6 +971,20 @@ TEST(Mtls, ClusterNeedsIdentityAndAServerIdentityMap) {
                         "clusters[0].mtls.server_identity: 'spiffe://x/*': '*' is not allowed here"));
 }
 
+TEST(Mtls, ClusterSniDefaultsToNothingAndMustBeADnsName) {
+  const Policy p = loaded(
+      load(with_cluster("    mtls: {server_identity: spiffe://shop.local/sa/x, sni: users.shop.local}\n") +
+           kIdentityAtEnd));
+  EXPECT_EQ(p.clusters.at(0).mtls.sni, "users.shop.local");
+  EXPECT_EQ(loaded(load(with_cluster("    mtls: {server_identity: spiffe://shop.local/sa/x}\n") + kIdentityAtEnd))
+                .clusters.at(0)
+                .mtls.sni,
+            "");
+  EXPECT_TRUE(OnlyError(
+      load(with_cluster("    mtls: {server_identity: spiffe://shop.local/sa/x, sni: 'a b'}\n") + kIdentityAtEnd), 10,
+      60, "clusters[0].mtls.sni: 'a b' is not a DNS name"));
+}
+
 TEST(Mtls, AllowListEntries) {
   const Policy& p = loaded(
       load(with_listener("    mtls: true\n    allow: [spiffe://a/b, spiffe://a/c-*, spiffe://*]\n") + kIdentityAtEnd));
