@@ -513,9 +513,12 @@ class Client:
         left = deadline - time.monotonic()
         if left <= 0:
             raise Timeout()
-        r, _, _ = select.select([self.sock], [], [], left)
-        if not r:
-            raise Timeout()
+        # A TLS socket may hold decrypted bytes that select() cannot see.
+        pending = getattr(self.sock, "pending", None)
+        if not (pending and pending()):
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                raise Timeout()
         try:
             data = self.sock.recv(n)
         except ConnectionResetError:
