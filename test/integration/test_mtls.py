@@ -649,5 +649,49 @@ class TwoSidecarsTest(unittest.TestCase):
         self.assertEqual(app.stats()["connections"], 0)
 
 
+class ExampleTest(unittest.TestCase):
+    """examples/mtls as its README runs it, on a copy with free ports."""
+
+    def test_examples_mtls(self):
+        import shutil
+        src = os.path.join(h.ROOT, "examples", "mtls")
+        work = os.path.join(h.make_tmpdir(), "mtls")
+        shutil.copytree(src, work, ignore=shutil.ignore_patterns("certs"))
+        out = subprocess.run(["sh", os.path.join(work, "make-certs.sh")], capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        ports = {p: h.free_port() for p in ("15001", "15006", "18080", "9911", "9912")}
+        for name in ("frontend.yaml", "users.yaml"):
+            path = os.path.join(work, name)
+            with open(path) as f:
+                text = f.read()
+            for old, new in ports.items():
+                text = text.replace(":" + old, ":%d" % new)
+            with open(path, "w") as f:
+                f.write(text)
+            rc, _, err = h.run_cli(["check", "--config", path])
+            self.assertEqual(rc, 0, err)
+        app = h.spawn([sys.executable, os.path.join(h.ROOT, "examples", "quickstart", "demo_service.py"),
+                       str(ports["18080"])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs = []
+        try:
+            h.wait_for(lambda: ports["18080"] in h.listening_ports(), 10, what="demo service")
+            for name in ("users.yaml", "frontend.yaml"):
+                with open(os.path.join(work, name)) as f:
+                    procs.append(h.Pilotfish(f.read().replace("certs/", os.path.join(work, "certs") + "/")))
+            out = subprocess.run(["curl", "-sS", "--max-time", "10", "http://127.0.0.1:%s/hello" % ports["15001"]],
+                                 capture_output=True, text=True, timeout=20)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            reply = json.loads(out.stdout)
+            self.assertEqual(reply["path"], "/hello")
+            xfcc = reply["headers"]["x-forwarded-client-cert"]
+            self.assertTrue(xfcc.startswith("By=spiffe://shop.local/ns/shop/sa/users;"
+                                            "URI=spiffe://shop.local/ns/shop/sa/frontend;Hash="), xfcc)
+            self.assertEqual(xfcc.split("Hash=")[1], cert_sha256(os.path.join(work, "certs", "frontend.pem")))
+        finally:
+            for pf in reversed(procs):
+                pf.stop_and_check(self)
+            h.kill_proc(app)
+
+
 if __name__ == "__main__":
     h.main()
