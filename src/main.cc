@@ -1,13 +1,21 @@
 // pilotfish command line: run, check, wait-ready, version. Nothing else lives here.
 
 #include <openssl/crypto.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <spawn.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <string_view>
 
+#include "intercept/iptables.h"
 #include "pilotfish/policy_loader.h"
 #include "pilotfish/server.h"
 #include "pilotfish/version.h"
@@ -19,6 +27,9 @@ constexpr const char* kUsage =
     "usage: pilotfish run --config FILE [--workers N] [--log-level debug|info|warn|error]\n"
     "       pilotfish check --config FILE [--against OLD_FILE]\n"
     "       pilotfish wait-ready (--config FILE | --admin HOST:PORT) [--timeout DURATION]\n"
+    "       pilotfish iptables --policy FILE --uid UID [--print | --apply | --clean]\n"
+    "                 [--inbound-ports LIST] [--exclude-inbound-ports LIST] [--exclude-outbound-ports LIST]\n"
+    "                 [--ipv4-only]\n"
     "       pilotfish version\n"
     "       pilotfish --help\n";
 
@@ -167,6 +178,110 @@ int cmd_wait_ready(int argc, char** argv) {
   return pilotfish::wait_ready(admin, timeout);
 }
 
+// Runs one iptables command; its exit code (127 when it cannot be started).
+int run_command(const pilotfish::IptablesCommand& c, bool quiet) {
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(c.program.c_str()));
+  for (const auto& a : c.args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (quiet) {
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  }
+  pid_t pid;
+  int rc = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return 127;
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+// iptables: the interception rules for a policy, printed, applied or removed.
+int cmd_iptables(int argc, char** argv) {
+  std::string policy_path, mode = "print";
+  pilotfish::IptablesOptions options;
+  for (int i = 2; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--print" || arg == "--apply" || arg == "--clean") {
+      mode = std::string(arg.substr(2));
+      continue;
+    }
+    if (arg == "--ipv4-only") {
+      options.ipv6 = false;
+      continue;
+    }
+    if (i + 1 >= argc) return usage_error(std::string(arg) + " needs a value");
+    std::string value = argv[++i];
+    std::string err;
+    if (arg == "--policy" || arg == "--config") {
+      policy_path = value;
+    } else if (arg == "--uid") {
+      char* end = nullptr;
+      long uid = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || uid < 0 || uid > 4294967294L) return usage_error("--uid must be a number");
+      options.uid = uid;
+    } else if (arg == "--inbound-ports") {
+      if (!pilotfish::parse_port_list(value, &options.inbound_ports, &err)) return usage_error("--inbound-ports: " + err);
+    } else if (arg == "--exclude-inbound-ports") {
+      if (!pilotfish::parse_port_list(value, &options.exclude_inbound_ports, &err))
+        return usage_error("--exclude-inbound-ports: " + err);
+    } else if (arg == "--exclude-outbound-ports") {
+      if (!pilotfish::parse_port_list(value, &options.exclude_outbound_ports, &err))
+        return usage_error("--exclude-outbound-ports: " + err);
+    } else {
+      return usage_error("unknown argument '" + std::string(arg) + "' for iptables");
+    }
+  }
+  if (mode == "clean") {
+    // Everything pilotfish's chains hold, whatever policy added them: no policy needed.
+    for (const auto& c : pilotfish::iptables_clean_plan(options.ipv6)) run_command(c, /*quiet=*/true);
+    std::printf("pilotfish interception rules removed\n");
+    return 0;
+  }
+  if (policy_path.empty()) return usage_error("iptables needs --policy FILE");
+  // The init step may run where the identity files are not mounted: only the listeners matter.
+  std::ifstream in(policy_path, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "pilotfish: cannot read %s: %s\n", policy_path.c_str(), std::strerror(errno));
+    return 1;
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string dir = std::filesystem::path(policy_path).parent_path().string();
+  auto result = pilotfish::load_policy_text(text.str(), policy_path, dir.empty() ? "." : dir, /*check_files=*/false);
+  if (!result.ok()) {
+    for (const auto& e : result.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
+    return 1;
+  }
+  std::string err;
+  auto plan = pilotfish::iptables_apply_plan(*result.policy, options, &err);
+  if (plan.empty()) {
+    std::fprintf(stderr, "pilotfish: %s\n", err.c_str());
+    return 1;
+  }
+  if (mode == "print") {
+    for (const auto& c : plan) std::printf("%s\n", c.text().c_str());
+    return 0;
+  }
+  // apply: whatever an earlier apply left goes first, so applying twice gives the same rules.
+  for (const auto& c : pilotfish::iptables_clean_plan(options.ipv6)) run_command(c, /*quiet=*/true);
+  for (const auto& c : plan) {
+    int rc = run_command(c, /*quiet=*/false);
+    if (rc != 0) {
+      std::fprintf(stderr, "pilotfish: '%s' failed (exit %d); removing the rules added so far\n", c.text().c_str(),
+                   rc);
+      for (const auto& undo : pilotfish::iptables_clean_plan(options.ipv6)) run_command(undo, /*quiet=*/true);
+      return 1;
+    }
+  }
+  std::printf("pilotfish interception rules applied (%zu commands)\n", plan.size());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -196,5 +311,6 @@ int main(int argc, char** argv) {
     return pilotfish::run_server(run);
   }
   if (cmd == "wait-ready") return cmd_wait_ready(argc, argv);
+  if (cmd == "iptables") return cmd_iptables(argc, argv);
   return usage_error("unknown command '" + std::string(cmd) + "'");
 }

@@ -57,6 +57,9 @@ struct Listener {
   Protocol protocol = Protocol::http;
   bool mtls = false;
   std::vector<std::string> allow;  // SPIFFE ids; a trailing '*' matches any rest
+  // intercept: outbound only: an original destination no cluster's vips claim is passed
+  // through to it as plain TCP (true), or the connection is closed (false).
+  bool passthrough = true;
   Duration header_timeout{10'000};
   Duration body_timeout{30'000};   // 0 = none
   Duration idle_timeout{60'000};

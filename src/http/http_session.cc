@@ -166,6 +166,36 @@ HttpSession::HttpSession(Worker& worker, std::shared_ptr<ListenerSlot> slot)
 }
 
 void HttpSession::start() {
+  note_peer();
+  if (listener_->mtls) {
+    if (!accept_tls(worker_.tls(), /*http=*/true)) {
+      close();
+      return;
+    }
+    // The handshake is bounded like a request head: a client that never finishes it does not
+    // hold the connection for the idle timeout.
+    arm_timer(Timer::handshake, static_cast<uint64_t>(listener_->header_timeout.count()));
+    start_read();
+    return;
+  }
+  // Accepted while draining (during drain_delay): one request is expected soon, or none.
+  arm_timer(Timer::idle, draining() ? kDrainIdleGraceMs : static_cast<uint64_t>(listener_->idle_timeout.count()));
+  start_read();
+}
+
+// A connection an InterceptSession accepted: its TLS handshake (if any) is done and its first
+// bytes were read.
+void HttpSession::start_adopted(const std::string& first_bytes) {
+  note_peer();
+  arm_timer(Timer::idle, draining() ? kDrainIdleGraceMs : static_cast<uint64_t>(listener_->idle_timeout.count()));
+  start_read();
+  if (!first_bytes.empty()) {
+    std::string bytes = first_bytes;
+    on_data(bytes.data(), bytes.size());
+  }
+}
+
+void HttpSession::note_peer() {
   uv_tcp_nodelay(tcp(), 1);
   sockaddr_storage peer;
   int len = sizeof peer;
@@ -177,25 +207,6 @@ void HttpSession::start() {
       uv_ip6_name(reinterpret_cast<sockaddr_in6*>(&peer), ip, sizeof ip);
     client_address_ = ip;
   }
-  if (listener_->mtls) {
-    const TlsMaterialPtr& material = worker_.tls();
-    if (!material) {  // cannot happen: a policy with mtls has an identity
-      close();
-      return;
-    }
-    TlsOptions options;
-    options.server = true;
-    options.http = true;
-    start_tls(material, options);
-    // The handshake is bounded like a request head: a client that never finishes it does not
-    // hold the connection for the idle timeout.
-    arm_timer(Timer::handshake, static_cast<uint64_t>(listener_->header_timeout.count()));
-    start_read();
-    return;
-  }
-  // Accepted while draining (during drain_delay): one request is expected soon, or none.
-  arm_timer(Timer::idle, draining() ? kDrainIdleGraceMs : static_cast<uint64_t>(listener_->idle_timeout.count()));
-  start_read();
 }
 
 // The listener's allow list, read at each request: a reload that changes it applies to the next
@@ -498,14 +509,29 @@ int HttpSession::on_headers_complete() {
     return HPE_USER;
   }
 
-  std::string host = host_for_routing(authority_);
-  RequestView view{host, target_.path, llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)), &headers_};
-  const Route* route = match_route(*listener_, view);
-  if (route == nullptr) {
-    send_local_response(404, "no_route", request_has_body_);
-    return request_has_body_ ? HPE_USER : 0;
+  if (!fixed_cluster_.empty()) {
+    // Intercepted: the original destination chose the cluster (by name: a reload may have
+    // moved it, or removed it).
+    const auto& clusters = snap_->policy->clusters;
+    size_t found = SIZE_MAX;
+    for (size_t i = 0; i < clusters.size(); ++i)
+      if (clusters[i].name == fixed_cluster_) found = i;
+    if (found == SIZE_MAX) {
+      send_local_response(404, "no_route", request_has_body_);
+      return request_has_body_ ? HPE_USER : 0;
+    }
+    cluster_index_ = found;
+  } else {
+    std::string host = host_for_routing(authority_);
+    RequestView view{host, target_.path, llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)),
+                     &headers_};
+    const Route* route = match_route(*listener_, view);
+    if (route == nullptr) {
+      send_local_response(404, "no_route", request_has_body_);
+      return request_has_body_ ? HPE_USER : 0;
+    }
+    cluster_index_ = route->cluster_index;
   }
-  cluster_index_ = route->cluster_index;
   cluster_ = &snap_->policy->clusters[cluster_index_];
   ClusterState& cs = cluster_state();
   if (!ClusterShared::try_take(cs.shared->requests, cluster_->circuit_breaker.max_requests)) {
@@ -515,7 +541,7 @@ int HttpSession::on_headers_complete() {
   breaker_request_ = true;
   cs.shared->budget.record_request(worker_.index(), uv_now(worker_.loop()));
   replayable_ = !request_has_body_ || idempotent_method(parser_.method);
-  build_upstream_head(*route);
+  build_upstream_head();
   start_attempt();
   if (closing()) return HPE_USER;
   if (local_response_) return request_has_body_ ? HPE_USER : 0;
@@ -526,7 +552,7 @@ int HttpSession::on_headers_complete() {
   return 0;
 }
 
-void HttpSession::build_upstream_head(const Route&) {
+void HttpSession::build_upstream_head() {
   std::string& h = upstream_head_;
   h.clear();
   h += llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
@@ -996,7 +1022,8 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
 void HttpSession::on_upstream_end(int status) {
   // The connection is closing itself; it is no longer ours.
   ClusterState& cs = cluster_state();
-  if (!tunnel_ && !response_started_) cs.stats->upstream_reset.add();
+  bool tls_refused = status == kUpstreamTlsFailed && !response_bytes_seen_;
+  if (!tunnel_ && !response_started_) (tls_refused ? cs.stats->upstream_connect_failure : cs.stats->upstream_reset).add();
   end_balance();
   upstream_ = nullptr;
   if (tunnel_) {
@@ -1015,6 +1042,20 @@ void HttpSession::on_upstream_end(int status) {
   if (response_started_) {
     error_ = "upstream_reset";
     close();
+    return;
+  }
+  if (tls_refused) {
+    // The server refused our certificate (TLS 1.3 tells a client after its side of the
+    // handshake): a connection that never was, as a failed connect. The server read none of
+    // the request, but what was sent is sent again only if it was kept.
+    endpoint_verdict(false);
+    if (retry_allowed(kRetryConnectFailure)) {
+      schedule_retry();
+      after_downstream_io();
+      return;
+    }
+    send_local_response(503, retry_overflow_ ? "overloaded" : "upstream_tls_failure", !request_complete_);
+    after_downstream_io();
     return;
   }
   // Nothing of a response came back. A request written to a pooled connection that the

@@ -24,6 +24,11 @@ class HttpSession final : public Stream, public UpstreamHandler {
   HttpSession(Worker& worker, std::shared_ptr<ListenerSlot> slot);
   // Called once the socket is accepted.
   void start();
+  // Called instead of start() for a connection an InterceptSession hands over (see
+  // net/intercept.h), with the bytes it read.
+  void start_adopted(const std::string& first_bytes);
+  // Intercepted by original destination: every request goes to this cluster, not by routes.
+  void set_fixed_cluster(std::string name) { fixed_cluster_ = std::move(name); }
   // Worker is draining: close if idle, else close after the response in flight.
   void drain() override;
   void on_policy_changed() override;
@@ -55,6 +60,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void on_tls_established() override;
   void on_tls_failed() override;
   bool peer_allowed() const;
+  void note_peer();
 
   void on_upstream_connected() override;
   void on_upstream_connect_failed(int status) override;
@@ -69,7 +75,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void parse_input(const char* data, size_t length);
   void after_downstream_io();
   bool validate_request_head();
-  void build_upstream_head(const Route& route);
+  void build_upstream_head();
   // Resilience: one attempt at an endpoint the outlier detection allows; its verdict; retries.
   void start_attempt(bool fresh_connection = false);
   void append_attempt_head(std::string& out) const;  // head, attempt header, final CRLF
@@ -106,6 +112,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
 
   Worker& worker_;
   std::shared_ptr<ListenerSlot> slot_;
+  std::string fixed_cluster_;
   SnapshotPtr snap_;              // the policy this connection's current request runs under
   const Listener* listener_;      // in snap_
   size_t listener_index_;         // in snap_

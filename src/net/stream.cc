@@ -1,5 +1,7 @@
 #include "net/stream.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 
 #include "net/event_loop.h"
@@ -66,7 +68,35 @@ void Stream::start_tls(std::shared_ptr<const TlsMaterial> material, const TlsOpt
   if (step == TlsState::Step::failed) on_tls_failed();
 }
 
+bool Stream::accept_tls(const std::shared_ptr<const TlsMaterial>& material, bool http) {
+  if (!material) return false;
+  TlsOptions options;
+  options.server = true;
+  options.http = http;
+  start_tls(material, options);
+  return true;
+}
+
 bool Stream::tls_established() const { return tls_ && tls_->established(); }
+
+bool Stream::move_connection_to(Stream& next) {
+  if (closing_ || !out_.empty() || uv_stream_get_write_queue_size(stream()) != 0) return false;
+  uv_os_fd_t fd;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp_), &fd) != 0) return false;
+  int copy = ::dup(fd);
+  if (copy < 0) return false;
+  if (uv_tcp_open(next.tcp(), copy) != 0) {
+    ::close(copy);
+    return false;
+  }
+  stop_read();
+  if (tls_) {
+    next.tls_ = std::move(tls_);
+    next.cipher_.swap(cipher_);
+    next.tls_->set_cipher_out(&next.cipher_);
+  }
+  return true;
+}
 
 // Ciphertext arrived: the handshake advances, or records are decrypted into the loop's
 // plaintext buffer and handed to on_data. All of it is consumed before this returns (the read

@@ -7,32 +7,48 @@ namespace pilotfish {
 
 namespace {
 constexpr uint64_t kTcpIdleMs = 3600 * 1000;
+constexpr uint64_t kDirectConnectTimeoutMs = 5000;
 }
 
-TcpProxySession::TcpProxySession(Worker& worker, std::shared_ptr<ListenerSlot> slot)
+TcpProxySession::TcpProxySession(Worker& worker, std::shared_ptr<ListenerSlot> slot, const InterceptTarget& target)
     : Stream(worker),
       worker_(worker),
+      slot_(slot),
       snap_(worker.snapshot()),
       listener_(snap_->policy->listeners[slot->index]),
       conn_stats_(snap_->listener_stats[slot->index]) {
   conn_stats_->connections.add(1);
   conn_stats_->connections_total.add();
   cluster_index_ = listener_.routes.empty() ? 0 : listener_.routes.front().cluster_index;
+  if (target.kind == InterceptTarget::Kind::cluster) {
+    for (size_t i = 0; i < snap_->policy->clusters.size(); ++i)
+      if (snap_->policy->clusters[i].name == target.cluster) cluster_index_ = i;
+  } else if (target.kind == InterceptTarget::Kind::address) {
+    direct_ = true;
+    direct_address_ = target.address;
+  }
   worker.add_downstream();
+}
+
+void TcpProxySession::start_adopted(const std::string& first_bytes) {
+  uv_tcp_nodelay(tcp(), 1);
+  pending_ = first_bytes;
+  start_read();
+  if (tls() && tls()->established()) {
+    on_tls_established();  // the allow list, then the upstream
+    return;
+  }
+  set_deadline(kTcpIdleMs);
+  connect();
 }
 
 void TcpProxySession::start() {
   uv_tcp_nodelay(tcp(), 1);
   if (listener_.mtls) {
-    const TlsMaterialPtr& material = worker_.tls();
-    if (!material) {
+    if (!accept_tls(worker_.tls(), /*http=*/false)) {
       close();
       return;
     }
-    TlsOptions options;
-    options.server = true;
-    options.http = false;
-    start_tls(material, options);
     // The upstream is connected only for a peer that proved an allowed identity, and the
     // handshake is bounded like an HTTP request head.
     handshaking_ = true;
@@ -57,12 +73,35 @@ void TcpProxySession::on_tls_established() {
   connect();
 }
 
+// A reload applies the listener's mtls and allow list to the tunnels already open: one that
+// would not be let in now is closed (a removed listener's tunnels run until they end).
+void TcpProxySession::on_policy_changed() {
+  if (handshaking_ || closing() || slot_->index == SIZE_MAX) return;
+  const SnapshotPtr& now = worker_.snapshot();
+  const Listener& l = now->policy->listeners[slot_->index];
+  if (!l.mtls) return;
+  if (tls() && tls()->established() && identity_allowed(l.allow, tls()->peer_id())) return;
+  now->listener_stats[slot_->index]->authz_denied.add();
+  log_info("listener " + l.name + ": an open tunnel from " +
+           (tls() && tls()->established() ? tls()->peer_id() : std::string("a peer without mTLS")) +
+           " is no longer allowed; closed");
+  close();
+}
+
 void TcpProxySession::on_tls_failed() {
   log_debug("listener " + listener_.name + ": mTLS handshake failed: " + tls()->error());
   close();
 }
 
 void TcpProxySession::connect() {
+  if (direct_) {
+    // Passed through to the original destination, or to the local app: plain TCP, no cluster.
+    ++attempts_;
+    upstream_ = new UpstreamConnection(worker_, nullptr, this, nullptr, nullptr);
+    upstream_->set_half_close(true);
+    upstream_->connect(direct_address_.sa(), kDirectConnectTimeoutMs);
+    return;
+  }
   ClusterState& cs = *snap_->clusters[cluster_index_];
   const Cluster& c = snap_->policy->clusters[cluster_index_];
   uint64_t now = uv_now(worker_.loop());
@@ -102,8 +141,10 @@ void TcpProxySession::connect() {
 }
 
 void TcpProxySession::on_upstream_connected() {
-  ClusterState& cs = *snap_->clusters[cluster_index_];
-  record_endpoint_success(*cs.health[static_cast<size_t>(endpoint_)], *cs.shared);
+  if (!direct_) {
+    ClusterState& cs = *snap_->clusters[cluster_index_];
+    record_endpoint_success(*cs.health[static_cast<size_t>(endpoint_)], *cs.shared);
+  }
   probe_ = false;
   upstream_->append(pending_);
   pending_.clear();
@@ -118,6 +159,12 @@ void TcpProxySession::on_upstream_connected() {
 
 void TcpProxySession::on_upstream_connect_failed(int status) {
   upstream_ = nullptr;
+  if (direct_) {
+    log_debug("listener " + listener_.name + ": connect to " + direct_address_.text + " failed: " +
+              upstream_error_text(status));
+    close();
+    return;
+  }
   const Cluster& c = snap_->policy->clusters[cluster_index_];
   ClusterState& cs = *snap_->clusters[cluster_index_];
   cs.stats->upstream_connect_failure.add();

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "net/intercept.h"
 #include "net/stream.h"
 #include "pilotfish/policy.h"
 #include "server/worker.h"
@@ -15,9 +16,13 @@ namespace pilotfish {
 class TcpProxySession final : public Stream, public UpstreamHandler {
  public:
   // A byte stream keeps the snapshot it was accepted under for its whole life.
-  TcpProxySession(Worker& worker, std::shared_ptr<ListenerSlot> slot);
+  TcpProxySession(Worker& worker, std::shared_ptr<ListenerSlot> slot, const InterceptTarget& target = {});
   void start();
+  // Instead of start(), for a connection an InterceptSession hands over (its TLS handshake, if
+  // any, done; `first_bytes` read from the client).
+  void start_adopted(const std::string& first_bytes);
   void drain() override {}  // a byte stream has no request boundary: it runs until the drain timeout
+  void on_policy_changed() override;
 
  protected:
   void on_data(char* data, size_t length) override;
@@ -39,6 +44,7 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
   void maybe_close();
 
   Worker& worker_;
+  std::shared_ptr<ListenerSlot> slot_;
   SnapshotPtr snap_;
   const Listener& listener_;
   std::shared_ptr<ListenerStats> conn_stats_;
@@ -49,6 +55,8 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
   UpstreamConnection* upstream_ = nullptr;
   std::string pending_;  // bytes from the client before the upstream connected
   bool handshaking_ = false;
+  bool direct_ = false;            // to direct_address_, not to a cluster
+  SocketAddress direct_address_;
   bool downstream_eof_ = false;
   bool upstream_eof_ = false;
   bool paused_for_upstream_ = false;

@@ -23,6 +23,7 @@ bool same_addresses(const std::vector<SocketAddress>& a, const std::vector<Socke
 // Everything but name (the identity) and routes (reported one by one under "routes").
 bool same_listener(const Listener& a, const Listener& b) {
   return a.address.text == b.address.text && a.intercept == b.intercept && a.protocol == b.protocol &&
+         a.passthrough == b.passthrough &&
          a.mtls == b.mtls && a.allow == b.allow && a.header_timeout == b.header_timeout &&
          a.body_timeout == b.body_timeout && a.idle_timeout == b.idle_timeout &&
          a.max_header_bytes == b.max_header_bytes && a.max_body_bytes == b.max_body_bytes;

@@ -144,6 +144,7 @@ std::string policy_to_json(const Policy& p) {
     w.key("name").str(l.name).key("address").str(l.address.text);
     w.key("protocol").str(name_of(l.protocol)).key("intercept").str(name_of(l.intercept));
     w.key("mtls").boolean(l.mtls);
+    if (l.intercept == Intercept::outbound) w.key("passthrough").boolean(l.passthrough);
     if (!l.allow.empty()) {
       w.key("allow").begin_array();
       for (const auto& a : l.allow) w.str(a);

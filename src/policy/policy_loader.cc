@@ -79,7 +79,8 @@ constexpr std::string_view kAdminKeys[] = {"address"};
 constexpr std::string_view kIdentityKeys[] = {"cert", "key", "ca"};
 constexpr std::string_view kListenerKeys[] = {
     "name",           "address",      "intercept",    "protocol",         "mtls",           "allow",
-    "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes"};
+    "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes",
+    "passthrough"};
 constexpr std::string_view kRouteKeys[] = {"match", "cluster"};
 constexpr std::string_view kMatchKeys[] = {"host", "path_prefix", "method", "headers"};
 constexpr std::string_view kClusterKeys[] = {"name",
@@ -995,6 +996,11 @@ void PolicyReader::read_listener(const Field& field) {
         }
       }
     }
+  }
+  if (const Field* f = section->find("passthrough")) {
+    if (auto on = read_bool(*f)) listener.passthrough = *on;
+    if (listener.intercept != Intercept::outbound)
+      error(f->position, f->path, "only applies to a listener with intercept: outbound");
   }
   const Field* mtls_field = section->find("mtls");
   std::optional<bool> mtls = mtls_field ? read_bool(*mtls_field) : std::optional<bool>(false);

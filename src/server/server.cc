@@ -246,17 +246,34 @@ struct Process final : AdminBackend {
   // are refused with the current material kept, until they change again.
   std::vector<uv_handle_t*> identity_handles;
   uv_timer_t identity_debounce;
-  std::vector<Stamp> identity_stamps;
-  std::vector<Stamp> read_identity_stamps() const {
+  uv_timer_t identity_retry;
+  std::vector<Stamp> identity_stamps;  // of the files the material in use (or refused) was made from
+  std::string last_refusal;
+  static std::vector<Stamp> stamps_of(const Identity* identity) {
     std::vector<Stamp> out;
-    if (!policy->identity) return out;
-    for (const std::string* path : {&policy->identity->cert, &policy->identity->key, &policy->identity->ca})
-      out.push_back(stamp_of(*path));
+    if (!identity) return out;
+    for (const std::string* path : {&identity->cert, &identity->key, &identity->ca}) out.push_back(stamp_of(*path));
     return out;
   }
-  void start_identity_watch() {
+  std::vector<Stamp> read_identity_stamps() const {
+    return stamps_of(policy->identity ? &*policy->identity : nullptr);
+  }
+  // The material for `identity`: the one in use when it was made from the same files as they
+  // are now (a reload that keeps the identity keeps its resumable sessions), else a new one.
+  // `stamps` is set to the files' stamps read before they were read for the material, so a
+  // change while it is made is seen by the watch.
+  TlsMaterialPtr material_for(const Identity& identity, std::vector<Stamp>* stamps, std::string* err) {
+    *stamps = stamps_of(&identity);
+    if (tls && tls->identity().cert == identity.cert && tls->identity().key == identity.key &&
+        tls->identity().ca == identity.ca && *stamps == identity_stamps)
+      return tls;
+    return TlsMaterial::build(identity, err);
+  }
+  // `stamps`: those of the files the material in use was made from.
+  void start_identity_watch(std::vector<Stamp> stamps) {
     stop_identity_watch();
-    identity_stamps = read_identity_stamps();
+    identity_stamps = std::move(stamps);
+    uv_timer_stop(&identity_retry);
     if (!policy->identity) return;
     std::set<std::string> dirs;
     for (const std::string* path : {&policy->identity->cert, &policy->identity->key, &policy->identity->ca}) {
@@ -276,6 +293,7 @@ struct Process final : AdminBackend {
       int rc = uv_fs_event_start(event, on_identity_dir, dir.c_str(), 0);
       if (rc != 0) log_warn("identity watch: cannot watch " + dir + ": " + uv_strerror(rc) + "; polling every second");
     }
+    identity_maybe_changed();  // a change while the material was being made
   }
   void stop_identity_watch() {
     for (uv_handle_t* h : identity_handles)
@@ -295,20 +313,30 @@ struct Process final : AdminBackend {
   static void on_identity_dir(uv_fs_event_t* h, const char*, int, int status) {
     if (status == 0) static_cast<Process*>(h->data)->identity_maybe_changed();
   }
-  static void on_identity_debounce(uv_timer_t* t) { static_cast<Process*>(t->data)->rotate_identity(); }
-  void rotate_identity() {
+  static void on_identity_debounce(uv_timer_t* t) { static_cast<Process*>(t->data)->rotate_identity(false); }
+  static void on_identity_retry(uv_timer_t* t) { static_cast<Process*>(t->data)->rotate_identity(true); }
+  // `retry`: the files did not change since they were refused, but what refused them may have
+  // (a certificate not valid yet, a CA bundle that arrives later): tried again every 5 s.
+  void rotate_identity(bool retry) {
     std::vector<Stamp> now = read_identity_stamps();
-    if (now == identity_stamps || !policy->identity) return;
+    if ((!retry && now == identity_stamps) || !policy->identity || draining) return;
     identity_stamps = now;
     std::string err;
     TlsMaterialPtr next = TlsMaterial::build(*policy->identity, &err);
     if (!next) {
-      registry->process().identity_rotations_rejected.add();
-      log_error("identity files changed but are refused: " + err + "; new handshakes keep using " +
-                (tls ? tls->spiffe_id() + " (certificate valid until " + iso_time(tls->cert_not_after()) + ")"
-                     : std::string("no identity")));
+      // Said once per reason; the retries that fail the same way are quiet.
+      if (!retry || err != last_refusal) {
+        registry->process().identity_rotations_rejected.add();
+        log_error("identity files changed but are refused: " + err + "; new handshakes keep using " +
+                  (tls ? tls->spiffe_id() + " (certificate valid until " + iso_time(tls->cert_not_after()) + ")"
+                       : std::string("no identity")));
+      }
+      last_refusal = err;
+      uv_timer_start(&identity_retry, on_identity_retry, 5000, 0);
       return;
     }
+    last_refusal.clear();
+    uv_timer_stop(&identity_retry);
     std::string before = tls ? tls->spiffe_id() : std::string("none");
     use_material(next);
     registry->process().identity_rotations_applied.add();
@@ -419,9 +447,10 @@ struct Process final : AdminBackend {
     // The identity is made before anything switches: a listener that turns mtls on must find
     // it on its first connection.
     TlsMaterialPtr material;
+    std::vector<Stamp> material_stamps;
     if (next.identity) {
       std::string err;
-      material = TlsMaterial::build(*next.identity, &err);
+      material = material_for(*next.identity, &material_stamps, &err);
       if (!material) {
         close_fds(fds);
         event.errors.push_back(options.config_path + ": identity: " + err);
@@ -446,7 +475,7 @@ struct Process final : AdminBackend {
     set_log_level(policy->log_level);
     registry->set_policy_info(version, policy->sha256);
     registry->process().policy_reloads_applied.add();
-    start_identity_watch();
+    start_identity_watch(std::move(material_stamps));
     events.set_path(default_history_path(*policy, options.config_path));
     event.version = version;
     event.outcome = "applied";
@@ -659,7 +688,7 @@ struct Process final : AdminBackend {
     if (p->finished.load() < p->workers.size()) return;
     for (uv_signal_t* s : {&p->sigterm, &p->sigint, &p->sighup, &p->sigusr1})
       uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
-    for (uv_timer_t* t : {&p->drain_timer, &p->drain_delay_timer, &p->probe_timer, &p->identity_debounce})
+    for (uv_timer_t* t : {&p->drain_timer, &p->drain_delay_timer, &p->probe_timer, &p->identity_debounce, &p->identity_retry})
       uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
     for (Probe* probe : p->probes) close_probe(probe);
     p->stop_watch();
@@ -696,8 +725,9 @@ int run_server(const RunOptions& options) {
   p.registry->set_policy_info(1, policy->sha256);
   p.policy = policy;
   std::string err;
+  std::vector<Process::Stamp> material_stamps;
   if (policy->identity) {
-    TlsMaterialPtr material = TlsMaterial::build(*policy->identity, &err);
+    TlsMaterialPtr material = p.material_for(*policy->identity, &material_stamps, &err);
     if (!material) {
       log_error("identity: " + err + "; not starting");
       return 1;
@@ -783,9 +813,11 @@ int run_server(const RunOptions& options) {
   startup.warnings = loaded.warnings;
   p.events.record(startup);
   p.start_watch();
-  uv_timer_init(p.loop, &p.identity_debounce);
-  p.identity_debounce.data = &p;
-  p.start_identity_watch();
+  for (uv_timer_t* t : {&p.identity_debounce, &p.identity_retry}) {
+    uv_timer_init(p.loop, t);
+    t->data = &p;
+  }
+  p.start_identity_watch(std::move(material_stamps));
   p.start_probes();
   log_info("pilotfish ready: service " + (policy->service.empty() ? std::string("(unnamed)") : policy->service) +
            ", " + std::to_string(n) + " worker" + (n == 1 ? "" : "s"));

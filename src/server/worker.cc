@@ -7,6 +7,7 @@
 
 #include "http/http_session.h"
 #include "log/logger.h"
+#include "net/intercept.h"
 #include "net/stream.h"
 #include "net/tcp_proxy.h"
 
@@ -150,7 +151,9 @@ void Worker::on_connection(uv_stream_t* server, int status) {
   Worker* w = h->worker;
   if (status < 0 || w->stopping_ || h->slot->index == SIZE_MAX) return;
   Stream* s;
-  if (h->slot->protocol == Protocol::tcp)
+  if (h->slot->intercept != Intercept::none)
+    s = new InterceptSession(*w, h->slot);
+  else if (h->slot->protocol == Protocol::tcp)
     s = new TcpProxySession(*w, h->slot);
   else
     s = new HttpSession(*w, h->slot);
@@ -158,7 +161,9 @@ void Worker::on_connection(uv_stream_t* server, int status) {
     s->close();
     return;
   }
-  if (h->slot->protocol == Protocol::tcp)
+  if (h->slot->intercept != Intercept::none)
+    static_cast<InterceptSession*>(s)->start();
+  else if (h->slot->protocol == Protocol::tcp)
     static_cast<TcpProxySession*>(s)->start();
   else
     static_cast<HttpSession*>(s)->start();

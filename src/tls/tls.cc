@@ -7,6 +7,7 @@
 #include <cstring>
 #include <ctime>
 #include <mutex>
+#include <string_view>
 
 #include "tls/identity_files.h"
 
@@ -146,6 +147,7 @@ int alpn_select(SSL* ssl, const unsigned char** out, unsigned char* out_length, 
 
 int new_session(SSL* ssl, SSL_SESSION* session) {
   TlsState* t = state_of(ssl);
+  if (t) t->confirm();  // the server sends tickets once it has accepted our certificate
   if (!t || !t->options().sessions || !t->material()) return 0;
   t->options().sessions->store(session, t->material()->generation());
   return 1;  // the slot keeps the reference
@@ -184,6 +186,33 @@ bool configure_common(SSL_CTX* ctx, const Identity& identity, std::string* error
 
 // ---- identities --------------------------------------------------------------------------------
 
+bool spiffe_id_valid(const std::string& id) {
+  // spiffe://TRUST-DOMAIN/PATH: the trust domain [a-z0-9.-_], path segments [A-Za-z0-9.-_],
+  // none empty, "." or ".."; nothing else (no port, user, query, fragment, escapes, controls).
+  constexpr std::string_view kScheme = "spiffe://";
+  if (id.size() <= kScheme.size() || id.size() > 2048 || id.compare(0, kScheme.size(), kScheme) != 0) return false;
+  size_t slash = id.find('/', kScheme.size());
+  std::string_view domain(id.data() + kScheme.size(), (slash == std::string::npos ? id.size() : slash) - kScheme.size());
+  if (domain.empty()) return false;
+  for (char c : domain)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_')) return false;
+  if (slash == std::string::npos) return true;
+  std::string_view path(id.data() + slash, id.size() - slash);
+  size_t start = 1;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string_view::npos) end = path.size();
+    std::string_view segment = path.substr(start, end - start);
+    if (segment.empty() || segment == "." || segment == "..") return false;
+    for (char c : segment)
+      if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
+            c == '_'))
+        return false;
+    start = end + 1;
+  }
+  return true;
+}
+
 std::string svid_id(X509* leaf, bool server, std::string* why) {
   std::vector<std::string> uris = certificate_uri_sans(leaf);
   if (uris.empty()) {
@@ -194,8 +223,10 @@ std::string svid_id(X509* leaf, bool server, std::string* why) {
     *why = "it has " + std::to_string(uris.size()) + " URI SANs; an X.509-SVID has exactly one";
     return {};
   }
-  if (uris[0].rfind("spiffe://", 0) != 0 || uris[0].size() <= 9) {
-    *why = "its URI SAN '" + uris[0] + "' is not a spiffe:// ID";
+  if (!spiffe_id_valid(uris[0])) {
+    std::string shown;
+    for (char c : uris[0].substr(0, 200)) shown += (c >= 0x20 && c < 0x7f) ? c : '?';
+    *why = "its URI SAN '" + shown + "' is not a valid spiffe:// ID";
     return {};
   }
   if (X509_check_ca(leaf) != 0) {
@@ -326,6 +357,7 @@ TlsState::TlsState(TlsMaterialPtr material, TlsOptions options, std::string* cip
 }
 
 TlsState::~TlsState() {
+  if (unconfirmed_) count(true);  // closed by us before the server said more: it did not refuse
   if (ssl_) SSL_free(ssl_);
 }
 
@@ -347,7 +379,10 @@ TlsState::Step TlsState::handshake() {
       return Step::failed;
     }
     established_ = true;
-    count(true);
+    // TLS 1.3: a client's side is done before the server has checked the client's certificate;
+    // a refusal comes as an alert after. The handshake counts once the server has said more.
+    if (!options_.server && SSL_version(ssl_) >= TLS1_3_VERSION) unconfirmed_ = true;
+    else count(true);
     return Step::done;
   }
   int e = SSL_get_error(ssl_, r);
@@ -401,16 +436,24 @@ size_t TlsState::read(char* out, size_t capacity, bool* eof, bool* error) {
     ERR_clear_error();
     if (SSL_read_ex(ssl_, out + filled, capacity - filled, &got) == 1) {
       filled += got;
+      confirm();
       continue;
     }
     int e = SSL_get_error(ssl_, 0);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
     if (e == SSL_ERROR_ZERO_RETURN) {
       *eof = true;
+      close_notify_received_ = true;
+      confirm();
       break;
     }
     *error = true;
     set_error(openssl_error("read failed"));
+    if (unconfirmed_) {
+      unconfirmed_ = false;
+      refused_after_handshake_ = true;
+      count(false);
+    }
     break;
   }
   return filled;
@@ -441,6 +484,12 @@ void TlsState::abandon(const std::string& why) {
   failed_ = true;
   // A client that connects and leaves without a byte made no handshake; a client of ours did.
   if (saw_input_ || !options_.server) count(false);
+}
+
+void TlsState::confirm() {
+  if (!unconfirmed_) return;
+  unconfirmed_ = false;
+  count(true);
 }
 
 void TlsState::count(bool ok) {

@@ -119,6 +119,12 @@ class TlsState {
   bool server() const { return options_.server; }
   bool resumed() const { return resumed_; }
   bool close_notify_sent() const { return close_notify_sent_; }
+  // The peer ended with close_notify (not a bare FIN, which could be a truncation).
+  bool close_notify_received() const { return close_notify_received_; }
+  // A TLS 1.3 server refused our certificate after our side of the handshake was done.
+  bool refused_after_handshake() const { return refused_after_handshake_; }
+  // The server has sent something after the handshake (so it accepted our certificate).
+  void confirm();
   const std::string& peer_id() const { return peer_id_; }
   const std::string& peer_cert_sha256() const { return peer_hash_; }  // lowercase hex
   const std::string& own_id() const { return material_->spiffe_id(); }
@@ -131,6 +137,7 @@ class TlsState {
   const TlsOptions& options() const { return options_; }
   void set_error(std::string why) { if (error_.empty()) error_ = std::move(why); }
   std::string* cipher_out() { return cipher_out_; }
+  void set_cipher_out(std::string* out) { cipher_out_ = out; }
   const char* in_data = nullptr;
   size_t in_length = 0;
 
@@ -147,10 +154,16 @@ class TlsState {
   bool resumed_ = false;
   bool close_notify_sent_ = false;
   bool saw_input_ = false;
+  bool unconfirmed_ = false;
+  bool refused_after_handshake_ = false;
+  bool close_notify_received_ = false;
   std::string peer_id_;
   std::string peer_hash_;
   std::string error_;
 };
+
+// The SPIFFE ID syntax: spiffe://trust-domain/path, with the spec's alphabets.
+bool spiffe_id_valid(const std::string& id);
 
 // Whether `id` is admitted by an allow list (empty: any verified peer; a trailing '*' matches
 // any rest).

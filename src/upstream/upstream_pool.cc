@@ -129,6 +129,11 @@ void UpstreamConnection::on_data(char* data, size_t length) {
 }
 
 void UpstreamConnection::on_read_end(int status) {
+  if (tls() && tls()->refused_after_handshake()) {
+    // TLS 1.3: the server refused our certificate once our side of the handshake was done.
+    log_warn(tls_label_ + ": mTLS handshake failed: " + tls()->error());
+    status = kUpstreamTlsFailed;
+  }
   if (half_close_ && status == UV_EOF && handler_) {
     handler_->on_upstream_end(status);
     return;

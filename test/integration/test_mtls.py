@@ -174,7 +174,10 @@ class TlsPipe:
         got = bytearray()
         while len(got) < n:
             try:
-                got += self.obj.read(n - len(got))
+                chunk = self.obj.read(n - len(got))
+                if not chunk:  # the server's close_notify
+                    raise ConnectionError("closed (close_notify) after %d of %d bytes" % (len(got), n))
+                got += chunk
             except ssl.SSLWantReadError:
                 if not self._pull():
                     raise AssertionError("closed after %d of %d bytes" % (len(got), n))
@@ -628,6 +631,59 @@ class TwoSidecarsTest(unittest.TestCase):
         # A resumed session still carries the peer's identity.
         last = app.requests()[-1]
         self.assertEqual([v for k, v in last["headers"] if k.lower() == "x-forwarded-client-cert"], [want], last)
+
+    def test_reload_applies_allow_to_open_tunnels(self):
+        # An open mTLS tunnel whose peer a reload takes out of `allow` is closed at once (and
+        # counted); one whose peer stays allowed continues.
+        tcp = h.Upstream("tcpecho", name="tcp")
+        self.addCleanup(tcp.stop)
+        policy = h.simple_policy(tcp, listener={"protocol": "tcp", "mtls": True, "allow": [sid("a"), sid("b")]})
+        policy["identity"] = self.certs.identity(self.certs.server)
+        pf = self.start(policy)
+        a = TlsPipe(pf.port(), client_ctx(self.certs.ca, *self.certs.a, alpn=None))
+        b = TlsPipe(pf.port(), client_ctx(self.certs.ca, *self.certs.b, alpn=None))
+        try:
+            for pipe, word in ((a, b"a1"), (b, b"b1")):
+                pipe.write(word)
+                self.assertEqual(pipe.read_exact(2), word)
+            policy["listeners"][0]["allow"] = [sid("b")]
+            h.write_policy(pf, policy)
+            self.assertEqual(h.admin_json(pf, "/reload", method="POST")[1]["outcome"], "applied")
+            b.write(b"b2")
+            self.assertEqual(b.read_exact(2), b"b2", "an allowed peer's tunnel continues")
+            a.write(b"a2")
+            with self.assertRaises((AssertionError, ConnectionError, OSError)):
+                a.read_exact(2)
+            self.assertEqual(h.sample(h.metrics(pf), "pilotfish_authz_denied_total", listener="ingress"), 1)
+        finally:
+            a.sock.close()
+            b.sock.close()
+
+    def test_upstream_refusing_our_certificate(self):
+        # TLS 1.3: the server checks the client's certificate after the client's side of the
+        # handshake is done, so the refusal arrives as an alert. It still counts as a failed
+        # handshake and answers 503 upstream_tls_failure, not a reset.
+        port = h.free_port()
+        rogue_ca = os.path.join(self.certs.dir, "rogue", "rogue-ca.pem")
+        b_cert, b_key = self.certs.b
+        server = h.spawn(["openssl", "s_server", "-accept", "127.0.0.1:%d" % port, "-cert", b_cert, "-key", b_key,
+                          "-CAfile", rogue_ca, "-Verify", "1", "-verify_return_error", "-www", "-tls1_3"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.addCleanup(h.kill_proc, server)
+        h.wait_for(lambda: port in h.listening_ports(), 10, what="openssl s_server")
+
+        class B:
+            def port(self):
+                return port
+        a = self.sidecar_a(B(), sid("b"))
+        mark = h.log_mark(a)
+        r = h.request(a.port(), "GET", "/refused", timeout=10)
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(r.header("x-pilotfish-error"), "upstream_tls_failure", r)
+        h.wait_log(a, r"mTLS handshake failed: .*(certificate|unknown ca)", mark)
+        ca = tls_counts(a)
+        self.assertGreaterEqual(ca["outbound", "failed"], 1)
+        self.assertEqual(ca["outbound", "ok"], 0)
 
     # -- 6 -------------------------------------------------------------------------------------
     def test_wrong_server_identity(self):

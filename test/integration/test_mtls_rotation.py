@@ -241,6 +241,51 @@ class RotationTest(unittest.TestCase):
         self.assertGreaterEqual(self.rotations(pf, "applied"), 1)
         self.assertTrue(pf.alive())
 
+    def leaf_valid_from(self, name, ident, seconds_ahead):
+        """A certificate for `ident` whose notBefore is `seconds_ahead` from now (openssl ca, as
+        OpenSSL 3.0's x509 command cannot set it)."""
+        import datetime
+        work = os.path.join(self.dir, "ca-%s-%d" % (name, time.monotonic_ns()))
+        os.makedirs(work)
+        open(os.path.join(work, "index.txt"), "w").close()
+        with open(os.path.join(work, "ca.cnf"), "w") as f:
+            f.write("[ca]\ndefault_ca=d\n[d]\ndatabase=%s/index.txt\nnew_certs_dir=%s\nserial=%s/serial\n"
+                    "default_md=sha256\npolicy=p\nunique_subject=no\n[p]\ncommonName=supplied\n" % (work, work, work))
+        with open(os.path.join(work, "serial"), "w") as f:
+            f.write("1000\n")
+        with open(os.path.join(work, "ext"), "w") as f:
+            f.write("subjectAltName=URI:%s\nextendedKeyUsage=serverAuth,clientAuth\n" % ident)
+        key, csr, cert = (os.path.join(work, n) for n in ("leaf.key", "leaf.csr", "leaf.pem"))
+        h.openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", csr,
+                  "-subj", "/CN=" + name)
+        start = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds_ahead)
+        end = start + datetime.timedelta(days=30)
+        h.openssl("ca", "-batch", "-config", os.path.join(work, "ca.cnf"), "-cert", self.pki.cert, "-keyfile",
+                  self.pki.key, "-in", csr, "-out", cert, "-notext", "-extfile", os.path.join(work, "ext"),
+                  "-startdate", start.strftime("%Y%m%d%H%M%SZ"), "-enddate", end.strftime("%Y%m%d%H%M%SZ"))
+        return cert, key
+
+    def test_a_certificate_not_valid_yet_is_tried_again(self):
+        # A CA whose clock is a little ahead: the new certificate is refused at first, and used
+        # once it is valid, without the files changing again.
+        folder, cert, key = self.identity_dir("b", B_ID)
+        pf = self.mtls_sidecar(cert, key)
+        old_hash = der_sha256(cert)
+        early_cert, early_key = self.leaf_valid_from("early", B_ID, 3)
+        mark = h.log_mark(pf)
+        os.rename(self.stage(early_key), key)
+        os.rename(self.stage(early_cert), cert)
+        h.wait_log(pf, r"identity files changed but are refused: .*not valid before", since=mark, timeout=10)
+        self.assertEqual(self.new_connection_cert(pf), old_hash)
+        h.wait_log(pf, r"identity rotated: " + B_ID, since=mark, timeout=15)
+        self.assertEqual(self.new_connection_cert(pf), der_sha256(early_cert))
+        self.assertEqual(len([l for l in h.log_lines(pf, mark) if "are refused" in l]), 1, "said once, not per retry")
+
+    def stage(self, src):
+        tmp = os.path.join(self.dir, "stage-%d" % time.monotonic_ns())
+        copy(src, tmp)
+        return tmp
+
     def test_outbound_connections_present_the_rotated_certificate(self):
         # curl-like plain client -> A (cluster mtls) -> B (mtls listener) -> echo. After A's
         # identity rotates, A's pooled connection keeps its certificate; A's next new upstream

@@ -33,5 +33,24 @@ TEST(IdentityAllowed, AnyEntryOfSeveral) {
   EXPECT_FALSE(identity_allowed(allow, "spiffe://c.local/x"));
 }
 
+TEST(SpiffeId, FollowsTheSpecAlphabets) {
+  EXPECT_TRUE(spiffe_id_valid("spiffe://shop.local/ns/shop/sa/gateway"));
+  EXPECT_TRUE(spiffe_id_valid("spiffe://shop.local"));
+  EXPECT_TRUE(spiffe_id_valid("spiffe://shop-1.local_x/A.b-c_d"));
+  EXPECT_FALSE(spiffe_id_valid("spiffe://"));
+  EXPECT_FALSE(spiffe_id_valid("https://shop.local/x"));
+  EXPECT_FALSE(spiffe_id_valid("spiffe://Shop.local/x"));              // trust domains are lower case
+  EXPECT_FALSE(spiffe_id_valid("spiffe://shop.local:443/x"));          // no port
+  EXPECT_FALSE(spiffe_id_valid("spiffe://user@shop.local/x"));         // no user info
+  EXPECT_FALSE(spiffe_id_valid("spiffe://shop.local/x?y"));            // no query
+  EXPECT_FALSE(spiffe_id_valid("spiffe://shop.local/x#y"));            // no fragment
+  EXPECT_FALSE(spiffe_id_valid("spiffe://shop.local/a//b"));           // no empty segment
+  EXPECT_FALSE(spiffe_id_valid("spiffe://shop.local/a/"));             // no trailing slash
+  EXPECT_FALSE(spiffe_id_valid("spiffe://shop.local/a/../b"));         // no dot segments
+  EXPECT_FALSE(spiffe_id_valid("spiffe://shop.local/a%20b"));          // no escapes
+  EXPECT_FALSE(spiffe_id_valid("spiffe://shop.local/a\r\nx-user: admin"));  // no header injection
+  EXPECT_FALSE(spiffe_id_valid("spiffe://shop.local/a;URI=spiffe://shop.local/admin"));
+}
+
 }  // namespace
 }  // namespace pilotfish

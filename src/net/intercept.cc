@@ -1,0 +1,254 @@
+#include "net/intercept.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstring>
+#include <string_view>
+
+#include "http/http_session.h"
+#include "log/logger.h"
+#include "net/tcp_proxy.h"
+#include "server/worker.h"
+#include "tls/tls.h"
+
+namespace pilotfish {
+
+namespace {
+
+// <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>, which do not mix well with
+// the libc headers.
+constexpr int kSoOriginalDst = 80;
+constexpr int kIp6tSoOriginalDst = 80;
+
+SocketAddress from_sockaddr(const sockaddr* sa) {
+  SocketAddress a;
+  if (sa->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+      // An IPv4 connection on a dual-stack socket: its address as IPv4, as policies write it.
+      sockaddr_in in4{};
+      in4.sin_family = AF_INET;
+      in4.sin_port = in6->sin6_port;
+      std::memcpy(&in4.sin_addr, in6->sin6_addr.s6_addr + 12, 4);
+      std::memcpy(&a.storage, &in4, sizeof in4);
+      a.length = sizeof in4;
+    } else {
+      std::memcpy(&a.storage, in6, sizeof *in6);
+      a.length = sizeof *in6;
+    }
+  } else {
+    std::memcpy(&a.storage, sa, sizeof(sockaddr_in));
+    a.length = sizeof(sockaddr_in);
+  }
+  a.text = format_sockaddr(a.sa());
+  return a;
+}
+
+bool is_loopback(const SocketAddress& a) {
+  if (a.family() == AF_INET)
+    return (ntohl(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr.s_addr) >> 24) == 127;
+  if (a.family() == AF_INET6) return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr);
+  return false;
+}
+
+SocketAddress loopback(int family, uint16_t port) {
+  std::string err;
+  auto a = parse_socket_address((family == AF_INET6 ? "[::1]:" : "127.0.0.1:") + std::to_string(port), &err);
+  return a ? *a : SocketAddress{};
+}
+
+constexpr std::string_view kMethods[] = {"GET ",   "POST ",  "PUT ",   "DELETE ",   "HEAD ",    "OPTIONS ",
+                                         "PATCH ", "TRACE ", "CONNECT ", "PROPFIND ", "PROPPATCH ", "MKCOL ",
+                                         "COPY ",  "MOVE ",  "LOCK ",  "UNLOCK ",   "REPORT ",  "SEARCH "};
+
+}  // namespace
+
+std::string InterceptTarget::describe() const {
+  switch (kind) {
+    case Kind::routes: return "routes";
+    case Kind::cluster: return "cluster " + cluster;
+    case Kind::address: return "passthrough to " + address.text;
+    case Kind::refuse: return "refused";
+  }
+  return "?";
+}
+
+std::optional<SocketAddress> original_destination(uv_tcp_t* tcp) {
+  uv_os_fd_t fd;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(tcp), &fd) != 0) return std::nullopt;
+  sockaddr_storage local{}, original{};
+  socklen_t local_length = sizeof local;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_length) != 0) return std::nullopt;
+  socklen_t length = sizeof original;
+  // IPv4 (also on a dual-stack IPv6 socket) first, then IPv6.
+  bool found = getsockopt(fd, SOL_IP, kSoOriginalDst, &original, &length) == 0;
+  if (!found && local.ss_family == AF_INET6) {
+    length = sizeof original;
+    found = getsockopt(fd, SOL_IPV6, kIp6tSoOriginalDst, &original, &length) == 0;
+  }
+  if (!found) return std::nullopt;
+  SocketAddress dst = from_sockaddr(reinterpret_cast<sockaddr*>(&original));
+  SocketAddress here = from_sockaddr(reinterpret_cast<sockaddr*>(&local));
+  if (dst.text == here.text) return std::nullopt;  // made to the listener itself
+  return dst;
+}
+
+InterceptTarget intercept_target(const Policy& policy, const Listener& listener, const SocketAddress& original) {
+  InterceptTarget t;
+  if (listener.intercept == Intercept::outbound) {
+    for (const auto& c : policy.clusters)
+      for (const auto& vip : c.vips)
+        if (vip.text == original.text) {
+          t.kind = InterceptTarget::Kind::cluster;
+          t.cluster = c.name;
+          return t;
+        }
+    if (!listener.passthrough) {
+      t.kind = InterceptTarget::Kind::refuse;
+      return t;
+    }
+    t.kind = InterceptTarget::Kind::address;
+    t.address = original;
+    return t;
+  }
+  // Inbound: the app at the port the peer asked for.
+  uint16_t port = original.port();
+  for (const auto& c : policy.clusters)
+    for (const auto& ep : c.endpoints)
+      if (ep.port() == port && is_loopback(ep)) {
+        t.kind = InterceptTarget::Kind::cluster;
+        t.cluster = c.name;
+        return t;
+      }
+  t.kind = InterceptTarget::Kind::address;
+  t.address = loopback(original.family(), port);
+  return t;
+}
+
+Detected detect_http1(const char* data, size_t length) {
+  std::string_view got(data, length);
+  for (std::string_view m : kMethods) {
+    if (got.size() >= m.size()) {
+      if (got.substr(0, m.size()) == m) return Detected::yes;
+    } else if (m.substr(0, got.size()) == got) {
+      return Detected::more;
+    }
+  }
+  return Detected::no;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+InterceptSession::InterceptSession(Worker& worker, std::shared_ptr<ListenerSlot> slot)
+    : Stream(worker), worker_(worker), slot_(std::move(slot)) {
+  listener_ = &worker.snapshot()->policy->listeners[slot_->index];
+  worker.add_downstream();
+}
+
+void InterceptSession::start() {
+  const Policy& policy = *worker_.snapshot()->policy;
+  std::optional<SocketAddress> original = original_destination(tcp());
+  if (!original) {
+    // Made to the listener's own address: an ordinary connection of this listener.
+    hand_off(listener_->protocol == Protocol::http);
+    return;
+  }
+  target_ = intercept_target(policy, *listener_, *original);
+  log_debug("listener " + listener_->name + ": intercepted connection to " + original->text + ": " +
+            target_.describe());
+  if (target_.kind == InterceptTarget::Kind::refuse) {
+    close();
+    return;
+  }
+  // Passed-through bytes and tcp listeners need no detection: they are tunnelled as they are
+  // (a tcp listener's own session does the TLS handshake of an mtls listener).
+  if (listener_->protocol == Protocol::tcp || target_.kind == InterceptTarget::Kind::address) {
+    hand_off(false);
+    return;
+  }
+  uv_tcp_nodelay(tcp(), 1);
+  if (listener_->mtls) {
+    if (!accept_tls(worker_.tls(), /*http=*/true)) {
+      close();
+      return;
+    }
+    handshaking_ = true;
+    start_timer(static_cast<uint64_t>(listener_->header_timeout.count()));
+    start_read();
+    return;
+  }
+  start_timer(kDetectMs);
+  start_read();
+}
+
+void InterceptSession::on_tls_established() {
+  handshaking_ = false;
+  start_timer(kDetectMs);
+}
+
+void InterceptSession::on_data(char* data, size_t length) {
+  first_bytes_.append(data, length);
+  Detected d = detect_http1(first_bytes_.data(), first_bytes_.size());
+  if (d == Detected::more) return;
+  hand_off(d == Detected::yes);
+}
+
+void InterceptSession::on_read_end(int) {
+  // The peer left before saying anything that decides the protocol.
+  close();
+}
+
+void InterceptSession::on_timeout() {
+  if (handshaking_) {
+    if (tls()) tls()->abandon("handshake not complete within header_timeout");
+    close();
+    return;
+  }
+  // Nothing (or not enough) arrived: a protocol where the server speaks first.
+  hand_off(false);
+}
+
+void InterceptSession::drain() {
+  if (!handshaking_ && first_bytes_.empty()) close();
+}
+
+void InterceptSession::on_close() { worker_.remove_downstream(); }
+
+void InterceptSession::hand_off(bool http) {
+  stop_timer();
+  stop_read();
+  bool adopted = tls() != nullptr || !first_bytes_.empty() || target_.kind != InterceptTarget::Kind::routes;
+  Stream* next;
+  if (http) {
+    auto* s = new HttpSession(worker_, slot_);
+    if (target_.kind == InterceptTarget::Kind::cluster) s->set_fixed_cluster(target_.cluster);
+    next = s;
+  } else {
+    auto* s = new TcpProxySession(worker_, slot_, target_);
+    next = s;
+  }
+  if (!move_connection_to(*next)) {
+    log_warn("listener " + listener_->name + ": cannot hand an intercepted connection over; closed");
+    next->close();
+    close();
+    return;
+  }
+  std::string first;
+  first.swap(first_bytes_);
+  close();  // this handle only; the connection lives on in `next`
+  if (http) {
+    auto* s = static_cast<HttpSession*>(next);
+    if (adopted) s->start_adopted(first);
+    else s->start();
+  } else {
+    // A connection whose handshake or first bytes this session took continues from there; one
+    // it only looked at starts as any connection of its listener (with its own handshake).
+    auto* s = static_cast<TcpProxySession*>(next);
+    if (next->tls() || !first.empty()) s->start_adopted(first);
+    else s->start();
+  }
+}
+
+}  // namespace pilotfish
