@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyaml-cpp-dev
           prometheus-cpp-dev libgtest-dev libgmock-dev python3 curl openssl procps prometheus
-          iproute2 iptables util-linux)
+          iproute2 iptables util-linux python3-yaml podman buildah debootstrap fuse-overlayfs uidmap)
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(wrk haproxy nginx-light util-linux)
 fi

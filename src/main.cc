@@ -26,8 +26,9 @@ namespace {
 constexpr const char* kUsage =
     "usage: pilotfish run --config FILE [--workers N] [--log-level debug|info|warn|error]\n"
     "       pilotfish check --config FILE [--against OLD_FILE]\n"
-    "       pilotfish wait-ready (--config FILE | --admin HOST:PORT) [--timeout DURATION]\n"
-    "       pilotfish iptables --policy FILE --uid UID [--print | --apply | --clean]\n"
+    "       pilotfish wait-ready (--config FILE | --admin HOST:PORT) [--timeout DURATION] [--path /ready|/live]\n"
+    "       pilotfish drain (--config FILE | --admin HOST:PORT)\n"
+    "       pilotfish iptables --policy FILE [--uid UID] [--print | --apply | --clean]\n"
     "                 [--inbound-ports LIST] [--exclude-inbound-ports LIST] [--exclude-outbound-ports LIST]\n"
     "                 [--ipv4-only]\n"
     "       pilotfish version\n"
@@ -144,20 +145,23 @@ int cmd_check(const Options& opt) {
   return 0;
 }
 
-// wait-ready: the admin address comes from --admin, or from the policy's admin.address.
-int cmd_wait_ready(int argc, char** argv) {
-  std::string config, admin_text, timeout_text = "60s";
+// wait-ready and drain: the admin address comes from --admin, or from the policy's admin.address.
+int cmd_wait_ready(int argc, char** argv, bool drain) {
+  std::string config, admin_text, timeout_text = "60s", path = "/ready";
   for (int i = 2; i < argc; ++i) {
     std::string_view arg = argv[i];
     std::string* target = arg == "--config" || arg == "-c" ? &config
                           : arg == "--admin"               ? &admin_text
                           : arg == "--timeout"             ? &timeout_text
+                          : arg == "--path"                ? &path
                                                            : nullptr;
-    if (!target) return usage_error("unknown argument '" + std::string(arg) + "' for wait-ready");
+    if (!target || (drain && target != &config && target != &admin_text))
+      return usage_error("unknown argument '" + std::string(arg) + "' for " + (drain ? "drain" : "wait-ready"));
     if (i + 1 >= argc) return usage_error(std::string(arg) + " needs a value");
     *target = argv[++i];
   }
-  if (config.empty() == admin_text.empty()) return usage_error("wait-ready needs --config FILE or --admin HOST:PORT");
+  if (config.empty() == admin_text.empty())
+    return usage_error(std::string(drain ? "drain" : "wait-ready") + " needs --config FILE or --admin HOST:PORT");
   pilotfish::Duration timeout{};
   std::string err;
   if (!pilotfish::parse_duration(timeout_text, &timeout, &err)) return usage_error("--timeout: " + err);
@@ -175,7 +179,9 @@ int cmd_wait_ready(int argc, char** argv) {
     if (!parsed) return usage_error("--admin: " + err);
     admin = *parsed;
   }
-  return pilotfish::wait_ready(admin, timeout);
+  if (drain) return pilotfish::request_drain(admin);
+  if (path != "/ready" && path != "/live") return usage_error("--path is /ready or /live");
+  return pilotfish::wait_ready(admin, timeout, path);
 }
 
 // Runs one iptables command; its exit code (127 when it cannot be started).
@@ -310,7 +316,8 @@ int main(int argc, char** argv) {
     run.log_level_override = opt.log_level;
     return pilotfish::run_server(run);
   }
-  if (cmd == "wait-ready") return cmd_wait_ready(argc, argv);
+  if (cmd == "wait-ready") return cmd_wait_ready(argc, argv, /*drain=*/false);
+  if (cmd == "drain") return cmd_wait_ready(argc, argv, /*drain=*/true);
   if (cmd == "iptables") return cmd_iptables(argc, argv);
   return usage_error("unknown command '" + std::string(cmd) + "'");
 }

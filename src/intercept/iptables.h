@@ -26,7 +26,7 @@ struct PortRange {
 };
 
 struct IptablesOptions {
-  long uid = -1;                             // pilotfish's uid: required
+  long uid = 1337;                           // pilotfish's uid (the image's user by default)
   std::vector<PortRange> inbound_ports;      // empty: every port
   std::vector<PortRange> exclude_inbound_ports;
   std::vector<PortRange> exclude_outbound_ports;

@@ -19,8 +19,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// One GET /ready, bounded by `budget`. Returns the status code, or 0 with *why set.
-int probe_ready(const SocketAddress& admin, std::chrono::milliseconds budget, std::string* why) {
+// One request (`method` `path`, no body), bounded by `budget`. Returns the status code, or 0
+// with *why set.
+int probe(const SocketAddress& admin, const char* method, const std::string& path, std::chrono::milliseconds budget,
+          std::string* why) {
   int fd = ::socket(admin.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *why = std::strerror(errno);
@@ -34,7 +36,7 @@ int probe_ready(const SocketAddress& admin, std::chrono::milliseconds budget, st
     return ::poll(&p, 1, static_cast<int>(left)) == 1;
   };
   int status = 0;
-  std::string request = "GET /ready HTTP/1.1\r\nHost: " + admin.text + "\r\nConnection: close\r\n\r\n";
+  std::string request = std::string(method) + " " + path + " HTTP/1.1\r\nContent-Length: 0\r\nHost: " + admin.text + "\r\nConnection: close\r\n\r\n";
   std::string response;
   if (::connect(fd, admin.sa(), admin.length) != 0 && errno != EINPROGRESS) {
     *why = std::strerror(errno);
@@ -66,22 +68,34 @@ int probe_ready(const SocketAddress& admin, std::chrono::milliseconds budget, st
 
 }  // namespace
 
-int wait_ready(const SocketAddress& admin, Duration timeout) {
+int wait_ready(const SocketAddress& admin, Duration timeout, const std::string& path) {
   auto deadline = Clock::now() + timeout;
   std::string last;
   for (;;) {
     std::string why;
-    int status = probe_ready(admin, std::chrono::milliseconds(1000), &why);
+    int status = probe(admin, "GET", path, std::chrono::milliseconds(1000), &why);
     if (status == 200) {
-      std::fprintf(stdout, "pilotfish at %s is ready\n", admin.text.c_str());
+      std::fprintf(stdout, "pilotfish at %s answers %s: 200\n", admin.text.c_str(), path.c_str());
       return 0;
     }
-    last = status ? "GET /ready answered " + std::to_string(status) : why;
+    last = status ? "GET " + path + " answered " + std::to_string(status) : why;
     if (Clock::now() + std::chrono::milliseconds(100) >= deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  std::fprintf(stderr, "pilotfish wait-ready: %s not ready after %lld ms (last: %s)\n", admin.text.c_str(),
-               static_cast<long long>(timeout.count()), last.c_str());
+  std::fprintf(stderr, "pilotfish wait-ready: %s %s not 200 after %lld ms (last: %s)\n", admin.text.c_str(),
+               path.c_str(), static_cast<long long>(timeout.count()), last.c_str());
+  return 1;
+}
+
+int request_drain(const SocketAddress& admin) {
+  std::string why;
+  int status = probe(admin, "POST", "/drain", std::chrono::milliseconds(5000), &why);
+  if (status == 202) {
+    std::fprintf(stdout, "pilotfish at %s is draining\n", admin.text.c_str());
+    return 0;
+  }
+  std::fprintf(stderr, "pilotfish drain: POST /drain to %s: %s\n", admin.text.c_str(),
+               status ? ("answered " + std::to_string(status)).c_str() : why.c_str());
   return 1;
 }
 

@@ -221,6 +221,27 @@ class DrainDelayTest(unittest.TestCase):
 # 3. An outbound intercept listener accepts until the process exits
 # ---------------------------------------------------------------------------------------------
 
+class DrainCommandTest(unittest.TestCase):
+    def test_pilotfish_drain_is_a_prestop_hook(self):
+        # `pilotfish drain` POSTs /drain: /ready turns 503 at once, then the process exits 0.
+        u = h.Upstream("echo", name="app")
+        self.addCleanup(u.stop)
+        policy = h.simple_policy(u)
+        policy["drain_delay"] = "1s"
+        pf = h.Pilotfish(policy)
+        self.addCleanup(pf.kill)
+        self.assertEqual(ready_status(pf), 200)
+        rc, out, err = h.run_cli(["drain", "--admin", "127.0.0.1:%d" % h.admin_port(pf)], timeout=10)
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("is draining", out)
+        self.assertEqual(ready_status(pf), 503)
+        self.assertEqual(pf.proc.wait(10), 0)
+        rc, out, err = h.run_cli(["drain", "--admin", "127.0.0.1:%d" % h.free_port()], timeout=10)
+        self.assertEqual(rc, 1, "nothing listens there: " + out + err)
+        rc, out, err = h.run_cli(["drain", "--config", pf.config, "--timeout", "1s"], timeout=10)
+        self.assertEqual(rc, 2, out + err)
+
+
 class OutboundDuringDrainTest(unittest.TestCase):
     def test_outbound_listener_accepts_during_drain(self):
         u = h.Upstream("echo", name="app")
@@ -297,6 +318,12 @@ class WaitForClustersTest(unittest.TestCase):
         self.assertEqual(rc, 1, "nothing listens on that admin address: " + out + err)
         self.assertNotEqual((out + err).strip(), "")
         self.assertEqual(ready_status(pf), 503)
+        # --path /live (the container health check): live while not ready.
+        rc, out, err = h.run_cli(["wait-ready", "--config", pf.config, "--path", "/live", "--timeout", "2s"], timeout=10)
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("/live: 200", out)
+        rc, out, err = h.run_cli(["wait-ready", "--config", pf.config, "--path", "/metrics"], timeout=10)
+        self.assertEqual(rc, 2, out + err)
 
         waiter = h.spawn([h.BIN, "wait-ready", "--config", pf.config, "--timeout", "5s"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)

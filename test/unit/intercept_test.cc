@@ -91,6 +91,8 @@ TEST(Iptables, Ipv6ForAnIpv6ListenerAndPortLists) {
 TEST(Iptables, RefusesWithoutUidOrInterceptListener) {
   std::string err;
   IptablesOptions o;
+  EXPECT_EQ(o.uid, 1337);  // the image's user
+  o.uid = -1;
   EXPECT_TRUE(iptables_apply_plan(load(kMesh), o, &err).empty());
   EXPECT_NE(err.find("--uid"), std::string::npos);
   o.uid = 0;
