@@ -28,9 +28,10 @@ if ! podman image exists localhost/debian:12; then
 fi
 
 echo "== podman build (sidecar)"
-podman build --isolation=chroot --network host -t "localhost/pilotfish:$tag" -f "$root/Dockerfile" "$root"
+# --format docker: the OCI format has no HEALTHCHECK and would drop it.
+podman build --isolation=chroot --network host --format docker -t "localhost/pilotfish:$tag" -f "$root/Dockerfile" "$root"
 echo "== podman build (init)"
-podman build --isolation=chroot --network host --target init -t "localhost/pilotfish-init:$tag" -f "$root/Dockerfile" "$root"
+podman build --isolation=chroot --network host --format docker --target init -t "localhost/pilotfish-init:$tag" -f "$root/Dockerfile" "$root"
 
 check_image() {  # IMAGE ARGS...: runs the image's binary with ARGS in a buildah container
   local image=$1; shift
@@ -46,11 +47,36 @@ check_image "localhost/pilotfish:$tag" /usr/local/bin/pilotfish version
 c=$(buildah from "localhost/pilotfish:$tag")
 buildah copy "$c" "$root/examples/quickstart/policy.yaml" /tmp/policy.yaml > /dev/null
 buildah run --isolation chroot --user 1337:1337 "$c" -- /usr/local/bin/pilotfish check --config /tmp/policy.yaml
+buildah rm "$c" > /dev/null
 # Runs as the non-root user 1337, exposes the admin port, checks /live.
-user=$(podman image inspect --format '{{.Config.User}}' "localhost/pilotfish:$tag")
-[[ "$user" == "1337:1337" ]] || { echo "image user is '$user', not 1337:1337"; exit 1; }
-podman image inspect --format '{{json .Config.ExposedPorts}}' "localhost/pilotfish:$tag" | grep -q '9901/tcp'
-buildah inspect --format '{{json .Docker.Config.Healthcheck}}' "localhost/pilotfish:$tag" | grep -q -- '/live'
+podman image inspect "localhost/pilotfish:$tag" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)[0]
+config = d["Config"]
+health = d.get("Healthcheck") or d.get("HealthCheck") or config.get("Healthcheck") or {}
+problems = []
+if config.get("User") != "1337:1337": problems.append("user is %r, not 1337:1337" % config.get("User"))
+if "9901/tcp" not in (config.get("ExposedPorts") or {}): problems.append("port 9901 is not exposed")
+if "/live" not in health.get("Test", []): problems.append("no HEALTHCHECK on /live: %r" % health)
+if config.get("Entrypoint") != ["/usr/local/bin/pilotfish", "run"]: problems.append("entry point %r" % config.get("Entrypoint"))
+if problems: sys.exit("sidecar image: " + "; ".join(problems))
+print("sidecar image: user 1337, port 9901, health check", " ".join(health["Test"]))
+'
+# The sidecar runs in the image (chroot isolation shares this network), its health check command
+# passes against it, and `pilotfish drain` stops it.
+admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'version: 1\nadmin: {address: 127.0.0.1:%s}\nlisteners: [{name: l, address: 127.0.0.1:0, routes: [{cluster: c}]}]\nclusters: [{name: c, endpoints: [127.0.0.1:9]}]\n' \
+  "$admin" > "$work/run-policy.yaml"
+c=$(buildah from "localhost/pilotfish:$tag")
+buildah copy --chown 1337:1337 "$c" "$work/run-policy.yaml" /tmp/policy.yaml > /dev/null
+buildah run --isolation chroot --user 1337:1337 "$c" -- /usr/local/bin/pilotfish run --config /tmp/policy.yaml \
+  > "$work/run.log" 2>&1 &
+runner=$!
+buildah run --isolation chroot --user 1337:1337 "$c" -- \
+  /usr/local/bin/pilotfish wait-ready --admin "127.0.0.1:$admin" --path /live --timeout 20s
+buildah run --isolation chroot --user 1337:1337 "$c" -- /usr/local/bin/pilotfish drain --admin "127.0.0.1:$admin"
+wait "$runner" || { cat "$work/run.log"; exit 1; }
+grep -q "drained; exiting" "$work/run.log" || { cat "$work/run.log"; exit 1; }
 buildah rm "$c" > /dev/null
 
 echo "== inside the init image"
