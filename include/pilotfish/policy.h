@@ -44,10 +44,35 @@ struct RouteMatch {
   std::vector<HeaderMatch> headers;
 };
 
+// `auth` on a listener or route: a bearer JWT verified against a JWKS file.
+struct AuthPolicy {
+  std::string jwks;                    // path, resolved by the loader; watched and reloaded
+  std::string issuer;                  // empty: not checked
+  std::vector<std::string> audiences;  // empty: not checked; else `aud` must hold one of them
+  std::string subject_header = "x-auth-subject";  // the verified `sub` goes to the upstream here
+  Duration clock_skew{30'000};
+  bool operator==(const AuthPolicy&) const = default;
+};
+
+// `rate_limit` on a listener or route: a token bucket per client key, over all workers.
+struct RateLimitPolicy {
+  enum class Key { client_address, peer_identity, header };
+  double rate = 0;      // tokens per second
+  uint32_t burst = 0;   // bucket size
+  Key key = Key::client_address;
+  std::string header;   // Key::header: its name, lower case
+  bool operator==(const RateLimitPolicy&) const = default;
+};
+
 struct Route {
   RouteMatch match;
   std::string cluster;          // name, as written
   size_t cluster_index = 0;     // index into Policy::clusters, resolved by the loader
+  // The listener's auth and rate_limit apply unless the route has its own, or turns them off.
+  std::optional<AuthPolicy> auth;
+  bool auth_off = false;
+  std::optional<RateLimitPolicy> rate_limit;
+  bool rate_limit_off = false;
 };
 
 struct Listener {
@@ -60,6 +85,8 @@ struct Listener {
   // intercept: outbound only: an original destination no cluster's vips claim is passed
   // through to it as plain TCP (true), or the connection is closed (false).
   bool passthrough = true;
+  std::optional<AuthPolicy> auth;
+  std::optional<RateLimitPolicy> rate_limit;
   Duration header_timeout{10'000};
   Duration body_timeout{30'000};   // 0 = none
   Duration idle_timeout{60'000};

@@ -3,6 +3,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 
 #include "log/logger.h"
 #include "pilotfish/header_rules.h"
@@ -60,12 +61,14 @@ const char* reason_phrase(int status) {
     case 204: return "No Content";
     case 304: return "Not Modified";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
     case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
@@ -207,6 +210,67 @@ void HttpSession::note_peer() {
       uv_ip6_name(reinterpret_cast<sockaddr_in6*>(&peer), ip, sizeof ip);
     client_address_ = ip;
   }
+}
+
+// A route's (else the listener's) rate limit, then its auth. False when answered 429 or 401.
+bool HttpSession::admit(const Route* route, size_t route_index) {
+  auth_ = nullptr;
+  auth_subject_.clear();
+  auth_subject_ok_ = false;
+  RateLimiter* limiter = nullptr;
+  const RateLimitPolicy* limit = nullptr;
+  if (route && route->rate_limit) {
+    limiter = snap_->route_limiters[listener_index_][route_index].get();
+    limit = &*route->rate_limit;
+  } else if (!(route && route->rate_limit_off) && listener_->rate_limit) {
+    limiter = snap_->listener_limiters[listener_index_].get();
+    limit = &*listener_->rate_limit;
+  }
+  if (limiter) {
+    std::string_view key = client_address_;
+    if (limit->key == RateLimitPolicy::Key::peer_identity && tls_established()) {
+      key = tls()->peer_id();
+    } else if (limit->key == RateLimitPolicy::Key::header) {
+      size_t i = headers_.find(limit->header);
+      if (i != HeaderList::npos) key = headers_.value(i);
+    }
+    uint32_t retry_after = 1;
+    if (!limiter->take(key, uv_now(worker_.loop()), &retry_after)) {
+      snap_->listener_stats[listener_index_]->rate_limited.add();
+      local_headers_ = "retry-after: " + std::to_string(retry_after) + "\r\n";
+      send_local_response(429, "rate_limited", request_has_body_);
+      return false;
+    }
+  }
+  auth_ = route && route->auth ? &*route->auth : (route && route->auth_off) ? nullptr
+                                               : listener_->auth ? &*listener_->auth : nullptr;
+  if (!auth_) return true;
+  size_t a = headers_.find("authorization");
+  std::string_view value = a == HeaderList::npos ? std::string_view() : trim_ows(headers_.value(a));
+  std::string why = "missing bearer token";
+  if (value.size() > 7 && iequals(value.substr(0, 7), "bearer ")) {
+    JwksPtr keys = worker_.jwks(auth_->jwks);
+    if (!keys) {
+      why = "no keys loaded from " + auth_->jwks;
+    } else {
+      JwtRules rules{auth_->issuer, auth_->audiences, auth_->clock_skew.count() / 1000};
+      JwtResult r = verify_jwt(trim_ows(value.substr(7)), *keys, rules, static_cast<int64_t>(std::time(nullptr)));
+      if (r.ok) {
+        auth_subject_ = r.subject;
+        auth_subject_ok_ = true;
+        return true;
+      }
+      why = r.error;
+    }
+    local_headers_ = "www-authenticate: Bearer realm=\"pilotfish\", error=\"invalid_token\", error_description=\"" +
+                     why + "\"\r\n";
+  } else {
+    local_headers_ = "www-authenticate: Bearer realm=\"pilotfish\"\r\n";
+  }
+  snap_->listener_stats[listener_index_]->auth_failures.add();
+  log_debug("listener " + listener_->name + ": 401 for " + client_address_ + ": " + why);
+  send_local_response(401, "unauthorized", request_has_body_);
+  return false;
 }
 
 // The listener's allow list, read at each request: a reload that changes it applies to the next
@@ -521,6 +585,7 @@ int HttpSession::on_headers_complete() {
       return request_has_body_ ? HPE_USER : 0;
     }
     cluster_index_ = found;
+    if (!admit(nullptr, SIZE_MAX)) return request_has_body_ ? HPE_USER : 0;
   } else {
     std::string host = host_for_routing(authority_);
     RequestView view{host, target_.path, llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)),
@@ -531,6 +596,8 @@ int HttpSession::on_headers_complete() {
       return request_has_body_ ? HPE_USER : 0;
     }
     cluster_index_ = route->cluster_index;
+    if (!admit(route, static_cast<size_t>(route - listener_->routes.data())))
+      return request_has_body_ ? HPE_USER : 0;
   }
   cluster_ = &snap_->policy->clusters[cluster_index_];
   ClusterState& cs = cluster_state();
@@ -573,6 +640,12 @@ void HttpSession::build_upstream_head() {
       }
       continue;
     }
+    if (auth_ || listener_->auth) {
+      // The verified subject's header is only ever pilotfish's.
+      if ((auth_ && iequals(name, auth_->subject_header)) ||
+          (listener_->auth && iequals(name, listener_->auth->subject_header)))
+        continue;
+    }
     if (iequals(name, "x-pilotfish-attempt")) {
       nested_ = true;  // from another pilotfish: its hop retries, this one does not (by default)
       continue;
@@ -605,6 +678,12 @@ void HttpSession::build_upstream_head() {
     h += "\r\n";
   } else {
     h += "\r\nx-forwarded-proto: http\r\n";
+  }
+  if (auth_ && auth_subject_ok_) {
+    h += auth_->subject_header;
+    h += ": ";
+    h += auth_subject_;
+    h += "\r\n";
   }
   if (headers_.find("x-request-id") == HeaderList::npos) {
     h += "x-request-id: ";
@@ -1285,6 +1364,8 @@ void HttpSession::send_local_response(int status, const char* reason, bool close
   o += reason;
   o += "\r\n";
   if (status == 503 && std::strcmp(reason, "overloaded") == 0) o += "x-pilotfish-overloaded: true\r\n";
+  o += local_headers_;  // WWW-Authenticate, Retry-After
+  local_headers_.clear();
   if (!keep_alive_)
     o += "connection: close\r\n";
   else if (parser_.http_minor == 0)

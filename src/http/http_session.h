@@ -60,6 +60,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void on_tls_established() override;
   void on_tls_failed() override;
   bool peer_allowed() const;
+  bool admit(const Route* route, size_t route_index);
   void note_peer();
 
   void on_upstream_connected() override;
@@ -113,6 +114,10 @@ class HttpSession final : public Stream, public UpstreamHandler {
   Worker& worker_;
   std::shared_ptr<ListenerSlot> slot_;
   std::string fixed_cluster_;
+  const AuthPolicy* auth_ = nullptr;  // this request's auth, if any (in snap_'s policy)
+  std::string auth_subject_;
+  bool auth_subject_ok_ = false;
+  std::string local_headers_;         // extra headers for the next local response
   SnapshotPtr snap_;              // the policy this connection's current request runs under
   const Listener* listener_;      // in snap_
   size_t listener_index_;         // in snap_

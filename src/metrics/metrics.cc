@@ -110,6 +110,8 @@ struct ListenerTotals {
   int64_t connections = 0;
   uint64_t connections_total = 0;
   uint64_t authz_denied = 0;
+  uint64_t auth_failures = 0;
+  uint64_t rate_limited = 0;
   std::map<std::string, RouteTotals> routes;
 };
 
@@ -146,6 +148,8 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
       t.connections += l->connections.load();
       t.connections_total += l->connections_total.load();
       t.authz_denied += l->authz_denied.load();
+      t.auth_failures += l->auth_failures.load();
+      t.rate_limited += l->rate_limited.load();
       std::lock_guard<std::mutex> routes_lock(l->mutex);
       for (const auto& [cluster, r] : l->routes) {
         RouteTotals& rt = t.routes[cluster];
@@ -177,10 +181,15 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
   auto down_total = family("downstream_connections_total", "Client connections accepted.", MetricType::Counter);
   auto authz = family("authz_denied_total", "Requests or connections refused by a listener's allow list.",
                       MetricType::Counter);
+  auto auth_failures = family("auth_failures_total", "Requests answered 401: no valid bearer token (auth).",
+                              MetricType::Counter);
+  auto rate_limited = family("rate_limited_total", "Requests answered 429 by a rate limit.", MetricType::Counter);
   for (const auto& [name, t] : listeners) {
     add_gauge(down_conns, {{"listener", name}}, static_cast<double>(t.connections));
     add_counter(down_total, {{"listener", name}}, static_cast<double>(t.connections_total));
     add_counter(authz, {{"listener", name}}, static_cast<double>(t.authz_denied));
+    add_counter(auth_failures, {{"listener", name}}, static_cast<double>(t.auth_failures));
+    add_counter(rate_limited, {{"listener", name}}, static_cast<double>(t.rate_limited));
     for (const auto& [cluster, rt] : t.routes) {
       for (size_t i = 0; i < rt.codes.size(); ++i) {
         if (rt.codes[i] == 0) continue;
@@ -273,7 +282,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
   add_gauge(build, {{"version", PILOTFISH_VERSION}}, 1);
 
   for (auto* f : {&requests, &duration, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
-                  &ejections, &ejected, &tls, &resumed, &authz, &cert, &reloads, &rotations, &policy_info, &build})
+                  &ejections, &ejected, &tls, &resumed, &authz, &auth_failures, &rate_limited, &cert, &reloads, &rotations, &policy_info, &build})
     out.push_back(std::move(*f));
   return out;
 }

@@ -68,6 +68,8 @@ struct ListenerStats {
   RelaxedGauge connections;
   RelaxedCounter connections_total;
   RelaxedCounter authz_denied;
+  RelaxedCounter auth_failures;  // 401: no valid bearer token
+  RelaxedCounter rate_limited;   // 429
   // Keyed by cluster name ("" = no cluster). Written only by the owning worker's thread; the
   // map itself is changed only under `mutex`, which the scrape also takes (never the hot path:
   // a worker resolves its RouteStats pointer once per cluster and keeps it).

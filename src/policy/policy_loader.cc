@@ -15,6 +15,7 @@
 
 #include "pilotfish/policy_loader.h"
 #include "policy/quote.h"
+#include "gateway/jwt.h"
 #include "tls/identity_files.h"
 
 #include <fcntl.h>
@@ -80,8 +81,10 @@ constexpr std::string_view kIdentityKeys[] = {"cert", "key", "ca"};
 constexpr std::string_view kListenerKeys[] = {
     "name",           "address",      "intercept",    "protocol",         "mtls",           "allow",
     "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes",
-    "passthrough"};
-constexpr std::string_view kRouteKeys[] = {"match", "cluster"};
+    "passthrough",    "auth",         "rate_limit"};
+constexpr std::string_view kRouteKeys[] = {"match", "cluster", "auth", "rate_limit"};
+constexpr std::string_view kAuthKeys[] = {"jwks", "issuer", "audience", "subject_header", "clock_skew"};
+constexpr std::string_view kRateLimitKeys[] = {"rate", "burst", "key"};
 constexpr std::string_view kMatchKeys[] = {"host", "path_prefix", "method", "headers"};
 constexpr std::string_view kClusterKeys[] = {"name",
                                              "endpoints",
@@ -380,6 +383,9 @@ class PolicyReader {
   void read_allow(const Field& field, Listener& listener);
   void read_routes(const Field& field, Listener& listener, ListenerSource& source);
   void read_route(const Field& field, Listener& listener, ListenerSource& source);
+  // `auth` / `rate_limit`: a map, or (on a route) false to turn the listener's off.
+  void read_auth(const Field& field, std::optional<AuthPolicy>& out, bool* off);
+  void read_rate_limit(const Field& field, std::optional<RateLimitPolicy>& out, bool* off);
   RouteMatch read_match(const Field& field);
   void read_match_headers(const Field& field, RouteMatch& match);
   void read_clusters(const Field& field);
@@ -1002,6 +1008,8 @@ void PolicyReader::read_listener(const Field& field) {
     if (listener.intercept != Intercept::outbound)
       error(f->position, f->path, "only applies to a listener with intercept: outbound");
   }
+  if (const Field* f = section->find("auth")) read_auth(*f, listener.auth, nullptr);
+  if (const Field* f = section->find("rate_limit")) read_rate_limit(*f, listener.rate_limit, nullptr);
   const Field* mtls_field = section->find("mtls");
   std::optional<bool> mtls = mtls_field ? read_bool(*mtls_field) : std::optional<bool>(false);
   if (mtls) {
@@ -1102,8 +1110,86 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
         route.cluster = *cluster;
     }
   }
+  if (const Field* f = section->find("auth")) read_auth(*f, route.auth, &route.auth_off);
+  if (const Field* f = section->find("rate_limit")) read_rate_limit(*f, route.rate_limit, &route.rate_limit_off);
   listener.routes.push_back(std::move(route));
   source.routes.push_back(std::move(route_source));
+}
+
+void PolicyReader::read_auth(const Field& field, std::optional<AuthPolicy>& out, bool* off) {
+  if (off && field.node.IsScalar() && field.node.Scalar() == "false") {
+    *off = true;
+    return;
+  }
+  auto section = open_section(field, kAuthKeys);
+  if (!section) return;
+  AuthPolicy auth;
+  if (const Field* f = require(*section, "jwks", "the JWKS file with the keys tokens are signed with")) {
+    if (auto path = read_text(*f)) {
+      auth.jwks = resolve_file(*path);
+      if (check_files_) {
+        std::string err;
+        if (!JwksRegistry::instance().load(auth.jwks, &err)) error(f->position, f->path, err);
+      }
+    }
+  }
+  if (const Field* f = section->find("issuer")) {
+    if (auto v = read_text(*f)) auth.issuer = *v;
+  }
+  if (const Field* f = section->find("audience")) {
+    if (f->node.IsSequence()) {
+      if (auto items = open_list(*f))
+        for (const Field& item : *items)
+          if (auto v = read_text(item)) auth.audiences.push_back(*v);
+    } else if (auto v = read_text(*f)) {
+      auth.audiences.push_back(*v);
+    }
+  }
+  if (const Field* f = section->find("subject_header")) {
+    if (auto v = read_text(*f)) {
+      if (!is_http_token(*v))
+        error(f->position, f->path, quote(*v) + " is not a header name");
+      else
+        auth.subject_header = lower(*v);
+    }
+  }
+  if (const Field* f = section->find("clock_skew")) {
+    if (auto d = read_duration(*f, /*zero_allowed=*/true)) auth.clock_skew = *d;
+  }
+  out = auth;
+}
+
+void PolicyReader::read_rate_limit(const Field& field, std::optional<RateLimitPolicy>& out, bool* off) {
+  if (off && field.node.IsScalar() && field.node.Scalar() == "false") {
+    *off = true;
+    return;
+  }
+  auto section = open_section(field, kRateLimitKeys);
+  if (!section) return;
+  RateLimitPolicy limit;
+  if (const Field* f = require(*section, "rate", "requests per second each client key may make")) {
+    if (auto v = read_number(*f, 0.001, 1e7)) limit.rate = *v;
+  }
+  if (const Field* f = section->find("burst")) {
+    if (auto v = read_integer(*f, 1, 4'000'000)) limit.burst = static_cast<uint32_t>(*v);
+  }
+  if (limit.burst == 0) limit.burst = static_cast<uint32_t>(std::max(1.0, std::ceil(limit.rate)));
+  if (const Field* f = section->find("key")) {
+    if (auto v = read_text(*f)) {
+      if (*v == "client_address") {
+        limit.key = RateLimitPolicy::Key::client_address;
+      } else if (*v == "peer_identity") {
+        limit.key = RateLimitPolicy::Key::peer_identity;
+      } else if (v->starts_with("header:") && is_http_token(v->substr(7))) {
+        limit.key = RateLimitPolicy::Key::header;
+        limit.header = lower(v->substr(7));
+      } else {
+        error(f->position, f->path,
+              quote(*v) + " is not client_address, peer_identity or header:NAME");
+      }
+    }
+  }
+  out = limit;
 }
 
 RouteMatch PolicyReader::read_match(const Field& field) {

@@ -25,6 +25,7 @@
 #include "server/admin_server.h"
 #include "server/policy_events.h"
 #include "server/worker.h"
+#include "gateway/jwt.h"
 #include "tls/tls.h"
 #include "upstream/resilience.h"
 
@@ -220,6 +221,34 @@ struct Process final : AdminBackend {
   Answer drain() override {
     begin_drain("POST /drain");
     return {202, "application/json", "{\"draining\":true}\n"};
+  }
+
+  // ---- JWKS files (auth) ----------------------------------------------------------------------
+  // Polled every second: a changed file is loaded again; one that does not parse is refused and
+  // the keys in use stay. The loader loaded every file the policy names when it read it.
+  uv_timer_t jwks_timer;
+  std::map<std::string, Stamp> jwks_stamps;
+  void watch_jwks() {
+    std::map<std::string, Stamp> next;
+    for (const auto& l : policy->listeners) {
+      if (l.auth) next[l.auth->jwks] = stamp_of(l.auth->jwks);
+      for (const auto& r : l.routes)
+        if (r.auth) next[r.auth->jwks] = stamp_of(r.auth->jwks);
+    }
+    jwks_stamps = std::move(next);
+  }
+  static void on_jwks_timer(uv_timer_t* t) {
+    auto* p = static_cast<Process*>(t->data);
+    for (auto& [path, stamp] : p->jwks_stamps) {
+      Stamp now = stamp_of(path);
+      if (now == stamp) continue;
+      stamp = now;
+      std::string err;
+      if (JwksRegistry::instance().load(path, &err))
+        log_info("jwks " + path + " reloaded: new requests are checked against its keys");
+      else
+        log_error("jwks " + path + " changed but is refused: " + err + "; the keys in use stay");
+    }
   }
 
   // ---- workload identity -------------------------------------------------------------------------
@@ -476,6 +505,7 @@ struct Process final : AdminBackend {
     registry->set_policy_info(version, policy->sha256);
     registry->process().policy_reloads_applied.add();
     start_identity_watch(std::move(material_stamps));
+    watch_jwks();
     events.set_path(default_history_path(*policy, options.config_path));
     event.version = version;
     event.outcome = "applied";
@@ -688,7 +718,7 @@ struct Process final : AdminBackend {
     if (p->finished.load() < p->workers.size()) return;
     for (uv_signal_t* s : {&p->sigterm, &p->sigint, &p->sighup, &p->sigusr1})
       uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
-    for (uv_timer_t* t : {&p->drain_timer, &p->drain_delay_timer, &p->probe_timer, &p->identity_debounce, &p->identity_retry})
+    for (uv_timer_t* t : {&p->drain_timer, &p->drain_delay_timer, &p->probe_timer, &p->identity_debounce, &p->identity_retry, &p->jwks_timer})
       uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
     for (Probe* probe : p->probes) close_probe(probe);
     p->stop_watch();
@@ -818,6 +848,10 @@ int run_server(const RunOptions& options) {
     t->data = &p;
   }
   p.start_identity_watch(std::move(material_stamps));
+  uv_timer_init(p.loop, &p.jwks_timer);
+  p.jwks_timer.data = &p;
+  p.watch_jwks();
+  uv_timer_start(&p.jwks_timer, Process::on_jwks_timer, 1000, 1000);
   p.start_probes();
   log_info("pilotfish ready: service " + (policy->service.empty() ? std::string("(unnamed)") : policy->service) +
            ", " + std::to_string(n) + " worker" + (n == 1 ? "" : "s"));

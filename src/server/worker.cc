@@ -13,6 +13,28 @@
 
 namespace pilotfish {
 
+namespace {
+
+// One limiter per limit, shared by every worker: keyed by where it is and what it says, so a
+// reload that keeps a limit keeps its buckets and one that changes it starts afresh.
+std::shared_ptr<RateLimiter> shared_limiter(const std::string& where, const RateLimitPolicy& p) {
+  static std::mutex mutex;
+  static std::map<std::string, std::weak_ptr<RateLimiter>> limiters;
+  std::string key = where + "|" + std::to_string(p.rate) + "|" + std::to_string(p.burst) + "|" +
+                    std::to_string(static_cast<int>(p.key)) + "|" + p.header;
+  std::lock_guard<std::mutex> lock(mutex);
+  std::erase_if(limiters, [](const auto& e) { return e.second.expired(); });
+  auto& slot = limiters[key];
+  auto limiter = slot.lock();
+  if (!limiter) {
+    limiter = std::make_shared<RateLimiter>(p.rate, p.burst);
+    slot = limiter;
+  }
+  return limiter;
+}
+
+}  // namespace
+
 RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
   std::vector<std::shared_ptr<RouteStats>>& row = route_stats[listener];
   size_t slot = cluster == SIZE_MAX ? row.size() - 1 : cluster;
@@ -95,6 +117,13 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
   // Endpoints that left the policy: their idle connections close now, busy ones when released.
   for (const auto& [key, pool] : old_pools)
     if (!kept.count(pool.get())) pool->retire();
+  for (const auto& l : policy->listeners) {
+    next->listener_limiters.push_back(l.rate_limit ? shared_limiter(l.name, *l.rate_limit) : nullptr);
+    auto& row = next->route_limiters.emplace_back();
+    for (size_t r = 0; r < l.routes.size(); ++r)
+      row.push_back(l.routes[r].rate_limit ? shared_limiter(l.name + "/" + std::to_string(r), *l.routes[r].rate_limit)
+                                           : nullptr);
+  }
   next->policy = std::move(policy);
   return next;
 }

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -24,6 +25,8 @@
 #include "net/event_loop.h"
 #include "pilotfish/balancer.h"
 #include "pilotfish/policy.h"
+#include "gateway/jwt.h"
+#include "gateway/rate_limit.h"
 #include "tls/tls.h"
 #include "upstream/resilience.h"
 #include "upstream/upstream_pool.h"
@@ -60,6 +63,10 @@ struct WorkerSnapshot {
   std::vector<std::shared_ptr<ClusterState>> clusters;         // by cluster index
   std::vector<std::shared_ptr<ListenerStats>> listener_stats;  // by listener index
   std::vector<std::vector<std::shared_ptr<RouteStats>>> route_stats;  // [listener][cluster + 1]
+  // Rate limiters, shared with every worker whose snapshot has the same limit (see
+  // RateLimiterRegistry): per listener, and per route ([listener][route]); null where none.
+  std::vector<std::shared_ptr<RateLimiter>> listener_limiters;
+  std::vector<std::vector<std::shared_ptr<RateLimiter>>> route_limiters;
 
   // Requests of a listener answered for a cluster (SIZE_MAX: for none), resolved once.
   RouteStats& route(size_t listener, size_t cluster);
@@ -96,6 +103,17 @@ class Worker final : public EventLoop {
   FastRandom& random() { return random_; }
   // The TLS material new connections use (null without an identity): the published one, taken
   // again only when a rotation or reload published another.
+  // The keys of a JWKS file, as last loaded (null if it never loaded).
+  JwksPtr jwks(const std::string& path) {
+    uint64_t g = JwksRegistry::instance().generation();
+    if (g != jwks_seen_) {
+      jwks_cache_.clear();
+      jwks_seen_ = g;
+    }
+    auto it = jwks_cache_.find(path);
+    if (it == jwks_cache_.end()) it = jwks_cache_.emplace(path, JwksRegistry::instance().get(path)).first;
+    return it->second;
+  }
   const TlsMaterialPtr& tls() {
     uint64_t g = tls_current_generation();
     if (g != tls_seen_) {
@@ -161,6 +179,8 @@ class Worker final : public EventLoop {
   FastRandom random_;
   TlsMaterialPtr tls_;
   uint64_t tls_seen_ = UINT64_MAX;
+  std::map<std::string, JwksPtr> jwks_cache_;
+  uint64_t jwks_seen_ = UINT64_MAX;
   AccessLogBuffer access_log_;
   std::thread thread_;
   std::function<void()> done_;

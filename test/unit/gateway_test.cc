@@ -1,0 +1,124 @@
+#include <gtest/gtest.h>
+
+#include <thread>
+#include <vector>
+
+#include "gateway/jwt.h"
+#include "gateway/rate_limit.h"
+#include "pilotfish/policy_loader.h"
+
+namespace pilotfish {
+namespace {
+
+TEST(RateLimiter, BurstThenRefillAtTheRate) {
+  RateLimiter l(2.0, 3);  // 2 per second, burst 3
+  uint32_t retry = 0;
+  uint64_t t = 1000;
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(l.take("a", t, &retry));
+  EXPECT_FALSE(l.take("a", t, &retry));
+  EXPECT_EQ(retry, 1u);
+  EXPECT_TRUE(l.take("b", t, &retry));  // its own bucket
+  EXPECT_FALSE(l.take("a", t + 400, &retry));
+  EXPECT_TRUE(l.take("a", t + 500, &retry));  // 0.5 s at 2/s: one token
+  EXPECT_FALSE(l.take("a", t + 500, &retry));
+  EXPECT_TRUE(l.take("a", t + 10'000, &retry));  // refilled, but never above the burst
+  EXPECT_TRUE(l.take("a", t + 10'000, &retry));
+  EXPECT_TRUE(l.take("a", t + 10'000, &retry));
+  EXPECT_FALSE(l.take("a", t + 10'000, &retry));
+}
+
+TEST(RateLimiter, SlowRatesAccumulateUnderFrequentRequests) {
+  RateLimiter l(0.5, 1);  // one token every 2 s
+  uint32_t retry = 0;
+  EXPECT_TRUE(l.take("k", 1000, &retry));
+  int allowed = 0;
+  for (uint64_t ms = 1001; ms <= 5000; ms += 1) allowed += l.take("k", ms, &retry) ? 1 : 0;
+  EXPECT_EQ(allowed, 2);  // at 3 s and 5 s, although a request came every millisecond
+}
+
+TEST(RateLimiter, SharedByThreadsWithoutLosingCount) {
+  RateLimiter l(0.001, 1000);
+  std::atomic<int> allowed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      uint32_t retry;
+      for (int i = 0; i < 1000; ++i) allowed += l.take("same", 5000, &retry) ? 1 : 0;
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(allowed.load(), 1000);  // exactly the burst, over 4 threads and 4000 attempts
+}
+
+TEST(Jwt, Base64url) {
+  bool ok = false;
+  EXPECT_EQ(base64url_decode("aGVsbG8", &ok), "hello");
+  EXPECT_TRUE(ok);
+  EXPECT_EQ(base64url_decode("_-8", &ok), "\xff\xef");
+  EXPECT_TRUE(ok);
+  base64url_decode("a+b/", &ok);  // standard base64, not base64url
+  EXPECT_FALSE(ok);
+  base64url_decode("a", &ok);
+  EXPECT_FALSE(ok);
+}
+
+TEST(Jwt, JwksIsRefusedWhenItHasNoUsableKey) {
+  std::string err;
+  EXPECT_EQ(Jwks::parse("{not json", &err), nullptr);
+  EXPECT_EQ(Jwks::parse("{\"keys\": []}", &err), nullptr);
+  EXPECT_NE(err.find("no RS256 or ES256 key"), std::string::npos);
+  EXPECT_EQ(Jwks::parse("{\"keys\": [{\"kty\": \"RSA\", \"n\": \"AQAB\", \"e\": \"AQAB\"}]}", &err), nullptr);
+  EXPECT_NE(err.find("2048 bits"), std::string::npos);
+  EXPECT_EQ(Jwks::parse("{\"keys\": [{\"kty\": \"oct\", \"k\": \"c2VjcmV0\"}]}", &err), nullptr);  // HMAC never
+}
+
+TEST(GatewayPolicy, AuthAndRateLimitKeys) {
+  auto r = load_policy_text(R"(version: 1
+listeners:
+  - name: edge
+    address: 127.0.0.1:8000
+    auth: {jwks: jwks.json, issuer: https://auth, audience: [a, b], subject_header: X-User, clock_skew: 10s}
+    rate_limit: {rate: 2.5, key: "header:X-Api-Key"}
+    routes:
+      - match: {path_prefix: /health}
+        cluster: c
+        auth: false
+        rate_limit: false
+      - cluster: c
+        rate_limit: {rate: 100, burst: 10, key: peer_identity}
+clusters: [{name: c, endpoints: [127.0.0.1:9000]}]
+)", "policy.yaml", "/etc/pf");
+  ASSERT_TRUE(r.ok()) << r.errors[0].to_string();
+  const Listener& l = r.policy->listeners[0];
+  ASSERT_TRUE(l.auth);
+  EXPECT_EQ(l.auth->jwks, "/etc/pf/jwks.json");
+  EXPECT_EQ(l.auth->audiences, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(l.auth->subject_header, "x-user");
+  EXPECT_EQ(l.auth->clock_skew.count(), 10'000);
+  ASSERT_TRUE(l.rate_limit);
+  EXPECT_EQ(l.rate_limit->rate, 2.5);
+  EXPECT_EQ(l.rate_limit->burst, 3u);  // default: the rate, rounded up
+  EXPECT_EQ(l.rate_limit->key, RateLimitPolicy::Key::header);
+  EXPECT_EQ(l.rate_limit->header, "x-api-key");
+  EXPECT_TRUE(l.routes[0].auth_off);
+  EXPECT_TRUE(l.routes[0].rate_limit_off);
+  EXPECT_EQ(l.routes[1].rate_limit->key, RateLimitPolicy::Key::peer_identity);
+
+  auto bad = load_policy_text(R"(version: 1
+listeners:
+  - name: edge
+    address: 127.0.0.1:8000
+    auth: {issuer: x}
+    rate_limit: {rate: 0, key: cookie}
+    routes: [{cluster: c}]
+clusters: [{name: c, endpoints: [127.0.0.1:9000]}]
+)", "policy.yaml", ".");
+  ASSERT_FALSE(bad.ok());
+  std::string all;
+  for (const auto& e : bad.errors) all += e.to_string() + "\n";
+  EXPECT_NE(all.find("listeners[0].auth.jwks: missing"), std::string::npos) << all;
+  EXPECT_NE(all.find("listeners[0].rate_limit.rate"), std::string::npos) << all;
+  EXPECT_NE(all.find("is not client_address, peer_identity or header:NAME"), std::string::npos) << all;
+}
+
+}  // namespace
+}  // namespace pilotfish
