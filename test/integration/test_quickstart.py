@@ -2,6 +2,7 @@
 """The README's quick start: scripts/quickstart.sh starts the demo service and pilotfish in
 front of it on 127.0.0.1:15000; a request goes through; SIGTERM stops both, leaving nothing."""
 import json
+import select
 import os
 import signal
 import subprocess
@@ -44,9 +45,20 @@ class QuickstartTest(unittest.TestCase):
             self.assertIn("x-request-id", body["headers"])
             family = children_of(proc.pid)
             self.assertTrue(family, "quickstart.sh should have started the demo service and pilotfish")
+            # The script prints its instructions once wait-ready returns, a moment after pilotfish
+            # serves: wait for them, or the SIGTERM below could come first.
+            seen = b""
+            deadline = time.time() + 20
+            while b"pilotfish is running in front of the demo service" not in seen and time.time() < deadline:
+                r, _, _ = select.select([proc.stdout], [], [], 0.5)
+                if r:
+                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    seen += chunk
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
-            text = out.decode(errors="replace")
+            text = (seen + out).decode(errors="replace")
             self.assertIn("pilotfish is running in front of the demo service", text)
             self.assertIn("drained; exiting", text)
             time.sleep(0.5)
