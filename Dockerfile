@@ -55,7 +55,7 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc/* /usr/share/man/*
 COPY --from=build /build/pilotfish /usr/local/bin/pilotfish
 ENTRYPOINT ["/usr/local/bin/pilotfish", "iptables"]
-CMD ["--policy", "/etc/pilotfish/policy.yaml", "--uid", "1337", "--apply"]
+CMD ["--policy", "/etc/pilotfish/policy.yaml", "--uid", "1337", "--ipv4-only", "--apply"]
 
 FROM scratch AS runtime
 COPY --from=build /out/ /

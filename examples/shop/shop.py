@@ -229,7 +229,8 @@ clusters:
         calls = {"payments": ["users"]}
         for svc in apps:
             policy = self.write(svc, self.service_policy(svc, allow[svc], calls.get(svc, ())))
-            sh(self.bin, "iptables", "--policy", policy, "--uid", UID, "--apply", ns=self.ns[svc])
+            sh(self.bin, "iptables", "--policy", policy, "--uid", UID, "--ipv4-only", "--apply",
+               ns=self.ns[svc])
             self.start("pilotfish-" + svc, self.ns[svc], [self.bin, "run", "--config", policy], uid=UID)
         self.gateway_yaml = self.write("gateway", self.gateway_policy())
         self.start("pilotfish-gateway", self.ns["gateway"], [self.bin, "run", "--config", self.gateway_yaml], uid=UID)

@@ -87,6 +87,9 @@ struct Listener {
   bool passthrough = true;
   std::optional<AuthPolicy> auth;
   std::optional<RateLimitPolicy> rate_limit;
+  // Every subject_header its auth (listener or routes) writes, lower case: removed from every
+  // request of the listener. Filled by the loader.
+  std::vector<std::string> subject_headers;
   Duration header_timeout{10'000};
   Duration body_timeout{30'000};   // 0 = none
   Duration idle_timeout{60'000};

@@ -37,7 +37,8 @@ std::string scalar(const YAML::Node& n, const char* key) {
 
 bool number(const YAML::Node& n, const char* key, int64_t* out) {
   YAML::Node v = n[key];
-  if (!v || !v.IsScalar()) return false;
+  // A JSON number, not a string that looks like one (yaml-cpp tags quoted scalars "!").
+  if (!v || !v.IsScalar() || v.Tag() == "!") return false;
   try {
     *out = static_cast<int64_t>(v.as<double>());
     return true;

@@ -2,13 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 
 namespace pilotfish {
 
 namespace {
 
-uint64_t hash_key(std::string_view key) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
+uint64_t hash_key(std::string_view key, uint64_t seed) {
+  uint64_t h = 1469598103934665603ull ^ seed;  // FNV-1a, seeded per limiter: slots cannot be aimed at
   for (char c : key) {
     h ^= static_cast<unsigned char>(c);
     h *= 1099511628211ull;
@@ -25,10 +26,12 @@ RateLimiter::RateLimiter(double rate_per_second, uint32_t burst, size_t slots)
   mask_ = n - 1;
   slots_.reset(new std::atomic<uint64_t>[n]);
   for (size_t i = 0; i < n; ++i) slots_[i].store(0, std::memory_order_relaxed);
+  std::random_device random;
+  seed_ = (static_cast<uint64_t>(random()) << 32) ^ random();
 }
 
 bool RateLimiter::take(std::string_view key, uint64_t now_ms, uint32_t* retry_after_s) {
-  std::atomic<uint64_t>& slot = slots_[hash_key(key) & mask_];
+  std::atomic<uint64_t>& slot = slots_[hash_key(key, seed_) & mask_];
   const uint64_t full = static_cast<uint64_t>(burst_) * 1000;
   // The time field is the low 32 bits of the clock, never 0 (0 marks an unused slot).
   uint32_t now32 = static_cast<uint32_t>(now_ms) | 1u;
@@ -41,7 +44,10 @@ bool RateLimiter::take(std::string_view key, uint64_t now_ms, uint32_t* retry_af
       tokens = full;
       stamp = now32;
     } else {
-      uint32_t elapsed = now32 - last;  // wraps every 49 days, as unsigned arithmetic does
+      // Wraps every 49 days, as unsigned arithmetic does. A stamp slightly ahead of now (another
+      // thread's clock read a moment later) is no time elapsed, not 49 days.
+      int32_t elapsed = static_cast<int32_t>(now32 - last);
+      if (elapsed < 0) elapsed = 0;
       uint64_t refill = static_cast<uint64_t>(static_cast<double>(elapsed) * rate_);
       // A refill under a thousandth keeps the old stamp, so slow rates still accumulate.
       if (refill > 0 || tokens >= full) {

@@ -25,6 +25,7 @@ class RateLimiter {
   double rate_;
   uint32_t burst_;
   size_t mask_;
+  uint64_t seed_ = 0;
   std::unique_ptr<std::atomic<uint64_t>[]> slots_;
 };
 

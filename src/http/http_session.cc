@@ -235,7 +235,8 @@ bool HttpSession::admit(const Route* route, size_t route_index) {
       if (i != HeaderList::npos) key = headers_.value(i);
     }
     uint32_t retry_after = 1;
-    if (!limiter->take(key, uv_now(worker_.loop()), &retry_after)) {
+    // One clock for every worker (a loop's cached time can trail another's by a few ms).
+    if (!limiter->take(key, uv_hrtime() / 1'000'000, &retry_after)) {
       snap_->listener_stats[listener_index_]->rate_limited.add();
       local_headers_ = "retry-after: " + std::to_string(retry_after) + "\r\n";
       send_local_response(429, "rate_limited", request_has_body_);
@@ -248,7 +249,12 @@ bool HttpSession::admit(const Route* route, size_t route_index) {
   size_t a = headers_.find("authorization");
   std::string_view value = a == HeaderList::npos ? std::string_view() : trim_ows(headers_.value(a));
   std::string why = "missing bearer token";
-  if (value.size() > 7 && iequals(value.substr(0, 7), "bearer ")) {
+  if (headers_.count("authorization") > 1) {
+    // Which one would the service read? Neither gets through.
+    why = "more than one Authorization header";
+    local_headers_ = "www-authenticate: Bearer realm=\"pilotfish\", error=\"invalid_request\", error_description=\"" +
+                     why + "\"\r\n";
+  } else if (value.size() > 7 && iequals(value.substr(0, 7), "bearer ")) {
     JwksPtr keys = worker_.jwks(auth_->jwks);
     if (!keys) {
       why = "no keys loaded from " + auth_->jwks;
@@ -270,6 +276,21 @@ bool HttpSession::admit(const Route* route, size_t route_index) {
   snap_->listener_stats[listener_index_]->auth_failures.add();
   log_debug("listener " + listener_->name + ": 401 for " + client_address_ + ": " + why);
   send_local_response(401, "unauthorized", request_has_body_);
+  return false;
+}
+
+// A header name the listener's auth writes (any of them, on any route), also spelt with '_' for
+// '-' (which some servers read as the same header).
+bool HttpSession::is_subject_header(std::string_view name) const {
+  for (const auto& h : listener_->subject_headers) {
+    if (name.size() != h.size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < name.size() && same; ++i) {
+      char c = name[i] == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(name[i])));
+      same = c == h[i];
+    }
+    if (same) return true;
+  }
   return false;
 }
 
@@ -585,7 +606,13 @@ int HttpSession::on_headers_complete() {
       return request_has_body_ ? HPE_USER : 0;
     }
     cluster_index_ = found;
-    if (!admit(nullptr, SIZE_MAX)) return request_has_body_ ? HPE_USER : 0;
+    // The route still says which auth and rate limit apply (its cluster is the destination's).
+    std::string host = host_for_routing(authority_);
+    RequestView view{host, target_.path, llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)),
+                     &headers_};
+    const Route* route = match_route(*listener_, view);
+    if (!admit(route, route ? static_cast<size_t>(route - listener_->routes.data()) : SIZE_MAX))
+      return request_has_body_ ? HPE_USER : 0;
   } else {
     std::string host = host_for_routing(authority_);
     RequestView view{host, target_.path, llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)),
@@ -640,12 +667,7 @@ void HttpSession::build_upstream_head() {
       }
       continue;
     }
-    if (auth_ || listener_->auth) {
-      // The verified subject's header is only ever pilotfish's.
-      if ((auth_ && iequals(name, auth_->subject_header)) ||
-          (listener_->auth && iequals(name, listener_->auth->subject_header)))
-        continue;
-    }
+    if (!listener_->subject_headers.empty() && is_subject_header(name)) continue;  // only ever pilotfish's
     if (iequals(name, "x-pilotfish-attempt")) {
       nested_ = true;  // from another pilotfish: its hop retries, this one does not (by default)
       continue;

@@ -61,6 +61,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void on_tls_failed() override;
   bool peer_allowed() const;
   bool admit(const Route* route, size_t route_index);
+  bool is_subject_header(std::string_view name) const;
   void note_peer();
 
   void on_upstream_connected() override;

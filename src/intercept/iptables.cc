@@ -1,5 +1,7 @@
 #include "intercept/iptables.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <cstdlib>
@@ -17,6 +19,13 @@ const Listener* interceptor(const Policy& policy, Intercept which) {
   for (const auto& l : policy.listeners)
     if (l.intercept == which) return &l;
   return nullptr;
+}
+
+bool is_loopback_address(const SocketAddress& a) {
+  if (a.family() == AF_INET)
+    return (ntohl(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr.s_addr) >> 24) == 127;
+  if (a.family() == AF_INET6) return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr);
+  return false;
 }
 
 bool quote_needed(const std::string& s) {
@@ -99,6 +108,24 @@ std::vector<IptablesCommand> iptables_apply_plan(const Policy& policy, const Ipt
   if (options.uid < 0) {
     *error = "--uid is required: the uid pilotfish runs as, whose own connections are not redirected";
     return {};
+  }
+  // REDIRECT in PREROUTING sends to the address of the interface the packet came in on: an
+  // inbound listener on loopback would refuse every redirected connection.
+  if (in && is_loopback_address(in->address)) {
+    *error = "listener " + in->name + " (intercept: inbound) is bound to " + in->address.text +
+             "; redirected traffic arrives at the pod's address: bind it to 0.0.0.0 or [::]";
+    return {};
+  }
+  // IPv6 left out silently would go around the sidecar (no mTLS, no auth) on a dual-stack pod.
+  if (options.ipv6) {
+    for (const Listener* l : {in, out_listener}) {
+      if (l && l->address.family() != AF_INET6) {
+        *error = "listener " + l->name + " is IPv4-only (" + l->address.text +
+                 "), so IPv6 traffic would not be intercepted: bind it to an IPv6 address such as \"[::]:" +
+                 std::to_string(l->address.port()) + "\" (which takes IPv4 too), or pass --ipv4-only";
+        return {};
+      }
+    }
   }
   std::vector<IptablesCommand> plan;
   for (const char* program : {"iptables", "ip6tables"}) {

@@ -129,6 +129,8 @@ InterceptTarget intercept_target(const Policy& policy, const Listener& listener,
 
 Detected detect_http1(const char* data, size_t length) {
   std::string_view got(data, length);
+  // Empty lines before a request line are allowed (RFC 9112 2.2); the HTTP parser decides.
+  while (!got.empty() && (got.front() == '\r' || got.front() == '\n')) got.remove_prefix(1);
   for (std::string_view m : kMethods) {
     if (got.size() >= m.size()) {
       if (got.substr(0, m.size()) == m) return Detected::yes;
@@ -141,10 +143,27 @@ Detected detect_http1(const char* data, size_t length) {
 
 // ---------------------------------------------------------------------------------------------
 
+namespace {
+
+// A listener that checks requests (auth, rate limits) never carries bytes it cannot check.
+bool checks_requests(const Listener& l) {
+  if (l.auth || l.rate_limit) return true;
+  for (const auto& r : l.routes)
+    if (r.auth || r.rate_limit) return true;
+  return false;
+}
+
+}  // namespace
+
 InterceptSession::InterceptSession(Worker& worker, std::shared_ptr<ListenerSlot> slot)
-    : Stream(worker), worker_(worker), slot_(std::move(slot)) {
-  listener_ = &worker.snapshot()->policy->listeners[slot_->index];
+    : Stream(worker), worker_(worker), slot_(std::move(slot)), snap_(worker.snapshot()) {
+  listener_ = &snap_->policy->listeners[slot_->index];
+  http_only_ = listener_->protocol == Protocol::http && checks_requests(*listener_);
   worker.add_downstream();
+}
+
+void InterceptSession::on_policy_changed() {
+  if (slot_->index == SIZE_MAX) close();  // its listener left the policy before it was handed on
 }
 
 void InterceptSession::start() {
@@ -158,7 +177,8 @@ void InterceptSession::start() {
   target_ = intercept_target(policy, *listener_, *original);
   log_debug("listener " + listener_->name + ": intercepted connection to " + original->text + ": " +
             target_.describe());
-  if (target_.kind == InterceptTarget::Kind::refuse) {
+  if (target_.kind == InterceptTarget::Kind::refuse ||
+      (http_only_ && target_.kind == InterceptTarget::Kind::address)) {
     close();
     return;
   }
@@ -192,6 +212,11 @@ void InterceptSession::on_data(char* data, size_t length) {
   first_bytes_.append(data, length);
   Detected d = detect_http1(first_bytes_.data(), first_bytes_.size());
   if (d == Detected::more) return;
+  if (d == Detected::no && http_only_) {
+    log_debug("listener " + listener_->name + ": not HTTP on a listener with auth or rate_limit; closed");
+    close();
+    return;
+  }
   hand_off(d == Detected::yes);
 }
 
@@ -206,8 +231,9 @@ void InterceptSession::on_timeout() {
     close();
     return;
   }
-  // Nothing (or not enough) arrived: a protocol where the server speaks first.
-  hand_off(false);
+  // The start of a request line, slowly: HTTP (whose own timeouts apply). Nothing at all: a
+  // protocol where the server speaks first, unless the listener checks every request.
+  hand_off(!first_bytes_.empty() || http_only_);
 }
 
 void InterceptSession::drain() {
@@ -219,6 +245,10 @@ void InterceptSession::on_close() { worker_.remove_downstream(); }
 void InterceptSession::hand_off(bool http) {
   stop_timer();
   stop_read();
+  if (slot_->index == SIZE_MAX || !worker_.snapshot()) {  // the listener was removed or stopped meanwhile
+    close();
+    return;
+  }
   bool adopted = tls() != nullptr || !first_bytes_.empty() || target_.kind != InterceptTarget::Kind::routes;
   Stream* next;
   if (http) {

@@ -30,6 +30,7 @@
 namespace pilotfish {
 
 class Worker;
+struct WorkerSnapshot;
 struct ListenerSlot;
 
 struct InterceptTarget {
@@ -54,6 +55,7 @@ class InterceptSession final : public Stream {
   InterceptSession(Worker& worker, std::shared_ptr<ListenerSlot> slot);
   void start();
   void drain() override;
+  void on_policy_changed() override;
 
   // How long the first bytes are waited for before the connection is taken as a protocol where
   // the server speaks first.
@@ -70,7 +72,9 @@ class InterceptSession final : public Stream {
   void hand_off(bool http);
   Worker& worker_;
   std::shared_ptr<ListenerSlot> slot_;
+  std::shared_ptr<WorkerSnapshot> snap_;  // keeps listener_ alive until the hand-off
   const Listener* listener_ = nullptr;
+  bool http_only_ = false;  // auth or rate_limit: never a tunnel
   InterceptTarget target_;
   std::string first_bytes_;
   bool handshaking_ = false;

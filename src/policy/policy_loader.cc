@@ -1047,6 +1047,13 @@ void PolicyReader::read_listener(const Field& field) {
   if (const Field* f = require(*section, "routes", "every listener needs at least one route")) {
     read_routes(*f, listener, source);
   }
+  auto subject = [&](const std::optional<AuthPolicy>& auth) {
+    if (auth && std::find(listener.subject_headers.begin(), listener.subject_headers.end(), auth->subject_header) ==
+                    listener.subject_headers.end())
+      listener.subject_headers.push_back(auth->subject_header);
+  };
+  subject(listener.auth);
+  for (const auto& r : listener.routes) subject(r.auth);
   policy_.listeners.push_back(std::move(listener));
   listener_sources_.push_back(std::move(source));
 }
@@ -1156,6 +1163,9 @@ void PolicyReader::read_auth(const Field& field, std::optional<AuthPolicy>& out,
   if (const Field* f = section->find("clock_skew")) {
     if (auto d = read_duration(*f, /*zero_allowed=*/true)) auth.clock_skew = *d;
   }
+  if (auth.issuer.empty() && auth.audiences.empty())
+    warn(field.path, "neither issuer nor audience is checked: any token the JWKS keys signed, for any service, "
+                     "is accepted");
   out = auth;
 }
 

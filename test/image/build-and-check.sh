@@ -83,7 +83,7 @@ echo "== inside the init image"
 check_image "localhost/pilotfish-init:$tag" /usr/local/bin/pilotfish version
 c=$(buildah from "localhost/pilotfish-init:$tag")
 buildah copy "$c" "$root/examples/kubernetes/policy.yaml" /tmp/policy.yaml > /dev/null
-buildah run --isolation chroot "$c" -- /usr/local/bin/pilotfish iptables --policy /tmp/policy.yaml --uid 1337 --print \
+buildah run --isolation chroot "$c" -- /usr/local/bin/pilotfish iptables --policy /tmp/policy.yaml --uid 1337 --ipv4-only --print \
   | grep -q -- '--to-ports 15006'
 buildah run --isolation chroot "$c" -- iptables --version
 buildah rm "$c" > /dev/null

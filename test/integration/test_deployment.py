@@ -144,7 +144,7 @@ class ManifestTest(unittest.TestCase):
         self.assertIn("NET_ADMIN", init["securityContext"]["capabilities"]["add"])
         names = [c["name"] for c in self.pod["spec"]["initContainers"]]
         self.assertLess(names.index("pilotfish-init"), names.index("pilotfish"), "rules before the sidecar")
-        rc, out, err = h.run_cli(["iptables", "--policy", self.policy_path, "--uid", "1337", "--print"])
+        rc, out, err = h.run_cli(["iptables", "--policy", self.policy_path, "--uid", "1337", "--ipv4-only", "--print"])
         self.assertEqual(rc, 0, err)
         self.assertIn("REDIRECT --to-ports %s" % self.listener("inbound")["address"].rsplit(":", 1)[1], out)
         self.assertIn("REDIRECT --to-ports %s" % self.listener("outbound")["address"].rsplit(":", 1)[1], out)

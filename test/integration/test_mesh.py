@@ -226,7 +226,7 @@ clusters:
         cls.procs.append(cls.outside)
         for pod in ("a", "b", "c"):
             r = run(h.BIN, "iptables", "--policy", os.path.join(cls.dir, "policy-%s.yaml" % pod), "--uid", str(UID),
-                    "--apply", ns=cls.ns[pod])
+                    "--ipv4-only", "--apply", ns=cls.ns[pod])
             assert "applied" in r.stdout, r.stdout + r.stderr
         cls.sidecars = {}
         for pod in ("b", "c", "a"):
@@ -339,7 +339,7 @@ clusters:
         self.assertNotIn("PILOTFISH", after)
         self.assertNotIn("PILOTFISH", run("ip6tables-save", "-t", "nat", ns=ns).stdout)
         # And --apply again gives the same rules as the first time.
-        run(h.BIN, "iptables", "--policy", os.path.join(self.dir, "policy-c.yaml"), "--uid", str(UID), "--apply",
+        run(h.BIN, "iptables", "--policy", os.path.join(self.dir, "policy-c.yaml"), "--uid", str(UID), "--ipv4-only", "--apply",
             ns=ns)
         again = run("iptables-save", "-t", "nat", ns=ns).stdout
         strip = lambda t: [l for l in t.splitlines() if l and not l.startswith("#") and not l.startswith(":")]

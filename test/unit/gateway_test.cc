@@ -27,6 +27,15 @@ TEST(RateLimiter, BurstThenRefillAtTheRate) {
   EXPECT_FALSE(l.take("a", t + 10'000, &retry));
 }
 
+TEST(RateLimiter, AClockSlightlyBehindAnotherDoesNotRefill) {
+  // Two workers' clocks a few milliseconds apart: "earlier" is no time elapsed, not 49 days.
+  RateLimiter l(1.0, 3);
+  uint32_t retry = 0;
+  int allowed = 0;
+  for (int i = 0; i < 20; ++i) allowed += l.take("k", i % 2 ? 1002 : 1000, &retry) ? 1 : 0;
+  EXPECT_EQ(allowed, 3);
+}
+
 TEST(RateLimiter, SlowRatesAccumulateUnderFrequentRequests) {
   RateLimiter l(0.5, 1);  // one token every 2 s
   uint32_t retry = 0;

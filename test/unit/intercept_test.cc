@@ -47,6 +47,7 @@ bool has(const std::vector<std::string>& v, const std::string& line) {
 TEST(Iptables, RedirectsBothDirectionsAndExcludesItsOwnTraffic) {
   IptablesOptions o;
   o.uid = 1337;
+  o.ipv6 = false;
   std::string err;
   auto plan = lines(iptables_apply_plan(load(kMesh), o, &err));
   ASSERT_FALSE(plan.empty()) << err;
@@ -62,13 +63,27 @@ TEST(Iptables, RedirectsBothDirectionsAndExcludesItsOwnTraffic) {
   auto uid = std::find(plan.begin(), plan.end(), "iptables -t nat -A PILOTFISH_OUTPUT -m owner --uid-owner 1337 -j RETURN");
   auto redirect = std::find(plan.begin(), plan.end(), "iptables -t nat -A PILOTFISH_OUTPUT -p tcp -j PILOTFISH_OUT_REDIRECT");
   EXPECT_LT(uid, redirect);
-  // Both listeners are IPv4 only: no IPv6 traffic is sent where nothing listens.
-  for (const auto& l : plan) EXPECT_EQ(l.rfind("ip6tables", 0), std::string::npos) << l;
+  for (const auto& l : plan) EXPECT_EQ(l.rfind("ip6tables", 0), std::string::npos) << l;  // --ipv4-only
+}
+
+TEST(Iptables, RefusesWhatWouldLeaveTrafficAroundTheSidecar) {
+  IptablesOptions o;
+  std::string err;
+  // IPv4-only listeners without --ipv4-only: IPv6 would bypass the sidecar.
+  EXPECT_TRUE(iptables_apply_plan(load(kMesh), o, &err).empty());
+  EXPECT_NE(err.find("--ipv4-only"), std::string::npos) << err;
+  // An inbound listener on loopback never sees redirected traffic.
+  std::string text = kMesh;
+  text.replace(text.find("0.0.0.0:15006"), 13, "127.0.0.1:15006");
+  o.ipv6 = false;
+  EXPECT_TRUE(iptables_apply_plan(load(text), o, &err).empty());
+  EXPECT_NE(err.find("bind it to 0.0.0.0"), std::string::npos) << err;
 }
 
 TEST(Iptables, Ipv6ForAnIpv6ListenerAndPortLists) {
   std::string text = kMesh;
   text.replace(text.find("0.0.0.0:15006"), 13, "\"[::]:15006\"");
+  text.replace(text.find("127.0.0.1:15001"), 15, "\"[::]:15001\"");
   IptablesOptions o;
   o.uid = 1000;
   std::string err;
@@ -78,9 +93,8 @@ TEST(Iptables, Ipv6ForAnIpv6ListenerAndPortLists) {
   EXPECT_TRUE(has(plan, "ip6tables -t nat -A PILOTFISH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006"));
   EXPECT_TRUE(has(plan, "iptables -t nat -A PILOTFISH_INBOUND -p tcp --dport 8000:8010 -j RETURN"));
   EXPECT_TRUE(has(plan, "iptables -t nat -A PILOTFISH_OUTPUT -p tcp --dport 53 -j RETURN"));
-  bool v6_outbound = false;
-  for (const auto& l : plan) v6_outbound |= l.rfind("ip6tables -t nat -A PILOTFISH_OUT", 0) == 0;
-  EXPECT_FALSE(v6_outbound);  // the outbound listener is 127.0.0.1
+  EXPECT_TRUE(has(plan, "ip6tables -t nat -A PILOTFISH_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 15001"));
+  EXPECT_TRUE(has(plan, "ip6tables -t nat -A PILOTFISH_OUTPUT -d ::1/128 -j RETURN"));
   o.inbound_ports.clear();
   ASSERT_TRUE(parse_port_list("8080", &o.inbound_ports, &err));
   plan = lines(iptables_apply_plan(load(text), o, &err));
@@ -96,6 +110,7 @@ TEST(Iptables, RefusesWithoutUidOrInterceptListener) {
   EXPECT_TRUE(iptables_apply_plan(load(kMesh), o, &err).empty());
   EXPECT_NE(err.find("--uid"), std::string::npos);
   o.uid = 0;
+  o.ipv6 = false;
   Policy plain = load("version: 1\nlisteners: [{name: l, address: 127.0.0.1:1, routes: [{cluster: c}]}]\n"
                       "clusters: [{name: c, endpoints: [127.0.0.1:2]}]\n");
   EXPECT_TRUE(iptables_apply_plan(plain, o, &err).empty());
