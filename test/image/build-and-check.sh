@@ -72,12 +72,16 @@ buildah copy --chown 1337:1337 "$c" "$work/run-policy.yaml" /tmp/policy.yaml > /
 buildah run --isolation chroot --user 1337:1337 "$c" -- /usr/local/bin/pilotfish run --config /tmp/policy.yaml \
   > "$work/run.log" 2>&1 &
 runner=$!
-buildah run --isolation chroot --user 1337:1337 "$c" -- \
-  /usr/local/bin/pilotfish wait-ready --admin "127.0.0.1:$admin" --path /live --timeout 20s
-buildah run --isolation chroot --user 1337:1337 "$c" -- /usr/local/bin/pilotfish drain --admin "127.0.0.1:$admin"
+# The health check and the drain run in a second container of the image: buildah serialises
+# commands on one container, so they must not wait for the sidecar's own `buildah run`.
+probe=$(buildah from "localhost/pilotfish:$tag")
+buildah run --isolation chroot --user 1337:1337 "$probe" -- \
+  /usr/local/bin/pilotfish wait-ready --admin "127.0.0.1:$admin" --path /live --timeout 30s \
+  || { kill "$runner" 2>/dev/null; cat "$work/run.log"; exit 1; }
+buildah run --isolation chroot --user 1337:1337 "$probe" -- /usr/local/bin/pilotfish drain --admin "127.0.0.1:$admin"
 wait "$runner" || { cat "$work/run.log"; exit 1; }
 grep -q "drained; exiting" "$work/run.log" || { cat "$work/run.log"; exit 1; }
-buildah rm "$c" > /dev/null
+buildah rm "$c" "$probe" > /dev/null
 
 echo "== inside the init image"
 check_image "localhost/pilotfish-init:$tag" /usr/local/bin/pilotfish version
