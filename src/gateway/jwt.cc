@@ -281,6 +281,8 @@ JwtResult verify_jwt(std::string_view token, const Jwks& keys, const JwtRules& r
     }
   }
   r.subject = scalar(p, "sub");
+  r.exp = exp;
+  r.nbf = number(p, "nbf", &nbf) ? nbf : 0;
   for (char c : r.subject)
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
       r.error = "invalid sub claim";  // it becomes a header value
@@ -288,6 +290,27 @@ JwtResult verify_jwt(std::string_view token, const Jwks& keys, const JwtRules& r
     }
   r.ok = true;
   return r;
+}
+
+const std::string* JwtCache::find(std::string_view token, const JwksPtr& keys, const std::string& rules_key,
+                                  int64_t now, int64_t skew) {
+  auto it = entries_.find(token);
+  if (it == entries_.end()) return nullptr;
+  const Entry& e = it->second;
+  if (e.keys != keys || e.rules_key != rules_key || now > e.exp + skew || (e.nbf && now + skew < e.nbf))
+    return nullptr;
+  return &e.subject;
+}
+
+void JwtCache::store(std::string_view token, const JwksPtr& keys, const std::string& rules_key,
+                     const JwtResult& result) {
+  if (bytes_ + token.size() > 4 * 1024 * 1024) {
+    entries_.clear();
+    bytes_ = 0;
+  }
+  auto [it, inserted] = entries_.insert_or_assign(std::string(token), Entry{keys, rules_key, result.subject,
+                                                                             result.exp, result.nbf});
+  if (inserted) bytes_ += token.size();
 }
 
 JwksRegistry& JwksRegistry::instance() {

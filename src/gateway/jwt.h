@@ -46,6 +46,31 @@ struct JwtResult {
   bool ok = false;
   std::string subject;  // `sub`
   std::string error;    // why not (for the log and the WWW-Authenticate description)
+  int64_t exp = 0;      // of a verified token
+  int64_t nbf = 0;      // 0: none
+};
+
+// Tokens verified recently, per worker (so without a lock): a client sends the same token many
+// times, and a token seen again skips the JSON parsing and the signature check while it is
+// within its exp/nbf, for the same keys (held, so never a stale match) and the same rules.
+// Failures are not cached. Bounded: emptied when it holds 4 MiB of tokens.
+class JwtCache {
+ public:
+  // The subject, if `token` was verified against `keys` under `rules_key` and is still valid.
+  const std::string* find(std::string_view token, const JwksPtr& keys, const std::string& rules_key, int64_t now,
+                          int64_t skew);
+  void store(std::string_view token, const JwksPtr& keys, const std::string& rules_key, const JwtResult& result);
+
+ private:
+  struct Entry {
+    JwksPtr keys;
+    std::string rules_key;
+    std::string subject;
+    int64_t exp = 0;
+    int64_t nbf = 0;
+  };
+  std::map<std::string, Entry, std::less<>> entries_;
+  size_t bytes_ = 0;
 };
 
 // Verifies a compact JWS (the token after "Bearer ").

@@ -260,8 +260,18 @@ bool HttpSession::admit(const Route* route, size_t route_index) {
       why = "no keys loaded from " + auth_->jwks;
     } else {
       JwtRules rules{auth_->issuer, auth_->audiences, auth_->clock_skew.count() / 1000};
-      JwtResult r = verify_jwt(trim_ows(value.substr(7)), *keys, rules, static_cast<int64_t>(std::time(nullptr)));
+      std::string_view token = trim_ows(value.substr(7));
+      int64_t now = static_cast<int64_t>(std::time(nullptr));
+      std::string rules_key = auth_->issuer + '\n' + std::to_string(rules.clock_skew_seconds);
+      for (const auto& a : auth_->audiences) rules_key += '\n' + a;
+      if (const std::string* subject = worker_.jwt_cache().find(token, keys, rules_key, now, rules.clock_skew_seconds)) {
+        auth_subject_ = *subject;
+        auth_subject_ok_ = true;
+        return true;
+      }
+      JwtResult r = verify_jwt(token, *keys, rules, now);
       if (r.ok) {
+        worker_.jwt_cache().store(token, keys, rules_key, r);
         auth_subject_ = r.subject;
         auth_subject_ok_ = true;
         return true;

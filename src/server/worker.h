@@ -103,6 +103,7 @@ class Worker final : public EventLoop {
   FastRandom& random() { return random_; }
   // The TLS material new connections use (null without an identity): the published one, taken
   // again only when a rotation or reload published another.
+  JwtCache& jwt_cache() { return jwt_cache_; }
   // The keys of a JWKS file, as last loaded (null if it never loaded).
   JwksPtr jwks(const std::string& path) {
     uint64_t g = JwksRegistry::instance().generation();
@@ -180,6 +181,7 @@ class Worker final : public EventLoop {
   TlsMaterialPtr tls_;
   uint64_t tls_seen_ = UINT64_MAX;
   std::map<std::string, JwksPtr> jwks_cache_;
+  JwtCache jwt_cache_;
   uint64_t jwks_seen_ = UINT64_MAX;
   AccessLogBuffer access_log_;
   std::thread thread_;

@@ -15,6 +15,7 @@ proxy CPU. It also measures new TLS connections per second into B with `openssl 
 handshakes and resumed sessions.
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -87,8 +88,9 @@ def children(pid):
 
 
 class Target:
-    def __init__(self, name, port, proc, pids_fn, scrape_port=None):
+    def __init__(self, name, port, proc, pids_fn, scrape_port=None, headers=()):
         self.name, self.port, self.proc, self.pids_fn = name, port, proc, pids_fn
+        self.headers = list(headers)  # sent with every wrk request
         self.scrape_port = scrape_port  # scrape /metrics here once a second during the run
         self.runs = []
         self.rss_idle = 0
@@ -103,9 +105,11 @@ def parse_latency(text, label):
     return v * {"us": 1e-3, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port, duration, connections):
-    cmd = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-           f"http://127.0.0.1:{port}/"]
+def run_wrk(port, duration, connections, headers=()):
+    cmd = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    for header in headers:
+        cmd += ["-H", header]
+    cmd.append(f"http://127.0.0.1:{port}/")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
     out = r.stdout
     m = re.search(r"(\d+) requests in", out)
@@ -149,6 +153,22 @@ class Scraper:
 def start(cmd, **kw):
     return subprocess.Popen(["taskset", "-c", PROXY_CPU] + cmd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, **kw)
+
+
+def gateway_tokens(tmp):
+    """(alg, JWKS path, token) for RS256 (RSA 2048) and ES256 (P-256), made with test_gateway's Keys."""
+    sys.path.insert(0, os.path.join(ROOT, "test", "integration"))
+    import test_gateway as g
+    keys = g.Keys(tmp)
+    now = int(time.time())
+    claims = {"sub": "bench", "iss": "bench", "aud": "bench", "exp": now + 3600}
+    out = []
+    for alg, jwk, kid in (("RS256", keys.jwk_rsa(), "rsa-1"), ("ES256", keys.jwk_ec(), "ec-1")):
+        path = os.path.join(tmp, "jwks-%s.json" % alg)
+        with open(path, "w") as f:
+            json.dump({"keys": [jwk]}, f)
+        out.append((alg, path, keys.token(claims, alg=alg, kid=kid)))
+    return out
 
 
 def write(path, text):
@@ -315,6 +335,8 @@ def main():
     ap.add_argument("--with-mtls", action="store_true",
                     help="also measure an mTLS hop (plain -> A -> mTLS -> B -> plain) for pilotfish and HAProxy")
     ap.add_argument("--only-mtls", action="store_true", help="measure only the direct upstream and the mTLS pairs")
+    ap.add_argument("--with-gateway", action="store_true",
+                    help="also measure pilotfish with JWT auth (RS256, then ES256) and a rate limit on every request")
     args = ap.parse_args()
 
     for tool in ("wrk", "haproxy", "nginx", "taskset"):
@@ -355,7 +377,8 @@ http {{ access_log off; keepalive_requests 1000000;
                         max_ejection_percent: 50}
 """
 
-        def add_pilotfish(name, access_log, scrape=False, binary=None, cluster_extra=""):
+        def add_pilotfish(name, access_log, scrape=False, binary=None, cluster_extra="", listener_extra="",
+                          headers=()):
             port = free_port()
             admin_port = free_port()
             pol = os.path.join(tmp, f"{name}.yaml")
@@ -367,7 +390,7 @@ access_log: {os.path.join(tmp, name + '-access.log') if access_log else 'off'}
 admin: {{address: 127.0.0.1:{admin_port}}}
 listeners:
   - name: ingress
-    address: 127.0.0.1:{port}
+    address: 127.0.0.1:{port}{listener_extra}
     routes: [{{cluster: upstream}}]
 clusters:
   - name: upstream
@@ -376,7 +399,7 @@ clusters:
             p = start([binary or args.bin, "run", "--config", pol])
             procs.append(p)
             wait_port(port)
-            targets.append(Target(name, port, p, lambda p=p: [p.pid], admin_port if scrape else None))
+            targets.append(Target(name, port, p, lambda p=p: [p.pid], admin_port if scrape else None, headers))
 
         if args.only_mtls:
             args.with_mtls = True
@@ -390,6 +413,11 @@ clusters:
             add_pilotfish("pilotfish+resilience", False, cluster_extra=resilience.rstrip())
         if args.baseline_bin:
             add_pilotfish("baseline", False, binary=args.baseline_bin)
+        if args.with_gateway:
+            for alg, jwks, token in gateway_tokens(tmp):
+                add_pilotfish("pilotfish+auth " + alg, False, listener_extra=f"""
+    auth: {{jwks: {jwks}, issuer: bench, audience: bench}}
+    rate_limit: {{rate: 1000000, burst: 1000000}}""", headers=["Authorization: Bearer " + token])
 
         mtls_info = {}
         if args.with_mtls:
@@ -441,7 +469,7 @@ http {{ access_log off; keepalive_requests 1000000;
             t.rss_idle = rss_kib(t.pids_fn())
         # Warm-up, then interleaved rounds.
         for t in targets:
-            run_wrk(t.port, 2, args.connections)
+            run_wrk(t.port, 2, args.connections, t.headers)
         for r in range(args.rounds):
             for t in targets:
                 pids = t.pids_fn()
@@ -449,7 +477,7 @@ http {{ access_log off; keepalive_requests 1000000;
                 # in the direct run.
                 c0 = cpu_seconds(pids)
                 scraper = Scraper(t.scrape_port) if t.scrape_port else None
-                res = run_wrk(t.port, args.duration, args.connections)
+                res = run_wrk(t.port, args.duration, args.connections, t.headers)
                 if scraper:
                     res["scrapes"] = scraper.stop()
                 c1 = cpu_seconds(pids)

@@ -212,6 +212,30 @@ class JwksRotationTest(unittest.TestCase):
         pf.stop_and_check(self)
 
 
+class JwtCacheTest(unittest.TestCase):
+    def test_a_verified_token_is_remembered_only_until_it_expires(self):
+        # Each worker remembers verified tokens (a client sends the same one again and again);
+        # the memory honours exp exactly as the first check did.
+        d = h.make_tmpdir("pf-gw-cache-")
+        keys = Keys(d)
+        jwks = os.path.join(d, "jwks.json")
+        with open(jwks, "w") as f:
+            json.dump({"keys": [keys.jwk_rsa()]}, f)
+        up = h.Upstream("echo")
+        self.addCleanup(up.stop)
+        pf = h.Pilotfish(h.simple_policy(up, listener={"auth": {"jwks": jwks, "issuer": ISSUER, "clock_skew": "0s"}}))
+        self.addCleanup(pf.kill)
+        token = keys.token(claims(exp=int(time.time()) + 2))
+        with h.Client(pf.port()) as c:  # one connection: one worker, so the second check is a hit
+            for _ in range(3):
+                self.assertEqual(c.request("GET", "/", headers=[("Authorization", "Bearer " + token)]).status, 200)
+            time.sleep(3.1)
+            r = c.request("GET", "/", headers=[("Authorization", "Bearer " + token)])
+            self.assertEqual(r.status, 401)
+            self.assertIn("token expired", r.header("www-authenticate"))
+        pf.stop_and_check(self)
+
+
 class RateLimitTest(unittest.TestCase):
     def test_buckets_per_key_over_all_workers_and_a_rollout(self):
         up = h.Upstream("echo")
