@@ -33,6 +33,9 @@ std::optional<SocketAddress> parse_socket_address(std::string_view text, std::st
 // address we connect to (endpoints, vips) can never have port 0, so those use the function above.
 std::optional<SocketAddress> parse_bind_address(std::string_view text, std::string* error);
 
+// 127.0.0.0/8 or ::1.
+bool is_loopback(const SocketAddress& address);
+
 // Formats a sockaddr as "1.2.3.4:80" or "[::1]:80".
 std::string format_sockaddr(const sockaddr* sa);
 

@@ -21,13 +21,6 @@ const Listener* interceptor(const Policy& policy, Intercept which) {
   return nullptr;
 }
 
-bool is_loopback_address(const SocketAddress& a) {
-  if (a.family() == AF_INET)
-    return (ntohl(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr.s_addr) >> 24) == 127;
-  if (a.family() == AF_INET6) return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr);
-  return false;
-}
-
 bool quote_needed(const std::string& s) {
   for (char c : s)
     if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == '/' || c == ':' ||
@@ -111,7 +104,7 @@ std::vector<IptablesCommand> iptables_apply_plan(const Policy& policy, const Ipt
   }
   // REDIRECT in PREROUTING sends to the address of the interface the packet came in on: an
   // inbound listener on loopback would refuse every redirected connection.
-  if (in && is_loopback_address(in->address)) {
+  if (in && is_loopback(in->address)) {
     *error = "listener " + in->name + " (intercept: inbound) is bound to " + in->address.text +
              "; redirected traffic arrives at the pod's address: bind it to 0.0.0.0 or [::]";
     return {};

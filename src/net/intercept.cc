@@ -46,13 +46,6 @@ SocketAddress from_sockaddr(const sockaddr* sa) {
   return a;
 }
 
-bool is_loopback(const SocketAddress& a) {
-  if (a.family() == AF_INET)
-    return (ntohl(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr.s_addr) >> 24) == 127;
-  if (a.family() == AF_INET6) return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr);
-  return false;
-}
-
 SocketAddress loopback(int family, uint16_t port) {
   std::string err;
   auto a = parse_socket_address((family == AF_INET6 ? "[::1]:" : "127.0.0.1:") + std::to_string(port), &err);

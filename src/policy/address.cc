@@ -145,6 +145,13 @@ std::optional<SocketAddress> parse_bind_address(std::string_view text, std::stri
   return parse(text, /*allow_port_zero=*/true, error);
 }
 
+bool is_loopback(const SocketAddress& a) {
+  if (a.family() == AF_INET)
+    return (ntohl(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr.s_addr) >> 24) == 127;
+  if (a.family() == AF_INET6) return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr);
+  return false;
+}
+
 std::string format_sockaddr(const sockaddr* sa) {
   if (sa == nullptr) return "(none)";
   char buf[INET6_ADDRSTRLEN] = {};

@@ -222,18 +222,6 @@ std::string join_path(const std::string& path, std::string_view key) {
 
 std::string index_path(const std::string& path, size_t index) { return path + "[" + std::to_string(index) + "]"; }
 
-bool is_loopback(const SocketAddress& address) {
-  if (address.family() == AF_INET) {
-    const auto* sin = reinterpret_cast<const sockaddr_in*>(&address.storage);
-    return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
-  }
-  if (address.family() == AF_INET6) {
-    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&address.storage);
-    return IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr);
-  }
-  return false;
-}
-
 bool is_wildcard(const SocketAddress& address) {
   if (address.family() == AF_INET) {
     return reinterpret_cast<const sockaddr_in*>(&address.storage)->sin_addr.s_addr == htonl(INADDR_ANY);
