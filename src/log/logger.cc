@@ -36,12 +36,48 @@ std::string utc_timestamp() {
   return buf;
 }
 
+size_t utf8_sequence_length(std::string_view s, size_t i) {
+  auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  unsigned char c = byte(i);
+  if (c < 0x80) return 1;
+  size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+  if (n == 0 || i + n > s.size()) return 0;
+  for (size_t k = 1; k < n; ++k)
+    if ((byte(i + k) & 0xc0) != 0x80) return 0;
+  // Overlong forms, surrogates and code points past U+10FFFF are not UTF-8 either.
+  unsigned char c1 = byte(i + 1);
+  if ((c == 0xe0 && c1 < 0xa0) || (c == 0xed && c1 > 0x9f) || (c == 0xf0 && c1 < 0x90) || (c == 0xf4 && c1 > 0x8f))
+    return 0;
+  return n;
+}
+
+void append_log_safe(std::string& out, std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (size_t i = 0; i < text.size();) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    size_t n = utf8_sequence_length(text, i);
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (n == 0 || c < 0x20 || c == 0x7f) {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+      n = 1;
+    } else {
+      out.append(text.data() + i, n);
+    }
+    i += n;
+  }
+}
+
 void log_line(LogLevel level, const std::string& message) {
   std::string line = utc_timestamp();
   line += ' ';
   line += level_name(level);
   line += ' ';
-  line += message;
+  // Messages carry names, addresses and reasons that came from outside (a request, a peer's
+  // certificate, a file): escaped here, once for every line, so that none can forge a line.
+  append_log_safe(line, message);
   line += '\n';
   std::lock_guard<std::mutex> lock(g_mutex);
   // One write per line so that lines from several threads never interleave.
