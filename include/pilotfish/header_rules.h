@@ -16,8 +16,14 @@ bool is_token(std::string_view s);
 bool is_valid_field_value(std::string_view s);
 // Host header: reg-name / IPv4 / [IPv6] with an optional :port; no userinfo, no spaces.
 bool is_valid_host(std::string_view s);
-// Lower-cased host without the port, for routing.
+// Lower-cased host without the port and without a trailing dot ("admin.local." names the same
+// host as "admin.local", and upstreams treat it so), for routing.
 std::string host_for_routing(std::string_view host);
+
+// Field names equal without regard to case and with '_' taken as '-': CGI-style servers
+// (wsgiref, PHP, many frameworks) read "X_Sub" and "X-Sub" as one header, so a header that
+// pilotfish sets is removed from requests in either spelling.
+bool same_field_name_folded(std::string_view a, std::string_view b);
 
 // The lower-cased tokens of every Connection header, comma-separated in one string (",a,b,")
 // so that membership is a substring search of ",name,".

@@ -15,7 +15,11 @@ struct NormalizedTarget {
 
 // Accepts origin-form targets ("/a/b?q"). Decodes percent-encoded unreserved characters,
 // upper-cases the hex of the rest, removes dot-segments (RFC 3986 5.2.4) and merges repeated
-// slashes. Returns nullopt for a target that is not origin-form or has a malformed escape.
-std::optional<NormalizedTarget> normalize_target(std::string_view target);
+// slashes. Returns nullopt for a target that is not origin-form or has a malformed escape, and
+// unless `allow_ambiguous`, for one that servers resolve differently from each other: an
+// encoded slash or backslash ("%2F", "%5C"), a backslash, or a dot-segment carrying
+// parameters ("/..;/", "/.;x/"). Routing sees exactly the path the upstream receives, so a
+// path that one server would resolve to another route is refused rather than guessed at.
+std::optional<NormalizedTarget> normalize_target(std::string_view target, bool allow_ambiguous = false);
 
 }  // namespace pilotfish

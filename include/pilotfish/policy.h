@@ -95,6 +95,8 @@ struct Listener {
   Duration idle_timeout{60'000};
   uint32_t max_header_bytes = 65536;
   uint64_t max_body_bytes = 0;     // 0 = unlimited; more is answered 413
+  // Paths that servers resolve differently ("%2F", "\\", "/..;/") are answered 400 unless true.
+  bool allow_ambiguous_paths = false;
   std::vector<Route> routes;
 };
 
@@ -164,6 +166,9 @@ struct Policy {
   int version = 1;
   std::string service;
   SocketAddress admin_address;
+  // A second admin listener serving only GET /metrics, /ready and /live, for probes and
+  // scrapers on the pod network while admin_address stays on loopback.
+  std::optional<SocketAddress> admin_read_only_address;
   unsigned workers = 0;  // 0 = auto: one per CPU
   LogLevel log_level = LogLevel::info;
   Duration drain_timeout{30'000};

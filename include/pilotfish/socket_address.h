@@ -33,7 +33,7 @@ std::optional<SocketAddress> parse_socket_address(std::string_view text, std::st
 // address we connect to (endpoints, vips) can never have port 0, so those use the function above.
 std::optional<SocketAddress> parse_bind_address(std::string_view text, std::string* error);
 
-// 127.0.0.0/8 or ::1.
+// 127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6 (a dual-stack socket's IPv4 peer).
 bool is_loopback(const SocketAddress& address);
 
 // Formats a sockaddr as "1.2.3.4:80" or "[::1]:80".

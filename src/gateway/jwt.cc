@@ -5,46 +5,49 @@
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/param_build.h>
-#include <yaml-cpp/yaml.h>
 
 #include <array>
 #include <fstream>
 #include <sstream>
 
+#include "json/json_reader.h"
+
 namespace pilotfish {
 
 namespace {
 
-// JSON is read with yaml-cpp (JSON is YAML); a document that is not an object is refused.
-bool parse_json_object(const std::string& text, YAML::Node* out, std::string* error) {
-  try {
-    *out = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    *error = "not JSON";
-    return false;
-  }
-  if (!out->IsMap()) {
-    *error = "not a JSON object";
-    return false;
-  }
-  return true;
+using json = nlohmann::json;
+
+// A JSON object from outside (a token's header or payload, a JWKS file), or nullopt.
+std::optional<json> parse_object(std::string_view text, size_t max_bytes) {
+  std::string why;
+  std::optional<json> doc = parse_json_strict(text, JsonLimits{max_bytes, 16}, &why);
+  if (!doc || !doc->is_object()) return std::nullopt;
+  return doc;
 }
 
-std::string scalar(const YAML::Node& n, const char* key) {
-  YAML::Node v = n[key];
-  return v && v.IsScalar() ? v.Scalar() : std::string();
+// The member `key` when it is a string, else nullptr.
+const std::string* string_member(const json& object, const char* key) {
+  auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get_ptr<const std::string*>() : nullptr;
 }
 
-bool number(const YAML::Node& n, const char* key, int64_t* out) {
-  YAML::Node v = n[key];
-  // A JSON number, not a string that looks like one (yaml-cpp tags quoted scalars "!").
-  if (!v || !v.IsScalar() || v.Tag() == "!") return false;
-  try {
-    *out = static_cast<int64_t>(v.as<double>());
-    return true;
-  } catch (const YAML::Exception&) {
-    return false;
-  }
+std::string string_or_empty(const json& object, const char* key) {
+  const std::string* s = string_member(object, key);
+  return s ? *s : std::string();
+}
+
+enum class Claim { absent, ok, wrong_type };
+
+// A NumericDate claim (RFC 7519 section 2): a JSON number, never a string that looks like one.
+Claim numeric_date(const json& payload, const char* key, int64_t* out) {
+  auto it = payload.find(key);
+  if (it == payload.end()) return Claim::absent;
+  if (!it->is_number()) return Claim::wrong_type;
+  double v = it->get<double>();
+  if (!(v > -1e15 && v < 1e15)) return Claim::wrong_type;  // also NaN: no date is that far away
+  *out = static_cast<int64_t>(v);
+  return Claim::ok;
 }
 
 struct PkeyCtxFree { void operator()(EVP_PKEY_CTX* c) const { EVP_PKEY_CTX_free(c); } };
@@ -126,6 +129,9 @@ bool verify_signature(const Jwks::Key& key, std::string_view signed_part, const 
 
 }  // namespace
 
+// RFC 7515 base64url: the URL-safe alphabet, no padding, and unused trailing bits zero, so
+// that one token has exactly one spelling (a cache key or a log line cannot be dodged by
+// re-spelling it).
 std::string base64url_decode(std::string_view in, bool* ok) {
   static const auto table = [] {
     std::array<int8_t, 256> t;
@@ -134,18 +140,15 @@ std::string base64url_decode(std::string_view in, bool* ok) {
     for (int i = 0; i < 64; ++i) t[static_cast<unsigned char>(alphabet[i])] = static_cast<int8_t>(i);
     return t;
   }();
-  while (!in.empty() && in.back() == '=') in.remove_suffix(1);
+  *ok = false;
+  if (in.size() % 4 == 1) return {};
   std::string out;
   out.reserve(in.size() * 3 / 4);
   uint32_t acc = 0;
   int bits = 0;
-  *ok = in.size() % 4 != 1;
   for (char c : in) {
     int v = table[static_cast<unsigned char>(c)];
-    if (v < 0) {
-      *ok = false;
-      return {};
-    }
+    if (v < 0) return {};  // also '=': no padding
     acc = (acc << 6) | static_cast<uint32_t>(v);
     bits += 6;
     if (bits >= 8) {
@@ -153,6 +156,8 @@ std::string base64url_decode(std::string_view in, bool* ok) {
       out += static_cast<char>((acc >> bits) & 0xff);
     }
   }
+  if (acc & ((1u << bits) - 1)) return {};  // the bits left over must be zero
+  *ok = true;
   return out;
 }
 
@@ -160,46 +165,63 @@ Jwks::~Jwks() {
   for (auto& k : keys_) EVP_PKEY_free(k.pkey);
 }
 
-std::shared_ptr<const Jwks> Jwks::parse(const std::string& json, std::string* error) {
-  YAML::Node doc;
-  if (!parse_json_object(json, &doc, error)) return nullptr;
-  YAML::Node keys = doc["keys"];
-  if (!keys || !keys.IsSequence()) {
+std::shared_ptr<const Jwks> Jwks::parse(const std::string& text, std::string* error,
+                                        std::vector<std::string>* warnings) {
+  std::optional<json> doc = parse_object(text, 1024 * 1024);
+  if (!doc) {
+    *error = "not a JSON object (strict JSON, no duplicate keys)";
+    return nullptr;
+  }
+  auto keys = doc->find("keys");
+  if (keys == doc->end() || !keys->is_array()) {
     *error = "no \"keys\" array";
     return nullptr;
   }
   std::shared_ptr<Jwks> out(new Jwks());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    const YAML::Node& k = keys[i];
-    if (!k.IsMap()) continue;
-    std::string kty = scalar(k, "kty"), use = scalar(k, "use");
-    if (!use.empty() && use != "sig") continue;
+  // An empty set is valid (an operator revoking every key), and a key pilotfish cannot use is
+  // skipped rather than refusing the file, so that a rotation can bring in a key of another
+  // kind beside the ones in use.
+  for (size_t i = 0; i < keys->size(); ++i) {
+    const json& k = (*keys)[i];
+    std::string kid = k.is_object() ? string_or_empty(k, "kid") : std::string();
+    auto skip = [&](const char* why) {
+      if (warnings)
+        warnings->push_back("key " + std::to_string(i) + (kid.empty() ? "" : " (kid " + kid + ")") + " skipped: " + why);
+    };
+    if (!k.is_object()) {
+      skip("not an object");
+      continue;
+    }
+    std::string kty = string_or_empty(k, "kty"), use = string_or_empty(k, "use"), alg = string_or_empty(k, "alg");
+    if (!use.empty() && use != "sig") {
+      skip("not a signing key (use is not \"sig\")");
+      continue;
+    }
     Key key;
-    key.kid = scalar(k, "kid");
+    key.kid = kid;
     if (kty == "RSA") {
       key.alg = "RS256";
-      key.pkey = rsa_key(scalar(k, "n"), scalar(k, "e"));
+      key.pkey = rsa_key(string_or_empty(k, "n"), string_or_empty(k, "e"));
     } else if (kty == "EC") {
       key.alg = "ES256";
-      key.pkey = ec_key(scalar(k, "crv"), scalar(k, "x"), scalar(k, "y"));
+      key.pkey = ec_key(string_or_empty(k, "crv"), string_or_empty(k, "x"), string_or_empty(k, "y"));
+    } else {
+      skip("kty is not RSA or EC");
+      continue;
     }
-    std::string alg = scalar(k, "alg");
     if (!key.pkey || (!alg.empty() && alg != key.alg)) {
       EVP_PKEY_free(key.pkey);
-      *error = "key " + std::to_string(i) + (key.kid.empty() ? "" : " (" + key.kid + ")") +
-               " is not an RSA (2048 bits or more) or EC P-256 signing key";
-      return nullptr;
+      skip("not an RS256 (RSA of 2048 bits or more) or ES256 (EC P-256) key");
+      continue;
     }
     out->keys_.push_back(key);
   }
-  if (out->keys_.empty()) {
-    *error = "no RS256 or ES256 key";
-    return nullptr;
-  }
+  if (out->keys_.empty() && warnings) warnings->push_back("no usable key: every token is refused");
   return out;
 }
 
-std::shared_ptr<const Jwks> Jwks::load(const std::string& path, std::string* error) {
+std::shared_ptr<const Jwks> Jwks::load(const std::string& path, std::string* error,
+                                       std::vector<std::string>* warnings) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     *error = "cannot read " + path;
@@ -207,12 +229,14 @@ std::shared_ptr<const Jwks> Jwks::load(const std::string& path, std::string* err
   }
   std::stringstream text;
   text << in.rdbuf();
-  auto keys = parse(text.str(), error);
+  auto keys = parse(text.str(), error, warnings);
   if (!keys) *error = path + ": " + *error;
   return keys;
 }
 
 JwtResult verify_jwt(std::string_view token, const Jwks& keys, const JwtRules& rules, int64_t now) {
+  // Every error is one of these fixed texts: the token is the client's, and what it holds must
+  // never reach a response header or a log line.
   JwtResult r;
   size_t dot1 = token.find('.');
   size_t dot2 = dot1 == std::string_view::npos ? dot1 : token.find('.', dot1 + 1);
@@ -221,23 +245,32 @@ JwtResult verify_jwt(std::string_view token, const Jwks& keys, const JwtRules& r
     return r;
   }
   bool ok1 = false, ok2 = false, ok3 = false;
-  std::string header = base64url_decode(token.substr(0, dot1), &ok1);
-  std::string payload = base64url_decode(token.substr(dot1 + 1, dot2 - dot1 - 1), &ok2);
+  std::string header_text = base64url_decode(token.substr(0, dot1), &ok1);
+  std::string payload_text = base64url_decode(token.substr(dot1 + 1, dot2 - dot1 - 1), &ok2);
   std::string signature = base64url_decode(token.substr(dot2 + 1), &ok3);
-  YAML::Node h, p;
-  std::string why;
-  if (!ok1 || !ok2 || !ok3 || !parse_json_object(header, &h, &why) || !parse_json_object(payload, &p, &why)) {
+  std::optional<json> h, p;
+  if (!ok1 || !ok2 || !ok3 || !(h = parse_object(header_text, 16384)) || !(p = parse_object(payload_text, 16384))) {
     r.error = "malformed token";
     return r;
   }
-  std::string alg = scalar(h, "alg"), kid = scalar(h, "kid");
-  if (alg != "RS256" && alg != "ES256") {
-    r.error = "unsupported alg '" + alg.substr(0, 16) + "'";  // "none" and HMAC never
+  const std::string* alg = string_member(*h, "alg");
+  if (!alg || (*alg != "RS256" && *alg != "ES256")) {
+    r.error = "unsupported alg";  // "none" and HMAC never
     return r;
   }
+  if (h->contains("crit")) {
+    r.error = "unsupported crit header";  // RFC 7515 4.1.11: extensions we do not know
+    return r;
+  }
+  auto kid_it = h->find("kid");
+  if (kid_it != h->end() && !kid_it->is_string()) {
+    r.error = "malformed token";
+    return r;
+  }
+  std::string kid = string_or_empty(*h, "kid");
   bool verified = false, candidate = false;
   for (const auto& key : keys.keys()) {
-    if (key.alg != alg || (!kid.empty() && !key.kid.empty() && key.kid != kid)) continue;
+    if (key.alg != *alg || (!kid.empty() && !key.kid.empty() && key.kid != kid)) continue;
     candidate = true;
     if (verify_signature(key, token.substr(0, dot2), signature)) {
       verified = true;
@@ -249,57 +282,76 @@ JwtResult verify_jwt(std::string_view token, const Jwks& keys, const JwtRules& r
     return r;
   }
   int64_t exp = 0, nbf = 0;
-  if (!number(p, "exp", &exp)) {
-    r.error = "no exp claim";
+  Claim exp_claim = numeric_date(*p, "exp", &exp);
+  if (exp_claim != Claim::ok) {
+    r.error = exp_claim == Claim::absent ? "no exp claim" : "invalid exp claim";
     return r;
   }
   if (now > exp + rules.clock_skew_seconds) {
     r.error = "token expired";
     return r;
   }
-  if (number(p, "nbf", &nbf) && now + rules.clock_skew_seconds < nbf) {
+  Claim nbf_claim = numeric_date(*p, "nbf", &nbf);
+  if (nbf_claim == Claim::wrong_type) {
+    r.error = "invalid nbf claim";
+    return r;
+  }
+  if (nbf_claim == Claim::ok && now + rules.clock_skew_seconds < nbf) {
     r.error = "token not valid yet";
     return r;
   }
-  if (!rules.issuer.empty() && scalar(p, "iss") != rules.issuer) {
-    r.error = "wrong issuer";
-    return r;
+  if (!rules.issuer.empty()) {
+    const std::string* iss = string_member(*p, "iss");
+    if (!iss || *iss != rules.issuer) {
+      r.error = "wrong issuer";
+      return r;
+    }
   }
   if (!rules.audiences.empty()) {
-    YAML::Node aud = p["aud"];
     bool match = false;
-    auto check = [&](const std::string& a) {
-      for (const auto& want : rules.audiences) match = match || a == want;
+    auto check = [&](const json& a) {
+      if (!a.is_string()) return;
+      for (const auto& want : rules.audiences) match = match || a.get_ref<const std::string&>() == want;
     };
-    if (aud && aud.IsScalar()) check(aud.Scalar());
-    if (aud && aud.IsSequence())
-      for (size_t i = 0; i < aud.size(); ++i)
-        if (aud[i].IsScalar()) check(aud[i].Scalar());
+    auto aud = p->find("aud");
+    if (aud != p->end() && aud->is_string()) check(*aud);
+    if (aud != p->end() && aud->is_array())
+      for (const auto& a : *aud) check(a);
     if (!match) {
       r.error = "wrong audience";
       return r;
     }
   }
-  r.subject = scalar(p, "sub");
-  r.exp = exp;
-  r.nbf = number(p, "nbf", &nbf) ? nbf : 0;
-  for (char c : r.subject)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-      r.error = "invalid sub claim";  // it becomes a header value
+  auto sub = p->find("sub");
+  if (sub != p->end()) {
+    // It becomes a header value: a string, not empty, without control characters.
+    if (!sub->is_string() || sub->get_ref<const std::string&>().empty()) {
+      r.error = "invalid sub claim";
       return r;
     }
+    for (char c : sub->get_ref<const std::string&>())
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+        r.error = "invalid sub claim";
+        return r;
+      }
+    r.subject = sub->get_ref<const std::string&>();
+    r.has_subject = true;
+  }
+  r.exp = exp;
+  r.nbf = nbf_claim == Claim::ok ? nbf : 0;
   r.ok = true;
   return r;
 }
 
-const std::string* JwtCache::find(std::string_view token, const JwksPtr& keys, const std::string& rules_key,
+const JwtResult* JwtCache::find(std::string_view token, const JwksPtr& keys, const std::string& rules_key,
                                   int64_t now, int64_t skew) {
   auto it = entries_.find(token);
   if (it == entries_.end()) return nullptr;
   const Entry& e = it->second;
-  if (e.keys != keys || e.rules_key != rules_key || now > e.exp + skew || (e.nbf && now + skew < e.nbf))
+  if (e.keys != keys || e.rules_key != rules_key || now > e.result.exp + skew ||
+      (e.result.nbf && now + skew < e.result.nbf))
     return nullptr;
-  return &e.subject;
+  return &e.result;
 }
 
 void JwtCache::store(std::string_view token, const JwksPtr& keys, const std::string& rules_key,
@@ -308,8 +360,7 @@ void JwtCache::store(std::string_view token, const JwksPtr& keys, const std::str
     entries_.clear();
     bytes_ = 0;
   }
-  auto [it, inserted] = entries_.insert_or_assign(std::string(token), Entry{keys, rules_key, result.subject,
-                                                                             result.exp, result.nbf});
+  auto [it, inserted] = entries_.insert_or_assign(std::string(token), Entry{keys, rules_key, result});
   if (inserted) bytes_ += token.size();
 }
 
@@ -318,8 +369,8 @@ JwksRegistry& JwksRegistry::instance() {
   return registry;
 }
 
-bool JwksRegistry::load(const std::string& path, std::string* error) {
-  JwksPtr keys = Jwks::load(path, error);
+bool JwksRegistry::load(const std::string& path, std::string* error, std::vector<std::string>* warnings) {
+  JwksPtr keys = Jwks::load(path, error, warnings);
   if (!keys) return false;
   std::lock_guard<std::mutex> lock(mutex_);
   by_path_[path] = keys;

@@ -2,7 +2,8 @@
 // Bearer JWT verification for `auth` on a listener or route: RS256 and ES256 signatures checked
 // with OpenSSL against the keys of a JWKS file, then `exp`, `nbf`, `iss` and `aud` with a small
 // clock skew. The JWKS is parsed once per version of the file (see JwksRegistry); a request
-// costs one base64url decode, two small JSON parses and one signature check.
+// costs one base64url decode, two small strict JSON parses (json/json_reader.h) and one
+// signature check, unless the worker's JwtCache has seen the token.
 
 #include <openssl/evp.h>
 
@@ -20,9 +21,14 @@ namespace pilotfish {
 // The public keys of one JWKS file: by `kid` (a key without one matches any token's kid).
 class Jwks {
  public:
-  // Parses a JWKS document ({"keys": [...]}); RSA keys (n, e) and EC P-256 keys (x, y).
-  static std::shared_ptr<const Jwks> parse(const std::string& json, std::string* error);
-  static std::shared_ptr<const Jwks> load(const std::string& path, std::string* error);
+  // Parses a JWKS document ({"keys": [...]}, strict JSON); RSA keys (n, e) of 2048 bits or more
+  // and EC P-256 keys (x, y) are used. Refused (nullptr and *error) only when the document is
+  // not a JSON object with a "keys" array: a key that cannot be used is skipped with a line in
+  // *warnings naming its kid, and an empty set is valid (every token is then refused).
+  static std::shared_ptr<const Jwks> parse(const std::string& json, std::string* error,
+                                           std::vector<std::string>* warnings = nullptr);
+  static std::shared_ptr<const Jwks> load(const std::string& path, std::string* error,
+                                          std::vector<std::string>* warnings = nullptr);
   ~Jwks();
   struct Key {
     std::string kid;
@@ -44,8 +50,9 @@ struct JwtRules {
 
 struct JwtResult {
   bool ok = false;
-  std::string subject;  // `sub`
-  std::string error;    // why not (for the log and the WWW-Authenticate description)
+  std::string subject;       // `sub`, when the token has one
+  bool has_subject = false;  // without `sub`, no subject header is sent at all
+  const char* error = "";    // why not: a fixed text (for the log and WWW-Authenticate)
   int64_t exp = 0;      // of a verified token
   int64_t nbf = 0;      // 0: none
 };
@@ -56,8 +63,9 @@ struct JwtResult {
 // Failures are not cached. Bounded: emptied when it holds 4 MiB of tokens.
 class JwtCache {
  public:
-  // The subject, if `token` was verified against `keys` under `rules_key` and is still valid.
-  const std::string* find(std::string_view token, const JwksPtr& keys, const std::string& rules_key, int64_t now,
+  // The verified result, if `token` was verified against `keys` under `rules_key` and is
+  // still valid.
+  const JwtResult* find(std::string_view token, const JwksPtr& keys, const std::string& rules_key, int64_t now,
                           int64_t skew);
   void store(std::string_view token, const JwksPtr& keys, const std::string& rules_key, const JwtResult& result);
 
@@ -65,9 +73,7 @@ class JwtCache {
   struct Entry {
     JwksPtr keys;
     std::string rules_key;
-    std::string subject;
-    int64_t exp = 0;
-    int64_t nbf = 0;
+    JwtResult result;
   };
   std::map<std::string, Entry, std::less<>> entries_;
   size_t bytes_ = 0;
@@ -82,7 +88,7 @@ class JwksRegistry {
  public:
   static JwksRegistry& instance();
   // Loads or reloads `path`; false and *error when it does not parse (the old keys stay).
-  bool load(const std::string& path, std::string* error);
+  bool load(const std::string& path, std::string* error, std::vector<std::string>* warnings = nullptr);
   JwksPtr get(const std::string& path) const;
   uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
 

@@ -104,9 +104,20 @@ std::string host_for_routing(std::string_view host) {
     size_t colon = h.rfind(':');
     if (colon != std::string_view::npos) h = h.substr(0, colon);
   }
+  if (h.size() > 1 && h.back() == '.' && h.front() != '[') h.remove_suffix(1);
   std::string out(h);
   for (char& c : out) c = lower(c);
   return out;
+}
+
+bool same_field_name_folded(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    char x = a[i] == '_' ? '-' : lower(a[i]);
+    char y = b[i] == '_' ? '-' : lower(b[i]);
+    if (x != y) return false;
+  }
+  return true;
 }
 
 std::string connection_tokens(const HeaderList& headers) {

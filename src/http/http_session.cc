@@ -90,12 +90,13 @@ void append_chunk_header(std::string& out, size_t length) {
   out.append(buf, static_cast<size_t>(n));
 }
 
-// Headers pilotfish sets itself on the way to the upstream; what a client sent is replaced.
+// Headers pilotfish sets itself on the way to the upstream; what a client sent is replaced, in
+// any spelling a server may read as the same header ("X_Forwarded_Client_Cert").
 // x-forwarded-client-cert is only ever pilotfish's own: a client's is dropped on every listener,
 // so no one can claim an identity they did not prove.
 bool is_replaced_request_header(std::string_view name) {
-  return iequals(name, "x-forwarded-for") || iequals(name, "x-forwarded-proto") ||
-         iequals(name, "x-forwarded-client-cert");
+  return same_field_name_folded(name, "x-forwarded-for") || same_field_name_folded(name, "x-forwarded-proto") ||
+         same_field_name_folded(name, "x-forwarded-client-cert");
 }
 
 // A message's own framing, checked beyond what llhttp enforces: exactly one valid
@@ -248,38 +249,45 @@ bool HttpSession::admit(const Route* route, size_t route_index) {
   if (!auth_) return true;
   size_t a = headers_.find("authorization");
   std::string_view value = a == HeaderList::npos ? std::string_view() : trim_ows(headers_.value(a));
-  std::string why = "missing bearer token";
+  // What goes into WWW-Authenticate is one of pilotfish's fixed texts, never the token's.
+  const char* error = nullptr;
+  const char* why = "missing bearer token";
   if (headers_.count("authorization") > 1) {
     // Which one would the service read? Neither gets through.
+    error = "invalid_request";
     why = "more than one Authorization header";
-    local_headers_ = "www-authenticate: Bearer realm=\"pilotfish\", error=\"invalid_request\", error_description=\"" +
-                     why + "\"\r\n";
   } else if (value.size() > 7 && iequals(value.substr(0, 7), "bearer ")) {
+    error = "invalid_token";
     JwksPtr keys = worker_.jwks(auth_->jwks);
     if (!keys) {
-      why = "no keys loaded from " + auth_->jwks;
+      why = "no keys loaded";
     } else {
       JwtRules rules{auth_->issuer, auth_->audiences, auth_->clock_skew.count() / 1000};
       std::string_view token = trim_ows(value.substr(7));
       int64_t now = static_cast<int64_t>(std::time(nullptr));
       std::string rules_key = auth_->issuer + '\n' + std::to_string(rules.clock_skew_seconds);
       for (const auto& a : auth_->audiences) rules_key += '\n' + a;
-      if (const std::string* subject = worker_.jwt_cache().find(token, keys, rules_key, now, rules.clock_skew_seconds)) {
-        auth_subject_ = *subject;
-        auth_subject_ok_ = true;
+      const JwtResult* verified = worker_.jwt_cache().find(token, keys, rules_key, now, rules.clock_skew_seconds);
+      JwtResult r;
+      if (!verified) {
+        r = verify_jwt(token, *keys, rules, now);
+        if (r.ok) worker_.jwt_cache().store(token, keys, rules_key, r);
+        verified = &r;
+      }
+      if (verified->ok) {
+        auth_subject_ = verified->subject;
+        auth_subject_ok_ = verified->has_subject;
         return true;
       }
-      JwtResult r = verify_jwt(token, *keys, rules, now);
-      if (r.ok) {
-        worker_.jwt_cache().store(token, keys, rules_key, r);
-        auth_subject_ = r.subject;
-        auth_subject_ok_ = true;
-        return true;
-      }
-      why = r.error;
+      why = verified->error;
     }
-    local_headers_ = "www-authenticate: Bearer realm=\"pilotfish\", error=\"invalid_token\", error_description=\"" +
-                     why + "\"\r\n";
+  }
+  if (error) {
+    local_headers_ = "www-authenticate: Bearer realm=\"pilotfish\", error=\"";
+    local_headers_ += error;
+    local_headers_ += "\", error_description=\"";
+    local_headers_ += why;
+    local_headers_ += "\"\r\n";
   } else {
     local_headers_ = "www-authenticate: Bearer realm=\"pilotfish\"\r\n";
   }
@@ -289,18 +297,11 @@ bool HttpSession::admit(const Route* route, size_t route_index) {
   return false;
 }
 
-// A header name the listener's auth writes (any of them, on any route), also spelt with '_' for
-// '-' (which some servers read as the same header).
+// A header name the listener's auth writes (any of them, on any route), in any spelling a
+// server may read as the same header.
 bool HttpSession::is_subject_header(std::string_view name) const {
-  for (const auto& h : listener_->subject_headers) {
-    if (name.size() != h.size()) continue;
-    bool same = true;
-    for (size_t i = 0; i < name.size() && same; ++i) {
-      char c = name[i] == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(name[i])));
-      same = c == h[i];
-    }
-    if (same) return true;
-  }
+  for (const auto& h : listener_->subject_headers)
+    if (same_field_name_folded(name, h)) return true;
   return false;
 }
 
@@ -555,9 +556,11 @@ bool HttpSession::validate_request_head() {
     target_.path = "*";
     target_.query.clear();
   } else {
-    auto normalized = normalize_target(url_);
+    auto normalized = normalize_target(url_, listener_->allow_ambiguous_paths);
     if (!normalized) {
-      send_local_response(400, "invalid_target", true);
+      // Said apart from a malformed target: the operator may want allow_ambiguous_paths.
+      bool ambiguous = !listener_->allow_ambiguous_paths && normalize_target(url_, true);
+      send_local_response(400, ambiguous ? "ambiguous_path" : "invalid_target", true);
       return false;
     }
     target_ = std::move(*normalized);
@@ -671,14 +674,14 @@ void HttpSession::build_upstream_head() {
     std::string_view name = headers_.name(i);
     if (is_hop_by_hop(name, tokens)) continue;
     if (is_replaced_request_header(name)) {
-      if (iequals(name, "x-forwarded-for")) {
+      if (iequals(name, "x-forwarded-for")) {  // the client's own chain is kept; X_Forwarded_For is not
         if (!forwarded_for.empty()) forwarded_for += ", ";
         forwarded_for += trim_ows(headers_.value(i));
       }
       continue;
     }
     if (!listener_->subject_headers.empty() && is_subject_header(name)) continue;  // only ever pilotfish's
-    if (iequals(name, "x-pilotfish-attempt")) {
+    if (same_field_name_folded(name, "x-pilotfish-attempt")) {
       nested_ = true;  // from another pilotfish: its hop retries, this one does not (by default)
       continue;
     }
@@ -1512,6 +1515,7 @@ void HttpSession::reset_request() {
   body_bytes_ = 0;
   url_.clear();
   headers_.clear();
+  target_ = {};
   authority_.clear();
   request_id_.clear();
   bytes_in_ = 0;

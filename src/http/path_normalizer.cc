@@ -15,9 +15,19 @@ bool is_unreserved(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
          c == '_' || c == '~';
 }
+
+// A segment a server may take for "." or ".." once it drops path parameters (Tomcat, Spring
+// and Jetty read "/..;x/" as "/../"): a dot-segment followed by ';' or an encoded ';'.
+bool is_dot_segment_with_params(std::string_view seg) {
+  size_t dots = seg.starts_with("..") ? 2 : seg.starts_with(".") ? 1 : 0;
+  if (dots == 0) return false;
+  std::string_view rest = seg.substr(dots);
+  return rest.starts_with(";") || rest.starts_with("%3B");
+}
+
 }  // namespace
 
-std::optional<NormalizedTarget> normalize_target(std::string_view target) {
+std::optional<NormalizedTarget> normalize_target(std::string_view target, bool allow_ambiguous) {
   if (target.empty() || target.front() != '/') return std::nullopt;
   NormalizedTarget out;
   size_t q = target.find('?');
@@ -35,6 +45,9 @@ std::optional<NormalizedTarget> normalize_target(std::string_view target) {
       int hi = hex_value(raw_path[i + 1]), lo = hex_value(raw_path[i + 2]);
       if (hi < 0 || lo < 0) return std::nullopt;
       unsigned char v = static_cast<unsigned char>(hi * 16 + lo);
+      // "%2F" and "%5C" are a slash to servers that decode before they resolve dot-segments,
+      // and a plain character to this matcher: the route chosen here is not the path they serve.
+      if ((v == '/' || v == '\\') && !allow_ambiguous) return std::nullopt;
       if (is_unreserved(v)) {
         decoded += static_cast<char>(v);
       } else {
@@ -45,6 +58,7 @@ std::optional<NormalizedTarget> normalize_target(std::string_view target) {
       }
       i += 2;
     } else {
+      if (c == '\\' && !allow_ambiguous) return std::nullopt;  // a separator to Windows-minded servers
       decoded += c;
     }
   }
@@ -58,6 +72,7 @@ std::optional<NormalizedTarget> normalize_target(std::string_view target) {
     size_t slash = rest.find('/');
     std::string_view seg = rest.substr(0, slash);
     bool last = slash == std::string_view::npos;
+    if (!allow_ambiguous && is_dot_segment_with_params(seg)) return std::nullopt;
     if (seg == "..") {
       if (!segments.empty()) segments.pop_back();
       trailing_slash = true;

@@ -139,8 +139,9 @@ std::vector<IptablesCommand> iptables_apply_plan(const Policy& policy, const Ipt
       cmd({"-N", kInboundRedirect});
       cmd({"-A", kInboundRedirect, "-p", "tcp", "-j", "REDIRECT", "--to-ports", port});
       cmd({"-N", kInbound});
-      // What is never redirected: the admin port (probes, scrapes) and pilotfish's own listeners.
+      // What is never redirected: the admin ports (probes, scrapes) and pilotfish's own listeners.
       std::vector<std::string> own = {std::to_string(policy.admin_address.port())};
+      if (policy.admin_read_only_address) own.push_back(std::to_string(policy.admin_read_only_address->port()));
       for (const auto& l : policy.listeners) own.push_back(std::to_string(l.address.port()));
       for (const auto& p : own) cmd({"-A", kInbound, "-p", "tcp", "--dport", p, "-j", "RETURN"});
       for (const auto& r : options.exclude_inbound_ports)

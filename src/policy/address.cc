@@ -148,7 +148,11 @@ std::optional<SocketAddress> parse_bind_address(std::string_view text, std::stri
 bool is_loopback(const SocketAddress& a) {
   if (a.family() == AF_INET)
     return (ntohl(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr.s_addr) >> 24) == 127;
-  if (a.family() == AF_INET6) return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr);
+  if (a.family() == AF_INET6) {
+    const in6_addr& ip = reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr;
+    // An IPv4 peer of a dual-stack socket arrives as ::ffff:127.x.y.z.
+    return IN6_IS_ADDR_LOOPBACK(&ip) || (IN6_IS_ADDR_V4MAPPED(&ip) && ip.s6_addr[12] == 127);
+  }
   return false;
 }
 

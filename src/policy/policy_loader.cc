@@ -76,12 +76,12 @@ constexpr std::string_view kTopLevelKeys[] = {"version",     "service",        "
                                               "log_level",   "drain_timeout",  "drain_delay",    "policy_history", "policy_watch",
                                               "wait_for_clusters", "access_log", "identity",     "listeners",
                                               "clusters"};
-constexpr std::string_view kAdminKeys[] = {"address"};
+constexpr std::string_view kAdminKeys[] = {"address", "read_only_address"};
 constexpr std::string_view kIdentityKeys[] = {"cert", "key", "ca"};
 constexpr std::string_view kListenerKeys[] = {
     "name",           "address",      "intercept",    "protocol",         "mtls",           "allow",
     "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes",
-    "passthrough",    "auth",         "rate_limit"};
+    "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths"};
 constexpr std::string_view kRouteKeys[] = {"match", "cluster", "auth", "rate_limit"};
 constexpr std::string_view kAuthKeys[] = {"jwks", "issuer", "audience", "subject_header", "clock_skew"};
 constexpr std::string_view kRateLimitKeys[] = {"rate", "burst", "key"};
@@ -405,6 +405,7 @@ class PolicyReader {
 
   bool identity_given_ = false;
   Position admin_position_;
+  Position read_only_admin_position_;
   std::vector<ListenerSource> listener_sources_;                 // parallel to policy_.listeners
   std::unordered_map<std::string, std::string> listener_names_;  // name -> path of its listener
   std::unordered_map<std::string, size_t> cluster_indexes_;      // name -> index in clusters
@@ -781,6 +782,8 @@ void PolicyReader::read_document(const YAML::Node& root) {
 
   // The admin address is bound too, so a listener on the same socket is a conflict.
   check_bind_address(policy_.admin_address, "admin.address", admin_position_);
+  if (policy_.admin_read_only_address)
+    check_bind_address(*policy_.admin_read_only_address, "admin.read_only_address", read_only_admin_position_);
   if (const Field* f = require(*top, "listeners", "a policy needs at least one listener")) read_listeners(*f);
   if (const Field* f = require(*top, "clusters", "a policy needs at least one cluster")) read_clusters(*f);
 
@@ -808,10 +811,18 @@ void PolicyReader::read_admin(const Field& field) {
   if (!address) return;
   policy_.admin_address = *address;
   admin_position_ = address_field->position;
-  // The admin endpoints can drain and reload the process, so say so when they face a network.
+  // /config, /clusters and /policy/history tell a reader much about the mesh; /drain and
+  // /reload answer loopback peers only, wherever admin is bound.
   if (!is_loopback(*address))
     warn(address_field->path,
-         address->text + " is not a loopback address: /drain and /reload answer anyone who can reach it");
+         address->text + " is not a loopback address: /config, /clusters and /policy/history answer anyone who "
+                         "can reach it (read_only_address serves /metrics, /ready and /live alone)");
+  if (const Field* f = section->find("read_only_address")) {
+    if (auto ro = read_address(*f, /*for_binding=*/true)) {
+      policy_.admin_read_only_address = *ro;
+      read_only_admin_position_ = f->position;
+    }
+  }
 }
 
 void PolicyReader::read_workers(const Field& field) {
@@ -1026,8 +1037,12 @@ void PolicyReader::read_listener(const Field& field) {
   if (const Field* f = section->find("max_body_bytes")) {
     if (auto n = read_integer(*f, 0, kMaxU64)) listener.max_body_bytes = *n;
   }
+  if (const Field* f = section->find("allow_ambiguous_paths")) {
+    if (auto on = read_bool(*f)) listener.allow_ambiguous_paths = *on;
+  }
   if (listener.protocol == Protocol::tcp) {
-    for (std::string_view key : {"header_timeout", "body_timeout", "max_header_bytes", "max_body_bytes"}) {
+    for (std::string_view key :
+         {"header_timeout", "body_timeout", "max_header_bytes", "max_body_bytes", "allow_ambiguous_paths"}) {
       if (const Field* f = section->find(key)) warn(f->path, "has no effect on a tcp listener");
     }
   }
@@ -1124,7 +1139,9 @@ void PolicyReader::read_auth(const Field& field, std::optional<AuthPolicy>& out,
       auth.jwks = resolve_file(*path);
       if (check_files_) {
         std::string err;
-        if (!JwksRegistry::instance().load(auth.jwks, &err)) error(f->position, f->path, err);
+        std::vector<std::string> skipped;
+        if (!JwksRegistry::instance().load(auth.jwks, &err, &skipped)) error(f->position, f->path, err);
+        for (const auto& w : skipped) warn(f->path, auth.jwks + ": " + w);
       }
     }
   }

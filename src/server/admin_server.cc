@@ -13,15 +13,24 @@ namespace pilotfish {
 namespace {
 
 constexpr size_t kMaxAdminRequestBytes = 8192;
+// A request must be complete this long after its first byte, and a connection with no request
+// under way is closed after the idle time: a client that trickles a byte at a time holds a
+// connection (and a descriptor) no longer than one that sends nothing.
+constexpr uint64_t kAdminHeaderMs = 10'000;
 constexpr uint64_t kAdminIdleMs = 30'000;
+// Admin clients are an operator's tools, a probe and a scraper: a few connections at a time.
+// Past this, a new connection is closed at once rather than let one client hold every descriptor.
+constexpr size_t kMaxAdminConnections = 64;
 
 const char* reason_of(int status) {
   switch (status) {
     case 200: return "OK";
     case 202: return "Accepted";
     case 400: return "Bad Request";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
     case 409: return "Conflict";
     case 422: return "Unprocessable Content";
     case 503: return "Service Unavailable";
@@ -29,16 +38,38 @@ const char* reason_of(int status) {
   }
 }
 
+bool peer_is_loopback(uv_tcp_t* tcp) {
+  sockaddr_storage peer;
+  int len = sizeof peer;
+  if (uv_tcp_getpeername(tcp, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return false;
+  SocketAddress address;
+  std::memcpy(&address.storage, &peer, sizeof peer);
+  address.length = static_cast<socklen_t>(len);
+  return is_loopback(address);
+}
+
 // One admin client connection: a request at a time, answered in full, keep-alive as asked.
+// Pipelined requests are answered only while the answers already queued stay under the
+// high-water mark; past it the connection stops reading until the client takes them.
 class AdminConnection final : public Stream {
  public:
-  AdminConnection(AdminServer& server) : Stream(server), server_(server) {
+  explicit AdminConnection(AdminServer& server) : Stream(server), server_(server) {
     llhttp_settings_init(&settings_);
+    settings_.on_message_begin = [](llhttp_t* p) {
+      static_cast<AdminConnection*>(p->data)->start_timer(kAdminHeaderMs);
+      return 0;
+    };
     settings_.on_url = [](llhttp_t* p, const char* at, size_t n) {
       auto* self = static_cast<AdminConnection*>(p->data);
       if (self->url_.size() + n > kMaxAdminRequestBytes) return -1;
       self->url_.append(at, n);
       return 0;
+    };
+    settings_.on_header_field = [](llhttp_t* p, const char*, size_t n) {
+      return static_cast<AdminConnection*>(p->data)->count_head(n);
+    };
+    settings_.on_header_value = [](llhttp_t* p, const char*, size_t n) {
+      return static_cast<AdminConnection*>(p->data)->count_head(n);
     };
     settings_.on_body = [](llhttp_t* p, const char*, size_t n) {
       auto* self = static_cast<AdminConnection*>(p->data);
@@ -46,35 +77,65 @@ class AdminConnection final : public Stream {
       return self->body_bytes_ > kMaxAdminRequestBytes ? -1 : 0;
     };
     settings_.on_message_complete = [](llhttp_t* p) {
-      static_cast<AdminConnection*>(p->data)->answer();
-      return 0;
+      auto* self = static_cast<AdminConnection*>(p->data);
+      self->answer();
+      // Answers piling up for a client that does not read them: parse no further for now.
+      return self->pending_bytes() > kHighWater ? HPE_PAUSED : 0;
     };
     llhttp_init(&parser_, HTTP_REQUEST, &settings_);
     parser_.data = this;
   }
 
   void start() {
+    loopback_peer_ = peer_is_loopback(tcp());
     start_timer(kAdminIdleMs);
     start_read();
   }
 
  protected:
-  void on_data(char* data, size_t length) override {
-    start_timer(kAdminIdleMs);
+  void on_data(char* data, size_t length) override { parse(data, length); }
+  void on_read_end(int) override { close(); }
+  void on_timeout() override {
+    if (url_.empty() && head_bytes_ == 0) {
+      close();  // idle
+      return;
+    }
+    respond({408, "text/plain", "408 request_timeout\n"}, false);
+    if (flush() != 0) close();
+  }
+  void on_write_done(int status) override {
+    Stream::on_write_done(status);
+    if (closing() || !paused_ || pending_bytes() >= kLowWater) return;
+    paused_ = false;
+    llhttp_resume(&parser_);
+    std::string rest = std::move(unparsed_);
+    unparsed_.clear();
+    parse(rest.data(), rest.size());
+    if (!paused_ && !closing()) start_read();
+  }
+  void on_close() override { server_.connection_closed(); }
+
+ private:
+  int count_head(size_t n) {
+    head_bytes_ += n;
+    return head_bytes_ > kMaxAdminRequestBytes ? -1 : 0;
+  }
+
+  void parse(const char* data, size_t length) {
     llhttp_errno_t err = llhttp_execute(&parser_, data, length);
     if (closing()) return;
-    if (err != HPE_OK) {
-      respond({400, "text/plain", "400 bad_request\n"}, false);
+    if (err == HPE_PAUSED) {
+      // At most what one read brought is kept: reading stops until the answers drain.
+      const char* pos = llhttp_get_error_pos(&parser_);
+      if (pos && pos >= data && pos < data + length) unparsed_.assign(pos, static_cast<size_t>(data + length - pos));
+      paused_ = true;
       stop_read();
-      close_after_flush();
-      return;
+    } else if (err != HPE_OK) {
+      respond({400, "text/plain", "400 bad_request\n"}, false);
     }
     if (flush() != 0) close();
   }
-  void on_read_end(int) override { close(); }
-  void on_timeout() override { close(); }
 
- private:
   void answer() {
     std::string path = url_.substr(0, url_.find('?'));
     bool get = parser_.method == HTTP_GET || parser_.method == HTTP_HEAD;
@@ -84,28 +145,41 @@ class AdminConnection final : public Stream {
     struct Endpoint {
       const char* path;
       bool post;
+      bool read_only;  // also served on admin.read_only_address
       AdminBackend::Answer (AdminBackend::*fn)();
     };
     static constexpr Endpoint kEndpoints[] = {
-        {"/metrics", false, &AdminBackend::metrics}, {"/ready", false, &AdminBackend::ready},
-        {"/live", false, &AdminBackend::live},       {"/config", false, &AdminBackend::config},
-        {"/clusters", false, &AdminBackend::clusters}, {"/policy/history", false, &AdminBackend::history},
-        {"/reload", true, &AdminBackend::reload},    {"/drain", true, &AdminBackend::drain},
+        {"/metrics", false, true, &AdminBackend::metrics},
+        {"/ready", false, true, &AdminBackend::ready},
+        {"/live", false, true, &AdminBackend::live},
+        {"/config", false, false, &AdminBackend::config},
+        {"/clusters", false, false, &AdminBackend::clusters},
+        {"/policy/history", false, false, &AdminBackend::history},
+        {"/reload", true, false, &AdminBackend::reload},
+        {"/drain", true, false, &AdminBackend::drain},
     };
     const Endpoint* found = nullptr;
     for (const auto& e : kEndpoints)
-      if (path == e.path) found = &e;
+      if (path == e.path && (e.read_only || !server_.read_only())) found = &e;
     if (!found) {
-      a = {404, "text/plain", "404 not_found: the admin endpoints are /metrics /ready /live /config /clusters "
-                              "/policy/history, POST /reload, POST /drain\n"};
+      a = server_.read_only()
+              ? AdminBackend::Answer{404, "text/plain", "404 not_found: this address serves GET /metrics /ready /live\n"}
+              : AdminBackend::Answer{404, "text/plain",
+                                     "404 not_found: the admin endpoints are /metrics /ready /live /config /clusters "
+                                     "/policy/history, POST /reload, POST /drain\n"};
     } else if ((found->post && !post) || (!found->post && !get)) {
       a = {405, "text/plain", std::string("405 method_not_allowed: use ") + (found->post ? "POST" : "GET") + "\n"};
       allow_ = found->post ? "POST" : "GET, HEAD";
+    } else if (found->post && !loopback_peer_) {
+      // Whatever address admin is bound to, stopping or reloading the sidecar is for a process
+      // in its own network namespace (pilotfish drain, a preStop hook), not for the network.
+      a = {403, "text/plain", "403 forbidden: POST " + std::string(found->path) + " is accepted from loopback only\n"};
     } else {
       a = (b.*(found->fn))();
     }
     respond(a, llhttp_should_keep_alive(&parser_));
     url_.clear();
+    head_bytes_ = 0;
     body_bytes_ = 0;
     allow_ = nullptr;
   }
@@ -121,6 +195,9 @@ class AdminConnection final : public Stream {
     if (!keep_alive) {
       stop_read();
       close_after_flush();
+      start_timer(kAdminIdleMs);  // a client that does not take its last answer is not waited on
+    } else {
+      start_timer(kAdminIdleMs);
     }
   }
 
@@ -128,13 +205,18 @@ class AdminConnection final : public Stream {
   llhttp_settings_t settings_;
   llhttp_t parser_;
   std::string url_;
+  size_t head_bytes_ = 0;
   size_t body_bytes_ = 0;
   const char* allow_ = nullptr;
+  bool loopback_peer_ = false;
+  bool paused_ = false;
+  std::string unparsed_;
 };
 
 }  // namespace
 
-AdminServer::AdminServer(uv_loop_t* loop, AdminBackend& backend) : EventLoop(loop), backend_(backend) {}
+AdminServer::AdminServer(uv_loop_t* loop, AdminBackend& backend, bool read_only)
+    : EventLoop(loop), backend_(backend), read_only_(read_only) {}
 
 AdminServer::~AdminServer() = default;
 
@@ -159,10 +241,19 @@ void AdminServer::on_connection(uv_stream_t* server, int status) {
   auto* self = static_cast<AdminServer*>(server->data);
   if (status < 0) return;
   auto* c = new AdminConnection(*self);
+  ++self->connections_;
   if (uv_accept(server, c->stream()) != 0) {
     c->close();
     return;
   }
+  if (self->connections_ > kMaxAdminConnections) {
+    if (!self->cap_logged_) log_warn("admin: more than " + std::to_string(kMaxAdminConnections) +
+                                     " connections; new ones are closed until some end");
+    self->cap_logged_ = true;
+    c->close();
+    return;
+  }
+  self->cap_logged_ = false;
   c->start();
 }
 

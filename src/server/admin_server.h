@@ -1,7 +1,10 @@
 #pragma once
 // The admin listener (policy admin.address, loopback by default): /metrics, /ready, /live,
-// /config, /clusters, /policy/history, POST /reload, POST /drain. It runs on the main
-// thread's loop, not on a worker, so it answers while the workers are saturated.
+// /config, /clusters, /policy/history, POST /reload, POST /drain; POST only from a loopback
+// peer. A read-only admin listener (admin.read_only_address) serves GET /metrics, /ready and
+// /live alone, for the kubelet and Prometheus. Both run on the main thread's loop, not on a
+// worker, so they answer while the workers are saturated, and both bound what one client can
+// hold: a connection cap, request and idle timeouts, and no reading past queued answers.
 
 #include <uv.h>
 
@@ -33,7 +36,7 @@ class AdminBackend {
 
 class AdminServer final : public EventLoop {
  public:
-  AdminServer(uv_loop_t* loop, AdminBackend& backend);
+  AdminServer(uv_loop_t* loop, AdminBackend& backend, bool read_only = false);
   ~AdminServer() override;
 
   // Binds and listens; false with *error set when the address cannot be bound.
@@ -43,10 +46,15 @@ class AdminServer final : public EventLoop {
   void close();
 
   AdminBackend& backend() { return backend_; }
+  bool read_only() const { return read_only_; }
+  void connection_closed() { --connections_; }
 
  private:
   static void on_connection(uv_stream_t* server, int status);
   AdminBackend& backend_;
+  bool read_only_;
+  size_t connections_ = 0;
+  bool cap_logged_ = false;
   uv_tcp_t listener_;
   bool listening_ = false;
   SocketAddress bound_;

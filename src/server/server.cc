@@ -89,6 +89,11 @@ struct Process final : AdminBackend {
   std::unique_ptr<MetricsRegistry> registry;
   std::unique_ptr<ResilienceRegistry> resilience;
   std::unique_ptr<AdminServer> admin;
+  std::unique_ptr<AdminServer> admin_read_only;  // admin.read_only_address, if set
+  void close_admin() {
+    admin->close();
+    if (admin_read_only) admin_read_only->close();
+  }
   std::time_t loaded_at = 0;
   bool serving = false;  // every listener bound and every worker started
   PolicyHistory events;
@@ -244,9 +249,11 @@ struct Process final : AdminBackend {
       if (now == stamp) continue;
       stamp = now;
       std::string err;
-      if (JwksRegistry::instance().load(path, &err))
+      std::vector<std::string> skipped;
+      if (JwksRegistry::instance().load(path, &err, &skipped)) {
         log_info("jwks " + path + " reloaded: new requests are checked against its keys");
-      else
+        for (const auto& w : skipped) log_warn("jwks " + path + ": " + w);
+      } else
         log_error("jwks " + path + " changed but is refused: " + err + "; the keys in use stay");
     }
   }
@@ -423,6 +430,9 @@ struct Process final : AdminBackend {
     next.workers = policy->workers;
     keep(next.admin_address.text != loaded->admin_address.text, "admin.address");
     next.admin_address = policy->admin_address;
+    auto text_of = [](const std::optional<SocketAddress>& a) { return a ? a->text : std::string(); };
+    keep(text_of(next.admin_read_only_address) != text_of(loaded->admin_read_only_address), "admin.read_only_address");
+    next.admin_read_only_address = policy->admin_read_only_address;
     keep(next.access_log.target != loaded->access_log.target || next.access_log.path != loaded->access_log.path,
          "access_log");
     next.access_log = policy->access_log;
@@ -724,7 +734,7 @@ struct Process final : AdminBackend {
     p->stop_watch();
     p->stop_identity_watch();
     uv_close(reinterpret_cast<uv_handle_t*>(&p->worker_done), nullptr);
-    p->admin->close();
+    p->close_admin();
   }
 };
 
@@ -772,13 +782,17 @@ int run_server(const RunOptions& options) {
   }
   // The admin listener comes first: /ready answers 503 until every listener is bound.
   p.admin = std::make_unique<AdminServer>(p.loop, p);
-  if (!p.admin->listen(policy->admin_address, &err)) {
+  if (policy->admin_read_only_address)
+    p.admin_read_only = std::make_unique<AdminServer>(p.loop, p, /*read_only=*/true);
+  if (!p.admin->listen(policy->admin_address, &err) ||
+      (p.admin_read_only && !p.admin_read_only->listen(*policy->admin_read_only_address, &err))) {
     log_error("admin: " + err);
-    p.admin->close();
+    p.close_admin();
     uv_run(p.loop, UV_RUN_NOWAIT);
     return 1;
   }
   log_info("admin on " + p.admin->address().text);
+  if (p.admin_read_only) log_info("read-only admin (/metrics /ready /live) on " + p.admin_read_only->address().text);
 
   // Bind every listener once per worker before any worker starts, so a port that cannot be
   // bound stops the start cleanly. Port 0 is resolved by the first bind and reused after.
@@ -795,7 +809,7 @@ int run_server(const RunOptions& options) {
         log_error("listener " + l.name + ": " + err);
         for (auto& v : fds)
           for (int f : v) ::close(f);
-        p.admin->close();
+        p.close_admin();
         uv_run(p.loop, UV_RUN_NOWAIT);
         return 1;
       }

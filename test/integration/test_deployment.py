@@ -79,7 +79,14 @@ class ManifestTest(unittest.TestCase):
         self.assertIn("ok: service payments", out)
 
     def admin_port(self):
-        return int(self.policy["admin"]["address"].rsplit(":", 1)[1])
+        """The full admin listener: loopback only, for pilotfish drain in the pod."""
+        host, port = self.policy["admin"]["address"].rsplit(":", 1)
+        self.assertEqual(host, "127.0.0.1", "admin (drain, reload, config) stays on loopback")
+        return int(port)
+
+    def probe_port(self):
+        """The read-only admin listener the kubelet and Prometheus reach over the pod network."""
+        return int(self.policy["admin"]["read_only_address"].rsplit(":", 1)[1])
 
     def listener(self, intercept):
         return next(l for l in self.policy["listeners"] if l.get("intercept") == intercept)
@@ -89,11 +96,12 @@ class ManifestTest(unittest.TestCase):
         self.assertEqual(s["restartPolicy"], "Always")
         self.assertEqual(s["args"], ["--config", "/etc/pilotfish/policy.yaml"])
         ports = {p["name"]: p["containerPort"] for p in s["ports"]}
-        self.assertEqual(ports["admin"], self.admin_port())
+        self.assertEqual(ports["probes"], self.probe_port())
+        self.assertNotIn(self.admin_port(), ports.values(), "the full admin port is not exposed")
         self.assertEqual(ports["inbound"], int(self.listener("inbound")["address"].rsplit(":", 1)[1]))
-        self.assertEqual(s["readinessProbe"]["httpGet"], {"path": "/ready", "port": self.admin_port()})
-        self.assertEqual(s["livenessProbe"]["httpGet"], {"path": "/live", "port": self.admin_port()})
-        self.assertEqual(s["startupProbe"]["httpGet"]["port"], self.admin_port())
+        self.assertEqual(s["readinessProbe"]["httpGet"], {"path": "/ready", "port": self.probe_port()})
+        self.assertEqual(s["livenessProbe"]["httpGet"], {"path": "/live", "port": self.probe_port()})
+        self.assertEqual(s["startupProbe"]["httpGet"]["port"], self.probe_port())
         self.assertEqual(s["lifecycle"]["preStop"]["exec"]["command"],
                          ["/usr/local/bin/pilotfish", "drain", "--admin", "127.0.0.1:%d" % self.admin_port()])
         # The policy's drain fits the pod's grace period.
@@ -106,7 +114,7 @@ class ManifestTest(unittest.TestCase):
         self.assertIn("cpu", s["resources"]["requests"])
         annotations = self.pod["metadata"]["annotations"]
         self.assertEqual(annotations["prometheus.io/scrape"], "true")
-        self.assertEqual(int(annotations["prometheus.io/port"]), self.admin_port())
+        self.assertEqual(int(annotations["prometheus.io/port"]), self.probe_port())
         self.assertEqual(annotations["prometheus.io/path"], "/metrics")
 
     def test_mounts_put_the_policy_and_the_identity_where_the_policy_reads_them(self):
@@ -149,6 +157,7 @@ class ManifestTest(unittest.TestCase):
         self.assertIn("REDIRECT --to-ports %s" % self.listener("inbound")["address"].rsplit(":", 1)[1], out)
         self.assertIn("REDIRECT --to-ports %s" % self.listener("outbound")["address"].rsplit(":", 1)[1], out)
         self.assertIn("--dport %d -j RETURN" % self.admin_port(), out)
+        self.assertIn("--dport %d -j RETURN" % self.probe_port(), out)
 
     def test_the_app_and_the_service_match_the_local_cluster(self):
         local = next(c for c in self.policy["clusters"] if c["name"] == "local-app")

@@ -151,7 +151,7 @@ class AuthTest(unittest.TestCase):
         self.assert_401(self.get(self.keys.token(claims(), alg="HS256")), "unsupported alg")
         self.assert_401(self.get(self.keys.token({k: v for k, v in claims().items() if k != "exp"})), "no exp claim")
         self.assert_401(self.get(self.keys.token(claims(), kid="unknown")), "no key for this token")
-        self.assert_401(self.get(self.keys.token(claims(exp=str(now + 300)))), "no exp claim")  # a string
+        self.assert_401(self.get(self.keys.token(claims(exp=str(now + 300)))), "invalid exp claim")  # a string
         # Two Authorization headers: which would the service read? Neither gets through.
         two = [("Authorization", "Bearer " + self.keys.token(claims())), ("Authorization", "Bearer forged.x.y")]
         self.assert_401(h.request(self.pf.port(), "GET", "/api", headers=two), "more than one Authorization header")

@@ -70,16 +70,6 @@ TEST(Jwt, Base64url) {
   EXPECT_FALSE(ok);
 }
 
-TEST(Jwt, JwksIsRefusedWhenItHasNoUsableKey) {
-  std::string err;
-  EXPECT_EQ(Jwks::parse("{not json", &err), nullptr);
-  EXPECT_EQ(Jwks::parse("{\"keys\": []}", &err), nullptr);
-  EXPECT_NE(err.find("no RS256 or ES256 key"), std::string::npos);
-  EXPECT_EQ(Jwks::parse("{\"keys\": [{\"kty\": \"RSA\", \"n\": \"AQAB\", \"e\": \"AQAB\"}]}", &err), nullptr);
-  EXPECT_NE(err.find("2048 bits"), std::string::npos);
-  EXPECT_EQ(Jwks::parse("{\"keys\": [{\"kty\": \"oct\", \"k\": \"c2VjcmV0\"}]}", &err), nullptr);  // HMAC never
-}
-
 TEST(GatewayPolicy, AuthAndRateLimitKeys) {
   auto r = load_policy_text(R"(version: 1
 listeners:

@@ -93,3 +93,18 @@ TEST(HeaderList, PiecesAndEmptyValues) {
   h.clear();
   EXPECT_EQ(h.size(), 0u);
 }
+
+TEST(HeaderRules, NamesFoldUnderscoreAndCase) {
+  EXPECT_TRUE(same_field_name_folded("X_Forwarded_Client_Cert", "x-forwarded-client-cert"));
+  EXPECT_TRUE(same_field_name_folded("x-sub", "x_sub"));
+  EXPECT_TRUE(same_field_name_folded("X_SUB", "x-sub"));
+  EXPECT_FALSE(same_field_name_folded("x-sub2", "x-sub"));
+  EXPECT_FALSE(same_field_name_folded("x.sub", "x-sub"));
+}
+
+TEST(HeaderRules, RoutingHostDropsATrailingDot) {
+  EXPECT_EQ(host_for_routing("Admin.Local."), "admin.local");
+  EXPECT_EQ(host_for_routing("admin.local.:8080"), "admin.local");
+  EXPECT_EQ(host_for_routing("admin.local"), "admin.local");
+  EXPECT_EQ(host_for_routing("[::1]:80"), "[::1]");
+}

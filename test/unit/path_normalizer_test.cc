@@ -5,8 +5,8 @@
 using pilotfish::normalize_target;
 
 namespace {
-std::string path_of(const char* target) {
-  auto n = normalize_target(target);
+std::string path_of(const char* target, bool allow_ambiguous = false) {
+  auto n = normalize_target(target, allow_ambiguous);
   return n ? n->path + n->query : std::string("<invalid>");
 }
 }  // namespace
@@ -35,9 +35,26 @@ TEST(PathNormalizer, DecodesUnreservedBeforeDotSegments) {
 }
 
 TEST(PathNormalizer, KeepsReservedEscapesUpperCased) {
-  EXPECT_EQ(path_of("/a%2fb"), "/a%2Fb");  // an encoded slash is data, not a separator
+  EXPECT_EQ(path_of("/a%2fb", true), "/a%2Fb");  // allowed: an encoded slash is data, not a separator
   EXPECT_EQ(path_of("/a%20b"), "/a%20b");
   EXPECT_EQ(path_of("/%00"), "/%00");
+  EXPECT_EQ(path_of("/a%3bb"), "/a%3Bb");
+}
+
+TEST(PathNormalizer, RefusesPathsThatServersResolveDifferently) {
+  // Each of these reaches /admin on some server (Tomcat and Spring drop ";..." before
+  // resolving, others decode %2F or take '\' for '/'), while the matcher would see /public.
+  for (const char* target : {"/public/..;/admin", "/public/..;x=1/admin", "/public/.;/admin", "/public%2F..%2Fadmin",
+                             "/public%2fadmin", "/public\\..\\admin", "/public%5c..%5cadmin", "/public/%2e%2e;/admin",
+                             "/public/..%3b/admin", "/public/..%3B/admin"})
+    EXPECT_EQ(path_of(target), "<invalid>") << target;
+  // A listener with allow_ambiguous_paths forwards them as they are normalised today.
+  EXPECT_EQ(path_of("/public%2Fadmin", true), "/public%2Fadmin");
+  EXPECT_EQ(path_of("/public\\admin", true), "/public\\admin");
+  EXPECT_EQ(path_of("/public/..;/admin", true), "/public/..;/admin");
+  // ';' elsewhere is an ordinary character.
+  EXPECT_EQ(path_of("/a;b/c"), "/a;b/c");
+  EXPECT_EQ(path_of("/a/..b;c/d"), "/a/..b;c/d");
 }
 
 TEST(PathNormalizer, MergesRepeatedSlashes) {
