@@ -6,6 +6,7 @@
 #include <ctime>
 
 #include "log/logger.h"
+#include "net/descriptor_budget.h"
 #include "pilotfish/header_rules.h"
 #include "pilotfish/route_matcher.h"
 #include "server/worker.h"
@@ -132,6 +133,8 @@ constexpr uint64_t kDrainFlushMs = 5000;
 // client may have sent its next request already, and closing under it would fail that request.
 // Arriving within the grace, the request is answered, with `connection: close`.
 constexpr uint64_t kDrainIdleGraceMs = 1000;
+// A timer this late means the worker's loop was held up, not that a peer was slow.
+constexpr uint64_t kLoopStallMs = 500;
 
 // Returned by execute_checked when the head scanner refused a byte llhttp would have taken.
 constexpr llhttp_errno_t kHeadInvalid = HPE_USER;
@@ -997,13 +1000,15 @@ void HttpSession::on_upstream_connect_failed(int status) {
   upstream_ = nullptr;
   log_debug("cluster " + cluster_->name + ": connect to " +
             cs.pools[static_cast<size_t>(endpoint_)]->address().text + " failed: " + upstream_error_text(status));
-  // A connect that failed here (no descriptors, no local port) says nothing about the endpoint.
-  bool local = status == UV_EMFILE || status == UV_ENFILE || status == UV_EADDRNOTAVAIL || status == UV_ENOBUFS ||
-               status == UV_ENOMEM;
-  if (local)
+  // A connect that failed here (no descriptors, no local port) says nothing about the endpoint,
+  // and another endpoint would fare no better: the client is told pilotfish is overloaded.
+  if (is_local_failure(status)) {
     release_probe();
-  else
-    endpoint_verdict(false);
+    send_local_response(503, "overloaded", request_has_body_ && !request_complete_);
+    after_downstream_io();
+    return;
+  }
+  endpoint_verdict(false);
   if (retry_allowed(kRetryConnectFailure)) {
     schedule_retry();
     after_downstream_io();
@@ -1321,6 +1326,9 @@ void HttpSession::write_response_head() {
   }
   if (status >= 200) {
     if (framing_ == Framing::chunked) o += "transfer-encoding: chunked\r\n";
+    // Answered before the request is all in: the rest of it cannot be told from a next request,
+    // so the connection closes after this response (maybe_finish_request), and says so.
+    if (!request_complete_) keep_alive_ = false;
     if (!keep_alive_)
       o += "connection: close\r\n";
     else if (parser_.http_minor == 0)
@@ -1530,6 +1538,7 @@ void HttpSession::reset_request() {
   replayable_ = true;
   nested_ = false;
   deadline_ms_ = try_deadline_ms_ = backoff_until_ms_ = 0;
+  stall_checked_ = false;
   unsent_head_length_ = 0;
   retry_after_response_ = false;
   retry_overflow_ = false;
@@ -1621,8 +1630,16 @@ void HttpSession::on_timeout() {
       }
       uint64_t now = uv_now(worker_.loop());
       if (deadline_ms_ && now >= deadline_ms_) {
-        // Every attempt together had the cluster's timeout.
-        if (upstream_) endpoint_verdict(false);
+        if (!stall_checked_ && now - deadline_ms_ > kLoopStallMs) {
+          // This timer is late: the worker itself was held up (and an answer may be waiting
+          // unread in the socket). The I/O gets one turn of the loop before the verdict.
+          stall_checked_ = true;
+          arm_timer(Timer::upstream, 1);
+          return;
+        }
+        // Every attempt together had the cluster's timeout. The endpoint is blamed only when
+        // it had the request: connected, and nothing left in pilotfish's own queue for it.
+        if (upstream_ && upstream_->connected() && upstream_->pending_bytes() == 0) endpoint_verdict(false);
         release_probe();
         send_local_response(504, "timeout", !request_complete_);
         after_downstream_io();

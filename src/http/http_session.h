@@ -173,6 +173,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   uint64_t deadline_ms_ = 0;     // the cluster timeout, over every attempt
   uint64_t try_deadline_ms_ = 0; // the per-try timeout of the attempt in flight
   uint64_t backoff_until_ms_ = 0;
+  bool stall_checked_ = false;   // the cluster deadline fired late once; the next time it judges
   std::string to_upstream_;     // bytes waiting for a connection
   bool paused_for_upstream_ = false;
 

@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "net/descriptor_budget.h"
 #include "pilotfish_build_config.h"
 #include "tls/tls.h"
 
@@ -281,8 +282,25 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
   auto build = family("build_info", "The pilotfish build.", MetricType::Gauge);
   add_gauge(build, {{"version", PILOTFISH_VERSION}}, 1);
 
+  const DescriptorBudget& fds = DescriptorBudget::process();
+  auto fd_refused = family("descriptor_exhaustion_total",
+                           "Connections refused for want of file descriptors: side=downstream, clients answered 503 "
+                           "overloaded (or closed) at accept; side=upstream, connects not attempted.",
+                           MetricType::Counter);
+  add_counter(fd_refused, {{"side", "downstream"}}, static_cast<double>(fds.refused_accepts()));
+  add_counter(fd_refused, {{"side", "upstream"}}, static_cast<double>(fds.refused_connects()));
+  auto fd_use = family("connection_descriptors", "File descriptors held by connections (both sides).",
+                       MetricType::Gauge);
+  add_gauge(fd_use, {}, static_cast<double>(fds.in_use()));
+  auto fd_limit = family("connection_descriptors_limit",
+                         "File descriptors connections may hold: RLIMIT_NOFILE less what the process holds for "
+                         "itself and a reserve.",
+                         MetricType::Gauge);
+  if (fds.limit() != INT64_MAX) add_gauge(fd_limit, {}, static_cast<double>(fds.limit()));
+
   for (auto* f : {&requests, &duration, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
-                  &ejections, &ejected, &tls, &resumed, &authz, &auth_failures, &rate_limited, &cert, &reloads, &rotations, &policy_info, &build})
+                  &ejections, &ejected, &tls, &resumed, &authz, &auth_failures, &rate_limited, &cert, &reloads, &rotations, &policy_info, &build,
+                  &fd_refused, &fd_use, &fd_limit})
     out.push_back(std::move(*f));
   return out;
 }

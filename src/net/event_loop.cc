@@ -1,6 +1,19 @@
 #include "net/event_loop.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 namespace pilotfish {
+
+void EventLoop::release_spare_descriptor() {
+  if (spare_fd_ >= 0) ::close(spare_fd_);
+  spare_fd_ = -1;
+}
+
+bool EventLoop::reopen_spare_descriptor() {
+  if (spare_fd_ < 0) spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  return spare_fd_ >= 0;
+}
 
 WriteRequest* EventLoop::take_write_request() {
   if (free_writes_.empty()) return new WriteRequest;

@@ -15,8 +15,10 @@ namespace pilotfish {
 
 class EventLoop {
  public:
-  explicit EventLoop(uv_loop_t* loop) : loop_(loop), read_buffer_(new char[kReadBufferSize]) {}
-  virtual ~EventLoop() = default;
+  explicit EventLoop(uv_loop_t* loop) : loop_(loop), read_buffer_(new char[kReadBufferSize]) {
+    reopen_spare_descriptor();
+  }
+  virtual ~EventLoop() { release_spare_descriptor(); }
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
@@ -45,6 +47,16 @@ class EventLoop {
     }
   }
 
+  // A listener's connection callback with UV_EMFILE/UV_ENFILE: the kernel had no descriptor for
+  // a client in the backlog. libuv then calls accept() again at once, and with no descriptor
+  // free it would do so for ever (its own spare is shared by nothing but can be lost to another
+  // thread), serving no one. Giving up this loop's spare lets the next accept() succeed, so that
+  // client is taken and answered; any later callback with a connection takes the spare again.
+  void release_spare_descriptor();
+  // False when no descriptor was free to take it back: a client accepted now is answered and
+  // its descriptor closed at once, so that the spare can be taken again.
+  bool reopen_spare_descriptor();
+
   static constexpr size_t kReadBufferSize = 64 * 1024;
   static constexpr size_t kTlsBufferSize = kReadBufferSize + 32 * 1024;
 
@@ -57,6 +69,7 @@ class EventLoop {
   std::unique_ptr<char[]> tls_buffer_;
   std::vector<std::unique_ptr<WriteRequest>> free_writes_;
   Stream* streams_ = nullptr;
+  int spare_fd_ = -1;
 };
 
 }  // namespace pilotfish

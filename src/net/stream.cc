@@ -2,8 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 
+#include "net/descriptor_budget.h"
 #include "net/event_loop.h"
 #include "tls/tls.h"
 
@@ -13,6 +15,22 @@ namespace {
 constexpr uint64_t kLingerMs = 2000;
 }  // namespace
 
+UvBufs::UvBufs(char* data, size_t size) {
+  // uv_buf_t's length is an unsigned int: a larger buffer is described in pieces (none of
+  // today's buffers come near it, their high-water marks being kilobytes; this keeps a later
+  // change from writing one short).
+  constexpr size_t kPiece = size_t{1} << 30;
+  size_t pieces = size == 0 ? 1 : (size + kPiece - 1) / kPiece;
+  if (pieces > inline_.size()) more_.resize(pieces);
+  uv_buf_t* out = pieces > inline_.size() ? more_.data() : inline_.data();
+  for (size_t i = 0; i < pieces; ++i) {
+    size_t length = std::min(kPiece, size - i * kPiece);
+    out[i] = uv_buf_init(data + i * kPiece, static_cast<unsigned>(length));
+  }
+  bufs_ = out;
+  count_ = static_cast<unsigned>(pieces);
+}
+
 Stream::Stream(EventLoop& event_loop) : event_loop_(event_loop) {
   uv_tcp_init(event_loop.loop(), &tcp_);
   uv_timer_init(event_loop.loop(), &timer_);
@@ -21,7 +39,10 @@ Stream::Stream(EventLoop& event_loop) : event_loop_(event_loop) {
   event_loop.link_stream(this);
 }
 
-Stream::~Stream() { event_loop_.unlink_stream(this); }
+Stream::~Stream() {
+  event_loop_.unlink_stream(this);
+  give_back_descriptor();
+}
 
 void Stream::alloc_cb(uv_handle_t* handle, size_t, uv_buf_t* buf) {
   auto* self = static_cast<Stream*>(handle->data);
@@ -90,6 +111,10 @@ bool Stream::move_connection_to(Stream& next) {
     return false;
   }
   stop_read();
+  // The copy stands for the same client: the budget's count goes with it (this stream's own
+  // descriptor closes at once).
+  next.descriptor_ = descriptor_;
+  descriptor_ = Descriptor::none;
   if (tls_) {
     next.tls_ = std::move(tls_);
     next.cipher_.swap(cipher_);
@@ -177,8 +202,8 @@ int Stream::write_bytes(std::string& bytes) {
   }
   if (uv_stream_get_write_queue_size(stream()) == 0) {
     // Most writes fit in the socket buffer: try it now and skip the request allocation.
-    uv_buf_t b = uv_buf_init(bytes.data(), static_cast<unsigned>(bytes.size()));
-    int n = uv_try_write(stream(), &b, 1);
+    UvBufs b(bytes.data(), bytes.size());
+    int n = uv_try_write(stream(), b.data(), b.count());
     if (n == static_cast<int>(bytes.size())) {
       bytes.clear();
       maybe_finish_flush();
@@ -196,8 +221,8 @@ int Stream::write_bytes(std::string& bytes) {
   w->owner = this;
   w->data.swap(bytes);
   w->req.data = w;
-  uv_buf_t b = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
-  int rc = uv_write(&w->req, stream(), &b, 1, write_cb);
+  UvBufs b(w->data.data(), w->data.size());
+  int rc = uv_write(&w->req, stream(), b.data(), b.count(), write_cb);
   if (rc != 0) {
     event_loop_.give_write_request(w);
     return rc;
@@ -328,8 +353,8 @@ void Stream::close() {
     // the session of a connection freed without it as not resumable).
     tls_->shutdown();
     if (!cipher_.empty() && uv_stream_get_write_queue_size(stream()) == 0) {
-      uv_buf_t b = uv_buf_init(cipher_.data(), static_cast<unsigned>(cipher_.size()));
-      uv_try_write(stream(), &b, 1);
+      UvBufs b(cipher_.data(), cipher_.size());
+      uv_try_write(stream(), b.data(), b.count());
     }
     cipher_.clear();
   }
@@ -338,6 +363,13 @@ void Stream::close() {
   reading_ = false;
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), close_cb);
   uv_close(reinterpret_cast<uv_handle_t*>(&timer_), close_cb);
+  give_back_descriptor();  // uv_close has closed the socket already; only memory waits
+}
+
+void Stream::give_back_descriptor() {
+  if (descriptor_ == Descriptor::downstream) DescriptorBudget::process().give_back_downstream();
+  if (descriptor_ == Descriptor::upstream) DescriptorBudget::process().give_back();
+  descriptor_ = Descriptor::none;
 }
 
 void Stream::close_cb(uv_handle_t* h) {

@@ -6,10 +6,12 @@
 
 #include <uv.h>
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace pilotfish {
 
@@ -18,6 +20,23 @@ class Stream;
 class TlsMaterial;
 class TlsState;
 struct TlsOptions;
+
+// `size` bytes at `data` as uv_buf_t pieces for uv_write and uv_try_write, whose lengths are
+// unsigned ints: a buffer of 4 GiB or more takes several (libuv copies the array it is given).
+class UvBufs {
+ public:
+  UvBufs(char* data, size_t size);
+  UvBufs(const UvBufs&) = delete;
+  UvBufs& operator=(const UvBufs&) = delete;
+  const uv_buf_t* data() const { return bufs_; }
+  unsigned count() const { return count_; }
+
+ private:
+  std::array<uv_buf_t, 4> inline_;
+  std::vector<uv_buf_t> more_;
+  const uv_buf_t* bufs_ = nullptr;
+  unsigned count_ = 0;
+};
 
 // A queued write and the bytes it holds until libuv has written them.
 struct WriteRequest {
@@ -54,6 +73,11 @@ class Stream {
   // still queued.
   bool move_connection_to(Stream& next);
   bool tls_established() const;
+  // This connection's descriptor was taken from the process's DescriptorBudget (as a client
+  // connection when `downstream`): given back when the stream is deleted (its socket closed).
+  // move_connection_to hands it on.
+  enum class Descriptor : uint8_t { none, upstream, downstream };
+  void hold_descriptor(Descriptor kind) { descriptor_ = kind; }
 
   // Output: append, then flush once at the end of the callback that produced it.
   // With TLS, bytes appended before the handshake is done wait in out() until it is.
@@ -128,6 +152,7 @@ class Stream {
   void do_shutdown();
   int write_bytes(std::string& bytes);
   void tls_input(const char* data, size_t length);
+  void give_back_descriptor();
 
   uv_tcp_t tcp_;
   uv_timer_t timer_;
@@ -146,6 +171,7 @@ class Stream {
   bool shutdown_started_ = false;
   bool shutdown_done_ = false;
   bool lingering_ = false;
+  Descriptor descriptor_ = Descriptor::none;
 };
 
 }  // namespace pilotfish

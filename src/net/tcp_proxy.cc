@@ -1,6 +1,7 @@
 #include "net/tcp_proxy.h"
 
 #include "log/logger.h"
+#include "net/descriptor_budget.h"
 #include "server/worker.h"
 
 namespace pilotfish {
@@ -168,6 +169,15 @@ void TcpProxySession::on_upstream_connect_failed(int status) {
   const Cluster& c = snap_->policy->clusters[cluster_index_];
   ClusterState& cs = *snap_->clusters[cluster_index_];
   cs.stats->upstream_connect_failure.add();
+  if (is_local_failure(status)) {
+    // No descriptor, memory or local port here: nothing to hold against the endpoint, and no
+    // other endpoint would fare better.
+    if (probe_) cs.health[static_cast<size_t>(endpoint_)]->release_probe(uv_now(worker_.loop()));
+    probe_ = false;
+    log_debug("listener " + listener_.name + ": no connection to cluster " + c.name + ": " + upstream_error_text(status));
+    close();
+    return;
+  }
   if (record_endpoint_failure(*cs.health[static_cast<size_t>(endpoint_)], *cs.shared, c.outlier_detection,
                               cs.pools.size(), uv_now(worker_.loop())))
     cs.stats->outlier_ejections.add();

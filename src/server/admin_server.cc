@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "log/logger.h"
+#include "net/descriptor_budget.h"
 #include "net/listen_socket.h"
 #include "net/stream.h"
 
@@ -19,8 +20,9 @@ constexpr size_t kMaxAdminRequestBytes = 8192;
 constexpr uint64_t kAdminHeaderMs = 10'000;
 constexpr uint64_t kAdminIdleMs = 30'000;
 // Admin clients are an operator's tools, a probe and a scraper: a few connections at a time.
-// Past this, a new connection is closed at once rather than let one client hold every descriptor.
-constexpr size_t kMaxAdminConnections = 64;
+// Past this, a new connection is closed at once rather than let one client hold every
+// descriptor: 64, or fewer under a small descriptor limit (their share of its reserve).
+size_t max_admin_connections() { return admin_connection_cap(DescriptorBudget::process().soft_limit()); }
 
 const char* reason_of(int status) {
   switch (status) {
@@ -239,6 +241,11 @@ bool AdminServer::listen(const SocketAddress& address, std::string* error) {
 
 void AdminServer::on_connection(uv_stream_t* server, int status) {
   auto* self = static_cast<AdminServer*>(server->data);
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    self->release_spare_descriptor();  // the next accept() takes this client (see EventLoop)
+    return;
+  }
+  bool spare = self->reopen_spare_descriptor();
   if (status < 0) return;
   auto* c = new AdminConnection(*self);
   ++self->connections_;
@@ -246,11 +253,12 @@ void AdminServer::on_connection(uv_stream_t* server, int status) {
     c->close();
     return;
   }
-  if (self->connections_ > kMaxAdminConnections) {
-    if (!self->cap_logged_) log_warn("admin: more than " + std::to_string(kMaxAdminConnections) +
+  if (!spare || self->connections_ > max_admin_connections()) {
+    if (!self->cap_logged_) log_warn("admin: more than " + std::to_string(max_admin_connections()) +
                                      " connections; new ones are closed until some end");
     self->cap_logged_ = true;
     c->close();
+    self->reopen_spare_descriptor();
     return;
   }
   self->cap_logged_ = false;

@@ -18,6 +18,7 @@
 #include "log/access_log.h"
 #include "log/logger.h"
 #include "metrics/metrics.h"
+#include "net/descriptor_budget.h"
 #include "net/listen_socket.h"
 #include "pilotfish/policy_loader.h"
 #include "policy/policy_diff.h"
@@ -867,6 +868,8 @@ int run_server(const RunOptions& options) {
   p.watch_jwks();
   uv_timer_start(&p.jwks_timer, Process::on_jwks_timer, 1000, 1000);
   p.start_probes();
+  // Connections may take every descriptor but a reserve (see DescriptorBudget::init).
+  DescriptorBudget::process().init(32);
   log_info("pilotfish ready: service " + (policy->service.empty() ? std::string("(unnamed)") : policy->service) +
            ", " + std::to_string(n) + " worker" + (n == 1 ? "" : "s"));
 

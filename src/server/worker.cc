@@ -7,6 +7,7 @@
 
 #include "http/http_session.h"
 #include "log/logger.h"
+#include "net/descriptor_budget.h"
 #include "net/intercept.h"
 #include "net/stream.h"
 #include "net/tcp_proxy.h"
@@ -32,6 +33,30 @@ std::shared_ptr<RateLimiter> shared_limiter(const std::string& where, const Rate
   }
   return limiter;
 }
+
+// A client accepted past the descriptor budget, or with no descriptor to spare: told `503
+// overloaded` (HTTP listeners without TLS; others cannot be answered without a handshake) in
+// one non-blocking write into the fresh socket's buffer, then closed at once, so that refusing
+// a flood of clients holds no descriptor longer than it takes to refuse one.
+class RefusedConnection final : public Stream {
+ public:
+  explicit RefusedConnection(EventLoop& loop) : Stream(loop) {}
+  void refuse(bool answer) {
+    static constexpr std::string_view kAnswer =
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 15\r\n"
+        "x-pilotfish-error: overloaded\r\nx-pilotfish-overloaded: true\r\nconnection: close\r\n\r\n"
+        "503 overloaded\n";
+    if (answer) {
+      uv_buf_t b = uv_buf_init(const_cast<char*>(kAnswer.data()), static_cast<unsigned>(kAnswer.size()));
+      uv_try_write(stream(), &b, 1);
+    }
+    close();  // uv_close closes the socket now; only the memory waits for the callback
+  }
+
+ protected:
+  void on_data(char*, size_t) override {}
+  void on_read_end(int) override {}
+};
 
 }  // namespace
 
@@ -178,7 +203,30 @@ void Worker::on_heartbeat(uv_timer_t* t) {
 void Worker::on_connection(uv_stream_t* server, int status) {
   auto* h = static_cast<ListenHandle*>(server->data);
   Worker* w = h->worker;
+  DescriptorBudget& budget = DescriptorBudget::process();
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    // The kernel had no descriptor for a client waiting in the backlog, although the budget
+    // leaves a reserve: something else holds them (see EventLoop::release_spare_descriptor).
+    budget.count_refused_accept();
+    w->release_spare_descriptor();
+    return;
+  }
+  bool spare = w->reopen_spare_descriptor();
   if (status < 0 || w->stopping_ || h->slot->index == SIZE_MAX) return;
+  if (!spare || !budget.try_take_downstream()) {
+    budget.count_refused_accept();
+    auto* refused = new RefusedConnection(*w);
+    if (uv_accept(server, refused->stream()) != 0) {
+      refused->close();
+      return;
+    }
+    const Listener* l = h->slot->index < w->snapshot_->policy->listeners.size()
+                            ? &w->snapshot_->policy->listeners[h->slot->index] : nullptr;
+    w->log_refusal(l ? l->name : std::string("(removed)"));
+    refused->refuse(l && l->protocol == Protocol::http && !l->mtls && h->slot->intercept == Intercept::none);
+    w->reopen_spare_descriptor();
+    return;
+  }
   Stream* s;
   if (h->slot->intercept != Intercept::none)
     s = new InterceptSession(*w, h->slot);
@@ -186,6 +234,7 @@ void Worker::on_connection(uv_stream_t* server, int status) {
     s = new TcpProxySession(*w, h->slot);
   else
     s = new HttpSession(*w, h->slot);
+  s->hold_descriptor(Stream::Descriptor::downstream);  // given back when the stream is gone
   if (uv_accept(server, s->stream()) != 0) {
     s->close();
     return;
@@ -196,6 +245,24 @@ void Worker::on_connection(uv_stream_t* server, int status) {
     static_cast<TcpProxySession*>(s)->start();
   else
     static_cast<HttpSession*>(s)->start();
+}
+
+bool Worker::close_idle_upstream() {
+  if (!snapshot_) return false;
+  for (const auto& cluster : snapshot_->clusters)
+    for (const auto& pool : cluster->pools)
+      if (pool->close_oldest_idle()) return true;
+  return false;
+}
+
+void Worker::log_refusal(const std::string& listener) {
+  // One line a second at most: a flood of refusals must not become a flood of log lines.
+  uint64_t now = uv_now(&loop_);
+  if (now - last_refusal_log_ms_ < 1000 && last_refusal_log_ms_ != 0) return;
+  last_refusal_log_ms_ = now;
+  log_warn("listener " + listener + ": out of file descriptors (" + std::to_string(DescriptorBudget::process().in_use()) +
+           " of " + std::to_string(DescriptorBudget::process().limit()) +
+           " in use by connections): new connections are answered 503 overloaded and closed");
 }
 
 void Worker::remove_downstream() {

@@ -99,6 +99,9 @@ class Worker final : public EventLoop {
 
   unsigned index() const { return index_; }
   const SnapshotPtr& snapshot() const { return snapshot_; }
+  // Closes one idle upstream connection of this worker (the oldest of the first pool that has
+  // one), so that its descriptor can serve a connection a request needs; false if none is idle.
+  bool close_idle_upstream();
   bool draining() const { return draining_; }
   FastRandom& random() { return random_; }
   // The TLS material new connections use (null without an identity): the published one, taken
@@ -135,6 +138,7 @@ class Worker final : public EventLoop {
   void remove_downstream();
 
  private:
+  void log_refusal(const std::string& listener);
   struct ListenHandle {
     Worker* worker;
     std::shared_ptr<ListenerSlot> slot;
@@ -177,6 +181,7 @@ class Worker final : public EventLoop {
   bool draining_ = false;
   bool accepting_stopped_ = false;
   bool stopping_ = false;
+  uint64_t last_refusal_log_ms_ = 0;
   FastRandom random_;
   TlsMaterialPtr tls_;
   uint64_t tls_seen_ = UINT64_MAX;

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "log/logger.h"
+#include "net/descriptor_budget.h"
 #include "server/worker.h"
 
 namespace pilotfish {
@@ -42,7 +43,17 @@ void UpstreamConnection::set_tls(TlsOptions options, std::string label) {
 void UpstreamConnection::connect(const sockaddr* address, uint64_t timeout_ms) {
   connecting_ = true;
   connect_req_.data = this;
-  int rc = uv_tcp_connect(&connect_req_, tcp(), address, connect_cb);
+  // A connection pilotfish has no descriptor for fails here, as the kernel's EMFILE would:
+  // a local failure, which no endpoint is blamed for.
+  int rc = UV_EMFILE;
+  DescriptorBudget& budget = DescriptorBudget::process();
+  // Idle pooled connections give way to one that a request needs now.
+  if (budget.try_take() || (worker_.close_idle_upstream() && budget.try_take())) {
+    hold_descriptor(Descriptor::upstream);
+    rc = uv_tcp_connect(&connect_req_, tcp(), address, connect_cb);
+  } else {
+    DescriptorBudget::process().count_refused_connect();
+  }
   if (rc != 0) {
     connecting_ = false;
     UpstreamHandler* h = handler_;
@@ -256,6 +267,18 @@ void EndpointPool::release(UpstreamConnection* c) {
   }
   c->park(idle_timeout_ms_ ? idle_timeout_ms_ : 1);
   idle_.push_back(c);
+}
+
+bool EndpointPool::close_oldest_idle() {
+  // idle_ is used as a stack (the most recently used on top), so the oldest is at the front.
+  while (!idle_.empty()) {
+    UpstreamConnection* c = idle_.front();
+    idle_.erase(idle_.begin());
+    if (c->closing()) continue;
+    c->close();
+    return true;
+  }
+  return false;
 }
 
 void EndpointPool::forget(UpstreamConnection* c) {

@@ -129,6 +129,8 @@ class EndpointPool {
   const SocketAddress& address() const { return address_; }
   size_t open_connections() const { return open_; }
   size_t idle_connections() const { return idle_.size(); }
+  // Closes the connection idle longest, to give its descriptor to a new one; false if none.
+  bool close_oldest_idle();
 
  private:
   Worker& worker_;

@@ -269,8 +269,10 @@ def simple_policy(upstreams, listener=None, cluster=None, workers=1, access_log=
 class Pilotfish:
     LISTENER_RE = re.compile(r" listener (\S+) on (\S+):(\d+) \(")
 
-    def __init__(self, policy, extra_args=(), start=True, ready_timeout=10.0, wait_listening=True):
+    def __init__(self, policy, extra_args=(), start=True, ready_timeout=10.0, wait_listening=True, nofile=None):
+        """nofile: run under this RLIMIT_NOFILE (soft and hard), as `ulimit -n N` would."""
         self.dir = make_tmpdir("pf-run-")
+        self.nofile = nofile
         self.config = os.path.join(self.dir, "policy.yaml")
         if isinstance(policy, dict):
             policy = dict(policy)
@@ -294,7 +296,9 @@ class Pilotfish:
 
     def start(self, ready_timeout=10.0):
         self.stdout_file = open(self.stdout_path, "wb")
-        self.proc = spawn([BIN, "run", "--config", self.config] + self.extra_args,
+        # prlimit execs the binary, so the process (and its pid) is pilotfish's.
+        prefix = ["prlimit", "--nofile=%d:%d" % (self.nofile, self.nofile), "--"] if self.nofile else []
+        self.proc = spawn(prefix + [BIN, "run", "--config", self.config] + self.extra_args,
                           stdout=self.stdout_file, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self.reader = threading.Thread(target=self._read_stderr, daemon=True)
         self.reader.start()

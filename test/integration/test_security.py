@@ -193,8 +193,9 @@ class JwtClaimsTest(GatewayCase):
     def test_one_spelling_per_token(self):
         token = self.keys.token(claims())
         self.assertEqual(self.status(token)[0], 200)
-        head, rest = token.split(".", 1)
-        self.assertEqual(self.status(head + "==." + rest)[0], 401)
+        # Padding on the signature leaves the signed bytes as they were: only the spelling differs.
+        self.assertEqual(self.status(token + "=")[0], 401)
+        self.assertEqual(self.status(token + "==")[0], 401)
 
     def signed(self, header, payload):
         signing_input = b64url(header) + "." + b64url(payload)

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""When pilotfish itself runs out of file descriptors, no healthy endpoint is blamed and every
+client is told the truth. pilotfish runs with RLIMIT_NOFILE 256 (as `ulimit -n 256`) and two
+workers in front of a healthy upstream that answers /slow after one second; 400 clients connect
+at once. Every one of them gets an answer (200, or 503 overloaded), the endpoint is never
+ejected, the admin endpoints keep answering, and once the clients leave, service is whole again.
+A limit lowered while pilotfish runs (so that accept() itself fails) must not wedge a worker."""
+
+import collections
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+CLIENTS = 400
+REQUEST = b"GET /slow?ms=1000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+
+
+def burst(port, n, timeout=20.0):
+    """n clients connect at once, each sends one request; the outcome of each, counted:
+    "200", "503 overloaded" (status and x-pilotfish-error), or "no answer"."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        socks.append(s)
+    pending = set(socks)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:  # every connect completes (or fails)
+        _, w, _ = select.select([], list(pending), [], 0.5)
+        for s in w:
+            pending.discard(s)
+            try:
+                s.send(REQUEST)
+            except OSError:
+                pass
+    data = {s: b"" for s in socks}
+    open_ = set(socks)
+    while open_ and time.monotonic() < deadline:
+        r, _, _ = select.select(list(open_), [], [], 0.5)
+        for s in r:
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                open_.discard(s)
+            data[s] += chunk
+    outcomes = collections.Counter()
+    for s in socks:
+        head = data[s].split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        if not head[0]:
+            outcomes["no answer"] += 1
+        else:
+            status = head[0].split(b" ")[1].decode()
+            error = [line.split(b":", 1)[1].strip().decode() for line in head[1:]
+                     if line.lower().startswith(b"x-pilotfish-error:")]
+            outcomes[" ".join([status] + error)] += 1
+        s.close()
+    return outcomes
+
+
+class DescriptorExhaustionTest(unittest.TestCase):
+    def setUp(self):
+        self.up = h.Upstream("echo")
+        self.addCleanup(self.up.stop)
+
+    def start(self, **kw):
+        pf = h.Pilotfish(h.simple_policy(self.up, workers=2, cluster={"timeout": "3s"}), **kw)
+        self.addCleanup(pf.kill)
+        return pf
+
+    def assert_whole_again(self, pf):
+        """No ejection, nothing held, and every request served once the clients have left."""
+        samples = h.metrics(pf)
+        self.assertEqual(h.sample(samples, "pilotfish_outlier_ejections_total", cluster="app") or 0, 0)
+        self.assertEqual(h.sample(samples, "pilotfish_endpoints_ejected", cluster="app") or 0, 0)
+        self.assertFalse([line for line in pf.lines if "ejected" in line], "an endpoint was ejected")
+        for i in range(40):
+            r = h.request(pf.port(), "GET", "/after/%d" % i)
+            self.assertEqual(r.status, 200, r)
+        self.assertEqual(h.admin_request(pf, "/live")[0], 200)
+        self.assertEqual(h.admin_request(pf, "/ready")[0], 200)
+
+        def settled():
+            _, doc, _ = h.admin_json(pf, "/clusters")
+            c = doc["clusters"][0]
+            return all(v == 0 for k, v in c["in_flight"].items() if k != "connections") and c
+        c = h.wait_for(settled, 10, what="breaker counts back to 0")
+        self.assertEqual([e["health"] for e in c["endpoints"]], ["ok"])
+        h.wait_for(lambda: h.sample(h.metrics(pf), "pilotfish_downstream_connections", listener="ingress") == 0, 10,
+                   what="no client connection left open")
+
+    def test_at_the_limit_every_client_is_answered_and_no_endpoint_is_blamed(self):
+        pf = self.start(nofile=256)
+        outcomes = burst(pf.port(), CLIENTS)
+        self.assertEqual(outcomes["no answer"], 0, outcomes)
+        self.assertGreater(outcomes["200"], 0, outcomes)
+        self.assertEqual(set(outcomes) - {"200", "503 overloaded"}, set(), outcomes)
+        self.assertGreater(outcomes["503 overloaded"], 0, "400 clients fit in 256 descriptors? %s" % outcomes)
+        samples = h.metrics(pf)
+        self.assertGreater(h.sample(samples, "pilotfish_descriptor_exhaustion_total", side="downstream"), 0)
+        self.assertLess(h.sample(samples, "pilotfish_connection_descriptors_limit"), 256)
+        h.wait_log(pf, r"out of file descriptors .*answered 503 overloaded")
+        # The upstream saw only requests it answered: it was never the one at fault.
+        stats = self.up.stats()
+        self.assertEqual(len(stats["requests"]), outcomes["200"])
+        self.assert_whole_again(pf)
+        pf.stop_and_check(self)
+
+    def test_a_limit_lowered_while_running_does_not_wedge_a_worker(self):
+        # Lowered after the budget was set, so accept() itself fails with EMFILE: libuv then
+        # retries at once, and used to spin there for ever, answering no one on that worker.
+        pf = self.start()
+        subprocess.run(["prlimit", "--pid", str(pf.pid), "--nofile=256:256"], check=True)
+        outcomes = burst(pf.port(), CLIENTS)
+        self.assertEqual(set(outcomes) - {"200", "503 overloaded", "no answer"}, set(), outcomes)
+        self.assertGreater(outcomes["200"] + outcomes["503 overloaded"], 0, outcomes)
+        self.assert_whole_again(pf)
+        pf.stop_and_check(self)
+
+
+class EarlyAnswerTest(unittest.TestCase):
+    def test_an_answer_before_the_body_is_in_says_connection_close(self):
+        # An upstream that answers 413 with Connection: close as soon as it has the head, before
+        # the body: the connection to the client closes after this response, and the response
+        # says so (it used to say nothing and then close).
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        self.addCleanup(server.close)
+
+        def answer_early():
+            conn, _ = server.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\nConnection: close\r\n\r\nlarge")
+        t = threading.Thread(target=answer_early, daemon=True)
+        t.start()
+        pf = h.Pilotfish(h.simple_policy("127.0.0.1:%d" % server.getsockname()[1]))
+        self.addCleanup(pf.kill)
+        with h.Client(pf.port()) as c:
+            c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+            r = c.read_response()
+            self.assertEqual(r.status, 413)
+            self.assertEqual(r.body, b"large")
+            self.assertEqual((r.header("connection") or "").lower(), "close", r)
+            self.assertTrue(c.is_closed(timeout=10), "the connection closes, as announced")
+        t.join(5)
+        pf.stop_and_check(self)
+
+
+if __name__ == "__main__":
+    h.main()
