@@ -119,6 +119,24 @@ class DescriptorExhaustionTest(unittest.TestCase):
         self.assert_whole_again(pf)
         pf.stop_and_check(self)
 
+    def stop_and_check_emfile_run(self, pf):
+        """stop_and_check, but for the one process that ran out of descriptors in the kernel.
+        Under UBSan (scripts/test.sh --sanitize), its vptr check reports every virtual call as
+        "invalid vptr" with "<memory cannot be printed>" while no descriptor is free: the
+        sanitizer runtime tests whether memory is readable by writing it into a pipe, and pipe()
+        fails with EMFILE, so it cannot look at the object at all. Those reports, and only
+        those, are allowed here; any other sanitizer report still fails the test."""
+        rc = pf.stop()
+        self.assertEqual(rc, 0, pf.log())
+        lines = pf.log(last=1 << 30).splitlines()
+        self.assertNotIn("ERROR: AddressSanitizer", "\n".join(lines))
+        self.assertNotIn("handles still open", "\n".join(lines))
+        for i, line in enumerate(lines):
+            if "runtime error:" in line:
+                self.assertIn("does not point to an object of type", line)
+                self.assertEqual(lines[i + 1:i + 3][1:], ["<memory cannot be printed>"], lines[i:i + 3])
+                self.assertIn("object has invalid vptr", lines[i + 1])
+
     def test_a_limit_lowered_while_running_does_not_wedge_a_worker(self):
         # Lowered after the budget was set, so accept() itself fails with EMFILE: libuv then
         # retries at once, and used to spin there for ever, answering no one on that worker.
@@ -128,7 +146,7 @@ class DescriptorExhaustionTest(unittest.TestCase):
         self.assertEqual(set(outcomes) - {"200", "503 overloaded", "no answer"}, set(), outcomes)
         self.assertGreater(outcomes["200"] + outcomes["503 overloaded"], 0, outcomes)
         self.assert_whole_again(pf)
-        pf.stop_and_check(self)
+        self.stop_and_check_emfile_run(pf)
 
 
 class EarlyAnswerTest(unittest.TestCase):
