@@ -11,7 +11,25 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-REFERENCE = "/work/shared/contract/policy-reference.yaml"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The users' annotated reference, kept in the repository.
+REFERENCE = os.path.join(ROOT, "docs", "policy-reference.yaml")
+# The outside contract's reference, beside the repository where the team works (not in a clone).
+CONTRACT_REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "contract", "policy-reference.yaml")
+
+
+def key_paths(node, prefix=""):
+    """Every key path of a YAML document: listeners[].routes[].match.host and so on."""
+    out = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            path = prefix + ("." if prefix else "") + str(k)
+            out.add(path)
+            out |= key_paths(v, path)
+    elif isinstance(node, list):
+        for item in node:
+            out |= key_paths(item, prefix + "[]")
+    return out
 
 GOOD = """\
 version: 1
@@ -96,10 +114,27 @@ class CliTest(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(len(out.strip().splitlines()), 1, "one-line summary expected: %r" % out)
 
+    def test_the_reference_holds_every_key_of_the_contract(self):
+        import yaml
+        with open(REFERENCE) as f:
+            ours = key_paths(yaml.safe_load(f))
+        # Keys pilotfish accepts that the reference must show (a spot check that it is whole).
+        for key in ("admin.read_only_address", "listeners[].auth.jwks", "listeners[].rate_limit.key",
+                    "listeners[].allow_ambiguous_paths", "listeners[].routes[].auth", "clusters[].retry.nested",
+                    "clusters[].mtls.sni", "drain_delay", "policy_history"):
+            self.assertIn(key, ours)
+        if os.path.exists(CONTRACT_REFERENCE):  # where the contract is at hand, nothing of it is missing
+            with open(CONTRACT_REFERENCE) as f:
+                contract = key_paths(yaml.safe_load(f))
+            self.assertEqual(sorted(contract - ours), [], "keys of the contract missing from " + REFERENCE)
+
     def test_check_accepts_the_reference_policy(self):
         self.assertTrue(os.path.exists(REFERENCE), REFERENCE)
         path = os.path.join(self.dir, "policy-reference.yaml")
         shutil.copy(REFERENCE, path)
+        os.makedirs(os.path.join(self.dir, "keys"))
+        with open(os.path.join(self.dir, "keys", "jwks.json"), "w") as f:
+            f.write('{"keys": []}')
         # The identity files it names, beside it (check reads and verifies them).
         certs = os.path.join(self.dir, "certs")
         pki = h.Pki(certs, name="ca")
