@@ -14,7 +14,7 @@
 FROM debian:12 AS build
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyaml-cpp-dev prometheus-cpp-dev \
+      meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyaml-cpp-dev prometheus-cpp-dev nlohmann-json3-dev \
       openssl ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

@@ -1,14 +1,44 @@
 #!/usr/bin/env bash
-# Installs what pilotfish needs from Debian 12 packages, and only what is missing.
-#   scripts/install-deps.sh          build + test dependencies
-#   scripts/install-deps.sh --bench  also the benchmark peers (wrk, haproxy, nginx)
+# Installs what pilotfish needs from Debian 12 packages, by purpose, and only what is missing.
+#   scripts/install-deps.sh [PURPOSE...]   PURPOSE: build (the default), test, image, bench
+#     build   compile and run pilotfish (scripts/quickstart.sh installs this alone)
+#     test    the whole test suite (scripts/test.sh): build, plus the tools the tests drive, the
+#             image test's container tools, and Prometheus
+#     image   podman and buildah for the container images (test/image/build-and-check.sh)
+#     bench   the benchmark peers and load generators (test/bench/bench.py)
+#   scripts/install-deps.sh --list PURPOSE...   prints the packages of those purposes and installs nothing
+#   scripts/install-deps.sh --bench             the same as `build bench` (kept for old scripts)
 set -euo pipefail
 
-packages=(meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyaml-cpp-dev
-          prometheus-cpp-dev libgtest-dev libgmock-dev python3 curl openssl procps prometheus
-          iproute2 iptables util-linux python3-yaml podman buildah debootstrap fuse-overlayfs uidmap)
-if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(wrk haproxy nginx-light util-linux)
+build=(meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyaml-cpp-dev prometheus-cpp-dev
+       nlohmann-json3-dev libnghttp2-dev curl openssl python3)
+image=(podman buildah debootstrap fuse-overlayfs uidmap)
+test=("${build[@]}" "${image[@]}" libgtest-dev libgmock-dev procps prometheus iproute2 iptables util-linux
+      python3-yaml nghttp2-client)
+bench=("${build[@]}" wrk haproxy nginx-light util-linux)
+
+list=0
+purposes=()
+for arg in "$@"; do
+  case "$arg" in
+    --list) list=1 ;;
+    --bench) purposes+=(build bench) ;;
+    build|test|image|bench) purposes+=("$arg") ;;
+    *) echo "install-deps.sh: unknown purpose '$arg' (build, test, image, bench)" >&2; exit 2 ;;
+  esac
+done
+((${#purposes[@]})) || purposes=(build)
+
+packages=()
+for p in "${purposes[@]}"; do
+  declare -n group="$p"
+  packages+=("${group[@]}")
+done
+mapfile -t packages < <(printf '%s\n' "${packages[@]}" | awk '!seen[$0]++')
+
+if ((list)); then
+  printf '%s\n' "${packages[@]}"
+  exit 0
 fi
 
 missing=()
@@ -26,8 +56,8 @@ if ((${#missing[@]})); then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Services that packages ship (nginx, haproxy) must not start on install: the benchmark
-  # starts its own instances on loopback ports.
+  # Services that packages ship (nginx, haproxy, prometheus) must not start on install: the
+  # tests and the benchmark start their own instances on loopback ports.
   policy_rc=/usr/sbin/policy-rc.d
   created_policy=0
   if [[ ! -e $policy_rc ]]; then

@@ -4,7 +4,7 @@
 # Runs in the foreground; Ctrl-C drains pilotfish and stops the demo service.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh build
 scripts/build.sh build
 
 python3 examples/quickstart/demo_service.py 8080 &

@@ -4,7 +4,7 @@
 #   scripts/test.sh --sanitize   the same suite in an ASan+UBSan build in build-asan/
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh test
 
 if [[ "${1:-}" == "--sanitize" ]]; then
   dir=build-asan

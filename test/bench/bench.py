@@ -341,7 +341,7 @@ def main():
 
     for tool in ("wrk", "haproxy", "nginx", "taskset"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            sys.exit(f"bench: {tool} is missing: run scripts/install-deps.sh --bench")
+            sys.exit(f"bench: {tool} is missing: run scripts/install-deps.sh bench")
 
     tmp = tempfile.mkdtemp(prefix="pf-bench-")
     procs = []

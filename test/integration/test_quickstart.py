@@ -22,6 +22,37 @@ def children_of(pid):
     return pids
 
 
+def packages(*purposes):
+    out = subprocess.run(["bash", "scripts/install-deps.sh", "--list"] + list(purposes), cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+class InstallByPurposeTest(unittest.TestCase):
+    def test_the_quick_start_installs_only_what_building_and_running_need(self):
+        build = packages("build")
+        self.assertIn("libuv1-dev", build)
+        self.assertIn("nlohmann-json3-dev", build)
+        for unused in ("podman", "buildah", "debootstrap", "fuse-overlayfs", "uidmap", "prometheus", "wrk",
+                       "haproxy", "libgtest-dev"):
+            self.assertNotIn(unused, build)
+        with open(os.path.join(ROOT, "scripts", "quickstart.sh")) as f:
+            self.assertIn("scripts/install-deps.sh build\n", f.read())
+
+    def test_each_purpose_installs_its_own(self):
+        test = packages("test")
+        self.assertLessEqual(packages("build") | packages("image"), test, "the suite builds and runs the image test")
+        self.assertIn("prometheus", test)
+        self.assertIn("podman", packages("image"))
+        self.assertNotIn("podman", packages("bench"))
+        self.assertLessEqual({"wrk", "haproxy", "nginx-light"}, packages("bench"))
+        r = subprocess.run(["bash", "scripts/install-deps.sh", "--list", "nonsense"], cwd=ROOT, capture_output=True,
+                           text=True)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        with open(os.path.join(ROOT, "scripts", "test.sh")) as f:
+            self.assertIn("scripts/install-deps.sh test\n", f.read())
+
+
 class QuickstartTest(unittest.TestCase):
     def test_quickstart_serves_and_stops(self):
         proc = subprocess.Popen(["bash", "scripts/quickstart.sh"], cwd=ROOT, stdout=subprocess.PIPE,
