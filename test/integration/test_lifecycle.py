@@ -130,7 +130,7 @@ class DrainUnderLoadTest(unittest.TestCase):
 
         self.assertEqual([f for c in clients for f in c.failures], [], "failed requests during the drain")
         self.assertEqual(rc, 0, pf.log())
-        self.assertLess(elapsed, 10, "exit within drain_timeout")
+        self.assertNotIn("drain timeout passed", pf.log(last=1 << 30), "the drain ended with the last connection")
         self.assertTrue(all(c.refused for c in clients), "every client ends at a listener that stopped accepting")
         # From the start of the drain, every response carries connection: close (a request sent
         # 300 ms after SIGTERM is well inside the drain).
@@ -191,7 +191,6 @@ class DrainDelayTest(unittest.TestCase):
             time.sleep(max(0.0, t0 + at - time.monotonic()))
             with h.Client(port, timeout=5) as c:
                 r = c.request("GET", "/during-delay")
-                self.assertLess(time.monotonic() - t0, 0.95, "the test ran too late to be inside the delay")
                 self.assertEqual(r.status, 200, r)
                 self.assertTrue(has_close(r), r)
                 self.assertTrue(c.is_closed(2))
@@ -209,9 +208,8 @@ class DrainDelayTest(unittest.TestCase):
         r = slow.read_response(timeout=10)
         self.assertEqual(r.status, 200, r)
         self.assertTrue(has_close(r))
-        t_last = time.monotonic()
-        self.assertEqual(pf.proc.wait(5), 0, pf.log())
-        self.assertLess(time.monotonic() - t_last, 3, "exit follows the last connection")
+        self.assertEqual(pf.proc.wait(8), 0, pf.log())
+        self.assertNotIn("drain timeout passed", pf.log(last=1 << 30), "exit follows the last connection")
         self.assertEqual([r["target"] for r in u.requests()],
                          ["/idle", "/racing-1", "/slow?ms=2500", "/racing-2", "/during-delay", "/during-delay"])
         pf.stop_and_check(self)
@@ -257,7 +255,7 @@ class OutboundDuringDrainTest(unittest.TestCase):
 
         slow = h.Client(inbound, timeout=10)
         self.addCleanup(slow.close)
-        slow.send(h.build_request("GET", "/slow?ms=3000"))
+        slow.send(h.build_request("GET", "/slow?ms=5000"))  # in flight through every request below
         u.wait_requests(1)
 
         t0 = time.monotonic()
@@ -275,8 +273,7 @@ class OutboundDuringDrainTest(unittest.TestCase):
                 self.assertTrue(has_close(r), r)
                 self.assertTrue(c.is_closed(2))
             n += 1
-        self.assertLess(time.monotonic() - t0, 2.9, "the test ran too late: the slow request may be done")
-        self.assertTrue(pf.alive())
+        self.assertTrue(pf.alive(), "the slow request holds the process")
 
         r = slow.read_response(timeout=10)
         self.assertEqual(r.status, 200, r)
@@ -311,8 +308,7 @@ class WaitForClustersTest(unittest.TestCase):
         elapsed = time.monotonic() - t0
         self.assertEqual(rc, 1, out + err)
         self.assertNotEqual((out + err).strip(), "", "wait-ready says why it gave up")
-        self.assertGreaterEqual(elapsed, 0.9)
-        self.assertLess(elapsed, 4)
+        self.assertGreaterEqual(elapsed, 0.9, "it gave up before its timeout")
         rc, out, err = h.run_cli(["wait-ready", "--admin", "127.0.0.1:%d" % h.free_port(), "--timeout", "1s"],
                                  timeout=10)
         self.assertEqual(rc, 1, "nothing listens on that admin address: " + out + err)
@@ -334,14 +330,12 @@ class WaitForClustersTest(unittest.TestCase):
         u = h.Upstream("echo", name="app", extra=["--port", str(app_port)])
         self.addCleanup(u.stop)
         self.assertEqual(u.port, app_port)
-        t_up = time.monotonic()
         h.wait_for(lambda: ready_status(pf) == 200, 2.0, interval=0.05, what="/ready 200 once app accepts")
         try:
             out, err = waiter.communicate(timeout=4)
         except subprocess.TimeoutExpired:
             raise AssertionError("wait-ready did not exit after the sidecar became ready")
         self.assertEqual(waiter.returncode, 0, out + err)
-        self.assertLess(time.monotonic() - t_up, 4)
 
         rc, out, err = h.run_cli(["wait-ready", "--admin", "127.0.0.1:%d" % admin_port, "--timeout", "5s"])
         self.assertEqual(rc, 0, out + err)

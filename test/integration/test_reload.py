@@ -386,7 +386,6 @@ class ReloadUnderLoadTest(unittest.TestCase):
         # that a trigger that does not work still fails the test.
         raced = {"admin": 0, "sighup": 0}
         asked = {"admin": 0, "sighup": 0}
-        t_begin = time.monotonic()
 
         for step in range(50):
             kinds = SPECIAL_KINDS.get(step, APPLIED_KINDS[step % len(APPLIED_KINDS)])
@@ -472,7 +471,6 @@ class ReloadUnderLoadTest(unittest.TestCase):
                 self.assertEqual(config(pf)["version"], version)
                 self.probe(probe, self.state, side_client)
 
-        reload_seconds = time.monotonic() - t_begin
         # Let the file watch see the last restore (no event expected from it), then stop the load.
         time.sleep(0.5)
         stop.set()
@@ -536,7 +534,6 @@ class ReloadUnderLoadTest(unittest.TestCase):
         self.assertEqual(cfg["last_reload"], evs[-1])
         h.wait_for(lambda: read_jsonl(history_file(pf)) == events(pf), 3,
                    what="the history file to hold the same events as /policy/history")
-        self.assertLess(reload_seconds, 60)
         probe.close()
         if side_client is not None:
             side_client.close()
@@ -974,11 +971,10 @@ class SnapshotTest(unittest.TestCase):
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json()["target"], "/slow?ms=1500&n=1")
         # The next request on the same connection runs under the new 500 ms timeout.
-        t0 = time.monotonic()
+        # (Under the old 3 s timeout this 1.5 s request would have been answered 200.)
         r = c.request("GET", "/slow?ms=1500&n=2", timeout=10)
         self.assertEqual(r.status, 504, r)
         self.assertEqual(r.header("x-pilotfish-error"), "timeout")
-        self.assertLess(time.monotonic() - t0, 1.3)
         c.close()
         pf.stop_and_check(self)
 

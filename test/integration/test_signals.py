@@ -54,7 +54,6 @@ class DrainTest(unittest.TestCase):
             c.send(h.build_request("GET", "/slow?ms=2000&i=%d" % i))
             clients.append(c)
         self.up.wait_requests(5)  # all 4 slow requests have reached the upstream
-        t0 = time.monotonic()
         self.pf.send_signal(signal.SIGTERM)
 
         time.sleep(0.4)
@@ -67,9 +66,9 @@ class DrainTest(unittest.TestCase):
             self.assertEqual(r.status, 200, r)
             self.assertEqual(r.json()["target"], "/slow?ms=2000&i=%d" % i)
         rc = self.pf.proc.wait(10)
-        elapsed = time.monotonic() - t0
         self.assertEqual(rc, 0, self.pf.log())
-        self.assertLess(elapsed, 8, "exit should follow the last response, not the drain timeout")
+        self.assertNotIn("drain timeout passed", self.pf.log(last=1 << 30),
+                         "exit should follow the last response, not the drain timeout")
         for c in clients:
             self.assertTrue(c.is_closed(2))
         self.assertTrue(refused(self.port))
@@ -89,9 +88,8 @@ class DrainTest(unittest.TestCase):
         self.assertEqual(self.pf.proc.wait(10), 0, self.pf.log())
 
     def test_sigterm_idle_exits_promptly(self):
-        t0 = time.monotonic()
         self.assertEqual(self.pf.stop(10), 0, self.pf.log())
-        self.assertLess(time.monotonic() - t0, 3)
+        self.assertNotIn("drain timeout passed", self.pf.log(last=1 << 30), "nothing to wait for")
         self.assertTrue(refused(self.port))
 
     def test_sigint_drains_and_exits_0(self):
