@@ -1,6 +1,7 @@
 #pragma once
 // First-match routing of a request to a cluster, over a listener's routes.
 
+#include <string>
 #include <string_view>
 
 #include "pilotfish/header_list.h"
@@ -17,5 +18,10 @@ struct RequestView {
 
 // Returns the first route that matches, or nullptr (404).
 const Route* match_route(const Listener& listener, const RequestView& request);
+
+// What a route matches, as one line: "host=H path_prefix=P method=M header:NAME=VALUE" (headers
+// sorted), or "*" for a route that takes everything. It names a route across reloads (the
+// policy diff, the buckets of a route's rate limit), wherever the route moves in the list.
+std::string describe_match(const RouteMatch& match);
 
 }  // namespace pilotfish

@@ -19,8 +19,23 @@ uint64_t hash_key(std::string_view key, uint64_t seed) {
 
 }  // namespace
 
+// A slot: tokens (in units of unit_ thousandths of a token) in the high 24 bits, the time of
+// the last refill in the low 40 bits, in milliseconds of the monotonic clock (0 marks an unused
+// slot). 40 bits of milliseconds last 34 years, so an idle bucket never meets a clock that has
+// wrapped around its stamp: one emptied and left for 50 days is full again, as it should be.
+// (With a 32-bit stamp, an idle of 24.8 to 49.7 days read as a negative time and never refilled.)
+constexpr int kStampBits = 40;
+constexpr uint64_t kStampMask = (uint64_t{1} << kStampBits) - 1;
+constexpr uint64_t kMaxUnits = (uint64_t{1} << (64 - kStampBits)) - 1;
+
 RateLimiter::RateLimiter(double rate_per_second, uint32_t burst, size_t slots)
     : rate_(rate_per_second), burst_(std::max<uint32_t>(1, std::min<uint32_t>(burst, 4'000'000))) {
+  // Thousandths of a token per unit: 1 up to a burst of 16,777 tokens, coarser beyond. A take
+  // costs whole units rounded up, so a coarse unit makes a limit stricter, never looser.
+  uint64_t thousandths = static_cast<uint64_t>(burst_) * 1000;
+  unit_ = std::max<uint64_t>(1, (thousandths + kMaxUnits - 1) / kMaxUnits);
+  full_units_ = thousandths / unit_;
+  cost_units_ = (1000 + unit_ - 1) / unit_;
   size_t n = 1;
   while (n < slots) n <<= 1;
   mask_ = n - 1;
@@ -32,35 +47,32 @@ RateLimiter::RateLimiter(double rate_per_second, uint32_t burst, size_t slots)
 
 bool RateLimiter::take(std::string_view key, uint64_t now_ms, uint32_t* retry_after_s) {
   std::atomic<uint64_t>& slot = slots_[hash_key(key, seed_) & mask_];
-  const uint64_t full = static_cast<uint64_t>(burst_) * 1000;
-  // The time field is the low 32 bits of the clock, never 0 (0 marks an unused slot).
-  uint32_t now32 = static_cast<uint32_t>(now_ms) | 1u;
+  uint64_t now = (now_ms & kStampMask) | 1;  // never 0, which marks an unused slot
   uint64_t old = slot.load(std::memory_order_relaxed);
   for (;;) {
-    uint64_t tokens = old >> 32;  // thousandths of a token
-    uint32_t last = static_cast<uint32_t>(old);
-    uint32_t stamp = last;
+    uint64_t units = old >> kStampBits;
+    uint64_t last = old & kStampMask;
+    uint64_t stamp = last;
     if (last == 0) {
-      tokens = full;
-      stamp = now32;
-    } else {
-      // Wraps every 49 days, as unsigned arithmetic does. A stamp slightly ahead of now (another
-      // thread's clock read a moment later) is no time elapsed, not 49 days.
-      int32_t elapsed = static_cast<int32_t>(now32 - last);
-      if (elapsed < 0) elapsed = 0;
-      uint64_t refill = static_cast<uint64_t>(static_cast<double>(elapsed) * rate_);
-      // A refill under a thousandth keeps the old stamp, so slow rates still accumulate.
-      if (refill > 0 || tokens >= full) {
-        tokens = std::min(full, tokens + refill);
-        stamp = now32;
+      units = full_units_;
+      stamp = now;
+    } else if (now > last) {
+      // A stamp slightly ahead of now (another thread's clock read a moment later) is no time
+      // elapsed; `now > last` leaves it as it is.
+      double refill = static_cast<double>(now - last) * rate_ / static_cast<double>(unit_);
+      // A refill under one unit keeps the old stamp, so slow rates still accumulate.
+      if (refill >= 1.0 || units >= full_units_) {
+        units = refill >= static_cast<double>(full_units_) ? full_units_
+                                                            : std::min(full_units_, units + static_cast<uint64_t>(refill));
+        stamp = now;
       }
     }
-    if (tokens < 1000) {
-      double wait_s = static_cast<double>(1000 - tokens) / (rate_ * 1000.0);
+    if (units < cost_units_) {
+      double wait_s = static_cast<double>((cost_units_ - units) * unit_) / (rate_ * 1000.0);
       *retry_after_s = static_cast<uint32_t>(std::max(1.0, std::ceil(wait_s)));
       return false;
     }
-    uint64_t next = ((tokens - 1000) << 32) | stamp;
+    uint64_t next = ((units - cost_units_) << kStampBits) | stamp;
     if (slot.compare_exchange_weak(old, next, std::memory_order_relaxed)) return true;
   }
 }

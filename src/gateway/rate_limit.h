@@ -1,7 +1,8 @@
 #pragma once
 // `rate_limit` on a listener or route: a token bucket (rate per second, burst) per client key,
 // shared by every worker without a lock: each key hashes to one slot, a 64-bit atomic holding
-// the bucket's tokens (in thousandths) and the time it was last refilled, updated with one
+// the bucket's tokens (in thousandths, or coarser for bursts over 16,777) and the time it was
+// last refilled (40 bits of milliseconds: no wrap in 34 years), updated with one
 // compare-and-swap per request. Keys that share a slot share a bucket (4096 slots per limit by
 // default: a collision makes a limit stricter, never looser).
 
@@ -24,6 +25,9 @@ class RateLimiter {
  private:
   double rate_;
   uint32_t burst_;
+  uint64_t unit_ = 1;        // thousandths of a token per unit of a slot's count
+  uint64_t full_units_ = 0;  // the burst, in units
+  uint64_t cost_units_ = 0;  // one token, in units, rounded up
   size_t mask_;
   uint64_t seed_ = 0;
   std::unique_ptr<std::atomic<uint64_t>[]> slots_;

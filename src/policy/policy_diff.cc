@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "pilotfish/route_matcher.h"
 #include "policy/policy_json.h"
 
 namespace pilotfish {
@@ -73,25 +74,6 @@ ChangeSet diff_named(const std::vector<T>& before, const std::vector<T>& after, 
   return out;
 }
 
-// "host=H path_prefix=P method=M header:NAME=VALUE", or "*" for a route that takes everything.
-std::string match_text(const RouteMatch& m) {
-  std::string out;
-  auto add = [&out](std::string_view part) {
-    if (!out.empty()) out += ' ';
-    out += part;
-  };
-  if (m.host) add("host=" + *m.host);
-  if (m.path_prefix) add("path_prefix=" + *m.path_prefix);
-  if (m.method) add("method=" + *m.method);
-  // Sorted: every listed header must match, so their order in the file means nothing, and
-  // reordering them must not show as a route removed and another added.
-  std::vector<std::pair<std::string_view, std::string_view>> headers;
-  for (const auto& h : m.headers) headers.emplace_back(h.name, h.value);
-  std::sort(headers.begin(), headers.end());
-  for (const auto& [name, value] : headers) add("header:" + std::string(name) + "=" + std::string(value));
-  return out.empty() ? "*" : out;
-}
-
 struct KeyedRoute {
   std::string key;  // "<listener>: <match>", with " #N" for the Nth route of the same match
   const Route* route;
@@ -101,7 +83,7 @@ std::vector<KeyedRoute> keyed_routes(const Listener& listener) {
   std::vector<KeyedRoute> out;
   std::unordered_map<std::string, int> seen;
   for (const Route& route : listener.routes) {
-    std::string key = listener.name + ": " + match_text(route.match);
+    std::string key = listener.name + ": " + describe_match(route.match);
     // A repeated match can never be reached (first match wins), but it is valid and must still
     // get a key of its own, or its cluster change would be folded into the first one's.
     int n = ++seen[key];

@@ -11,6 +11,7 @@
 #include "net/intercept.h"
 #include "net/stream.h"
 #include "net/tcp_proxy.h"
+#include "pilotfish/route_matcher.h"
 
 namespace pilotfish {
 
@@ -146,8 +147,11 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
     next->listener_limiters.push_back(l.rate_limit ? shared_limiter(l.name, *l.rate_limit) : nullptr);
     auto& row = next->route_limiters.emplace_back();
     for (size_t r = 0; r < l.routes.size(); ++r)
-      row.push_back(l.routes[r].rate_limit ? shared_limiter(l.name + "/" + std::to_string(r), *l.routes[r].rate_limit)
-                                           : nullptr);
+      // By what the route matches, not by its place in the list: a reload that reorders routes
+      // moves each route's buckets with it.
+      row.push_back(l.routes[r].rate_limit
+                        ? shared_limiter(l.name + " route " + describe_match(l.routes[r].match), *l.routes[r].rate_limit)
+                        : nullptr);
   }
   next->policy = std::move(policy);
   return next;

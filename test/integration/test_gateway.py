@@ -272,6 +272,26 @@ class RateLimitTest(unittest.TestCase):
         self.assertEqual(codes.count(200), 2, codes)
         pf.stop_and_check(self)
 
+    def test_a_route_keeps_its_buckets_when_a_reload_reorders_routes(self):
+        up = h.Upstream("echo")
+        self.addCleanup(up.stop)
+        slow = {"match": {"path_prefix": "/slow"}, "cluster": "app", "rate_limit": {"rate": 0.01, "burst": 2}}
+        fast = {"match": {"path_prefix": "/fast"}, "cluster": "app", "rate_limit": {"rate": 0.01, "burst": 4}}
+        policy = h.simple_policy(up, routes=[slow, fast, {"cluster": "app"}])
+        pf = h.Pilotfish(policy)
+        self.addCleanup(pf.kill)
+        codes = [h.request(pf.port(), "GET", "/slow").status for _ in range(3)]
+        self.assertEqual(codes, [200, 200, 429], "the /slow bucket is empty")
+        # The same routes in another order: each route's buckets go with it (they were once
+        # tied to the position, so /fast would have inherited /slow's empty bucket).
+        policy["listeners"][0]["routes"] = [fast, slow, {"cluster": "app"}]
+        h.write_policy(pf, policy)
+        self.assertEqual(h.admin_json(pf, "/reload", method="POST")[1]["outcome"], "applied")
+        self.assertEqual(h.request(pf.port(), "GET", "/slow").status, 429, "still empty after the reload")
+        codes = [h.request(pf.port(), "GET", "/fast").status for _ in range(5)]
+        self.assertEqual(codes, [200, 200, 200, 200, 429], "/fast has its own full burst")
+        pf.stop_and_check(self)
+
 
 if __name__ == "__main__":
     h.main()

@@ -27,6 +27,32 @@ TEST(RateLimiter, BurstThenRefillAtTheRate) {
   EXPECT_FALSE(l.take("a", t + 10'000, &retry));
 }
 
+TEST(RateLimiter, ABucketIdleForAnyLengthOfTimeIsFullAgain) {
+  constexpr uint64_t kDay = 86'400'000;
+  // 25 and 49 days were the broken ones: a 32-bit millisecond stamp read them as negative time.
+  for (uint64_t idle : {uint64_t{60'000}, 25 * kDay, 49 * kDay, 50 * kDay, 100 * kDay, 4 * 365 * kDay,
+                        (uint64_t{1} << 32) - 1, uint64_t{1} << 32, (uint64_t{1} << 32) + 5, (uint64_t{1} << 31) + 7}) {
+    for (uint64_t start : {uint64_t{1000}, (uint64_t{1} << 32) - 500, 40 * kDay}) {
+      RateLimiter l(1.0, 3);
+      uint32_t retry = 0;
+      for (int i = 0; i < 3; ++i) ASSERT_TRUE(l.take("k", start, &retry));
+      ASSERT_FALSE(l.take("k", start, &retry));
+      int allowed = 0;
+      for (int i = 0; i < 5; ++i) allowed += l.take("k", start + idle, &retry) ? 1 : 0;
+      EXPECT_EQ(allowed, 3) << "idle " << idle << " ms from " << start;
+    }
+  }
+}
+
+TEST(RateLimiter, LargeBurstsAreNeverLooser) {
+  RateLimiter l(1.0, 4'000'000);  // the largest burst: a coarser unit, rounded against the client
+  uint32_t retry = 0;
+  uint64_t allowed = 0;
+  while (allowed < 5'000'000 && l.take("k", 1000, &retry)) ++allowed;
+  EXPECT_LE(allowed, 4'000'000u);
+  EXPECT_GT(allowed, 3'000'000u);
+}
+
 TEST(RateLimiter, AClockSlightlyBehindAnotherDoesNotRefill) {
   // Two workers' clocks a few milliseconds apart: "earlier" is no time elapsed, not 49 days.
   RateLimiter l(1.0, 3);
