@@ -1546,6 +1546,10 @@ void HttpSession::reset_request() {
   upstream_sent_ = false;
   to_upstream_.clear();
   paused_for_upstream_ = false;
+  // A response can end while the client still has between the low- and high-water marks to
+  // take: the next request's stall limit is the cluster timeout again, not the idle timeout.
+  // (The upstream connection it paused is back in its pool, which reads it.)
+  paused_for_downstream_ = false;
   resp_headers_.clear();
   resp_status_text_.clear();
   response_started_ = false;
