@@ -36,6 +36,9 @@ std::optional<SocketAddress> parse_bind_address(std::string_view text, std::stri
 // 127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6 (a dual-stack socket's IPv4 peer).
 bool is_loopback(const SocketAddress& address);
 
+// 0.0.0.0 or [::]: every address of the host ("[::]" takes IPv4 too; see listen_socket).
+bool is_unspecified(const SocketAddress& address);
+
 // Formats a sockaddr as "1.2.3.4:80" or "[::1]:80".
 std::string format_sockaddr(const sockaddr* sa);
 

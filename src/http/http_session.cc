@@ -210,6 +210,9 @@ void HttpSession::note_peer() {
     char ip[64] = "";
     if (peer.ss_family == AF_INET)
       uv_ip4_name(reinterpret_cast<sockaddr_in*>(&peer), ip, sizeof ip);
+    else if (peer.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr))
+      // An IPv4 client of a "[::]" listener: written as IPv4, as the same client on 0.0.0.0 is.
+      uv_inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr.s6_addr[12], ip, sizeof ip);
     else if (peer.ss_family == AF_INET6)
       uv_ip6_name(reinterpret_cast<sockaddr_in6*>(&peer), ip, sizeof ip);
     client_address_ = ip;

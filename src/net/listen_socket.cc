@@ -19,7 +19,12 @@ int open_listen_socket(const SocketAddress& address, std::string* error) {
   int one = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  if (address.family() == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  if (address.family() == AF_INET6) {
+    // "[::]" takes both families (IPv4 arrives as ::ffff:a.b.c.d), as the README and
+    // `pilotfish iptables` promise; any other IPv6 address is that address alone.
+    int v6only = is_unspecified(address) ? 0 : 1;
+    ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+  }
   if (::bind(fd, address.sa(), address.length) != 0) {
     *error = "bind " + address.text + ": " + std::strerror(errno);
     ::close(fd);

@@ -156,6 +156,13 @@ bool is_loopback(const SocketAddress& a) {
   return false;
 }
 
+bool is_unspecified(const SocketAddress& a) {
+  if (a.family() == AF_INET)
+    return reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr.s_addr == htonl(INADDR_ANY);
+  if (a.family() == AF_INET6) return IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr);
+  return false;
+}
+
 std::string format_sockaddr(const sockaddr* sa) {
   if (sa == nullptr) return "(none)";
   char buf[INET6_ADDRSTRLEN] = {};

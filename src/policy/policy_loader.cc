@@ -222,16 +222,6 @@ std::string join_path(const std::string& path, std::string_view key) {
 
 std::string index_path(const std::string& path, size_t index) { return path + "[" + std::to_string(index) + "]"; }
 
-bool is_wildcard(const SocketAddress& address) {
-  if (address.family() == AF_INET) {
-    return reinterpret_cast<const sockaddr_in*>(&address.storage)->sin_addr.s_addr == htonl(INADDR_ANY);
-  }
-  if (address.family() == AF_INET6) {
-    return IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6*>(&address.storage)->sin6_addr);
-  }
-  return false;
-}
-
 std::string sha256_hex(std::string_view bytes) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
@@ -389,6 +379,7 @@ class PolicyReader {
 
   // Checks across sections, once everything is read.
   void check_bind_address(const SocketAddress& address, const std::string& path, Position at);
+  void check_one_family(const SocketAddress& address, const std::string& path, Position at);
   void resolve_routes();
   void check_cluster_use();
   void require_identity(Position at, const std::string& path);
@@ -1556,6 +1547,16 @@ void PolicyReader::require_identity(Position at, const std::string& path) {
 // address of its family. Port 0 asks the kernel for a fresh port each time, so it never clashes.
 void PolicyReader::check_bind_address(const SocketAddress& address, const std::string& path, Position at) {
   if (address.port() == 0) return;
+  // "[::]" takes IPv4 as well (a dual-stack socket): it claims the IPv4 wildcard of its port too.
+  if (address.family() == AF_INET6 && is_unspecified(address)) {
+    SocketAddress v4 = parse_bind_address("0.0.0.0:" + std::to_string(address.port()), nullptr).value();
+    v4.text = address.text;
+    check_one_family(v4, path, at);
+  }
+  check_one_family(address, path, at);
+}
+
+void PolicyReader::check_one_family(const SocketAddress& address, const std::string& path, Position at) {
   BoundPort& bound = bound_ports_[{address.family(), address.port()}];
   if (auto same = bound.by_text.find(address.text); same != bound.by_text.end()) {
     error(at, path, address.text + " is already used by " + same->second);
@@ -1565,13 +1566,13 @@ void PolicyReader::check_bind_address(const SocketAddress& address, const std::s
     error(at, path, address.text + " clashes with " + bound.wildcard_owner + " (" + bound.wildcard_text + ")");
     return;
   }
-  if (is_wildcard(address) && !bound.by_text.empty()) {
+  if (is_unspecified(address) && !bound.by_text.empty()) {
     const auto& [other_text, other_path] = *bound.by_text.begin();
     error(at, path, address.text + " clashes with " + other_path + " (" + other_text + ")");
     return;
   }
   bound.by_text.emplace(address.text, path);
-  if (is_wildcard(address)) {
+  if (is_unspecified(address)) {
     bound.wildcard_owner = path;
     bound.wildcard_text = address.text;
   }

@@ -323,6 +323,22 @@ class PathNormalisationTest(ProxyTest):
         self.assertEqual(r.header("x-pilotfish-error"), "ambiguous_path")
 
 
+class DualStackTest(unittest.TestCase):
+    def test_a_listener_on_the_ipv6_wildcard_takes_both_families(self):
+        up = h.Upstream("echo")
+        self.addCleanup(up.stop)
+        pf = h.Pilotfish(h.simple_policy(up, listener={"address": "[::]:0"}))
+        self.addCleanup(pf.kill)
+        for host in ("127.0.0.1", "::1"):
+            with h.Client(pf.port(), host=host) as c:
+                r = c.request("GET", "/from/" + host)
+                self.assertEqual(r.status, 200, (host, r))
+        forwarded = [q for q in up.requests() if q["target"] == "/from/127.0.0.1"][0]
+        # An IPv4 client is named as IPv4, not as ::ffff:127.0.0.1.
+        self.assertIn(("x-forwarded-for", "127.0.0.1"), [(k.lower(), v) for k, v in forwarded["headers"]])
+        pf.stop_and_check(self)
+
+
 class NormalisedRoutingTest(unittest.TestCase):
     def setUp(self):
         self.admin = h.Upstream("echo", name="admin")

@@ -787,9 +787,12 @@ TEST(Listeners, DuplicateAndClashingAddresses) {
                         "listeners[0].address: 127.0.0.1:15000 is already used by admin.address"));
   EXPECT_TRUE(OnlyError(load(two_listeners("b", "127.0.0.1:9901")), 6, 14,
                         "listeners[1].address: 127.0.0.1:9901 is already used by admin.address"));
+  // "[::]" takes IPv4 as well, so it clashes with an IPv4 address of its port.
+  EXPECT_TRUE(OnlyError(load(two_listeners("b", "\"[::]:15000\"")), 6, 14,
+                        "listeners[1].address: [::]:15000 clashes with listeners[0].address (127.0.0.1:15000)"));
   // Different addresses, another family, or port 0 (the kernel picks) never clash.
   loaded(load(two_listeners("b", "127.0.0.2:15000")));
-  loaded(load(two_listeners("b", "\"[::]:15000\"")));
+  loaded(load(two_listeners("b", "\"[::1]:15000\"")));
   loaded(load(replaced(two_listeners("b", "127.0.0.1:0"), "127.0.0.1:15000", "127.0.0.1:0")));
 }
 
