@@ -122,8 +122,16 @@ InterceptTarget intercept_target(const Policy& policy, const Listener& listener,
 
 Detected detect_http1(const char* data, size_t length) {
   std::string_view got(data, length);
-  // Empty lines before a request line are allowed (RFC 9112 2.2); the HTTP parser decides.
-  while (!got.empty() && (got.front() == '\r' || got.front() == '\n')) got.remove_prefix(1);
+  // Empty lines before a request line are allowed (RFC 9112 2.2: a server SHOULD ignore at
+  // least one), but only a few: a client that sends nothing but CR and LF is not HTTP, and is
+  // not let hold the detection (or make every read rescan a growing buffer). So at most
+  // kMaxLeadingEmptyLineBytes, then at most the longest method: every call looks at a bounded
+  // prefix, whatever the buffer holds.
+  size_t skipped = 0;
+  while (!got.empty() && (got.front() == '\r' || got.front() == '\n')) {
+    if (++skipped > kMaxLeadingEmptyLineBytes) return Detected::no;
+    got.remove_prefix(1);
+  }
   for (std::string_view m : kMethods) {
     if (got.size() >= m.size()) {
       if (got.substr(0, m.size()) == m) return Detected::yes;

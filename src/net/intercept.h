@@ -47,7 +47,9 @@ std::optional<SocketAddress> original_destination(uv_tcp_t* tcp);
 InterceptTarget intercept_target(const Policy& policy, const Listener& listener, const SocketAddress& original);
 
 // First bytes of an HTTP/1 request? `yes`, `no`, or `more` (a prefix of a request line so far).
+// Up to kMaxLeadingEmptyLineBytes of CR and LF may come first; more is `no`.
 enum class Detected { yes, no, more };
+constexpr size_t kMaxLeadingEmptyLineBytes = 8;
 Detected detect_http1(const char* data, size_t length);
 
 class InterceptSession final : public Stream {

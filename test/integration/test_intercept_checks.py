@@ -62,6 +62,19 @@ def inner():
     attempt("lower-case get", [(0, b"get" + req[3:])])
     attempt("leading CRLF", [(0, b"\r\n" + req)])
     attempt("unclaimed port", [(0, req)], port=other)
+    attempt("a few empty lines", [(0, b"\r\n\r\n\r\n" + req)])
+    # Connections that send nothing but empty lines are not HTTP: closed on this listener,
+    # while an honest request beside them is answered.
+    floods = [h.Client(app, host="127.0.0.2", timeout=3) for _ in range(20)]
+    for f in floods:
+        try:
+            f.send(b"\r\n" * 8192)
+        except OSError:
+            pass
+    attempt("beside 20 CRLF floods", [(0, req)])
+    report["floods closed"] = sum(1 for f in floods if f.is_closed(3))
+    for f in floods:
+        f.close()
     report["app requests"] = len(up.requests())
     # A connection still being classified when a reload moves the listener.
     c = h.Client(app, host="127.0.0.2", timeout=3)
@@ -92,6 +105,9 @@ class InterceptChecksTest(unittest.TestCase):
         self.assertEqual(report["leading CRLF"], 401, report)
         self.assertEqual(report["lower-case get"], "closed", report)
         self.assertEqual(report["unclaimed port"], "closed", report)
+        self.assertEqual(report["a few empty lines"], 401, report)
+        self.assertEqual(report["beside 20 CRLF floods"], 401, report)
+        self.assertEqual(report["floods closed"], 20, report)
         self.assertEqual(report["app requests"], 0, "nothing reached the app unchecked")
         self.assertEqual(report["reload"], "applied")
         self.assertTrue(report["alive after reload"])

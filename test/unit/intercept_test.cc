@@ -154,6 +154,17 @@ TEST(Intercept, DetectsHttp1RequestLines) {
   EXPECT_EQ(d("get / HTTP/1.1"), Detected::no);
 }
 
+TEST(Intercept, OnlyAFewEmptyLinesMayComeFirst) {
+  auto d = [](const std::string& s) { return detect_http1(s.data(), s.size()); };
+  EXPECT_EQ(d("\r\nGET / HTTP/1.1\r\n"), Detected::yes);
+  EXPECT_EQ(d("\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n"), Detected::yes);  // 8 bytes: allowed
+  EXPECT_EQ(d("\r\n\r\n"), Detected::more);
+  EXPECT_EQ(d("\r\n\r\n\r\n\r\n\r"), Detected::no);  // 9: a flood, not a request
+  // However much of it there is, the answer is decided by a bounded prefix.
+  std::string flood(1 << 20, '\n');
+  EXPECT_EQ(d(flood), Detected::no);
+}
+
 TEST(Intercept, OriginalDestinationPicksTheTarget) {
   Policy p = load(kMesh);
   std::string err;
