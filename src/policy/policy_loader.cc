@@ -1731,6 +1731,55 @@ bool read_whole_file(const std::string& path, std::string* contents, std::string
   return true;
 }
 
+struct UnclosedFlow {
+  char bracket;
+  Position at;
+};
+
+// The innermost '[' or '{' of a flow collection still open at the end of `text`, found by a
+// scan that knows YAML's quotes and comments; nullopt if every bracket closes (then yaml-cpp's
+// own position is the better one).
+std::optional<UnclosedFlow> find_unclosed_flow(std::string_view text) {
+  std::vector<UnclosedFlow> open;
+  uint32_t line = 1, column = 0;
+  char quote = 0;
+  bool comment = false;
+  char previous = '\n';
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    ++column;
+    if (c == '\n') {
+      ++line;
+      column = 0;
+      comment = false;
+      previous = c;
+      continue;
+    }
+    if (comment) continue;
+    if (quote) {
+      if (quote == '"' && c == '\\') {
+        ++i, ++column;  // an escape: the next character is data
+      } else if (c == quote) {
+        if (quote == '\'' && i + 1 < text.size() && text[i + 1] == '\'')
+          ++i, ++column;  // '' is a quote inside single quotes
+        else
+          quote = 0;
+      }
+    } else if (c == '#' && (previous == ' ' || previous == '\t' || previous == '\n')) {
+      comment = true;
+    } else if (c == '"' || c == '\'') {
+      quote = c;
+    } else if (c == '[' || c == '{') {
+      open.push_back({c, Position{line, column}});
+    } else if ((c == ']' || c == '}') && !open.empty()) {
+      open.pop_back();
+    }
+    previous = c;
+  }
+  if (open.empty()) return std::nullopt;
+  return open.back();
+}
+
 }  // namespace
 
 PolicyLoadResult load_policy_text(const std::string& text, const std::string& file_name, const std::string& base_dir,
@@ -1758,7 +1807,15 @@ PolicyLoadResult load_policy_text(const std::string& text, const std::string& fi
     reader.fail(at, "invalid YAML: nested more than " + std::to_string(e.depth()) + " levels deep");
   } catch (const YAML::Exception& e) {
     Position at = e.mark.is_null() ? Position{} : Position{e.mark.line + 1, e.mark.column + 1};
-    reader.fail(at, "invalid YAML: " + (e.msg.empty() ? std::string("cannot parse") : e.msg));
+    std::optional<UnclosedFlow> unclosed;
+    if (e.msg.find("flow not found") != std::string::npos) unclosed = find_unclosed_flow(text);
+    if (unclosed) {
+      // yaml-cpp notices at the end of the file; the mistake is where the bracket opened.
+      reader.fail(unclosed->at, std::string("invalid YAML: the '") + unclosed->bracket +
+                                    "' opened here is never closed (" + e.msg + ")");
+    } else {
+      reader.fail(at, "invalid YAML: " + (e.msg.empty() ? std::string("cannot parse") : e.msg));
+    }
   } catch (const std::exception& e) {
     // Only memory exhaustion or a yaml-cpp bug can get here; still an answer, not a crash.
     reader.fail({}, std::string("cannot read the policy: ") + e.what());

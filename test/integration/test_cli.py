@@ -186,6 +186,14 @@ class CliTest(unittest.TestCase):
         self.assertEqual(rc, 1, err)
         self.assertRegex(err, r"(?m)^" + re.escape(path) + r":\d+:\d+: ")
 
+    def test_an_unclosed_bracket_is_reported_where_it_opened(self):
+        path = os.path.join(self.dir, "unclosed.yaml")
+        with open(path, "w") as f:
+            f.write("version: 1\nlisteners:\n  - name: a\n    address: [127.0.0.1:15001\n")
+        rc, out, err = h.run_cli(["check", "--config", path])
+        self.assertEqual(rc, 1)
+        self.assertIn("%s:4:14: invalid YAML: the '[' opened here is never closed" % path, err)
+
     def test_check_missing_file_exits_1(self):
         rc, out, err = h.run_cli(["check", "--config", os.path.join(self.dir, "missing.yaml")])
         self.assertEqual(rc, 1, err)

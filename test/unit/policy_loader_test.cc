@@ -612,6 +612,17 @@ TEST(YamlSyntax, ErrorsCarryYamlCppsPosition) {
                         "invalid YAML: illegal tab when looking for indentation"));
 }
 
+TEST(YamlSyntax, AnUnclosedBracketIsReportedWhereItOpened) {
+  // yaml-cpp notices at the end of the file (5:1 here); the mistake is at 4:14.
+  EXPECT_TRUE(OnlyError(load("version: 1\nlisteners:\n  - name: a\n    address: [127.0.0.1:15001\n"), 4, 14,
+                        "invalid YAML: the '[' opened here is never closed (end of sequence flow not found)"));
+  EXPECT_TRUE(OnlyError(load("version: 1\nlisteners:\n  - {name: a, address: 127.0.0.1:1\nclusters: []\n"), 3, 5,
+                        "invalid YAML: the '{' opened here is never closed (end of map flow not found)"));
+  // Brackets in comments and quotes are not brackets; the inner of two open ones is named.
+  EXPECT_TRUE(OnlyError(load("version: 1 # [\nservice: 'a[b'\nlisteners: [{name: a, routes: [x, \"]\"\n"), 3, 31,
+                        "invalid YAML: the '[' opened here is never closed (end of sequence flow not found)"));
+}
+
 TEST(YamlSyntax, DeepNestingIsAnErrorNotACrash) {
   auto result = load("a: " + std::string(5000, '[') + std::string(5000, ']') + "\n");
   ASSERT_EQ(result.errors.size(), 1u) << describe(result);
