@@ -12,46 +12,22 @@
 namespace pilotfish {
 namespace {
 
-// Field by field rather than through policy.h's types: policy.h belongs to the data path and
-// carries no comparison operators. A field added to Listener or Cluster must be added here too,
-// or a change to it would go unreported.
+// Everything is compared through the policy's JSON form (policy_json.h), the same text GET
+// /config shows: a key that policy_to_json writes is a key the diff sees, so a key added later
+// cannot be missed (rate limits once were). A listener compares without its routes, which are
+// reported one by one under "routes".
 
-bool same_addresses(const std::vector<SocketAddress>& a, const std::vector<SocketAddress>& b) {
-  // SocketAddress compares by its text: as written (normalised), never a kernel-chosen port.
-  return a == b;
-}
-
-// Everything but name (the identity) and routes (reported one by one under "routes").
 bool same_listener(const Listener& a, const Listener& b) {
-  return a.address.text == b.address.text && a.intercept == b.intercept && a.protocol == b.protocol &&
-         a.passthrough == b.passthrough &&
-         a.mtls == b.mtls && a.allow == b.allow && a.header_timeout == b.header_timeout &&
-         a.body_timeout == b.body_timeout && a.idle_timeout == b.idle_timeout &&
-         a.max_header_bytes == b.max_header_bytes && a.max_body_bytes == b.max_body_bytes;
+  return listener_to_json(a, false) == listener_to_json(b, false);
 }
 
-bool same_retry(const RetryPolicy& a, const RetryPolicy& b) {
-  return a.retries == b.retries && a.on == b.on && a.status_codes == b.status_codes &&
-         a.per_try_timeout == b.per_try_timeout && a.backoff_base == b.backoff_base && a.backoff_max == b.backoff_max &&
-         a.budget_ratio == b.budget_ratio && a.budget_min_per_second == b.budget_min_per_second && a.nested == b.nested;
-}
+bool same_cluster(const Cluster& a, const Cluster& b) { return cluster_to_json(a) == cluster_to_json(b); }
 
-bool same_cluster(const Cluster& a, const Cluster& b) {
-  const CircuitBreakerLimits &ba = a.circuit_breaker, &bb = b.circuit_breaker;
-  const OutlierDetection &oa = a.outlier_detection, &ob = b.outlier_detection;
-  return same_addresses(a.endpoints, b.endpoints) && same_addresses(a.vips, b.vips) &&
-         a.mtls == b.mtls && a.lb == b.lb &&
-         a.connect_timeout == b.connect_timeout && a.timeout == b.timeout && a.idle_timeout == b.idle_timeout &&
-         same_retry(a.retry, b.retry) && ba.max_connections == bb.max_connections &&
-         ba.max_pending_requests == bb.max_pending_requests && ba.max_requests == bb.max_requests &&
-         ba.max_retries == bb.max_retries && oa.consecutive_failures == ob.consecutive_failures &&
-         oa.base_ejection_time == ob.base_ejection_time && oa.max_ejection_time == ob.max_ejection_time &&
-         oa.max_ejection_percent == ob.max_ejection_percent;
-}
-
-bool same_identity(const std::optional<Identity>& a, const std::optional<Identity>& b) {
-  if (a.has_value() != b.has_value()) return false;
-  return !a || (a->cert == b->cert && a->key == b->key && a->ca == b->ca);
+// A route is named by its match (describe_match, headers sorted); what else it says is compared.
+bool same_route(const Route& a, const Route& b) {
+  Route x = a, y = b;
+  x.match = y.match = RouteMatch{};
+  return route_to_json(x) == route_to_json(y);
 }
 
 // Named elements (listeners, clusters): added and modified in `after`'s order, removed in
@@ -124,7 +100,7 @@ ChangeSet diff_routes(const Policy& before, const Policy& after) {
       auto was = old_routes.find(r.key);
       if (was == old_routes.end())
         out.added.push_back(route_text(r));
-      else if (was->second->cluster != r.route->cluster || old_rank[r.key] != new_rank[r.key])
+      else if (!same_route(*was->second, *r.route) || old_rank[r.key] != new_rank[r.key])
         out.modified.push_back(route_text(r));
     }
   }
@@ -141,24 +117,16 @@ ChangeSet diff_routes(const Policy& before, const Policy& after) {
 
 std::vector<std::string> diff_settings(const Policy& a, const Policy& b) {
   std::vector<std::string> out;
-  auto check = [&out](bool same, const char* name) {
+  auto before = settings_to_json(a), after = settings_to_json(b);
+  for (size_t i = 0; i < after.size(); ++i) {
+    const std::string& name = after[i].first;
+    bool same = before[i].second == after[i].second;
+    // policy_history as written (unset, off, or a path), not the effective path: an unset
+    // history file sits beside its policy file, and the two policies being compared usually
+    // live in different files.
+    if (name == "policy_history") same = a.history_path == b.history_path;
     if (!same) out.push_back(name);
-  };
-  check(a.service == b.service, "service");
-  check(a.admin_address.text == b.admin_address.text, "admin.address");
-  check(a.workers == b.workers, "workers");
-  check(a.log_level == b.log_level, "log_level");
-  check(a.drain_timeout == b.drain_timeout, "drain_timeout");
-  check(a.drain_delay == b.drain_delay, "drain_delay");
-  // As written (unset, off, or a path), not the effective path: an unset history file sits
-  // beside its policy file, and the two policies being compared usually live in different files.
-  check(a.history_path == b.history_path, "policy_history");
-  check(a.watch == b.watch, "policy_watch");
-  check(a.wait_for_clusters == b.wait_for_clusters, "wait_for_clusters");
-  check(a.access_log.target == b.access_log.target &&
-            (a.access_log.target != AccessLogTarget::file || a.access_log.path == b.access_log.path),
-        "access_log");
-  check(same_identity(a.identity, b.identity), "identity");
+  }
   return out;
 }
 

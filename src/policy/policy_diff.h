@@ -21,13 +21,17 @@ struct ChangeSet {
   bool empty() const { return added.empty() && removed.empty() && modified.empty(); }
 };
 
+// Every comparison goes through the policy's JSON form (policy_json.h): whatever policy_to_json
+// writes, the diff compares, so no key can be left out of it.
 struct PolicyDiff {
-  ChangeSet listeners;  // by name; "modified" = any field but routes differs
-  ChangeSet routes;     // "<listener>: <match> -> <cluster>", only for listeners in both policies
-  ChangeSet clusters;   // by name; "modified" = any field differs
-  // Top-level keys whose value changed, in this order: "service", "admin.address", "workers",
-  // "log_level", "drain_timeout", "drain_delay", "policy_history", "policy_watch",
-  // "wait_for_clusters", "access_log", "identity".
+  ChangeSet listeners;  // by name; "modified" = any key but routes differs
+  ChangeSet routes;     // "<listener>: <match> -> <cluster>", only for listeners in both policies;
+                        // "modified" = any key (cluster, auth, rate_limit...) or its place differs
+  ChangeSet clusters;   // by name; "modified" = any key differs
+  // Top-level keys whose value changed, in the order of settings_to_json: "version", "service",
+  // "admin.address", "admin.read_only_address", "workers", "log_level", "drain_timeout",
+  // "drain_delay", "policy_history", "policy_watch", "wait_for_clusters", "access_log",
+  // "identity".
   std::vector<std::string> settings;
   bool empty() const { return listeners.empty() && routes.empty() && clusters.empty() && settings.empty(); }
 };

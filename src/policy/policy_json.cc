@@ -40,6 +40,11 @@ class JsonWriter {
     out_ += buf;
     return *this;
   }
+  JsonWriter& null() {
+    comma();
+    out_ += "null";
+    return *this;
+  }
   JsonWriter& boolean(bool v) {
     comma();
     out_ += v ? "true" : "false";
@@ -111,124 +116,237 @@ void write_addresses(JsonWriter& w, const std::vector<SocketAddress>& list) {
   w.end_array();
 }
 
-}  // namespace
 
-std::string policy_to_json(const Policy& p) {
+void write_auth(JsonWriter& w, const std::optional<AuthPolicy>& auth, bool off) {
+  if (off) {
+    w.key("auth").boolean(false);
+    return;
+  }
+  if (!auth) return;
+  w.key("auth").begin_object();
+  w.key("jwks").str(auth->jwks).key("issuer").str(auth->issuer);
+  w.key("audience").begin_array();
+  for (const auto& a : auth->audiences) w.str(a);
+  w.end_array();
+  w.key("subject_header").str(auth->subject_header).key("clock_skew").dur(auth->clock_skew);
+  w.end_object();
+}
+
+void write_rate_limit(JsonWriter& w, const std::optional<RateLimitPolicy>& limit, bool off) {
+  if (off) {
+    w.key("rate_limit").boolean(false);
+    return;
+  }
+  if (!limit) return;
+  w.key("rate_limit").begin_object();
+  w.key("rate").num(limit->rate).key("burst").num(limit->burst);
+  switch (limit->key) {
+    case RateLimitPolicy::Key::client_address: w.key("key").str("client_address"); break;
+    case RateLimitPolicy::Key::peer_identity: w.key("key").str("peer_identity"); break;
+    case RateLimitPolicy::Key::header: w.key("key").str("header:" + limit->header); break;
+  }
+  w.end_object();
+}
+
+void write_route(JsonWriter& w, const Route& r) {
+  w.begin_object();
+  const RouteMatch& m = r.match;
+  if (m.host || m.path_prefix || m.method || !m.headers.empty()) {
+    w.key("match").begin_object();
+    if (m.host) w.key("host").str(*m.host);
+    if (m.path_prefix) w.key("path_prefix").str(*m.path_prefix);
+    if (m.method) w.key("method").str(*m.method);
+    if (!m.headers.empty()) {
+      w.key("headers").begin_object();
+      for (const auto& h : m.headers) w.key(h.name).str(h.value);
+      w.end_object();
+    }
+    w.end_object();
+  }
+  w.key("cluster").str(r.cluster);
+  write_auth(w, r.auth, r.auth_off);
+  write_rate_limit(w, r.rate_limit, r.rate_limit_off);
+  w.end_object();
+}
+
+void write_listener(JsonWriter& w, const Listener& l, bool with_routes) {
+  w.begin_object();
+  w.key("name").str(l.name).key("address").str(l.address.text);
+  w.key("protocol").str(name_of(l.protocol)).key("intercept").str(name_of(l.intercept));
+  w.key("mtls").boolean(l.mtls);
+  if (l.intercept == Intercept::outbound) w.key("passthrough").boolean(l.passthrough);
+  if (!l.allow.empty()) {
+    w.key("allow").begin_array();
+    for (const auto& a : l.allow) w.str(a);
+    w.end_array();
+  }
+  w.key("header_timeout").dur(l.header_timeout).key("body_timeout").dur(l.body_timeout);
+  w.key("idle_timeout").dur(l.idle_timeout);
+  w.key("max_header_bytes").num(l.max_header_bytes).key("max_body_bytes").num(static_cast<double>(l.max_body_bytes));
+  w.key("allow_ambiguous_paths").boolean(l.allow_ambiguous_paths);
+  write_auth(w, l.auth, false);
+  write_rate_limit(w, l.rate_limit, false);
+  if (with_routes) {
+    w.key("routes").begin_array();
+    for (const auto& r : l.routes) write_route(w, r);
+    w.end_array();
+  }
+  w.end_object();
+}
+
+void write_cluster(JsonWriter& w, const Cluster& c) {
+  w.begin_object();
+  w.key("name").str(c.name);
+  w.key("endpoints");
+  write_addresses(w, c.endpoints);
+  if (!c.vips.empty()) {
+    w.key("vips");
+    write_addresses(w, c.vips);
+  }
+  if (c.mtls.enabled) {
+    w.key("mtls").begin_object().key("server_identity").str(c.mtls.server_identity);
+    if (!c.mtls.sni.empty()) w.key("sni").str(c.mtls.sni);
+    w.end_object();
+  }
+  w.key("lb").str(name_of(c.lb));
+  w.key("connect_timeout").dur(c.connect_timeout).key("timeout").dur(c.timeout).key("idle_timeout").dur(c.idle_timeout);
+  const RetryPolicy& r = c.retry;
+  w.key("retry").begin_object();
+  w.key("retries").num(r.retries);
+  w.key("on").begin_array();
+  static constexpr std::pair<uint32_t, const char*> kOn[] = {{kRetryConnectFailure, "connect-failure"},
+                                                             {kRetryReset, "reset"},
+                                                             {kRetry5xx, "5xx"},
+                                                             {kRetryGatewayError, "gateway-error"},
+                                                             {kRetryRetriableStatusCodes, "retriable-status-codes"}};
+  for (auto [bit, name] : kOn)
+    if (r.on & bit) w.str(name);
+  w.end_array();
+  w.key("status_codes").begin_array();
+  for (int code : r.status_codes) w.num(code);
+  w.end_array();
+  w.key("per_try_timeout").dur(r.per_try_timeout);
+  w.key("backoff").begin_object().key("base").dur(r.backoff_base).key("max").dur(r.backoff_max).end_object();
+  w.key("budget").begin_object().key("ratio").num(r.budget_ratio).key("min_per_second").num(r.budget_min_per_second);
+  w.end_object();
+  w.key("nested").boolean(r.nested);
+  w.end_object();
+  const CircuitBreakerLimits& b = c.circuit_breaker;
+  w.key("circuit_breaker").begin_object();
+  w.key("max_connections").num(b.max_connections).key("max_pending_requests").num(b.max_pending_requests);
+  w.key("max_requests").num(b.max_requests).key("max_retries").num(b.max_retries);
+  w.end_object();
+  const OutlierDetection& o = c.outlier_detection;
+  w.key("outlier_detection").begin_object();
+  w.key("consecutive_failures").num(o.consecutive_failures);
+  w.key("base_ejection_time").dur(o.base_ejection_time).key("max_ejection_time").dur(o.max_ejection_time);
+  w.key("max_ejection_percent").num(o.max_ejection_percent);
+  w.end_object();
+  w.end_object();
+}
+
+template <typename Write>
+std::string to_json(Write write) {
   std::string out;
   JsonWriter w(out);
-  w.begin_object();
-  w.key("version").num(p.version);
-  w.key("service").str(p.service);
-  w.key("admin").begin_object().key("address").str(p.admin_address.text).end_object();
-  w.key("workers").num(p.workers);
-  w.key("log_level").str(name_of(p.log_level));
-  w.key("drain_timeout").dur(p.drain_timeout);
-  w.key("drain_delay").dur(p.drain_delay);
-  w.key("policy_history").str(p.history_path ? (p.history_path->empty() ? std::string("off") : *p.history_path)
-                                             : p.source_path + ".history.jsonl");
-  w.key("policy_watch").boolean(p.watch);
-  w.key("wait_for_clusters").begin_array();
-  for (const auto& c : p.wait_for_clusters) w.str(c);
-  w.end_array();
-  w.key("access_log").str(p.access_log.target == AccessLogTarget::off ? "off"
-                          : p.access_log.target == AccessLogTarget::stdout_stream ? "stdout"
-                                                                                   : p.access_log.path);
-  if (p.identity) {
-    w.key("identity").begin_object();
+  write(w);
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> settings_to_json(const Policy& p) {
+  std::vector<std::pair<std::string, std::string>> out;
+  auto add = [&out](const char* name, auto write) { out.emplace_back(name, to_json(write)); };
+  add("version", [&](JsonWriter& w) { w.num(p.version); });
+  add("service", [&](JsonWriter& w) { w.str(p.service); });
+  add("admin.address", [&](JsonWriter& w) { w.str(p.admin_address.text); });
+  add("admin.read_only_address", [&](JsonWriter& w) {
+    if (p.admin_read_only_address) w.str(p.admin_read_only_address->text);
+    else w.null();
+  });
+  add("workers", [&](JsonWriter& w) { w.num(p.workers); });
+  add("log_level", [&](JsonWriter& w) { w.str(name_of(p.log_level)); });
+  add("drain_timeout", [&](JsonWriter& w) { w.dur(p.drain_timeout); });
+  add("drain_delay", [&](JsonWriter& w) { w.dur(p.drain_delay); });
+  add("policy_history", [&](JsonWriter& w) {
+    w.str(p.history_path ? (p.history_path->empty() ? std::string("off") : *p.history_path)
+                         : p.source_path + ".history.jsonl");
+  });
+  add("policy_watch", [&](JsonWriter& w) { w.boolean(p.watch); });
+  add("wait_for_clusters", [&](JsonWriter& w) {
+    w.begin_array();
+    for (const auto& c : p.wait_for_clusters) w.str(c);
+    w.end_array();
+  });
+  add("access_log", [&](JsonWriter& w) {
+    w.str(p.access_log.target == AccessLogTarget::off             ? "off"
+          : p.access_log.target == AccessLogTarget::stdout_stream ? "stdout"
+                                                                  : p.access_log.path);
+  });
+  add("identity", [&](JsonWriter& w) {
+    if (!p.identity) {
+      w.null();
+      return;
+    }
+    w.begin_object();
     w.key("cert").str(p.identity->cert).key("key").str(p.identity->key).key("ca").str(p.identity->ca);
     w.end_object();
+  });
+  return out;
+}
+
+std::string listener_to_json(const Listener& l, bool with_routes) {
+  return to_json([&](JsonWriter& w) { write_listener(w, l, with_routes); });
+}
+
+std::string route_to_json(const Route& r) {
+  return to_json([&](JsonWriter& w) { write_route(w, r); });
+}
+
+std::string cluster_to_json(const Cluster& c) {
+  return to_json([&](JsonWriter& w) { write_cluster(w, c); });
+}
+
+std::string policy_to_json(const Policy& p) {
+  // The settings first, "admin.address" and "admin.read_only_address" inside one "admin"
+  // object; a setting that is not set (null) is left out.
+  std::string out = "{";
+  std::string group;  // the object open now, if any
+  auto comma = [&out] {
+    if (out.back() != '{') out += ',';
+  };
+  for (const auto& [name, value] : settings_to_json(p)) {
+    size_t dot = name.find('.');
+    std::string prefix = dot == std::string::npos ? std::string() : name.substr(0, dot);
+    if (!group.empty() && group != prefix) {
+      out += '}';
+      group.clear();
+    }
+    if (value == "null") continue;
+    if (!prefix.empty() && group != prefix) {
+      comma();
+      json_string(out, prefix);
+      out += ":{";
+      group = prefix;
+    }
+    comma();
+    json_string(out, dot == std::string::npos ? name : name.substr(dot + 1));
+    out += ':';
+    out += value;
   }
-  w.key("listeners").begin_array();
-  for (const auto& l : p.listeners) {
-    w.begin_object();
-    w.key("name").str(l.name).key("address").str(l.address.text);
-    w.key("protocol").str(name_of(l.protocol)).key("intercept").str(name_of(l.intercept));
-    w.key("mtls").boolean(l.mtls);
-    if (l.intercept == Intercept::outbound) w.key("passthrough").boolean(l.passthrough);
-    if (!l.allow.empty()) {
-      w.key("allow").begin_array();
-      for (const auto& a : l.allow) w.str(a);
-      w.end_array();
-    }
-    w.key("header_timeout").dur(l.header_timeout).key("body_timeout").dur(l.body_timeout);
-    w.key("idle_timeout").dur(l.idle_timeout);
-    w.key("max_header_bytes").num(l.max_header_bytes).key("max_body_bytes").num(static_cast<double>(l.max_body_bytes));
-    w.key("routes").begin_array();
-    for (const auto& r : l.routes) {
-      w.begin_object();
-      const RouteMatch& m = r.match;
-      if (m.host || m.path_prefix || m.method || !m.headers.empty()) {
-        w.key("match").begin_object();
-        if (m.host) w.key("host").str(*m.host);
-        if (m.path_prefix) w.key("path_prefix").str(*m.path_prefix);
-        if (m.method) w.key("method").str(*m.method);
-        if (!m.headers.empty()) {
-          w.key("headers").begin_object();
-          for (const auto& h : m.headers) w.key(h.name).str(h.value);
-          w.end_object();
-        }
-        w.end_object();
-      }
-      w.key("cluster").str(r.cluster);
-      w.end_object();
-    }
+  if (!group.empty()) out += '}';
+  std::string rest = to_json([&](JsonWriter& w) {
+    w.key("listeners").begin_array();
+    for (const auto& l : p.listeners) write_listener(w, l, /*with_routes=*/true);
     w.end_array();
-    w.end_object();
-  }
-  w.end_array();
-  w.key("clusters").begin_array();
-  for (const auto& c : p.clusters) {
-    w.begin_object();
-    w.key("name").str(c.name);
-    w.key("endpoints");
-    write_addresses(w, c.endpoints);
-    if (!c.vips.empty()) {
-      w.key("vips");
-      write_addresses(w, c.vips);
-    }
-    if (c.mtls.enabled) {
-      w.key("mtls").begin_object().key("server_identity").str(c.mtls.server_identity);
-      if (!c.mtls.sni.empty()) w.key("sni").str(c.mtls.sni);
-      w.end_object();
-    }
-    w.key("lb").str(name_of(c.lb));
-    w.key("connect_timeout").dur(c.connect_timeout).key("timeout").dur(c.timeout).key("idle_timeout").dur(c.idle_timeout);
-    const RetryPolicy& r = c.retry;
-    w.key("retry").begin_object();
-    w.key("retries").num(r.retries);
-    w.key("on").begin_array();
-    static constexpr std::pair<uint32_t, const char*> kOn[] = {{kRetryConnectFailure, "connect-failure"},
-                                                               {kRetryReset, "reset"},
-                                                               {kRetry5xx, "5xx"},
-                                                               {kRetryGatewayError, "gateway-error"},
-                                                               {kRetryRetriableStatusCodes, "retriable-status-codes"}};
-    for (auto [bit, name] : kOn)
-      if (r.on & bit) w.str(name);
+    w.key("clusters").begin_array();
+    for (const auto& c : p.clusters) write_cluster(w, c);
     w.end_array();
-    w.key("status_codes").begin_array();
-    for (int code : r.status_codes) w.num(code);
-    w.end_array();
-    w.key("per_try_timeout").dur(r.per_try_timeout);
-    w.key("backoff").begin_object().key("base").dur(r.backoff_base).key("max").dur(r.backoff_max).end_object();
-    w.key("budget").begin_object().key("ratio").num(r.budget_ratio).key("min_per_second").num(r.budget_min_per_second);
-    w.end_object();
-    w.key("nested").boolean(r.nested);
-    w.end_object();
-    const CircuitBreakerLimits& b = c.circuit_breaker;
-    w.key("circuit_breaker").begin_object();
-    w.key("max_connections").num(b.max_connections).key("max_pending_requests").num(b.max_pending_requests);
-    w.key("max_requests").num(b.max_requests).key("max_retries").num(b.max_retries);
-    w.end_object();
-    const OutlierDetection& o = c.outlier_detection;
-    w.key("outlier_detection").begin_object();
-    w.key("consecutive_failures").num(o.consecutive_failures);
-    w.key("base_ejection_time").dur(o.base_ejection_time).key("max_ejection_time").dur(o.max_ejection_time);
-    w.key("max_ejection_percent").num(o.max_ejection_percent);
-    w.end_object();
-    w.end_object();
-  }
-  w.end_array();
-  w.end_object();
+  });
+  out += ',';
+  out += rest;
+  out += '}';
   return out;
 }
 

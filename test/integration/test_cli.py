@@ -18,6 +18,85 @@ REFERENCE = os.path.join(ROOT, "docs", "policy-reference.yaml")
 CONTRACT_REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "contract", "policy-reference.yaml")
 
 
+def yaml_loader():
+    """PyYAML's safe loader with YAML 1.2's booleans (true/false only), as yaml-cpp reads them:
+    YAML 1.1 would load `on:` and `off` as booleans."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+    Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|false)$"), list("tf"))
+    return Loader
+
+
+def leaves(node, path=()):
+    """(path, value) of every scalar of a YAML document; list items by index."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from leaves(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from leaves(v, path + (i,))
+    else:
+        yield path, node
+
+
+def set_at(doc, path, value):
+    for p in path[:-1]:
+        doc = doc[p]
+    doc[path[-1]] = value
+
+
+def rename(node, old, new):
+    """Every string equal to old, replaced by new (a cluster's name and its uses)."""
+    if isinstance(node, dict):
+        return {k: rename(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [rename(v, old, new) for v in node]
+    return new if node == old else node
+
+
+ENUMS = {"workers": ["2", 3], "log_level": ["debug", "warn"], "access_log": ["off", "stdout"],
+         "protocol": ["tcp", "http"], "intercept": ["none", "outbound", "inbound"],
+         "lb": ["round_robin", "random", "least_request"], "key": ["client_address", "peer_identity"],
+         "policy_history": ["off", "history.jsonl"], "method": ["POST", "PUT"], "on": ["5xx"],
+         "auth": [{"jwks": "keys/jwks.json"}], "rate_limit": [{"rate": 1}]}
+
+
+def mutations(path, value, cluster_names, folder):
+    """Values to try in place of `value` at `path`, each a change a valid policy could make."""
+    key = next((p for p in reversed(path) if isinstance(p, str)), "")
+    if isinstance(value, bool):
+        return ENUMS.get(key, []) or [not value]  # `auth: false` becomes an auth of the route's own
+    if isinstance(value, (int, float)):
+        return [value + 1, value * 2, value - 1]
+    text = str(value)
+    out = [v for v in ENUMS.get(key, []) if v != value]
+    if key == "cluster" or (key == "wait_for_clusters"):
+        out += [c for c in cluster_names if c != value]
+    m = re.fullmatch(r"(\d+)(ms|s|m)", text)
+    if m:
+        out += ["%d%s" % (int(m.group(1)) + 1, m.group(2))]
+    m = re.fullmatch(r"(.*):(\d+)", text)
+    if m and not text.startswith("spiffe:") and not text.startswith("http"):
+        out += ["%s:%d" % (m.group(1), int(m.group(2)) + 100)]
+    stem, ext = os.path.splitext(text)
+    if ext in (".pem", ".json"):
+        out += [stem + "-2" + ext]
+    if stem.endswith("-key") and ext == ".pem":
+        out += [stem + "-2" + ext]
+    if text.startswith("spiffe://"):
+        out += [text.rstrip("*") + "x" + ("*" if text.endswith("*") else "")]
+    if key == "path_prefix":
+        out += [text + "x/"]
+    if key == "sni" or key == "host":
+        out += ["x" + text]
+    out += [text + "x", "x" + text]
+    return out
+
+
 def key_paths(node, prefix=""):
     """Every key path of a YAML document: listeners[].routes[].match.host and so on."""
     out = set()
@@ -142,6 +221,65 @@ class CliTest(unittest.TestCase):
                  cert_path=os.path.join(certs, "payments.pem"), key_path=os.path.join(certs, "payments-key.pem"))
         rc, out, err = h.run_cli(["check", "--config", path])
         self.assertEqual(rc, 0, "check must accept every key of the reference policy:\n" + err)
+
+    def test_the_diff_sees_a_change_to_every_key_of_the_reference(self):
+        import copy
+        import yaml
+        ref = self.reference_in_place()
+        with open(ref) as f:
+            base = yaml.load(f, Loader=yaml_loader())
+        cluster_names = [c["name"] for c in base["clusters"]]
+        missed, invalid = [], []
+        count = 0
+        for path, value in leaves(base):
+            if path == ("version",):
+                continue  # 1 is the only valid value
+            count += 1
+            for candidate in mutations(path, value, cluster_names, self.dir):
+                doc = copy.deepcopy(base)
+                if path[-1] == "name" and path[0] == "clusters":  # a renamed cluster, renamed where it is used
+                    doc = rename(doc, value, candidate)
+                else:
+                    set_at(doc, path, candidate)
+                    parent = doc
+                    for p in path[:-1]:
+                        parent = parent[p]
+                    # Keys that only go with the value changed away from: dropped with it.
+                    if path[-1] == "mtls" and candidate is False:
+                        parent.pop("allow", None)
+                    if path[-1] == "intercept" and candidate != "outbound":
+                        parent.pop("passthrough", None)
+                new = os.path.join(self.dir, "changed.yaml")
+                with open(new, "w") as f:
+                    yaml.safe_dump(doc, f)
+                rc, out, err = h.run_cli(["check", "--config", new, "--against", ref])
+                if rc == 0:
+                    if out.rstrip().endswith("no changes"):
+                        missed.append("%s: %r -> %r" % (".".join(map(str, path)), value, candidate))
+                    break
+            else:
+                invalid.append("%s = %r: no valid change to try" % (".".join(map(str, path)), value))
+        self.assertGreater(count, 100, "the reference has over a hundred values")
+        self.assertEqual(missed, [], "changes the diff did not report")
+        self.maxDiff = None
+        self.assertEqual(invalid, [], "keys this test could not change")
+
+    def reference_in_place(self):
+        """docs/policy-reference.yaml in the test folder with the files it names."""
+        path = os.path.join(self.dir, "policy-reference.yaml")
+        shutil.copy(REFERENCE, path)
+        os.makedirs(os.path.join(self.dir, "keys"), exist_ok=True)
+        for name in ("jwks.json", "jwks-2.json"):
+            with open(os.path.join(self.dir, "keys", name), "w") as f:
+                f.write('{"keys": []}')
+        certs = os.path.join(self.dir, "certs")
+        pki = h.Pki(certs, name="ca")
+        pki.leaf("payments", uris=["spiffe://shop.local/ns/shop/sa/payments"],
+                 cert_path=os.path.join(certs, "payments.pem"), key_path=os.path.join(certs, "payments-key.pem"))
+        # The same files under other names: a change of path alone.
+        for name in ("payments", "payments-key", "ca"):
+            shutil.copy(os.path.join(certs, name + ".pem"), os.path.join(certs, name + "-2.pem"))
+        return path
 
     def test_check_binds_nothing(self):
         # A listener address that is already in use: check must not try to bind it.

@@ -124,6 +124,18 @@ TEST(PolicyDiff, ListenerModifiedByTimeoutOrLimit) {
   EXPECT_EQ(d.listeners.modified, Strings{"outbound"});
 }
 
+TEST(PolicyDiff, RateLimitsAreChanges) {
+  // Once missed: only a rate_limit changed, and the diff said "no changes".
+  std::string limited = replaced(kBase, "    address: 127.0.0.1:15006\n",
+                                 "    address: 127.0.0.1:15006\n    rate_limit: {rate: 5}\n");
+  PolicyDiff d = diff(limited, replaced(limited, "rate: 5", "rate: 1"));
+  EXPECT_EQ(d.listeners.modified, Strings{"inbound"}) << diff_to_text(d);
+  std::string route = replaced(kBase, "        cluster: users\n", "        cluster: users\n        rate_limit: {rate: 5}\n");
+  d = diff(route, replaced(route, "rate: 5", "rate: 1"));
+  EXPECT_EQ(d.routes.modified, Strings{"outbound: host=users -> users"}) << diff_to_text(d);
+  EXPECT_TRUE(d.listeners.empty());
+}
+
 TEST(PolicyDiff, RouteChangesDoNotModifyTheirListener) {
   PolicyDiff d = diff(kBase, replaced(kBase, "        cluster: users\n", "        cluster: app\n"));
   EXPECT_TRUE(d.listeners.empty()) << diff_to_text(d);
