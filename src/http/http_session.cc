@@ -54,23 +54,56 @@ const llhttp_settings_t& response_settings() {
   return s;
 }
 
+// The reason phrases of RFC 9110. pilotfish writes its own for every response, an upstream's
+// included: the phrase means nothing to clients (HTTP/2 has none), and an upstream's own text
+// would be one more piece of outside text in a response head.
 const char* reason_phrase(int status) {
   switch (status) {
     case 100: return "Continue";
     case 101: return "Switching Protocols";
+    case 103: return "Early Hints";
     case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
     case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
     case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
+    case 402: return "Payment Required";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 407: return "Proxy Authentication Required";
     case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
     case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
     case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
+    case 425: return "Too Early";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
@@ -1231,7 +1264,10 @@ int HttpSession::on_response_header_value_complete() {
 }
 
 int HttpSession::on_response_headers_complete() {
-  if (resp_parser_.http_major != 1 || !fields_valid(resp_headers_) || !framing_headers_valid(resp_headers_))
+  // A reason phrase is HTAB, SP, visible ASCII and obs-text (RFC 9112 4): one with NUL or other
+  // control characters makes the response invalid, although it is never passed on.
+  if (resp_parser_.http_major != 1 || !fields_valid(resp_headers_) || !framing_headers_valid(resp_headers_) ||
+      !is_valid_field_value(resp_status_text_))
     return HPE_USER;
   int status = resp_parser_.status_code;
   if (status < 100 || status > 999) return HPE_USER;
@@ -1306,7 +1342,7 @@ void HttpSession::write_response_head() {
   o += "HTTP/1.1 ";
   append_uint(o, static_cast<uint64_t>(status));
   o += ' ';
-  o += resp_status_text_;
+  o += reason_phrase(status);
   o += "\r\n";
   std::string tokens = connection_tokens(resp_headers_);
   for (size_t i = 0; i < resp_headers_.size(); ++i) {

@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -112,6 +113,45 @@ class ReflectionTest(GatewayCase):
         self.assertEqual(r.status, 401)
         self.assertEqual(r.header("www-authenticate"),
                          'Bearer realm="pilotfish", error="invalid_token", error_description="unsupported alg"')
+
+
+class UpstreamTextTest(unittest.TestCase):
+    """An upstream's reason phrase never reaches the client: pilotfish writes its own, and one
+    with control characters makes the response invalid (502)."""
+
+    def serve_once(self, status_line):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        self.addCleanup(srv.close)
+
+        def serve():
+            c, _ = srv.accept()
+            with c:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += c.recv(4096)
+                c.sendall(status_line + b"\r\nContent-Length: 2\r\n\r\nhi")
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        self.addCleanup(t.join, 5)
+        return "127.0.0.1:%d" % srv.getsockname()[1]
+
+    def test_reason_phrases(self):
+        for line, status in ((b"HTTP/1.1 200 OK\x00x", 502), (b"HTTP/1.1 200 OK\x01", 502), (b"HTTP/1.1 200 \x1b[31mred", 502),
+                             (b"HTTP/1.1 200 OK\x7f", 502), (b"HTTP/1.1 201 Made \xff by me", 201),
+                             (b"HTTP/1.1 299 Whatever", 299)):
+            pf = h.Pilotfish(h.simple_policy(self.serve_once(line)))
+            self.addCleanup(pf.kill)
+            with h.Client(pf.port()) as c:
+                c.send(h.build_request("GET", "/"))
+                head = read_head(c)
+            if status == 502:
+                check_local_head(self, head)
+            first = head.split(b"\r\n")[0]
+            self.assertEqual(first, b"HTTP/1.1 %d %s" % (status, {502: b"Bad Gateway", 201: b"Created",
+                                                                  299: b"Unknown"}[status]), line)
+            pf.stop_and_check(self)
 
 
 class ForgedHeadersTest(GatewayCase):
