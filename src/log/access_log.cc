@@ -8,6 +8,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "json/json_writer.h"
+
 namespace pilotfish {
 
 namespace {
@@ -68,59 +70,28 @@ void AccessLogBuffer::init(uv_loop_t* loop, AccessLogWriter* writer) {
   initialized_ = true;
 }
 
-void append_json_string(std::string& out, std::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out += '"';
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20 || c >= 0x7f) {
-          out += "\\u00";
-          out += kHex[c >> 4];
-          out += kHex[c & 15];
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  out += '"';
-}
-
 void AccessLogBuffer::record(const AccessLogEntry& e) {
   if (!enabled()) return;
   timeval tv;
   gettimeofday(&tv, nullptr);
   tm t;
   gmtime_r(&tv.tv_sec, &t);
-  char ts[64];
-  snprintf(ts, sizeof ts, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", t.tm_year + 1900, t.tm_mon + 1,
-           t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>(tv.tv_usec / 1000));
-  buffer_ += ts;
-  buffer_ += ",\"listener\":";
-  append_json_string(buffer_, e.listener);
-  buffer_ += ",\"method\":";
-  append_json_string(buffer_, e.method);
-  buffer_ += ",\"authority\":";
-  append_json_string(buffer_, e.authority);
-  buffer_ += ",\"path\":";
-  append_json_string(buffer_, e.path);
-  char nums[160];
-  snprintf(nums, sizeof nums, ",\"status\":%d,\"duration\":%.6f,\"bytes_in\":%llu,\"bytes_out\":%llu,\"attempts\":%d",
-           e.status, e.duration_seconds, static_cast<unsigned long long>(e.bytes_in),
-           static_cast<unsigned long long>(e.bytes_out), e.attempts);
-  buffer_ += nums;
-  buffer_ += ",\"upstream\":";
-  append_json_string(buffer_, e.upstream);
-  buffer_ += ",\"request_id\":";
-  append_json_string(buffer_, e.request_id);
-  buffer_ += ",\"error\":";
-  append_json_string(buffer_, e.error);
-  buffer_ += "}\n";
+  char ts[32];
+  int n = snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
+                   t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>(tv.tv_usec / 1000));
+  char duration[24];
+  int d = snprintf(duration, sizeof duration, "%.6f", e.duration_seconds);
+  JsonWriter w(buffer_);
+  w.begin_object();
+  w.key("time").str({ts, static_cast<size_t>(n)});
+  w.key("listener").str(e.listener).key("method").str(e.method).key("authority").str(e.authority);
+  w.key("path").str(e.path).key("status").integer(e.status);
+  w.key("duration").raw({duration, static_cast<size_t>(d)});  // microseconds, not %.17g
+  w.key("bytes_in").integer(static_cast<int64_t>(e.bytes_in)).key("bytes_out").integer(static_cast<int64_t>(e.bytes_out));
+  w.key("attempts").integer(e.attempts);
+  w.key("upstream").str(e.upstream).key("request_id").str(e.request_id).key("error").str(e.error);
+  w.end_object();
+  buffer_ += '\n';
   if (buffer_.size() >= kFlushBytes) {
     flush();
   } else if (!timer_armed_) {

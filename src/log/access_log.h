@@ -62,7 +62,4 @@ class AccessLogBuffer {
   std::string buffer_;
 };
 
-// Appends `s` as a JSON string literal (with quotes).
-void append_json_string(std::string& out, std::string_view s);
-
 }  // namespace pilotfish

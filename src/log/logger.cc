@@ -7,6 +7,8 @@
 #include <ctime>
 #include <mutex>
 
+#include "text/utf8.h"
+
 namespace pilotfish {
 namespace {
 std::atomic<int> g_level{static_cast<int>(LogLevel::info)};
@@ -34,21 +36,6 @@ std::string utc_timestamp() {
   snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
            t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>(tv.tv_usec / 1000));
   return buf;
-}
-
-size_t utf8_sequence_length(std::string_view s, size_t i) {
-  auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  unsigned char c = byte(i);
-  if (c < 0x80) return 1;
-  size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
-  if (n == 0 || i + n > s.size()) return 0;
-  for (size_t k = 1; k < n; ++k)
-    if ((byte(i + k) & 0xc0) != 0x80) return 0;
-  // Overlong forms, surrogates and code points past U+10FFFF are not UTF-8 either.
-  unsigned char c1 = byte(i + 1);
-  if ((c == 0xe0 && c1 < 0xa0) || (c == 0xed && c1 > 0x9f) || (c == 0xf0 && c1 < 0x90) || (c == 0xf4 && c1 > 0x8f))
-    return 0;
-  return n;
 }
 
 void append_log_safe(std::string& out, std::string_view text) {

@@ -23,8 +23,6 @@ inline void log_error(const std::string& m) { log_line(LogLevel::error, m); }
 // UTF-8 and the backslash itself as \xNN or \\, so that nothing from outside can end a line or
 // fake another one.
 void append_log_safe(std::string& out, std::string_view text);
-// The length of the UTF-8 sequence at text[i], or 0 when the bytes there are not UTF-8.
-size_t utf8_sequence_length(std::string_view text, size_t i);
 
 // "2026-11-26T06:10:00.123Z"
 std::string utc_timestamp();

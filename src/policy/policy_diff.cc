@@ -130,14 +130,10 @@ std::vector<std::string> diff_settings(const Policy& a, const Policy& b) {
   return out;
 }
 
-void append_json_changes(std::string& out, const ChangeSet& c) {
-  out += "{\"added\":";
-  json_string_array(out, c.added);
-  out += ",\"removed\":";
-  json_string_array(out, c.removed);
-  out += ",\"modified\":";
-  json_string_array(out, c.modified);
-  out += '}';
+void write_changes(JsonWriter& w, const char* name, const ChangeSet& c) {
+  w.key(name).begin_object();
+  w.key("added").strings(c.added).key("removed").strings(c.removed).key("modified").strings(c.modified);
+  w.end_object();
 }
 
 void append_text_line(std::string& out, std::string_view category, const ChangeSet& c) {
@@ -171,15 +167,14 @@ PolicyDiff diff_policies(const Policy& before, const Policy& after) {
 }
 
 std::string diff_to_json(const PolicyDiff& d) {
-  std::string out = "{\"listeners\":";
-  append_json_changes(out, d.listeners);
-  out += ",\"routes\":";
-  append_json_changes(out, d.routes);
-  out += ",\"clusters\":";
-  append_json_changes(out, d.clusters);
-  out += ",\"settings\":";
-  json_string_array(out, d.settings);
-  out += '}';
+  std::string out;
+  JsonWriter w(out);
+  w.begin_object();
+  write_changes(w, "listeners", d.listeners);
+  write_changes(w, "routes", d.routes);
+  write_changes(w, "clusters", d.clusters);
+  w.key("settings").strings(d.settings);
+  w.end_object();
   return out;
 }
 

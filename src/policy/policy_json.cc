@@ -1,87 +1,14 @@
 #include "policy/policy_json.h"
 
-#include "log/access_log.h"
+#include "json/json_writer.h"
 #include "pilotfish/policy_loader.h"
 
 namespace pilotfish {
 
-void json_string(std::string& out, std::string_view s) { append_json_string(out, s); }
-
-void json_string_array(std::string& out, const std::vector<std::string>& items) {
-  out += '[';
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (i) out += ',';
-    append_json_string(out, items[i]);
-  }
-  out += ']';
-}
-
 namespace {
 
-class JsonWriter {
- public:
-  explicit JsonWriter(std::string& out) : out_(out) {}
-  JsonWriter& key(std::string_view k) {
-    comma();
-    json_string(out_, k);
-    out_ += ':';
-    fresh_ = true;
-    return *this;
-  }
-  JsonWriter& str(std::string_view v) {
-    comma();
-    json_string(out_, v);
-    return *this;
-  }
-  JsonWriter& num(double v) {
-    comma();
-    char buf[32];
-    snprintf(buf, sizeof buf, "%.17g", v);
-    out_ += buf;
-    return *this;
-  }
-  JsonWriter& null() {
-    comma();
-    out_ += "null";
-    return *this;
-  }
-  JsonWriter& boolean(bool v) {
-    comma();
-    out_ += v ? "true" : "false";
-    return *this;
-  }
-  JsonWriter& dur(Duration d) { return str(format_duration(d)); }
-  JsonWriter& begin_object() {
-    comma();
-    out_ += '{';
-    fresh_ = true;
-    return *this;
-  }
-  JsonWriter& end_object() {
-    out_ += '}';
-    fresh_ = false;
-    return *this;
-  }
-  JsonWriter& begin_array() {
-    comma();
-    out_ += '[';
-    fresh_ = true;
-    return *this;
-  }
-  JsonWriter& end_array() {
-    out_ += ']';
-    fresh_ = false;
-    return *this;
-  }
-
- private:
-  void comma() {
-    if (!fresh_) out_ += ',';
-    fresh_ = false;
-  }
-  std::string& out_;
-  bool fresh_ = true;
-};
+// Durations as an operator writes them ("250ms").
+std::string dur(Duration d) { return format_duration(d); }
 
 const char* name_of(LbPolicy p) {
   switch (p) {
@@ -128,7 +55,7 @@ void write_auth(JsonWriter& w, const std::optional<AuthPolicy>& auth, bool off) 
   w.key("audience").begin_array();
   for (const auto& a : auth->audiences) w.str(a);
   w.end_array();
-  w.key("subject_header").str(auth->subject_header).key("clock_skew").dur(auth->clock_skew);
+  w.key("subject_header").str(auth->subject_header).key("clock_skew").str(dur(auth->clock_skew));
   w.end_object();
 }
 
@@ -180,8 +107,8 @@ void write_listener(JsonWriter& w, const Listener& l, bool with_routes) {
     for (const auto& a : l.allow) w.str(a);
     w.end_array();
   }
-  w.key("header_timeout").dur(l.header_timeout).key("body_timeout").dur(l.body_timeout);
-  w.key("idle_timeout").dur(l.idle_timeout);
+  w.key("header_timeout").str(dur(l.header_timeout)).key("body_timeout").str(dur(l.body_timeout));
+  w.key("idle_timeout").str(dur(l.idle_timeout));
   w.key("max_header_bytes").num(l.max_header_bytes).key("max_body_bytes").num(static_cast<double>(l.max_body_bytes));
   w.key("allow_ambiguous_paths").boolean(l.allow_ambiguous_paths);
   write_auth(w, l.auth, false);
@@ -209,7 +136,7 @@ void write_cluster(JsonWriter& w, const Cluster& c) {
     w.end_object();
   }
   w.key("lb").str(name_of(c.lb));
-  w.key("connect_timeout").dur(c.connect_timeout).key("timeout").dur(c.timeout).key("idle_timeout").dur(c.idle_timeout);
+  w.key("connect_timeout").str(dur(c.connect_timeout)).key("timeout").str(dur(c.timeout)).key("idle_timeout").str(dur(c.idle_timeout));
   const RetryPolicy& r = c.retry;
   w.key("retry").begin_object();
   w.key("retries").num(r.retries);
@@ -225,8 +152,8 @@ void write_cluster(JsonWriter& w, const Cluster& c) {
   w.key("status_codes").begin_array();
   for (int code : r.status_codes) w.num(code);
   w.end_array();
-  w.key("per_try_timeout").dur(r.per_try_timeout);
-  w.key("backoff").begin_object().key("base").dur(r.backoff_base).key("max").dur(r.backoff_max).end_object();
+  w.key("per_try_timeout").str(dur(r.per_try_timeout));
+  w.key("backoff").begin_object().key("base").str(dur(r.backoff_base)).key("max").str(dur(r.backoff_max)).end_object();
   w.key("budget").begin_object().key("ratio").num(r.budget_ratio).key("min_per_second").num(r.budget_min_per_second);
   w.end_object();
   w.key("nested").boolean(r.nested);
@@ -239,7 +166,7 @@ void write_cluster(JsonWriter& w, const Cluster& c) {
   const OutlierDetection& o = c.outlier_detection;
   w.key("outlier_detection").begin_object();
   w.key("consecutive_failures").num(o.consecutive_failures);
-  w.key("base_ejection_time").dur(o.base_ejection_time).key("max_ejection_time").dur(o.max_ejection_time);
+  w.key("base_ejection_time").str(dur(o.base_ejection_time)).key("max_ejection_time").str(dur(o.max_ejection_time));
   w.key("max_ejection_percent").num(o.max_ejection_percent);
   w.end_object();
   w.end_object();
@@ -267,8 +194,8 @@ std::vector<std::pair<std::string, std::string>> settings_to_json(const Policy& 
   });
   add("workers", [&](JsonWriter& w) { w.num(p.workers); });
   add("log_level", [&](JsonWriter& w) { w.str(name_of(p.log_level)); });
-  add("drain_timeout", [&](JsonWriter& w) { w.dur(p.drain_timeout); });
-  add("drain_delay", [&](JsonWriter& w) { w.dur(p.drain_delay); });
+  add("drain_timeout", [&](JsonWriter& w) { w.str(dur(p.drain_timeout)); });
+  add("drain_delay", [&](JsonWriter& w) { w.str(dur(p.drain_delay)); });
   add("policy_history", [&](JsonWriter& w) {
     w.str(p.history_path ? (p.history_path->empty() ? std::string("off") : *p.history_path)
                          : p.source_path + ".history.jsonl");
@@ -311,42 +238,32 @@ std::string cluster_to_json(const Cluster& c) {
 std::string policy_to_json(const Policy& p) {
   // The settings first, "admin.address" and "admin.read_only_address" inside one "admin"
   // object; a setting that is not set (null) is left out.
-  std::string out = "{";
+  std::string out;
+  JsonWriter w(out);
+  w.begin_object();
   std::string group;  // the object open now, if any
-  auto comma = [&out] {
-    if (out.back() != '{') out += ',';
-  };
   for (const auto& [name, value] : settings_to_json(p)) {
     size_t dot = name.find('.');
     std::string prefix = dot == std::string::npos ? std::string() : name.substr(0, dot);
     if (!group.empty() && group != prefix) {
-      out += '}';
+      w.end_object();
       group.clear();
     }
     if (value == "null") continue;
     if (!prefix.empty() && group != prefix) {
-      comma();
-      json_string(out, prefix);
-      out += ":{";
+      w.key(prefix).begin_object();
       group = prefix;
     }
-    comma();
-    json_string(out, dot == std::string::npos ? name : name.substr(dot + 1));
-    out += ':';
-    out += value;
+    w.key(dot == std::string::npos ? name : name.substr(dot + 1)).raw(value);
   }
-  if (!group.empty()) out += '}';
-  std::string rest = to_json([&](JsonWriter& w) {
-    w.key("listeners").begin_array();
-    for (const auto& l : p.listeners) write_listener(w, l, /*with_routes=*/true);
-    w.end_array();
-    w.key("clusters").begin_array();
-    for (const auto& c : p.clusters) write_cluster(w, c);
-    w.end_array();
-  });
-  out += ',';
-  out += rest;
-  out += '}';
+  if (!group.empty()) w.end_object();
+  w.key("listeners").begin_array();
+  for (const auto& l : p.listeners) write_listener(w, l, /*with_routes=*/true);
+  w.end_array();
+  w.key("clusters").begin_array();
+  for (const auto& c : p.clusters) write_cluster(w, c);
+  w.end_array();
+  w.end_object();
   return out;
 }
 

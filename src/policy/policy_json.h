@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "json/json_writer.h"
 #include "pilotfish/policy.h"
 
 namespace pilotfish {
@@ -21,8 +22,5 @@ std::string listener_to_json(const Listener& listener, bool with_routes);
 std::string route_to_json(const Route& route);
 std::string cluster_to_json(const Cluster& cluster);
 
-// Small JSON writing helpers shared by the admin answers.
-void json_string(std::string& out, std::string_view s);
-void json_string_array(std::string& out, const std::vector<std::string>& items);
 
 }  // namespace pilotfish

@@ -35,24 +35,15 @@ int64_t unix_time_ms() {
 }
 
 std::string PolicyEvent::to_json() const {
-  std::string out = "{\"version\":" + std::to_string(version) + ",\"time\":";
-  json_string(out, iso_time_ms(time_ms));
-  out += ",\"trigger\":";
-  json_string(out, trigger);
-  out += ",\"sha256\":";
-  json_string(out, sha256);
-  out += ",\"outcome\":";
-  json_string(out, outcome);
-  if (!changes_json.empty()) out += ",\"changes\":" + changes_json;
-  if (!errors.empty()) {
-    out += ",\"errors\":";
-    json_string_array(out, errors);
-  }
-  if (!warnings.empty()) {
-    out += ",\"warnings\":";
-    json_string_array(out, warnings);
-  }
-  out += '}';
+  std::string out;
+  JsonWriter w(out);
+  w.begin_object();
+  w.key("version").integer(static_cast<int64_t>(version)).key("time").str(iso_time_ms(time_ms));
+  w.key("trigger").str(trigger).key("sha256").str(sha256).key("outcome").str(outcome);
+  if (!changes_json.empty()) w.key("changes").raw(changes_json);
+  if (!errors.empty()) w.key("errors").strings(errors);
+  if (!warnings.empty()) w.key("warnings").strings(warnings);
+  w.end_object();
   return out;
 }
 
@@ -78,14 +69,12 @@ void PolicyHistory::record(const PolicyEvent& event) {
 }
 
 std::string PolicyHistory::to_json() const {
-  std::string out = "{\"events\":[";
-  bool first = true;
-  for (const auto& e : events_) {
-    if (!first) out += ',';
-    first = false;
-    out += e;
-  }
-  out += "]}\n";
+  std::string out;
+  JsonWriter w(out);
+  w.begin_object().key("events").begin_array();
+  for (const auto& e : events_) w.raw(e);
+  w.end_array().end_object();
+  out += '\n';
   return out;
 }
 

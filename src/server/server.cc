@@ -171,62 +171,70 @@ struct Process final : AdminBackend {
     }
     return {200, "text/plain", "live\n"};
   }
+  // An admin answer written with the JSON writer, ending with a newline.
+  template <typename Write>
+  static Answer json_answer(int status, Write write) {
+    Answer a{status, "application/json", {}};
+    JsonWriter w(a.body);
+    w.begin_object();
+    write(w);
+    w.end_object();
+    a.body += '\n';
+    return a;
+  }
   Answer config() override {
-    std::string body = "{\"version\":" + std::to_string(version) + ",\"sha256\":";
-    json_string(body, policy->sha256);
-    body += ",\"loaded_at\":";
-    json_string(body, iso_time(loaded_at));
-    body += ",\"source\":";
-    json_string(body, policy->source_path);
-    body += ",\"last_reload\":" + events.last_reload_json();
-    body += ",\"policy\":" + policy_to_json(*policy) + "}\n";
-    return {200, "application/json", body};
+    return json_answer(200, [&](JsonWriter& w) {
+      w.key("version").integer(version).key("sha256").str(policy->sha256);
+      w.key("loaded_at").str(iso_time(loaded_at)).key("source").str(policy->source_path);
+      w.key("last_reload").raw(events.last_reload_json()).key("policy").raw(policy_to_json(*policy));
+    });
   }
   Answer clusters() override {
-    std::string body = "{\"clusters\":[";
-    bool first = true;
-    for (const auto& c : policy->clusters) {
-      if (!first) body += ',';
-      first = false;
-      body += "{\"name\":";
-      json_string(body, c.name);
-      body += ",\"endpoints\":[";
-      for (size_t i = 0; i < c.endpoints.size(); ++i) {
-        if (i) body += ',';
-        body += "{\"address\":";
-        json_string(body, c.endpoints[i].text);
-        auto health = resilience->find_endpoint(c.name, c.endpoints[i].text);
-        uint32_t state = health ? health->state.load() : EndpointHealth::ok;
-        body += ",\"health\":";
-        body += state == EndpointHealth::ok ? "\"ok\"" : state == EndpointHealth::ejected ? "\"ejected\"" : "\"probing\"";
-        body += ",\"ejected_until\":";
-        if (state == EndpointHealth::ok) body += "null";
-        else json_string(body, iso_time_ms(health->ejected_until_unix_ms.load()));
-        body += ",\"ejections\":" + std::to_string(health ? health->ejections.load() : 0);
-        body += ",\"consecutive_failures\":" + std::to_string(health ? health->consecutive_failures.load() : 0) + "}";
+    return json_answer(200, [&](JsonWriter& w) {
+      w.key("clusters").begin_array();
+      for (const auto& c : policy->clusters) {
+        w.begin_object().key("name").str(c.name).key("endpoints").begin_array();
+        for (const auto& endpoint : c.endpoints) {
+          auto health = resilience->find_endpoint(c.name, endpoint.text);
+          uint32_t state = health ? health->state.load() : EndpointHealth::ok;
+          w.begin_object().key("address").str(endpoint.text);
+          w.key("health").str(state == EndpointHealth::ok        ? "ok"
+                              : state == EndpointHealth::ejected ? "ejected"
+                                                                 : "probing");
+          w.key("ejected_until");
+          if (state == EndpointHealth::ok) w.null();
+          else w.str(iso_time_ms(health->ejected_until_unix_ms.load()));
+          w.key("ejections").integer(health ? health->ejections.load() : 0);
+          w.key("consecutive_failures").integer(health ? health->consecutive_failures.load() : 0);
+          w.end_object();
+        }
+        w.end_array();
+        w.key("open_connections").integer(static_cast<int64_t>(registry->cluster_open_connections(c.name)));
+        const CircuitBreakerLimits& b = c.circuit_breaker;
+        w.key("circuit_breaker").begin_object();
+        w.key("max_connections").integer(b.max_connections).key("max_pending_requests").integer(b.max_pending_requests);
+        w.key("max_requests").integer(b.max_requests).key("max_retries").integer(b.max_retries);
+        w.end_object();
+        auto shared = resilience->find_cluster(c.name);
+        auto count = [&](std::atomic<int64_t> ClusterShared::*field) {
+          return shared ? (shared.get()->*field).load() : 0;
+        };
+        w.key("in_flight").begin_object();
+        w.key("connections").integer(count(&ClusterShared::connections));
+        w.key("pending_requests").integer(count(&ClusterShared::pending));
+        w.key("requests").integer(count(&ClusterShared::requests)).key("retries").integer(count(&ClusterShared::retries));
+        w.end_object();
+        w.key("endpoints_ejected").integer(count(&ClusterShared::ejected));
+        w.end_object();
       }
-      body += "],\"open_connections\":" + std::to_string(registry->cluster_open_connections(c.name));
-      body += ",\"circuit_breaker\":{\"max_connections\":" + std::to_string(c.circuit_breaker.max_connections) +
-              ",\"max_pending_requests\":" + std::to_string(c.circuit_breaker.max_pending_requests) +
-              ",\"max_requests\":" + std::to_string(c.circuit_breaker.max_requests) +
-              ",\"max_retries\":" + std::to_string(c.circuit_breaker.max_retries) + "}";
-      auto shared = resilience->find_cluster(c.name);
-      auto count = [&](std::atomic<int64_t> ClusterShared::*field) {
-        return std::to_string(shared ? (shared.get()->*field).load() : 0);
-      };
-      body += ",\"in_flight\":{\"connections\":" + count(&ClusterShared::connections) +
-              ",\"pending_requests\":" + count(&ClusterShared::pending) +
-              ",\"requests\":" + count(&ClusterShared::requests) + ",\"retries\":" + count(&ClusterShared::retries) +
-              "},\"endpoints_ejected\":" + count(&ClusterShared::ejected) + "}";
-    }
-    body += "]}\n";
-    return {200, "application/json", body};
+      w.end_array();
+    });
   }
   Answer history() override { return {200, "application/json", events.to_json()}; }
   Answer reload() override { return reload_policy("admin", /*quiet_if_unchanged=*/false); }
   Answer drain() override {
     begin_drain("POST /drain");
-    return {202, "application/json", "{\"draining\":true}\n"};
+    return json_answer(202, [](JsonWriter& w) { w.key("draining").boolean(true); });
   }
 
   // ---- JWKS files (auth) ----------------------------------------------------------------------
@@ -384,10 +392,9 @@ struct Process final : AdminBackend {
 
   // ---- reload --------------------------------------------------------------------------------
   Answer reload_policy(const char* trigger, bool quiet_if_unchanged) {
-    std::string v = std::to_string(version);
     if (draining) {
       log_warn(std::string("policy reload (") + trigger + ") ignored: draining");
-      return {503, "application/json", "{\"outcome\":\"draining\",\"version\":" + v + "}\n"};
+      return json_answer(503, [&](JsonWriter& w) { w.key("outcome").str("draining").key("version").integer(version); });
     }
     stamp = read_stamp();
     PolicyLoadResult result = load_policy_file(options.config_path);
@@ -409,9 +416,9 @@ struct Process final : AdminBackend {
       std::string msg = std::string("policy reload (") + trigger + "): unchanged (sha256 " + event.sha256.substr(0, 12) + ")";
       if (quiet_if_unchanged) log_debug(msg);
       else log_info(msg);
-      std::string body = "{\"outcome\":\"unchanged\",\"version\":" + v + ",\"sha256\":";
-      json_string(body, event.sha256);
-      return {200, "application/json", body + "}\n"};
+      return json_answer(200, [&](JsonWriter& w) {
+        w.key("outcome").str("unchanged").key("version").integer(version).key("sha256").str(event.sha256);
+      });
     }
     for (const auto& w : result.warnings) {
       log_warn(options.config_path + ": " + w);
@@ -527,10 +534,10 @@ struct Process final : AdminBackend {
       if (c == '\n') c = ';';
     log_info(std::string("policy reload (") + trigger + "): applied version " + std::to_string(version) + ", sha256 " +
              event.sha256.substr(0, 12) + ": " + summary);
-    std::string body = "{\"outcome\":\"applied\",\"version\":" + std::to_string(version) + ",\"sha256\":";
-    json_string(body, event.sha256);
-    body += ",\"changes\":" + event.changes_json + "}\n";
-    return {200, "application/json", body};
+    return json_answer(200, [&](JsonWriter& w) {
+      w.key("outcome").str("applied").key("version").integer(version).key("sha256").str(event.sha256);
+      w.key("changes").raw(event.changes_json);
+    });
   }
 
   Answer reject(PolicyEvent& event, const std::string& what) {
@@ -539,9 +546,9 @@ struct Process final : AdminBackend {
     event.outcome = "rejected";
     registry->process().policy_reloads_rejected.add();
     events.record(event);
-    std::string body = "{\"outcome\":\"rejected\",\"version\":" + std::to_string(version) + ",\"errors\":";
-    json_string_array(body, event.errors);
-    return {422, "application/json", body + "}\n"};
+    return json_answer(422, [&](JsonWriter& w) {
+      w.key("outcome").str("rejected").key("version").integer(version).key("errors").strings(event.errors);
+    });
   }
 
   // Gives every worker the new snapshot and waits (bounded) until each has switched, so that
