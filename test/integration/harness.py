@@ -253,6 +253,30 @@ def _readline_timeout(f, timeout):
 # pilotfish
 # ---------------------------------------------------------------------------------------------
 
+def answer_once(testcase, response):
+    """A raw upstream for one connection, in a thread of the test: it reads a request head and
+    answers `response` (exact bytes, whatever they are), then closes. Returns its address."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    testcase.addCleanup(server.close)
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            conn.sendall(response)
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    testcase.addCleanup(t.join, 5)
+    return "127.0.0.1:%d" % server.getsockname()[1]
+
+
 def simple_policy(upstreams, listener=None, cluster=None, workers=1, access_log="off", routes=None):
     """A policy with one http listener `ingress` on port 0 routing everything to cluster `app`."""
     if not isinstance(upstreams, (list, tuple)):

@@ -12,7 +12,6 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 import unittest
 
@@ -154,21 +153,9 @@ class EarlyAnswerTest(unittest.TestCase):
         # An upstream that answers 413 with Connection: close as soon as it has the head, before
         # the body: the connection to the client closes after this response, and the response
         # says so (it used to say nothing and then close).
-        server = socket.socket()
-        server.bind(("127.0.0.1", 0))
-        server.listen(4)
-        self.addCleanup(server.close)
-
-        def answer_early():
-            conn, _ = server.accept()
-            with conn:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    head += conn.recv(4096)
-                conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\nConnection: close\r\n\r\nlarge")
-        t = threading.Thread(target=answer_early, daemon=True)
-        t.start()
-        pf = h.Pilotfish(h.simple_policy("127.0.0.1:%d" % server.getsockname()[1]))
+        upstream = h.answer_once(self, b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\n"
+                                       b"Connection: close\r\n\r\nlarge")
+        pf = h.Pilotfish(h.simple_policy(upstream))
         self.addCleanup(pf.kill)
         with h.Client(pf.port()) as c:
             c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
@@ -177,7 +164,6 @@ class EarlyAnswerTest(unittest.TestCase):
             self.assertEqual(r.body, b"large")
             self.assertEqual((r.header("connection") or "").lower(), "close", r)
             self.assertTrue(c.is_closed(timeout=10), "the connection closes, as announced")
-        t.join(5)
         pf.stop_and_check(self)
 
 

@@ -12,7 +12,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import unittest
 
@@ -119,29 +118,11 @@ class UpstreamTextTest(unittest.TestCase):
     """An upstream's reason phrase never reaches the client: pilotfish writes its own, and one
     with control characters makes the response invalid (502)."""
 
-    def serve_once(self, status_line):
-        srv = socket.socket()
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(4)
-        self.addCleanup(srv.close)
-
-        def serve():
-            c, _ = srv.accept()
-            with c:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += c.recv(4096)
-                c.sendall(status_line + b"\r\nContent-Length: 2\r\n\r\nhi")
-        t = threading.Thread(target=serve, daemon=True)
-        t.start()
-        self.addCleanup(t.join, 5)
-        return "127.0.0.1:%d" % srv.getsockname()[1]
-
     def test_reason_phrases(self):
         for line, status in ((b"HTTP/1.1 200 OK\x00x", 502), (b"HTTP/1.1 200 OK\x01", 502), (b"HTTP/1.1 200 \x1b[31mred", 502),
                              (b"HTTP/1.1 200 OK\x7f", 502), (b"HTTP/1.1 201 Made \xff by me", 201),
                              (b"HTTP/1.1 299 Whatever", 299)):
-            pf = h.Pilotfish(h.simple_policy(self.serve_once(line)))
+            pf = h.Pilotfish(h.simple_policy(h.answer_once(self, line + b"\r\nContent-Length: 2\r\n\r\nhi")))
             self.addCleanup(pf.kill)
             with h.Client(pf.port()) as c:
                 c.send(h.build_request("GET", "/"))
