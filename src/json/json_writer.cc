@@ -1,6 +1,6 @@
 #include "json/json_writer.h"
 
-#include <cinttypes>
+#include <charconv>
 #include <cstdio>
 
 #include "text/utf8.h"
@@ -10,28 +10,37 @@ namespace pilotfish {
 void json_string(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   out += '"';
-  for (size_t i = 0; i < s.size();) {
+  size_t i = 0, copied = 0;  // s[copied, i) is plain ASCII waiting to be appended in one go
+  while (i < s.size()) {
     unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n = utf8_sequence_length(s, i);
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (n == 0 || c < 0x20 || c == 0x7f) {
-          out += "\\u00";
-          out += kHex[c >> 4];
-          out += kHex[c & 15];
-        } else {
-          out.append(s.data() + i, n);
-          i += n;
-          continue;
-        }
+    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {  // the common case: a run of plain text
+      ++i;
+      continue;
     }
-    ++i;
+    out.append(s.data() + copied, i - copied);
+    size_t n = c >= 0x80 ? utf8_sequence_length(s, i) : 1;
+    if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f || n == 0) {
+      out += "\\u00";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+      n = 1;
+    } else {
+      out.append(s.data() + i, n);  // valid UTF-8, as it is
+    }
+    i += n;
+    copied = i;
   }
+  out.append(s.data() + copied, i - copied);
   out += '"';
 }
 
@@ -48,8 +57,8 @@ JsonWriter& JsonWriter::num(double v) {
 JsonWriter& JsonWriter::integer(int64_t v) {
   comma();
   char buf[24];
-  int n = snprintf(buf, sizeof buf, "%" PRId64, v);
-  out_.append(buf, static_cast<size_t>(n));
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  out_.append(buf, static_cast<size_t>(end - buf));
   return *this;
 }
 
