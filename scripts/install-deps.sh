@@ -3,7 +3,7 @@
 #   scripts/install-deps.sh [PURPOSE...]   PURPOSE: build (the default), test, image, bench
 #     build   compile and run pilotfish (scripts/quickstart.sh installs this alone)
 #     test    the whole test suite (scripts/test.sh): build, plus the tools the tests drive, the
-#             image test's container tools, and Prometheus
+#             image test's container tools, Prometheus, and clang for the fuzz targets (scripts/fuzz.sh)
 #     image   podman and buildah for the container images (test/image/build-and-check.sh)
 #     bench   the benchmark peers and load generators (test/bench/bench.py)
 #   scripts/install-deps.sh --list PURPOSE...   prints the packages of those purposes and installs nothing
@@ -14,7 +14,7 @@ build=(meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyam
        nlohmann-json3-dev libnghttp2-dev curl openssl python3)
 image=(podman buildah debootstrap fuse-overlayfs uidmap)
 test=("${build[@]}" "${image[@]}" libgtest-dev libgmock-dev procps prometheus iproute2 iptables util-linux
-      python3-yaml nghttp2-client)
+      python3-yaml nghttp2-client clang libclang-rt-14-dev)
 bench=("${build[@]}" wrk haproxy nginx-light util-linux)
 
 list=0

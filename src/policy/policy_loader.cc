@@ -1741,7 +1741,7 @@ struct UnclosedFlow {
 // own position is the better one).
 std::optional<UnclosedFlow> find_unclosed_flow(std::string_view text) {
   std::vector<UnclosedFlow> open;
-  uint32_t line = 1, column = 0;
+  int line = 1, column = 0;
   char quote = 0;
   bool comment = false;
   char previous = '\n';
