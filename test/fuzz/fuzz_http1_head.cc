@@ -10,7 +10,7 @@
 
 namespace {
 
-int on_message_complete(llhttp_t* p) {
+int on_message_complete(llhttp_t*) {
   return HPE_PAUSED;  // as the session does: one request at a time
 }
 
