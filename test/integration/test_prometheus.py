@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import unittest
 import urllib.parse
 import urllib.request
@@ -107,8 +106,9 @@ class PrometheusExampleTest(unittest.TestCase):
             result = doc["data"]["result"]
             return result and float(result[0]["value"][1]) == REQUESTS
         h.wait_for(requests_total, 15, interval=0.2, what="pilotfish_requests_total == %d" % REQUESTS)
-        # A few more scrapes, so that rates over [1m] have two samples and more.
-        time.sleep(2.5)
+        # Rates over [1m] need two samples: wait (bounded) until Prometheus has them.
+        h.wait_for(lambda: get("query", query="rate(pilotfish_requests_total[1m])")["data"]["result"], 30,
+                   interval=0.2, what="two scrapes of pilotfish")
 
         queries = dashboard_queries()
         self.assertGreaterEqual(len(queries), 10, "the dashboard's panels")
