@@ -19,7 +19,6 @@ import upstream as up  # noqa: E402
 
 GIB = 1 << 30
 RSS_LIMIT_KIB = 16 * 1024
-TRANSFER_LIMIT_S = 60
 
 
 class RssSampler:
