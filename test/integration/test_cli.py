@@ -332,6 +332,16 @@ class CliTest(unittest.TestCase):
         self.assertEqual(rc, 1)
         self.assertIn("%s:4:14: invalid YAML: the '[' opened here is never closed" % path, err)
 
+    def test_an_unclosed_quote_is_reported_where_it_opened(self):
+        # yaml-cpp lets the quote run to the end of the file; what the runaway string does to the
+        # keys after it ("clusters: missing") is not the problem, and is not reported.
+        path = self.write("unclosed.yaml", GOOD.replace("    address: 127.0.0.1:0\n    routes",
+                                                        "    address: \"127.0.0.1:0\n    routes"))
+        rc, out, err = h.run_cli(["check", "--config", path])
+        self.assertEqual(rc, 1, out + err)
+        self.assertEqual(err.strip().splitlines(),
+                         ["%s:7:14: invalid YAML: the '\"' opened here is never closed" % path])
+
     def test_check_missing_file_exits_1(self):
         rc, out, err = h.run_cli(["check", "--config", os.path.join(self.dir, "missing.yaml")])
         self.assertEqual(rc, 1, err)
