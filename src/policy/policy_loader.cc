@@ -1836,6 +1836,32 @@ PolicyLoadResult load_policy_text(const std::string& text, const std::string& fi
   return result;
 }
 
+std::vector<std::string> policy_key_paths() {
+  // The same tables the sections are read with (open_section), each under the path it sits at.
+  std::vector<std::string> out;
+  auto add = [&out](const std::string& prefix, std::span<const std::string_view> keys) {
+    for (std::string_view key : keys) out.push_back(prefix + std::string(key));
+  };
+  add("", kTopLevelKeys);
+  add("admin.", kAdminKeys);
+  add("identity.", kIdentityKeys);
+  add("listeners[].", kListenerKeys);
+  add("listeners[].routes[].", kRouteKeys);
+  add("listeners[].routes[].match.", kMatchKeys);
+  for (const std::string owner : {"listeners[].", "listeners[].routes[]."}) {
+    add(owner + "auth.", kAuthKeys);
+    add(owner + "rate_limit.", kRateLimitKeys);
+  }
+  add("clusters[].", kClusterKeys);
+  add("clusters[].mtls.", kClusterMtlsKeys);
+  add("clusters[].retry.", kRetryKeys);
+  add("clusters[].retry.backoff.", kBackoffKeys);
+  add("clusters[].retry.budget.", kBudgetKeys);
+  add("clusters[].circuit_breaker.", kCircuitBreakerKeys);
+  add("clusters[].outlier_detection.", kOutlierDetectionKeys);
+  return out;
+}
+
 PolicyLoadResult load_policy_file(const std::string& path) {
   std::string contents;
   std::string why;

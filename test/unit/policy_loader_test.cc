@@ -16,8 +16,10 @@
 namespace pilotfish {
 namespace {
 
-// A copy of /work/shared/contract/policy-reference.yaml (our own contract), embedded because the
-// contract folder is not at a fixed path in CI. Keep it byte-for-byte in step with the contract.
+// A copy of the outside contract's reference (shared/contract/policy-reference.yaml, beside the
+// repository where the team works), embedded because a clone has no such folder: these tests
+// hold the loader to the contract's own values. Keep it byte-for-byte in step with the contract.
+// The users' reference, docs/policy-reference.yaml, has its own tests (policy_reference_test.cc).
 constexpr const char* kReferencePolicy =
     R"yaml(# pilotfish policy, version 1: every key below must be accepted, with the meaning its comment gives.
 # A policy file may leave out any key that has a default. Unknown keys are an error (typos must not
