@@ -1623,25 +1623,34 @@ void PolicyReader::check_cluster_use() {
 // ---------------------------------------------------------------------------------------------
 // Documents
 
+// yaml-cpp's parse events, each ignored: the probes below override the few they look at.
+class EventProbe : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 // Notes whether a YAML document holds anything but an empty value, and where that starts.
-class DocumentProbe : public YAML::EventHandler {
+class DocumentProbe : public EventProbe {
  public:
   bool has_content() const { return has_content_; }
   Position start() const { return start_; }
 
-  void OnDocumentStart(const YAML::Mark&) override {}
-  void OnDocumentEnd() override {}
-  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
   void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { saw(mark); }
   void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override { saw(mark); }
   void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
     saw(mark);
   }
-  void OnSequenceEnd() override {}
   void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
     saw(mark);
   }
-  void OnMapEnd() override {}
 
  private:
   void saw(const YAML::Mark& mark) {
@@ -1736,23 +1745,15 @@ bool read_whole_file(const std::string& path, std::string* contents, std::string
 // before it: an anchor or a tag puts the scalar's mark before its quote. It is how an open
 // quote that the scan found is confirmed as one that yaml-cpp ended at the end of the file, so
 // that no slip of the scan can ever refuse a policy that parses.
-class QuotedScalarProbe : public YAML::EventHandler {
+class QuotedScalarProbe : public EventProbe {
  public:
   explicit QuotedScalarProbe(const YamlOpener& at) : at_(at) {}
   bool found() const { return found_; }
 
-  void OnDocumentStart(const YAML::Mark&) override {}
-  void OnDocumentEnd() override {}
-  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
-  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
   void OnScalar(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t, const std::string&) override {
     // yaml-cpp tags a plain scalar "?" and a quoted or block one "!", unless the file tags it.
     if (tag != "?" && mark.line + 1 == at_.line && mark.column + 1 <= at_.column) found_ = true;
   }
-  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
-  void OnSequenceEnd() override {}
-  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
-  void OnMapEnd() override {}
 
  private:
   YamlOpener at_;
