@@ -39,6 +39,12 @@ PolicyLoadResult load_policy_file(const std::string& path);
 PolicyLoadResult load_policy_text(const std::string& text, const std::string& file_name,
                                   const std::string& base_dir, bool check_files = false);
 
+// Every key the loader accepts, by path, "[]" standing for a list's items:
+// "listeners[].routes[].auth.jwks". Tests hold docs/policy-reference.yaml and the policy's JSON
+// form (policy_json.h, which the policy diff compares) to it, so that a key added to the loader
+// cannot be left out of either.
+std::vector<std::string> policy_key_paths();
+
 // Parses "250ms", "5s", "2m", "1h", "0". Returns false for anything else.
 bool parse_duration(std::string_view text, Duration* out);
 

@@ -1,7 +1,7 @@
 #include "json/json_writer.h"
 
 #include <charconv>
-#include <cstdio>
+#include <cmath>
 
 #include "text/utf8.h"
 
@@ -44,21 +44,36 @@ void json_string(std::string& out, std::string_view s) {
   out += '"';
 }
 
-void json_string_array(std::string& out, const std::vector<std::string>& items) { JsonWriter(out).strings(items); }
+namespace {
+
+// std::to_chars: no locale, no allocation; for a double, the shortest text that reads back as it.
+template <typename Number>
+void append_chars(std::string& out, Number v) {
+  char buf[32];  // the longest of these, "-2.2250738585072014e-308", is 24
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, static_cast<size_t>(end - buf));
+}
+
+}  // namespace
 
 JsonWriter& JsonWriter::num(double v) {
   comma();
-  char buf[32];
-  int n = snprintf(buf, sizeof buf, "%.17g", v);
-  out_.append(buf, static_cast<size_t>(n));
+  if (std::isfinite(v))
+    append_chars(out_, v);
+  else
+    out_ += "null";
   return *this;
 }
 
-JsonWriter& JsonWriter::integer(int64_t v) {
+JsonWriter& JsonWriter::signed_integer(int64_t v) {
   comma();
-  char buf[24];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
-  out_.append(buf, static_cast<size_t>(end - buf));
+  append_chars(out_, v);
+  return *this;
+}
+
+JsonWriter& JsonWriter::unsigned_integer(uint64_t v) {
+  comma();
+  append_chars(out_, v);
   return *this;
 }
 

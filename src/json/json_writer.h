@@ -8,15 +8,16 @@
 // UTF-8 passes as it is; a byte that is not part of valid UTF-8 is written as \u00XX (the byte as
 // a code point), so the output is always valid JSON and such bytes stay visible.
 
+#include <concepts>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace pilotfish {
 
 void json_string(std::string& out, std::string_view s);
-void json_string_array(std::string& out, const std::vector<std::string>& items);
 
 class JsonWriter {
  public:
@@ -33,8 +34,17 @@ class JsonWriter {
     json_string(out_, v);
     return *this;
   }
+  // The shortest text that reads back as the same double (0.2, not 0.20000000000000001); null
+  // for NaN and the infinities, which JSON has no words for.
   JsonWriter& num(double v);
-  JsonWriter& integer(int64_t v);
+  // Any integer type, every digit (a uint64_t past 2^53 would lose some as a double).
+  template <std::integral T>
+  JsonWriter& integer(T v) {
+    if constexpr (std::is_signed_v<T>)
+      return signed_integer(v);
+    else
+      return unsigned_integer(v);
+  }
   JsonWriter& boolean(bool v) {
     comma();
     out_ += v ? "true" : "false";
@@ -77,6 +87,8 @@ class JsonWriter {
     fresh_ = false;
     return *this;
   }
+  JsonWriter& signed_integer(int64_t v);
+  JsonWriter& unsigned_integer(uint64_t v);
   std::string& out_;
   bool fresh_ = true;
 };

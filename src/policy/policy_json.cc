@@ -66,7 +66,7 @@ void write_rate_limit(JsonWriter& w, const std::optional<RateLimitPolicy>& limit
   }
   if (!limit) return;
   w.key("rate_limit").begin_object();
-  w.key("rate").num(limit->rate).key("burst").num(limit->burst);
+  w.key("rate").num(limit->rate).key("burst").integer(limit->burst);
   switch (limit->key) {
     case RateLimitPolicy::Key::client_address: w.key("key").str("client_address"); break;
     case RateLimitPolicy::Key::peer_identity: w.key("key").str("peer_identity"); break;
@@ -109,7 +109,7 @@ void write_listener(JsonWriter& w, const Listener& l, bool with_routes) {
   }
   w.key("header_timeout").str(dur(l.header_timeout)).key("body_timeout").str(dur(l.body_timeout));
   w.key("idle_timeout").str(dur(l.idle_timeout));
-  w.key("max_header_bytes").num(l.max_header_bytes).key("max_body_bytes").num(static_cast<double>(l.max_body_bytes));
+  w.key("max_header_bytes").integer(l.max_header_bytes).key("max_body_bytes").integer(l.max_body_bytes);
   w.key("allow_ambiguous_paths").boolean(l.allow_ambiguous_paths);
   write_auth(w, l.auth, false);
   write_rate_limit(w, l.rate_limit, false);
@@ -139,7 +139,7 @@ void write_cluster(JsonWriter& w, const Cluster& c) {
   w.key("connect_timeout").str(dur(c.connect_timeout)).key("timeout").str(dur(c.timeout)).key("idle_timeout").str(dur(c.idle_timeout));
   const RetryPolicy& r = c.retry;
   w.key("retry").begin_object();
-  w.key("retries").num(r.retries);
+  w.key("retries").integer(r.retries);
   w.key("on").begin_array();
   static constexpr std::pair<uint32_t, const char*> kOn[] = {{kRetryConnectFailure, "connect-failure"},
                                                              {kRetryReset, "reset"},
@@ -150,7 +150,7 @@ void write_cluster(JsonWriter& w, const Cluster& c) {
     if (r.on & bit) w.str(name);
   w.end_array();
   w.key("status_codes").begin_array();
-  for (int code : r.status_codes) w.num(code);
+  for (int code : r.status_codes) w.integer(code);
   w.end_array();
   w.key("per_try_timeout").str(dur(r.per_try_timeout));
   w.key("backoff").begin_object().key("base").str(dur(r.backoff_base)).key("max").str(dur(r.backoff_max)).end_object();
@@ -160,14 +160,14 @@ void write_cluster(JsonWriter& w, const Cluster& c) {
   w.end_object();
   const CircuitBreakerLimits& b = c.circuit_breaker;
   w.key("circuit_breaker").begin_object();
-  w.key("max_connections").num(b.max_connections).key("max_pending_requests").num(b.max_pending_requests);
-  w.key("max_requests").num(b.max_requests).key("max_retries").num(b.max_retries);
+  w.key("max_connections").integer(b.max_connections).key("max_pending_requests").integer(b.max_pending_requests);
+  w.key("max_requests").integer(b.max_requests).key("max_retries").integer(b.max_retries);
   w.end_object();
   const OutlierDetection& o = c.outlier_detection;
   w.key("outlier_detection").begin_object();
-  w.key("consecutive_failures").num(o.consecutive_failures);
+  w.key("consecutive_failures").integer(o.consecutive_failures);
   w.key("base_ejection_time").str(dur(o.base_ejection_time)).key("max_ejection_time").str(dur(o.max_ejection_time));
-  w.key("max_ejection_percent").num(o.max_ejection_percent);
+  w.key("max_ejection_percent").integer(o.max_ejection_percent);
   w.end_object();
   w.end_object();
 }
@@ -185,14 +185,14 @@ std::string to_json(Write write) {
 std::vector<std::pair<std::string, std::string>> settings_to_json(const Policy& p) {
   std::vector<std::pair<std::string, std::string>> out;
   auto add = [&out](const char* name, auto write) { out.emplace_back(name, to_json(write)); };
-  add("version", [&](JsonWriter& w) { w.num(p.version); });
+  add("version", [&](JsonWriter& w) { w.integer(p.version); });
   add("service", [&](JsonWriter& w) { w.str(p.service); });
   add("admin.address", [&](JsonWriter& w) { w.str(p.admin_address.text); });
   add("admin.read_only_address", [&](JsonWriter& w) {
     if (p.admin_read_only_address) w.str(p.admin_read_only_address->text);
     else w.null();
   });
-  add("workers", [&](JsonWriter& w) { w.num(p.workers); });
+  add("workers", [&](JsonWriter& w) { w.integer(p.workers); });
   add("log_level", [&](JsonWriter& w) { w.str(name_of(p.log_level)); });
   add("drain_timeout", [&](JsonWriter& w) { w.str(dur(p.drain_timeout)); });
   add("drain_delay", [&](JsonWriter& w) { w.str(dur(p.drain_delay)); });

@@ -15,6 +15,7 @@
 
 #include "pilotfish/policy_loader.h"
 #include "policy/quote.h"
+#include "policy/yaml_openers.h"
 #include "gateway/jwt.h"
 #include "tls/identity_files.h"
 
@@ -1622,25 +1623,34 @@ void PolicyReader::check_cluster_use() {
 // ---------------------------------------------------------------------------------------------
 // Documents
 
+// yaml-cpp's parse events, each ignored: the probes below override the few they look at.
+class EventProbe : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 // Notes whether a YAML document holds anything but an empty value, and where that starts.
-class DocumentProbe : public YAML::EventHandler {
+class DocumentProbe : public EventProbe {
  public:
   bool has_content() const { return has_content_; }
   Position start() const { return start_; }
 
-  void OnDocumentStart(const YAML::Mark&) override {}
-  void OnDocumentEnd() override {}
-  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
   void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { saw(mark); }
   void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override { saw(mark); }
   void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
     saw(mark);
   }
-  void OnSequenceEnd() override {}
   void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
     saw(mark);
   }
-  void OnMapEnd() override {}
 
  private:
   void saw(const YAML::Mark& mark) {
@@ -1731,53 +1741,43 @@ bool read_whole_file(const std::string& path, std::string* contents, std::string
   return true;
 }
 
-struct UnclosedFlow {
-  char bracket;
-  Position at;
+// Whether yaml-cpp read a quoted scalar (or a tagged one) that starts on `at`'s line, at or
+// before it: an anchor or a tag puts the scalar's mark before its quote. It is how an open
+// quote that the scan found is confirmed as one that yaml-cpp ended at the end of the file, so
+// that no slip of the scan can ever refuse a policy that parses.
+class QuotedScalarProbe : public EventProbe {
+ public:
+  explicit QuotedScalarProbe(const YamlOpener& at) : at_(at) {}
+  bool found() const { return found_; }
+
+  void OnScalar(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t, const std::string&) override {
+    // yaml-cpp tags a plain scalar "?" and a quoted or block one "!", unless the file tags it.
+    if (tag != "?" && mark.line + 1 == at_.line && mark.column + 1 <= at_.column) found_ = true;
+  }
+
+ private:
+  YamlOpener at_;
+  bool found_ = false;
 };
 
-// The innermost '[' or '{' of a flow collection still open at the end of `text`, found by a
-// scan that knows YAML's quotes and comments; nullopt if every bracket closes (then yaml-cpp's
-// own position is the better one).
-std::optional<UnclosedFlow> find_unclosed_flow(std::string_view text) {
-  std::vector<UnclosedFlow> open;
-  int line = 1, column = 0;
-  char quote = 0;
-  bool comment = false;
-  char previous = '\n';
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    ++column;
-    if (c == '\n') {
-      ++line;
-      column = 0;
-      comment = false;
-      previous = c;
-      continue;
-    }
-    if (comment) continue;
-    if (quote) {
-      if (quote == '"' && c == '\\') {
-        ++i, ++column;  // an escape: the next character is data
-      } else if (c == quote) {
-        if (quote == '\'' && i + 1 < text.size() && text[i + 1] == '\'')
-          ++i, ++column;  // '' is a quote inside single quotes
-        else
-          quote = 0;
-      }
-    } else if (c == '#' && (previous == ' ' || previous == '\t' || previous == '\n')) {
-      comment = true;
-    } else if (c == '"' || c == '\'') {
-      quote = c;
-    } else if (c == '[' || c == '{') {
-      open.push_back({c, Position{line, column}});
-    } else if ((c == ']' || c == '}') && !open.empty()) {
-      open.pop_back();
-    }
-    previous = c;
-  }
-  if (open.empty()) return std::nullopt;
-  return open.back();
+// A quote that yaml-cpp 0.7 let run to the end of the file instead of reporting it: the whole
+// rest of the file became one string, and the errors the walk would report about it (keys
+// "missing", a port that "is not a number") would only mislead. May throw YAML::Exception like
+// any parse.
+std::optional<YamlOpener> unclosed_quote(const std::string& text) {
+  std::optional<YamlOpener> open = find_unclosed_opener(text);
+  if (!open || (open->symbol != '"' && open->symbol != '\'')) return std::nullopt;
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  QuotedScalarProbe probe(*open);
+  parser.HandleNextDocument(probe);
+  if (!probe.found()) return std::nullopt;
+  return open;
+}
+
+std::string never_closed(const YamlOpener& open) {
+  const char mark = open.symbol == '\'' ? '"' : '\'';  // "'" reads better than '''
+  return std::string("invalid YAML: the ") + mark + open.symbol + mark + " opened here is never closed";
 }
 
 }  // namespace
@@ -1790,16 +1790,20 @@ PolicyLoadResult load_policy_text(const std::string& text, const std::string& fi
   // The boundary: yaml-cpp throws, nothing beyond this function does.
   try {
     const YAML::Node root = YAML::Load(text);
-    if (auto second = second_document(text))
-      reader.error(*second, "", "a policy file holds one YAML document; this is document 2");
-    auto content = first_content(text);
-    if (root.IsNull() && content) {
-      // Text that YAML reads as no value at all, such as "null" or a stray ','.
-      reader.error(*content, "",
-                   "the policy must be a map of keys (version, listeners, clusters, ...), but the "
-                   "document parses as null");
+    if (auto quote = unclosed_quote(text)) {
+      reader.fail({quote->line, quote->column}, never_closed(*quote));
     } else {
-      reader.read_document(root);
+      if (auto second = second_document(text))
+        reader.error(*second, "", "a policy file holds one YAML document; this is document 2");
+      auto content = first_content(text);
+      if (root.IsNull() && content) {
+        // Text that YAML reads as no value at all, such as "null" or a stray ','.
+        reader.error(*content, "",
+                     "the policy must be a map of keys (version, listeners, clusters, ...), but the "
+                     "document parses as null");
+      } else {
+        reader.read_document(root);
+      }
     }
   } catch (const YAML::DeepRecursion& e) {
     // yaml-cpp's guard against stack exhaustion; its own message ("bad file") says nothing useful.
@@ -1807,12 +1811,13 @@ PolicyLoadResult load_policy_text(const std::string& text, const std::string& fi
     reader.fail(at, "invalid YAML: nested more than " + std::to_string(e.depth()) + " levels deep");
   } catch (const YAML::Exception& e) {
     Position at = e.mark.is_null() ? Position{} : Position{e.mark.line + 1, e.mark.column + 1};
-    std::optional<UnclosedFlow> unclosed;
-    if (e.msg.find("flow not found") != std::string::npos) unclosed = find_unclosed_flow(text);
-    if (unclosed) {
-      // yaml-cpp notices at the end of the file; the mistake is where the bracket opened.
-      reader.fail(unclosed->at, std::string("invalid YAML: the '") + unclosed->bracket +
-                                    "' opened here is never closed (" + e.msg + ")");
+    // yaml-cpp notices an unclosed bracket (or a quote) where the text ends; the mistake is where
+    // it opened.
+    const bool at_end = e.msg.find("flow not found") != std::string::npos ||
+                        (!e.mark.is_null() && static_cast<size_t>(e.mark.pos) >= text.size());
+    std::optional<YamlOpener> open = at_end ? find_unclosed_opener(text) : std::nullopt;
+    if (open) {
+      reader.fail({open->line, open->column}, never_closed(*open) + " (" + e.msg + ")");
     } else {
       reader.fail(at, "invalid YAML: " + (e.msg.empty() ? std::string("cannot parse") : e.msg));
     }
@@ -1830,6 +1835,32 @@ PolicyLoadResult load_policy_text(const std::string& text, const std::string& fi
   policy->sha256 = result.sha256;
   result.policy = std::move(policy);
   return result;
+}
+
+std::vector<std::string> policy_key_paths() {
+  // The same tables the sections are read with (open_section), each under the path it sits at.
+  std::vector<std::string> out;
+  auto add = [&out](const std::string& prefix, std::span<const std::string_view> keys) {
+    for (std::string_view key : keys) out.push_back(prefix + std::string(key));
+  };
+  add("", kTopLevelKeys);
+  add("admin.", kAdminKeys);
+  add("identity.", kIdentityKeys);
+  add("listeners[].", kListenerKeys);
+  add("listeners[].routes[].", kRouteKeys);
+  add("listeners[].routes[].match.", kMatchKeys);
+  for (const std::string owner : {"listeners[].", "listeners[].routes[]."}) {
+    add(owner + "auth.", kAuthKeys);
+    add(owner + "rate_limit.", kRateLimitKeys);
+  }
+  add("clusters[].", kClusterKeys);
+  add("clusters[].mtls.", kClusterMtlsKeys);
+  add("clusters[].retry.", kRetryKeys);
+  add("clusters[].retry.backoff.", kBackoffKeys);
+  add("clusters[].retry.budget.", kBudgetKeys);
+  add("clusters[].circuit_breaker.", kCircuitBreakerKeys);
+  add("clusters[].outlier_detection.", kOutlierDetectionKeys);
+  return out;
 }
 
 PolicyLoadResult load_policy_file(const std::string& path) {

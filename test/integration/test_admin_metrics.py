@@ -84,6 +84,8 @@ class AdminTest(unittest.TestCase):
         self.assertEqual(config["policy"]["listeners"][0]["routes"][0]["match"]["path_prefix"], "/api")
         self.assertEqual(config["policy"]["clusters"][0]["endpoints"], [self.up.address])
         self.assertEqual(config["policy"]["clusters"][0]["timeout"], "15s")  # a default, filled in
+        # Numbers as an operator writes them, not 0.20000000000000001.
+        self.assertIn('"budget":{"ratio":0.2,"min_per_second":10}', body)
 
         status, _, body = admin(self.pf, "/clusters")
         self.assertEqual(status, 200)

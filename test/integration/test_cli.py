@@ -204,8 +204,15 @@ class CliTest(unittest.TestCase):
             self.assertIn(key, ours)
         if os.path.exists(CONTRACT_REFERENCE):  # where the contract is at hand, nothing of it is missing
             with open(CONTRACT_REFERENCE) as f:
-                contract = key_paths(yaml.safe_load(f))
+                text = f.read()
+            contract = key_paths(yaml.safe_load(text))
             self.assertEqual(sorted(contract - ours), [], "keys of the contract missing from " + REFERENCE)
+            # The loader's unit tests embed the contract's reference (a clone has no ../shared):
+            # the copy must be the contract as it is now.
+            with open(os.path.join(ROOT, "test", "unit", "policy_loader_test.cc")) as f:
+                m = re.search(r'kReferencePolicy =\s*R"yaml\((.*?)\)yaml"', f.read(), re.S)
+            self.assertTrue(m, "kReferencePolicy not found in policy_loader_test.cc")
+            self.assertEqual(m.group(1), text, "policy_loader_test.cc's copy of the contract's reference is stale")
 
     def test_check_accepts_the_reference_policy(self):
         self.assertTrue(os.path.exists(REFERENCE), REFERENCE)
@@ -331,6 +338,16 @@ class CliTest(unittest.TestCase):
         rc, out, err = h.run_cli(["check", "--config", path])
         self.assertEqual(rc, 1)
         self.assertIn("%s:4:14: invalid YAML: the '[' opened here is never closed" % path, err)
+
+    def test_an_unclosed_quote_is_reported_where_it_opened(self):
+        # yaml-cpp lets the quote run to the end of the file; what the runaway string does to the
+        # keys after it ("clusters: missing") is not the problem, and is not reported.
+        path = self.write("unclosed.yaml", GOOD.replace("    address: 127.0.0.1:0\n    routes",
+                                                        "    address: \"127.0.0.1:0\n    routes"))
+        rc, out, err = h.run_cli(["check", "--config", path])
+        self.assertEqual(rc, 1, out + err)
+        self.assertEqual(err.strip().splitlines(),
+                         ["%s:7:14: invalid YAML: the '\"' opened here is never closed" % path])
 
     def test_check_missing_file_exits_1(self):
         rc, out, err = h.run_cli(["check", "--config", os.path.join(self.dir, "missing.yaml")])

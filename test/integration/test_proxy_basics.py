@@ -588,6 +588,27 @@ class AccessLogTest(unittest.TestCase):
         st = os.stat(self.log)
         self.assertGreater(st.st_size, 0)
 
+    def test_what_a_client_sends_stays_strict_json(self):
+        # An invalid Host is logged as it came (then answered 400): quotes, a backslash, a tab,
+        # UTF-8 and a byte that is not UTF-8 must each come out as one JSON string that reads
+        # back as the same text, the odd byte as \u00XX.
+        hosts = [(b'a"b\\c', 'a"b\\c'), (b"caf\xc3\xa9 x", "caf\u00e9 x"), (b"x\xffy", "x\u00ffy"),
+                 (b"t\tab", "t\tab")]
+        for raw, _ in hosts:
+            with h.Client(self.pf.port()) as c:
+                c.sock.sendall(b"GET /ok/x HTTP/1.1\r\nHost: " + raw + b"\r\n\r\n")
+                self.assertEqual(c.read_response().status, 400)
+
+        def strict_lines():
+            with open(self.log, "rb") as f:
+                text = f.read().decode("utf-8")  # strict: a raw 0xff would fail here
+            return [json.loads(l, parse_constant=lambda name: self.fail("not JSON: " + name))
+                    for l in text.split("\n") if l]
+        lines = h.wait_for(lambda: len(self.lines()) >= len(hosts) and strict_lines(), 5,
+                           what="%d access-log lines" % len(hosts))
+        self.assertEqual([l["authority"] for l in lines], [text for _, text in hosts])
+        self.assertEqual({l["error"] for l in lines}, {"invalid_host"})
+
 
 if __name__ == "__main__":
     h.main()

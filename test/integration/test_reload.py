@@ -553,12 +553,18 @@ def two_route_policy(a, b, second="b"):
             "clusters": [{"name": "a", "endpoints": [a.address]}, {"name": "b", "endpoints": [b.address]}]}
 
 
+def light_upstreams(testcase, *names):
+    """A "light" upstream for each name, stopped when the test ends."""
+    ups = []
+    for name in names:
+        ups.append(h.Upstream("light", name=name))
+        testcase.addCleanup(ups[-1].stop)
+    return ups
+
+
 class RejectedAndUnchangedTest(unittest.TestCase):
     def setUp(self):
-        self.a = h.Upstream("light", name="a")
-        self.addCleanup(self.a.stop)
-        self.b = h.Upstream("light", name="b")
-        self.addCleanup(self.b.stop)
+        self.a, self.b = light_upstreams(self, "a", "b")
         self.policy = two_route_policy(self.a, self.b)
         self.pf = h.Pilotfish(self.policy)
         self.addCleanup(self.pf.kill)
@@ -1059,6 +1065,35 @@ class ListenerClashTest(unittest.TestCase):
         status, doc = post_reload(pf)
         self.assertEqual((status, doc.get("outcome")), (422, "rejected"), doc)
         self.assertEqual(config(pf)["version"], 1)
+        pf.stop_and_check(self)
+
+
+class KeysOfTheirOwnTest(unittest.TestCase):
+    def test_a_rate_limit_change_is_recorded_as_a_change(self):
+        # Once missed: a reload that only changed a rate limit was applied with "no changes" in
+        # its answer, its log line and /policy/history.
+        policy = two_route_policy(*light_upstreams(self, "a", "b"))
+        policy["listeners"][0]["rate_limit"] = {"rate": 5}
+        policy["listeners"][0]["routes"][0]["rate_limit"] = {"rate": 5}
+        pf = h.Pilotfish(policy)
+        self.addCleanup(pf.kill)
+
+        policy["listeners"][0]["rate_limit"] = {"rate": 1}
+        mark = h.log_mark(pf)
+        _, status, body = write_and_reload(pf, policy)
+        self.assertEqual((status, body.get("outcome")), (200, "applied"), body)
+        want = changes(listeners={"modified": ["ingress"]})
+        self.assertEqual(body.get("changes"), want)
+        h.wait_log(pf, r"applied version 2, sha256 \w+: listeners: ~ingress$", mark)
+
+        policy["listeners"][0]["routes"][0]["rate_limit"] = {"rate": 1}
+        _, status, body = write_and_reload(pf, policy)
+        self.assertEqual((status, body.get("outcome")), (200, "applied"), body)
+        self.assertEqual(body.get("changes"), changes(routes={"modified": ["ingress: path_prefix=/b/ -> b"]}))
+
+        evs = wait_events(pf, 3)
+        self.assertEqual([e.get("changes") for e in evs[1:]], [want, body["changes"]])
+        h.wait_for(lambda: read_jsonl(history_file(pf)) == events(pf), 3, what="history file == /policy/history")
         pf.stop_and_check(self)
 
 

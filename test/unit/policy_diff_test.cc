@@ -136,6 +136,14 @@ TEST(PolicyDiff, RateLimitsAreChanges) {
   EXPECT_TRUE(d.listeners.empty());
 }
 
+TEST(PolicyDiff, LargeNumbersKeepEveryDigit) {
+  // Written as doubles, these two limits were the same number, and the change was missed.
+  std::string big = replaced(kBase, "    address: 127.0.0.1:15006\n",
+                             "    address: 127.0.0.1:15006\n    max_body_bytes: 18446744073709551615\n");
+  PolicyDiff d = diff(big, replaced(big, "18446744073709551615", "18446744073709551614"));
+  EXPECT_EQ(d.listeners.modified, Strings{"inbound"}) << diff_to_text(d);
+}
+
 TEST(PolicyDiff, RouteChangesDoNotModifyTheirListener) {
   PolicyDiff d = diff(kBase, replaced(kBase, "        cluster: users\n", "        cluster: app\n"));
   EXPECT_TRUE(d.listeners.empty()) << diff_to_text(d);

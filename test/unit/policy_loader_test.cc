@@ -16,8 +16,10 @@
 namespace pilotfish {
 namespace {
 
-// A copy of /work/shared/contract/policy-reference.yaml (our own contract), embedded because the
-// contract folder is not at a fixed path in CI. Keep it byte-for-byte in step with the contract.
+// A copy of the outside contract's reference (shared/contract/policy-reference.yaml, beside the
+// repository where the team works), embedded because a clone has no such folder: these tests
+// hold the loader to the contract's own values. Keep it byte-for-byte in step with the contract.
+// The users' reference, docs/policy-reference.yaml, has its own tests (policy_reference_test.cc).
 constexpr const char* kReferencePolicy =
     R"yaml(# pilotfish policy, version 1: every key below must be accepted, with the meaning its comment gives.
 # A policy file may leave out any key that has a default. Unknown keys are an error (typos must not
@@ -621,6 +623,44 @@ TEST(YamlSyntax, AnUnclosedBracketIsReportedWhereItOpened) {
   // Brackets in comments and quotes are not brackets; the inner of two open ones is named.
   EXPECT_TRUE(OnlyError(load("version: 1 # [\nservice: 'a[b'\nlisteners: [{name: a, routes: [x, \"]\"\n"), 3, 31,
                         "invalid YAML: the '[' opened here is never closed (end of sequence flow not found)"));
+}
+
+TEST(YamlSyntax, QuotesAndBracketsOnlyOpenWhereANodeBegins) {
+  const std::string never_closed = "invalid YAML: the '[' opened here is never closed";
+  // The apostrophe of a plain word is no quote, so it hides no bracket after it.
+  EXPECT_TRUE(OnlyError(load("service: o'brien\nlisteners: [1\n"), 2, 12, never_closed));
+  // Nor is a '[' inside a plain word of block context a bracket.
+  EXPECT_TRUE(OnlyError(load("service: a[b\nlisteners: {c: 1\n"), 2, 12, "invalid YAML: the '{' opened here"));
+  // The text of a block scalar is text, whatever it holds, up to the first line indented no
+  // more than its key.
+  EXPECT_TRUE(OnlyError(load("service: |\n  'quoted [\n\n  more\nlisteners: [1\n"), 5, 12, never_closed));
+  EXPECT_TRUE(OnlyError(load("- key: >-\n    don't \"[\n  next: [1\n"), 3, 9, never_closed));
+  // An anchor may stand before the bracket.
+  EXPECT_TRUE(OnlyError(load("listeners: &l [1\n"), 1, 15, never_closed));
+}
+
+TEST(YamlSyntax, AnUnclosedQuoteIsReportedWhereItOpened) {
+  // yaml-cpp 0.7 ends such a quote at the end of the file without a word, and the walk then
+  // reported what the runaway string did to the rest: keys "missing", a port that "is not a
+  // number". The one problem is the quote.
+  const std::string text = replaced(kMinimal, "address: 127.0.0.1:0", "address: \"127.0.0.1:0");
+  EXPECT_TRUE(OnlyError(load(text), 4, 14, "invalid YAML: the '\"' opened here is never closed"));
+  EXPECT_TRUE(OnlyError(load(replaced(kMinimal, "- cluster: app", "- cluster: 'app")), 6, 18,
+                        "invalid YAML: the \"'\" opened here is never closed"));
+  // Last in the file too, after quotes that do close ('' and \" are quotes inside quotes).
+  EXPECT_TRUE(OnlyError(load(std::string(kMinimal) + "service: 'it''s'\naccess_log: \"a\\\"b\nx: 1\n"), 11, 13,
+                        "invalid YAML: the '\"' opened here is never closed"));
+  // A quote inside an unclosed bracket is the innermost mistake: it swallowed the ']'.
+  EXPECT_TRUE(OnlyError(load("listeners: [a, \"b]\n"), 1, 16, "invalid YAML: the '\"' opened here is never closed"));
+}
+
+TEST(YamlSyntax, QuotesThatYamlReadsAsTextAreNoError) {
+  // Where the scan could take text for a quote, yaml-cpp has the last word: a policy that
+  // parses is never refused for a quote yaml-cpp did not read as one.
+  const Policy p = loaded(load(std::string(kMinimal) + "service: >-\n  'payments\n"));
+  EXPECT_EQ(p.service, "'payments");
+  EXPECT_EQ(loaded(load(std::string(kMinimal) + "service: it's\n")).service, "it's");
+  EXPECT_EQ(loaded(load(std::string(kMinimal) + "service: \"#[it's]\" # '\n")).service, "#[it's]");
 }
 
 TEST(YamlSyntax, DeepNestingIsAnErrorNotACrash) {
