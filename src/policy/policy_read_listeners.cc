@@ -1,0 +1,380 @@
+// The policy reader's listeners: each listener, its allow list, its routes and their match,
+// and the auth and rate_limit blocks a listener or a route can have.
+
+#include "policy/policy_reader.h"
+#include "gateway/jwt.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+namespace pilotfish::policy_detail {
+
+namespace {
+
+constexpr Choice<Protocol> kProtocols[] = {{"http", Protocol::http}, {"tcp", Protocol::tcp}};
+constexpr Choice<Intercept> kIntercepts[] = {
+    {"none", Intercept::none}, {"inbound", Intercept::inbound}, {"outbound", Intercept::outbound}};
+
+std::string upper(std::string_view text) {
+  std::string out(text);
+  for (char& c : out)
+    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
+  return out;
+}
+
+// An HTTP token (RFC 9110 tchar): what header names and methods are made of.
+bool is_http_token(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Listeners and routes
+
+void PolicyReader::read_listeners(const Field& field) {
+  auto items = open_list(field);
+  if (!items) return;
+  if (items->empty()) error(field.position, field.path, "must list at least one listener");
+  for (const Field& item : *items) read_listener(item);
+}
+
+void PolicyReader::read_listener(const Field& field) {
+  auto section = open_section(field, kListenerKeys);
+  if (!section) return;
+  Listener listener;
+  ListenerSource source;
+  source.path = field.path;
+
+  if (const Field* f = require(*section, "name", "every listener needs a name")) {
+    if (auto name = read_name(*f)) {
+      listener.name = *name;
+      auto [existing, inserted] = listener_names_.emplace(*name, field.path);
+      if (!inserted) error(f->position, f->path, quote(*name) + " is already the name of " + existing->second);
+    }
+  }
+  if (const Field* f = require(*section, "address", "every listener needs an address to bind")) {
+    if (auto address = read_address(*f, /*for_binding=*/true)) {
+      listener.address = *address;
+      check_bind_address(*address, f->path, f->position);
+    }
+  }
+  if (const Field* f = section->find("protocol")) {
+    if (auto protocol = read_choice(*f, kProtocols)) listener.protocol = *protocol;
+  }
+  if (const Field* f = section->find("intercept")) {
+    if (auto intercept = read_choice(*f, kIntercepts)) {
+      listener.intercept = *intercept;
+      if (*intercept != Intercept::none) {
+        auto [existing, inserted] = interceptors_.emplace(*intercept, field.path);
+        if (!inserted) {
+          error(f->position, f->path,
+                "only one listener may intercept " + f->node.Scalar() + " traffic; " + existing->second +
+                    " already does");
+        }
+      }
+    }
+  }
+  if (const Field* f = section->find("passthrough")) {
+    if (auto on = read_bool(*f)) listener.passthrough = *on;
+    if (listener.intercept != Intercept::outbound)
+      error(f->position, f->path, "only applies to a listener with intercept: outbound");
+  }
+  if (const Field* f = section->find("auth")) read_auth(*f, listener.auth, nullptr);
+  if (const Field* f = section->find("rate_limit")) read_rate_limit(*f, listener.rate_limit, nullptr);
+  const Field* mtls_field = section->find("mtls");
+  std::optional<bool> mtls = mtls_field ? read_bool(*mtls_field) : std::optional<bool>(false);
+  if (mtls) {
+    listener.mtls = *mtls;
+    if (*mtls) require_identity(mtls_field->position, mtls_field->path);
+  }
+  if (const Field* f = section->find("allow")) {
+    read_allow(*f, listener);
+    // Without mtls there is no verified peer identity to compare, so an allow list would
+    // silently let everyone in.
+    if (mtls == false) error(f->position, f->path, "needs mtls: true on this listener");
+  }
+
+  if (const Field* f = section->find("header_timeout")) {
+    if (auto d = read_duration(*f, /*zero_allowed=*/false)) listener.header_timeout = *d;
+  }
+  if (const Field* f = section->find("body_timeout")) {
+    if (auto d = read_duration(*f, /*zero_allowed=*/true)) listener.body_timeout = *d;
+  }
+  if (const Field* f = section->find("idle_timeout")) {
+    if (auto d = read_duration(*f, /*zero_allowed=*/false)) listener.idle_timeout = *d;
+  }
+  if (const Field* f = section->find("max_header_bytes")) {
+    if (auto n = read_integer(*f, 1, kMaxU32)) listener.max_header_bytes = static_cast<uint32_t>(*n);
+  }
+  if (const Field* f = section->find("max_body_bytes")) {
+    if (auto n = read_integer(*f, 0, kMaxU64)) listener.max_body_bytes = *n;
+  }
+  if (const Field* f = section->find("allow_ambiguous_paths")) {
+    if (auto on = read_bool(*f)) listener.allow_ambiguous_paths = *on;
+  }
+  if (listener.protocol == Protocol::tcp) {
+    for (std::string_view key :
+         {"header_timeout", "body_timeout", "max_header_bytes", "max_body_bytes", "allow_ambiguous_paths"}) {
+      if (const Field* f = section->find(key)) warn(f->path, "has no effect on a tcp listener");
+    }
+  }
+
+  if (const Field* f = require(*section, "routes", "every listener needs at least one route")) {
+    read_routes(*f, listener, source);
+  }
+  auto subject = [&](const std::optional<AuthPolicy>& auth) {
+    if (auth && std::find(listener.subject_headers.begin(), listener.subject_headers.end(), auth->subject_header) ==
+                    listener.subject_headers.end())
+      listener.subject_headers.push_back(auth->subject_header);
+  };
+  subject(listener.auth);
+  for (const auto& r : listener.routes) subject(r.auth);
+  policy_.listeners.push_back(std::move(listener));
+  listener_sources_.push_back(std::move(source));
+}
+
+void PolicyReader::read_allow(const Field& field, Listener& listener) {
+  auto items = open_list(field);
+  if (!items) return;
+  if (items->empty()) {
+    error(field.position, field.path, "must not be empty; leave allow out to let any verified peer in");
+    return;
+  }
+  for (const Field& item : *items) {
+    if (auto id = read_spiffe_id(item, /*wildcard_allowed=*/true)) listener.allow.push_back(*id);
+  }
+}
+
+void PolicyReader::read_routes(const Field& field, Listener& listener, ListenerSource& source) {
+  auto items = open_list(field);
+  if (!items) return;
+  if (items->empty()) {
+    error(field.position, field.path, "must list at least one route");
+    return;
+  }
+  for (const Field& item : *items) read_route(item, listener, source);
+
+  if (listener.protocol == Protocol::tcp) {
+    // A tcp listener proxies bytes: there is no request to match, so exactly one route.
+    for (const RouteSource& route : source.routes) {
+      if (route.match)
+        error(*route.match, join_path(route.path, "match"),
+              "a tcp listener's route cannot have a match (there is no HTTP request to match)");
+    }
+    if (items->size() > 1) error((*items)[1].position, (*items)[1].path, "a tcp listener takes exactly one route");
+    return;
+  }
+  // First match wins, so anything after a route that matches everything is never used.
+  for (size_t i = 0; i + 1 < source.routes.size(); ++i) {
+    if (!source.routes[i].match) {
+      warn(source.routes[i + 1].path, "never used: " + source.routes[i].path + " has no match and takes every request");
+      break;
+    }
+  }
+}
+
+void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSource& source) {
+  auto section = open_section(field, kRouteKeys);
+  if (!section) return;
+  Route route;
+  RouteSource route_source;
+  route_source.path = field.path;
+  if (const Field* f = section->find("match")) {
+    route_source.match = f->position;
+    route.match = read_match(*f);
+  }
+  if (const Field* f = require(*section, "cluster", "every route names the cluster it sends to")) {
+    route_source.cluster = f->position;
+    if (auto cluster = read_text(*f)) {
+      if (cluster->empty())
+        error(f->position, f->path, "must not be empty");
+      else
+        route.cluster = *cluster;
+    }
+  }
+  if (const Field* f = section->find("auth")) read_auth(*f, route.auth, &route.auth_off);
+  if (const Field* f = section->find("rate_limit")) read_rate_limit(*f, route.rate_limit, &route.rate_limit_off);
+  listener.routes.push_back(std::move(route));
+  source.routes.push_back(std::move(route_source));
+}
+
+void PolicyReader::read_auth(const Field& field, std::optional<AuthPolicy>& out, bool* off) {
+  if (off && field.node.IsScalar() && field.node.Scalar() == "false") {
+    *off = true;
+    return;
+  }
+  auto section = open_section(field, kAuthKeys);
+  if (!section) return;
+  AuthPolicy auth;
+  if (const Field* f = require(*section, "jwks", "the JWKS file with the keys tokens are signed with")) {
+    if (auto path = read_text(*f)) {
+      auth.jwks = resolve_file(*path);
+      if (check_files_) {
+        std::string err;
+        std::vector<std::string> skipped;
+        if (!JwksRegistry::instance().load(auth.jwks, &err, &skipped)) error(f->position, f->path, err);
+        for (const auto& w : skipped) warn(f->path, auth.jwks + ": " + w);
+      }
+    }
+  }
+  if (const Field* f = section->find("issuer")) {
+    if (auto v = read_text(*f)) auth.issuer = *v;
+  }
+  if (const Field* f = section->find("audience")) {
+    if (f->node.IsSequence()) {
+      if (auto items = open_list(*f))
+        for (const Field& item : *items)
+          if (auto v = read_text(item)) auth.audiences.push_back(*v);
+    } else if (auto v = read_text(*f)) {
+      auth.audiences.push_back(*v);
+    }
+  }
+  if (const Field* f = section->find("subject_header")) {
+    if (auto v = read_text(*f)) {
+      if (!is_http_token(*v))
+        error(f->position, f->path, quote(*v) + " is not a header name");
+      else
+        auth.subject_header = lower(*v);
+    }
+  }
+  if (const Field* f = section->find("clock_skew")) {
+    if (auto d = read_duration(*f, /*zero_allowed=*/true)) auth.clock_skew = *d;
+  }
+  if (auth.issuer.empty() && auth.audiences.empty())
+    warn(field.path, "neither issuer nor audience is checked: any token the JWKS keys signed, for any service, "
+                     "is accepted");
+  out = auth;
+}
+
+void PolicyReader::read_rate_limit(const Field& field, std::optional<RateLimitPolicy>& out, bool* off) {
+  if (off && field.node.IsScalar() && field.node.Scalar() == "false") {
+    *off = true;
+    return;
+  }
+  auto section = open_section(field, kRateLimitKeys);
+  if (!section) return;
+  RateLimitPolicy limit;
+  if (const Field* f = require(*section, "rate", "requests per second each client key may make")) {
+    if (auto v = read_number(*f, 0.001, 1e7)) limit.rate = *v;
+  }
+  if (const Field* f = section->find("burst")) {
+    if (auto v = read_integer(*f, 1, 4'000'000)) limit.burst = static_cast<uint32_t>(*v);
+  }
+  if (limit.burst == 0) limit.burst = static_cast<uint32_t>(std::max(1.0, std::ceil(limit.rate)));
+  if (const Field* f = section->find("key")) {
+    if (auto v = read_text(*f)) {
+      if (*v == "client_address") {
+        limit.key = RateLimitPolicy::Key::client_address;
+      } else if (*v == "peer_identity") {
+        limit.key = RateLimitPolicy::Key::peer_identity;
+      } else if (v->starts_with("header:") && is_http_token(v->substr(7))) {
+        limit.key = RateLimitPolicy::Key::header;
+        limit.header = lower(v->substr(7));
+      } else {
+        error(f->position, f->path,
+              quote(*v) + " is not client_address, peer_identity or header:NAME");
+      }
+    }
+  }
+  out = limit;
+}
+
+RouteMatch PolicyReader::read_match(const Field& field) {
+  RouteMatch match;
+  auto section = open_section(field, kMatchKeys);
+  if (!section) return match;
+
+  if (const Field* f = section->find("host")) {
+    if (auto host = read_text(*f)) {
+      // The request's port is ignored when matching, so a port here could never match.
+      // "[::1]" is an IPv6 literal; any other ':' (or one after the ']') starts a port.
+      const size_t close = host->starts_with('[') ? host->find(']') : std::string::npos;
+      const bool has_port = close == std::string::npos ? host->find(':') != std::string::npos && !host->starts_with('[')
+                                                       : host->find(':', close) != std::string::npos;
+      if (host->empty() || has_space_or_control(*host) || host->find('/') != std::string::npos) {
+        error(f->position, f->path, quote(*host) + " is not a host name");
+      } else if (has_port) {
+        error(f->position, f->path, quote(*host) + " must not have a port (the request's port is ignored)");
+      } else {
+        match.host = lower(*host);
+      }
+    }
+  }
+  if (const Field* f = section->find("path_prefix")) {
+    if (auto prefix = read_text(*f)) {
+      if (!prefix->starts_with('/'))
+        error(f->position, f->path, quote(*prefix) + " must start with '/'");
+      else if (has_space_or_control(*prefix))
+        error(f->position, f->path, quote(*prefix) + " must not contain spaces or control characters");
+      else
+        match.path_prefix = *prefix;
+    }
+  }
+  if (const Field* f = section->find("method")) {
+    if (auto method = read_text(*f)) {
+      if (!is_http_token(*method))
+        error(f->position, f->path, quote(*method) + " is not an HTTP method");
+      else
+        match.method = upper(*method);
+    }
+  }
+  if (const Field* f = section->find("headers")) read_match_headers(*f, match);
+  return match;
+}
+
+void PolicyReader::read_match_headers(const Field& field, RouteMatch& match) {
+  if (!field.node.IsMap()) {
+    error(field.position, field.path, "expected a map of header name to value, got " + describe(field.node));
+    return;
+  }
+  std::unordered_set<std::string> seen;
+  for (auto it = field.node.begin(); it != field.node.end(); ++it) {
+    if (!count_node()) return;
+    const YAML::Node key = it->first;
+    const YAML::Node value = it->second;
+    const Position key_position = position_of(key, field.position);
+    if (!key.IsScalar()) {
+      error(key_position, field.path, "header names must be strings, got " + describe(key));
+      continue;
+    }
+    const std::string path = join_path(field.path, key.Scalar());
+    if (!is_http_token(key.Scalar())) {
+      error(key_position, path, quote(key.Scalar()) + " is not a valid header name");
+      continue;
+    }
+    std::string name = lower(key.Scalar());
+    // Header names are case-insensitive, so "X-Canary" and "x-canary" are the same header.
+    if (!seen.insert(name).second) {
+      error(key_position, path, "header '" + name + "' is matched twice");
+      continue;
+    }
+    const Position value_position = value.IsNull() ? key_position : position_of(value, key_position);
+    if (!value.IsScalar()) {
+      error(value_position, path, "expected the exact header value as a string, got " + describe(value));
+      continue;
+    }
+    const std::string& text = value.Scalar();
+    if (text.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+      error(value_position, path, "a header value cannot contain CR, LF or NUL");
+      continue;
+    }
+    match.headers.push_back({std::move(name), text});
+  }
+}
+
+}  // namespace pilotfish::policy_detail
