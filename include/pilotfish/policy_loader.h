@@ -3,6 +3,8 @@
 // It never throws: every problem in the file is collected as a PolicyError pointing at the node
 // (file, line, column, key path), so an operator sees all of them at once.
 
+#include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -21,8 +23,13 @@ struct PolicyError {
   std::string to_string() const;
 };
 
+class Jwks;  // gateway/jwt.h
+
 struct PolicyLoadResult {
   PolicyPtr policy;                   // null when errors is not empty
+  // The keys of each JWKS file the policy names, read with it (only with `check_files`): the
+  // process hands them to the workers if, and only if, the policy is applied.
+  std::map<std::string, std::shared_ptr<const Jwks>> jwks;
   std::vector<PolicyError> errors;
   std::vector<std::string> warnings;  // accepted, but worth a log line
   std::string sha256;                 // of the text read, loaded or not (empty: unreadable)

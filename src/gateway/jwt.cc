@@ -364,24 +364,4 @@ void JwtCache::store(std::string_view token, const JwksPtr& keys, const std::str
   if (inserted) bytes_ += token.size();
 }
 
-JwksRegistry& JwksRegistry::instance() {
-  static JwksRegistry registry;
-  return registry;
-}
-
-bool JwksRegistry::load(const std::string& path, std::string* error, std::vector<std::string>* warnings) {
-  JwksPtr keys = Jwks::load(path, error, warnings);
-  if (!keys) return false;
-  std::lock_guard<std::mutex> lock(mutex_);
-  by_path_[path] = keys;
-  generation_.fetch_add(1, std::memory_order_release);
-  return true;
-}
-
-JwksPtr JwksRegistry::get(const std::string& path) const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  auto it = by_path_.find(path);
-  return it == by_path_.end() ? nullptr : it->second;
-}
-
 }  // namespace pilotfish

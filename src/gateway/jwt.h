@@ -1,7 +1,8 @@
 #pragma once
 // Bearer JWT verification for `auth` on a listener or route: RS256 and ES256 signatures checked
 // with OpenSSL against the keys of a JWKS file, then `exp`, `nbf`, `iss` and `aud` with a small
-// clock skew. The JWKS is parsed once per version of the file (see JwksRegistry); a request
+// clock skew. The JWKS is parsed once per version of the file (the process loads it and hands the keys
+// to the workers: server/process_keys.cc); a request
 // costs one base64url decode, two small strict JSON parses (json/json_reader.h) and one
 // signature check, unless the worker's JwtCache has seen the token.
 
@@ -81,22 +82,6 @@ class JwtCache {
 
 // Verifies a compact JWS (the token after "Bearer ").
 JwtResult verify_jwt(std::string_view token, const Jwks& keys, const JwtRules& rules, int64_t now_unix);
-
-// JWKS files by path, process-wide: loaded at startup and on reload, watched like the identity
-// files; workers read the current keys (one mutex-free generation check per request).
-class JwksRegistry {
- public:
-  static JwksRegistry& instance();
-  // Loads or reloads `path`; false and *error when it does not parse (the old keys stay).
-  bool load(const std::string& path, std::string* error, std::vector<std::string>* warnings = nullptr);
-  JwksPtr get(const std::string& path) const;
-  uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
-
- private:
-  mutable std::mutex mutex_;
-  std::map<std::string, JwksPtr> by_path_;
-  std::atomic<uint64_t> generation_{0};
-};
 
 std::string base64url_decode(std::string_view in, bool* ok);
 

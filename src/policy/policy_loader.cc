@@ -362,6 +362,7 @@ PolicyLoadResult load_policy_text(const std::string& text, const std::string& fi
 
   result.errors = reader.take_errors();
   result.warnings = std::move(reader.warnings());
+  result.jwks = std::move(reader.jwks());
   if (!result.errors.empty()) return result;
 
   auto policy = std::make_shared<Policy>(std::move(reader.policy()));

@@ -227,7 +227,8 @@ void PolicyReader::read_auth(const Field& field, std::optional<AuthPolicy>& out,
       if (check_files_) {
         std::string err;
         std::vector<std::string> skipped;
-        if (!JwksRegistry::instance().load(auth.jwks, &err, &skipped)) error(f->position, f->path, err);
+        if (JwksPtr keys = Jwks::load(auth.jwks, &err, &skipped)) jwks_[auth.jwks] = std::move(keys);
+        else error(f->position, f->path, err);
         for (const auto& w : skipped) warn(f->path, auth.jwks + ": " + w);
       }
     }

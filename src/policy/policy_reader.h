@@ -20,6 +20,8 @@
 #include <utility>
 #include <vector>
 
+#include "gateway/jwt.h"
+
 namespace pilotfish::policy_detail {
 
 constexpr uint64_t kMaxU32 = std::numeric_limits<uint32_t>::max();
@@ -168,6 +170,7 @@ class PolicyReader {
   Policy& policy() { return policy_; }
   std::vector<PolicyError> take_errors();
   std::vector<std::string>& warnings() { return warnings_; }
+  std::map<std::string, JwksPtr>& jwks() { return jwks_; }
 
   void error(Position at, const std::string& path, const std::string& message);
   // Reports a problem that ends the walk (the YAML does not parse, or yaml-cpp threw something
@@ -244,6 +247,7 @@ class PolicyReader {
   Policy policy_;
   std::vector<PolicyError> errors_;
   std::vector<std::string> warnings_;
+  std::map<std::string, JwksPtr> jwks_;  // the JWKS files read, by resolved path
   size_t nodes_visited_ = 0;
   bool stopped_ = false;  // too many errors or nodes: stop walking, keep what was reported
   std::optional<PolicyError> stop_reason_;

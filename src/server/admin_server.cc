@@ -81,8 +81,9 @@ class AdminConnection final : public Stream {
     settings_.on_message_complete = [](llhttp_t* p) {
       auto* self = static_cast<AdminConnection*>(p->data);
       self->answer();
-      // Answers piling up for a client that does not read them: parse no further for now.
-      return self->pending_bytes() > kHighWater ? HPE_PAUSED : 0;
+      // An answer still to come, or answers piling up for a client that does not read them:
+      // parse no further for now.
+      return self->awaiting_ || self->pending_bytes() > kHighWater ? HPE_PAUSED : 0;
     };
     llhttp_init(&parser_, HTTP_REQUEST, &settings_);
     parser_.data = this;
@@ -98,6 +99,10 @@ class AdminConnection final : public Stream {
   void on_data(char* data, size_t length) override { parse(data, length); }
   void on_read_end(int) override { close(); }
   void on_timeout() override {
+    if (awaiting_) {
+      start_timer(kAdminIdleMs);  // the backend answers within its own bound
+      return;
+    }
     if (url_.empty() && head_bytes_ == 0) {
       close();  // idle
       return;
@@ -107,7 +112,17 @@ class AdminConnection final : public Stream {
   }
   void on_write_done(int status) override {
     Stream::on_write_done(status);
-    if (closing() || !paused_ || pending_bytes() >= kLowWater) return;
+    resume();
+  }
+  void on_close() override {
+    *self_ = nullptr;  // an answer that comes later finds no one
+    server_.connection_closed();
+  }
+
+ private:
+  // Parsing goes on after a pause once no answer is awaited and the queued ones have drained.
+  void resume() {
+    if (closing() || !paused_ || awaiting_ || pending_bytes() >= kLowWater) return;
     paused_ = false;
     llhttp_resume(&parser_);
     std::string rest = std::move(unparsed_);
@@ -115,9 +130,7 @@ class AdminConnection final : public Stream {
     parse(rest.data(), rest.size());
     if (!paused_ && !closing()) start_read();
   }
-  void on_close() override { server_.connection_closed(); }
 
- private:
   int count_head(size_t n) {
     head_bytes_ += n;
     return head_bytes_ > kMaxAdminRequestBytes ? -1 : 0;
@@ -148,7 +161,7 @@ class AdminConnection final : public Stream {
       const char* path;
       bool post;
       bool read_only;  // also served on admin.read_only_address
-      AdminBackend::Answer (AdminBackend::*fn)();
+      AdminBackend::Answer (AdminBackend::*fn)();  // null: answered later (reload)
     };
     static constexpr Endpoint kEndpoints[] = {
         {"/metrics", false, true, &AdminBackend::metrics},
@@ -157,7 +170,7 @@ class AdminConnection final : public Stream {
         {"/config", false, false, &AdminBackend::config},
         {"/clusters", false, false, &AdminBackend::clusters},
         {"/policy/history", false, false, &AdminBackend::history},
-        {"/reload", true, false, &AdminBackend::reload},
+        {"/reload", true, false, nullptr},
         {"/drain", true, false, &AdminBackend::drain},
     };
     const Endpoint* found = nullptr;
@@ -176,10 +189,33 @@ class AdminConnection final : public Stream {
       // Whatever address admin is bound to, stopping or reloading the sidecar is for a process
       // in its own network namespace (pilotfish drain, a preStop hook), not for the network.
       a = {403, "text/plain", "403 forbidden: POST " + std::string(found->path) + " is accepted from loopback only\n"};
+    } else if (!found->fn) {
+      awaiting_ = true;
+      bool keep_alive = llhttp_should_keep_alive(&parser_);
+      b.reload([self = self_, keep_alive](AdminBackend::Answer later) {
+        if (AdminConnection* c = *self) c->deliver(later, keep_alive);
+      });
+      return;
     } else {
       a = (b.*(found->fn))();
     }
     respond(a, llhttp_should_keep_alive(&parser_));
+    done_with_request();
+  }
+
+  void deliver(const AdminBackend::Answer& a, bool keep_alive) {
+    if (!awaiting_ || closing()) return;
+    awaiting_ = false;
+    respond(a, keep_alive);
+    done_with_request();
+    if (flush() != 0) {
+      close();
+      return;
+    }
+    resume();
+  }
+
+  void done_with_request() {
     url_.clear();
     head_bytes_ = 0;
     body_bytes_ = 0;
@@ -212,7 +248,10 @@ class AdminConnection final : public Stream {
   const char* allow_ = nullptr;
   bool loopback_peer_ = false;
   bool paused_ = false;
+  bool awaiting_ = false;  // an answer the backend gives later (see AdminBackend::Reply)
   std::string unparsed_;
+  // Cleared when the connection closes: what an answer given later reaches.
+  std::shared_ptr<AdminConnection*> self_ = std::make_shared<AdminConnection*>(this);
 };
 
 }  // namespace

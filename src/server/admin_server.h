@@ -8,8 +8,10 @@
 
 #include <uv.h>
 
+#include <functional>
 #include <string>
 
+#include "json/json_writer.h"
 #include "net/event_loop.h"
 #include "pilotfish/socket_address.h"
 
@@ -30,8 +32,24 @@ class AdminBackend {
   virtual Answer config() = 0;
   virtual Answer clusters() = 0;
   virtual Answer history() = 0;
-  virtual Answer reload() = 0;
+  // Answered later, once every worker has the new policy: the admin loop serves /live, /ready
+  // and the rest meanwhile. `reply` runs on the admin loop, at most once.
+  using Reply = std::function<void(Answer)>;
+  virtual void reload(Reply reply) = 0;
   virtual Answer drain() = 0;
+
+  // An answer whose body is one JSON object, written by `write` (a JsonWriter inside the
+  // object's braces), ending with a newline.
+  template <typename Write>
+  static Answer json_answer(int status, Write write) {
+    Answer a{status, "application/json", {}};
+    JsonWriter w(a.body);
+    w.begin_object();
+    write(w);
+    w.end_object();
+    a.body += '\n';
+    return a;
+  }
 };
 
 class AdminServer final : public EventLoop {

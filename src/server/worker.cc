@@ -1,5 +1,6 @@
 #include "server/worker.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <map>
@@ -69,8 +70,8 @@ RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
   return *row[slot];
 }
 
-Worker::Worker(unsigned index, PolicyPtr policy, std::vector<std::string> keys, std::vector<int> listen_fds,
-               AccessLogWriter* access_log, MetricsRegistry& metrics, ResilienceRegistry& resilience)
+Worker::Worker(unsigned index, PolicyPtr policy, WorkerKeys keys, std::vector<std::string> listen_keys,
+               std::vector<int> listen_fds, AccessLogWriter* access_log, MetricsRegistry& metrics, ResilienceRegistry& resilience)
     : EventLoop(&loop_), index_(index), metrics_(metrics), resilience_(resilience) {
   uv_loop_init(&loop_);
   loop_.data = this;
@@ -80,10 +81,10 @@ Worker::Worker(unsigned index, PolicyPtr policy, std::vector<std::string> keys, 
   uv_timer_init(&loop_, &heartbeat_);
   heartbeat_.data = this;
   heartbeat_ms_.store(uv_now(&loop_), std::memory_order_relaxed);
-  snapshot_ = build_snapshot(std::move(policy));
+  snapshot_ = build_snapshot(std::move(policy), std::move(keys));
   // Listen now, on the constructing thread, so that connections queue in the backlog from the
   // moment the process says it is ready, before this worker's loop runs.
-  for (size_t i = 0; i < snapshot_->policy->listeners.size(); ++i) open_listener(i, keys[i], listen_fds[i]);
+  for (size_t i = 0; i < snapshot_->policy->listeners.size(); ++i) open_listener(i, listen_keys[i], listen_fds[i]);
 }
 
 Worker::~Worker() {
@@ -92,8 +93,20 @@ Worker::~Worker() {
   if (uv_loop_close(&loop_) != 0) log_error("worker " + std::to_string(index_) + ": loop closed with handles still open");
 }
 
-SnapshotPtr Worker::build_snapshot(PolicyPtr policy) {
+JwksPtr Worker::jwks(const std::string& path) const {
+  if (!snapshot_ || !snapshot_->keys.jwks) return nullptr;
+  auto found = snapshot_->keys.jwks->find(path);
+  return found == snapshot_->keys.jwks->end() ? nullptr : found->second;
+}
+
+const TlsMaterialPtr& Worker::tls() const {
+  static const TlsMaterialPtr none;
+  return snapshot_ ? snapshot_->keys.tls : none;
+}
+
+SnapshotPtr Worker::build_snapshot(PolicyPtr policy, WorkerKeys keys) {
   auto next = std::make_shared<WorkerSnapshot>();
+  next->keys = std::move(keys);
   WorkerStats& stats = metrics_.bind_worker(index_, *policy);
   for (const auto& l : policy->listeners) next->listener_stats.push_back(stats.listeners.at(l.name));
   next->route_stats.assign(policy->listeners.size(),
@@ -184,6 +197,9 @@ void Worker::close_listener(ListenHandle* h) {
 void Worker::start_with_callback(std::function<void()> done) {
   done_ = std::move(done);
   thread_ = std::thread([this] {
+    // "pf-worker-3" in top -H, perf and /proc/PID/task/*/comm (at most 15 characters).
+    std::string name = "pf-worker-" + std::to_string(index_ % 100000);
+    pthread_setname_np(pthread_self(), name.c_str());
     run();
     finished_.store(true, std::memory_order_release);
     if (done_) done_();
@@ -290,15 +306,16 @@ void Worker::post(Command command) {
 }
 
 void Worker::begin_drain(bool stop_accepting) {
-  post({Command::drain, nullptr, {}, {}, nullptr});
-  if (stop_accepting) post({Command::stop_accepting, nullptr, {}, {}, nullptr});
+  post({Command::drain});
+  if (stop_accepting) post({Command::stop_accepting});
 }
 
-void Worker::force_stop() { post({Command::force_stop, nullptr, {}, {}, nullptr}); }
+void Worker::force_stop() { post({Command::force_stop}); }
 
-void Worker::reload(PolicyPtr policy, std::vector<std::string> keys, std::vector<int> new_fds,
+void Worker::reload(PolicyPtr policy, WorkerKeys keys, std::vector<std::string> listen_keys, std::vector<int> new_fds,
                     std::function<void()> done) {
-  post({Command::reload, std::move(policy), std::move(keys), std::move(new_fds), std::move(done)});
+  post({Command::reload, std::move(policy), std::move(keys), std::move(listen_keys), std::move(new_fds),
+        std::move(done)});
 }
 
 void Worker::on_async(uv_async_t* a) {
@@ -329,6 +346,14 @@ void Worker::on_async(uv_async_t* a) {
       case Command::reload:
         w->apply_reload(c);
         break;
+      case Command::keys:
+        // The same policy with other keys: connections and requests that start next use them.
+        if (w->snapshot_) {
+          auto next = std::make_shared<WorkerSnapshot>(*w->snapshot_);
+          next->keys = std::move(c.new_keys);
+          w->snapshot_ = std::move(next);
+        }
+        break;
     }
   }
 }
@@ -340,7 +365,7 @@ void Worker::apply_reload(Command& command) {
     if (command.done) command.done();
     return;
   }
-  snapshot_ = build_snapshot(std::move(command.policy));
+  snapshot_ = build_snapshot(std::move(command.policy), std::move(command.new_keys));
   const Policy& p = *snapshot_->policy;
   std::map<std::string, ListenHandle*> by_key;
   for (ListenHandle* h : listeners_) by_key[h->key] = h;
@@ -352,7 +377,7 @@ void Worker::apply_reload(Command& command) {
       to_open.push_back(i);
       continue;
     }
-    auto found = by_key.find(command.keys[i]);
+    auto found = by_key.find(command.listen_keys[i]);
     if (found == by_key.end()) {
       // Only after a drain stopped this worker's listeners (reloads are refused while draining).
       if (!accepting_stopped_) log_error("worker " + std::to_string(index_) + ": no socket for listener " + l.name);
@@ -373,7 +398,7 @@ void Worker::apply_reload(Command& command) {
       ::close(command.fds[i]);
       continue;
     }
-    open_listener(i, command.keys[i], command.fds[i]);
+    open_listener(i, command.listen_keys[i], command.fds[i]);
   }
   // Connections of a removed listener finish their request and close.
   for_each_stream([](Stream* s) { s->on_policy_changed(); });

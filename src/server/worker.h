@@ -3,7 +3,9 @@
 // snapshot of the policy and its own upstream pools. Nothing on the request path is shared with
 // another worker, so nothing on it takes a lock.
 //
-// A policy reload hands every worker a new Policy. The worker builds a WorkerSnapshot from it on
+// A policy reload hands every worker a new Policy, and with it the keys the process holds (the
+// identity's TLS material and the JWKS key sets); a rotation or a changed JWKS file hands new
+// keys alone. Nothing a request reads comes from a process-wide global. The worker builds a WorkerSnapshot from it on
 // its own thread: cluster states (balancer, pools) whose endpoints did not change are carried
 // over, so pooled connections survive; listening sockets whose address did not change are kept,
 // so their connections survive. A connection holds the snapshot its request started with and
@@ -56,6 +58,15 @@ struct ListenerSlot {
   Intercept intercept = Intercept::none;
 };
 
+// What the process holds besides the policy and hands to every worker: the TLS material new
+// connections use (null without an identity) and the keys of each JWKS file the policy names,
+// as last loaded.
+using JwksSet = std::map<std::string, JwksPtr>;
+struct WorkerKeys {
+  TlsMaterialPtr tls;
+  std::shared_ptr<const JwksSet> jwks;
+};
+
 // Everything a request needs from its policy, resolved for one worker. Immutable once built,
 // except for the lazily filled route-stats table (touched only by the owning worker's thread).
 struct WorkerSnapshot {
@@ -67,6 +78,7 @@ struct WorkerSnapshot {
   // RateLimiterRegistry): per listener, and per route ([listener][route]); null where none.
   std::vector<std::shared_ptr<RateLimiter>> listener_limiters;
   std::vector<std::vector<std::shared_ptr<RateLimiter>>> route_limiters;
+  WorkerKeys keys;
 
   // Requests of a listener answered for a cluster (SIZE_MAX: for none), resolved once.
   RouteStats& route(size_t listener, size_t cluster);
@@ -76,8 +88,8 @@ using SnapshotPtr = std::shared_ptr<WorkerSnapshot>;
 class Worker final : public EventLoop {
  public:
   // `listen_fds[i]` is this worker's bound socket for policy->listeners[i], kept under `keys[i]`.
-  Worker(unsigned index, PolicyPtr policy, std::vector<std::string> keys, std::vector<int> listen_fds,
-         AccessLogWriter* access_log, MetricsRegistry& metrics, ResilienceRegistry& resilience);
+  Worker(unsigned index, PolicyPtr policy, WorkerKeys keys, std::vector<std::string> listen_keys,
+         std::vector<int> listen_fds, AccessLogWriter* access_log, MetricsRegistry& metrics, ResilienceRegistry& resilience);
   ~Worker();
 
   // Runs the loop on a new thread; `done` is called on that thread when the loop has ended.
@@ -88,14 +100,17 @@ class Worker final : public EventLoop {
   // ends once accepting has stopped and no downstream connection is left.
   void begin_drain(bool stop_accepting);
   // Thread-safe: the drain delay is over; stop accepting (outbound intercept listeners go on).
-  void stop_accepting() { post({Command::stop_accepting, nullptr, {}, {}, nullptr}); }
+  void stop_accepting() { post({Command::stop_accepting}); }
   // Thread-safe: close every connection now and end the loop.
   void force_stop();
   // Thread-safe: switch to `policy`. `keys[i]` names listener i's socket across reloads (its
   // address as written); `new_fds[i]` is a freshly bound socket for it, or -1 where the worker
   // keeps the socket it has under that key. `done` runs once the new snapshot is in place (on
   // the worker's thread, or at once if the worker has ended).
-  void reload(PolicyPtr policy, std::vector<std::string> keys, std::vector<int> new_fds, std::function<void()> done);
+  void reload(PolicyPtr policy, WorkerKeys keys, std::vector<std::string> listen_keys, std::vector<int> new_fds,
+              std::function<void()> done);
+  // Thread-safe: new TLS material or JWKS keys, for the connections and requests that start next.
+  void update_keys(WorkerKeys keys) { post({Command::keys, nullptr, std::move(keys)}); }
 
   unsigned index() const { return index_; }
   const SnapshotPtr& snapshot() const { return snapshot_; }
@@ -104,28 +119,11 @@ class Worker final : public EventLoop {
   bool close_idle_upstream();
   bool draining() const { return draining_; }
   FastRandom& random() { return random_; }
-  // The TLS material new connections use (null without an identity): the published one, taken
-  // again only when a rotation or reload published another.
   JwtCache& jwt_cache() { return jwt_cache_; }
   // The keys of a JWKS file, as last loaded (null if it never loaded).
-  JwksPtr jwks(const std::string& path) {
-    uint64_t g = JwksRegistry::instance().generation();
-    if (g != jwks_seen_) {
-      jwks_cache_.clear();
-      jwks_seen_ = g;
-    }
-    auto it = jwks_cache_.find(path);
-    if (it == jwks_cache_.end()) it = jwks_cache_.emplace(path, JwksRegistry::instance().get(path)).first;
-    return it->second;
-  }
-  const TlsMaterialPtr& tls() {
-    uint64_t g = tls_current_generation();
-    if (g != tls_seen_) {
-      tls_ = tls_current();
-      tls_seen_ = g;
-    }
-    return tls_;
-  }
+  JwksPtr jwks(const std::string& path) const;
+  // The TLS material new connections use (null without an identity).
+  const TlsMaterialPtr& tls() const;
   AccessLogBuffer& access_log() { return access_log_; }
   // Milliseconds (steady clock) of this worker's last heartbeat: /live checks the loops answer.
   uint64_t heartbeat_ms() const { return heartbeat_ms_.load(std::memory_order_relaxed); }
@@ -146,18 +144,19 @@ class Worker final : public EventLoop {
     uv_tcp_t tcp;
   };
   struct Command {
-    enum Kind { drain, stop_accepting, force_stop, reload } kind;
-    PolicyPtr policy;
-    std::vector<std::string> keys;
-    std::vector<int> fds;
-    std::function<void()> done;
+    enum Kind { drain, stop_accepting, force_stop, reload, keys } kind;
+    PolicyPtr policy = nullptr;
+    WorkerKeys new_keys = {};
+    std::vector<std::string> listen_keys = {};
+    std::vector<int> fds = {};
+    std::function<void()> done = nullptr;
   };
   static void on_connection(uv_stream_t* server, int status);
   static void on_async(uv_async_t* a);
   static void on_heartbeat(uv_timer_t* t);
   void post(Command command);
   void run();
-  SnapshotPtr build_snapshot(PolicyPtr policy);
+  SnapshotPtr build_snapshot(PolicyPtr policy, WorkerKeys keys);
   void apply_reload(Command& command);
   void open_listener(size_t index, const std::string& key, int fd);
   void close_listener(ListenHandle* h);
@@ -183,11 +182,7 @@ class Worker final : public EventLoop {
   bool stopping_ = false;
   uint64_t last_refusal_log_ms_ = 0;
   FastRandom random_;
-  TlsMaterialPtr tls_;
-  uint64_t tls_seen_ = UINT64_MAX;
-  std::map<std::string, JwksPtr> jwks_cache_;
   JwtCache jwt_cache_;
-  uint64_t jwks_seen_ = UINT64_MAX;
   AccessLogBuffer access_log_;
   std::thread thread_;
   std::function<void()> done_;

@@ -28,9 +28,6 @@ constexpr unsigned char kSessionIdContext[] = "pilotfish";
 constexpr long kSessionLifetimeSeconds = 3600;
 
 std::atomic<uint64_t> g_next_generation{1};
-std::mutex g_current_mutex;
-TlsMaterialPtr g_current;
-std::atomic<uint64_t> g_published{0};
 
 std::string openssl_error(const char* fallback) {
   unsigned long e = ERR_peek_last_error();
@@ -296,19 +293,6 @@ TlsMaterial::~TlsMaterial() {
   SSL_CTX_free(server_);
   SSL_CTX_free(client_);
 }
-
-void tls_publish(TlsMaterialPtr material) {
-  std::lock_guard<std::mutex> lock(g_current_mutex);
-  g_current = std::move(material);
-  g_published.fetch_add(1, std::memory_order_release);
-}
-
-TlsMaterialPtr tls_current() {
-  std::lock_guard<std::mutex> lock(g_current_mutex);
-  return g_current;
-}
-
-uint64_t tls_current_generation() { return g_published.load(std::memory_order_acquire); }
 
 TlsCounters& tls_counters() {
   static TlsCounters counters;

@@ -54,13 +54,6 @@ class TlsMaterial {
 };
 using TlsMaterialPtr = std::shared_ptr<const TlsMaterial>;
 
-// The material new handshakes use, process-wide. publish() is called by the main thread (startup,
-// reload, rotation); current() by workers when they start a connection, which first compare
-// generation() (one relaxed load) with what they hold.
-void tls_publish(TlsMaterialPtr material);
-TlsMaterialPtr tls_current();
-uint64_t tls_current_generation();
-
 // Handshake counters, process-wide (tls_handshakes_total and the resumption extension).
 struct TlsCounters {
   std::atomic<uint64_t> handshakes[2][2] = {};  // [inbound, outbound][ok, failed]

@@ -1097,5 +1097,100 @@ class KeysOfTheirOwnTest(unittest.TestCase):
         pf.stop_and_check(self)
 
 
+# ---------------------------------------------------------------------------------------------
+# A reload handed to a worker that is busy does not hold up the admin endpoints
+# ---------------------------------------------------------------------------------------------
+
+PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
+WALL = 0x40000000
+
+
+def worker_thread_id(pf, index):
+    """The kernel thread id of worker `index` (its threads are named pf-worker-N)."""
+    task = "/proc/%d/task" % pf.pid
+    for tid in os.listdir(task):
+        try:
+            with open(os.path.join(task, tid, "comm")) as f:
+                if f.read().strip() == "pf-worker-%d" % index:
+                    return int(tid)
+        except OSError:
+            continue
+    raise AssertionError("no thread named pf-worker-%d in %s" % (index, task))
+
+
+class StoppedThread:
+    """Stops one thread of another process with ptrace (PTRACE_SEIZE + PTRACE_INTERRUPT): the
+    thread stays where it is, as a worker stuck in a long callback would, while the process's
+    other threads run on. Every ptrace call comes from the thread that made this object (the
+    kernel ties a tracee to the tracing thread)."""
+
+    def __init__(self, tid):
+        import ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        self.tid = tid
+        self._call(PTRACE_SEIZE)
+        self._call(PTRACE_INTERRUPT)
+        _, status = os.waitpid(tid, WALL)
+        assert os.WIFSTOPPED(status), "thread %d did not stop: status %#x" % (tid, status)
+        self.stopped = True
+
+    def _call(self, request):
+        import ctypes
+        if self.libc.ptrace(request, self.tid, None, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "ptrace(%#x, %d): %s" % (request, self.tid, os.strerror(err)))
+
+    def resume(self):
+        if self.stopped:
+            self.stopped = False
+            self._call(PTRACE_DETACH)
+
+
+class BusyWorkerTest(unittest.TestCase):
+    def test_admin_answers_while_a_stopped_worker_has_the_reload_to_take(self):
+        # Once, the admin loop waited (up to 5 s) for every worker to switch, and /live and
+        # /ready waited with it. Now the reload is handed over and the admin loop goes on: with
+        # worker 1 stopped, the reload is applied, /ready, /live and /config answer, and only
+        # the POST /reload itself waits, until worker 1 runs again and switches.
+        u = h.Upstream("echo", name="app")
+        self.addCleanup(u.stop)
+        policy = h.simple_policy(u, workers=2)
+        policy["policy_watch"] = False
+        pf = h.Pilotfish(policy)
+        self.addCleanup(pf.kill)
+        policy["listeners"][0]["routes"] = [{"match": {"path_prefix": "/new/"}, "cluster": "app"}]
+        h.write_policy(pf, policy)
+
+        stopped = StoppedThread(worker_thread_id(pf, 1))
+        self.addCleanup(stopped.resume)
+        mark = h.log_mark(pf)
+        answered = threading.Event()
+
+        def reload_and_mark():
+            try:
+                return post_reload(pf)
+            finally:
+                answered.set()
+        get = h.start_thread(reload_and_mark)
+        h.wait_log(pf, r"applied version 2", mark, timeout=15)
+        status, _, body = h.admin_request(pf, "/ready")
+        self.assertEqual((status, body), (200, "ready\n"))
+        status, _, body = h.admin_request(pf, "/live")
+        # A worker stopped for more than 5 s is reported, which is an answer too.
+        self.assertTrue(status == 200 or body == "worker 1 has not answered for 5 s\n", (status, body))
+        self.assertEqual(config(pf)["version"], 2)
+        self.assertFalse(answered.is_set(), "POST /reload was answered before worker 1 switched")
+
+        stopped.resume()
+        status, doc = get()
+        self.assertEqual((status, doc.get("outcome"), doc.get("version")), (200, "applied", 2), doc)
+        # Both workers route by the new policy: several connections land on each.
+        for i in range(8):
+            self.assertEqual(h.request(pf.port(), "GET", "/old/%d" % i).status, 404)
+            self.assertEqual(h.request(pf.port(), "GET", "/new/%d" % i).status, 200)
+        pf.stop_and_check(self)
+
+
 if __name__ == "__main__":
     h.main()
