@@ -680,11 +680,10 @@ int HttpSession::on_headers_complete() {
   }
   cluster_ = &snap_->policy->clusters[cluster_index_];
   ClusterState& cs = cluster_state();
-  if (!ClusterShared::try_take(cs.shared->requests, cluster_->circuit_breaker.max_requests)) {
+  if (!request_slot_.take(cs.shared, &ClusterShared::requests, cluster_->circuit_breaker.max_requests)) {
     overflow(BreakerLimit::requests);
     return request_has_body_ ? HPE_USER : 0;
   }
-  breaker_request_ = true;
   cs.shared->budget.record_request(worker_.index(), uv_now(worker_.loop()));
   replayable_ = !request_has_body_ || idempotent_method(parser_.method);
   build_upstream_head();
@@ -858,8 +857,7 @@ void HttpSession::start_attempt(bool fresh_connection) {
       break;
     }
     // Its ejection is over: this request is its one probe, unless another got there first.
-    if (health.claim_probe()) {
-      probe_ = true;
+    if (probe_.claim(cs.health[static_cast<size_t>(chosen)])) {
       endpoint_ = chosen;
       break;
     }
@@ -898,12 +896,12 @@ void HttpSession::start_attempt(bool fresh_connection) {
   BreakerLimit limit = BreakerLimit::connections;
   // Counted before acquire(): a connect that fails at once runs on_upstream_connect_failed
   // (and perhaps a whole retry) inside it, and that ends this count.
-  cs.balancer->on_request_start(static_cast<size_t>(endpoint_));
-  balanced_ = true;
+  balanced_.start(std::shared_ptr<Balancer>(snap_->clusters[cluster_index_], cs.balancer.get()),
+                  static_cast<size_t>(endpoint_));
   UpstreamConnection* c = pool.acquire(this, &reused, &limit, fresh_connection);
   if (!c) {
-    end_balance();
-    release_probe();
+    balanced_.end();
+    probe_.release();
     overflow(limit);
     return;
   }
@@ -917,38 +915,19 @@ void HttpSession::start_attempt(bool fresh_connection) {
   if (reused) on_upstream_connected();
 }
 
+// What the request holds of the cluster's shared state goes back (its place in the balancer's
+// count goes with its upstream connection: see release_upstream).
 void HttpSession::release_cluster_holds() {
-  if (cluster_ == nullptr) return;
-  release_probe();
-  ClusterState& cs = cluster_state();
-  if (breaker_request_) ClusterShared::give_back(cs.shared->requests);
-  breaker_request_ = false;
-  release_retry_slot();
-}
-
-void HttpSession::release_retry_slot() {
-  if (!retry_slot_ || cluster_ == nullptr) return;
-  retry_slot_ = false;
-  ClusterShared::give_back(cluster_state().shared->retries);
-}
-
-void HttpSession::end_balance() {
-  if (!balanced_) return;
-  balanced_ = false;
-  if (endpoint_ >= 0) cluster_state().balancer->on_request_end(static_cast<size_t>(endpoint_));
-}
-
-void HttpSession::release_probe() {
-  if (!probe_) return;
-  probe_ = false;
-  if (endpoint_ >= 0) cluster_state().health[static_cast<size_t>(endpoint_)]->release_probe(uv_now(worker_.loop()));
+  probe_.release();
+  request_slot_.release();
+  retry_slot_.release();
 }
 
 void HttpSession::endpoint_verdict(bool ok) {
   if (endpoint_ < 0 || cluster_ == nullptr) return;
   ClusterState& cs = cluster_state();
   EndpointHealth& health = *cs.health[static_cast<size_t>(endpoint_)];
-  probe_ = false;
+  probe_.settle();
   if (ok) {
     record_endpoint_success(health, *cs.shared);
     return;
@@ -979,13 +958,10 @@ bool HttpSession::retry_allowed(uint32_t condition) {
     cs.stats->retry_budget_exhausted.add();
     return false;
   }
-  if (!retry_slot_) {
-    if (!ClusterShared::try_take(cs.shared->retries, cluster_->circuit_breaker.max_retries)) {
-      cs.stats->breaker_overflow[static_cast<size_t>(BreakerLimit::retries)].add();
-      retry_overflow_ = true;  // answered 503 overloaded, as every breaker limit is
-      return false;
-    }
-    retry_slot_ = true;
+  if (!retry_slot_.held() && !retry_slot_.take(cs.shared, &ClusterShared::retries, cluster_->circuit_breaker.max_retries)) {
+    cs.stats->breaker_overflow[static_cast<size_t>(BreakerLimit::retries)].add();
+    retry_overflow_ = true;  // answered 503 overloaded, as every breaker limit is
+    return false;
   }
   cs.stats->retries.add();
   cs.shared->budget.record_retry(worker_.index(), now);
@@ -1032,14 +1008,14 @@ void HttpSession::on_upstream_connected() {
 void HttpSession::on_upstream_connect_failed(int status) {
   ClusterState& cs = cluster_state();
   cs.stats->upstream_connect_failure.add();
-  end_balance();
+  balanced_.end();
   upstream_ = nullptr;
   log_debug("cluster " + cluster_->name + ": connect to " +
             cs.pools[static_cast<size_t>(endpoint_)]->address().text + " failed: " + upstream_error_text(status));
   // A connect that failed here (no descriptors, no local port) says nothing about the endpoint,
   // and another endpoint would fare no better: the client is told pilotfish is overloaded.
   if (is_local_failure(status)) {
-    release_probe();
+    probe_.release();
     send_local_response(503, "overloaded", request_has_body_ && !request_complete_);
     after_downstream_io();
     return;
@@ -1079,7 +1055,7 @@ void HttpSession::on_upstream_drained() {
 
 void HttpSession::release_upstream(bool reusable) {
   if (!upstream_) return;
-  end_balance();
+  balanced_.end();
   UpstreamConnection* c = upstream_;
   upstream_ = nullptr;
   c->detach();
@@ -1179,7 +1155,7 @@ void HttpSession::on_upstream_end(int status) {
   ClusterState& cs = cluster_state();
   bool tls_refused = status == kUpstreamTlsFailed && !response_bytes_seen_;
   if (!tunnel_ && !response_started_) (tls_refused ? cs.stats->upstream_connect_failure : cs.stats->upstream_reset).add();
-  end_balance();
+  balanced_.end();
   upstream_ = nullptr;
   if (tunnel_) {
     close_when_flushed();
@@ -1220,7 +1196,7 @@ void HttpSession::on_upstream_end(int status) {
   bool safe = idempotent_method(parser_.method) && replayable_;
   if (upstream_reused_ && !response_bytes_seen_ && safe && request_complete_ && !replayed_) {
     replayed_ = true;
-    release_probe();
+    probe_.release();
     --attempts_;
     start_attempt(/*fresh_connection=*/true);  // another pooled one may be closing just the same
     after_downstream_io();
@@ -1275,7 +1251,7 @@ int HttpSession::on_response_headers_complete() {
   if (status == 101) {
     if (!websocket_) return HPE_USER;  // an upgrade nobody asked for
     endpoint_verdict(true);
-    release_retry_slot();
+    retry_slot_.release();
     status_ = 101;
     tunnel_ = true;
     write_response_head();
@@ -1302,7 +1278,7 @@ int HttpSession::on_response_headers_complete() {
     return HPE_USER;  // on_upstream_data drops this answer and its connection, and retries
   }
   deadline_ms_ = try_deadline_ms_ = backoff_until_ms_ = 0;
-  release_retry_slot();  // retrying is over: this answer goes to the client
+  retry_slot_.release();  // retrying is over: this answer goes to the client
   // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
   // kept idle that long, so that no request is written to it as it closes.
   size_t ka = resp_headers_.find("keep-alive");
@@ -1683,7 +1659,7 @@ void HttpSession::on_timeout() {
         // Every attempt together had the cluster's timeout. The endpoint is blamed only when
         // it had the request: connected, and nothing left in pilotfish's own queue for it.
         if (upstream_ && upstream_->connected() && upstream_->pending_bytes() == 0) endpoint_verdict(false);
-        release_probe();
+        probe_.release();
         send_local_response(504, "timeout", !request_complete_);
         after_downstream_io();
         return;
@@ -1719,7 +1695,7 @@ void HttpSession::on_timeout() {
 void HttpSession::on_close() {
   if (in_request_) log_request();
   if (upstream_) {
-    end_balance();
+    balanced_.end();
     UpstreamConnection* c = upstream_;
     upstream_ = nullptr;
     c->detach();

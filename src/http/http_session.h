@@ -15,6 +15,7 @@
 #include "pilotfish/path_normalizer.h"
 #include "pilotfish/policy.h"
 #include "server/worker.h"
+#include "upstream/circuit_breaker.h"
 #include "upstream/upstream_pool.h"
 
 namespace pilotfish {
@@ -83,10 +84,7 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void append_attempt_head(std::string& out) const;  // head, attempt header, final CRLF
   void send_body(const char* data, size_t length);
   void overflow(BreakerLimit limit);
-  void end_balance();
-  void release_probe();
   void release_cluster_holds();
-  void release_retry_slot();
   void endpoint_verdict(bool ok);
   bool retry_allowed(uint32_t condition);
   void schedule_retry();
@@ -164,10 +162,10 @@ class HttpSession final : public Stream, public UpstreamHandler {
   std::string replay_;           // the body as sent, kept for a retry (up to kMaxReplayBytes)
   bool replayable_ = true;       // no body, or an idempotent one small enough to keep
   bool nested_ = false;          // sent by another pilotfish: not retried again here
-  bool balanced_ = false;        // counted in the balancer's active requests
-  bool probe_ = false;           // this attempt is its ejected endpoint's one probe
-  bool breaker_request_ = false; // holds one of the cluster's max_requests
-  bool retry_slot_ = false;      // holds one of the cluster's max_retries
+  BalancedRequest balanced_;     // counted in the balancer's active requests
+  ProbeClaim probe_;             // this attempt is its ejected endpoint's one probe
+  BreakerSlot request_slot_;     // one of the cluster's max_requests
+  BreakerSlot retry_slot_;       // one of the cluster's max_retries
   bool retry_after_response_ = false;
   bool retry_overflow_ = false;  // a retry was refused by max_retries: the answer is 503 overloaded
   uint64_t deadline_ms_ = 0;     // the cluster timeout, over every attempt
