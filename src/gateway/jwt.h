@@ -42,6 +42,8 @@ class Jwks {
   std::vector<Key> keys_;
 };
 using JwksPtr = std::shared_ptr<const Jwks>;
+// The keys of each JWKS file the policy names, by path, as last loaded.
+using JwksSet = std::map<std::string, JwksPtr>;
 
 struct JwtRules {
   std::string issuer;                  // empty: not checked

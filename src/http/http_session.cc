@@ -5,6 +5,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "gateway/admission.h"
+#include "http/local_reply.h"
 #include "log/logger.h"
 #include "net/descriptor_budget.h"
 #include "pilotfish/header_rules.h"
@@ -15,115 +17,6 @@ namespace pilotfish {
 
 namespace {
 
-HttpSession* session_of(llhttp_t* p) { return static_cast<HttpSession*>(p->data); }
-
-const llhttp_settings_t& request_settings() {
-  static const llhttp_settings_t s = [] {
-    llhttp_settings_t x;
-    llhttp_settings_init(&x);
-    x.on_message_begin = [](llhttp_t* p) { return session_of(p)->on_message_begin(); };
-    x.on_url = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_url(a, n); };
-    x.on_header_field = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_header_field(a, n); };
-    x.on_header_value = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_header_value(a, n); };
-    x.on_header_value_complete = [](llhttp_t* p) { return session_of(p)->on_header_value_complete(); };
-    x.on_headers_complete = [](llhttp_t* p) { return session_of(p)->on_headers_complete(); };
-    x.on_body = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_body(a, n); };
-    x.on_message_complete = [](llhttp_t* p) { return session_of(p)->on_message_complete(); };
-    return x;
-  }();
-  return s;
-}
-
-const llhttp_settings_t& response_settings() {
-  static const llhttp_settings_t s = [] {
-    llhttp_settings_t x;
-    llhttp_settings_init(&x);
-    x.on_status = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_response_status(a, n); };
-    x.on_header_field = [](llhttp_t* p, const char* a, size_t n) {
-      return session_of(p)->on_response_header_field(a, n);
-    };
-    x.on_header_value = [](llhttp_t* p, const char* a, size_t n) {
-      return session_of(p)->on_response_header_value(a, n);
-    };
-    x.on_header_value_complete = [](llhttp_t* p) { return session_of(p)->on_response_header_value_complete(); };
-    x.on_headers_complete = [](llhttp_t* p) { return session_of(p)->on_response_headers_complete(); };
-    x.on_body = [](llhttp_t* p, const char* a, size_t n) { return session_of(p)->on_response_body(a, n); };
-    x.on_message_complete = [](llhttp_t* p) { return session_of(p)->on_response_message_complete(); };
-    return x;
-  }();
-  return s;
-}
-
-// The reason phrases of RFC 9110. pilotfish writes its own for every response, an upstream's
-// included: the phrase means nothing to clients (HTTP/2 has none), and an upstream's own text
-// would be one more piece of outside text in a response head.
-const char* reason_phrase(int status) {
-  switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 103: return "Early Hints";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 203: return "Non-Authoritative Information";
-    case 204: return "No Content";
-    case 205: return "Reset Content";
-    case 206: return "Partial Content";
-    case 300: return "Multiple Choices";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 402: return "Payment Required";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 407: return "Proxy Authentication Required";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 412: return "Precondition Failed";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 416: return "Range Not Satisfiable";
-    case 417: return "Expectation Failed";
-    case 421: return "Misdirected Request";
-    case 422: return "Unprocessable Content";
-    case 425: return "Too Early";
-    case 426: return "Upgrade Required";
-    case 428: return "Precondition Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 451: return "Unavailable For Legal Reasons";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
-  }
-}
-
-void append_uint(std::string& out, uint64_t v) {
-  char buf[24];
-  int n = snprintf(buf, sizeof buf, "%" PRIu64, v);
-  out.append(buf, static_cast<size_t>(n));
-}
-
-void append_chunk_header(std::string& out, size_t length) {
-  char buf[24];
-  int n = snprintf(buf, sizeof buf, "%zx\r\n", length);
-  out.append(buf, static_cast<size_t>(n));
-}
-
 // Headers pilotfish sets itself on the way to the upstream; what a client sent is replaced, in
 // any spelling a server may read as the same header ("X_Forwarded_Client_Cert").
 // x-forwarded-client-cert is only ever pilotfish's own: a client's is dropped on every listener,
@@ -131,28 +24,6 @@ void append_chunk_header(std::string& out, size_t length) {
 bool is_replaced_request_header(std::string_view name) {
   return same_field_name_folded(name, "x-forwarded-for") || same_field_name_folded(name, "x-forwarded-proto") ||
          same_field_name_folded(name, "x-forwarded-client-cert");
-}
-
-// A message's own framing, checked beyond what llhttp enforces: exactly one valid
-// Content-Length, or Transfer-Encoding that is exactly "chunked", never both.
-bool framing_headers_valid(const HeaderList& h) {
-  size_t te = h.count("transfer-encoding");
-  size_t cl = h.count("content-length");
-  if (te > 1 || cl > 1 || (te && cl)) return false;
-  if (te && !iequals(trim_ows(h.value(h.find("transfer-encoding"))), "chunked")) return false;
-  if (cl) {
-    std::string_view v = trim_ows(h.value(h.find("content-length")));
-    if (v.empty() || v.size() > 19) return false;
-    for (char c : v)
-      if (c < '0' || c > '9') return false;
-  }
-  return true;
-}
-
-bool fields_valid(const HeaderList& h) {
-  for (size_t i = 0; i < h.size(); ++i)
-    if (!is_token(h.name(i)) || !is_valid_field_value(h.value(i))) return false;
-  return true;
 }
 
 constexpr uint64_t kTunnelIdleMs = 3600 * 1000;
@@ -169,25 +40,6 @@ constexpr uint64_t kDrainIdleGraceMs = 1000;
 // A timer this late means the worker's loop was held up, not that a peer was slow.
 constexpr uint64_t kLoopStallMs = 500;
 
-// Returned by execute_checked when the head scanner refused a byte llhttp would have taken.
-constexpr llhttp_errno_t kHeadInvalid = HPE_USER;
-
-// Feeds bytes to llhttp, but the bytes of a message head only after HeadScanner has accepted
-// them. The parser's callbacks reset the scanner at the start of each message.
-llhttp_errno_t execute_checked(llhttp_t* parser, HeadScanner& scanner, const char* data, size_t length) {
-  size_t offset = 0;
-  while (offset < length) {
-    size_t n = length - offset;
-    if (scanner.in_head()) {
-      if (scanner.feed(data + offset, length - offset, &n) == HeadScanner::Result::invalid) return kHeadInvalid;
-    }
-    llhttp_errno_t err = llhttp_execute(parser, data + offset, n);
-    if (err != HPE_OK) return err;
-    offset += n;
-  }
-  return HPE_OK;
-}
-
 }  // namespace
 
 HttpSession::HttpSession(Worker& worker, std::shared_ptr<ListenerSlot> slot)
@@ -200,8 +52,6 @@ HttpSession::HttpSession(Worker& worker, std::shared_ptr<ListenerSlot> slot)
       conn_stats_(snap_->listener_stats[listener_index_]) {
   conn_stats_->connections.add(1);
   conn_stats_->connections_total.add();
-  llhttp_init(&parser_, HTTP_REQUEST, &request_settings());
-  parser_.data = this;
   worker.add_downstream();
 }
 
@@ -252,87 +102,31 @@ void HttpSession::note_peer() {
   }
 }
 
-// A route's (else the listener's) rate limit, then its auth. False when answered 429 or 401.
+// A route's (else the listener's) rate limit, then its auth (gateway/admission.h). False when
+// answered 429 or 401.
 bool HttpSession::admit(const Route* route, size_t route_index) {
-  auth_ = nullptr;
-  auth_subject_.clear();
-  auth_subject_ok_ = false;
   RateLimiter* limiter = nullptr;
-  const RateLimitPolicy* limit = nullptr;
-  if (route && route->rate_limit) {
+  if (route && route->rate_limit)
     limiter = snap_->route_limiters[listener_index_][route_index].get();
-    limit = &*route->rate_limit;
-  } else if (!(route && route->rate_limit_off) && listener_->rate_limit) {
+  else if (rate_limit_for(*listener_, route))
     limiter = snap_->listener_limiters[listener_index_].get();
-    limit = &*listener_->rate_limit;
-  }
-  if (limiter) {
-    std::string_view key = client_address_;
-    if (limit->key == RateLimitPolicy::Key::peer_identity && tls_established()) {
-      key = tls()->peer_id();
-    } else if (limit->key == RateLimitPolicy::Key::header) {
-      size_t i = headers_.find(limit->header);
-      if (i != HeaderList::npos) key = headers_.value(i);
-    }
-    uint32_t retry_after = 1;
-    // One clock for every worker (a loop's cached time can trail another's by a few ms).
-    if (!limiter->take(key, uv_hrtime() / 1'000'000, &retry_after)) {
-      snap_->listener_stats[listener_index_]->rate_limited.add();
-      local_headers_ = "retry-after: " + std::to_string(retry_after) + "\r\n";
-      send_local_response(429, "rate_limited", request_has_body_);
-      return false;
-    }
-  }
-  auth_ = route && route->auth ? &*route->auth : (route && route->auth_off) ? nullptr
-                                               : listener_->auth ? &*listener_->auth : nullptr;
-  if (!auth_) return true;
-  size_t a = headers_.find("authorization");
-  std::string_view value = a == HeaderList::npos ? std::string_view() : trim_ows(headers_.value(a));
-  // What goes into WWW-Authenticate is one of pilotfish's fixed texts, never the token's.
-  const char* error = nullptr;
-  const char* why = "missing bearer token";
-  if (headers_.count("authorization") > 1) {
-    // Which one would the service read? Neither gets through.
-    error = "invalid_request";
-    why = "more than one Authorization header";
-  } else if (value.size() > 7 && iequals(value.substr(0, 7), "bearer ")) {
-    error = "invalid_token";
-    JwksPtr keys = worker_.jwks(auth_->jwks);
-    if (!keys) {
-      why = "no keys loaded";
-    } else {
-      JwtRules rules{auth_->issuer, auth_->audiences, auth_->clock_skew.count() / 1000};
-      std::string_view token = trim_ows(value.substr(7));
-      int64_t now = static_cast<int64_t>(std::time(nullptr));
-      std::string rules_key = auth_->issuer + '\n' + std::to_string(rules.clock_skew_seconds);
-      for (const auto& a : auth_->audiences) rules_key += '\n' + a;
-      const JwtResult* verified = worker_.jwt_cache().find(token, keys, rules_key, now, rules.clock_skew_seconds);
-      JwtResult r;
-      if (!verified) {
-        r = verify_jwt(token, *keys, rules, now);
-        if (r.ok) worker_.jwt_cache().store(token, keys, rules_key, r);
-        verified = &r;
-      }
-      if (verified->ok) {
-        auth_subject_ = verified->subject;
-        auth_subject_ok_ = verified->has_subject;
-        return true;
-      }
-      why = verified->error;
-    }
-  }
-  if (error) {
-    local_headers_ = "www-authenticate: Bearer realm=\"pilotfish\", error=\"";
-    local_headers_ += error;
-    local_headers_ += "\", error_description=\"";
-    local_headers_ += why;
-    local_headers_ += "\"\r\n";
+  const TlsState* t = tls();
+  std::string_view peer = t && t->established() ? std::string_view(t->peer_id()) : std::string_view();
+  Admission verdict = pilotfish::admit({*listener_, route, limiter, client_address_, peer, headers_,
+                                        snap_->keys.jwks.get(), worker_.jwt_cache()});
+  auth_ = verdict.auth;
+  auth_subject_ = std::move(verdict.subject);
+  auth_subject_ok_ = verdict.has_subject;
+  if (verdict.admitted()) return true;
+  local_headers_ = std::move(verdict.reply_headers);
+  ListenerStats& stats = *snap_->listener_stats[listener_index_];
+  if (verdict.status == 401) {
+    stats.auth_failures.add();
+    log_debug("listener " + listener_->name + ": 401 for " + client_address_ + ": " + verdict.why);
   } else {
-    local_headers_ = "www-authenticate: Bearer realm=\"pilotfish\"\r\n";
+    stats.rate_limited.add();
   }
-  snap_->listener_stats[listener_index_]->auth_failures.add();
-  log_debug("listener " + listener_->name + ": 401 for " + client_address_ + ": " + why);
-  send_local_response(401, "unauthorized", request_has_body_);
+  send_local_response(verdict.status, verdict.error, request_has_body_);
   return false;
 }
 
@@ -342,13 +136,6 @@ bool HttpSession::is_subject_header(std::string_view name) const {
   for (const auto& h : listener_->subject_headers)
     if (same_field_name_folded(name, h)) return true;
   return false;
-}
-
-// The listener's allow list, read at each request: a reload that changes it applies to the next
-// request of a connection already open.
-bool HttpSession::peer_allowed() const {
-  const TlsState* t = tls();
-  return t && t->established() && identity_allowed(listener_->allow, t->peer_id());
 }
 
 void HttpSession::on_tls_established() {
@@ -430,27 +217,26 @@ void HttpSession::on_data(char* data, size_t length) {
 }
 
 void HttpSession::parse_input(const char* data, size_t length) {
-  llhttp_errno_t err = execute_checked(&parser_, request_scan_, data, length);
+  Http1Decoder::Outcome result = request_.execute(data, length);
   if (closing()) return;
-  if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+  if (result.kind == Http1Decoder::Outcome::paused || result.kind == Http1Decoder::Outcome::upgrade) {
     // One request is complete; what follows waits until its response is done.
-    const char* pos = llhttp_get_error_pos(&parser_);
+    const char* pos = data + result.consumed;
     bool from_leftover = !leftover_.empty() && data >= leftover_.data() && data < leftover_.data() + leftover_.size();
-    if (pos && pos >= data && pos < data + length) {
+    if (result.consumed < length) {
       if (from_leftover)
         leftover_off_ = static_cast<size_t>(pos - leftover_.data());  // no copy: just move the mark
       else
-        leftover_.assign(pos, static_cast<size_t>(data + length - pos));
+        leftover_.assign(pos, length - result.consumed);
     } else if (from_leftover) {
       leftover_.clear();
       leftover_off_ = 0;
     }
     parser_paused_ = true;
-  } else if (err != HPE_OK) {
+  } else if (result.kind == Http1Decoder::Outcome::failed) {
     if (!local_response_) {
-      const char* reason = err == kHeadInvalid ? "bare CR or LF, or obs-fold, in the head" : llhttp_get_error_reason(&parser_);
       log_debug(std::string("listener ") + listener_->name + ": bad request from " + client_address_ + ": " +
-                (reason ? reason : llhttp_errno_name(err)));
+                result.reason);
       send_local_response(400, "bad_request", true);
     }
     stop_read();
@@ -518,56 +304,56 @@ void HttpSession::on_write_done(int status) {
 // ---------------------------------------------------------------------------------------------
 // Request parsing
 
-int HttpSession::on_message_begin() {
+Step HttpSession::on_message_begin() {
   refresh_snapshot();
   in_request_ = true;
   started_ns_ = uv_hrtime();
   arm_timer(Timer::header, static_cast<uint64_t>(listener_->header_timeout.count()));
-  return 0;
+  return Step::go;
 }
 
-int HttpSession::on_url(const char* at, size_t length) {
-  head_bytes_ += length;
+Step HttpSession::on_url(std::string_view piece) {
+  head_bytes_ += piece.size();
   if (head_bytes_ > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
-    return HPE_USER;
+    return Step::fail;
   }
-  url_.append(at, length);
-  return 0;
+  url_.append(piece);
+  return Step::go;
 }
 
-int HttpSession::on_header_field(const char* at, size_t length) {
-  head_bytes_ += length;
+Step HttpSession::on_header_field(std::string_view piece) {
+  head_bytes_ += piece.size();
   if (head_bytes_ > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
-    return HPE_USER;
+    return Step::fail;
   }
-  headers_.append_name({at, length});
-  return 0;
+  headers_.append_name(piece);
+  return Step::go;
 }
 
-int HttpSession::on_header_value(const char* at, size_t length) {
-  head_bytes_ += length;
+Step HttpSession::on_header_value(std::string_view piece) {
+  head_bytes_ += piece.size();
   if (head_bytes_ > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
-    return HPE_USER;
+    return Step::fail;
   }
-  headers_.append_value({at, length});
-  return 0;
+  headers_.append_value(piece);
+  return Step::go;
 }
 
-int HttpSession::on_header_value_complete() {
+Step HttpSession::on_header_value_complete() {
   head_bytes_ += 4;  // ": " and CRLF
   headers_.end_header();
   if (head_bytes_ > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
-    return HPE_USER;
+    return Step::fail;
   }
-  return 0;
+  return Step::go;
 }
 
 bool HttpSession::validate_request_head() {
-  if (parser_.http_major != 1 || parser_.http_minor > 1) {
+  if (request_.version_major() != 1 || request_.version_minor() > 1) {
     send_local_response(505, "version_not_supported", true);
     return false;
   }
@@ -576,7 +362,7 @@ bool HttpSession::validate_request_head() {
     return false;
   }
   size_t hosts = headers_.count("host");
-  if (hosts > 1 || (hosts == 0 && parser_.http_minor == 1)) {
+  if (hosts > 1 || (hosts == 0 && request_.version_minor() == 1)) {
     send_local_response(400, "invalid_host", true);
     return false;
   }
@@ -587,11 +373,11 @@ bool HttpSession::validate_request_head() {
       return false;
     }
   }
-  if (parser_.method == HTTP_CONNECT) {
+  if (request_.method_is_connect()) {
     send_local_response(405, "connect_refused", true);
     return false;
   }
-  if (parser_.method == HTTP_OPTIONS && url_ == "*") {
+  if (request_.method_is_options() && url_ == "*") {
     target_.path = "*";
     target_.query.clear();
   } else {
@@ -604,27 +390,27 @@ bool HttpSession::validate_request_head() {
     }
     target_ = std::move(*normalized);
   }
-  request_chunked_ = (parser_.flags & F_CHUNKED) != 0;
-  request_has_body_ = request_chunked_ || ((parser_.flags & F_CONTENT_LENGTH) && parser_.content_length > 0);
-  if (listener_->max_body_bytes && !request_chunked_ && parser_.content_length > listener_->max_body_bytes &&
-      (parser_.flags & F_CONTENT_LENGTH)) {
+  request_chunked_ = request_.chunked();
+  request_has_body_ = request_chunked_ || (request_.has_content_length() && request_.content_length() > 0);
+  if (listener_->max_body_bytes && !request_chunked_ && request_.content_length() > listener_->max_body_bytes &&
+      request_.has_content_length()) {
     send_local_response(413, "body_too_large", true);
     return false;
   }
   return true;
 }
 
-int HttpSession::on_headers_complete() {
-  if (!validate_request_head()) return HPE_USER;
-  client_keep_alive_ = llhttp_should_keep_alive(&parser_) && !draining();
+Step HttpSession::on_headers_complete() {
+  if (!validate_request_head()) return Step::fail;
+  client_keep_alive_ = request_.keep_alive() && !draining();
   keep_alive_ = client_keep_alive_;
 
-  if (parser_.upgrade) {
+  if (request_.upgrade()) {
     size_t u = headers_.find("upgrade");
     websocket_ = u != HeaderList::npos && iequals(trim_ows(headers_.value(u)), "websocket");
     // Only WebSocket becomes a tunnel; another protocol's upgrade header is dropped and the
     // request is answered as a plain one. Either way, unless a 101 turns it into a tunnel, the
-    // connection closes after the response: llhttp takes what follows an upgrade request as
+    // connection closes after the response: the decoder takes what follows an upgrade request as
     // the other protocol's bytes, not as a next request.
     close_after_response_ = true;
   }
@@ -638,12 +424,12 @@ int HttpSession::on_headers_complete() {
     request_id_.assign(buf, 32);
   }
 
-  if (listener_->mtls && !peer_allowed()) {
+  if (listener_->mtls && !peer_admitted(*listener_, tls())) {
     snap_->listener_stats[listener_index_]->authz_denied.add();
     log_debug("listener " + listener_->name + ": " + (tls_established() ? tls()->peer_id() : "a peer without mTLS") +
               " is not in its allow list");
     send_local_response(403, "peer_not_allowed", true);
-    return HPE_USER;
+    return Step::fail;
   }
 
   if (!fixed_cluster_.empty()) {
@@ -655,52 +441,52 @@ int HttpSession::on_headers_complete() {
       if (clusters[i].name == fixed_cluster_) found = i;
     if (found == SIZE_MAX) {
       send_local_response(404, "no_route", request_has_body_);
-      return request_has_body_ ? HPE_USER : 0;
+      return request_has_body_ ? Step::fail : Step::go;
     }
     cluster_index_ = found;
     // The route still says which auth and rate limit apply (its cluster is the destination's).
     std::string host = host_for_routing(authority_);
-    RequestView view{host, target_.path, llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)),
+    RequestView view{host, target_.path, request_.method_name(),
                      &headers_};
     const Route* route = match_route(*listener_, view);
     if (!admit(route, route ? static_cast<size_t>(route - listener_->routes.data()) : SIZE_MAX))
-      return request_has_body_ ? HPE_USER : 0;
+      return request_has_body_ ? Step::fail : Step::go;
   } else {
     std::string host = host_for_routing(authority_);
-    RequestView view{host, target_.path, llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)),
+    RequestView view{host, target_.path, request_.method_name(),
                      &headers_};
     const Route* route = match_route(*listener_, view);
     if (route == nullptr) {
       send_local_response(404, "no_route", request_has_body_);
-      return request_has_body_ ? HPE_USER : 0;
+      return request_has_body_ ? Step::fail : Step::go;
     }
     cluster_index_ = route->cluster_index;
     if (!admit(route, static_cast<size_t>(route - listener_->routes.data())))
-      return request_has_body_ ? HPE_USER : 0;
+      return request_has_body_ ? Step::fail : Step::go;
   }
   cluster_ = &snap_->policy->clusters[cluster_index_];
   ClusterState& cs = cluster_state();
   if (!request_slot_.take(cs.shared, &ClusterShared::requests, cluster_->circuit_breaker.max_requests)) {
     overflow(BreakerLimit::requests);
-    return request_has_body_ ? HPE_USER : 0;
+    return request_has_body_ ? Step::fail : Step::go;
   }
   cs.shared->budget.record_request(worker_.index(), uv_now(worker_.loop()));
-  replayable_ = !request_has_body_ || idempotent_method(parser_.method);
+  replayable_ = !request_has_body_ || request_.method_is_idempotent();
   build_upstream_head();
   start_attempt();
-  if (closing()) return HPE_USER;
-  if (local_response_) return request_has_body_ ? HPE_USER : 0;
+  if (closing()) return Step::fail;
+  if (local_response_) return request_has_body_ ? Step::fail : Step::go;
   if (request_has_body_ && listener_->body_timeout.count() > 0)
     arm_timer(Timer::body, static_cast<uint64_t>(listener_->body_timeout.count()));
   else
     arm_timer(Timer::none, 0);
-  return 0;
+  return Step::go;
 }
 
 void HttpSession::build_upstream_head() {
   std::string& h = upstream_head_;
   h.clear();
-  h += llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
+  h += request_.method_name();
   h += ' ';
   h += target_.path;
   h += target_.query;
@@ -778,13 +564,15 @@ void HttpSession::append_attempt_head(std::string& out) const {
   out += "\r\n\r\n";
 }
 
-int HttpSession::on_body(const char* at, size_t length) {
+Step HttpSession::on_body(std::string_view piece) {
+  const char* at = piece.data();
+  size_t length = piece.size();
   body_bytes_ += length;
   if (listener_->max_body_bytes && body_bytes_ > listener_->max_body_bytes) {
     send_local_response(413, "body_too_large", true);
-    return HPE_USER;
+    return Step::fail;
   }
-  if (local_response_) return 0;  // answered already; the rest of the body is skipped
+  if (local_response_) return Step::go;  // answered already; the rest of the body is skipped
   if (request_chunked_) {
     std::string chunk_head;
     append_chunk_header(chunk_head, length);
@@ -794,12 +582,11 @@ int HttpSession::on_body(const char* at, size_t length) {
   } else {
     send_body(at, length);
   }
-  return 0;
+  return Step::go;
 }
 
-int HttpSession::on_message_complete() {
+Step HttpSession::on_message_complete() {
   request_complete_ = true;
-  request_scan_.reset();
   if (!local_response_ && request_chunked_) send_body("0\r\n\r\n", 5);
   if (!local_response_ && !response_complete_ && cluster_ != nullptr) {
     // The request is in; from here the cluster's timeout bounds every attempt, and the
@@ -810,21 +597,12 @@ int HttpSession::on_message_complete() {
       try_deadline_ms_ = now + static_cast<uint64_t>(cluster_->retry.per_try_timeout.count());
     arm_upstream_timer();
   }
-  if (parser_.upgrade) return 0;  // llhttp pauses by itself (HPE_PAUSED_UPGRADE)
-  return HPE_PAUSED;
+  if (request_.upgrade()) return Step::go;  // the decoder stops after an upgrade by itself
+  return Step::pause;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Upstream
-
-bool HttpSession::idempotent_method(uint8_t method) {
-  switch (method) {
-    case HTTP_GET: case HTTP_HEAD: case HTTP_OPTIONS: case HTTP_PUT: case HTTP_DELETE: case HTTP_TRACE:
-      return true;
-    default:
-      return false;
-  }
-}
 
 void HttpSession::send_body(const char* data, size_t length) {
   // Kept for a retry while it is small; a larger body is sent once.
@@ -870,9 +648,7 @@ void HttpSession::start_attempt(bool fresh_connection) {
   EndpointPool& pool = *cs.pools[static_cast<size_t>(endpoint_)];
   resp_headers_.clear();
   resp_status_text_.clear();
-  response_scan_.reset();
-  llhttp_init(&resp_parser_, HTTP_RESPONSE, &response_settings());
-  resp_parser_.data = this;
+  response_.restart();
   // What this attempt sends: the head with its attempt number, then the body so far. A first
   // attempt's body is still arriving (send_body); a retry's was kept (replay_), unless nothing
   // was sent at all (a connect failure), when it is still in to_upstream_.
@@ -1084,19 +860,18 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
   }
   response_bytes_seen_ = true;
   last_progress_ms_ = uv_now(worker_.loop());
-  llhttp_errno_t err = execute_checked(&resp_parser_, response_scan_, data, length);
-  // Interim responses (100 Continue) pause too, so the scanner checks the next head.
-  while (err == HPE_PAUSED && !response_complete_ && !closing()) {
-    const char* pos = llhttp_get_error_pos(&resp_parser_);
-    llhttp_resume(&resp_parser_);
-    if (!pos || pos >= data + length) {
-      err = HPE_OK;
+  using Outcome = Http1Decoder::Outcome;
+  Outcome result = response_.execute(data, length);
+  // Interim responses (100 Continue) pause too, so the next head is checked from its start.
+  while (result.kind == Outcome::paused && !response_complete_ && !closing()) {
+    response_.resume();
+    if (result.consumed >= length) {
+      result = {Outcome::more, length, ""};
       break;
     }
-    size_t rest = static_cast<size_t>(data + length - pos);
-    data = const_cast<char*>(pos);
-    length = rest;
-    err = execute_checked(&resp_parser_, response_scan_, data, length);
+    data += result.consumed;
+    length -= result.consumed;
+    result = response_.execute(data, length);
   }
   if (retry_after_response_ && !closing()) {
     retry_after_response_ = false;
@@ -1109,23 +884,18 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
     return;
   }
   if (closing()) return;
-  if (err == HPE_PAUSED_UPGRADE && tunnel_) {
-    const char* pos = llhttp_get_error_pos(&resp_parser_);
-    size_t rest = (pos && pos >= data && pos <= data + length) ? static_cast<size_t>(data + length - pos) : 0;
-    enter_tunnel(pos, rest);
+  if (result.kind == Outcome::upgrade && tunnel_) {
+    enter_tunnel(data + result.consumed, length - result.consumed);
     return;
   }
-  if (err == HPE_PAUSED) {
+  if (result.kind == Outcome::paused) {
     // The response is complete. Anything after it is a protocol violation by the upstream.
-    const char* pos = llhttp_get_error_pos(&resp_parser_);
-    bool extra = pos && pos < data + length;
-    bool reusable = !extra && llhttp_should_keep_alive(&resp_parser_) && request_complete_;
+    bool extra = result.consumed < length;
+    bool reusable = !extra && response_.keep_alive() && request_complete_;
     release_upstream(reusable);
-  } else if (err != HPE_OK) {
-    const char* reason = llhttp_get_error_reason(&resp_parser_);
+  } else if (result.kind == Outcome::failed) {
     log_warn("cluster " + cluster_->name + ": invalid response from " +
-             cluster_state().pools[static_cast<size_t>(endpoint_)]->address().text + ": " +
-             (reason ? reason : llhttp_errno_name(err)));
+             cluster_state().pools[static_cast<size_t>(endpoint_)]->address().text + ": " + result.reason);
     if (!response_started_) {
       cluster_state().stats->upstream_reset.add();
       endpoint_verdict(false);
@@ -1163,8 +933,7 @@ void HttpSession::on_upstream_end(int status) {
   }
   if (response_started_ && !response_complete_ && status == UV_EOF) {
     // A response delimited by the connection's close ends here.
-    llhttp_errno_t done = llhttp_finish(&resp_parser_);
-    if ((done == HPE_OK || done == HPE_PAUSED) && response_complete_) {
+    if (response_.finish() && response_complete_) {
       if (flush() != 0) close();
       else maybe_finish_request();
       return;
@@ -1193,7 +962,7 @@ void HttpSession::on_upstream_end(int status) {
   // upstream was closing at that moment (the keep-alive race) is sent once more on a fresh
   // connection when that is safe: an idempotent request whose body (if any) was kept. It is
   // not the endpoint's fault, and not a retry: no budget, no count.
-  bool safe = idempotent_method(parser_.method) && replayable_;
+  bool safe = request_.method_is_idempotent() && replayable_;
   if (upstream_reused_ && !response_bytes_seen_ && safe && request_complete_ && !replayed_) {
     replayed_ = true;
     probe_.release();
@@ -1218,53 +987,53 @@ void HttpSession::on_upstream_end(int status) {
 // ---------------------------------------------------------------------------------------------
 // Response parsing
 
-int HttpSession::on_response_status(const char* at, size_t length) {
-  if (resp_status_text_.size() + length > kMaxReasonBytes) return HPE_USER;
-  resp_status_text_.append(at, length);
-  return 0;
+Step HttpSession::on_response_status(std::string_view piece) {
+  if (resp_status_text_.size() + piece.size() > kMaxReasonBytes) return Step::fail;
+  resp_status_text_.append(piece);
+  return Step::go;
 }
 
-int HttpSession::on_response_header_field(const char* at, size_t length) {
-  resp_headers_.append_name({at, length});
-  return resp_headers_.bytes() > 65536 ? HPE_USER : 0;
+Step HttpSession::on_response_header_field(std::string_view piece) {
+  resp_headers_.append_name(piece);
+  return resp_headers_.bytes() > 65536 ? Step::fail : Step::go;
 }
 
-int HttpSession::on_response_header_value(const char* at, size_t length) {
-  resp_headers_.append_value({at, length});
-  return resp_headers_.bytes() > 65536 ? HPE_USER : 0;
+Step HttpSession::on_response_header_value(std::string_view piece) {
+  resp_headers_.append_value(piece);
+  return resp_headers_.bytes() > 65536 ? Step::fail : Step::go;
 }
 
-int HttpSession::on_response_header_value_complete() {
+Step HttpSession::on_response_header_value_complete() {
   resp_headers_.end_header();
-  return 0;
+  return Step::go;
 }
 
-int HttpSession::on_response_headers_complete() {
+Step HttpSession::on_response_headers_complete() {
   // A reason phrase is HTAB, SP, visible ASCII and obs-text (RFC 9112 4): one with NUL or other
   // control characters makes the response invalid, although it is never passed on.
-  if (resp_parser_.http_major != 1 || !fields_valid(resp_headers_) || !framing_headers_valid(resp_headers_) ||
+  if (response_.version_major() != 1 || !fields_valid(resp_headers_) || !framing_headers_valid(resp_headers_) ||
       !is_valid_field_value(resp_status_text_))
-    return HPE_USER;
-  int status = resp_parser_.status_code;
-  if (status < 100 || status > 999) return HPE_USER;
+    return Step::fail;
+  int status = response_.status_code();
+  if (status < 100 || status > 999) return Step::fail;
   if (status >= 200 || status == 101) cluster_state().stats->upstream_codes.add(status);
   if (status == 101) {
-    if (!websocket_) return HPE_USER;  // an upgrade nobody asked for
+    if (!websocket_) return Step::fail;  // an upgrade nobody asked for
     endpoint_verdict(true);
     retry_slot_.release();
     status_ = 101;
     tunnel_ = true;
     write_response_head();
-    return 0;
+    return Step::go;
   }
   if (status < 200) {
     // Interim response (100 Continue, 103 Early Hints): passed on, the final one follows.
     // A few are normal; a stream of them is an upstream gone wrong.
-    if (++interim_responses_ > kMaxInterimResponses) return HPE_USER;
-    if (parser_.http_minor == 1) write_response_head();
+    if (++interim_responses_ > kMaxInterimResponses) return Step::fail;
+    if (request_.version_minor() == 1) write_response_head();
     resp_headers_.clear();
     resp_status_text_.clear();
-    return 0;
+    return Step::go;
   }
   // The final answer: the endpoint's verdict, and perhaps a retry instead of passing it on.
   uint32_t condition = 0;
@@ -1275,7 +1044,7 @@ int HttpSession::on_response_headers_complete() {
   endpoint_verdict(status < 500);
   if (condition && (retry_allowed(condition) || retry_overflow_)) {
     retry_after_response_ = true;
-    return HPE_USER;  // on_upstream_data drops this answer and its connection, and retries
+    return Step::fail;  // on_upstream_data drops this answer and its connection, and retries
   }
   deadline_ms_ = try_deadline_ms_ = backoff_until_ms_ = 0;
   retry_slot_.release();  // retrying is over: this answer goes to the client
@@ -1293,12 +1062,12 @@ int HttpSession::on_response_headers_complete() {
     }
   }
   status_ = status;
-  bool no_body = parser_.method == HTTP_HEAD || status == 204 || status == 304;
+  bool no_body = request_.method_is_head() || status == 204 || status == 304;
   if (no_body) {
     framing_ = Framing::none;
-  } else if (resp_parser_.flags & F_CONTENT_LENGTH) {
+  } else if (response_.has_content_length()) {
     framing_ = Framing::length;
-  } else if (parser_.http_minor == 1) {
+  } else if (request_.version_minor() == 1) {
     framing_ = Framing::chunked;
   } else {
     framing_ = Framing::close;
@@ -1309,12 +1078,12 @@ int HttpSession::on_response_headers_complete() {
   response_started_ = true;
   // The answer is arriving; from now on the timeout guards against a stalled stream.
   arm_timer(Timer::upstream, static_cast<uint64_t>(cluster_->timeout.count()));
-  return no_body ? 1 : 0;
+  return no_body ? Step::skip_body : Step::go;
 }
 
 void HttpSession::write_response_head() {
   std::string& o = out();
-  int status = resp_parser_.status_code;
+  int status = response_.status_code();
   o += "HTTP/1.1 ";
   append_uint(o, static_cast<uint64_t>(status));
   o += ' ';
@@ -1346,31 +1115,30 @@ void HttpSession::write_response_head() {
     if (!request_complete_) keep_alive_ = false;
     if (!keep_alive_)
       o += "connection: close\r\n";
-    else if (parser_.http_minor == 0)
+    else if (request_.version_minor() == 0)
       o += "connection: keep-alive\r\n";
   }
   o += "\r\n";
 }
 
-int HttpSession::on_response_body(const char* at, size_t length) {
-  bytes_out_ += length;
+Step HttpSession::on_response_body(std::string_view piece) {
+  bytes_out_ += piece.size();
   if (framing_ == Framing::chunked) {
-    append_chunk_header(out(), length);
-    append({at, length});
+    append_chunk_header(out(), piece.size());
+    append(piece);
     append("\r\n");
   } else {
-    append({at, length});
+    append(piece);
   }
-  return 0;
+  return Step::go;
 }
 
-int HttpSession::on_response_message_complete() {
-  if (tunnel_) return 0;  // 101: llhttp pauses for the upgrade itself
-  response_scan_.reset();
-  if (!response_started_) return HPE_PAUSED;  // the end of an interim response
+Step HttpSession::on_response_message_complete() {
+  if (tunnel_) return Step::go;  // 101: the decoder stops for the upgrade itself
+  if (!response_started_) return Step::pause;  // the end of an interim response
   if (framing_ == Framing::chunked) append("0\r\n\r\n");
   response_complete_ = true;
-  return HPE_PAUSED;
+  return Step::pause;
 }
 
 void HttpSession::enter_tunnel(const char* upstream_rest, size_t rest_length) {
@@ -1409,28 +1177,9 @@ void HttpSession::send_local_response(int status, const char* reason, bool close
   response_started_ = true;
   response_complete_ = true;
   if (close_connection || close_after_response_ || draining()) keep_alive_ = false;
-  char body[96];
-  int body_len = snprintf(body, sizeof body, "%d %s\n", status, reason);
-  std::string& o = out();
-  o += "HTTP/1.1 ";
-  append_uint(o, static_cast<uint64_t>(status));
-  o += ' ';
-  o += reason_phrase(status);
-  o += "\r\ncontent-type: text/plain\r\ncontent-length: ";
-  append_uint(o, static_cast<uint64_t>(body_len));
-  o += "\r\nx-pilotfish-error: ";
-  o += reason;
-  o += "\r\n";
-  if (status == 503 && std::strcmp(reason, "overloaded") == 0) o += "x-pilotfish-overloaded: true\r\n";
-  o += local_headers_;  // WWW-Authenticate, Retry-After
+  LocalReply reply{status, reason, local_headers_, keep_alive_, request_.version_minor() == 0, request_.method_is_head()};
+  bytes_out_ += append_local_reply(out(), reply);
   local_headers_.clear();
-  if (!keep_alive_)
-    o += "connection: close\r\n";
-  else if (parser_.http_minor == 0)
-    o += "connection: keep-alive\r\n";
-  o += "\r\n";
-  if (parser_.method != HTTP_HEAD) o.append(body, static_cast<size_t>(body_len));
-  bytes_out_ += static_cast<uint64_t>(body_len);
   if (!keep_alive_) {
     // Nothing more is read or parsed from this connection.
     log_request();
@@ -1473,7 +1222,7 @@ void HttpSession::finish_request() {
     close_when_flushed();
     return;
   }
-  llhttp_resume(&parser_);
+  request_.resume();
   parser_paused_ = false;
   continue_pipeline();
 }
@@ -1588,7 +1337,7 @@ void HttpSession::log_request() {
   }
   AccessLogEntry e;
   e.listener = listener_->name;
-  e.method = llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
+  e.method = request_.method_name();
   e.authority = authority_;
   e.path = target_.path.empty() ? std::string_view(url_) : std::string_view(target_.path);
   e.status = status_;

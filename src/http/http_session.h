@@ -1,16 +1,14 @@
 #pragma once
-// The downstream side of one HTTP/1.1 client connection: parse (llhttp, strict), check what the
+// The downstream side of one HTTP/1.1 client connection: parse (http1_codec: llhttp, strict), check what the
 // parser lets through, normalise, route, forward to a pooled upstream connection, and stream
 // the response back, one request at a time in request order (pipelined requests wait in the
 // input buffer). A WebSocket upgrade turns the connection into a byte tunnel after the 101.
 
-#include <llhttp.h>
-
 #include <cstdint>
 #include <string>
 
+#include "http/http1_codec.h"
 #include "net/stream.h"
-#include "pilotfish/head_scanner.h"
 #include "pilotfish/header_list.h"
 #include "pilotfish/path_normalizer.h"
 #include "pilotfish/policy.h"
@@ -20,7 +18,10 @@
 
 namespace pilotfish {
 
-class HttpSession final : public Stream, public UpstreamHandler {
+class HttpSession final : public Stream,
+                          public UpstreamHandler,
+                          private Http1RequestHandler,
+                          private Http1ResponseHandler {
  public:
   HttpSession(Worker& worker, std::shared_ptr<ListenerSlot> slot);
   // Called once the socket is accepted.
@@ -34,25 +35,26 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void drain() override;
   void on_policy_changed() override;
 
-  // llhttp callbacks (public for the C trampolines).
-  int on_message_begin();
-  int on_url(const char* at, size_t length);
-  int on_header_field(const char* at, size_t length);
-  int on_header_value(const char* at, size_t length);
-  int on_header_value_complete();
-  int on_headers_complete();
-  int on_body(const char* at, size_t length);
-  int on_message_complete();
-
-  int on_response_status(const char* at, size_t length);
-  int on_response_header_field(const char* at, size_t length);
-  int on_response_header_value(const char* at, size_t length);
-  int on_response_header_value_complete();
-  int on_response_headers_complete();
-  int on_response_body(const char* at, size_t length);
-  int on_response_message_complete();
 
  protected:
+  // The client's requests, from its decoder.
+  Step on_message_begin() override;
+  Step on_url(std::string_view piece) override;
+  Step on_header_field(std::string_view piece) override;
+  Step on_header_value(std::string_view piece) override;
+  Step on_header_value_complete() override;
+  Step on_headers_complete() override;
+  Step on_body(std::string_view piece) override;
+  Step on_message_complete() override;
+  // The upstream's response, from its decoder.
+  Step on_response_status(std::string_view piece) override;
+  Step on_response_header_field(std::string_view piece) override;
+  Step on_response_header_value(std::string_view piece) override;
+  Step on_response_header_value_complete() override;
+  Step on_response_headers_complete() override;
+  Step on_response_body(std::string_view piece) override;
+  Step on_response_message_complete() override;
+
   void on_data(char* data, size_t length) override;
   void on_read_end(int status) override;
   void on_write_done(int status) override;
@@ -60,7 +62,6 @@ class HttpSession final : public Stream, public UpstreamHandler {
   void on_close() override;
   void on_tls_established() override;
   void on_tls_failed() override;
-  bool peer_allowed() const;
   bool admit(const Route* route, size_t route_index);
   bool is_subject_header(std::string_view name) const;
   void note_peer();
@@ -89,7 +90,6 @@ class HttpSession final : public Stream, public UpstreamHandler {
   bool retry_allowed(uint32_t condition);
   void schedule_retry();
   void arm_upstream_timer();
-  static bool idempotent_method(uint8_t method);
   void send_upstream(const char* data, size_t length);
   size_t upstream_pending() const;
   void release_upstream(bool reusable);
@@ -122,10 +122,8 @@ class HttpSession final : public Stream, public UpstreamHandler {
   size_t listener_index_;         // in snap_
   std::shared_ptr<ListenerStats> conn_stats_;  // the listener that accepted the connection
   bool draining_ = false;         // its listener left the policy: close after this response
-  llhttp_t parser_;
-  llhttp_t resp_parser_;
-  HeadScanner request_scan_;
-  HeadScanner response_scan_;
+  Http1Decoder request_{static_cast<Http1RequestHandler*>(this)};
+  Http1Decoder response_{static_cast<Http1ResponseHandler*>(this)};
   std::string client_address_;
 
   // The request in flight.

@@ -93,12 +93,6 @@ Worker::~Worker() {
   if (uv_loop_close(&loop_) != 0) log_error("worker " + std::to_string(index_) + ": loop closed with handles still open");
 }
 
-JwksPtr Worker::jwks(const std::string& path) const {
-  if (!snapshot_ || !snapshot_->keys.jwks) return nullptr;
-  auto found = snapshot_->keys.jwks->find(path);
-  return found == snapshot_->keys.jwks->end() ? nullptr : found->second;
-}
-
 const TlsMaterialPtr& Worker::tls() const {
   static const TlsMaterialPtr none;
   return snapshot_ ? snapshot_->keys.tls : none;

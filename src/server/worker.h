@@ -61,7 +61,6 @@ struct ListenerSlot {
 // What the process holds besides the policy and hands to every worker: the TLS material new
 // connections use (null without an identity) and the keys of each JWKS file the policy names,
 // as last loaded.
-using JwksSet = std::map<std::string, JwksPtr>;
 struct WorkerKeys {
   TlsMaterialPtr tls;
   std::shared_ptr<const JwksSet> jwks;
@@ -120,8 +119,6 @@ class Worker final : public EventLoop {
   bool draining() const { return draining_; }
   FastRandom& random() { return random_; }
   JwtCache& jwt_cache() { return jwt_cache_; }
-  // The keys of a JWKS file, as last loaded (null if it never loaded).
-  JwksPtr jwks(const std::string& path) const;
   // The TLS material new connections use (null without an identity).
   const TlsMaterialPtr& tls() const;
   AccessLogBuffer& access_log() { return access_log_; }

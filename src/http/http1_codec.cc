@@ -1,0 +1,252 @@
+#include "http/http1_codec.h"
+
+#include <llhttp.h>
+
+#include <cinttypes>
+#include <cstdio>
+
+#include "pilotfish/header_rules.h"
+
+namespace pilotfish {
+
+struct Http1Decoder::State {
+  llhttp_t parser;
+  HeadScanner scanner;
+  Http1RequestHandler* request = nullptr;
+  Http1ResponseHandler* response = nullptr;
+};
+
+namespace {
+
+int code_of(Step step) {
+  switch (step) {
+    case Step::go: return 0;
+    case Step::skip_body: return 1;
+    case Step::fail: return HPE_USER;
+    case Step::pause: return HPE_PAUSED;
+  }
+  return HPE_USER;
+}
+
+Http1Decoder::State* state_of(llhttp_t* p) { return static_cast<Http1Decoder::State*>(p->data); }
+std::string_view piece(const char* at, size_t n) { return {at, n}; }
+
+const llhttp_settings_t& request_settings() {
+  static const llhttp_settings_t s = [] {
+    llhttp_settings_t x;
+    llhttp_settings_init(&x);
+    x.on_message_begin = [](llhttp_t* p) { return code_of(state_of(p)->request->on_message_begin()); };
+    x.on_url = [](llhttp_t* p, const char* a, size_t n) { return code_of(state_of(p)->request->on_url(piece(a, n))); };
+    x.on_header_field = [](llhttp_t* p, const char* a, size_t n) {
+      return code_of(state_of(p)->request->on_header_field(piece(a, n)));
+    };
+    x.on_header_value = [](llhttp_t* p, const char* a, size_t n) {
+      return code_of(state_of(p)->request->on_header_value(piece(a, n)));
+    };
+    x.on_header_value_complete = [](llhttp_t* p) { return code_of(state_of(p)->request->on_header_value_complete()); };
+    x.on_headers_complete = [](llhttp_t* p) { return code_of(state_of(p)->request->on_headers_complete()); };
+    x.on_body = [](llhttp_t* p, const char* a, size_t n) { return code_of(state_of(p)->request->on_body(piece(a, n))); };
+    x.on_message_complete = [](llhttp_t* p) {
+      state_of(p)->scanner.reset();  // the next message's head is checked from its first byte
+      return code_of(state_of(p)->request->on_message_complete());
+    };
+    return x;
+  }();
+  return s;
+}
+
+const llhttp_settings_t& response_settings() {
+  static const llhttp_settings_t s = [] {
+    llhttp_settings_t x;
+    llhttp_settings_init(&x);
+    x.on_status = [](llhttp_t* p, const char* a, size_t n) {
+      return code_of(state_of(p)->response->on_response_status(piece(a, n)));
+    };
+    x.on_header_field = [](llhttp_t* p, const char* a, size_t n) {
+      return code_of(state_of(p)->response->on_response_header_field(piece(a, n)));
+    };
+    x.on_header_value = [](llhttp_t* p, const char* a, size_t n) {
+      return code_of(state_of(p)->response->on_response_header_value(piece(a, n)));
+    };
+    x.on_header_value_complete = [](llhttp_t* p) {
+      return code_of(state_of(p)->response->on_response_header_value_complete());
+    };
+    x.on_headers_complete = [](llhttp_t* p) { return code_of(state_of(p)->response->on_response_headers_complete()); };
+    x.on_body = [](llhttp_t* p, const char* a, size_t n) {
+      return code_of(state_of(p)->response->on_response_body(piece(a, n)));
+    };
+    x.on_message_complete = [](llhttp_t* p) {
+      state_of(p)->scanner.reset();  // an interim response is followed by another head
+      return code_of(state_of(p)->response->on_response_message_complete());
+    };
+    return x;
+  }();
+  return s;
+}
+
+}  // namespace
+
+Http1Decoder::Http1Decoder(Http1RequestHandler* handler) : state_(std::make_unique<State>()) {
+  state_->request = handler;
+  restart();
+}
+
+Http1Decoder::Http1Decoder(Http1ResponseHandler* handler) : state_(std::make_unique<State>()) {
+  state_->response = handler;
+  restart();
+}
+
+Http1Decoder::~Http1Decoder() = default;
+
+void Http1Decoder::restart() {
+  if (state_->request)
+    llhttp_init(&state_->parser, HTTP_REQUEST, &request_settings());
+  else
+    llhttp_init(&state_->parser, HTTP_RESPONSE, &response_settings());
+  state_->parser.data = state_.get();
+  state_->scanner.reset();
+}
+
+Http1Decoder::Outcome Http1Decoder::execute(const char* data, size_t length) {
+  // The bytes of a message head go to llhttp only after HeadScanner accepted them.
+  State& s = *state_;
+  size_t offset = 0;
+  while (offset < length) {
+    size_t n = length - offset;
+    if (s.scanner.in_head() && s.scanner.feed(data + offset, length - offset, &n) == HeadScanner::Result::invalid)
+      return {Outcome::failed, offset, "bare CR or LF, or obs-fold, in the head"};
+    llhttp_errno_t err = llhttp_execute(&s.parser, data + offset, n);
+    if (err != HPE_OK) {
+      const char* pos = llhttp_get_error_pos(&s.parser);
+      size_t consumed = pos && pos >= data && pos <= data + length ? static_cast<size_t>(pos - data) : length;
+      if (err == HPE_PAUSED) return {Outcome::paused, consumed, ""};
+      if (err == HPE_PAUSED_UPGRADE) return {Outcome::upgrade, consumed, ""};
+      const char* reason = llhttp_get_error_reason(&s.parser);
+      return {Outcome::failed, consumed, reason && *reason ? reason : llhttp_errno_name(err)};
+    }
+    offset += n;
+  }
+  return {Outcome::more, length, ""};
+}
+
+void Http1Decoder::resume() { llhttp_resume(&state_->parser); }
+
+bool Http1Decoder::finish() {
+  llhttp_errno_t done = llhttp_finish(&state_->parser);
+  return done == HPE_OK || done == HPE_PAUSED;
+}
+
+int Http1Decoder::version_major() const { return state_->parser.http_major; }
+int Http1Decoder::version_minor() const { return state_->parser.http_minor; }
+std::string_view Http1Decoder::method_name() const {
+  return llhttp_method_name(static_cast<llhttp_method_t>(state_->parser.method));
+}
+bool Http1Decoder::method_is_head() const { return state_->parser.method == HTTP_HEAD; }
+bool Http1Decoder::method_is_connect() const { return state_->parser.method == HTTP_CONNECT; }
+bool Http1Decoder::method_is_options() const { return state_->parser.method == HTTP_OPTIONS; }
+bool Http1Decoder::method_is_idempotent() const {
+  switch (state_->parser.method) {
+    case HTTP_GET: case HTTP_HEAD: case HTTP_OPTIONS: case HTTP_PUT: case HTTP_DELETE: case HTTP_TRACE:
+      return true;
+    default:
+      return false;
+  }
+}
+int Http1Decoder::status_code() const { return state_->parser.status_code; }
+bool Http1Decoder::chunked() const { return (state_->parser.flags & F_CHUNKED) != 0; }
+bool Http1Decoder::has_content_length() const { return (state_->parser.flags & F_CONTENT_LENGTH) != 0; }
+uint64_t Http1Decoder::content_length() const { return state_->parser.content_length; }
+bool Http1Decoder::upgrade() const { return state_->parser.upgrade != 0; }
+bool Http1Decoder::keep_alive() const { return llhttp_should_keep_alive(&state_->parser) != 0; }
+
+bool framing_headers_valid(const HeaderList& h) {
+  size_t te = h.count("transfer-encoding");
+  size_t cl = h.count("content-length");
+  if (te > 1 || cl > 1 || (te && cl)) return false;
+  if (te && !iequals(trim_ows(h.value(h.find("transfer-encoding"))), "chunked")) return false;
+  if (cl) {
+    std::string_view v = trim_ows(h.value(h.find("content-length")));
+    if (v.empty() || v.size() > 19) return false;
+    for (char c : v)
+      if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+bool fields_valid(const HeaderList& h) {
+  for (size_t i = 0; i < h.size(); ++i)
+    if (!is_token(h.name(i)) || !is_valid_field_value(h.value(i))) return false;
+  return true;
+}
+
+void append_uint(std::string& out, uint64_t v) {
+  char buf[24];
+  int n = snprintf(buf, sizeof buf, "%" PRIu64, v);
+  out.append(buf, static_cast<size_t>(n));
+}
+
+void append_chunk_header(std::string& out, size_t length) {
+  char buf[24];
+  int n = snprintf(buf, sizeof buf, "%zx\r\n", length);
+  out.append(buf, static_cast<size_t>(n));
+}
+
+// pilotfish writes its own reason phrase for every response, an upstream's included: the phrase
+// means nothing to clients (HTTP/2 has none), and an upstream's own text would be one more
+// piece of outside text in a response head.
+const char* reason_phrase(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 103: return "Early Hints";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 407: return "Proxy Authentication Required";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
+    case 425: return "Too Early";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+  }
+}
+
+}  // namespace pilotfish

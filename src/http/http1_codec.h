@@ -1,0 +1,118 @@
+#pragma once
+// HTTP/1.1 framing on the data path, and nothing else: the one place that knows llhttp there.
+// A decoder turns bytes into a message's parts for its handler (start line, header fields, body
+// pieces, end) and checks on the way what llhttp lets through: HeadScanner refuses bare CR or
+// LF and obs-fold in a head before llhttp sees it. It stops after each message, so its owner
+// decides when the next is read (pipelining: a request is answered before the next is parsed).
+// The encoder side is small helpers for what pilotfish writes (chunk framing, reason phrases);
+// the message checks llhttp does not make (one valid Content-Length, Transfer-Encoding exactly
+// "chunked", valid field names and values) are here too, for both directions.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "pilotfish/head_scanner.h"
+#include "pilotfish/header_list.h"
+
+namespace pilotfish {
+
+// What a handler's callback tells the decoder.
+enum class Step {
+  go,         // carry on
+  skip_body,  // (headers complete, a response) the message has no body: a HEAD's, a 304
+  fail,       // stop: the message is refused (the handler has answered it, or will)
+  pause,      // stop after this message (message complete)
+};
+
+class Http1RequestHandler {
+ public:
+  virtual ~Http1RequestHandler() = default;
+  virtual Step on_message_begin() = 0;
+  virtual Step on_url(std::string_view piece) = 0;
+  virtual Step on_header_field(std::string_view piece) = 0;
+  virtual Step on_header_value(std::string_view piece) = 0;
+  virtual Step on_header_value_complete() = 0;
+  virtual Step on_headers_complete() = 0;
+  virtual Step on_body(std::string_view piece) = 0;
+  virtual Step on_message_complete() = 0;
+};
+
+class Http1ResponseHandler {
+ public:
+  virtual ~Http1ResponseHandler() = default;
+  virtual Step on_response_status(std::string_view piece) = 0;
+  virtual Step on_response_header_field(std::string_view piece) = 0;
+  virtual Step on_response_header_value(std::string_view piece) = 0;
+  virtual Step on_response_header_value_complete() = 0;
+  virtual Step on_response_headers_complete() = 0;
+  virtual Step on_response_body(std::string_view piece) = 0;
+  virtual Step on_response_message_complete() = 0;
+};
+
+class Http1Decoder {
+ public:
+  // What one call to execute() came to.
+  struct Outcome {
+    enum Kind {
+      more,     // every byte taken; the message (if any) goes on in the next bytes
+      paused,   // a message is complete (or a handler paused); `consumed` bytes were taken
+      upgrade,  // a message asking for (request) or agreeing to (101) an upgrade is complete
+      failed,   // the bytes are not HTTP/1.1, or a handler refused them
+    } kind = more;
+    size_t consumed = 0;         // of the bytes given
+    const char* reason = "";     // failed: why, for a debug log line (fixed texts)
+  };
+
+  explicit Http1Decoder(Http1RequestHandler* handler);   // decodes requests
+  explicit Http1Decoder(Http1ResponseHandler* handler);  // decodes responses
+  ~Http1Decoder();
+  Http1Decoder(const Http1Decoder&) = delete;
+  Http1Decoder& operator=(const Http1Decoder&) = delete;
+
+  Outcome execute(const char* data, size_t length);
+  // After `paused`: the next message may be decoded.
+  void resume();
+  // The peer closed: ends a message delimited by the close. True when that completed it (or
+  // there was none under way).
+  bool finish();
+  // A new response, on another connection (a retry): forgets any state.
+  void restart();
+
+  // Of the message being decoded, from headers complete on (content_length() counts down as
+  // the body arrives: read it at headers complete).
+  int version_major() const;
+  int version_minor() const;
+  std::string_view method_name() const;  // requests
+  bool method_is_head() const;
+  bool method_is_connect() const;
+  bool method_is_options() const;
+  // GET, HEAD, OPTIONS, PUT, DELETE, TRACE: safe to send again (RFC 9110 9.2.2).
+  bool method_is_idempotent() const;
+  int status_code() const;  // responses
+  bool chunked() const;
+  bool has_content_length() const;
+  uint64_t content_length() const;
+  bool upgrade() const;
+  bool keep_alive() const;
+
+  struct State;  // llhttp's parser and the head scanner (in the .cc: llhttp stays there)
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
+// A message's own framing, checked beyond what llhttp enforces: exactly one valid
+// Content-Length, or Transfer-Encoding that is exactly "chunked", never both.
+bool framing_headers_valid(const HeaderList& h);
+// Every field name a token, every value valid (RFC 9110 5.5).
+bool fields_valid(const HeaderList& h);
+// "1a3\r\n": the size line of a chunk.
+void append_chunk_header(std::string& out, size_t length);
+void append_uint(std::string& out, uint64_t v);
+// The reason phrases of RFC 9110 ("Not Found"); "Unknown" for a code it does not name.
+const char* reason_phrase(int status);
+
+}  // namespace pilotfish

@@ -1,0 +1,192 @@
+// The HTTP/1.1 decoder (http/http1_codec.h): what it reports of requests and responses, where
+// it stops between pipelined messages, what it refuses, and the framing checks it offers.
+#include "http/http1_codec.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace pilotfish {
+namespace {
+
+struct Recorder final : Http1RequestHandler, Http1ResponseHandler {
+  std::string url, status, body;
+  HeaderList headers;
+  int messages = 0, heads = 0;
+  Step at_headers = Step::go;
+  const Http1Decoder* decoder = nullptr;  // to read the message's framing as the session does
+  uint64_t length_at_headers = 0;
+  Step on_message_begin() override { return Step::go; }
+  Step on_url(std::string_view p) override { return url.append(p), Step::go; }
+  Step on_header_field(std::string_view p) override { return headers.append_name(p), Step::go; }
+  Step on_header_value(std::string_view p) override { return headers.append_value(p), Step::go; }
+  Step on_header_value_complete() override { return headers.end_header(), Step::go; }
+  Step on_headers_complete() override {
+    if (decoder) length_at_headers = decoder->content_length();  // counts down as the body comes
+    return ++heads, at_headers;
+  }
+  Step on_body(std::string_view p) override { return body.append(p), Step::go; }
+  // As the session does: after an upgrade request the decoder stops by itself.
+  Step on_message_complete() override { return ++messages, decoder && decoder->upgrade() ? Step::go : Step::pause; }
+  Step on_response_status(std::string_view p) override { return status.append(p), Step::go; }
+  Step on_response_header_field(std::string_view p) override { return on_header_field(p); }
+  Step on_response_header_value(std::string_view p) override { return on_header_value(p); }
+  Step on_response_header_value_complete() override { return on_header_value_complete(); }
+  Step on_response_headers_complete() override { return on_headers_complete(); }
+  Step on_response_body(std::string_view p) override { return on_body(p); }
+  Step on_response_message_complete() override { return on_message_complete(); }
+};
+
+using Outcome = Http1Decoder::Outcome;
+
+TEST(Http1Decoder, StopsAfterEachPipelinedRequestAtItsLastByte) {
+  Recorder r;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r));
+  r.decoder = &d;
+  std::string first = "POST /a?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+  std::string second = "GET /b HTTP/1.0\r\n\r\n";
+  std::string both = first + second;
+  Outcome o = d.execute(both.data(), both.size());
+  ASSERT_EQ(o.kind, Outcome::paused);
+  EXPECT_EQ(o.consumed, first.size());
+  EXPECT_EQ(r.url, "/a?x=1");
+  EXPECT_EQ(r.body, "abc");
+  EXPECT_EQ(d.method_name(), "POST");
+  EXPECT_FALSE(d.method_is_idempotent());
+  EXPECT_TRUE(d.has_content_length());
+  EXPECT_EQ(r.length_at_headers, 3u);
+  EXPECT_TRUE(d.keep_alive());
+  EXPECT_EQ(d.version_minor(), 1);
+  d.resume();
+  r.url.clear();
+  o = d.execute(both.data() + o.consumed, second.size());
+  ASSERT_EQ(o.kind, Outcome::paused);
+  EXPECT_EQ(o.consumed, second.size());
+  EXPECT_EQ(r.url, "/b");
+  EXPECT_EQ(d.version_minor(), 0);
+  EXPECT_FALSE(d.keep_alive());  // HTTP/1.0 without keep-alive
+  EXPECT_TRUE(d.method_is_idempotent());
+  EXPECT_EQ(r.messages, 2);
+}
+
+TEST(Http1Decoder, AHeadSplitIntoSingleBytesReadsTheSame) {
+  Recorder r;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r));
+  std::string req = "PUT /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+  for (size_t i = 0; i < req.size(); ++i) {
+    Outcome o = d.execute(req.data() + i, 1);
+    if (i + 1 < req.size()) ASSERT_EQ(o.kind, Outcome::more) << i;
+    else ASSERT_EQ(o.kind, Outcome::paused);
+  }
+  EXPECT_EQ(r.url, "/up");
+  EXPECT_EQ(r.body, "abc");
+  EXPECT_TRUE(d.chunked());
+  EXPECT_EQ(r.headers.value(r.headers.find("transfer-encoding")), "chunked");
+}
+
+TEST(Http1Decoder, RefusesBareLineFeedsAndObsFoldBeforeLlhttpSeesThem) {
+  for (std::string bad : {"GET / HTTP/1.1\nHost: h\r\n\r\n", "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",
+                          "GET / HTTP/1.1\r\nHost: h\rX: y\r\n\r\n"}) {
+    Recorder r;
+    Http1Decoder d(static_cast<Http1RequestHandler*>(&r));
+    Outcome o = d.execute(bad.data(), bad.size());
+    EXPECT_EQ(o.kind, Outcome::failed) << bad;
+    EXPECT_STREQ(o.reason, "bare CR or LF, or obs-fold, in the head") << bad;
+    EXPECT_EQ(r.heads, 0);
+  }
+}
+
+TEST(Http1Decoder, AHandlerThatFailsStopsTheDecoder) {
+  Recorder r;
+  r.at_headers = Step::fail;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r));
+  std::string req = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+  Outcome o = d.execute(req.data(), req.size());
+  EXPECT_EQ(o.kind, Outcome::failed);
+  EXPECT_EQ(r.messages, 0);
+}
+
+TEST(Http1Decoder, AnUpgradeRequestEndsDecodingWhereItsHeadEnds) {
+  Recorder r;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r));
+  r.decoder = &d;
+  std::string req = "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+  std::string frames = "\x81\x05hello";
+  std::string all = req + frames;
+  Outcome o = d.execute(all.data(), all.size());
+  ASSERT_EQ(o.kind, Outcome::upgrade);
+  EXPECT_EQ(o.consumed, req.size());
+  EXPECT_TRUE(d.upgrade());
+}
+
+TEST(Http1Decoder, InterimResponsesPauseAndTheFinalOneFollows) {
+  Recorder r;
+  Http1Decoder d(static_cast<Http1ResponseHandler*>(&r));
+  std::string interim = "HTTP/1.1 100 Continue\r\n\r\n";
+  std::string final_ = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  std::string all = interim + final_;
+  Outcome o = d.execute(all.data(), all.size());
+  ASSERT_EQ(o.kind, Outcome::paused);
+  EXPECT_EQ(o.consumed, interim.size());
+  EXPECT_EQ(d.status_code(), 100);
+  d.resume();
+  o = d.execute(all.data() + interim.size(), final_.size());
+  ASSERT_EQ(o.kind, Outcome::paused);
+  EXPECT_EQ(d.status_code(), 200);
+  EXPECT_EQ(r.body, "ok");
+  EXPECT_EQ(r.status, "ContinueOK");
+}
+
+TEST(Http1Decoder, AResponseDelimitedByTheCloseEndsWithFinish) {
+  Recorder r;
+  Http1Decoder d(static_cast<Http1ResponseHandler*>(&r));
+  std::string resp = "HTTP/1.1 200 OK\r\n\r\nall of it";
+  Outcome o = d.execute(resp.data(), resp.size());
+  EXPECT_EQ(o.kind, Outcome::more);
+  EXPECT_EQ(r.messages, 0);
+  EXPECT_TRUE(d.finish());
+  EXPECT_EQ(r.messages, 1);
+  EXPECT_EQ(r.body, "all of it");
+  // A new attempt's response starts from nothing.
+  d.restart();
+  r.body.clear();
+  std::string next = "HTTP/1.1 204 No Content\r\n\r\n";
+  o = d.execute(next.data(), next.size());
+  EXPECT_EQ(o.kind, Outcome::paused);
+  EXPECT_EQ(d.status_code(), 204);
+}
+
+TEST(Http1Framing, OneValidContentLengthOrChunkedAloneNeverBoth) {
+  auto list = [](std::vector<std::pair<std::string, std::string>> fields) {
+    HeaderList h;
+    for (auto& [n, v] : fields) {
+      h.append_name(n);
+      h.append_value(v);
+      h.end_header();
+    }
+    return h;
+  };
+  EXPECT_TRUE(framing_headers_valid(list({{"content-length", "12"}})));
+  EXPECT_TRUE(framing_headers_valid(list({{"transfer-encoding", " chunked "}})));
+  EXPECT_FALSE(framing_headers_valid(list({{"content-length", "1"}, {"content-length", "1"}})));
+  EXPECT_FALSE(framing_headers_valid(list({{"content-length", "1"}, {"transfer-encoding", "chunked"}})));
+  EXPECT_FALSE(framing_headers_valid(list({{"transfer-encoding", "gzip, chunked"}})));
+  EXPECT_FALSE(framing_headers_valid(list({{"content-length", "+1"}})));
+  EXPECT_FALSE(framing_headers_valid(list({{"content-length", "12345678901234567890"}})));
+  EXPECT_TRUE(fields_valid(list({{"x-a", "b c"}})));
+  EXPECT_FALSE(fields_valid(list({{"x a", "b"}})));
+  EXPECT_FALSE(fields_valid(list({{"x-a", std::string("b\0c", 3)}})));
+}
+
+TEST(Http1Encoding, ChunkSizesAndReasonPhrases) {
+  std::string out;
+  append_chunk_header(out, 0x1a3);
+  append_uint(out, 18446744073709551615ull);
+  EXPECT_EQ(out, "1a3\r\n18446744073709551615");
+  EXPECT_STREQ(reason_phrase(413), "Content Too Large");
+  EXPECT_STREQ(reason_phrase(299), "Unknown");
+}
+
+}  // namespace
+}  // namespace pilotfish
