@@ -114,9 +114,9 @@ bool HttpSession::admit(const Route* route, size_t route_index) {
   std::string_view peer = t && t->established() ? std::string_view(t->peer_id()) : std::string_view();
   Admission verdict = pilotfish::admit({*listener_, route, limiter, client_address_, peer, headers_,
                                         snap_->keys.jwks.get(), worker_.jwt_cache()});
-  auth_ = verdict.auth;
-  auth_subject_ = std::move(verdict.subject);
-  auth_subject_ok_ = verdict.has_subject;
+  rq_.auth = verdict.auth;
+  rq_.auth_subject = std::move(verdict.subject);
+  rq_.auth_subject_ok = verdict.has_subject;
   if (verdict.admitted()) return true;
   local_headers_ = std::move(verdict.reply_headers);
   ListenerStats& stats = *snap_->listener_stats[listener_index_];
@@ -126,7 +126,7 @@ bool HttpSession::admit(const Route* route, size_t route_index) {
   } else {
     stats.rate_limited.add();
   }
-  send_local_response(verdict.status, verdict.error, request_has_body_);
+  send_local_response(verdict.status, verdict.error, rq_.request_has_body);
   return false;
 }
 
@@ -168,7 +168,7 @@ void HttpSession::refresh_snapshot() {
 void HttpSession::drain() {
   if (closing()) return;
   draining_ = true;
-  if (!in_request_ && !tunnel_) {
+  if (!rq_.in_request && !tunnel_) {
     // Idle: close after a grace, or once what is queued for the client (a finished response
     // to a slow reader) has gone out.
     if (pending_bytes() == 0) {
@@ -179,20 +179,20 @@ void HttpSession::drain() {
     }
     return;
   }
-  keep_alive_ = false;
-  client_keep_alive_ = false;
+  rq_.keep_alive = false;
+  rq_.client_keep_alive = false;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Downstream input
 
 void HttpSession::on_data(char* data, size_t length) {
-  bytes_in_ += length;
+  rq_.bytes_in += length;
   if (tunnel_) {
     send_upstream(data, length);
     if (upstream_) upstream_->flush();
     if (upstream_pending() > kHighWater) {
-      paused_for_upstream_ = true;
+      rq_.paused_for_upstream = true;
       stop_read();
     }
     return;
@@ -234,7 +234,7 @@ void HttpSession::parse_input(const char* data, size_t length) {
     }
     parser_paused_ = true;
   } else if (result.kind == Http1Decoder::Outcome::failed) {
-    if (!local_response_) {
+    if (!rq_.local_response) {
       log_debug(std::string("listener ") + listener_->name + ": bad request from " + client_address_ + ": " +
                 result.reason);
       send_local_response(400, "bad_request", true);
@@ -251,8 +251,8 @@ void HttpSession::after_downstream_io() {
       // The upstream write failed; its read side reports the end.
     }
   }
-  if (!tunnel_ && in_request_ && !request_complete_ && upstream_pending() > kHighWater) {
-    paused_for_upstream_ = true;
+  if (!tunnel_ && rq_.in_request && !rq_.request_complete && upstream_pending() > kHighWater) {
+    rq_.paused_for_upstream = true;
     stop_read();
   }
   if (flush() != 0) {
@@ -270,13 +270,13 @@ void HttpSession::on_read_end(int status) {
     if (!parser_paused_ && !waiting_for_client_) continue_pipeline();
     return;
   }
-  if (status == UV_EOF && !in_request_ && !tunnel_ && pending_bytes() > 0) {
+  if (status == UV_EOF && !rq_.in_request && !tunnel_ && pending_bytes() > 0) {
     // Between requests, with answers still queued: they go out before the close.
     close_when_flushed();
     return;
   }
   // The client went away (or reset). Nothing can be answered any more.
-  if (in_request_ && status_ == 0) error_ = "downstream_closed";
+  if (rq_.in_request && rq_.status == 0) rq_.error = "downstream_closed";
   close();
 }
 
@@ -286,8 +286,8 @@ void HttpSession::on_write_done(int status) {
     return;
   }
   last_progress_ms_ = uv_now(worker_.loop());
-  if (paused_for_downstream_ && pending_bytes() < kLowWater) {
-    paused_for_downstream_ = false;
+  if (rq_.paused_for_downstream && pending_bytes() < kLowWater) {
+    rq_.paused_for_downstream = false;
     if (upstream_) upstream_->start_read();
   }
   if (closing()) return;
@@ -306,15 +306,15 @@ void HttpSession::on_write_done(int status) {
 
 Step HttpSession::on_message_begin() {
   refresh_snapshot();
-  in_request_ = true;
-  started_ns_ = uv_hrtime();
+  rq_.in_request = true;
+  rq_.started_ns = uv_hrtime();
   arm_timer(Timer::header, static_cast<uint64_t>(listener_->header_timeout.count()));
   return Step::go;
 }
 
 Step HttpSession::on_url(std::string_view piece) {
-  head_bytes_ += piece.size();
-  if (head_bytes_ > listener_->max_header_bytes) {
+  rq_.head_bytes += piece.size();
+  if (rq_.head_bytes > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
     return Step::fail;
   }
@@ -323,8 +323,8 @@ Step HttpSession::on_url(std::string_view piece) {
 }
 
 Step HttpSession::on_header_field(std::string_view piece) {
-  head_bytes_ += piece.size();
-  if (head_bytes_ > listener_->max_header_bytes) {
+  rq_.head_bytes += piece.size();
+  if (rq_.head_bytes > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
     return Step::fail;
   }
@@ -333,8 +333,8 @@ Step HttpSession::on_header_field(std::string_view piece) {
 }
 
 Step HttpSession::on_header_value(std::string_view piece) {
-  head_bytes_ += piece.size();
-  if (head_bytes_ > listener_->max_header_bytes) {
+  rq_.head_bytes += piece.size();
+  if (rq_.head_bytes > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
     return Step::fail;
   }
@@ -343,9 +343,9 @@ Step HttpSession::on_header_value(std::string_view piece) {
 }
 
 Step HttpSession::on_header_value_complete() {
-  head_bytes_ += 4;  // ": " and CRLF
+  rq_.head_bytes += 4;  // ": " and CRLF
   headers_.end_header();
-  if (head_bytes_ > listener_->max_header_bytes) {
+  if (rq_.head_bytes > listener_->max_header_bytes) {
     send_local_response(431, "header_too_large", true);
     return Step::fail;
   }
@@ -378,8 +378,8 @@ bool HttpSession::validate_request_head() {
     return false;
   }
   if (request_.method_is_options() && url_ == "*") {
-    target_.path = "*";
-    target_.query.clear();
+    rq_.target.path = "*";
+    rq_.target.query.clear();
   } else {
     auto normalized = normalize_target(url_, listener_->allow_ambiguous_paths);
     if (!normalized) {
@@ -388,11 +388,11 @@ bool HttpSession::validate_request_head() {
       send_local_response(400, ambiguous ? "ambiguous_path" : "invalid_target", true);
       return false;
     }
-    target_ = std::move(*normalized);
+    rq_.target = std::move(*normalized);
   }
-  request_chunked_ = request_.chunked();
-  request_has_body_ = request_chunked_ || (request_.has_content_length() && request_.content_length() > 0);
-  if (listener_->max_body_bytes && !request_chunked_ && request_.content_length() > listener_->max_body_bytes &&
+  rq_.request_chunked = request_.chunked();
+  rq_.request_has_body = rq_.request_chunked || (request_.has_content_length() && request_.content_length() > 0);
+  if (listener_->max_body_bytes && !rq_.request_chunked && request_.content_length() > listener_->max_body_bytes &&
       request_.has_content_length()) {
     send_local_response(413, "body_too_large", true);
     return false;
@@ -402,12 +402,12 @@ bool HttpSession::validate_request_head() {
 
 Step HttpSession::on_headers_complete() {
   if (!validate_request_head()) return Step::fail;
-  client_keep_alive_ = request_.keep_alive() && !draining();
-  keep_alive_ = client_keep_alive_;
+  rq_.client_keep_alive = request_.keep_alive() && !draining();
+  rq_.keep_alive = rq_.client_keep_alive;
 
   if (request_.upgrade()) {
     size_t u = headers_.find("upgrade");
-    websocket_ = u != HeaderList::npos && iequals(trim_ows(headers_.value(u)), "websocket");
+    rq_.websocket = u != HeaderList::npos && iequals(trim_ows(headers_.value(u)), "websocket");
     // Only WebSocket becomes a tunnel; another protocol's upgrade header is dropped and the
     // request is answered as a plain one. Either way, unless a 101 turns it into a tunnel, the
     // connection closes after the response: the decoder takes what follows an upgrade request as
@@ -440,43 +440,43 @@ Step HttpSession::on_headers_complete() {
     for (size_t i = 0; i < clusters.size(); ++i)
       if (clusters[i].name == fixed_cluster_) found = i;
     if (found == SIZE_MAX) {
-      send_local_response(404, "no_route", request_has_body_);
-      return request_has_body_ ? Step::fail : Step::go;
+      send_local_response(404, "no_route", rq_.request_has_body);
+      return rq_.request_has_body ? Step::fail : Step::go;
     }
-    cluster_index_ = found;
+    rq_.cluster_index = found;
     // The route still says which auth and rate limit apply (its cluster is the destination's).
     std::string host = host_for_routing(authority_);
-    RequestView view{host, target_.path, request_.method_name(),
+    RequestView view{host, rq_.target.path, request_.method_name(),
                      &headers_};
     const Route* route = match_route(*listener_, view);
     if (!admit(route, route ? static_cast<size_t>(route - listener_->routes.data()) : SIZE_MAX))
-      return request_has_body_ ? Step::fail : Step::go;
+      return rq_.request_has_body ? Step::fail : Step::go;
   } else {
     std::string host = host_for_routing(authority_);
-    RequestView view{host, target_.path, request_.method_name(),
+    RequestView view{host, rq_.target.path, request_.method_name(),
                      &headers_};
     const Route* route = match_route(*listener_, view);
     if (route == nullptr) {
-      send_local_response(404, "no_route", request_has_body_);
-      return request_has_body_ ? Step::fail : Step::go;
+      send_local_response(404, "no_route", rq_.request_has_body);
+      return rq_.request_has_body ? Step::fail : Step::go;
     }
-    cluster_index_ = route->cluster_index;
+    rq_.cluster_index = route->cluster_index;
     if (!admit(route, static_cast<size_t>(route - listener_->routes.data())))
-      return request_has_body_ ? Step::fail : Step::go;
+      return rq_.request_has_body ? Step::fail : Step::go;
   }
-  cluster_ = &snap_->policy->clusters[cluster_index_];
+  rq_.cluster = &snap_->policy->clusters[rq_.cluster_index];
   ClusterState& cs = cluster_state();
-  if (!request_slot_.take(cs.shared, &ClusterShared::requests, cluster_->circuit_breaker.max_requests)) {
+  if (!rq_.request_slot.take(cs.shared, &ClusterShared::requests, rq_.cluster->circuit_breaker.max_requests)) {
     overflow(BreakerLimit::requests);
-    return request_has_body_ ? Step::fail : Step::go;
+    return rq_.request_has_body ? Step::fail : Step::go;
   }
   cs.shared->budget.record_request(worker_.index(), uv_now(worker_.loop()));
-  replayable_ = !request_has_body_ || request_.method_is_idempotent();
+  rq_.replayable = !rq_.request_has_body || request_.method_is_idempotent();
   build_upstream_head();
   start_attempt();
   if (closing()) return Step::fail;
-  if (local_response_) return request_has_body_ ? Step::fail : Step::go;
-  if (request_has_body_ && listener_->body_timeout.count() > 0)
+  if (rq_.local_response) return rq_.request_has_body ? Step::fail : Step::go;
+  if (rq_.request_has_body && listener_->body_timeout.count() > 0)
     arm_timer(Timer::body, static_cast<uint64_t>(listener_->body_timeout.count()));
   else
     arm_timer(Timer::none, 0);
@@ -488,8 +488,8 @@ void HttpSession::build_upstream_head() {
   h.clear();
   h += request_.method_name();
   h += ' ';
-  h += target_.path;
-  h += target_.query;
+  h += rq_.target.path;
+  h += rq_.target.query;
   h += " HTTP/1.1\r\n";
   std::string tokens = connection_tokens(headers_);
   std::string forwarded_for;
@@ -506,7 +506,7 @@ void HttpSession::build_upstream_head() {
     }
     if (!listener_->subject_headers.empty() && is_subject_header(name)) continue;  // only ever pilotfish's
     if (same_field_name_folded(name, "x-pilotfish-attempt")) {
-      nested_ = true;  // from another pilotfish: its hop retries, this one does not (by default)
+      rq_.nested = true;  // from another pilotfish: its hop retries, this one does not (by default)
       continue;
     }
     if (iequals(name, "host")) has_host = true;
@@ -520,7 +520,7 @@ void HttpSession::build_upstream_head() {
     h += listener_->address.text;
     h += "\r\n";
   }
-  if (request_chunked_) h += "transfer-encoding: chunked\r\n";
+  if (rq_.request_chunked) h += "transfer-encoding: chunked\r\n";
   h += "x-forwarded-for: ";
   if (!forwarded_for.empty()) {
     h += forwarded_for;
@@ -538,10 +538,10 @@ void HttpSession::build_upstream_head() {
   } else {
     h += "\r\nx-forwarded-proto: http\r\n";
   }
-  if (auth_ && auth_subject_ok_) {
-    h += auth_->subject_header;
+  if (rq_.auth && rq_.auth_subject_ok) {
+    h += rq_.auth->subject_header;
     h += ": ";
-    h += auth_subject_;
+    h += rq_.auth_subject;
     h += "\r\n";
   }
   if (headers_.find("x-request-id") == HeaderList::npos) {
@@ -549,7 +549,7 @@ void HttpSession::build_upstream_head() {
     h += request_id_;
     h += "\r\n";
   }
-  if (websocket_) {
+  if (rq_.websocket) {
     h += "connection: upgrade\r\nupgrade: ";
     h += trim_ows(headers_.value(headers_.find("upgrade")));
     h += "\r\n";
@@ -560,20 +560,20 @@ void HttpSession::build_upstream_head() {
 void HttpSession::append_attempt_head(std::string& out) const {
   out += upstream_head_;
   out += "x-pilotfish-attempt: ";
-  append_uint(out, static_cast<uint64_t>(attempts_));
+  append_uint(out, static_cast<uint64_t>(rq_.attempts));
   out += "\r\n\r\n";
 }
 
 Step HttpSession::on_body(std::string_view piece) {
   const char* at = piece.data();
   size_t length = piece.size();
-  body_bytes_ += length;
-  if (listener_->max_body_bytes && body_bytes_ > listener_->max_body_bytes) {
+  rq_.body_bytes += length;
+  if (listener_->max_body_bytes && rq_.body_bytes > listener_->max_body_bytes) {
     send_local_response(413, "body_too_large", true);
     return Step::fail;
   }
-  if (local_response_) return Step::go;  // answered already; the rest of the body is skipped
-  if (request_chunked_) {
+  if (rq_.local_response) return Step::go;  // answered already; the rest of the body is skipped
+  if (rq_.request_chunked) {
     std::string chunk_head;
     append_chunk_header(chunk_head, length);
     send_body(chunk_head.data(), chunk_head.size());
@@ -586,15 +586,15 @@ Step HttpSession::on_body(std::string_view piece) {
 }
 
 Step HttpSession::on_message_complete() {
-  request_complete_ = true;
-  if (!local_response_ && request_chunked_) send_body("0\r\n\r\n", 5);
-  if (!local_response_ && !response_complete_ && cluster_ != nullptr) {
+  rq_.request_complete = true;
+  if (!rq_.local_response && rq_.request_chunked) send_body("0\r\n\r\n", 5);
+  if (!rq_.local_response && !rq_.response_complete && rq_.cluster != nullptr) {
     // The request is in; from here the cluster's timeout bounds every attempt, and the
     // per-try timeout the one in flight.
     uint64_t now = uv_now(worker_.loop());
-    deadline_ms_ = now + static_cast<uint64_t>(cluster_->timeout.count());
-    if (upstream_ && cluster_->retry.per_try_timeout.count() > 0)
-      try_deadline_ms_ = now + static_cast<uint64_t>(cluster_->retry.per_try_timeout.count());
+    rq_.deadline_ms = now + static_cast<uint64_t>(rq_.cluster->timeout.count());
+    if (upstream_ && rq_.cluster->retry.per_try_timeout.count() > 0)
+      rq_.try_deadline_ms = now + static_cast<uint64_t>(rq_.cluster->retry.per_try_timeout.count());
     arm_upstream_timer();
   }
   if (request_.upgrade()) return Step::go;  // the decoder stops after an upgrade by itself
@@ -606,86 +606,86 @@ Step HttpSession::on_message_complete() {
 
 void HttpSession::send_body(const char* data, size_t length) {
   // Kept for a retry while it is small; a larger body is sent once.
-  if (replayable_ && request_has_body_) {
+  if (rq_.replayable && rq_.request_has_body) {
     if (replay_.size() + length <= kMaxReplayBytes)
       replay_.append(data, length);
     else
-      replayable_ = false, replay_.clear(), replay_.shrink_to_fit();
+      rq_.replayable = false, replay_.clear(), replay_.shrink_to_fit();
   }
   send_upstream(data, length);
 }
 
 void HttpSession::overflow(BreakerLimit limit) {
   cluster_state().stats->breaker_overflow[static_cast<size_t>(limit)].add();
-  send_local_response(503, "overloaded", request_has_body_ && !request_complete_);
+  send_local_response(503, "overloaded", rq_.request_has_body && !rq_.request_complete);
 }
 
 void HttpSession::start_attempt(bool fresh_connection) {
   ClusterState& cs = cluster_state();
   uint64_t now = uv_now(worker_.loop());
-  int previous = endpoint_;
-  endpoint_ = -1;
+  int previous = rq_.endpoint;
+  rq_.endpoint = -1;
   size_t n = cs.pools.size();
   for (size_t tries = 0; tries < n; ++tries) {
     int chosen = cs.balancer->pick([&](size_t i) { return cs.health[i]->may_try(now); }, previous);
     if (chosen < 0) break;
     EndpointHealth& health = *cs.health[static_cast<size_t>(chosen)];
     if (!health.needs_probe()) {
-      endpoint_ = chosen;
+      rq_.endpoint = chosen;
       break;
     }
     // Its ejection is over: this request is its one probe, unless another got there first.
-    if (probe_.claim(cs.health[static_cast<size_t>(chosen)])) {
-      endpoint_ = chosen;
+    if (rq_.probe.claim(cs.health[static_cast<size_t>(chosen)])) {
+      rq_.endpoint = chosen;
       break;
     }
   }
-  if (endpoint_ < 0) {
-    send_local_response(503, "no_healthy_upstream", request_has_body_ && !request_complete_);
+  if (rq_.endpoint < 0) {
+    send_local_response(503, "no_healthy_upstream", rq_.request_has_body && !rq_.request_complete);
     return;
   }
-  ++attempts_;
-  EndpointPool& pool = *cs.pools[static_cast<size_t>(endpoint_)];
+  ++rq_.attempts;
+  EndpointPool& pool = *cs.pools[static_cast<size_t>(rq_.endpoint)];
   resp_headers_.clear();
   resp_status_text_.clear();
   response_.restart();
   // What this attempt sends: the head with its attempt number, then the body so far. A first
   // attempt's body is still arriving (send_body); a retry's was kept (replay_), unless nothing
   // was sent at all (a connect failure), when it is still in to_upstream_.
-  if (attempts_ == 1 && !upstream_sent_ && to_upstream_.empty()) {
+  if (rq_.attempts == 1 && !rq_.upstream_sent && to_upstream_.empty()) {
     // The common case, built in place: no copy of the head beyond this one.
     append_attempt_head(to_upstream_);
-    unsent_head_length_ = to_upstream_.size();
+    rq_.unsent_head_length = to_upstream_.size();
   } else {
     std::string head;
     append_attempt_head(head);
-    if (!upstream_sent_)
-      to_upstream_.replace(0, unsent_head_length_, head);
+    if (!rq_.upstream_sent)
+      to_upstream_.replace(0, rq_.unsent_head_length, head);
     else
       to_upstream_ = head + replay_;
-    unsent_head_length_ = head.size();
+    rq_.unsent_head_length = head.size();
   }
-  upstream_sent_ = false;
-  response_bytes_seen_ = false;
-  interim_responses_ = 0;
+  rq_.upstream_sent = false;
+  rq_.response_bytes_seen = false;
+  rq_.interim_responses = 0;
   bool reused = false;
   BreakerLimit limit = BreakerLimit::connections;
   // Counted before acquire(): a connect that fails at once runs on_upstream_connect_failed
   // (and perhaps a whole retry) inside it, and that ends this count.
-  balanced_.start(std::shared_ptr<Balancer>(snap_->clusters[cluster_index_], cs.balancer.get()),
-                  static_cast<size_t>(endpoint_));
+  rq_.balanced.start(std::shared_ptr<Balancer>(snap_->clusters[rq_.cluster_index], cs.balancer.get()),
+                  static_cast<size_t>(rq_.endpoint));
   UpstreamConnection* c = pool.acquire(this, &reused, &limit, fresh_connection);
   if (!c) {
-    balanced_.end();
-    probe_.release();
+    rq_.balanced.end();
+    rq_.probe.release();
     overflow(limit);
     return;
   }
   if (c->closing()) return;  // failed synchronously: on_upstream_connect_failed has run
   upstream_ = c;
-  upstream_reused_ = reused;
-  if (request_complete_ && cluster_->retry.per_try_timeout.count() > 0) {
-    try_deadline_ms_ = now + static_cast<uint64_t>(cluster_->retry.per_try_timeout.count());
+  rq_.upstream_reused = reused;
+  if (rq_.request_complete && rq_.cluster->retry.per_try_timeout.count() > 0) {
+    rq_.try_deadline_ms = now + static_cast<uint64_t>(rq_.cluster->retry.per_try_timeout.count());
     arm_upstream_timer();
   }
   if (reused) on_upstream_connected();
@@ -694,49 +694,49 @@ void HttpSession::start_attempt(bool fresh_connection) {
 // What the request holds of the cluster's shared state goes back (its place in the balancer's
 // count goes with its upstream connection: see release_upstream).
 void HttpSession::release_cluster_holds() {
-  probe_.release();
-  request_slot_.release();
-  retry_slot_.release();
+  rq_.probe.release();
+  rq_.request_slot.release();
+  rq_.retry_slot.release();
 }
 
 void HttpSession::endpoint_verdict(bool ok) {
-  if (endpoint_ < 0 || cluster_ == nullptr) return;
+  if (rq_.endpoint < 0 || rq_.cluster == nullptr) return;
   ClusterState& cs = cluster_state();
-  EndpointHealth& health = *cs.health[static_cast<size_t>(endpoint_)];
-  probe_.settle();
+  EndpointHealth& health = *cs.health[static_cast<size_t>(rq_.endpoint)];
+  rq_.probe.settle();
   if (ok) {
     record_endpoint_success(health, *cs.shared);
     return;
   }
-  if (record_endpoint_failure(health, *cs.shared, cluster_->outlier_detection, cs.pools.size(),
+  if (record_endpoint_failure(health, *cs.shared, rq_.cluster->outlier_detection, cs.pools.size(),
                               uv_now(worker_.loop()))) {
     cs.stats->outlier_ejections.add();
-    log_warn("cluster " + cluster_->name + ": endpoint " + cs.pools[static_cast<size_t>(endpoint_)]->address().text +
+    log_warn("cluster " + rq_.cluster->name + ": endpoint " + cs.pools[static_cast<size_t>(rq_.endpoint)]->address().text +
              " ejected (outlier detection)");
   }
 }
 
 bool HttpSession::retry_allowed(uint32_t condition) {
-  const RetryPolicy& retry = cluster_->retry;
+  const RetryPolicy& retry = rq_.cluster->retry;
   if (!(retry.on & condition)) return false;
   // A request from another pilotfish was retried there already; a connect failure sent
   // nothing anywhere, so it is still tried elsewhere.
-  if (nested_ && !retry.nested && condition != kRetryConnectFailure) return false;
-  if (static_cast<uint32_t>(attempts_) > retry.retries) return false;
+  if (rq_.nested && !retry.nested && condition != kRetryConnectFailure) return false;
+  if (static_cast<uint32_t>(rq_.attempts) > retry.retries) return false;
   // Sent bytes can be sent again only when they were kept and the method allows it; a
   // connect failure sent nothing.
-  bool sent = upstream_sent_ || condition != kRetryConnectFailure;
-  if (sent && (!request_complete_ || !replayable_)) return false;
+  bool sent = rq_.upstream_sent || condition != kRetryConnectFailure;
+  if (sent && (!rq_.request_complete || !rq_.replayable)) return false;
   uint64_t now = uv_now(worker_.loop());
-  if (deadline_ms_ && now >= deadline_ms_) return false;
+  if (rq_.deadline_ms && now >= rq_.deadline_ms) return false;
   ClusterState& cs = cluster_state();
   if (!cs.shared->budget.allows_retry(now, retry.budget_ratio, retry.budget_min_per_second)) {
     cs.stats->retry_budget_exhausted.add();
     return false;
   }
-  if (!retry_slot_.held() && !retry_slot_.take(cs.shared, &ClusterShared::retries, cluster_->circuit_breaker.max_retries)) {
+  if (!rq_.retry_slot.held() && !rq_.retry_slot.take(cs.shared, &ClusterShared::retries, rq_.cluster->circuit_breaker.max_retries)) {
     cs.stats->breaker_overflow[static_cast<size_t>(BreakerLimit::retries)].add();
-    retry_overflow_ = true;  // answered 503 overloaded, as every breaker limit is
+    rq_.retry_overflow = true;  // answered 503 overloaded, as every breaker limit is
     return false;
   }
   cs.stats->retries.add();
@@ -745,25 +745,25 @@ bool HttpSession::retry_allowed(uint32_t condition) {
 }
 
 void HttpSession::schedule_retry() {
-  try_deadline_ms_ = 0;  // that attempt is over
+  rq_.try_deadline_ms = 0;  // that attempt is over
   // Full jitter: uniform in [0, min(max, base * 2^(n-1))) before retry n. While the client is
   // still sending its body (a connect failure), the retry is at once.
-  const RetryPolicy& retry = cluster_->retry;
+  const RetryPolicy& retry = rq_.cluster->retry;
   uint64_t cap = static_cast<uint64_t>(retry.backoff_base.count());
-  for (int i = 1; i < attempts_ && cap < static_cast<uint64_t>(retry.backoff_max.count()); ++i) cap *= 2;
+  for (int i = 1; i < rq_.attempts && cap < static_cast<uint64_t>(retry.backoff_max.count()); ++i) cap *= 2;
   cap = std::min(cap, static_cast<uint64_t>(retry.backoff_max.count()));
   uint64_t wait = cap ? worker_.random().below(cap) : 0;
-  if (wait == 0 || !request_complete_) {
+  if (wait == 0 || !rq_.request_complete) {
     start_attempt();
     return;
   }
-  backoff_until_ms_ = uv_now(worker_.loop()) + wait;
+  rq_.backoff_until_ms = uv_now(worker_.loop()) + wait;
   arm_upstream_timer();
 }
 
 void HttpSession::arm_upstream_timer() {
   uint64_t next = 0;
-  for (uint64_t t : {deadline_ms_, try_deadline_ms_, backoff_until_ms_})
+  for (uint64_t t : {rq_.deadline_ms, rq_.try_deadline_ms, rq_.backoff_until_ms})
     if (t && (next == 0 || t < next)) next = t;
   if (next == 0) return;
   uint64_t now = uv_now(worker_.loop());
@@ -771,12 +771,12 @@ void HttpSession::arm_upstream_timer() {
 }
 
 void HttpSession::on_upstream_connected() {
-  upstream_sent_ = true;
+  rq_.upstream_sent = true;
   upstream_->append(to_upstream_);
   to_upstream_.clear();
   if (upstream_->flush() != 0) return;
-  if (paused_for_upstream_ && upstream_pending() < kLowWater) {
-    paused_for_upstream_ = false;
+  if (rq_.paused_for_upstream && upstream_pending() < kLowWater) {
+    rq_.paused_for_upstream = false;
     start_read();
   }
 }
@@ -784,15 +784,15 @@ void HttpSession::on_upstream_connected() {
 void HttpSession::on_upstream_connect_failed(int status) {
   ClusterState& cs = cluster_state();
   cs.stats->upstream_connect_failure.add();
-  balanced_.end();
+  rq_.balanced.end();
   upstream_ = nullptr;
-  log_debug("cluster " + cluster_->name + ": connect to " +
-            cs.pools[static_cast<size_t>(endpoint_)]->address().text + " failed: " + upstream_error_text(status));
+  log_debug("cluster " + rq_.cluster->name + ": connect to " +
+            cs.pools[static_cast<size_t>(rq_.endpoint)]->address().text + " failed: " + upstream_error_text(status));
   // A connect that failed here (no descriptors, no local port) says nothing about the endpoint,
   // and another endpoint would fare no better: the client is told pilotfish is overloaded.
   if (is_local_failure(status)) {
-    probe_.release();
-    send_local_response(503, "overloaded", request_has_body_ && !request_complete_);
+    rq_.probe.release();
+    send_local_response(503, "overloaded", rq_.request_has_body && !rq_.request_complete);
     after_downstream_io();
     return;
   }
@@ -803,16 +803,16 @@ void HttpSession::on_upstream_connect_failed(int status) {
     return;
   }
   send_local_response(503,
-                      retry_overflow_                ? "overloaded"
+                      rq_.retry_overflow                ? "overloaded"
                       : status == UV_ETIMEDOUT    ? "connect_timeout"
                       : status == kUpstreamTlsFailed ? "upstream_tls_failure"
                                                   : "connect_failure",
-                      request_has_body_ && !request_complete_);
+                      rq_.request_has_body && !rq_.request_complete);
   after_downstream_io();
 }
 
 void HttpSession::send_upstream(const char* data, size_t length) {
-  if (upstream_ && upstream_->connected() && upstream_sent_)
+  if (upstream_ && upstream_->connected() && rq_.upstream_sent)
     upstream_->append({data, length});
   else
     to_upstream_.append(data, length);
@@ -823,15 +823,15 @@ size_t HttpSession::upstream_pending() const {
 }
 
 void HttpSession::on_upstream_drained() {
-  if (paused_for_upstream_ && upstream_pending() < kLowWater) {
-    paused_for_upstream_ = false;
+  if (rq_.paused_for_upstream && upstream_pending() < kLowWater) {
+    rq_.paused_for_upstream = false;
     start_read();
   }
 }
 
 void HttpSession::release_upstream(bool reusable) {
   if (!upstream_) return;
-  balanced_.end();
+  rq_.balanced.end();
   UpstreamConnection* c = upstream_;
   upstream_ = nullptr;
   c->detach();
@@ -846,24 +846,24 @@ void HttpSession::abort_upstream() { release_upstream(false); }
 
 void HttpSession::on_upstream_data(char* data, size_t length) {
   if (tunnel_) {
-    bytes_out_ += length;
+    rq_.bytes_out += length;
     append({data, length});
     if (flush() != 0) {
       close();
       return;
     }
     if (pending_bytes() > kHighWater && upstream_) {
-      paused_for_downstream_ = true;
+      rq_.paused_for_downstream = true;
       upstream_->stop_read();
     }
     return;
   }
-  response_bytes_seen_ = true;
+  rq_.response_bytes_seen = true;
   last_progress_ms_ = uv_now(worker_.loop());
   using Outcome = Http1Decoder::Outcome;
   Outcome result = response_.execute(data, length);
   // Interim responses (100 Continue) pause too, so the next head is checked from its start.
-  while (result.kind == Outcome::paused && !response_complete_ && !closing()) {
+  while (result.kind == Outcome::paused && !rq_.response_complete && !closing()) {
     response_.resume();
     if (result.consumed >= length) {
       result = {Outcome::more, length, ""};
@@ -873,11 +873,11 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
     length -= result.consumed;
     result = response_.execute(data, length);
   }
-  if (retry_after_response_ && !closing()) {
-    retry_after_response_ = false;
+  if (rq_.retry_after_response && !closing()) {
+    rq_.retry_after_response = false;
     abort_upstream();
-    if (retry_overflow_)
-      send_local_response(503, "overloaded", !request_complete_);
+    if (rq_.retry_overflow)
+      send_local_response(503, "overloaded", !rq_.request_complete);
     else
       schedule_retry();
     after_downstream_io();
@@ -891,20 +891,20 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
   if (result.kind == Outcome::paused) {
     // The response is complete. Anything after it is a protocol violation by the upstream.
     bool extra = result.consumed < length;
-    bool reusable = !extra && response_.keep_alive() && request_complete_;
+    bool reusable = !extra && response_.keep_alive() && rq_.request_complete;
     release_upstream(reusable);
   } else if (result.kind == Outcome::failed) {
-    log_warn("cluster " + cluster_->name + ": invalid response from " +
-             cluster_state().pools[static_cast<size_t>(endpoint_)]->address().text + ": " + result.reason);
-    if (!response_started_) {
+    log_warn("cluster " + rq_.cluster->name + ": invalid response from " +
+             cluster_state().pools[static_cast<size_t>(rq_.endpoint)]->address().text + ": " + result.reason);
+    if (!rq_.response_started) {
       cluster_state().stats->upstream_reset.add();
       endpoint_verdict(false);
     }
     abort_upstream();
-    if (!response_started_) {
+    if (!rq_.response_started) {
       send_local_response(502, "invalid_response", true);
     } else {
-      error_ = "invalid_response";
+      rq_.error = "invalid_response";
       close();
       return;
     }
@@ -914,7 +914,7 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
     return;
   }
   if (upstream_ && pending_bytes() > kHighWater) {
-    paused_for_downstream_ = true;
+    rq_.paused_for_downstream = true;
     upstream_->stop_read();
   }
   maybe_finish_request();
@@ -923,24 +923,24 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
 void HttpSession::on_upstream_end(int status) {
   // The connection is closing itself; it is no longer ours.
   ClusterState& cs = cluster_state();
-  bool tls_refused = status == kUpstreamTlsFailed && !response_bytes_seen_;
-  if (!tunnel_ && !response_started_) (tls_refused ? cs.stats->upstream_connect_failure : cs.stats->upstream_reset).add();
-  balanced_.end();
+  bool tls_refused = status == kUpstreamTlsFailed && !rq_.response_bytes_seen;
+  if (!tunnel_ && !rq_.response_started) (tls_refused ? cs.stats->upstream_connect_failure : cs.stats->upstream_reset).add();
+  rq_.balanced.end();
   upstream_ = nullptr;
   if (tunnel_) {
     close_when_flushed();
     return;
   }
-  if (response_started_ && !response_complete_ && status == UV_EOF) {
+  if (rq_.response_started && !rq_.response_complete && status == UV_EOF) {
     // A response delimited by the connection's close ends here.
-    if (response_.finish() && response_complete_) {
+    if (response_.finish() && rq_.response_complete) {
       if (flush() != 0) close();
       else maybe_finish_request();
       return;
     }
   }
-  if (response_started_) {
-    error_ = "upstream_reset";
+  if (rq_.response_started) {
+    rq_.error = "upstream_reset";
     close();
     return;
   }
@@ -954,7 +954,7 @@ void HttpSession::on_upstream_end(int status) {
       after_downstream_io();
       return;
     }
-    send_local_response(503, retry_overflow_ ? "overloaded" : "upstream_tls_failure", !request_complete_);
+    send_local_response(503, rq_.retry_overflow ? "overloaded" : "upstream_tls_failure", !rq_.request_complete);
     after_downstream_io();
     return;
   }
@@ -962,11 +962,11 @@ void HttpSession::on_upstream_end(int status) {
   // upstream was closing at that moment (the keep-alive race) is sent once more on a fresh
   // connection when that is safe: an idempotent request whose body (if any) was kept. It is
   // not the endpoint's fault, and not a retry: no budget, no count.
-  bool safe = request_.method_is_idempotent() && replayable_;
-  if (upstream_reused_ && !response_bytes_seen_ && safe && request_complete_ && !replayed_) {
-    replayed_ = true;
-    probe_.release();
-    --attempts_;
+  bool safe = request_.method_is_idempotent() && rq_.replayable;
+  if (rq_.upstream_reused && !rq_.response_bytes_seen && safe && rq_.request_complete && !rq_.replayed) {
+    rq_.replayed = true;
+    rq_.probe.release();
+    --rq_.attempts;
     start_attempt(/*fresh_connection=*/true);  // another pooled one may be closing just the same
     after_downstream_io();
     return;
@@ -977,10 +977,10 @@ void HttpSession::on_upstream_end(int status) {
     after_downstream_io();
     return;
   }
-  if (retry_overflow_)
-    send_local_response(503, "overloaded", !request_complete_);
+  if (rq_.retry_overflow)
+    send_local_response(503, "overloaded", !rq_.request_complete);
   else
-    send_local_response(502, "upstream_reset", !request_complete_);
+    send_local_response(502, "upstream_reset", !rq_.request_complete);
   after_downstream_io();
 }
 
@@ -1018,10 +1018,10 @@ Step HttpSession::on_response_headers_complete() {
   if (status < 100 || status > 999) return Step::fail;
   if (status >= 200 || status == 101) cluster_state().stats->upstream_codes.add(status);
   if (status == 101) {
-    if (!websocket_) return Step::fail;  // an upgrade nobody asked for
+    if (!rq_.websocket) return Step::fail;  // an upgrade nobody asked for
     endpoint_verdict(true);
-    retry_slot_.release();
-    status_ = 101;
+    rq_.retry_slot.release();
+    rq_.status = 101;
     tunnel_ = true;
     write_response_head();
     return Step::go;
@@ -1029,7 +1029,7 @@ Step HttpSession::on_response_headers_complete() {
   if (status < 200) {
     // Interim response (100 Continue, 103 Early Hints): passed on, the final one follows.
     // A few are normal; a stream of them is an upstream gone wrong.
-    if (++interim_responses_ > kMaxInterimResponses) return Step::fail;
+    if (++rq_.interim_responses > kMaxInterimResponses) return Step::fail;
     if (request_.version_minor() == 1) write_response_head();
     resp_headers_.clear();
     resp_status_text_.clear();
@@ -1039,15 +1039,15 @@ Step HttpSession::on_response_headers_complete() {
   uint32_t condition = 0;
   if (status >= 500) condition |= kRetry5xx;
   if (status == 502 || status == 503 || status == 504) condition |= kRetryGatewayError;
-  for (int code : cluster_->retry.status_codes)
+  for (int code : rq_.cluster->retry.status_codes)
     if (code == status) condition |= kRetryRetriableStatusCodes;
   endpoint_verdict(status < 500);
-  if (condition && (retry_allowed(condition) || retry_overflow_)) {
-    retry_after_response_ = true;
+  if (condition && (retry_allowed(condition) || rq_.retry_overflow)) {
+    rq_.retry_after_response = true;
     return Step::fail;  // on_upstream_data drops this answer and its connection, and retries
   }
-  deadline_ms_ = try_deadline_ms_ = backoff_until_ms_ = 0;
-  retry_slot_.release();  // retrying is over: this answer goes to the client
+  rq_.deadline_ms = rq_.try_deadline_ms = rq_.backoff_until_ms = 0;
+  rq_.retry_slot.release();  // retrying is over: this answer goes to the client
   // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
   // kept idle that long, so that no request is written to it as it closes.
   size_t ka = resp_headers_.find("keep-alive");
@@ -1061,23 +1061,23 @@ Step HttpSession::on_response_headers_complete() {
       upstream_->set_idle_limit(seconds == 0 ? 1 : seconds * 800);
     }
   }
-  status_ = status;
+  rq_.status = status;
   bool no_body = request_.method_is_head() || status == 204 || status == 304;
   if (no_body) {
-    framing_ = Framing::none;
+    rq_.framing = Framing::none;
   } else if (response_.has_content_length()) {
-    framing_ = Framing::length;
+    rq_.framing = Framing::length;
   } else if (request_.version_minor() == 1) {
-    framing_ = Framing::chunked;
+    rq_.framing = Framing::chunked;
   } else {
-    framing_ = Framing::close;
-    keep_alive_ = false;
+    rq_.framing = Framing::close;
+    rq_.keep_alive = false;
   }
-  if (close_after_response_ || draining()) keep_alive_ = false;
+  if (close_after_response_ || draining()) rq_.keep_alive = false;
   write_response_head();
-  response_started_ = true;
+  rq_.response_started = true;
   // The answer is arriving; from now on the timeout guards against a stalled stream.
-  arm_timer(Timer::upstream, static_cast<uint64_t>(cluster_->timeout.count()));
+  arm_timer(Timer::upstream, static_cast<uint64_t>(rq_.cluster->timeout.count()));
   return no_body ? Step::skip_body : Step::go;
 }
 
@@ -1109,11 +1109,11 @@ void HttpSession::write_response_head() {
     return;
   }
   if (status >= 200) {
-    if (framing_ == Framing::chunked) o += "transfer-encoding: chunked\r\n";
+    if (rq_.framing == Framing::chunked) o += "transfer-encoding: chunked\r\n";
     // Answered before the request is all in: the rest of it cannot be told from a next request,
     // so the connection closes after this response (maybe_finish_request), and says so.
-    if (!request_complete_) keep_alive_ = false;
-    if (!keep_alive_)
+    if (!rq_.request_complete) rq_.keep_alive = false;
+    if (!rq_.keep_alive)
       o += "connection: close\r\n";
     else if (request_.version_minor() == 0)
       o += "connection: keep-alive\r\n";
@@ -1122,8 +1122,8 @@ void HttpSession::write_response_head() {
 }
 
 Step HttpSession::on_response_body(std::string_view piece) {
-  bytes_out_ += piece.size();
-  if (framing_ == Framing::chunked) {
+  rq_.bytes_out += piece.size();
+  if (rq_.framing == Framing::chunked) {
     append_chunk_header(out(), piece.size());
     append(piece);
     append("\r\n");
@@ -1135,17 +1135,17 @@ Step HttpSession::on_response_body(std::string_view piece) {
 
 Step HttpSession::on_response_message_complete() {
   if (tunnel_) return Step::go;  // 101: the decoder stops for the upgrade itself
-  if (!response_started_) return Step::pause;  // the end of an interim response
-  if (framing_ == Framing::chunked) append("0\r\n\r\n");
-  response_complete_ = true;
+  if (!rq_.response_started) return Step::pause;  // the end of an interim response
+  if (rq_.framing == Framing::chunked) append("0\r\n\r\n");
+  rq_.response_complete = true;
   return Step::pause;
 }
 
 void HttpSession::enter_tunnel(const char* upstream_rest, size_t rest_length) {
   // From here both sides are bytes: what each side sent after its head goes to the other.
-  response_started_ = true;
-  response_complete_ = true;
-  in_request_ = false;
+  rq_.response_started = true;
+  rq_.response_complete = true;
+  rq_.in_request = false;
   log_request();
   if (rest_length) append({upstream_rest, rest_length});
   if (leftover_.size() > leftover_off_) send_upstream(leftover_.data() + leftover_off_, leftover_.size() - leftover_off_);
@@ -1164,27 +1164,27 @@ void HttpSession::enter_tunnel(const char* upstream_rest, size_t rest_length) {
 // Local responses, completion, timers
 
 void HttpSession::send_local_response(int status, const char* reason, bool close_connection) {
-  if (local_response_ || closing()) return;
-  local_response_ = true;
-  error_ = reason;
+  if (rq_.local_response || closing()) return;
+  rq_.local_response = true;
+  rq_.error = reason;
   if (upstream_) abort_upstream();
-  if (response_started_) {
+  if (rq_.response_started) {
     // Part of an upstream response went out already: the only honest signal left is a close.
     close();
     return;
   }
-  status_ = status;
-  response_started_ = true;
-  response_complete_ = true;
-  if (close_connection || close_after_response_ || draining()) keep_alive_ = false;
-  LocalReply reply{status, reason, local_headers_, keep_alive_, request_.version_minor() == 0, request_.method_is_head()};
-  bytes_out_ += append_local_reply(out(), reply);
+  rq_.status = status;
+  rq_.response_started = true;
+  rq_.response_complete = true;
+  if (close_connection || close_after_response_ || draining()) rq_.keep_alive = false;
+  LocalReply reply{status, reason, local_headers_, rq_.keep_alive, request_.version_minor() == 0, request_.method_is_head()};
+  rq_.bytes_out += append_local_reply(out(), reply);
   local_headers_.clear();
-  if (!keep_alive_) {
+  if (!rq_.keep_alive) {
     // Nothing more is read or parsed from this connection.
     log_request();
     release_cluster_holds();
-    in_request_ = false;
+    rq_.in_request = false;
     stop_read();
     close_when_flushed();
   }
@@ -1197,14 +1197,14 @@ void HttpSession::close_when_flushed() {
 }
 
 void HttpSession::maybe_finish_request() {
-  if (closing() || tunnel_ || !in_request_) return;
-  if (!response_complete_) return;
-  if (!request_complete_) {
+  if (closing() || tunnel_ || !rq_.in_request) return;
+  if (!rq_.response_complete) return;
+  if (!rq_.request_complete) {
     // Answered before the request was all in (an early error, an upstream that did not wait):
     // the rest of the request cannot be told apart from the next one, so the connection ends.
     log_request();
     release_cluster_holds();
-    in_request_ = false;
+    rq_.in_request = false;
     arm_timer(Timer::none, 0);
     stop_read();
     close_when_flushed();
@@ -1215,7 +1215,7 @@ void HttpSession::maybe_finish_request() {
 
 void HttpSession::finish_request() {
   log_request();
-  bool keep = keep_alive_ && !close_after_response_ && !draining();
+  bool keep = rq_.keep_alive && !close_after_response_ && !draining();
   reset_request();
   arm_timer(Timer::none, 0);
   if (!keep) {
@@ -1239,7 +1239,7 @@ void HttpSession::continue_pipeline() {
   do {
     pipeline_again_ = false;
     if (closing() || parser_paused_) break;
-    if (!in_request_ && pending_bytes() > kHighWater) {
+    if (!rq_.in_request && pending_bytes() > kHighWater) {
       // The client is not reading its answers: take no more requests until it does.
       waiting_for_client_ = true;
       break;
@@ -1269,88 +1269,52 @@ void HttpSession::continue_pipeline() {
   }
   if (client_eof_) {
     // Nothing more will come: close once the last complete request is answered.
-    if (!in_request_ || !request_complete_) close_when_flushed();
+    if (!rq_.in_request || !rq_.request_complete) close_when_flushed();
     return;
   }
-  if (!in_request_) arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));
+  if (!rq_.in_request) arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));
   if (leftover_.size() - leftover_off_ <= kMaxPipelinedBytes && !waiting_for_client_) start_read();
 }
 
 void HttpSession::reset_request() {
-  in_request_ = false;
-  request_complete_ = false;
-  request_has_body_ = false;
-  request_chunked_ = false;
-  websocket_ = false;
-  local_response_ = false;
-  head_bytes_ = 0;
-  body_bytes_ = 0;
+  rq_ = ActiveRequest();  // its holds give back their slots, probe and balancer count
   url_.clear();
   headers_.clear();
-  target_ = {};
   authority_.clear();
   request_id_.clear();
-  bytes_in_ = 0;
-  bytes_out_ = 0;
-  release_cluster_holds();
-  cluster_ = nullptr;
-  endpoint_ = -1;
-  attempts_ = 0;
-  replayed_ = false;
-  replay_.clear();
-  if (replay_.capacity() > 16 * 1024) replay_.shrink_to_fit();  // one big PUT does not pin 64 KiB
-  replayable_ = true;
-  nested_ = false;
-  deadline_ms_ = try_deadline_ms_ = backoff_until_ms_ = 0;
-  stall_checked_ = false;
-  unsent_head_length_ = 0;
-  retry_after_response_ = false;
-  retry_overflow_ = false;
-  upstream_reused_ = false;
-  upstream_sent_ = false;
   to_upstream_.clear();
-  paused_for_upstream_ = false;
-  // A response can end while the client still has between the low- and high-water marks to
-  // take: the next request's stall limit is the cluster timeout again, not the idle timeout.
-  // (The upstream connection it paused is back in its pool, which reads it.)
-  paused_for_downstream_ = false;
   resp_headers_.clear();
   resp_status_text_.clear();
-  response_started_ = false;
-  response_complete_ = false;
-  response_bytes_seen_ = false;
-  interim_responses_ = 0;
-  framing_ = Framing::none;
-  status_ = 0;
-  error_ = "";
+  replay_.clear();
+  if (replay_.capacity() > 16 * 1024) replay_.shrink_to_fit();  // one big PUT does not pin 64 KiB
 }
 
 void HttpSession::log_request() {
-  if (started_ns_ == 0) return;
-  uint64_t duration_ns = uv_hrtime() - started_ns_;
-  if (status_ != 0)  // 0: the client left before any answer; nothing was sent
-    snap_->route(listener_index_, cluster_ ? cluster_index_ : SIZE_MAX).record(status_, duration_ns);
+  if (rq_.started_ns == 0) return;
+  uint64_t duration_ns = uv_hrtime() - rq_.started_ns;
+  if (rq_.status != 0)  // 0: the client left before any answer; nothing was sent
+    snap_->route(listener_index_, rq_.cluster ? rq_.cluster_index : SIZE_MAX).record(rq_.status, duration_ns);
   AccessLogBuffer& log = worker_.access_log();
   if (!log.enabled()) {
-    started_ns_ = 0;
+    rq_.started_ns = 0;
     return;
   }
   AccessLogEntry e;
   e.listener = listener_->name;
   e.method = request_.method_name();
   e.authority = authority_;
-  e.path = target_.path.empty() ? std::string_view(url_) : std::string_view(target_.path);
-  e.status = status_;
+  e.path = rq_.target.path.empty() ? std::string_view(url_) : std::string_view(rq_.target.path);
+  e.status = rq_.status;
   e.duration_seconds = static_cast<double>(duration_ns) / 1e9;
-  if (cluster_ && endpoint_ >= 0)
-    e.upstream = cluster_state().pools[static_cast<size_t>(endpoint_)]->address().text;
-  e.bytes_in = bytes_in_;
-  e.bytes_out = bytes_out_;
-  e.attempts = attempts_;
-  e.error = error_;
+  if (rq_.cluster && rq_.endpoint >= 0)
+    e.upstream = cluster_state().pools[static_cast<size_t>(rq_.endpoint)]->address().text;
+  e.bytes_in = rq_.bytes_in;
+  e.bytes_out = rq_.bytes_out;
+  e.attempts = rq_.attempts;
+  e.error = rq_.error;
   e.request_id = request_id_;
   log.record(e);
-  started_ns_ = 0;
+  rq_.started_ns = 0;
 }
 
 void HttpSession::arm_timer(Timer which, uint64_t ms) {
@@ -1373,18 +1337,18 @@ void HttpSession::on_timeout() {
       return;
     case Timer::header:
     case Timer::body:
-      if (!in_request_ || response_started_) return;
+      if (!rq_.in_request || rq_.response_started) return;
       // A client that trickles its head or body is cut off here, whatever it still sends.
       send_local_response(408, timer_kind_ == Timer::header ? "header_timeout" : "body_timeout", true);
       flush();
       return;
     case Timer::upstream: {
-      if (!in_request_) return;
+      if (!rq_.in_request) return;
       // Waiting for the client to take what is queued is the client's pace, bounded by the
       // listener's idle timeout; waiting for the upstream is bounded by the cluster's.
-      uint64_t limit = paused_for_downstream_ ? static_cast<uint64_t>(listener_->idle_timeout.count())
-                                              : static_cast<uint64_t>(cluster_ ? cluster_->timeout.count() : 0);
-      if (response_started_) {
+      uint64_t limit = rq_.paused_for_downstream ? static_cast<uint64_t>(listener_->idle_timeout.count())
+                                              : static_cast<uint64_t>(rq_.cluster ? rq_.cluster->timeout.count() : 0);
+      if (rq_.response_started) {
         // A response is streaming: only a stall as long as the timeout ends it, where a stall
         // is no byte from the upstream and no byte taken by the client.
         uint64_t now = uv_now(worker_.loop());
@@ -1392,45 +1356,45 @@ void HttpSession::on_timeout() {
           set_deadline(limit - (now - last_progress_ms_));
           return;
         }
-        error_ = "upstream_stalled";
+        rq_.error = "upstream_stalled";
         close();
         return;
       }
       uint64_t now = uv_now(worker_.loop());
-      if (deadline_ms_ && now >= deadline_ms_) {
-        if (!stall_checked_ && now - deadline_ms_ > kLoopStallMs) {
+      if (rq_.deadline_ms && now >= rq_.deadline_ms) {
+        if (!rq_.stall_checked && now - rq_.deadline_ms > kLoopStallMs) {
           // This timer is late: the worker itself was held up (and an answer may be waiting
           // unread in the socket). The I/O gets one turn of the loop before the verdict.
-          stall_checked_ = true;
+          rq_.stall_checked = true;
           arm_timer(Timer::upstream, 1);
           return;
         }
         // Every attempt together had the cluster's timeout. The endpoint is blamed only when
         // it had the request: connected, and nothing left in pilotfish's own queue for it.
         if (upstream_ && upstream_->connected() && upstream_->pending_bytes() == 0) endpoint_verdict(false);
-        probe_.release();
-        send_local_response(504, "timeout", !request_complete_);
+        rq_.probe.release();
+        send_local_response(504, "timeout", !rq_.request_complete);
         after_downstream_io();
         return;
       }
-      if (backoff_until_ms_ && now >= backoff_until_ms_) {
-        backoff_until_ms_ = 0;
+      if (rq_.backoff_until_ms && now >= rq_.backoff_until_ms) {
+        rq_.backoff_until_ms = 0;
         start_attempt();
         after_downstream_io();
         return;
       }
-      if (try_deadline_ms_ && now >= try_deadline_ms_ && upstream_) {
+      if (rq_.try_deadline_ms && now >= rq_.try_deadline_ms && upstream_) {
         // This attempt had its per-try timeout: a 504 for the retry conditions and a failure
         // of the endpoint.
-        try_deadline_ms_ = 0;
+        rq_.try_deadline_ms = 0;
         cluster_state().stats->upstream_timeout.add();
         abort_upstream();
         endpoint_verdict(false);
         if (retry_allowed(kRetry5xx | kRetryGatewayError)) {
           schedule_retry();
         } else {
-          send_local_response(retry_overflow_ ? 503 : 504, retry_overflow_ ? "overloaded" : "timeout",
-                              !request_complete_);
+          send_local_response(rq_.retry_overflow ? 503 : 504, rq_.retry_overflow ? "overloaded" : "timeout",
+                              !rq_.request_complete);
         }
         after_downstream_io();
         return;
@@ -1442,9 +1406,9 @@ void HttpSession::on_timeout() {
 }
 
 void HttpSession::on_close() {
-  if (in_request_) log_request();
+  if (rq_.in_request) log_request();
   if (upstream_) {
-    balanced_.end();
+    rq_.balanced.end();
     UpstreamConnection* c = upstream_;
     upstream_ = nullptr;
     c->detach();

@@ -108,14 +108,11 @@ class HttpSession final : public Stream,
   // Takes the worker's current snapshot, between requests.
   void refresh_snapshot();
   bool draining() const { return draining_ || worker_.draining(); }
-  ClusterState& cluster_state() { return *snap_->clusters[cluster_index_]; }
+  ClusterState& cluster_state() { return *snap_->clusters[rq_.cluster_index]; }
 
   Worker& worker_;
   std::shared_ptr<ListenerSlot> slot_;
   std::string fixed_cluster_;
-  const AuthPolicy* auth_ = nullptr;  // this request's auth, if any (in snap_'s policy)
-  std::string auth_subject_;
-  bool auth_subject_ok_ = false;
   std::string local_headers_;         // extra headers for the next local response
   SnapshotPtr snap_;              // the policy this connection's current request runs under
   const Listener* listener_;      // in snap_
@@ -126,73 +123,82 @@ class HttpSession final : public Stream,
   Http1Decoder response_{static_cast<Http1ResponseHandler*>(this)};
   std::string client_address_;
 
-  // The request in flight.
-  bool in_request_ = false;
-  bool request_complete_ = false;
-  bool request_has_body_ = false;
-  bool request_chunked_ = false;
-  bool client_keep_alive_ = true;
-  bool websocket_ = false;
-  bool close_after_response_ = false;
-  bool local_response_ = false;
-  uint64_t head_bytes_ = 0;
-  uint64_t body_bytes_ = 0;
+  // The request in flight, from its first byte to the end of its response. A fresh value
+  // replaces it once the response is done (reset_request), so nothing of one request (a flag,
+  // a deadline, a breaker slot, a probe claim) outlives it: the holds give back what they took
+  // as they go. The text buffers below it are reused from request to request for their
+  // capacity, and cleared in the same place.
+  struct ActiveRequest {
+    bool in_request = false;
+    bool request_complete = false;
+    bool request_has_body = false;
+    bool request_chunked = false;
+    bool client_keep_alive = true;
+    bool websocket = false;
+    bool local_response = false;
+    uint64_t head_bytes = 0;
+    uint64_t body_bytes = 0;
+    NormalizedTarget target;
+    uint64_t started_ns = 0;
+    uint64_t bytes_in = 0;
+    uint64_t bytes_out = 0;
+    const AuthPolicy* auth = nullptr;  // this request's auth, if any (in snap_'s policy)
+    std::string auth_subject;
+    bool auth_subject_ok = false;
+    const Cluster* cluster = nullptr;
+    size_t cluster_index = 0;
+    int endpoint = -1;
+    int attempts = 0;
+    bool replayed = false;
+    bool upstream_reused = false;
+    bool upstream_sent = false;  // bytes of this request were handed to a connection
+    size_t unsent_head_length = 0;  // of the attempt head at the front of to_upstream_
+    bool replayable = true;       // no body, or an idempotent one small enough to keep
+    bool nested = false;          // sent by another pilotfish: not retried again here
+    BalancedRequest balanced;     // counted in the balancer's active requests
+    ProbeClaim probe;             // this attempt is its ejected endpoint's one probe
+    BreakerSlot request_slot;     // one of the cluster's max_requests
+    BreakerSlot retry_slot;       // one of the cluster's max_retries
+    bool retry_after_response = false;
+    bool retry_overflow = false;  // a retry was refused by max_retries: the answer is 503 overloaded
+    uint64_t deadline_ms = 0;     // the cluster timeout, over every attempt
+    uint64_t try_deadline_ms = 0; // the per-try timeout of the attempt in flight
+    uint64_t backoff_until_ms = 0;
+    bool stall_checked = false;   // the cluster deadline fired late once; the next time it judges
+    bool paused_for_upstream = false;
+    bool response_started = false;
+    bool response_complete = false;
+    bool response_bytes_seen = false;
+    bool keep_alive = true;
+    Framing framing = Framing::none;
+    int status = 0;
+    const char* error = "";
+    int interim_responses = 0;
+    bool paused_for_downstream = false;
+  };
+  ActiveRequest rq_;
+  // The request's text, in buffers reused from request to request.
   std::string url_;
   HeaderList headers_;
-  NormalizedTarget target_;
   std::string authority_;
   std::string request_id_;
-  uint64_t started_ns_ = 0;
-  uint64_t bytes_in_ = 0;
-  uint64_t bytes_out_ = 0;
-
-  // The upstream side of it.
-  const Cluster* cluster_ = nullptr;
-  size_t cluster_index_ = 0;
-  int endpoint_ = -1;
-  int attempts_ = 0;
-  bool replayed_ = false;
-  UpstreamConnection* upstream_ = nullptr;
-  bool upstream_reused_ = false;
-  bool upstream_sent_ = false;  // bytes of this request were handed to a connection
-  std::string upstream_head_;    // without the attempt header and the final CRLF
-  size_t unsent_head_length_ = 0;  // of the attempt head at the front of to_upstream_
-  std::string replay_;           // the body as sent, kept for a retry (up to kMaxReplayBytes)
-  bool replayable_ = true;       // no body, or an idempotent one small enough to keep
-  bool nested_ = false;          // sent by another pilotfish: not retried again here
-  BalancedRequest balanced_;     // counted in the balancer's active requests
-  ProbeClaim probe_;             // this attempt is its ejected endpoint's one probe
-  BreakerSlot request_slot_;     // one of the cluster's max_requests
-  BreakerSlot retry_slot_;       // one of the cluster's max_retries
-  bool retry_after_response_ = false;
-  bool retry_overflow_ = false;  // a retry was refused by max_retries: the answer is 503 overloaded
-  uint64_t deadline_ms_ = 0;     // the cluster timeout, over every attempt
-  uint64_t try_deadline_ms_ = 0; // the per-try timeout of the attempt in flight
-  uint64_t backoff_until_ms_ = 0;
-  bool stall_checked_ = false;   // the cluster deadline fired late once; the next time it judges
-  std::string to_upstream_;     // bytes waiting for a connection
-  bool paused_for_upstream_ = false;
-
-  // The response.
+  std::string replay_;       // the body as sent, kept for a retry (up to kMaxReplayBytes)
+  std::string to_upstream_;  // bytes waiting for a connection
   HeaderList resp_headers_;
   std::string resp_status_text_;
-  bool response_started_ = false;
-  bool response_complete_ = false;
-  bool response_bytes_seen_ = false;
-  bool keep_alive_ = true;
-  Framing framing_ = Framing::none;
-  int status_ = 0;
-  const char* error_ = "";
-  std::string leftover_;  // pipelined bytes after the current request
+
+  // The connection.
+  UpstreamConnection* upstream_ = nullptr;  // the one lent to the request in flight
+  std::string upstream_head_;  // the request's head for the upstream, without the attempt header
+  bool close_after_response_ = false;
+  std::string leftover_;        // pipelined bytes after the current request
   size_t leftover_off_ = 0;     // where the unparsed part of leftover_ begins
   bool parser_paused_ = false;  // a request is complete and its response not yet done
   bool in_pipeline_ = false;
   bool pipeline_again_ = false;
   bool waiting_for_client_ = false;  // answers queued past the high-water mark
   bool client_eof_ = false;          // the client shut down its side
-  int interim_responses_ = 0;
   bool tunnel_ = false;
-  bool paused_for_downstream_ = false;
   uint64_t last_progress_ms_ = 0;
   Timer timer_kind_ = Timer::none;
 };

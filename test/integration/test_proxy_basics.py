@@ -588,6 +588,18 @@ class AccessLogTest(unittest.TestCase):
         st = os.stat(self.log)
         self.assertGreater(st.st_size, 0)
 
+    def test_a_refused_request_logs_its_own_path_not_the_one_before_it(self):
+        # Per-request state once outlived its request: a 400 that followed a good request on
+        # the same connection was logged with the earlier request's path.
+        with h.Client(self.pf.port()) as c:
+            c.sock.sendall(b"GET /ok/first HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+            self.assertEqual(c.read_response().status, 200)
+            c.sock.sendall(b"GET /second HTTP/1.1\r\nHost: bad host\r\n\r\n")
+            self.assertEqual(c.read_response().status, 400)
+        lines = h.wait_for(lambda: len(self.lines()) >= 2 and self.lines(), 5, what="2 access-log lines")
+        self.assertEqual([(l["path"], l["status"], l["upstream"], l["attempts"]) for l in lines],
+                         [("/ok/first", 200, self.up.address, 1), ("/second", 400, "", 0)])
+
     def test_what_a_client_sends_stays_strict_json(self):
         # An invalid Host is logged as it came (then answered 400): quotes, a backslash, a tab,
         # UTF-8 and a byte that is not UTF-8 must each come out as one JSON string that reads
