@@ -63,7 +63,6 @@ class HttpSession final : public Stream,
   void on_tls_established() override;
   void on_tls_failed() override;
   bool admit(const Route* route, size_t route_index);
-  bool is_subject_header(std::string_view name) const;
   void note_peer();
 
   void on_upstream_connected() override;
@@ -74,15 +73,18 @@ class HttpSession final : public Stream,
 
  private:
   enum class Timer { none, idle, handshake, header, body, upstream };
+  static constexpr uint64_t kTunnelIdleMs = 3600 * 1000;
+  // An idle keep-alive connection is closed this long after a drain begins, not at once: a
+  // client may have sent its next request already, and closing under it would fail that
+  // request. Arriving within the grace, the request is answered, with `connection: close`.
+  static constexpr uint64_t kDrainIdleGraceMs = 1000;
   enum class Framing { none, length, chunked, close };
 
   void parse_input(const char* data, size_t length);
   void after_downstream_io();
   bool validate_request_head();
-  void build_upstream_head();
   // Resilience: one attempt at an endpoint the outlier detection allows; its verdict; retries.
   void start_attempt(bool fresh_connection = false);
-  void append_attempt_head(std::string& out) const;  // head, attempt header, final CRLF
   void send_body(const char* data, size_t length);
   void overflow(BreakerLimit limit);
   void release_cluster_holds();

@@ -1,0 +1,656 @@
+// The session's upstream half: the request's attempts at endpoints (balancing, the breaker's
+// limits, outlier probes), retries with backoff and the keep-alive race resend, the cluster and
+// per-try deadlines, and the response relayed to the client (framing, interim responses, the
+// WebSocket tunnel). The downstream half, from accepting the connection to local replies and
+// the access log, is http_session.cc.
+#include <uv.h>
+
+#include <algorithm>
+
+#include "http/http_session.h"
+#include "http/upstream_head.h"
+#include "log/logger.h"
+#include "net/descriptor_budget.h"
+#include "pilotfish/header_rules.h"
+#include "upstream/retry_decision.h"
+
+namespace pilotfish {
+
+namespace {
+
+constexpr size_t kMaxReasonBytes = 1024;
+constexpr int kMaxInterimResponses = 16;
+// A request body up to this size is kept, so that an idempotent request can be sent again.
+constexpr size_t kMaxReplayBytes = 64 * 1024;
+// A timer this late means the worker's loop was held up, not that a peer was slow.
+constexpr uint64_t kLoopStallMs = 500;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Upstream
+
+void HttpSession::send_body(const char* data, size_t length) {
+  // Kept for a retry while it is small; a larger body is sent once.
+  if (rq_.replayable && rq_.request_has_body) {
+    if (replay_.size() + length <= kMaxReplayBytes)
+      replay_.append(data, length);
+    else
+      rq_.replayable = false, replay_.clear(), replay_.shrink_to_fit();
+  }
+  send_upstream(data, length);
+}
+
+void HttpSession::overflow(BreakerLimit limit) {
+  cluster_state().stats->breaker_overflow[static_cast<size_t>(limit)].add();
+  send_local_response(503, "overloaded", rq_.request_has_body && !rq_.request_complete);
+}
+
+void HttpSession::start_attempt(bool fresh_connection) {
+  ClusterState& cs = cluster_state();
+  uint64_t now = uv_now(worker_.loop());
+  int previous = rq_.endpoint;
+  rq_.endpoint = -1;
+  size_t n = cs.pools.size();
+  for (size_t tries = 0; tries < n; ++tries) {
+    int chosen = cs.balancer->pick([&](size_t i) { return cs.health[i]->may_try(now); }, previous);
+    if (chosen < 0) break;
+    EndpointHealth& health = *cs.health[static_cast<size_t>(chosen)];
+    if (!health.needs_probe()) {
+      rq_.endpoint = chosen;
+      break;
+    }
+    // Its ejection is over: this request is its one probe, unless another got there first.
+    if (rq_.probe.claim(cs.health[static_cast<size_t>(chosen)])) {
+      rq_.endpoint = chosen;
+      break;
+    }
+  }
+  if (rq_.endpoint < 0) {
+    send_local_response(503, "no_healthy_upstream", rq_.request_has_body && !rq_.request_complete);
+    return;
+  }
+  ++rq_.attempts;
+  EndpointPool& pool = *cs.pools[static_cast<size_t>(rq_.endpoint)];
+  resp_headers_.clear();
+  resp_status_text_.clear();
+  response_.restart();
+  // What this attempt sends: the head with its attempt number, then the body so far. A first
+  // attempt's body is still arriving (send_body); a retry's was kept (replay_), unless nothing
+  // was sent at all (a connect failure), when it is still in to_upstream_.
+  if (rq_.attempts == 1 && !rq_.upstream_sent && to_upstream_.empty()) {
+    // The common case, built in place: no copy of the head beyond this one.
+    append_attempt_head(to_upstream_, upstream_head_, rq_.attempts);
+    rq_.unsent_head_length = to_upstream_.size();
+  } else {
+    std::string head;
+    append_attempt_head(head, upstream_head_, rq_.attempts);
+    if (!rq_.upstream_sent)
+      to_upstream_.replace(0, rq_.unsent_head_length, head);
+    else
+      to_upstream_ = head + replay_;
+    rq_.unsent_head_length = head.size();
+  }
+  rq_.upstream_sent = false;
+  rq_.response_bytes_seen = false;
+  rq_.interim_responses = 0;
+  bool reused = false;
+  BreakerLimit limit = BreakerLimit::connections;
+  // Counted before acquire(): a connect that fails at once runs on_upstream_connect_failed
+  // (and perhaps a whole retry) inside it, and that ends this count.
+  rq_.balanced.start(std::shared_ptr<Balancer>(snap_->clusters[rq_.cluster_index], cs.balancer.get()),
+                  static_cast<size_t>(rq_.endpoint));
+  UpstreamConnection* c = pool.acquire(this, &reused, &limit, fresh_connection);
+  if (!c) {
+    rq_.balanced.end();
+    rq_.probe.release();
+    overflow(limit);
+    return;
+  }
+  if (c->closing()) return;  // failed synchronously: on_upstream_connect_failed has run
+  upstream_ = c;
+  rq_.upstream_reused = reused;
+  if (rq_.request_complete && rq_.cluster->retry.per_try_timeout.count() > 0) {
+    rq_.try_deadline_ms = now + static_cast<uint64_t>(rq_.cluster->retry.per_try_timeout.count());
+    arm_upstream_timer();
+  }
+  if (reused) on_upstream_connected();
+}
+
+// What the request holds of the cluster's shared state goes back (its place in the balancer's
+// count goes with its upstream connection: see release_upstream).
+void HttpSession::release_cluster_holds() {
+  rq_.probe.release();
+  rq_.request_slot.release();
+  rq_.retry_slot.release();
+}
+
+void HttpSession::endpoint_verdict(bool ok) {
+  if (rq_.endpoint < 0 || rq_.cluster == nullptr) return;
+  ClusterState& cs = cluster_state();
+  EndpointHealth& health = *cs.health[static_cast<size_t>(rq_.endpoint)];
+  rq_.probe.settle();
+  if (ok) {
+    record_endpoint_success(health, *cs.shared);
+    return;
+  }
+  if (record_endpoint_failure(health, *cs.shared, rq_.cluster->outlier_detection, cs.pools.size(),
+                              uv_now(worker_.loop()))) {
+    cs.stats->outlier_ejections.add();
+    log_warn("cluster " + rq_.cluster->name + ": endpoint " + cs.pools[static_cast<size_t>(rq_.endpoint)]->address().text +
+             " ejected (outlier detection)");
+  }
+}
+
+bool HttpSession::retry_allowed(uint32_t condition) {
+  const RetryPolicy& retry = rq_.cluster->retry;
+  uint64_t now = uv_now(worker_.loop());
+  AttemptFacts facts{condition,  rq_.nested,     rq_.attempts, rq_.upstream_sent, rq_.request_complete,
+                     rq_.replayable, rq_.deadline_ms && now >= rq_.deadline_ms};
+  if (!retry_permitted(retry, facts)) return false;
+  ClusterState& cs = cluster_state();
+  if (!cs.shared->budget.allows_retry(now, retry.budget_ratio, retry.budget_min_per_second)) {
+    cs.stats->retry_budget_exhausted.add();
+    return false;
+  }
+  if (!rq_.retry_slot.held() && !rq_.retry_slot.take(cs.shared, &ClusterShared::retries, rq_.cluster->circuit_breaker.max_retries)) {
+    cs.stats->breaker_overflow[static_cast<size_t>(BreakerLimit::retries)].add();
+    rq_.retry_overflow = true;  // answered 503 overloaded, as every breaker limit is
+    return false;
+  }
+  cs.stats->retries.add();
+  cs.shared->budget.record_retry(worker_.index(), now);
+  return true;
+}
+
+void HttpSession::schedule_retry() {
+  rq_.try_deadline_ms = 0;  // that attempt is over
+  // Full jitter: uniform in [0, min(max, base * 2^(n-1))) before retry n. While the client is
+  // still sending its body (a connect failure), the retry is at once.
+  uint64_t cap = backoff_bound_ms(rq_.cluster->retry, rq_.attempts);
+  uint64_t wait = cap ? worker_.random().below(cap) : 0;
+  if (wait == 0 || !rq_.request_complete) {
+    start_attempt();
+    return;
+  }
+  rq_.backoff_until_ms = uv_now(worker_.loop()) + wait;
+  arm_upstream_timer();
+}
+
+void HttpSession::arm_upstream_timer() {
+  uint64_t next = 0;
+  for (uint64_t t : {rq_.deadline_ms, rq_.try_deadline_ms, rq_.backoff_until_ms})
+    if (t && (next == 0 || t < next)) next = t;
+  if (next == 0) return;
+  uint64_t now = uv_now(worker_.loop());
+  arm_timer(Timer::upstream, next > now ? next - now : 1);
+}
+
+void HttpSession::on_upstream_connected() {
+  rq_.upstream_sent = true;
+  upstream_->append(to_upstream_);
+  to_upstream_.clear();
+  if (upstream_->flush() != 0) return;
+  if (rq_.paused_for_upstream && upstream_pending() < kLowWater) {
+    rq_.paused_for_upstream = false;
+    start_read();
+  }
+}
+
+void HttpSession::on_upstream_connect_failed(int status) {
+  ClusterState& cs = cluster_state();
+  cs.stats->upstream_connect_failure.add();
+  rq_.balanced.end();
+  upstream_ = nullptr;
+  log_debug("cluster " + rq_.cluster->name + ": connect to " +
+            cs.pools[static_cast<size_t>(rq_.endpoint)]->address().text + " failed: " + upstream_error_text(status));
+  // A connect that failed here (no descriptors, no local port) says nothing about the endpoint,
+  // and another endpoint would fare no better: the client is told pilotfish is overloaded.
+  if (is_local_failure(status)) {
+    rq_.probe.release();
+    send_local_response(503, "overloaded", rq_.request_has_body && !rq_.request_complete);
+    after_downstream_io();
+    return;
+  }
+  endpoint_verdict(false);
+  if (retry_allowed(kRetryConnectFailure)) {
+    schedule_retry();
+    after_downstream_io();
+    return;
+  }
+  send_local_response(503,
+                      rq_.retry_overflow                ? "overloaded"
+                      : status == UV_ETIMEDOUT    ? "connect_timeout"
+                      : status == kUpstreamTlsFailed ? "upstream_tls_failure"
+                                                  : "connect_failure",
+                      rq_.request_has_body && !rq_.request_complete);
+  after_downstream_io();
+}
+
+void HttpSession::send_upstream(const char* data, size_t length) {
+  if (upstream_ && upstream_->connected() && rq_.upstream_sent)
+    upstream_->append({data, length});
+  else
+    to_upstream_.append(data, length);
+}
+
+size_t HttpSession::upstream_pending() const {
+  return to_upstream_.size() + (upstream_ ? upstream_->pending_bytes() : 0);
+}
+
+void HttpSession::on_upstream_drained() {
+  if (rq_.paused_for_upstream && upstream_pending() < kLowWater) {
+    rq_.paused_for_upstream = false;
+    start_read();
+  }
+}
+
+void HttpSession::release_upstream(bool reusable) {
+  if (!upstream_) return;
+  rq_.balanced.end();
+  UpstreamConnection* c = upstream_;
+  upstream_ = nullptr;
+  c->detach();
+  if (reusable && c->pool() && c->pending_bytes() == 0) {
+    c->pool()->release(c);
+  } else {
+    c->close();
+  }
+}
+
+void HttpSession::abort_upstream() { release_upstream(false); }
+
+void HttpSession::on_upstream_data(char* data, size_t length) {
+  if (tunnel_) {
+    rq_.bytes_out += length;
+    append({data, length});
+    if (flush() != 0) {
+      close();
+      return;
+    }
+    if (pending_bytes() > kHighWater && upstream_) {
+      rq_.paused_for_downstream = true;
+      upstream_->stop_read();
+    }
+    return;
+  }
+  rq_.response_bytes_seen = true;
+  last_progress_ms_ = uv_now(worker_.loop());
+  using Outcome = Http1Decoder::Outcome;
+  Outcome result = response_.execute(data, length);
+  // Interim responses (100 Continue) pause too, so the next head is checked from its start.
+  while (result.kind == Outcome::paused && !rq_.response_complete && !closing()) {
+    response_.resume();
+    if (result.consumed >= length) {
+      result = {Outcome::more, length, ""};
+      break;
+    }
+    data += result.consumed;
+    length -= result.consumed;
+    result = response_.execute(data, length);
+  }
+  if (rq_.retry_after_response && !closing()) {
+    rq_.retry_after_response = false;
+    abort_upstream();
+    if (rq_.retry_overflow)
+      send_local_response(503, "overloaded", !rq_.request_complete);
+    else
+      schedule_retry();
+    after_downstream_io();
+    return;
+  }
+  if (closing()) return;
+  if (result.kind == Outcome::upgrade && tunnel_) {
+    enter_tunnel(data + result.consumed, length - result.consumed);
+    return;
+  }
+  if (result.kind == Outcome::paused) {
+    // The response is complete. Anything after it is a protocol violation by the upstream.
+    bool extra = result.consumed < length;
+    bool reusable = !extra && response_.keep_alive() && rq_.request_complete;
+    release_upstream(reusable);
+  } else if (result.kind == Outcome::failed) {
+    log_warn("cluster " + rq_.cluster->name + ": invalid response from " +
+             cluster_state().pools[static_cast<size_t>(rq_.endpoint)]->address().text + ": " + result.reason);
+    if (!rq_.response_started) {
+      cluster_state().stats->upstream_reset.add();
+      endpoint_verdict(false);
+    }
+    abort_upstream();
+    if (!rq_.response_started) {
+      send_local_response(502, "invalid_response", true);
+    } else {
+      rq_.error = "invalid_response";
+      close();
+      return;
+    }
+  }
+  if (flush() != 0) {
+    close();
+    return;
+  }
+  if (upstream_ && pending_bytes() > kHighWater) {
+    rq_.paused_for_downstream = true;
+    upstream_->stop_read();
+  }
+  maybe_finish_request();
+}
+
+void HttpSession::on_upstream_end(int status) {
+  // The connection is closing itself; it is no longer ours.
+  ClusterState& cs = cluster_state();
+  bool tls_refused = status == kUpstreamTlsFailed && !rq_.response_bytes_seen;
+  if (!tunnel_ && !rq_.response_started) (tls_refused ? cs.stats->upstream_connect_failure : cs.stats->upstream_reset).add();
+  rq_.balanced.end();
+  upstream_ = nullptr;
+  if (tunnel_) {
+    close_when_flushed();
+    return;
+  }
+  if (rq_.response_started && !rq_.response_complete && status == UV_EOF) {
+    // A response delimited by the connection's close ends here.
+    if (response_.finish() && rq_.response_complete) {
+      if (flush() != 0) close();
+      else maybe_finish_request();
+      return;
+    }
+  }
+  if (rq_.response_started) {
+    rq_.error = "upstream_reset";
+    close();
+    return;
+  }
+  if (tls_refused) {
+    // The server refused our certificate (TLS 1.3 tells a client after its side of the
+    // handshake): a connection that never was, as a failed connect. The server read none of
+    // the request, but what was sent is sent again only if it was kept.
+    endpoint_verdict(false);
+    if (retry_allowed(kRetryConnectFailure)) {
+      schedule_retry();
+      after_downstream_io();
+      return;
+    }
+    send_local_response(503, rq_.retry_overflow ? "overloaded" : "upstream_tls_failure", !rq_.request_complete);
+    after_downstream_io();
+    return;
+  }
+  // Nothing of a response came back. A request written to a pooled connection that the
+  // upstream was closing at that moment (the keep-alive race) is sent once more on a fresh
+  // connection when that is safe: an idempotent request whose body (if any) was kept. It is
+  // not the endpoint's fault, and not a retry: no budget, no count.
+  bool safe = request_.method_is_idempotent() && rq_.replayable;
+  if (rq_.upstream_reused && !rq_.response_bytes_seen && safe && rq_.request_complete && !rq_.replayed) {
+    rq_.replayed = true;
+    rq_.probe.release();
+    --rq_.attempts;
+    start_attempt(/*fresh_connection=*/true);  // another pooled one may be closing just the same
+    after_downstream_io();
+    return;
+  }
+  endpoint_verdict(false);
+  if (retry_allowed(kRetryReset)) {
+    schedule_retry();
+    after_downstream_io();
+    return;
+  }
+  if (rq_.retry_overflow)
+    send_local_response(503, "overloaded", !rq_.request_complete);
+  else
+    send_local_response(502, "upstream_reset", !rq_.request_complete);
+  after_downstream_io();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response parsing
+
+Step HttpSession::on_response_status(std::string_view piece) {
+  if (resp_status_text_.size() + piece.size() > kMaxReasonBytes) return Step::fail;
+  resp_status_text_.append(piece);
+  return Step::go;
+}
+
+Step HttpSession::on_response_header_field(std::string_view piece) {
+  resp_headers_.append_name(piece);
+  return resp_headers_.bytes() > 65536 ? Step::fail : Step::go;
+}
+
+Step HttpSession::on_response_header_value(std::string_view piece) {
+  resp_headers_.append_value(piece);
+  return resp_headers_.bytes() > 65536 ? Step::fail : Step::go;
+}
+
+Step HttpSession::on_response_header_value_complete() {
+  resp_headers_.end_header();
+  return Step::go;
+}
+
+Step HttpSession::on_response_headers_complete() {
+  // A reason phrase is HTAB, SP, visible ASCII and obs-text (RFC 9112 4): one with NUL or other
+  // control characters makes the response invalid, although it is never passed on.
+  if (response_.version_major() != 1 || !fields_valid(resp_headers_) || !framing_headers_valid(resp_headers_) ||
+      !is_valid_field_value(resp_status_text_))
+    return Step::fail;
+  int status = response_.status_code();
+  if (status < 100 || status > 999) return Step::fail;
+  if (status >= 200 || status == 101) cluster_state().stats->upstream_codes.add(status);
+  if (status == 101) {
+    if (!rq_.websocket) return Step::fail;  // an upgrade nobody asked for
+    endpoint_verdict(true);
+    rq_.retry_slot.release();
+    rq_.status = 101;
+    tunnel_ = true;
+    write_response_head();
+    return Step::go;
+  }
+  if (status < 200) {
+    // Interim response (100 Continue, 103 Early Hints): passed on, the final one follows.
+    // A few are normal; a stream of them is an upstream gone wrong.
+    if (++rq_.interim_responses > kMaxInterimResponses) return Step::fail;
+    if (request_.version_minor() == 1) write_response_head();
+    resp_headers_.clear();
+    resp_status_text_.clear();
+    return Step::go;
+  }
+  // The final answer: the endpoint's verdict, and perhaps a retry instead of passing it on.
+  uint32_t condition = retry_conditions_for_status(rq_.cluster->retry, status);
+  endpoint_verdict(status < 500);
+  if (condition && (retry_allowed(condition) || rq_.retry_overflow)) {
+    rq_.retry_after_response = true;
+    return Step::fail;  // on_upstream_data drops this answer and its connection, and retries
+  }
+  rq_.deadline_ms = rq_.try_deadline_ms = rq_.backoff_until_ms = 0;
+  rq_.retry_slot.release();  // retrying is over: this answer goes to the client
+  // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
+  // kept idle that long, so that no request is written to it as it closes.
+  size_t ka = resp_headers_.find("keep-alive");
+  if (ka != HeaderList::npos && upstream_) {
+    std::string_view v = resp_headers_.value(ka);
+    size_t t = v.find("timeout=");
+    if (t != std::string_view::npos) {
+      uint64_t seconds = 0;
+      size_t i = t + 8;
+      while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 1'000'000) seconds = seconds * 10 + (v[i++] - '0');
+      upstream_->set_idle_limit(seconds == 0 ? 1 : seconds * 800);
+    }
+  }
+  rq_.status = status;
+  bool no_body = request_.method_is_head() || status == 204 || status == 304;
+  if (no_body) {
+    rq_.framing = Framing::none;
+  } else if (response_.has_content_length()) {
+    rq_.framing = Framing::length;
+  } else if (request_.version_minor() == 1) {
+    rq_.framing = Framing::chunked;
+  } else {
+    rq_.framing = Framing::close;
+    rq_.keep_alive = false;
+  }
+  if (close_after_response_ || draining()) rq_.keep_alive = false;
+  write_response_head();
+  rq_.response_started = true;
+  // The answer is arriving; from now on the timeout guards against a stalled stream.
+  arm_timer(Timer::upstream, static_cast<uint64_t>(rq_.cluster->timeout.count()));
+  return no_body ? Step::skip_body : Step::go;
+}
+
+void HttpSession::write_response_head() {
+  std::string& o = out();
+  int status = response_.status_code();
+  o += "HTTP/1.1 ";
+  append_uint(o, static_cast<uint64_t>(status));
+  o += ' ';
+  o += reason_phrase(status);
+  o += "\r\n";
+  std::string tokens = connection_tokens(resp_headers_);
+  for (size_t i = 0; i < resp_headers_.size(); ++i) {
+    std::string_view name = resp_headers_.name(i);
+    if (is_hop_by_hop(name, tokens)) continue;
+    if (status < 200 || status == 204 || (status == 304 && iequals(name, "content-length"))) {
+      if (iequals(name, "content-length")) continue;
+    }
+    o += name;
+    o += ": ";
+    o += trim_ows(resp_headers_.value(i));
+    o += "\r\n";
+  }
+  if (status == 101) {
+    o += "connection: upgrade\r\nupgrade: ";
+    size_t u = resp_headers_.find("upgrade");
+    o += u != HeaderList::npos ? trim_ows(resp_headers_.value(u)) : std::string_view("websocket");
+    o += "\r\n\r\n";
+    return;
+  }
+  if (status >= 200) {
+    if (rq_.framing == Framing::chunked) o += "transfer-encoding: chunked\r\n";
+    // Answered before the request is all in: the rest of it cannot be told from a next request,
+    // so the connection closes after this response (maybe_finish_request), and says so.
+    if (!rq_.request_complete) rq_.keep_alive = false;
+    if (!rq_.keep_alive)
+      o += "connection: close\r\n";
+    else if (request_.version_minor() == 0)
+      o += "connection: keep-alive\r\n";
+  }
+  o += "\r\n";
+}
+
+Step HttpSession::on_response_body(std::string_view piece) {
+  rq_.bytes_out += piece.size();
+  if (rq_.framing == Framing::chunked) {
+    append_chunk_header(out(), piece.size());
+    append(piece);
+    append("\r\n");
+  } else {
+    append(piece);
+  }
+  return Step::go;
+}
+
+Step HttpSession::on_response_message_complete() {
+  if (tunnel_) return Step::go;  // 101: the decoder stops for the upgrade itself
+  if (!rq_.response_started) return Step::pause;  // the end of an interim response
+  if (rq_.framing == Framing::chunked) append("0\r\n\r\n");
+  rq_.response_complete = true;
+  return Step::pause;
+}
+
+void HttpSession::enter_tunnel(const char* upstream_rest, size_t rest_length) {
+  // From here both sides are bytes: what each side sent after its head goes to the other.
+  rq_.response_started = true;
+  rq_.response_complete = true;
+  rq_.in_request = false;
+  log_request();
+  if (rest_length) append({upstream_rest, rest_length});
+  if (leftover_.size() > leftover_off_) send_upstream(leftover_.data() + leftover_off_, leftover_.size() - leftover_off_);
+  leftover_.clear();
+  leftover_off_ = 0;
+  if (upstream_) upstream_->flush();
+  if (flush() != 0) {
+    close();
+    return;
+  }
+  arm_timer(Timer::idle, kTunnelIdleMs);
+  start_read();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timers
+
+void HttpSession::on_timeout() {
+  switch (timer_kind_) {
+    case Timer::none: return;
+    case Timer::idle: close(); return;
+    case Timer::handshake:
+      if (tls()) tls()->abandon("handshake not complete within header_timeout");
+      close();
+      return;
+    case Timer::header:
+    case Timer::body:
+      if (!rq_.in_request || rq_.response_started) return;
+      // A client that trickles its head or body is cut off here, whatever it still sends.
+      send_local_response(408, timer_kind_ == Timer::header ? "header_timeout" : "body_timeout", true);
+      flush();
+      return;
+    case Timer::upstream: {
+      if (!rq_.in_request) return;
+      // Waiting for the client to take what is queued is the client's pace, bounded by the
+      // listener's idle timeout; waiting for the upstream is bounded by the cluster's.
+      uint64_t limit = rq_.paused_for_downstream ? static_cast<uint64_t>(listener_->idle_timeout.count())
+                                              : static_cast<uint64_t>(rq_.cluster ? rq_.cluster->timeout.count() : 0);
+      if (rq_.response_started) {
+        // A response is streaming: only a stall as long as the timeout ends it, where a stall
+        // is no byte from the upstream and no byte taken by the client.
+        uint64_t now = uv_now(worker_.loop());
+        if (now - last_progress_ms_ < limit) {
+          set_deadline(limit - (now - last_progress_ms_));
+          return;
+        }
+        rq_.error = "upstream_stalled";
+        close();
+        return;
+      }
+      uint64_t now = uv_now(worker_.loop());
+      if (rq_.deadline_ms && now >= rq_.deadline_ms) {
+        if (!rq_.stall_checked && now - rq_.deadline_ms > kLoopStallMs) {
+          // This timer is late: the worker itself was held up (and an answer may be waiting
+          // unread in the socket). The I/O gets one turn of the loop before the verdict.
+          rq_.stall_checked = true;
+          arm_timer(Timer::upstream, 1);
+          return;
+        }
+        // Every attempt together had the cluster's timeout. The endpoint is blamed only when
+        // it had the request: connected, and nothing left in pilotfish's own queue for it.
+        if (upstream_ && upstream_->connected() && upstream_->pending_bytes() == 0) endpoint_verdict(false);
+        rq_.probe.release();
+        send_local_response(504, "timeout", !rq_.request_complete);
+        after_downstream_io();
+        return;
+      }
+      if (rq_.backoff_until_ms && now >= rq_.backoff_until_ms) {
+        rq_.backoff_until_ms = 0;
+        start_attempt();
+        after_downstream_io();
+        return;
+      }
+      if (rq_.try_deadline_ms && now >= rq_.try_deadline_ms && upstream_) {
+        // This attempt had its per-try timeout: a 504 for the retry conditions and a failure
+        // of the endpoint.
+        rq_.try_deadline_ms = 0;
+        cluster_state().stats->upstream_timeout.add();
+        abort_upstream();
+        endpoint_verdict(false);
+        if (retry_allowed(kRetry5xx | kRetryGatewayError)) {
+          schedule_retry();
+        } else {
+          send_local_response(rq_.retry_overflow ? 503 : 504, rq_.retry_overflow ? "overloaded" : "timeout",
+                              !rq_.request_complete);
+        }
+        after_downstream_io();
+        return;
+      }
+      arm_upstream_timer();
+      return;
+    }
+  }
+}
+
+}  // namespace pilotfish

@@ -1,0 +1,112 @@
+#include "http/upstream_head.h"
+
+#include "http/http1_codec.h"
+#include "pilotfish/header_rules.h"
+#include "tls/tls.h"
+
+namespace pilotfish {
+
+namespace {
+
+// Headers pilotfish sets itself on the way to the upstream; what a client sent is replaced, in
+// any spelling a server may read as the same header ("X_Forwarded_Client_Cert").
+// x-forwarded-client-cert is only ever pilotfish's own: a client's is dropped on every listener,
+// so no one can claim an identity they did not prove.
+bool is_replaced_request_header(std::string_view name) {
+  return same_field_name_folded(name, "x-forwarded-for") || same_field_name_folded(name, "x-forwarded-proto") ||
+         same_field_name_folded(name, "x-forwarded-client-cert");
+}
+
+// A header name the listener's auth writes (any of them, on any route), in any spelling a
+// server may read as the same header.
+bool is_subject_header(const Listener& listener, std::string_view name) {
+  for (const auto& h : listener.subject_headers)
+    if (same_field_name_folded(name, h)) return true;
+  return false;
+}
+
+}  // namespace
+
+bool build_upstream_head(std::string& h, const UpstreamHeadInput& in) {
+  h.clear();
+  bool nested = false;
+  h += in.method;
+  h += ' ';
+  h += in.target.path;
+  h += in.target.query;
+  h += " HTTP/1.1\r\n";
+  std::string tokens = connection_tokens(in.headers);
+  std::string forwarded_for;
+  bool has_host = false;
+  for (size_t i = 0; i < in.headers.size(); ++i) {
+    std::string_view name = in.headers.name(i);
+    if (is_hop_by_hop(name, tokens)) continue;
+    if (is_replaced_request_header(name)) {
+      if (iequals(name, "x-forwarded-for")) {  // the client's own chain is kept; X_Forwarded_For is not
+        if (!forwarded_for.empty()) forwarded_for += ", ";
+        forwarded_for += trim_ows(in.headers.value(i));
+      }
+      continue;
+    }
+    if (is_subject_header(in.listener, name)) continue;  // only ever pilotfish's
+    if (same_field_name_folded(name, "x-pilotfish-attempt")) {
+      nested = true;  // from another pilotfish: its hop retries, this one does not (by default)
+      continue;
+    }
+    if (iequals(name, "host")) has_host = true;
+    h += name;
+    h += ": ";
+    h += trim_ows(in.headers.value(i));
+    h += "\r\n";
+  }
+  if (!has_host) {
+    h += "host: ";
+    h += in.listener.address.text;
+    h += "\r\n";
+  }
+  if (in.chunked) h += "transfer-encoding: chunked\r\n";
+  h += "x-forwarded-for: ";
+  if (!forwarded_for.empty()) {
+    h += forwarded_for;
+    h += ", ";
+  }
+  h += in.client_address;
+  if (const TlsState* t = in.tls) {
+    h += "\r\nx-forwarded-proto: https\r\nx-forwarded-client-cert: By=";
+    h += t->own_id();
+    h += ";URI=";
+    h += t->peer_id();
+    h += ";Hash=";
+    h += t->peer_cert_sha256();
+    h += "\r\n";
+  } else {
+    h += "\r\nx-forwarded-proto: http\r\n";
+  }
+  if (in.auth) {
+    h += in.auth->subject_header;
+    h += ": ";
+    h += in.subject;
+    h += "\r\n";
+  }
+  if (in.headers.find("x-request-id") == HeaderList::npos) {
+    h += "x-request-id: ";
+    h += in.request_id;
+    h += "\r\n";
+  }
+  if (in.websocket) {
+    h += "connection: upgrade\r\nupgrade: ";
+    h += trim_ows(in.headers.value(in.headers.find("upgrade")));
+    h += "\r\n";
+  }
+  // The head ends with the attempt header, added per attempt (append_attempt_head()).
+  return nested;
+}
+
+void append_attempt_head(std::string& out, std::string_view head, int attempt) {
+  out += head;
+  out += "x-pilotfish-attempt: ";
+  append_uint(out, static_cast<uint64_t>(attempt));
+  out += "\r\n\r\n";
+}
+
+}  // namespace pilotfish

@@ -1,0 +1,41 @@
+#pragma once
+// The head a request goes upstream with: the client's method, normalised target and fields,
+// less the hop-by-hop ones and those only pilotfish may set (X-Forwarded-*, the auth subject
+// header, x-pilotfish-attempt: in any spelling a server may read as the same name), plus what
+// pilotfish adds (X-Forwarded-For/-Proto, X-Forwarded-Client-Cert for an mTLS peer, the verified
+// token's subject, x-request-id, the WebSocket upgrade). Protocol-neutral: an HTTP/2 request
+// turned into the same parts goes up the same way.
+
+#include <string>
+#include <string_view>
+
+#include "pilotfish/header_list.h"
+#include "pilotfish/path_normalizer.h"
+#include "pilotfish/policy.h"
+
+namespace pilotfish {
+
+class TlsState;
+
+struct UpstreamHeadInput {
+  std::string_view method;
+  const NormalizedTarget& target;
+  const HeaderList& headers;
+  bool chunked;                    // the body goes up chunked
+  bool websocket;                  // a WebSocket upgrade
+  const Listener& listener;
+  std::string_view client_address;
+  const TlsState* tls;             // the client's TLS, or null
+  const AuthPolicy* auth;          // the auth that verified a token with a subject, or null
+  std::string_view subject;
+  std::string_view request_id;     // added when the client sent none
+};
+
+// Writes the head into `out` without its last lines (see append_attempt_head). Returns true
+// when the request came from another pilotfish (it carried x-pilotfish-attempt).
+bool build_upstream_head(std::string& out, const UpstreamHeadInput& in);
+
+// `head`, then `x-pilotfish-attempt: N` and the blank line that ends it.
+void append_attempt_head(std::string& out, std::string_view head, int attempt);
+
+}  // namespace pilotfish
