@@ -13,6 +13,10 @@ sidecar A, A speaks mTLS to sidecar B, B plain HTTP to the upstream; pilotfish p
 HAProxy pair (ssl on both sides of the hop, one thread each). Both proxies of a pair are on the
 proxy CPU. It also measures new TLS connections per second into B with `openssl s_time`, full
 handshakes and resumed sessions.
+
+--with-churn adds pilotfish (and the --baseline-bin build, if given) with every request on a new
+client connection (wrk sends `Connection: close`): the cost of accepting, and of closing, a
+connection per request.
 """
 import argparse
 import json
@@ -332,6 +336,8 @@ def main():
                     help="also measure pilotfish with a policy that configures retries, budget, breakers and outlier "
                          "detection explicitly")
     ap.add_argument("--baseline-bin", help="also measure this pilotfish binary (an older build) as 'baseline'")
+    ap.add_argument("--with-churn", action="store_true",
+                    help="also measure pilotfish (and --baseline-bin) with a new client connection per request")
     ap.add_argument("--with-mtls", action="store_true",
                     help="also measure an mTLS hop (plain -> A -> mTLS -> B -> plain) for pilotfish and HAProxy")
     ap.add_argument("--only-mtls", action="store_true", help="measure only the direct upstream and the mTLS pairs")
@@ -413,6 +419,10 @@ clusters:
             add_pilotfish("pilotfish+resilience", False, cluster_extra=resilience.rstrip())
         if args.baseline_bin:
             add_pilotfish("baseline", False, binary=args.baseline_bin)
+        if args.with_churn:
+            add_pilotfish("pilotfish-churn", False, headers=["Connection: close"])
+            if args.baseline_bin:
+                add_pilotfish("baseline-churn", False, binary=args.baseline_bin, headers=["Connection: close"])
         if args.with_gateway:
             for alg, jwks, token in gateway_tokens(tmp):
                 add_pilotfish("pilotfish+auth " + alg, False, listener_extra=f"""
