@@ -5,7 +5,7 @@
 #     test    the whole test suite (scripts/test.sh): build, plus the tools the tests drive, the
 #             image test's container tools, Prometheus, and clang for the fuzz targets (scripts/fuzz.sh)
 #     image   podman and buildah for the container images (test/image/build-and-check.sh)
-#     bench   the benchmark peers and load generators (test/bench/bench.py)
+#     bench   the benchmark peers and load generators (test/bench/bench.py, instructions.py)
 #   scripts/install-deps.sh --list PURPOSE...   prints the packages of those purposes and installs nothing
 #   scripts/install-deps.sh --bench             the same as `build bench` (kept for old scripts)
 set -euo pipefail
@@ -15,7 +15,7 @@ build=(meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyam
 image=(podman buildah debootstrap fuse-overlayfs uidmap)
 test=("${build[@]}" "${image[@]}" libgtest-dev libgmock-dev procps prometheus iproute2 iptables util-linux
       python3-yaml nghttp2-client clang libclang-rt-14-dev)
-bench=("${build[@]}" wrk haproxy nginx-light util-linux)
+bench=("${build[@]}" wrk haproxy nginx-light util-linux valgrind nghttp2-client)
 
 list=0
 purposes=()

@@ -19,6 +19,12 @@ const RateLimitPolicy* rate_limit_for(const Listener& listener, const Route* rou
   return nullptr;
 }
 
+const AuthPolicy* auth_for(const Listener& listener, const Route* route) {
+  if (route && route->auth) return &*route->auth;
+  if (route && route->auth_off) return nullptr;
+  return listener.auth ? &*listener.auth : nullptr;
+}
+
 namespace {
 
 // The rate limit: false (and *out says how to answer) when the bucket is empty.
@@ -46,9 +52,7 @@ bool within_rate(const AdmissionInput& in, Admission* out) {
 Admission admit(const AdmissionInput& in) {
   Admission out;
   if (!within_rate(in, &out)) return out;
-  const Route* route = in.route;
-  out.auth = route && route->auth ? &*route->auth : (route && route->auth_off) ? nullptr
-                                                  : in.listener.auth ? &*in.listener.auth : nullptr;
+  out.auth = auth_for(in.listener, in.route);
   if (!out.auth) return out;
   const AuthPolicy& auth = *out.auth;
   size_t a = in.headers.find("authorization");

@@ -47,6 +47,9 @@ struct Admission {
 // The rate limit that applies to `route` on `listener` (its own, else the listener's unless
 // the route turns it off): null when none.
 const RateLimitPolicy* rate_limit_for(const Listener& listener, const Route* route);
+// The auth that applies to `route` on `listener` (its own, else the listener's unless the route
+// turns it off): null when none.
+const AuthPolicy* auth_for(const Listener& listener, const Route* route);
 Admission admit(const AdmissionInput& in);
 
 }  // namespace pilotfish

@@ -4,6 +4,7 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <new>
 
 #include "pilotfish/header_rules.h"
 
@@ -86,24 +87,27 @@ const llhttp_settings_t& response_settings() {
 
 }  // namespace
 
-Http1Decoder::Http1Decoder(Http1RequestHandler* handler) : state_(std::make_unique<State>()) {
+static_assert(sizeof(Http1Decoder::State) <= 256 && alignof(Http1Decoder::State) <= 16,
+              "Http1Decoder::kStateBytes is too small for its State");
+
+Http1Decoder::Http1Decoder(Http1RequestHandler* handler) : state_(new (storage_) State()) {
   state_->request = handler;
   restart();
 }
 
-Http1Decoder::Http1Decoder(Http1ResponseHandler* handler) : state_(std::make_unique<State>()) {
+Http1Decoder::Http1Decoder(Http1ResponseHandler* handler) : state_(new (storage_) State()) {
   state_->response = handler;
   restart();
 }
 
-Http1Decoder::~Http1Decoder() = default;
+Http1Decoder::~Http1Decoder() { state_->~State(); }
 
 void Http1Decoder::restart() {
   if (state_->request)
     llhttp_init(&state_->parser, HTTP_REQUEST, &request_settings());
   else
     llhttp_init(&state_->parser, HTTP_RESPONSE, &response_settings());
-  state_->parser.data = state_.get();
+  state_->parser.data = state_;
   state_->scanner.reset();
 }
 

@@ -10,7 +10,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <string_view>
 
@@ -101,7 +100,10 @@ class Http1Decoder {
   struct State;  // llhttp's parser and the head scanner (in the .cc: llhttp stays there)
 
  private:
-  std::unique_ptr<State> state_;
+  // The State lives in place (no allocation per connection); its size is checked in the .cc.
+  static constexpr size_t kStateBytes = 256;
+  alignas(16) unsigned char storage_[kStateBytes];
+  State* state_;
 };
 
 // A message's own framing, checked beyond what llhttp enforces: exactly one valid

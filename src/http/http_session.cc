@@ -6,6 +6,7 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <new>
 
 #include "gateway/admission.h"
 #include "http/local_reply.h"
@@ -92,6 +93,7 @@ bool HttpSession::admit(const Route* route, size_t route_index) {
     limiter = snap_->route_limiters[listener_index_][route_index].get();
   else if (rate_limit_for(*listener_, route))
     limiter = snap_->listener_limiters[listener_index_].get();
+  if (!limiter && !auth_for(*listener_, route)) return true;  // nothing to check: the common case
   const TlsState* t = tls();
   std::string_view peer = t && t->established() ? std::string_view(t->peer_id()) : std::string_view();
   Admission verdict = pilotfish::admit({*listener_, route, limiter, client_address_, peer, headers_,
@@ -616,7 +618,10 @@ void HttpSession::continue_pipeline() {
 }
 
 void HttpSession::reset_request() {
-  rq_ = ActiveRequest();  // its holds give back their slots, probe and balancer count
+  // Destroyed and made anew in place (no temporary to move from): its holds give back their
+  // slots, probe and balancer count.
+  rq_.~ActiveRequest();
+  new (&rq_) ActiveRequest();
   url_.clear();
   headers_.clear();
   authority_.clear();

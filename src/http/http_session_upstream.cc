@@ -98,8 +98,7 @@ void HttpSession::start_attempt(bool fresh_connection) {
   BreakerLimit limit = BreakerLimit::connections;
   // Counted before acquire(): a connect that fails at once runs on_upstream_connect_failed
   // (and perhaps a whole retry) inside it, and that ends this count.
-  rq_.balanced.start(std::shared_ptr<Balancer>(snap_->clusters[rq_.cluster_index], cs.balancer.get()),
-                  static_cast<size_t>(rq_.endpoint));
+  rq_.balanced.start(cs.balancer.get(), static_cast<size_t>(rq_.endpoint));
   UpstreamConnection* c = pool.acquire(this, &reused, &limit, fresh_connection);
   if (!c) {
     rq_.balanced.end();

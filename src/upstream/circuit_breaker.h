@@ -2,8 +2,9 @@
 // What a request holds of state shared with other requests while it runs: a slot of a circuit
 // breaker limit (max_requests, max_retries), an ejected endpoint's one probe, and its place in
 // the balancer's count of active requests. Each hold gives back what it took when it is
-// released, reassigned or destroyed, so no path through a request can forget to; each keeps
-// what it took from alive, so a reload that drops a cluster cannot leave it dangling.
+// released, reassigned or destroyed, so no path through a request can forget to. The breaker
+// slot and the probe keep what they took from alive (state shared by every worker), so a reload
+// that drops a cluster cannot leave them dangling.
 
 #include <uv.h>
 
@@ -93,7 +94,9 @@ class ProbeClaim {
   std::shared_ptr<EndpointHealth> health_;
 };
 
-// A request counted in its balancer's active requests at one endpoint (least-request).
+// A request counted in its balancer's active requests at one endpoint (least-request). The
+// balancer is the worker's own and outlives the request (the request's snapshot holds it), so
+// it is held by pointer: no reference count on the request path.
 class BalancedRequest {
  public:
   BalancedRequest() = default;
@@ -101,29 +104,28 @@ class BalancedRequest {
   BalancedRequest& operator=(BalancedRequest&& other) noexcept {
     if (this != &other) {
       end();
-      balancer_ = std::move(other.balancer_);
+      balancer_ = std::exchange(other.balancer_, nullptr);
       endpoint_ = other.endpoint_;
     }
     return *this;
   }
   ~BalancedRequest() { end(); }
 
-  // `balancer` may share ownership with what holds it (an aliasing shared_ptr).
-  void start(std::shared_ptr<Balancer> balancer, size_t endpoint) {
+  void start(Balancer* balancer, size_t endpoint) {
     end();
     balancer->on_request_start(endpoint);
-    balancer_ = std::move(balancer);
+    balancer_ = balancer;
     endpoint_ = endpoint;
   }
   bool active() const { return balancer_ != nullptr; }
   void end() {
     if (!balancer_) return;
     balancer_->on_request_end(endpoint_);
-    balancer_.reset();
+    balancer_ = nullptr;
   }
 
  private:
-  std::shared_ptr<Balancer> balancer_;
+  Balancer* balancer_ = nullptr;
   size_t endpoint_ = 0;
 };
 

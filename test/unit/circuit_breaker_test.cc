@@ -83,12 +83,12 @@ TEST(ProbeClaim, OneProbeAtATimeReleasedOrSettled) {
 
 TEST(BalancedRequest, CountsOneActiveRequestAtTheEndpointItStartedAt) {
   FastRandom random;
-  auto balancer = std::make_shared<Balancer>(LbPolicy::least_request, 3, &random);
+  auto balancer = std::make_unique<Balancer>(LbPolicy::least_request, 3, &random);
   {
     BalancedRequest r;
-    r.start(balancer, 2);
+    r.start(balancer.get(), 2);
     EXPECT_EQ(balancer->active(2), 1u);
-    r.start(balancer, 1);  // a retry elsewhere: the first endpoint's count ends
+    r.start(balancer.get(), 1);  // a retry elsewhere: the first endpoint's count ends
     EXPECT_EQ(balancer->active(2), 0u);
     EXPECT_EQ(balancer->active(1), 1u);
     BalancedRequest other = std::move(r);

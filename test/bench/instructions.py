@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Instructions per request, counted by valgrind (callgrind): a measure of pilotfish's CPU cost
+per request that a loaded or shared machine does not blur, for comparing two builds (the wall-
+clock benchmark, bench.py, needs a quiet machine for differences of a few per cent).
+
+  python3 test/bench/instructions.py [--bin build/pilotfish] [--baseline-bin OTHER] [--requests 20000]
+
+Each binary runs under callgrind (1 worker) in front of an NGINX upstream; after a warm-up its
+counters are zeroed, h2load sends --requests requests (HTTP/1.1, 10 clients), and the count is
+read. Keep-alive (every client keeps its connection) and churn (a new connection per request)."""
+import argparse
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("nothing listens on port %d after %ds" % (port, timeout))
+
+
+def h2load(port, requests, churn):
+    cmd = ["h2load", "--h1", "-n", str(requests), "-c", "10", "-m", "1"]
+    if churn:
+        cmd += ["-H", "connection: close"]
+    out = subprocess.run(cmd + ["http://127.0.0.1:%d/" % port], capture_output=True, text=True, timeout=600).stdout
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    if not m or m.group(1) != m.group(2):
+        raise SystemExit("h2load did not finish every request:\n" + out)
+    return int(m.group(2))
+
+
+def measure(binary, upstream_port, tmp, name, requests):
+    port, admin = free_port(), free_port()
+    policy = os.path.join(tmp, name + ".yaml")
+    with open(policy, "w") as f:
+        f.write(f"""version: 1
+admin: {{address: "127.0.0.1:{admin}"}}
+workers: 1
+access_log: "off"
+listeners:
+- name: ingress
+  address: "127.0.0.1:{port}"
+  routes: [{{cluster: app}}]
+clusters:
+- name: app
+  endpoints: ["127.0.0.1:{upstream_port}"]
+""")
+    out_file = os.path.join(tmp, name + ".callgrind")
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out_file + ".%p",
+                             binary, "run", "--config", policy], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        results = {}
+        for mode in ("keep-alive", "churn"):
+            churn = mode == "churn"
+            h2load(port, max(1000, requests // 10), churn)  # warm-up: pools, caches, allocator
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
+            done = h2load(port, requests, churn)
+            for old in glob.glob(out_file + ".*"):
+                os.unlink(old)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+            total = 0
+            for dump in glob.glob(out_file + ".*"):
+                with open(dump) as f:
+                    for line in f:
+                        if line.startswith("summary:") or line.startswith("totals:"):
+                            total = max(total, int(line.split()[1]))
+            results[mode] = total / done
+        return results
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(ROOT, "build", "pilotfish"))
+    ap.add_argument("--baseline-bin")
+    ap.add_argument("--requests", type=int, default=20000)
+    args = ap.parse_args()
+    for tool in ("valgrind", "callgrind_control", "h2load", "nginx"):
+        if not shutil.which(tool):
+            raise SystemExit(tool + " is missing: scripts/install-deps.sh bench")
+    tmp = tempfile.mkdtemp(prefix="pf-instr-")
+    up_port = free_port()
+    conf = os.path.join(tmp, "upstream.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 1; daemon off; pid {tmp}/up.pid; error_log {tmp}/up-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{up_port} backlog=4096; location / {{ return 200 "hello from upstream\\n"; }} }} }}
+""")
+    up = subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(up_port)
+        rows = [("pilotfish", measure(args.bin, up_port, tmp, "pilotfish", args.requests))]
+        if args.baseline_bin:
+            rows.append(("baseline", measure(args.baseline_bin, up_port, tmp, "baseline", args.requests)))
+    finally:
+        up.terminate()
+        up.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("%s: instructions per request (callgrind, user space), %d requests, 10 clients"
+          % (time.strftime("%Y-%m-%d"), args.requests))
+    print("| build | keep-alive | churn |")
+    print("|---|---|---|")
+    for name, r in rows:
+        line = "| %s | %.0f | %.0f |" % (name, r["keep-alive"], r["churn"])
+        if len(rows) > 1 and name != "baseline":
+            base = rows[1][1]
+            line += " (%.3fx, %.3fx of baseline)" % (r["keep-alive"] / base["keep-alive"], r["churn"] / base["churn"])
+        print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
