@@ -166,7 +166,7 @@ void HttpSession::on_data(char* data, size_t length) {
   rq_.bytes_in += length;
   if (tunnel_) {
     send_upstream(data, length);
-    if (upstream_) upstream_->flush();
+    if (rq_.upstream) rq_.upstream->flush();
     if (upstream_pending() > kHighWater) {
       rq_.paused_for_upstream = true;
       stop_read();
@@ -222,8 +222,8 @@ void HttpSession::parse_input(const char* data, size_t length) {
 
 void HttpSession::after_downstream_io() {
   if (closing()) return;
-  if (upstream_ && upstream_->connected()) {
-    if (upstream_->flush() != 0) {
+  if (rq_.upstream && rq_.upstream->connected()) {
+    if (rq_.upstream->flush() != 0) {
       // The upstream write failed; its read side reports the end.
     }
   }
@@ -264,7 +264,7 @@ void HttpSession::on_write_done(int status) {
   last_progress_ms_ = uv_now(worker_.loop());
   if (rq_.paused_for_downstream && pending_bytes() < kLowWater) {
     rq_.paused_for_downstream = false;
-    if (upstream_) upstream_->start_read();
+    if (rq_.upstream) rq_.upstream->start_read();
   }
   if (closing()) return;
   if (waiting_for_client_ && timer_kind_ == Timer::idle)
@@ -493,7 +493,7 @@ Step HttpSession::on_message_complete() {
     // per-try timeout the one in flight.
     uint64_t now = uv_now(worker_.loop());
     rq_.deadline_ms = now + static_cast<uint64_t>(rq_.cluster->timeout.count());
-    if (upstream_ && rq_.cluster->retry.per_try_timeout.count() > 0)
+    if (rq_.upstream && rq_.cluster->retry.per_try_timeout.count() > 0)
       rq_.try_deadline_ms = now + static_cast<uint64_t>(rq_.cluster->retry.per_try_timeout.count());
     arm_upstream_timer();
   }
@@ -508,7 +508,7 @@ void HttpSession::send_local_response(int status, const char* reason, bool close
   if (rq_.local_response || closing()) return;
   rq_.local_response = true;
   rq_.error = reason;
-  if (upstream_) abort_upstream();
+  if (rq_.upstream) abort_upstream();
   if (rq_.response_started) {
     // Part of an upstream response went out already: the only honest signal left is a close.
     close();
@@ -673,13 +673,8 @@ void HttpSession::arm_timer(Timer which, uint64_t ms) {
 
 void HttpSession::on_close() {
   if (rq_.in_request) log_request();
-  if (upstream_) {
-    rq_.balanced.end();
-    UpstreamConnection* c = upstream_;
-    upstream_ = nullptr;
-    c->detach();
-    c->close();
-  }
+  rq_.balanced.end();
+  rq_.upstream.end(false);
   release_cluster_holds();
   conn_stats_->connections.add(-1);
   worker_.remove_downstream();

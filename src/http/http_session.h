@@ -65,11 +65,11 @@ class HttpSession final : public Stream,
   bool admit(const Route* route, size_t route_index);
   void note_peer();
 
-  void on_upstream_connected() override;
-  void on_upstream_connect_failed(int status) override;
-  void on_upstream_data(char* data, size_t length) override;
-  void on_upstream_end(int status) override;
-  void on_upstream_drained() override;
+  void on_upstream_connected(UpstreamConnection& from) override;
+  void on_upstream_connect_failed(UpstreamConnection& from, int status) override;
+  void on_upstream_data(UpstreamConnection& from, char* data, size_t length) override;
+  void on_upstream_end(UpstreamConnection& from, int status) override;
+  void on_upstream_drained(UpstreamConnection& from) override;
 
  private:
   enum class Timer { none, idle, handshake, header, body, upstream };
@@ -150,6 +150,9 @@ class HttpSession final : public Stream,
     const Cluster* cluster = nullptr;
     size_t cluster_index = 0;
     int endpoint = -1;
+    // The connection lent to this request's attempt in flight (or to its tunnel): only it
+    // calls this session, and it goes back to its pool, or closes, when the request ends.
+    UpstreamLease upstream;
     int attempts = 0;
     bool replayed = false;
     bool upstream_reused = false;
@@ -190,7 +193,6 @@ class HttpSession final : public Stream,
   std::string resp_status_text_;
 
   // The connection.
-  UpstreamConnection* upstream_ = nullptr;  // the one lent to the request in flight
   std::string upstream_head_;  // the request's head for the upstream, without the attempt header
   bool close_after_response_ = false;
   std::string leftover_;        // pipelined bytes after the current request

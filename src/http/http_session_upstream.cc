@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <algorithm>
+#include <cassert>
 
 #include "http/http_session.h"
 #include "http/upstream_head.h"
@@ -96,24 +97,20 @@ void HttpSession::start_attempt(bool fresh_connection) {
   rq_.interim_responses = 0;
   bool reused = false;
   BreakerLimit limit = BreakerLimit::connections;
-  // Counted before acquire(): a connect that fails at once runs on_upstream_connect_failed
-  // (and perhaps a whole retry) inside it, and that ends this count.
-  rq_.balanced.start(cs.balancer.get(), static_cast<size_t>(rq_.endpoint));
-  UpstreamConnection* c = pool.acquire(this, &reused, &limit, fresh_connection);
-  if (!c) {
-    rq_.balanced.end();
+  // No callback comes before acquire() returns: even a connect that cannot start fails later.
+  rq_.upstream = pool.acquire(this, &reused, &limit, fresh_connection);
+  if (!rq_.upstream) {
     rq_.probe.release();
     overflow(limit);
     return;
   }
-  if (c->closing()) return;  // failed synchronously: on_upstream_connect_failed has run
-  upstream_ = c;
+  rq_.balanced.start(cs.balancer.get(), static_cast<size_t>(rq_.endpoint));
   rq_.upstream_reused = reused;
   if (rq_.request_complete && rq_.cluster->retry.per_try_timeout.count() > 0) {
     rq_.try_deadline_ms = now + static_cast<uint64_t>(rq_.cluster->retry.per_try_timeout.count());
     arm_upstream_timer();
   }
-  if (reused) on_upstream_connected();
+  if (reused) on_upstream_connected(*rq_.upstream.get());
 }
 
 // What the request holds of the cluster's shared state goes back (its place in the balancer's
@@ -185,22 +182,26 @@ void HttpSession::arm_upstream_timer() {
   arm_timer(Timer::upstream, next > now ? next - now : 1);
 }
 
-void HttpSession::on_upstream_connected() {
+void HttpSession::on_upstream_connected(UpstreamConnection& from) {
+  assert(rq_.upstream.holds(from) && rq_.cluster);
+  (void)from;
   rq_.upstream_sent = true;
-  upstream_->append(to_upstream_);
+  rq_.upstream->append(to_upstream_);
   to_upstream_.clear();
-  if (upstream_->flush() != 0) return;
+  if (rq_.upstream->flush() != 0) return;
   if (rq_.paused_for_upstream && upstream_pending() < kLowWater) {
     rq_.paused_for_upstream = false;
     start_read();
   }
 }
 
-void HttpSession::on_upstream_connect_failed(int status) {
+void HttpSession::on_upstream_connect_failed(UpstreamConnection& from, int status) {
+  assert(rq_.upstream.holds(from) && rq_.cluster);
+  (void)from;
   ClusterState& cs = cluster_state();
   cs.stats->upstream_connect_failure.add();
   rq_.balanced.end();
-  upstream_ = nullptr;
+  rq_.upstream.lost();
   log_debug("cluster " + rq_.cluster->name + ": connect to " +
             cs.pools[static_cast<size_t>(rq_.endpoint)]->address().text + " failed: " + upstream_error_text(status));
   // A connect that failed here (no descriptors, no local port) says nothing about the endpoint,
@@ -227,17 +228,19 @@ void HttpSession::on_upstream_connect_failed(int status) {
 }
 
 void HttpSession::send_upstream(const char* data, size_t length) {
-  if (upstream_ && upstream_->connected() && rq_.upstream_sent)
-    upstream_->append({data, length});
+  if (rq_.upstream && rq_.upstream->connected() && rq_.upstream_sent)
+    rq_.upstream->append({data, length});
   else
     to_upstream_.append(data, length);
 }
 
 size_t HttpSession::upstream_pending() const {
-  return to_upstream_.size() + (upstream_ ? upstream_->pending_bytes() : 0);
+  return to_upstream_.size() + (rq_.upstream ? rq_.upstream->pending_bytes() : 0);
 }
 
-void HttpSession::on_upstream_drained() {
+void HttpSession::on_upstream_drained(UpstreamConnection& from) {
+  assert(rq_.upstream.holds(from));
+  (void)from;
   if (rq_.paused_for_upstream && upstream_pending() < kLowWater) {
     rq_.paused_for_upstream = false;
     start_read();
@@ -245,21 +248,18 @@ void HttpSession::on_upstream_drained() {
 }
 
 void HttpSession::release_upstream(bool reusable) {
-  if (!upstream_) return;
+  if (!rq_.upstream) return;
   rq_.balanced.end();
-  UpstreamConnection* c = upstream_;
-  upstream_ = nullptr;
-  c->detach();
-  if (reusable && c->pool() && c->pending_bytes() == 0) {
-    c->pool()->release(c);
-  } else {
-    c->close();
-  }
+  rq_.upstream.end(reusable);
 }
 
 void HttpSession::abort_upstream() { release_upstream(false); }
 
-void HttpSession::on_upstream_data(char* data, size_t length) {
+void HttpSession::on_upstream_data(UpstreamConnection& from, char* data, size_t length) {
+  // Only the connection lent to this request calls, and only while the request routed there
+  // is in flight (a tunnel's request stays until the connection closes).
+  assert(rq_.upstream.holds(from) && rq_.cluster);
+  (void)from;
   if (tunnel_) {
     rq_.bytes_out += length;
     append({data, length});
@@ -267,9 +267,9 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
       close();
       return;
     }
-    if (pending_bytes() > kHighWater && upstream_) {
+    if (pending_bytes() > kHighWater && rq_.upstream) {
       rq_.paused_for_downstream = true;
-      upstream_->stop_read();
+      rq_.upstream->stop_read();
     }
     return;
   }
@@ -328,20 +328,22 @@ void HttpSession::on_upstream_data(char* data, size_t length) {
     close();
     return;
   }
-  if (upstream_ && pending_bytes() > kHighWater) {
+  if (rq_.upstream && pending_bytes() > kHighWater) {
     rq_.paused_for_downstream = true;
-    upstream_->stop_read();
+    rq_.upstream->stop_read();
   }
   maybe_finish_request();
 }
 
-void HttpSession::on_upstream_end(int status) {
+void HttpSession::on_upstream_end(UpstreamConnection& from, int status) {
+  assert(rq_.upstream.holds(from) && rq_.cluster);
+  (void)from;
   // The connection is closing itself; it is no longer ours.
   ClusterState& cs = cluster_state();
   bool tls_refused = status == kUpstreamTlsFailed && !rq_.response_bytes_seen;
   if (!tunnel_ && !rq_.response_started) (tls_refused ? cs.stats->upstream_connect_failure : cs.stats->upstream_reset).add();
   rq_.balanced.end();
-  upstream_ = nullptr;
+  rq_.upstream.lost();
   if (tunnel_) {
     close_when_flushed();
     return;
@@ -462,14 +464,14 @@ Step HttpSession::on_response_headers_complete() {
   // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
   // kept idle that long, so that no request is written to it as it closes.
   size_t ka = resp_headers_.find("keep-alive");
-  if (ka != HeaderList::npos && upstream_) {
+  if (ka != HeaderList::npos && rq_.upstream) {
     std::string_view v = resp_headers_.value(ka);
     size_t t = v.find("timeout=");
     if (t != std::string_view::npos) {
       uint64_t seconds = 0;
       size_t i = t + 8;
       while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 1'000'000) seconds = seconds * 10 + (v[i++] - '0');
-      upstream_->set_idle_limit(seconds == 0 ? 1 : seconds * 800);
+      rq_.upstream->set_idle_limit(seconds == 0 ? 1 : seconds * 800);
     }
   }
   rq_.status = status;
@@ -562,7 +564,7 @@ void HttpSession::enter_tunnel(const char* upstream_rest, size_t rest_length) {
   if (leftover_.size() > leftover_off_) send_upstream(leftover_.data() + leftover_off_, leftover_.size() - leftover_off_);
   leftover_.clear();
   leftover_off_ = 0;
-  if (upstream_) upstream_->flush();
+  if (rq_.upstream) rq_.upstream->flush();
   if (flush() != 0) {
     close();
     return;
@@ -618,7 +620,7 @@ void HttpSession::on_timeout() {
         }
         // Every attempt together had the cluster's timeout. The endpoint is blamed only when
         // it had the request: connected, and nothing left in pilotfish's own queue for it.
-        if (upstream_ && upstream_->connected() && upstream_->pending_bytes() == 0) endpoint_verdict(false);
+        if (rq_.upstream && rq_.upstream->connected() && rq_.upstream->pending_bytes() == 0) endpoint_verdict(false);
         rq_.probe.release();
         send_local_response(504, "timeout", !rq_.request_complete);
         after_downstream_io();
@@ -630,7 +632,7 @@ void HttpSession::on_timeout() {
         after_downstream_io();
         return;
       }
-      if (rq_.try_deadline_ms && now >= rq_.try_deadline_ms && upstream_) {
+      if (rq_.try_deadline_ms && now >= rq_.try_deadline_ms && rq_.upstream) {
         // This attempt had its per-try timeout: a 504 for the retry conditions and a failure
         // of the endpoint.
         rq_.try_deadline_ms = 0;

@@ -1,5 +1,7 @@
 #include "net/tcp_proxy.h"
 
+#include <cassert>
+
 #include "log/logger.h"
 #include "net/descriptor_budget.h"
 #include "server/worker.h"
@@ -98,7 +100,7 @@ void TcpProxySession::connect() {
   if (direct_) {
     // Passed through to the original destination, or to the local app: plain TCP, no cluster.
     ++attempts_;
-    upstream_ = new UpstreamConnection(worker_, nullptr, this, nullptr, nullptr);
+    upstream_ = UpstreamLease(new UpstreamConnection(worker_, nullptr, this, nullptr, nullptr));
     upstream_->set_half_close(true);
     upstream_->connect(direct_address_.sa(), kDirectConnectTimeoutMs);
     return;
@@ -109,27 +111,23 @@ void TcpProxySession::connect() {
   int previous = endpoint_;
   endpoint_ = cs.balancer->pick([&](size_t i) { return cs.health[i]->may_try(now); }, previous);
   // An ejected endpoint whose time is up takes one connection as its probe.
-  probe_ = false;
-  if (endpoint_ >= 0 && cs.health[static_cast<size_t>(endpoint_)]->needs_probe()) {
-    if (cs.health[static_cast<size_t>(endpoint_)]->claim_probe())
-      probe_ = true;
-    else
-      endpoint_ = -1;
-  }
+  probe_.release();
+  if (endpoint_ >= 0 && cs.health[static_cast<size_t>(endpoint_)]->needs_probe() &&
+      !probe_.claim(cs.health[static_cast<size_t>(endpoint_)]))
+    endpoint_ = -1;
   if (endpoint_ < 0) {
     close();
     return;
   }
   if (!ClusterShared::try_take(cs.shared->connections, c.circuit_breaker.max_connections)) {
     cs.stats->breaker_overflow[static_cast<size_t>(BreakerLimit::connections)].add();
-    if (probe_) cs.health[static_cast<size_t>(endpoint_)]->release_probe(now);
-    probe_ = false;
+    probe_.release();
     close();
     return;
   }
   ++attempts_;
   // A byte stream is never pooled: each client gets its own upstream connection.
-  upstream_ = new UpstreamConnection(worker_, nullptr, this, cs.stats, cs.shared);
+  upstream_ = UpstreamLease(new UpstreamConnection(worker_, nullptr, this, cs.stats, cs.shared));
   upstream_->set_half_close(true);
   const EndpointPool& pool = *cs.pools[static_cast<size_t>(endpoint_)];
   if (pool.tls_options()) {
@@ -141,12 +139,14 @@ void TcpProxySession::connect() {
                      static_cast<uint64_t>(c.connect_timeout.count()));
 }
 
-void TcpProxySession::on_upstream_connected() {
+void TcpProxySession::on_upstream_connected(UpstreamConnection& from) {
+  assert(upstream_.holds(from));
+  (void)from;
   if (!direct_) {
     ClusterState& cs = *snap_->clusters[cluster_index_];
     record_endpoint_success(*cs.health[static_cast<size_t>(endpoint_)], *cs.shared);
   }
-  probe_ = false;
+  probe_.settle();
   upstream_->append(pending_);
   pending_.clear();
   pending_.shrink_to_fit();
@@ -158,8 +158,10 @@ void TcpProxySession::on_upstream_connected() {
   }
 }
 
-void TcpProxySession::on_upstream_connect_failed(int status) {
-  upstream_ = nullptr;
+void TcpProxySession::on_upstream_connect_failed(UpstreamConnection& from, int status) {
+  assert(upstream_.holds(from));
+  (void)from;
+  upstream_.lost();
   if (direct_) {
     log_debug("listener " + listener_.name + ": connect to " + direct_address_.text + " failed: " +
               upstream_error_text(status));
@@ -172,8 +174,7 @@ void TcpProxySession::on_upstream_connect_failed(int status) {
   if (is_local_failure(status)) {
     // No descriptor, memory or local port here: nothing to hold against the endpoint, and no
     // other endpoint would fare better.
-    if (probe_) cs.health[static_cast<size_t>(endpoint_)]->release_probe(uv_now(worker_.loop()));
-    probe_ = false;
+    probe_.release();
     log_debug("listener " + listener_.name + ": no connection to cluster " + c.name + ": " + upstream_error_text(status));
     close();
     return;
@@ -181,7 +182,7 @@ void TcpProxySession::on_upstream_connect_failed(int status) {
   if (record_endpoint_failure(*cs.health[static_cast<size_t>(endpoint_)], *cs.shared, c.outlier_detection,
                               cs.pools.size(), uv_now(worker_.loop())))
     cs.stats->outlier_ejections.add();
-  probe_ = false;
+  probe_.settle();
   log_debug("listener " + listener_.name + ": connect to cluster " + c.name + " failed: " + upstream_error_text(status));
   if ((c.retry.on & kRetryConnectFailure) && attempts_ <= c.retry.retries) {
     connect();
@@ -218,7 +219,9 @@ void TcpProxySession::on_read_end(int status) {
   maybe_close();
 }
 
-void TcpProxySession::on_upstream_data(char* data, size_t length) {
+void TcpProxySession::on_upstream_data(UpstreamConnection& from, char* data, size_t length) {
+  assert(upstream_.holds(from));
+  (void)from;
   set_deadline(kTcpIdleMs);
   append({data, length});
   if (flush() != 0) {
@@ -231,9 +234,11 @@ void TcpProxySession::on_upstream_data(char* data, size_t length) {
   }
 }
 
-void TcpProxySession::on_upstream_end(int status) {
+void TcpProxySession::on_upstream_end(UpstreamConnection& from, int status) {
+  assert(upstream_.holds(from));
+  (void)from;
   if (status != UV_EOF) {
-    upstream_ = nullptr;  // it closes itself
+    upstream_.lost();  // it closes itself
     close();
     return;
   }
@@ -245,12 +250,7 @@ void TcpProxySession::on_upstream_end(int status) {
 void TcpProxySession::maybe_close() {
   if (downstream_eof_ && upstream_eof_) {
     // Both directions are done; let the last bytes out first.
-    if (upstream_) {
-      UpstreamConnection* u = upstream_;
-      upstream_ = nullptr;
-      u->detach();
-      u->close_after_flush();
-    }
+    upstream_.end_after_flush();
     close_after_flush();
   }
 }
@@ -266,7 +266,9 @@ void TcpProxySession::on_write_done(int status) {
   }
 }
 
-void TcpProxySession::on_upstream_drained() {
+void TcpProxySession::on_upstream_drained(UpstreamConnection& from) {
+  assert(upstream_.holds(from));
+  (void)from;
   if (paused_for_upstream_ && upstream_ && upstream_->pending_bytes() < kLowWater) {
     paused_for_upstream_ = false;
     if (!downstream_eof_) start_read();
@@ -279,14 +281,8 @@ void TcpProxySession::on_timeout() {
 }
 
 void TcpProxySession::on_close() {
-  if (upstream_) {
-    UpstreamConnection* u = upstream_;
-    upstream_ = nullptr;
-    u->detach();
-    u->close();
-  }
-  if (probe_ && endpoint_ >= 0)  // left before the probe had a verdict: the next one probes
-    snap_->clusters[cluster_index_]->health[static_cast<size_t>(endpoint_)]->release_probe(uv_now(worker_.loop()));
+  upstream_.end(false);
+  probe_.release();  // left before the probe had a verdict: the next one probes
   conn_stats_->connections.add(-1);
   worker_.remove_downstream();
 }

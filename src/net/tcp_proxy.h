@@ -9,6 +9,7 @@
 #include "net/stream.h"
 #include "pilotfish/policy.h"
 #include "server/worker.h"
+#include "upstream/circuit_breaker.h"
 #include "upstream/upstream_pool.h"
 
 namespace pilotfish {
@@ -33,11 +34,11 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
   void on_tls_established() override;
   void on_tls_failed() override;
 
-  void on_upstream_connected() override;
-  void on_upstream_connect_failed(int status) override;
-  void on_upstream_data(char* data, size_t length) override;
-  void on_upstream_end(int status) override;
-  void on_upstream_drained() override;
+  void on_upstream_connected(UpstreamConnection& from) override;
+  void on_upstream_connect_failed(UpstreamConnection& from, int status) override;
+  void on_upstream_data(UpstreamConnection& from, char* data, size_t length) override;
+  void on_upstream_end(UpstreamConnection& from, int status) override;
+  void on_upstream_drained(UpstreamConnection& from) override;
 
  private:
   void connect();
@@ -51,8 +52,8 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
   size_t cluster_index_ = 0;
   int endpoint_ = -1;
   unsigned attempts_ = 0;
-  bool probe_ = false;  // this connection is its ejected endpoint's one probe
-  UpstreamConnection* upstream_ = nullptr;
+  ProbeClaim probe_;  // this connection is its ejected endpoint's one probe
+  UpstreamLease upstream_;
   std::string pending_;  // bytes from the client before the upstream connected
   bool handshaking_ = false;
   bool direct_ = false;            // to direct_address_, not to a cluster

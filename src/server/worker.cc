@@ -72,7 +72,7 @@ RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
 
 Worker::Worker(unsigned index, PolicyPtr policy, WorkerKeys keys, std::vector<std::string> listen_keys,
                std::vector<int> listen_fds, AccessLogWriter* access_log, MetricsRegistry& metrics, ResilienceRegistry& resilience)
-    : EventLoop(&loop_), index_(index), metrics_(metrics), resilience_(resilience) {
+    : UpstreamHost(&loop_), index_(index), metrics_(metrics), resilience_(resilience) {
   uv_loop_init(&loop_);
   loop_.data = this;
   uv_async_init(&loop_, &async_, on_async);

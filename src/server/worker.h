@@ -84,7 +84,7 @@ struct WorkerSnapshot {
 };
 using SnapshotPtr = std::shared_ptr<WorkerSnapshot>;
 
-class Worker final : public EventLoop {
+class Worker final : public UpstreamHost {
  public:
   // `listen_fds[i]` is this worker's bound socket for policy->listeners[i], kept under `keys[i]`.
   Worker(unsigned index, PolicyPtr policy, WorkerKeys keys, std::vector<std::string> listen_keys,
@@ -115,12 +115,13 @@ class Worker final : public EventLoop {
   const SnapshotPtr& snapshot() const { return snapshot_; }
   // Closes one idle upstream connection of this worker (the oldest of the first pool that has
   // one), so that its descriptor can serve a connection a request needs; false if none is idle.
-  bool close_idle_upstream();
+  bool close_idle_upstream() override;
   bool draining() const { return draining_; }
   FastRandom& random() { return random_; }
   JwtCache& jwt_cache() { return jwt_cache_; }
   // The TLS material new connections use (null without an identity).
-  const TlsMaterialPtr& tls() const;
+  const TlsMaterialPtr& tls() const override;
+  bool winding_down() const override { return draining_ && downstream_count_ == 0; }
   AccessLogBuffer& access_log() { return access_log_; }
   // Milliseconds (steady clock) of this worker's last heartbeat: /live checks the loops answer.
   uint64_t heartbeat_ms() const { return heartbeat_ms_.load(std::memory_order_relaxed); }

@@ -4,7 +4,6 @@
 
 #include "log/logger.h"
 #include "net/descriptor_budget.h"
-#include "server/worker.h"
 
 namespace pilotfish {
 
@@ -22,9 +21,9 @@ TlsOptions upstream_tls_options(const Cluster& cluster, bool http) {
   return o;
 }
 
-UpstreamConnection::UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler,
+UpstreamConnection::UpstreamConnection(UpstreamHost& host, EndpointPool* pool, UpstreamHandler* handler,
                                        std::shared_ptr<ClusterStats> stats, std::shared_ptr<ClusterShared> shared)
-    : Stream(worker), worker_(worker), pool_(pool), handler_(handler), stats_(std::move(stats)), shared_(std::move(shared)) {
+    : Stream(host), host_(host), pool_(pool), handler_(handler), stats_(std::move(stats)), shared_(std::move(shared)) {
   requests_started_ = 1;
   if (stats_) stats_->upstream_connections.add(1);
 }
@@ -48,18 +47,15 @@ void UpstreamConnection::connect(const sockaddr* address, uint64_t timeout_ms) {
   int rc = UV_EMFILE;
   DescriptorBudget& budget = DescriptorBudget::process();
   // Idle pooled connections give way to one that a request needs now.
-  if (budget.try_take() || (worker_.close_idle_upstream() && budget.try_take())) {
+  if (budget.try_take() || (host_.close_idle_upstream() && budget.try_take())) {
     hold_descriptor(Descriptor::upstream);
     rc = uv_tcp_connect(&connect_req_, tcp(), address, connect_cb);
   } else {
     DescriptorBudget::process().count_refused_connect();
   }
   if (rc != 0) {
-    connecting_ = false;
-    UpstreamHandler* h = handler_;
-    handler_ = nullptr;
-    close();
-    if (h) h->on_upstream_connect_failed(rc);
+    deferred_failure_ = rc;
+    start_timer(0);
     return;
   }
   start_timer(timeout_ms);
@@ -80,7 +76,7 @@ void UpstreamConnection::connect_cb(uv_connect_t* req, int status) {
   uv_tcp_nodelay(self->tcp(), 1);
   if (self->tls_options_) {
     // Still connecting until the handshake is done; the connect timer keeps running.
-    TlsMaterialPtr material = self->worker_.tls();
+    TlsMaterialPtr material = self->host_.tls();
     if (!material) {
       log_warn(self->tls_label_ + ": no identity to originate mTLS with");
       self->stop_timer();
@@ -101,7 +97,7 @@ void UpstreamConnection::ready() {
   end_pending();
   connected_ = true;
   start_read();
-  if (handler_) handler_->on_upstream_connected();
+  if (handler_) handler_->on_upstream_connected(*this);
 }
 
 void UpstreamConnection::connect_failed(int status) {
@@ -110,7 +106,7 @@ void UpstreamConnection::connect_failed(int status) {
   UpstreamHandler* h = handler_;
   handler_ = nullptr;
   close();
-  if (h) h->on_upstream_connect_failed(status);
+  if (h) h->on_upstream_connect_failed(*this, status);
 }
 
 void UpstreamConnection::on_tls_established() {
@@ -133,7 +129,7 @@ void UpstreamConnection::park(uint64_t idle_timeout_ms) {
 
 void UpstreamConnection::on_data(char* data, size_t length) {
   if (handler_) {
-    handler_->on_upstream_data(data, length);
+    handler_->on_upstream_data(*this, data, length);
     return;
   }
   close();  // bytes nobody asked for: this connection cannot be trusted with another request
@@ -146,13 +142,13 @@ void UpstreamConnection::on_read_end(int status) {
     status = kUpstreamTlsFailed;
   }
   if (half_close_ && status == UV_EOF && handler_) {
-    handler_->on_upstream_end(status);
+    handler_->on_upstream_end(*this, status);
     return;
   }
   UpstreamHandler* h = handler_;
   handler_ = nullptr;
   close();
-  if (h) h->on_upstream_end(status);
+  if (h) h->on_upstream_end(*this, status);
 }
 
 void UpstreamConnection::on_write_done(int status) {
@@ -160,13 +156,17 @@ void UpstreamConnection::on_write_done(int status) {
     UpstreamHandler* h = handler_;
     handler_ = nullptr;
     close();
-    if (h) h->on_upstream_end(status);
+    if (h) h->on_upstream_end(*this, status);
     return;
   }
-  if (handler_ && pending_bytes() < kLowWater) handler_->on_upstream_drained();
+  if (handler_ && pending_bytes() < kLowWater) handler_->on_upstream_drained(*this);
 }
 
 void UpstreamConnection::on_timeout() {
+  if (deferred_failure_) {
+    connect_failed(deferred_failure_);
+    return;
+  }
   if (connecting_) {
     if (tls()) {
       tls()->abandon("handshake not complete within connect_timeout");
@@ -186,9 +186,37 @@ void UpstreamConnection::on_close() {
   pool_ = nullptr;
 }
 
-EndpointPool::EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster,
+UpstreamLease& UpstreamLease::operator=(UpstreamLease&& other) noexcept {
+  if (this != &other) {
+    end(false);
+    c_ = other.c_;
+    other.c_ = nullptr;
+  }
+  return *this;
+}
+
+void UpstreamLease::end(bool reusable) {
+  if (!c_) return;
+  UpstreamConnection* c = c_;
+  c_ = nullptr;
+  c->detach();
+  if (reusable && c->pool() && c->pending_bytes() == 0)
+    c->pool()->release(c);
+  else
+    c->close();
+}
+
+void UpstreamLease::end_after_flush() {
+  if (!c_) return;
+  UpstreamConnection* c = c_;
+  c_ = nullptr;
+  c->detach();
+  c->close_after_flush();
+}
+
+EndpointPool::EndpointPool(UpstreamHost& host, const SocketAddress& address, const Cluster& cluster,
                            std::shared_ptr<ClusterStats> stats, std::shared_ptr<ClusterShared> shared)
-    : worker_(worker), address_(address), stats_(std::move(stats)), shared_(std::move(shared)) {
+    : host_(host), address_(address), stats_(std::move(stats)), shared_(std::move(shared)) {
   configure(cluster);
   label_ = "cluster " + cluster.name + " endpoint " + address.text;
   if (cluster.mtls.enabled) {
@@ -225,8 +253,7 @@ void EndpointPool::retire() {
   for (auto* c : idle) c->close();
 }
 
-UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow,
-                                          bool fresh) {
+UpstreamLease EndpointPool::acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow, bool fresh) {
   while (!fresh && !idle_.empty()) {
     UpstreamConnection* c = idle_.back();
     idle_.pop_back();
@@ -234,21 +261,21 @@ UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused
     c->clear_deadline();
     c->attach(handler);
     *reused = true;
-    return c;
+    return UpstreamLease(c);
   }
   *reused = false;
   if (shared_) {
     if (!ClusterShared::try_take(shared_->connections, limits_.max_connections)) {
       *overflow = BreakerLimit::connections;
-      return nullptr;
+      return {};
     }
     if (!ClusterShared::try_take(shared_->pending, limits_.max_pending_requests)) {
       ClusterShared::give_back(shared_->connections);
       *overflow = BreakerLimit::pending_requests;
-      return nullptr;
+      return {};
     }
   }
-  auto* c = new UpstreamConnection(worker_, this, handler, stats_, shared_);
+  auto* c = new UpstreamConnection(host_, this, handler, stats_, shared_);
   if (shared_) c->count_pending();
   if (tls_options_) c->set_tls(*tls_options_, label_);
   c->pool_next_ = all_;
@@ -256,12 +283,12 @@ UpstreamConnection* EndpointPool::acquire(UpstreamHandler* handler, bool* reused
   all_ = c;
   ++open_;
   c->connect(address_.sa(), connect_timeout_ms_);
-  return c;
+  return UpstreamLease(c);
 }
 
 void EndpointPool::release(UpstreamConnection* c) {
   if (c->closing()) return;
-  if (retired_ || (worker_.draining() && worker_.downstream_count() == 0)) {
+  if (retired_ || host_.winding_down()) {
     c->close();
     return;
   }

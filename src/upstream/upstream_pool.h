@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "metrics/stats.h"
+#include "net/event_loop.h"
 #include "net/stream.h"
 #include "pilotfish/policy.h"
 #include "tls/tls.h"
@@ -17,9 +18,20 @@
 
 namespace pilotfish {
 
-class Worker;
-
 class EndpointPool;
+
+// What upstream connections and pools need of the loop they run on. A worker is one; a test
+// can be one with a bare loop.
+class UpstreamHost : public EventLoop {
+ public:
+  using EventLoop::EventLoop;
+  // The TLS material connections originate mTLS with (null without an identity).
+  virtual const TlsMaterialPtr& tls() const = 0;
+  // Closes one idle pooled connection of this loop to free its descriptor; false if none is.
+  virtual bool close_idle_upstream() = 0;
+  // The loop is ending: a connection given back is closed, not kept.
+  virtual bool winding_down() const = 0;
+};
 
 // on_upstream_connect_failed's status when TCP connected but the TLS handshake failed (the
 // server's certificate or identity was refused, or it refused ours).
@@ -27,23 +39,60 @@ constexpr int kUpstreamTlsFailed = -200001;
 // uv_strerror, and a word for kUpstreamTlsFailed.
 const char* upstream_error_text(int status);
 
-// What a borrower of an upstream connection is told. A borrower always detaches (release() or
-// close) before it goes away, so the connection never calls a dead handler.
+class UpstreamConnection;
+
+// What a borrower of an upstream connection is told, and by which connection. A connection
+// calls only the borrower it is lent to (the holder of its UpstreamLease), and only while it is
+// lent: a borrower checks that the caller is the connection it holds (debug builds assert it).
+// on_upstream_connect_failed and on_upstream_end mean the connection has closed itself: the
+// borrower lets go of its lease (UpstreamLease::lost) without touching it again.
 class UpstreamHandler {
  public:
   virtual ~UpstreamHandler() = default;
-  virtual void on_upstream_connected() = 0;
-  virtual void on_upstream_connect_failed(int status) = 0;
-  virtual void on_upstream_data(char* data, size_t length) = 0;
-  virtual void on_upstream_end(int status) = 0;  // UV_EOF or an error; the connection is closing
-  virtual void on_upstream_drained() = 0;         // its write queue fell below the low-water mark
+  virtual void on_upstream_connected(UpstreamConnection& from) = 0;
+  virtual void on_upstream_connect_failed(UpstreamConnection& from, int status) = 0;
+  virtual void on_upstream_data(UpstreamConnection& from, char* data, size_t length) = 0;
+  virtual void on_upstream_end(UpstreamConnection& from, int status) = 0;  // UV_EOF or an error
+  virtual void on_upstream_drained(UpstreamConnection& from) = 0;  // write queue below low water
+};
+
+// A borrower's hold on one upstream connection: the only way to reach a connection that is
+// lent. Move-only; whatever way the holder goes (end, reassignment, destruction), the connection
+// is detached from it, so no connection ever calls a borrower that is gone. A connection from a
+// pool goes back to it when ended reusable; any other ends closed.
+class UpstreamLease {
+ public:
+  UpstreamLease() = default;
+  // Takes a connection just made for one borrower (a byte tunnel's own, outside any pool).
+  explicit UpstreamLease(UpstreamConnection* fresh) : c_(fresh) {}
+  ~UpstreamLease() { end(false); }
+  UpstreamLease(UpstreamLease&& other) noexcept : c_(other.c_) { other.c_ = nullptr; }
+  UpstreamLease& operator=(UpstreamLease&& other) noexcept;
+  UpstreamLease(const UpstreamLease&) = delete;
+  UpstreamLease& operator=(const UpstreamLease&) = delete;
+
+  explicit operator bool() const { return c_ != nullptr; }
+  UpstreamConnection* operator->() const { return c_; }
+  UpstreamConnection* get() const { return c_; }
+  // Whether `caller` is the connection held here.
+  bool holds(const UpstreamConnection& caller) const { return c_ == &caller; }
+  // Done with it: back to its pool for another request when `reusable` and nothing of ours is
+  // left unwritten, else closed.
+  void end(bool reusable);
+  // Done with it once what is queued has gone out (a tunnel's last bytes).
+  void end_after_flush();
+  // The connection closed itself and said so (connect failed, end): forgotten, not touched.
+  void lost() { c_ = nullptr; }
+
+ private:
+  UpstreamConnection* c_ = nullptr;
 };
 
 class UpstreamConnection final : public Stream {
  public:
   // `stats` (may be null) counts this connection in upstream_connections while it is open;
   // `shared` (may be null) in the cluster-wide count the max_connections breaker reads.
-  UpstreamConnection(Worker& worker, EndpointPool* pool, UpstreamHandler* handler, std::shared_ptr<ClusterStats> stats,
+  UpstreamConnection(UpstreamHost& host, EndpointPool* pool, UpstreamHandler* handler, std::shared_ptr<ClusterStats> stats,
                      std::shared_ptr<ClusterShared> shared = nullptr);
 
   bool connected() const { return connected_; }
@@ -52,6 +101,7 @@ class UpstreamConnection final : public Stream {
   void detach_pool() { pool_ = nullptr; }
   void attach(UpstreamHandler* handler) { handler_ = handler; ++requests_started_; }
   void detach() { handler_ = nullptr; }
+  bool lent_to(const UpstreamHandler* handler) const { return handler_ == handler; }
   // A byte tunnel wants the peer's FIN passed on while the other direction still flows; an
   // HTTP exchange closes on EOF.
   void set_half_close(bool on) { half_close_ = on; }
@@ -59,6 +109,8 @@ class UpstreamConnection final : public Stream {
   // Originate TLS once connected; the connection counts as connected only after the handshake,
   // which the connect timeout also bounds. `label` names the connection in log lines.
   void set_tls(TlsOptions options, std::string label);
+  // A connect that cannot start (no descriptor, no local port) fails on the next turn of the
+  // loop, never inside this call: the borrower holds its lease before any callback.
   void connect(const sockaddr* address, uint64_t timeout_ms);
   // Counted in the cluster's pending requests until the connect completes or fails.
   void count_pending() { pending_counted_ = true; }
@@ -80,7 +132,7 @@ class UpstreamConnection final : public Stream {
   static void connect_cb(uv_connect_t* req, int status);
   void ready();
   void connect_failed(int status);
-  Worker& worker_;
+  UpstreamHost& host_;
   std::unique_ptr<TlsOptions> tls_options_;
   std::string tls_label_;
   EndpointPool* pool_;
@@ -93,6 +145,7 @@ class UpstreamConnection final : public Stream {
   std::shared_ptr<ClusterStats> stats_;
   std::shared_ptr<ClusterShared> shared_;
   bool pending_counted_ = false;
+  int deferred_failure_ = 0;    // a connect that could not start, reported by the timer
   uint64_t idle_limit_ms_ = 0;  // 0: none
   void end_pending();
   // Every connection of a pool, idle or busy, so that a pool that goes away can let go of all.
@@ -103,7 +156,7 @@ class UpstreamConnection final : public Stream {
 
 class EndpointPool {
  public:
-  EndpointPool(Worker& worker, const SocketAddress& address, const Cluster& cluster,
+  EndpointPool(UpstreamHost& host, const SocketAddress& address, const Cluster& cluster,
                std::shared_ptr<ClusterStats> stats, std::shared_ptr<ClusterShared> shared);
   // With cluster mtls: how to originate TLS to this endpoint (null without); sessions resume.
   const TlsOptions* tls_options() const { return tls_options_.get(); }
@@ -115,8 +168,9 @@ class EndpointPool {
   // An idle pooled connection if there is one (most recently used first, as it is the most
   // likely to still be open), else a new connection that is connecting; or null when the
   // cluster's max_connections or max_pending_requests breaker is full (*overflow says which).
-  // `fresh`: a new connection even if an idle one is pooled.
-  UpstreamConnection* acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow, bool fresh = false);
+  // `fresh`: a new connection even if an idle one is pooled. No callback runs before this
+  // returns.
+  UpstreamLease acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow, bool fresh = false);
   // The borrower is done and the connection may serve another request.
   void release(UpstreamConnection* connection);
   // Called by a closing connection.
@@ -133,7 +187,7 @@ class EndpointPool {
   bool close_oldest_idle();
 
  private:
-  Worker& worker_;
+  UpstreamHost& host_;
   SocketAddress address_;
   uint64_t connect_timeout_ms_;
   uint64_t idle_timeout_ms_;
