@@ -6,12 +6,12 @@
 #include <map>
 #include <set>
 
-#include "http/http_session.h"
+#include "proxy/http_session.h"
 #include "log/logger.h"
 #include "net/descriptor_budget.h"
-#include "net/intercept.h"
+#include "proxy/intercept.h"
 #include "net/stream.h"
-#include "net/tcp_proxy.h"
+#include "proxy/tcp_proxy.h"
 #include "pilotfish/route_matcher.h"
 
 namespace pilotfish {
@@ -62,6 +62,11 @@ class RefusedConnection final : public Stream {
 
 }  // namespace
 
+const TlsMaterialPtr& WorkerContext::tls() const {
+  static const TlsMaterialPtr none;
+  return snapshot_ ? snapshot_->keys.tls : none;
+}
+
 RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
   std::vector<std::shared_ptr<RouteStats>>& row = route_stats[listener];
   size_t slot = cluster == SIZE_MAX ? row.size() - 1 : cluster;
@@ -72,7 +77,7 @@ RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
 
 Worker::Worker(unsigned index, PolicyPtr policy, WorkerKeys keys, std::vector<std::string> listen_keys,
                std::vector<int> listen_fds, AccessLogWriter* access_log, MetricsRegistry& metrics, ResilienceRegistry& resilience)
-    : UpstreamHost(&loop_), index_(index), metrics_(metrics), resilience_(resilience) {
+    : WorkerContext(&loop_, index), metrics_(metrics), resilience_(resilience) {
   uv_loop_init(&loop_);
   loop_.data = this;
   uv_async_init(&loop_, &async_, on_async);
@@ -91,11 +96,6 @@ Worker::~Worker() {
   // The loop has ended with every handle closed (see close_everything); a handle still open
   // here is a leak worth a loud line.
   if (uv_loop_close(&loop_) != 0) log_error("worker " + std::to_string(index_) + ": loop closed with handles still open");
-}
-
-const TlsMaterialPtr& Worker::tls() const {
-  static const TlsMaterialPtr none;
-  return snapshot_ ? snapshot_->keys.tls : none;
 }
 
 SnapshotPtr Worker::build_snapshot(PolicyPtr policy, WorkerKeys keys) {

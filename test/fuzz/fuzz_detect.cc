@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "net/intercept.h"
+#include "proxy/intercept.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const char* p = reinterpret_cast<const char*>(data);

@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "intercept/iptables.h"
-#include "net/intercept.h"
+#include "proxy/intercept.h"
 #include "pilotfish/policy_loader.h"
 
 namespace pilotfish {

@@ -1,10 +1,10 @@
-#include "net/tcp_proxy.h"
+#include "proxy/tcp_proxy.h"
 
 #include <cassert>
 
 #include "log/logger.h"
 #include "net/descriptor_budget.h"
-#include "server/worker.h"
+#include "proxy/worker_context.h"
 
 namespace pilotfish {
 
@@ -13,7 +13,7 @@ constexpr uint64_t kTcpIdleMs = 3600 * 1000;
 constexpr uint64_t kDirectConnectTimeoutMs = 5000;
 }
 
-TcpProxySession::TcpProxySession(Worker& worker, std::shared_ptr<ListenerSlot> slot, const InterceptTarget& target)
+TcpProxySession::TcpProxySession(WorkerContext& worker, std::shared_ptr<ListenerSlot> slot, const InterceptTarget& target)
     : Stream(worker),
       worker_(worker),
       slot_(slot),

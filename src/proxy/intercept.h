@@ -29,7 +29,7 @@
 
 namespace pilotfish {
 
-class Worker;
+class WorkerContext;
 struct WorkerSnapshot;
 struct ListenerSlot;
 
@@ -54,7 +54,7 @@ Detected detect_http1(const char* data, size_t length);
 
 class InterceptSession final : public Stream {
  public:
-  InterceptSession(Worker& worker, std::shared_ptr<ListenerSlot> slot);
+  InterceptSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> slot);
   void start();
   void drain() override;
   void on_policy_changed() override;
@@ -72,7 +72,7 @@ class InterceptSession final : public Stream {
 
  private:
   void hand_off(bool http);
-  Worker& worker_;
+  WorkerContext& worker_;
   std::shared_ptr<ListenerSlot> slot_;
   std::shared_ptr<WorkerSnapshot> snap_;  // keeps listener_ alive until the hand-off
   const Listener* listener_ = nullptr;

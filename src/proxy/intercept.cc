@@ -1,4 +1,4 @@
-#include "net/intercept.h"
+#include "proxy/intercept.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -7,10 +7,10 @@
 #include <cstring>
 #include <string_view>
 
-#include "http/http_session.h"
+#include "proxy/http_session.h"
 #include "log/logger.h"
-#include "net/tcp_proxy.h"
-#include "server/worker.h"
+#include "proxy/tcp_proxy.h"
+#include "proxy/worker_context.h"
 #include "tls/tls.h"
 
 namespace pilotfish {
@@ -156,7 +156,7 @@ bool checks_requests(const Listener& l) {
 
 }  // namespace
 
-InterceptSession::InterceptSession(Worker& worker, std::shared_ptr<ListenerSlot> slot)
+InterceptSession::InterceptSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> slot)
     : Stream(worker), worker_(worker), slot_(std::move(slot)), snap_(worker.snapshot()) {
   listener_ = &snap_->policy->listeners[slot_->index];
   http_only_ = listener_->protocol == Protocol::http && checks_requests(*listener_);

@@ -5,10 +5,10 @@
 
 #include <string>
 
-#include "net/intercept.h"
+#include "proxy/intercept.h"
 #include "net/stream.h"
 #include "pilotfish/policy.h"
-#include "server/worker.h"
+#include "proxy/worker_context.h"
 #include "upstream/circuit_breaker.h"
 #include "upstream/upstream_pool.h"
 
@@ -17,7 +17,7 @@ namespace pilotfish {
 class TcpProxySession final : public Stream, public UpstreamHandler {
  public:
   // A byte stream keeps the snapshot it was accepted under for its whole life.
-  TcpProxySession(Worker& worker, std::shared_ptr<ListenerSlot> slot, const InterceptTarget& target = {});
+  TcpProxySession(WorkerContext& worker, std::shared_ptr<ListenerSlot> slot, const InterceptTarget& target = {});
   void start();
   // Instead of start(), for a connection an InterceptSession hands over (its TLS handshake, if
   // any, done; `first_bytes` read from the client).
@@ -44,7 +44,7 @@ class TcpProxySession final : public Stream, public UpstreamHandler {
   void connect();
   void maybe_close();
 
-  Worker& worker_;
+  WorkerContext& worker_;
   std::shared_ptr<ListenerSlot> slot_;
   SnapshotPtr snap_;
   const Listener& listener_;

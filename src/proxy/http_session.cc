@@ -2,7 +2,7 @@
 // (decoded by http1_codec, checked, normalised, admitted, routed) one at a time in order,
 // local replies, the end of each request and its access-log line. The upstream half (attempts,
 // retries, deadlines, the response) is http_session_upstream.cc.
-#include "http/http_session.h"
+#include "proxy/http_session.h"
 
 #include <cinttypes>
 #include <cstdio>
@@ -14,7 +14,7 @@
 #include "log/logger.h"
 #include "pilotfish/header_rules.h"
 #include "pilotfish/route_matcher.h"
-#include "server/worker.h"
+#include "proxy/worker_context.h"
 
 namespace pilotfish {
 
@@ -25,7 +25,7 @@ constexpr uint64_t kDrainFlushMs = 5000;
 
 }  // namespace
 
-HttpSession::HttpSession(Worker& worker, std::shared_ptr<ListenerSlot> slot)
+HttpSession::HttpSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> slot)
     : Stream(worker),
       worker_(worker),
       slot_(std::move(slot)),

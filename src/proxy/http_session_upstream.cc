@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cassert>
 
-#include "http/http_session.h"
+#include "proxy/http_session.h"
 #include "http/upstream_head.h"
 #include "log/logger.h"
 #include "net/descriptor_budget.h"

@@ -12,7 +12,7 @@
 #include "pilotfish/header_list.h"
 #include "pilotfish/path_normalizer.h"
 #include "pilotfish/policy.h"
-#include "server/worker.h"
+#include "proxy/worker_context.h"
 #include "upstream/circuit_breaker.h"
 #include "upstream/upstream_pool.h"
 
@@ -23,11 +23,11 @@ class HttpSession final : public Stream,
                           private Http1RequestHandler,
                           private Http1ResponseHandler {
  public:
-  HttpSession(Worker& worker, std::shared_ptr<ListenerSlot> slot);
+  HttpSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> slot);
   // Called once the socket is accepted.
   void start();
   // Called instead of start() for a connection an InterceptSession hands over (see
-  // net/intercept.h), with the bytes it read.
+  // proxy/intercept.h), with the bytes it read.
   void start_adopted(const std::string& first_bytes);
   // Intercepted by original destination: every request goes to this cluster, not by routes.
   void set_fixed_cluster(std::string name) { fixed_cluster_ = std::move(name); }
@@ -112,7 +112,7 @@ class HttpSession final : public Stream,
   bool draining() const { return draining_ || worker_.draining(); }
   ClusterState& cluster_state() { return *snap_->clusters[rq_.cluster_index]; }
 
-  Worker& worker_;
+  WorkerContext& worker_;
   std::shared_ptr<ListenerSlot> slot_;
   std::string fixed_cluster_;
   std::string local_headers_;         // extra headers for the next local response

@@ -1,0 +1,101 @@
+#pragma once
+// What a session sees of the worker it runs on. A worker (server/worker.h) is one loop on one
+// thread; it builds a WorkerSnapshot from each policy it is handed and keeps the pieces a request
+// uses (its random numbers, JWT cache, access-log buffer, drain state). Sessions (HTTP, TCP,
+// interception) take all of it through a WorkerContext and know nothing of threads, listeners
+// or reloads, so the dependencies run one way: server -> proxy -> http, gateway, upstream -> net.
+
+#include <uv.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gateway/jwt.h"
+#include "gateway/rate_limit.h"
+#include "log/access_log.h"
+#include "metrics/stats.h"
+#include "pilotfish/balancer.h"
+#include "pilotfish/policy.h"
+#include "tls/tls.h"
+#include "upstream/resilience.h"
+#include "upstream/upstream_pool.h"
+
+namespace pilotfish {
+
+// Per-worker state of one cluster: its balancer and one connection pool per endpoint. Shared by
+// every snapshot in which the cluster has the same endpoints, balancing policy and upstream TLS.
+struct ClusterState {
+  std::string name;
+  std::vector<SocketAddress> endpoints;
+  LbPolicy lb = LbPolicy::round_robin;
+  ClusterMtls mtls;  // pooled connections were made with these TLS settings
+  std::shared_ptr<ClusterStats> stats;
+  std::shared_ptr<ClusterShared> shared;                // breaker counts, retry budget: all workers
+  std::unique_ptr<Balancer> balancer;
+  std::vector<std::shared_ptr<EndpointPool>> pools;     // by endpoint index
+  std::vector<std::shared_ptr<EndpointHealth>> health;  // by endpoint index: all workers
+};
+
+// One listening address of a worker, stable across reloads while its address is unchanged.
+struct ListenerSlot {
+  size_t index = SIZE_MAX;  // its listener in the worker's current snapshot; SIZE_MAX: removed
+  Protocol protocol = Protocol::http;
+  Intercept intercept = Intercept::none;
+};
+
+// What the process holds besides the policy and hands to every worker: the TLS material new
+// connections use (null without an identity) and the keys of each JWKS file the policy names,
+// as last loaded.
+struct WorkerKeys {
+  TlsMaterialPtr tls;
+  std::shared_ptr<const JwksSet> jwks;
+};
+
+// Everything a request needs from its policy, resolved for one worker. Immutable once built,
+// except for the lazily filled route-stats table (touched only by the owning worker's thread).
+struct WorkerSnapshot {
+  PolicyPtr policy;
+  std::vector<std::shared_ptr<ClusterState>> clusters;         // by cluster index
+  std::vector<std::shared_ptr<ListenerStats>> listener_stats;  // by listener index
+  std::vector<std::vector<std::shared_ptr<RouteStats>>> route_stats;  // [listener][cluster + 1]
+  // Rate limiters, shared with every worker whose snapshot has the same limit (see
+  // RateLimiterRegistry): per listener, and per route ([listener][route]); null where none.
+  std::vector<std::shared_ptr<RateLimiter>> listener_limiters;
+  std::vector<std::vector<std::shared_ptr<RateLimiter>>> route_limiters;
+  WorkerKeys keys;
+
+  // Requests of a listener answered for a cluster (SIZE_MAX: for none), resolved once.
+  RouteStats& route(size_t listener, size_t cluster);
+};
+using SnapshotPtr = std::shared_ptr<WorkerSnapshot>;
+
+class WorkerContext : public UpstreamHost {
+ public:
+  unsigned index() const { return index_; }
+  // The policy new requests run under; a session holds the one its request started with.
+  const SnapshotPtr& snapshot() const { return snapshot_; }
+  const TlsMaterialPtr& tls() const override;
+  bool draining() const { return draining_; }
+  bool winding_down() const override { return draining_ && downstream_count_ == 0; }
+  FastRandom& random() { return random_; }
+  JwtCache& jwt_cache() { return jwt_cache_; }
+  AccessLogBuffer& access_log() { return access_log_; }
+  // Client connections: counted while open; the last one to close may end a drain.
+  size_t downstream_count() const { return downstream_count_; }
+  void add_downstream() { ++downstream_count_; }
+  virtual void remove_downstream() = 0;
+
+ protected:
+  WorkerContext(uv_loop_t* loop, unsigned index) : UpstreamHost(loop), index_(index) {}
+
+  unsigned index_;
+  SnapshotPtr snapshot_;
+  bool draining_ = false;
+  size_t downstream_count_ = 0;
+  FastRandom random_;
+  JwtCache jwt_cache_;
+  AccessLogBuffer access_log_;
+};
+
+}  // namespace pilotfish
