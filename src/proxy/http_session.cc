@@ -166,7 +166,7 @@ void HttpSession::on_data(char* data, size_t length) {
   rq_.bytes_in += length;
   if (tunnel_) {
     send_upstream(data, length);
-    if (rq_.upstream) rq_.upstream->flush();
+    if (rq_.upstream.connection) rq_.upstream.connection->flush();
     if (upstream_pending() > kHighWater) {
       rq_.paused_for_upstream = true;
       stop_read();
@@ -222,8 +222,8 @@ void HttpSession::parse_input(const char* data, size_t length) {
 
 void HttpSession::after_downstream_io() {
   if (closing()) return;
-  if (rq_.upstream && rq_.upstream->connected()) {
-    if (rq_.upstream->flush() != 0) {
+  if (rq_.upstream.connection && rq_.upstream.connection->connected()) {
+    if (rq_.upstream.connection->flush() != 0) {
       // The upstream write failed; its read side reports the end.
     }
   }
@@ -264,7 +264,7 @@ void HttpSession::on_write_done(int status) {
   last_progress_ms_ = uv_now(worker_.loop());
   if (rq_.paused_for_downstream && pending_bytes() < kLowWater) {
     rq_.paused_for_downstream = false;
-    if (rq_.upstream) rq_.upstream->start_read();
+    if (rq_.upstream.connection) rq_.upstream.connection->start_read();
   }
   if (closing()) return;
   if (waiting_for_client_ && timer_kind_ == Timer::idle)
@@ -442,14 +442,14 @@ Step HttpSession::on_headers_complete() {
   }
   rq_.cluster = &snap_->policy->clusters[rq_.cluster_index];
   ClusterState& cs = cluster_state();
-  if (!rq_.request_slot.take(cs.shared, &ClusterShared::requests, rq_.cluster->circuit_breaker.max_requests)) {
+  if (!rq_.upstream.take_request_slot(cs, *rq_.cluster)) {
     overflow(BreakerLimit::requests);
     return rq_.request_has_body ? Step::fail : Step::go;
   }
   cs.shared->budget.record_request(worker_.index(), uv_now(worker_.loop()));
-  rq_.replayable = !rq_.request_has_body || request_.method_is_idempotent();
+  rq_.upstream.replayable = !rq_.request_has_body || request_.method_is_idempotent();
   const TlsState* t = tls();
-  rq_.nested = build_upstream_head(
+  rq_.upstream.nested = build_upstream_head(
       upstream_head_, {request_.method_name(), rq_.target, headers_, rq_.request_chunked, rq_.websocket, *listener_,
                        client_address_, t && t->established() ? t : nullptr, rq_.auth_subject_ok ? rq_.auth : nullptr,
                        rq_.auth_subject, request_id_});
@@ -492,9 +492,7 @@ Step HttpSession::on_message_complete() {
     // The request is in; from here the cluster's timeout bounds every attempt, and the
     // per-try timeout the one in flight.
     uint64_t now = uv_now(worker_.loop());
-    rq_.deadline_ms = now + static_cast<uint64_t>(rq_.cluster->timeout.count());
-    if (rq_.upstream && rq_.cluster->retry.per_try_timeout.count() > 0)
-      rq_.try_deadline_ms = now + static_cast<uint64_t>(rq_.cluster->retry.per_try_timeout.count());
+    rq_.upstream.start_deadlines(*rq_.cluster, now);
     arm_upstream_timer();
   }
   if (request_.upgrade()) return Step::go;  // the decoder stops after an upgrade by itself
@@ -508,7 +506,7 @@ void HttpSession::send_local_response(int status, const char* reason, bool close
   if (rq_.local_response || closing()) return;
   rq_.local_response = true;
   rq_.error = reason;
-  if (rq_.upstream) abort_upstream();
+  if (rq_.upstream.connection) abort_upstream();
   if (rq_.response_started) {
     // Part of an upstream response went out already: the only honest signal left is a close.
     close();
@@ -524,7 +522,7 @@ void HttpSession::send_local_response(int status, const char* reason, bool close
   if (!rq_.keep_alive) {
     // Nothing more is read or parsed from this connection.
     log_request();
-    release_cluster_holds();
+    rq_.upstream.release_holds();
     rq_.in_request = false;
     stop_read();
     close_when_flushed();
@@ -544,7 +542,7 @@ void HttpSession::maybe_finish_request() {
     // Answered before the request was all in (an early error, an upstream that did not wait):
     // the rest of the request cannot be told apart from the next one, so the connection ends.
     log_request();
-    release_cluster_holds();
+    rq_.upstream.release_holds();
     rq_.in_request = false;
     arm_timer(Timer::none, 0);
     stop_read();
@@ -650,11 +648,11 @@ void HttpSession::log_request() {
   e.path = rq_.target.path.empty() ? std::string_view(url_) : std::string_view(rq_.target.path);
   e.status = rq_.status;
   e.duration_seconds = static_cast<double>(duration_ns) / 1e9;
-  if (rq_.cluster && rq_.endpoint >= 0)
-    e.upstream = cluster_state().pools[static_cast<size_t>(rq_.endpoint)]->address().text;
+  if (rq_.cluster && rq_.upstream.endpoint >= 0)
+    e.upstream = cluster_state().pools[static_cast<size_t>(rq_.upstream.endpoint)]->address().text;
   e.bytes_in = rq_.bytes_in;
   e.bytes_out = rq_.bytes_out;
-  e.attempts = rq_.attempts;
+  e.attempts = rq_.upstream.attempts;
   e.error = rq_.error;
   e.request_id = request_id_;
   log.record(e);
@@ -673,9 +671,8 @@ void HttpSession::arm_timer(Timer which, uint64_t ms) {
 
 void HttpSession::on_close() {
   if (rq_.in_request) log_request();
-  rq_.balanced.end();
-  rq_.upstream.end(false);
-  release_cluster_holds();
+  rq_.upstream.give_back_connection(false);
+  rq_.upstream.release_holds();
   conn_stats_->connections.add(-1);
   worker_.remove_downstream();
 }

@@ -15,6 +15,7 @@
 #include "proxy/worker_context.h"
 #include "upstream/circuit_breaker.h"
 #include "upstream/upstream_pool.h"
+#include "upstream/upstream_request.h"
 
 namespace pilotfish {
 
@@ -87,7 +88,6 @@ class HttpSession final : public Stream,
   void start_attempt(bool fresh_connection = false);
   void send_body(const char* data, size_t length);
   void overflow(BreakerLimit limit);
-  void release_cluster_holds();
   void endpoint_verdict(bool ok);
   bool retry_allowed(uint32_t condition);
   void schedule_retry();
@@ -149,31 +149,13 @@ class HttpSession final : public Stream,
     bool auth_subject_ok = false;
     const Cluster* cluster = nullptr;
     size_t cluster_index = 0;
-    int endpoint = -1;
-    // The connection lent to this request's attempt in flight (or to its tunnel): only it
-    // calls this session, and it goes back to its pool, or closes, when the request ends.
-    UpstreamLease upstream;
-    int attempts = 0;
-    bool replayed = false;
-    bool upstream_reused = false;
-    bool upstream_sent = false;  // bytes of this request were handed to a connection
+    // Its way to the cluster: endpoint, connection, holds, attempts, deadlines, retries.
+    UpstreamRequest upstream;
     size_t unsent_head_length = 0;  // of the attempt head at the front of to_upstream_
-    bool replayable = true;       // no body, or an idempotent one small enough to keep
-    bool nested = false;          // sent by another pilotfish: not retried again here
-    BalancedRequest balanced;     // counted in the balancer's active requests
-    ProbeClaim probe;             // this attempt is its ejected endpoint's one probe
-    BreakerSlot request_slot;     // one of the cluster's max_requests
-    BreakerSlot retry_slot;       // one of the cluster's max_retries
     bool retry_after_response = false;
-    bool retry_overflow = false;  // a retry was refused by max_retries: the answer is 503 overloaded
-    uint64_t deadline_ms = 0;     // the cluster timeout, over every attempt
-    uint64_t try_deadline_ms = 0; // the per-try timeout of the attempt in flight
-    uint64_t backoff_until_ms = 0;
-    bool stall_checked = false;   // the cluster deadline fired late once; the next time it judges
     bool paused_for_upstream = false;
     bool response_started = false;
     bool response_complete = false;
-    bool response_bytes_seen = false;
     bool keep_alive = true;
     Framing framing = Framing::none;
     int status = 0;

@@ -33,11 +33,11 @@ constexpr uint64_t kLoopStallMs = 500;
 
 void HttpSession::send_body(const char* data, size_t length) {
   // Kept for a retry while it is small; a larger body is sent once.
-  if (rq_.replayable && rq_.request_has_body) {
+  if (rq_.upstream.replayable && rq_.request_has_body) {
     if (replay_.size() + length <= kMaxReplayBytes)
       replay_.append(data, length);
     else
-      rq_.replayable = false, replay_.clear(), replay_.shrink_to_fit();
+      rq_.upstream.replayable = false, replay_.clear(), replay_.shrink_to_fit();
   }
   send_upstream(data, length);
 }
@@ -49,146 +49,82 @@ void HttpSession::overflow(BreakerLimit limit) {
 
 void HttpSession::start_attempt(bool fresh_connection) {
   ClusterState& cs = cluster_state();
+  UpstreamRequest& up = rq_.upstream;
   uint64_t now = uv_now(worker_.loop());
-  int previous = rq_.endpoint;
-  rq_.endpoint = -1;
-  size_t n = cs.pools.size();
-  for (size_t tries = 0; tries < n; ++tries) {
-    int chosen = cs.balancer->pick([&](size_t i) { return cs.health[i]->may_try(now); }, previous);
-    if (chosen < 0) break;
-    EndpointHealth& health = *cs.health[static_cast<size_t>(chosen)];
-    if (!health.needs_probe()) {
-      rq_.endpoint = chosen;
-      break;
-    }
-    // Its ejection is over: this request is its one probe, unless another got there first.
-    if (rq_.probe.claim(cs.health[static_cast<size_t>(chosen)])) {
-      rq_.endpoint = chosen;
-      break;
-    }
-  }
-  if (rq_.endpoint < 0) {
+  if (!up.choose_endpoint(cs, now)) {
     send_local_response(503, "no_healthy_upstream", rq_.request_has_body && !rq_.request_complete);
     return;
   }
-  ++rq_.attempts;
-  EndpointPool& pool = *cs.pools[static_cast<size_t>(rq_.endpoint)];
+  ++up.attempts;
   resp_headers_.clear();
   resp_status_text_.clear();
   response_.restart();
   // What this attempt sends: the head with its attempt number, then the body so far. A first
   // attempt's body is still arriving (send_body); a retry's was kept (replay_), unless nothing
   // was sent at all (a connect failure), when it is still in to_upstream_.
-  if (rq_.attempts == 1 && !rq_.upstream_sent && to_upstream_.empty()) {
+  if (up.attempts == 1 && !up.sent && to_upstream_.empty()) {
     // The common case, built in place: no copy of the head beyond this one.
-    append_attempt_head(to_upstream_, upstream_head_, rq_.attempts);
+    append_attempt_head(to_upstream_, upstream_head_, up.attempts);
     rq_.unsent_head_length = to_upstream_.size();
   } else {
     std::string head;
-    append_attempt_head(head, upstream_head_, rq_.attempts);
-    if (!rq_.upstream_sent)
+    append_attempt_head(head, upstream_head_, up.attempts);
+    if (!up.sent)
       to_upstream_.replace(0, rq_.unsent_head_length, head);
     else
       to_upstream_ = head + replay_;
     rq_.unsent_head_length = head.size();
   }
-  rq_.upstream_sent = false;
-  rq_.response_bytes_seen = false;
+  up.sent = false;
+  up.response_bytes_seen = false;
   rq_.interim_responses = 0;
-  bool reused = false;
   BreakerLimit limit = BreakerLimit::connections;
-  // No callback comes before acquire() returns: even a connect that cannot start fails later.
-  rq_.upstream = pool.acquire(this, &reused, &limit, fresh_connection);
-  if (!rq_.upstream) {
-    rq_.probe.release();
+  if (!up.lend_connection(cs, this, fresh_connection, &limit)) {
     overflow(limit);
     return;
   }
-  rq_.balanced.start(cs.balancer.get(), static_cast<size_t>(rq_.endpoint));
-  rq_.upstream_reused = reused;
-  if (rq_.request_complete && rq_.cluster->retry.per_try_timeout.count() > 0) {
-    rq_.try_deadline_ms = now + static_cast<uint64_t>(rq_.cluster->retry.per_try_timeout.count());
+  if (rq_.request_complete) {
+    up.start_try_deadline(*rq_.cluster, now);
     arm_upstream_timer();
   }
-  if (reused) on_upstream_connected(*rq_.upstream.get());
-}
-
-// What the request holds of the cluster's shared state goes back (its place in the balancer's
-// count goes with its upstream connection: see release_upstream).
-void HttpSession::release_cluster_holds() {
-  rq_.probe.release();
-  rq_.request_slot.release();
-  rq_.retry_slot.release();
+  if (up.connection_reused) on_upstream_connected(*up.connection.get());
 }
 
 void HttpSession::endpoint_verdict(bool ok) {
-  if (rq_.endpoint < 0 || rq_.cluster == nullptr) return;
-  ClusterState& cs = cluster_state();
-  EndpointHealth& health = *cs.health[static_cast<size_t>(rq_.endpoint)];
-  rq_.probe.settle();
-  if (ok) {
-    record_endpoint_success(health, *cs.shared);
-    return;
-  }
-  if (record_endpoint_failure(health, *cs.shared, rq_.cluster->outlier_detection, cs.pools.size(),
-                              uv_now(worker_.loop()))) {
-    cs.stats->outlier_ejections.add();
-    log_warn("cluster " + rq_.cluster->name + ": endpoint " + cs.pools[static_cast<size_t>(rq_.endpoint)]->address().text +
-             " ejected (outlier detection)");
-  }
+  if (rq_.cluster) rq_.upstream.verdict(cluster_state(), *rq_.cluster, ok, uv_now(worker_.loop()));
 }
 
 bool HttpSession::retry_allowed(uint32_t condition) {
-  const RetryPolicy& retry = rq_.cluster->retry;
-  uint64_t now = uv_now(worker_.loop());
-  AttemptFacts facts{condition,  rq_.nested,     rq_.attempts, rq_.upstream_sent, rq_.request_complete,
-                     rq_.replayable, rq_.deadline_ms && now >= rq_.deadline_ms};
-  if (!retry_permitted(retry, facts)) return false;
-  ClusterState& cs = cluster_state();
-  if (!cs.shared->budget.allows_retry(now, retry.budget_ratio, retry.budget_min_per_second)) {
-    cs.stats->retry_budget_exhausted.add();
-    return false;
-  }
-  if (!rq_.retry_slot.held() && !rq_.retry_slot.take(cs.shared, &ClusterShared::retries, rq_.cluster->circuit_breaker.max_retries)) {
-    cs.stats->breaker_overflow[static_cast<size_t>(BreakerLimit::retries)].add();
-    rq_.retry_overflow = true;  // answered 503 overloaded, as every breaker limit is
-    return false;
-  }
-  cs.stats->retries.add();
-  cs.shared->budget.record_retry(worker_.index(), now);
-  return true;
+  return rq_.upstream.may_retry(cluster_state(), *rq_.cluster, condition, rq_.request_complete,
+                                uv_now(worker_.loop()), worker_.index());
 }
 
 void HttpSession::schedule_retry() {
-  rq_.try_deadline_ms = 0;  // that attempt is over
-  // Full jitter: uniform in [0, min(max, base * 2^(n-1))) before retry n. While the client is
-  // still sending its body (a connect failure), the retry is at once.
-  uint64_t cap = backoff_bound_ms(rq_.cluster->retry, rq_.attempts);
-  uint64_t wait = cap ? worker_.random().below(cap) : 0;
+  rq_.upstream.try_deadline_ms = 0;  // that attempt is over
+  // While the client is still sending its body (a connect failure), the retry is at once.
+  uint64_t wait = rq_.upstream.backoff_ms(*rq_.cluster, worker_.random());
   if (wait == 0 || !rq_.request_complete) {
     start_attempt();
     return;
   }
-  rq_.backoff_until_ms = uv_now(worker_.loop()) + wait;
+  rq_.upstream.backoff_until_ms = uv_now(worker_.loop()) + wait;
   arm_upstream_timer();
 }
 
 void HttpSession::arm_upstream_timer() {
-  uint64_t next = 0;
-  for (uint64_t t : {rq_.deadline_ms, rq_.try_deadline_ms, rq_.backoff_until_ms})
-    if (t && (next == 0 || t < next)) next = t;
+  uint64_t next = rq_.upstream.next_deadline_ms();
   if (next == 0) return;
   uint64_t now = uv_now(worker_.loop());
   arm_timer(Timer::upstream, next > now ? next - now : 1);
 }
 
 void HttpSession::on_upstream_connected(UpstreamConnection& from) {
-  assert(rq_.upstream.holds(from) && rq_.cluster);
+  assert(rq_.upstream.connection.holds(from) && rq_.cluster);
   (void)from;
-  rq_.upstream_sent = true;
-  rq_.upstream->append(to_upstream_);
+  rq_.upstream.sent = true;
+  rq_.upstream.connection->append(to_upstream_);
   to_upstream_.clear();
-  if (rq_.upstream->flush() != 0) return;
+  if (rq_.upstream.connection->flush() != 0) return;
   if (rq_.paused_for_upstream && upstream_pending() < kLowWater) {
     rq_.paused_for_upstream = false;
     start_read();
@@ -196,18 +132,17 @@ void HttpSession::on_upstream_connected(UpstreamConnection& from) {
 }
 
 void HttpSession::on_upstream_connect_failed(UpstreamConnection& from, int status) {
-  assert(rq_.upstream.holds(from) && rq_.cluster);
+  assert(rq_.upstream.connection.holds(from) && rq_.cluster);
   (void)from;
   ClusterState& cs = cluster_state();
   cs.stats->upstream_connect_failure.add();
-  rq_.balanced.end();
-  rq_.upstream.lost();
+  rq_.upstream.connection_lost();
   log_debug("cluster " + rq_.cluster->name + ": connect to " +
-            cs.pools[static_cast<size_t>(rq_.endpoint)]->address().text + " failed: " + upstream_error_text(status));
+            cs.pools[static_cast<size_t>(rq_.upstream.endpoint)]->address().text + " failed: " + upstream_error_text(status));
   // A connect that failed here (no descriptors, no local port) says nothing about the endpoint,
   // and another endpoint would fare no better: the client is told pilotfish is overloaded.
   if (is_local_failure(status)) {
-    rq_.probe.release();
+    rq_.upstream.probe.release();
     send_local_response(503, "overloaded", rq_.request_has_body && !rq_.request_complete);
     after_downstream_io();
     return;
@@ -219,7 +154,7 @@ void HttpSession::on_upstream_connect_failed(UpstreamConnection& from, int statu
     return;
   }
   send_local_response(503,
-                      rq_.retry_overflow                ? "overloaded"
+                      rq_.upstream.retry_overflow                ? "overloaded"
                       : status == UV_ETIMEDOUT    ? "connect_timeout"
                       : status == kUpstreamTlsFailed ? "upstream_tls_failure"
                                                   : "connect_failure",
@@ -228,18 +163,18 @@ void HttpSession::on_upstream_connect_failed(UpstreamConnection& from, int statu
 }
 
 void HttpSession::send_upstream(const char* data, size_t length) {
-  if (rq_.upstream && rq_.upstream->connected() && rq_.upstream_sent)
-    rq_.upstream->append({data, length});
+  if (rq_.upstream.connection && rq_.upstream.connection->connected() && rq_.upstream.sent)
+    rq_.upstream.connection->append({data, length});
   else
     to_upstream_.append(data, length);
 }
 
 size_t HttpSession::upstream_pending() const {
-  return to_upstream_.size() + (rq_.upstream ? rq_.upstream->pending_bytes() : 0);
+  return to_upstream_.size() + (rq_.upstream.connection ? rq_.upstream.connection->pending_bytes() : 0);
 }
 
 void HttpSession::on_upstream_drained(UpstreamConnection& from) {
-  assert(rq_.upstream.holds(from));
+  assert(rq_.upstream.connection.holds(from));
   (void)from;
   if (rq_.paused_for_upstream && upstream_pending() < kLowWater) {
     rq_.paused_for_upstream = false;
@@ -247,18 +182,14 @@ void HttpSession::on_upstream_drained(UpstreamConnection& from) {
   }
 }
 
-void HttpSession::release_upstream(bool reusable) {
-  if (!rq_.upstream) return;
-  rq_.balanced.end();
-  rq_.upstream.end(reusable);
-}
+void HttpSession::release_upstream(bool reusable) { rq_.upstream.give_back_connection(reusable); }
 
 void HttpSession::abort_upstream() { release_upstream(false); }
 
 void HttpSession::on_upstream_data(UpstreamConnection& from, char* data, size_t length) {
   // Only the connection lent to this request calls, and only while the request routed there
   // is in flight (a tunnel's request stays until the connection closes).
-  assert(rq_.upstream.holds(from) && rq_.cluster);
+  assert(rq_.upstream.connection.holds(from) && rq_.cluster);
   (void)from;
   if (tunnel_) {
     rq_.bytes_out += length;
@@ -267,13 +198,13 @@ void HttpSession::on_upstream_data(UpstreamConnection& from, char* data, size_t 
       close();
       return;
     }
-    if (pending_bytes() > kHighWater && rq_.upstream) {
+    if (pending_bytes() > kHighWater && rq_.upstream.connection) {
       rq_.paused_for_downstream = true;
-      rq_.upstream->stop_read();
+      rq_.upstream.connection->stop_read();
     }
     return;
   }
-  rq_.response_bytes_seen = true;
+  rq_.upstream.response_bytes_seen = true;
   last_progress_ms_ = uv_now(worker_.loop());
   using Outcome = Http1Decoder::Outcome;
   Outcome result = response_.execute(data, length);
@@ -291,7 +222,7 @@ void HttpSession::on_upstream_data(UpstreamConnection& from, char* data, size_t 
   if (rq_.retry_after_response && !closing()) {
     rq_.retry_after_response = false;
     abort_upstream();
-    if (rq_.retry_overflow)
+    if (rq_.upstream.retry_overflow)
       send_local_response(503, "overloaded", !rq_.request_complete);
     else
       schedule_retry();
@@ -310,7 +241,7 @@ void HttpSession::on_upstream_data(UpstreamConnection& from, char* data, size_t 
     release_upstream(reusable);
   } else if (result.kind == Outcome::failed) {
     log_warn("cluster " + rq_.cluster->name + ": invalid response from " +
-             cluster_state().pools[static_cast<size_t>(rq_.endpoint)]->address().text + ": " + result.reason);
+             cluster_state().pools[static_cast<size_t>(rq_.upstream.endpoint)]->address().text + ": " + result.reason);
     if (!rq_.response_started) {
       cluster_state().stats->upstream_reset.add();
       endpoint_verdict(false);
@@ -328,22 +259,21 @@ void HttpSession::on_upstream_data(UpstreamConnection& from, char* data, size_t 
     close();
     return;
   }
-  if (rq_.upstream && pending_bytes() > kHighWater) {
+  if (rq_.upstream.connection && pending_bytes() > kHighWater) {
     rq_.paused_for_downstream = true;
-    rq_.upstream->stop_read();
+    rq_.upstream.connection->stop_read();
   }
   maybe_finish_request();
 }
 
 void HttpSession::on_upstream_end(UpstreamConnection& from, int status) {
-  assert(rq_.upstream.holds(from) && rq_.cluster);
+  assert(rq_.upstream.connection.holds(from) && rq_.cluster);
   (void)from;
   // The connection is closing itself; it is no longer ours.
   ClusterState& cs = cluster_state();
-  bool tls_refused = status == kUpstreamTlsFailed && !rq_.response_bytes_seen;
+  bool tls_refused = status == kUpstreamTlsFailed && !rq_.upstream.response_bytes_seen;
   if (!tunnel_ && !rq_.response_started) (tls_refused ? cs.stats->upstream_connect_failure : cs.stats->upstream_reset).add();
-  rq_.balanced.end();
-  rq_.upstream.lost();
+  rq_.upstream.connection_lost();
   if (tunnel_) {
     close_when_flushed();
     return;
@@ -371,7 +301,7 @@ void HttpSession::on_upstream_end(UpstreamConnection& from, int status) {
       after_downstream_io();
       return;
     }
-    send_local_response(503, rq_.retry_overflow ? "overloaded" : "upstream_tls_failure", !rq_.request_complete);
+    send_local_response(503, rq_.upstream.retry_overflow ? "overloaded" : "upstream_tls_failure", !rq_.request_complete);
     after_downstream_io();
     return;
   }
@@ -379,11 +309,7 @@ void HttpSession::on_upstream_end(UpstreamConnection& from, int status) {
   // upstream was closing at that moment (the keep-alive race) is sent once more on a fresh
   // connection when that is safe: an idempotent request whose body (if any) was kept. It is
   // not the endpoint's fault, and not a retry: no budget, no count.
-  bool safe = request_.method_is_idempotent() && rq_.replayable;
-  if (rq_.upstream_reused && !rq_.response_bytes_seen && safe && rq_.request_complete && !rq_.replayed) {
-    rq_.replayed = true;
-    rq_.probe.release();
-    --rq_.attempts;
+  if (rq_.upstream.may_resend_after_race(request_.method_is_idempotent(), rq_.request_complete)) {
     start_attempt(/*fresh_connection=*/true);  // another pooled one may be closing just the same
     after_downstream_io();
     return;
@@ -394,7 +320,7 @@ void HttpSession::on_upstream_end(UpstreamConnection& from, int status) {
     after_downstream_io();
     return;
   }
-  if (rq_.retry_overflow)
+  if (rq_.upstream.retry_overflow)
     send_local_response(503, "overloaded", !rq_.request_complete);
   else
     send_local_response(502, "upstream_reset", !rq_.request_complete);
@@ -437,7 +363,7 @@ Step HttpSession::on_response_headers_complete() {
   if (status == 101) {
     if (!rq_.websocket) return Step::fail;  // an upgrade nobody asked for
     endpoint_verdict(true);
-    rq_.retry_slot.release();
+    rq_.upstream.retry_slot.release();
     rq_.status = 101;
     tunnel_ = true;
     write_response_head();
@@ -455,23 +381,22 @@ Step HttpSession::on_response_headers_complete() {
   // The final answer: the endpoint's verdict, and perhaps a retry instead of passing it on.
   uint32_t condition = retry_conditions_for_status(rq_.cluster->retry, status);
   endpoint_verdict(status < 500);
-  if (condition && (retry_allowed(condition) || rq_.retry_overflow)) {
+  if (condition && (retry_allowed(condition) || rq_.upstream.retry_overflow)) {
     rq_.retry_after_response = true;
     return Step::fail;  // on_upstream_data drops this answer and its connection, and retries
   }
-  rq_.deadline_ms = rq_.try_deadline_ms = rq_.backoff_until_ms = 0;
-  rq_.retry_slot.release();  // retrying is over: this answer goes to the client
+  rq_.upstream.answer_chosen();  // retrying is over: this answer goes to the client
   // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
   // kept idle that long, so that no request is written to it as it closes.
   size_t ka = resp_headers_.find("keep-alive");
-  if (ka != HeaderList::npos && rq_.upstream) {
+  if (ka != HeaderList::npos && rq_.upstream.connection) {
     std::string_view v = resp_headers_.value(ka);
     size_t t = v.find("timeout=");
     if (t != std::string_view::npos) {
       uint64_t seconds = 0;
       size_t i = t + 8;
       while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 1'000'000) seconds = seconds * 10 + (v[i++] - '0');
-      rq_.upstream->set_idle_limit(seconds == 0 ? 1 : seconds * 800);
+      rq_.upstream.connection->set_idle_limit(seconds == 0 ? 1 : seconds * 800);
     }
   }
   rq_.status = status;
@@ -564,7 +489,7 @@ void HttpSession::enter_tunnel(const char* upstream_rest, size_t rest_length) {
   if (leftover_.size() > leftover_off_) send_upstream(leftover_.data() + leftover_off_, leftover_.size() - leftover_off_);
   leftover_.clear();
   leftover_off_ = 0;
-  if (rq_.upstream) rq_.upstream->flush();
+  if (rq_.upstream.connection) rq_.upstream.connection->flush();
   if (flush() != 0) {
     close();
     return;
@@ -610,39 +535,39 @@ void HttpSession::on_timeout() {
         return;
       }
       uint64_t now = uv_now(worker_.loop());
-      if (rq_.deadline_ms && now >= rq_.deadline_ms) {
-        if (!rq_.stall_checked && now - rq_.deadline_ms > kLoopStallMs) {
+      if (rq_.upstream.deadline_ms && now >= rq_.upstream.deadline_ms) {
+        if (!rq_.upstream.stall_checked && now - rq_.upstream.deadline_ms > kLoopStallMs) {
           // This timer is late: the worker itself was held up (and an answer may be waiting
           // unread in the socket). The I/O gets one turn of the loop before the verdict.
-          rq_.stall_checked = true;
+          rq_.upstream.stall_checked = true;
           arm_timer(Timer::upstream, 1);
           return;
         }
         // Every attempt together had the cluster's timeout. The endpoint is blamed only when
         // it had the request: connected, and nothing left in pilotfish's own queue for it.
-        if (rq_.upstream && rq_.upstream->connected() && rq_.upstream->pending_bytes() == 0) endpoint_verdict(false);
-        rq_.probe.release();
+        if (rq_.upstream.connection && rq_.upstream.connection->connected() && rq_.upstream.connection->pending_bytes() == 0) endpoint_verdict(false);
+        rq_.upstream.probe.release();
         send_local_response(504, "timeout", !rq_.request_complete);
         after_downstream_io();
         return;
       }
-      if (rq_.backoff_until_ms && now >= rq_.backoff_until_ms) {
-        rq_.backoff_until_ms = 0;
+      if (rq_.upstream.backoff_until_ms && now >= rq_.upstream.backoff_until_ms) {
+        rq_.upstream.backoff_until_ms = 0;
         start_attempt();
         after_downstream_io();
         return;
       }
-      if (rq_.try_deadline_ms && now >= rq_.try_deadline_ms && rq_.upstream) {
+      if (rq_.upstream.try_deadline_ms && now >= rq_.upstream.try_deadline_ms && rq_.upstream.connection) {
         // This attempt had its per-try timeout: a 504 for the retry conditions and a failure
         // of the endpoint.
-        rq_.try_deadline_ms = 0;
+        rq_.upstream.try_deadline_ms = 0;
         cluster_state().stats->upstream_timeout.add();
         abort_upstream();
         endpoint_verdict(false);
         if (retry_allowed(kRetry5xx | kRetryGatewayError)) {
           schedule_retry();
         } else {
-          send_local_response(rq_.retry_overflow ? 503 : 504, rq_.retry_overflow ? "overloaded" : "timeout",
+          send_local_response(rq_.upstream.retry_overflow ? 503 : 504, rq_.upstream.retry_overflow ? "overloaded" : "timeout",
                               !rq_.request_complete);
         }
         after_downstream_io();

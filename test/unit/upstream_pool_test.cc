@@ -11,6 +11,7 @@
 
 #include "net/descriptor_budget.h"
 #include "pilotfish/socket_address.h"
+#include "unit/loop_host.h"
 
 namespace pilotfish {
 namespace {
@@ -131,14 +132,6 @@ class UpstreamPoolTest : public ::testing::Test {
     }
     return done();
   }
-
-  struct LoopHost final : UpstreamHost {
-    explicit LoopHost(uv_loop_t* l) : UpstreamHost(l) {}
-    const TlsMaterialPtr& tls() const override { return none; }
-    bool close_idle_upstream() override { return false; }
-    bool winding_down() const override { return false; }
-    TlsMaterialPtr none;
-  };
 
   uv_loop_t loop_;
   std::unique_ptr<LoopHost> host_;
