@@ -89,7 +89,9 @@ class HttpSession final : public Stream,
   void send_body(const char* data, size_t length);
   void overflow(BreakerLimit limit);
   void endpoint_verdict(bool ok);
-  bool retry_allowed(uint32_t condition);
+  AttemptScope attempt_scope();
+  // Carries out what UpstreamRequest decided after an attempt.
+  void follow(const NextStep& next);
   void schedule_retry();
   void arm_upstream_timer();
   void send_upstream(const char* data, size_t length);
@@ -152,7 +154,7 @@ class HttpSession final : public Stream,
     // Its way to the cluster: endpoint, connection, holds, attempts, deadlines, retries.
     UpstreamRequest upstream;
     size_t unsent_head_length = 0;  // of the attempt head at the front of to_upstream_
-    bool retry_after_response = false;
+    NextStep after_response{NextStep::pass};  // a final response dropped for a retry or 503
     bool paused_for_upstream = false;
     bool response_started = false;
     bool response_complete = false;

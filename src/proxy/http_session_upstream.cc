@@ -94,11 +94,6 @@ void HttpSession::endpoint_verdict(bool ok) {
   if (rq_.cluster) rq_.upstream.verdict(cluster_state(), *rq_.cluster, ok, uv_now(worker_.loop()));
 }
 
-bool HttpSession::retry_allowed(uint32_t condition) {
-  return rq_.upstream.may_retry(cluster_state(), *rq_.cluster, condition, rq_.request_complete,
-                                uv_now(worker_.loop()), worker_.index());
-}
-
 void HttpSession::schedule_retry() {
   rq_.upstream.try_deadline_ms = 0;  // that attempt is over
   // While the client is still sending its body (a connect failure), the retry is at once.
@@ -134,32 +129,22 @@ void HttpSession::on_upstream_connected(UpstreamConnection& from) {
 void HttpSession::on_upstream_connect_failed(UpstreamConnection& from, int status) {
   assert(rq_.upstream.connection.holds(from) && rq_.cluster);
   (void)from;
-  ClusterState& cs = cluster_state();
-  cs.stats->upstream_connect_failure.add();
   rq_.upstream.connection_lost();
-  log_debug("cluster " + rq_.cluster->name + ": connect to " +
-            cs.pools[static_cast<size_t>(rq_.upstream.endpoint)]->address().text + " failed: " + upstream_error_text(status));
-  // A connect that failed here (no descriptors, no local port) says nothing about the endpoint,
-  // and another endpoint would fare no better: the client is told pilotfish is overloaded.
-  if (is_local_failure(status)) {
-    rq_.upstream.probe.release();
-    send_local_response(503, "overloaded", rq_.request_has_body && !rq_.request_complete);
-    after_downstream_io();
-    return;
-  }
-  endpoint_verdict(false);
-  if (retry_allowed(kRetryConnectFailure)) {
-    schedule_retry();
-    after_downstream_io();
-    return;
-  }
-  send_local_response(503,
-                      rq_.upstream.retry_overflow                ? "overloaded"
-                      : status == UV_ETIMEDOUT    ? "connect_timeout"
-                      : status == kUpstreamTlsFailed ? "upstream_tls_failure"
-                                                  : "connect_failure",
-                      rq_.request_has_body && !rq_.request_complete);
+  follow(rq_.upstream.after_connect_failure(attempt_scope(), status));
   after_downstream_io();
+}
+
+AttemptScope HttpSession::attempt_scope() {
+  return {cluster_state(), *rq_.cluster, uv_now(worker_.loop()), worker_.index(), rq_.request_complete};
+}
+
+void HttpSession::follow(const NextStep& next) {
+  switch (next.kind) {
+    case NextStep::pass: return;
+    case NextStep::retry: schedule_retry(); return;
+    case NextStep::resend: start_attempt(/*fresh_connection=*/true); return;  // another pooled one may be closing too
+    case NextStep::answer: send_local_response(next.status, next.error, rq_.request_has_body && !rq_.request_complete); return;
+  }
 }
 
 void HttpSession::send_upstream(const char* data, size_t length) {
@@ -219,13 +204,11 @@ void HttpSession::on_upstream_data(UpstreamConnection& from, char* data, size_t 
     length -= result.consumed;
     result = response_.execute(data, length);
   }
-  if (rq_.retry_after_response && !closing()) {
-    rq_.retry_after_response = false;
+  if (rq_.after_response.kind != NextStep::pass && !closing()) {
+    NextStep next = rq_.after_response;
+    rq_.after_response = {NextStep::pass};
     abort_upstream();
-    if (rq_.upstream.retry_overflow)
-      send_local_response(503, "overloaded", !rq_.request_complete);
-    else
-      schedule_retry();
+    follow(next);
     after_downstream_io();
     return;
   }
@@ -270,9 +253,7 @@ void HttpSession::on_upstream_end(UpstreamConnection& from, int status) {
   assert(rq_.upstream.connection.holds(from) && rq_.cluster);
   (void)from;
   // The connection is closing itself; it is no longer ours.
-  ClusterState& cs = cluster_state();
   bool tls_refused = status == kUpstreamTlsFailed && !rq_.upstream.response_bytes_seen;
-  if (!tunnel_ && !rq_.response_started) (tls_refused ? cs.stats->upstream_connect_failure : cs.stats->upstream_reset).add();
   rq_.upstream.connection_lost();
   if (tunnel_) {
     close_when_flushed();
@@ -291,39 +272,7 @@ void HttpSession::on_upstream_end(UpstreamConnection& from, int status) {
     close();
     return;
   }
-  if (tls_refused) {
-    // The server refused our certificate (TLS 1.3 tells a client after its side of the
-    // handshake): a connection that never was, as a failed connect. The server read none of
-    // the request, but what was sent is sent again only if it was kept.
-    endpoint_verdict(false);
-    if (retry_allowed(kRetryConnectFailure)) {
-      schedule_retry();
-      after_downstream_io();
-      return;
-    }
-    send_local_response(503, rq_.upstream.retry_overflow ? "overloaded" : "upstream_tls_failure", !rq_.request_complete);
-    after_downstream_io();
-    return;
-  }
-  // Nothing of a response came back. A request written to a pooled connection that the
-  // upstream was closing at that moment (the keep-alive race) is sent once more on a fresh
-  // connection when that is safe: an idempotent request whose body (if any) was kept. It is
-  // not the endpoint's fault, and not a retry: no budget, no count.
-  if (rq_.upstream.may_resend_after_race(request_.method_is_idempotent(), rq_.request_complete)) {
-    start_attempt(/*fresh_connection=*/true);  // another pooled one may be closing just the same
-    after_downstream_io();
-    return;
-  }
-  endpoint_verdict(false);
-  if (retry_allowed(kRetryReset)) {
-    schedule_retry();
-    after_downstream_io();
-    return;
-  }
-  if (rq_.upstream.retry_overflow)
-    send_local_response(503, "overloaded", !rq_.request_complete);
-  else
-    send_local_response(502, "upstream_reset", !rq_.request_complete);
+  follow(rq_.upstream.after_reset(attempt_scope(), tls_refused, request_.method_is_idempotent()));
   after_downstream_io();
 }
 
@@ -379,13 +328,9 @@ Step HttpSession::on_response_headers_complete() {
     return Step::go;
   }
   // The final answer: the endpoint's verdict, and perhaps a retry instead of passing it on.
-  uint32_t condition = retry_conditions_for_status(rq_.cluster->retry, status);
-  endpoint_verdict(status < 500);
-  if (condition && (retry_allowed(condition) || rq_.upstream.retry_overflow)) {
-    rq_.retry_after_response = true;
-    return Step::fail;  // on_upstream_data drops this answer and its connection, and retries
-  }
-  rq_.upstream.answer_chosen();  // retrying is over: this answer goes to the client
+  rq_.after_response = rq_.upstream.after_response(attempt_scope(), status);
+  if (rq_.after_response.kind != NextStep::pass)
+    return Step::fail;  // on_upstream_data drops this answer and its connection, and follows
   // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
   // kept idle that long, so that no request is written to it as it closes.
   size_t ka = resp_headers_.find("keep-alive");
@@ -543,11 +488,10 @@ void HttpSession::on_timeout() {
           arm_timer(Timer::upstream, 1);
           return;
         }
-        // Every attempt together had the cluster's timeout. The endpoint is blamed only when
-        // it had the request: connected, and nothing left in pilotfish's own queue for it.
-        if (rq_.upstream.connection && rq_.upstream.connection->connected() && rq_.upstream.connection->pending_bytes() == 0) endpoint_verdict(false);
-        rq_.upstream.probe.release();
-        send_local_response(504, "timeout", !rq_.request_complete);
+        // The endpoint had the request when it is connected and nothing is left in
+        // pilotfish's own queue for it.
+        const UpstreamLease& c = rq_.upstream.connection;
+        follow(rq_.upstream.after_deadline(attempt_scope(), c && c->connected() && c->pending_bytes() == 0));
         after_downstream_io();
         return;
       }
@@ -558,18 +502,8 @@ void HttpSession::on_timeout() {
         return;
       }
       if (rq_.upstream.try_deadline_ms && now >= rq_.upstream.try_deadline_ms && rq_.upstream.connection) {
-        // This attempt had its per-try timeout: a 504 for the retry conditions and a failure
-        // of the endpoint.
-        rq_.upstream.try_deadline_ms = 0;
-        cluster_state().stats->upstream_timeout.add();
         abort_upstream();
-        endpoint_verdict(false);
-        if (retry_allowed(kRetry5xx | kRetryGatewayError)) {
-          schedule_retry();
-        } else {
-          send_local_response(rq_.upstream.retry_overflow ? 503 : 504, rq_.upstream.retry_overflow ? "overloaded" : "timeout",
-                              !rq_.request_complete);
-        }
+        follow(rq_.upstream.after_try_timeout(attempt_scope()));
         after_downstream_io();
         return;
       }

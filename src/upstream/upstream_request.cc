@@ -1,6 +1,7 @@
 #include "upstream/upstream_request.h"
 
 #include "log/logger.h"
+#include "net/descriptor_budget.h"
 #include "upstream/retry_decision.h"
 
 namespace pilotfish {
@@ -97,6 +98,77 @@ bool UpstreamRequest::may_resend_after_race(bool idempotent, bool request_comple
   probe.release();
   --attempts;  // the next attempt takes this one's place
   return true;
+}
+
+namespace {
+NextStep answer(int status, const char* error) { return {NextStep::answer, status, error}; }
+}  // namespace
+
+NextStep UpstreamRequest::after_connect_failure(const AttemptScope& at, int status) {
+  at.cs.stats->upstream_connect_failure.add();
+  log_debug("cluster " + at.cluster.name + ": connect to " + at.cs.pools[static_cast<size_t>(endpoint)]->address().text +
+            " failed: " + upstream_error_text(status));
+  // A connect that failed here (no descriptors, no local port) says nothing about the endpoint,
+  // and another endpoint would fare no better: the client is told pilotfish is overloaded.
+  if (is_local_failure(status)) {
+    probe.release();
+    return answer(503, "overloaded");
+  }
+  verdict(at.cs, at.cluster, false, at.now_ms);
+  if (may_retry(at.cs, at.cluster, kRetryConnectFailure, at.request_complete, at.now_ms, at.worker))
+    return {NextStep::retry};
+  return answer(503, retry_overflow                 ? "overloaded"
+                     : status == UV_ETIMEDOUT       ? "connect_timeout"
+                     : status == kUpstreamTlsFailed ? "upstream_tls_failure"
+                                                    : "connect_failure");
+}
+
+NextStep UpstreamRequest::after_reset(const AttemptScope& at, bool tls_refused, bool idempotent) {
+  (tls_refused ? at.cs.stats->upstream_connect_failure : at.cs.stats->upstream_reset).add();
+  if (tls_refused) {
+    // The server refused our certificate (TLS 1.3 tells a client after its side of the
+    // handshake): a connection that never was, as a failed connect. The server read none of
+    // the request, but what was sent is sent again only if it was kept.
+    verdict(at.cs, at.cluster, false, at.now_ms);
+    if (may_retry(at.cs, at.cluster, kRetryConnectFailure, at.request_complete, at.now_ms, at.worker))
+      return {NextStep::retry};
+    return answer(503, retry_overflow ? "overloaded" : "upstream_tls_failure");
+  }
+  // Nothing of a response came back. A request written to a pooled connection that the
+  // upstream was closing at that moment (the keep-alive race) is sent once more on a fresh
+  // connection when that is safe; it is not the endpoint's fault.
+  if (may_resend_after_race(idempotent, at.request_complete)) return {NextStep::resend};
+  verdict(at.cs, at.cluster, false, at.now_ms);
+  if (may_retry(at.cs, at.cluster, kRetryReset, at.request_complete, at.now_ms, at.worker)) return {NextStep::retry};
+  return retry_overflow ? answer(503, "overloaded") : answer(502, "upstream_reset");
+}
+
+NextStep UpstreamRequest::after_try_timeout(const AttemptScope& at) {
+  // A 504 for the retry conditions and a failure of the endpoint.
+  try_deadline_ms = 0;
+  at.cs.stats->upstream_timeout.add();
+  verdict(at.cs, at.cluster, false, at.now_ms);
+  if (may_retry(at.cs, at.cluster, kRetry5xx | kRetryGatewayError, at.request_complete, at.now_ms, at.worker))
+    return {NextStep::retry};
+  return retry_overflow ? answer(503, "overloaded") : answer(504, "timeout");
+}
+
+NextStep UpstreamRequest::after_deadline(const AttemptScope& at, bool endpoint_had_it) {
+  // Every attempt together had the cluster's timeout. The endpoint is blamed only when it had
+  // the request.
+  if (endpoint_had_it) verdict(at.cs, at.cluster, false, at.now_ms);
+  probe.release();
+  return answer(504, "timeout");
+}
+
+NextStep UpstreamRequest::after_response(const AttemptScope& at, int status) {
+  uint32_t condition = retry_conditions_for_status(at.cluster.retry, status);
+  verdict(at.cs, at.cluster, status < 500, at.now_ms);
+  if (condition && may_retry(at.cs, at.cluster, condition, at.request_complete, at.now_ms, at.worker))
+    return {NextStep::retry};
+  if (condition && retry_overflow) return answer(503, "overloaded");
+  answer_chosen();
+  return {NextStep::pass};
 }
 
 void UpstreamRequest::start_deadlines(const Cluster& cluster, uint64_t now_ms) {

@@ -18,6 +18,28 @@
 
 namespace pilotfish {
 
+// What an attempt's end leads to.
+struct NextStep {
+  enum Kind {
+    pass,    // the upstream's answer goes to the client
+    retry,   // another attempt, after the backoff
+    resend,  // the same request once more on a fresh connection (the keep-alive race)
+    answer,  // pilotfish answers the client itself with `status` and `error`
+  } kind = answer;
+  int status = 0;
+  const char* error = "";
+};
+
+// Where an attempt's outcome is judged: the cluster on this worker, the time, and whether the
+// client's request is all in.
+struct AttemptScope {
+  ClusterState& cs;
+  const Cluster& cluster;
+  uint64_t now_ms;
+  unsigned worker;
+  bool request_complete;
+};
+
 struct UpstreamRequest {
   // One of the cluster's max_requests; false (and nothing held) when the breaker is full.
   bool take_request_slot(ClusterState& cs, const Cluster& cluster);
@@ -48,6 +70,17 @@ struct UpstreamRequest {
   // request go once more on a fresh connection? Only once, only when it is safe to send again
   // (`idempotent`, with what was sent kept), and it is not a retry: no budget, no count.
   bool may_resend_after_race(bool idempotent, bool request_complete);
+
+  // The decisions after an attempt, each with its counters, outlier verdict and probe: a connect
+  // that failed (`status` as on_upstream_connect_failed gives it); a connection that ended
+  // before any response (`tls_refused`: the server refused our certificate after the
+  // handshake); the per-try timeout; the cluster timeout over every attempt (`endpoint_had_it`:
+  // the request was all written to a connected endpoint); a final response's status.
+  NextStep after_connect_failure(const AttemptScope& at, int status);
+  NextStep after_reset(const AttemptScope& at, bool tls_refused, bool idempotent);
+  NextStep after_try_timeout(const AttemptScope& at);
+  NextStep after_deadline(const AttemptScope& at, bool endpoint_had_it);
+  NextStep after_response(const AttemptScope& at, int status);
 
   // The request is all in: the cluster's timeout starts, and the per-try timeout of the attempt
   // in flight.

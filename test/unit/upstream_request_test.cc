@@ -21,7 +21,7 @@ class UpstreamRequestTest : public ::testing::Test {
   void SetUp() override {
     uv_loop_init(&loop_);
     host_ = std::make_unique<LoopHost>(&loop_);
-    cluster_.name = "c";
+    cluster_.name = "backend";
     cluster_.retry.retries = 2;
     cluster_.retry.on = kRetryConnectFailure | kRetryReset | kRetry5xx;
     cluster_.retry.budget_min_per_second = 1000;
@@ -29,7 +29,7 @@ class UpstreamRequestTest : public ::testing::Test {
     cluster_.circuit_breaker.max_requests = 2;
     cluster_.outlier_detection.consecutive_failures = 1;
     cluster_.outlier_detection.max_ejection_percent = 100;
-    cs_.name = "c";
+    cs_.name = "backend";
     cs_.stats = std::make_shared<ClusterStats>();
     cs_.shared = std::make_shared<ClusterShared>(1);
     cs_.balancer = std::make_unique<Balancer>(LbPolicy::round_robin, 2, &random_);
@@ -197,6 +197,96 @@ TEST_F(UpstreamRequestTest, BackoffIsWithinTheBound) {
     uint64_t bound = backoff_bound_ms(cluster_.retry, attempts);
     for (int i = 0; i < 50; ++i) EXPECT_LT(r.backoff_ms(cluster_, random_), bound);
   }
+}
+
+TEST_F(UpstreamRequestTest, AfterAFailedConnectALocalFailureIsOverloadedAndTheEndpointNotBlamed) {
+  UpstreamRequest r;
+  ASSERT_TRUE(r.choose_endpoint(cs_, 1000));
+  r.attempts = 1;
+  AttemptScope at{cs_, cluster_, 1000, 0, true};
+  NextStep next = r.after_connect_failure(at, UV_EMFILE);
+  EXPECT_EQ(next.kind, NextStep::answer);
+  EXPECT_EQ(next.status, 503);
+  EXPECT_STREQ(next.error, "overloaded");
+  EXPECT_EQ(cs_.health[static_cast<size_t>(r.endpoint)]->consecutive_failures.load(), 0u);
+  EXPECT_EQ(cs_.stats->retries.load(), 0u);
+
+  UpstreamRequest t;
+  ASSERT_TRUE(t.choose_endpoint(cs_, 1000));
+  t.attempts = 1;
+  EXPECT_EQ(t.after_connect_failure(at, UV_ECONNREFUSED).kind, NextStep::retry);
+  t.attempts = 3;  // no retry left
+  next = t.after_connect_failure(at, UV_ETIMEDOUT);
+  EXPECT_EQ(next.kind, NextStep::answer);
+  EXPECT_STREQ(next.error, "connect_timeout");
+  EXPECT_EQ(cs_.stats->upstream_connect_failure.load(), 3u);
+}
+
+TEST_F(UpstreamRequestTest, AResetBeforeAnyResponseIsResentOnceOnTheRaceThenRetriedThen502) {
+  UpstreamRequest r;
+  ASSERT_TRUE(r.choose_endpoint(cs_, 1000));
+  r.attempts = 1;
+  r.connection_reused = true;
+  AttemptScope at{cs_, cluster_, 1000, 0, true};
+  EXPECT_EQ(r.after_reset(at, false, /*idempotent=*/true).kind, NextStep::resend);
+  r.attempts = 1;
+  EXPECT_EQ(r.after_reset(at, false, true).kind, NextStep::retry);  // the race only once
+  r.attempts = 3;
+  NextStep next = r.after_reset(at, false, true);
+  EXPECT_EQ(next.status, 502);
+  EXPECT_STREQ(next.error, "upstream_reset");
+  UpstreamRequest tls;
+  tls.endpoint = 0;
+  tls.attempts = 3;
+  next = tls.after_reset(at, /*tls_refused=*/true, true);
+  EXPECT_STREQ(next.error, "upstream_tls_failure");
+}
+
+TEST_F(UpstreamRequestTest, AFinalResponseIsPassedOnOrRetriedOrOverloaded) {
+  AttemptScope at{cs_, cluster_, 1000, 0, true};
+  UpstreamRequest a;
+  a.endpoint = 0;
+  a.attempts = 1;
+  EXPECT_EQ(a.after_response(at, 503).kind, NextStep::retry);  // 5xx is a condition here
+  EXPECT_TRUE(a.retry_slot.held());
+  a.attempts = 2;
+  EXPECT_EQ(a.after_response(at, 200).kind, NextStep::pass);
+  EXPECT_FALSE(a.retry_slot.held());  // the answer was chosen
+  EXPECT_EQ(a.next_deadline_ms(), 0u);
+
+  UpstreamRequest holder;  // takes the one max_retries slot
+  holder.endpoint = 1;
+  holder.attempts = 1;
+  ASSERT_EQ(holder.after_response(at, 502).kind, NextStep::retry);
+  UpstreamRequest b;
+  b.endpoint = 1;
+  b.attempts = 1;
+  NextStep next = b.after_response(at, 500);
+  EXPECT_EQ(next.kind, NextStep::answer);
+  EXPECT_EQ(next.status, 503);
+  EXPECT_STREQ(next.error, "overloaded");
+  EXPECT_EQ(b.after_response(at, 404).kind, NextStep::pass);  // not a retry condition
+}
+
+TEST_F(UpstreamRequestTest, APerTryTimeoutIsRetriedThenAnswered504AndTheClusterDeadline504) {
+  AttemptScope at{cs_, cluster_, 1000, 0, true};
+  UpstreamRequest r;
+  r.endpoint = 0;
+  r.attempts = 1;
+  r.try_deadline_ms = 900;
+  EXPECT_EQ(r.after_try_timeout(at).kind, NextStep::retry);
+  EXPECT_EQ(r.try_deadline_ms, 0u);
+  r.attempts = 3;
+  NextStep next = r.after_try_timeout(at);
+  EXPECT_EQ(next.status, 504);
+  EXPECT_EQ(cs_.stats->upstream_timeout.load(), 2u);
+  uint32_t failures = cs_.health[1]->consecutive_failures.load();
+  UpstreamRequest d;
+  d.endpoint = 1;
+  next = d.after_deadline(at, /*endpoint_had_it=*/false);
+  EXPECT_EQ(next.status, 504);
+  EXPECT_STREQ(next.error, "timeout");
+  EXPECT_EQ(cs_.health[1]->consecutive_failures.load(), failures);  // not blamed
 }
 
 }  // namespace
