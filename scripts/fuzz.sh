@@ -10,7 +10,7 @@ seconds=${1:-60}
 shift || true
 dir=build-fuzz
 if [[ ! -f $dir/build.ninja ]]; then
-  CC=clang CXX=clang++ meson setup "$dir" -Dfuzz=true -Dbuildtype=debugoptimized \
+  CC=clang CXX=clang++ meson setup "$dir" -Dfuzz=true -Dbuildtype=debugoptimized -Db_lto=false \
     -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 fi
 ninja -C "$dir" >/dev/null

@@ -8,7 +8,7 @@ scripts/install-deps.sh test
 
 if [[ "${1:-}" == "--sanitize" ]]; then
   dir=build-asan
-  scripts/build.sh "$dir" -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+  scripts/build.sh "$dir" -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Db_lto=false
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   # Integration tests time a few things; sanitizers make everything slower.

@@ -4,6 +4,10 @@ per request that a loaded or shared machine does not blur, for comparing two bui
 clock benchmark, bench.py, needs a quiet machine for differences of a few per cent).
 
   python3 test/bench/instructions.py [--bin build/pilotfish] [--baseline-bin OTHER] [--requests 20000]
+                                     [--keep DIR]
+
+--keep DIR leaves each run's callgrind dump in DIR (NAME-MODE.callgrind), to see where the
+instructions go: callgrind_annotate DIR/pilotfish-keep-alive.callgrind.
 
 Each binary runs under callgrind (1 worker) in front of an NGINX upstream; after a warm-up its
 counters are zeroed, h2load sends --requests requests (HTTP/1.1, 10 clients), and the count is
@@ -34,7 +38,7 @@ def h2load(port, requests, churn):
     return int(m.group(2))
 
 
-def measure(binary, upstream_port, tmp, name, requests):
+def measure(binary, upstream_port, tmp, name, requests, keep=None):
     port, admin = free_port(), free_port()
     policy = os.path.join(tmp, name + ".yaml")
     with open(policy, "w") as f:
@@ -71,6 +75,8 @@ clusters:
                     for line in f:
                         if line.startswith("summary:") or line.startswith("totals:"):
                             total = max(total, int(line.split()[1]))
+                if keep:
+                    shutil.copy(dump, os.path.join(keep, "%s-%s.callgrind" % (name, mode)))
             results[mode] = total / done
         return results
     finally:
@@ -83,10 +89,13 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "pilotfish"))
     ap.add_argument("--baseline-bin")
     ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--keep", help="a directory for the callgrind dumps")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "h2load", "nginx"):
         if not shutil.which(tool):
             raise SystemExit(tool + " is missing: scripts/install-deps.sh bench")
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="pf-instr-")
     up_port = free_port()
     conf = os.path.join(tmp, "upstream.conf")
@@ -99,9 +108,9 @@ http {{ access_log off; keepalive_requests 1000000;
     up = subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(up_port)
-        rows = [("pilotfish", measure(args.bin, up_port, tmp, "pilotfish", args.requests))]
+        rows = [("pilotfish", measure(args.bin, up_port, tmp, "pilotfish", args.requests, args.keep))]
         if args.baseline_bin:
-            rows.append(("baseline", measure(args.baseline_bin, up_port, tmp, "baseline", args.requests)))
+            rows.append(("baseline", measure(args.baseline_bin, up_port, tmp, "baseline", args.requests, args.keep)))
     finally:
         up.terminate()
         up.wait(timeout=30)
