@@ -325,7 +325,10 @@ Step HttpSession::on_response_headers_complete() {
     if (request_.version_minor() == 1) write_response_head();
     resp_headers_.clear();
     resp_status_text_.clear();
-    return Step::go;
+    // It ends at its blank line, whatever its fields say (RFC 9112 6.3). llhttp would read a
+    // body after a 1xx with Content-Length or chunked, and that body would reach the client
+    // unframed: a response the upstream forged inside it, taken for this request's answer.
+    return Step::skip_body;
   }
   // The final answer: the endpoint's verdict, and perhaps a retry instead of passing it on.
   rq_.after_response = rq_.upstream.after_response(attempt_scope(), status);

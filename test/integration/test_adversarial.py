@@ -297,6 +297,33 @@ class CloseDelimitedResponseTest(Base):
         self.run_case(b"HTTP/1.0 200 OK\r\n\r\nhello, close-delimited world", b"1.1")
 
 
+class InterimResponseBodyTest(Base):
+    """An interim (1xx) response ends at its blank line whatever its fields say (RFC 9112 6.3).
+    llhttp would read a body after a 100 with Content-Length, and pilotfish passed that body on
+    after the 100's head, unframed: an upstream could put a whole response there, which the
+    client took for the answer, and the real answer then answered its next request (found by the
+    session fuzz target)."""
+
+    def test_a_1xx_with_content_length_carries_no_body(self):
+        inner = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+
+        def handler(s, idx, buf):
+            while read_head(s, buf) is not None:
+                s.sendall(b"HTTP/1.1 100 Continue\r\nContent-Length: %d\r\n\r\n%s" % (len(inner), inner) +
+                          b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+        up = self.raw_upstream(handler)
+        pf = self.start_pf(h.simple_policy(up.address))
+        c = socket.create_connection(("127.0.0.1", pf.port()), timeout=5)
+        self.addCleanup(c.close)
+        c.sendall(b"GET /interim HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        responses = split_cl_responses(recv_until_eof(c))
+        finals = [r for r in responses if r[0] is None or r[0] >= 200]
+        # The bytes after the 100's blank line are the next response: the one final answer.
+        self.assertEqual(responses[0], (100, 0), responses)
+        self.assertEqual(len(finals), 1, "one request, one final response: %r" % responses)
+        self.stop_pf(pf)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pipelining
 # ---------------------------------------------------------------------------------------------
