@@ -1,9 +1,10 @@
 #pragma once
-// A byte-level check of an HTTP/1.1 message head that runs before llhttp sees the bytes.
-// Debian's llhttp 8.1 accepts a bare LF as a line end and unfolds obs-fold even in strict
-// mode; both have been used to smuggle requests past proxies that disagree with the server
-// behind them. This scanner rejects them, and a bare CR, and a header line that starts with
-// whitespace, so that llhttp only ever parses a head with CRLF line ends and no folding.
+// A byte-level check of an HTTP/1.1 message head that runs before the parser (the one behind
+// http/http1_codec, Debian's 8.1 build) sees the bytes. That parser accepts a bare LF as a line
+// end and unfolds obs-fold even in strict mode; both have been used to smuggle requests past
+// proxies that disagree with the server behind them. This scanner rejects them, and a bare CR,
+// and a header line that starts with whitespace, so that the parser only ever parses a head
+// with CRLF line ends and no folding.
 
 #include <cstddef>
 

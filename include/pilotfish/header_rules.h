@@ -1,6 +1,6 @@
 #pragma once
-// What may pass between client, proxy and upstream: header syntax checks that llhttp leaves to
-// us, hop-by-hop removal, and the Connection header's tokens.
+// What may pass between client, proxy and upstream: header syntax checks that the HTTP/1.1
+// parser (http/http1_codec) leaves to us, hop-by-hop removal, and the Connection header's tokens.
 
 #include <string>
 #include <string_view>

@@ -183,6 +183,11 @@ bool fields_valid(const HeaderList& h) {
   return true;
 }
 
+std::string http1_parser_version() {
+  return "llhttp " + std::to_string(LLHTTP_VERSION_MAJOR) + "." + std::to_string(LLHTTP_VERSION_MINOR) + "." +
+         std::to_string(LLHTTP_VERSION_PATCH);
+}
+
 void append_uint(std::string& out, uint64_t v) {
   char buf[24];
   int n = snprintf(buf, sizeof buf, "%" PRIu64, v);

@@ -116,5 +116,7 @@ void append_chunk_header(std::string& out, size_t length);
 void append_uint(std::string& out, uint64_t v);
 // The reason phrases of RFC 9110 ("Not Found"); "Unknown" for a code it does not name.
 const char* reason_phrase(int status);
+// The HTTP/1.1 parser this build decodes with, for `pilotfish version`: "llhttp 8.1.0".
+std::string http1_parser_version();
 
 }  // namespace pilotfish

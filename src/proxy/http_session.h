@@ -1,5 +1,5 @@
 #pragma once
-// The downstream side of one HTTP/1.1 client connection: parse (http1_codec: llhttp, strict), check what the
+// The downstream side of one HTTP/1.1 client connection: parse (http1_codec, strict), check what the
 // parser lets through, normalise, route, forward to a pooled upstream connection, and stream
 // the response back, one request at a time in request order (pipelined requests wait in the
 // input buffer). A WebSocket upgrade turns the connection into a byte tunnel after the 101.

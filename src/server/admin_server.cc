@@ -1,9 +1,9 @@
 #include "server/admin_server.h"
 
-#include <llhttp.h>
-
 #include <cstring>
+#include <string_view>
 
+#include "http/http1_codec.h"
 #include "log/logger.h"
 #include "net/descriptor_budget.h"
 #include "net/listen_socket.h"
@@ -53,41 +53,10 @@ bool peer_is_loopback(uv_tcp_t* tcp) {
 // One admin client connection: a request at a time, answered in full, keep-alive as asked.
 // Pipelined requests are answered only while the answers already queued stay under the
 // high-water mark; past it the connection stops reading until the client takes them.
-class AdminConnection final : public Stream {
+// Requests are decoded by Http1Decoder (with its head checks), which stops after each one.
+class AdminConnection final : public Stream, private Http1RequestHandler {
  public:
-  explicit AdminConnection(AdminServer& server) : Stream(server), server_(server) {
-    llhttp_settings_init(&settings_);
-    settings_.on_message_begin = [](llhttp_t* p) {
-      static_cast<AdminConnection*>(p->data)->start_timer(kAdminHeaderMs);
-      return 0;
-    };
-    settings_.on_url = [](llhttp_t* p, const char* at, size_t n) {
-      auto* self = static_cast<AdminConnection*>(p->data);
-      if (self->url_.size() + n > kMaxAdminRequestBytes) return -1;
-      self->url_.append(at, n);
-      return 0;
-    };
-    settings_.on_header_field = [](llhttp_t* p, const char*, size_t n) {
-      return static_cast<AdminConnection*>(p->data)->count_head(n);
-    };
-    settings_.on_header_value = [](llhttp_t* p, const char*, size_t n) {
-      return static_cast<AdminConnection*>(p->data)->count_head(n);
-    };
-    settings_.on_body = [](llhttp_t* p, const char*, size_t n) {
-      auto* self = static_cast<AdminConnection*>(p->data);
-      self->body_bytes_ += n;
-      return self->body_bytes_ > kMaxAdminRequestBytes ? -1 : 0;
-    };
-    settings_.on_message_complete = [](llhttp_t* p) {
-      auto* self = static_cast<AdminConnection*>(p->data);
-      self->answer();
-      // An answer still to come, or answers piling up for a client that does not read them:
-      // parse no further for now.
-      return self->awaiting_ || self->pending_bytes() > kHighWater ? HPE_PAUSED : 0;
-    };
-    llhttp_init(&parser_, HTTP_REQUEST, &settings_);
-    parser_.data = this;
-  }
+  explicit AdminConnection(AdminServer& server) : Stream(server), server_(server), decoder_(this) {}
 
   void start() {
     loopback_peer_ = peer_is_loopback(tcp());
@@ -120,41 +89,87 @@ class AdminConnection final : public Stream {
   }
 
  private:
-  // Parsing goes on after a pause once no answer is awaited and the queued ones have drained.
-  void resume() {
-    if (closing() || !paused_ || awaiting_ || pending_bytes() >= kLowWater) return;
-    paused_ = false;
-    llhttp_resume(&parser_);
-    std::string rest = std::move(unparsed_);
-    unparsed_.clear();
-    parse(rest.data(), rest.size());
-    if (!paused_ && !closing()) start_read();
+  // ---- Http1RequestHandler ----
+  Step on_message_begin() override {
+    start_timer(kAdminHeaderMs);
+    return Step::go;
+  }
+  Step on_url(std::string_view piece) override {
+    if (url_.size() + piece.size() > kMaxAdminRequestBytes) return Step::fail;
+    url_.append(piece);
+    return Step::go;
+  }
+  Step on_header_field(std::string_view piece) override { return count_head(piece.size()); }
+  Step on_header_value(std::string_view piece) override { return count_head(piece.size()); }
+  Step on_header_value_complete() override { return Step::go; }
+  Step on_headers_complete() override { return Step::go; }
+  Step on_body(std::string_view piece) override {
+    body_bytes_ += piece.size();
+    return body_bytes_ > kMaxAdminRequestBytes ? Step::fail : Step::go;
+  }
+  Step on_message_complete() override {
+    answer();
+    // A request that asks for an upgrade is answered, and then the connection ends with a 400
+    // (admin switches to no other protocol): once its answer is out, when one is awaited.
+    if (decoder_.upgrade()) {
+      upgrade_refused_ = true;
+      if (!awaiting_ && pending_bytes() <= kHighWater) return Step::go;  // the decoder stops for it
+    }
+    return Step::pause;
   }
 
-  int count_head(size_t n) {
-    head_bytes_ += n;
-    return head_bytes_ > kMaxAdminRequestBytes ? -1 : 0;
-  }
-
+  // Decodes until the bytes run out, or until a request's answer is awaited or the answers
+  // queued pass the high-water mark: then at most what one read brought is kept and reading
+  // stops until they drain (resume()).
   void parse(const char* data, size_t length) {
-    llhttp_errno_t err = llhttp_execute(&parser_, data, length);
-    if (closing()) return;
-    if (err == HPE_PAUSED) {
-      // At most what one read brought is kept: reading stops until the answers drain.
-      const char* pos = llhttp_get_error_pos(&parser_);
-      if (pos && pos >= data && pos < data + length) unparsed_.assign(pos, static_cast<size_t>(data + length - pos));
-      paused_ = true;
-      stop_read();
-    } else if (err != HPE_OK) {
-      respond({400, "text/plain", "400 bad_request\n"}, false);
+    for (;;) {
+      Http1Decoder::Outcome r = decoder_.execute(data, length);
+      if (closing()) return;
+      if (r.kind == Http1Decoder::Outcome::more) break;
+      if (r.kind != Http1Decoder::Outcome::paused) {
+        respond({400, "text/plain", "400 bad_request\n"}, false);
+        break;
+      }
+      data += r.consumed;
+      length -= r.consumed;
+      if (awaiting_ || pending_bytes() > kHighWater) {
+        unparsed_.assign(data, length);
+        paused_ = true;
+        stop_read();
+        break;
+      }
+      decoder_.resume();
+      if (length == 0) break;
     }
     if (flush() != 0) close();
   }
 
+  // Parsing goes on after a pause once no answer is awaited and the queued ones have drained.
+  void resume() {
+    if (closing() || !paused_ || awaiting_ || pending_bytes() >= kLowWater) return;
+    paused_ = false;
+    decoder_.resume();
+    std::string rest = std::move(unparsed_);
+    unparsed_.clear();
+    if (upgrade_refused_) {
+      respond({400, "text/plain", "400 bad_request\n"}, false);
+      if (flush() != 0) close();
+      return;
+    }
+    parse(rest.data(), rest.size());
+    if (!paused_ && !closing()) start_read();
+  }
+
+  Step count_head(size_t n) {
+    head_bytes_ += n;
+    return head_bytes_ > kMaxAdminRequestBytes ? Step::fail : Step::go;
+  }
+
   void answer() {
     std::string path = url_.substr(0, url_.find('?'));
-    bool get = parser_.method == HTTP_GET || parser_.method == HTTP_HEAD;
-    bool post = parser_.method == HTTP_POST;
+    std::string_view method = decoder_.method_name();
+    bool get = method == "GET" || method == "HEAD";
+    bool post = method == "POST";
     AdminBackend& b = server_.backend();
     AdminBackend::Answer a;
     struct Endpoint {
@@ -191,7 +206,7 @@ class AdminConnection final : public Stream {
       a = {403, "text/plain", "403 forbidden: POST " + std::string(found->path) + " is accepted from loopback only\n"};
     } else if (!found->fn) {
       awaiting_ = true;
-      bool keep_alive = llhttp_should_keep_alive(&parser_);
+      bool keep_alive = decoder_.keep_alive();
       b.reload([self = self_, keep_alive](AdminBackend::Answer later) {
         if (AdminConnection* c = *self) c->deliver(later, keep_alive);
       });
@@ -199,7 +214,7 @@ class AdminConnection final : public Stream {
     } else {
       a = (b.*(found->fn))();
     }
-    respond(a, llhttp_should_keep_alive(&parser_));
+    respond(a, decoder_.keep_alive());
     done_with_request();
   }
 
@@ -229,7 +244,7 @@ class AdminConnection final : public Stream {
     if (allow_) o += std::string("allow: ") + allow_ + "\r\n";
     if (!keep_alive) o += "connection: close\r\n";
     o += "\r\n";
-    if (parser_.method != HTTP_HEAD) o += a.body;
+    if (!decoder_.method_is_head()) o += a.body;
     if (!keep_alive) {
       stop_read();
       close_after_flush();
@@ -240,8 +255,7 @@ class AdminConnection final : public Stream {
   }
 
   AdminServer& server_;
-  llhttp_settings_t settings_;
-  llhttp_t parser_;
+  Http1Decoder decoder_;
   std::string url_;
   size_t head_bytes_ = 0;
   size_t body_bytes_ = 0;
@@ -249,6 +263,7 @@ class AdminConnection final : public Stream {
   bool loopback_peer_ = false;
   bool paused_ = false;
   bool awaiting_ = false;  // an answer the backend gives later (see AdminBackend::Reply)
+  bool upgrade_refused_ = false;  // a request asked for an upgrade: 400 once it is answered
   std::string unparsed_;
   // Cleared when the connection closes: what an answer given later reaches.
   std::shared_ptr<AdminConnection*> self_ = std::make_shared<AdminConnection*>(this);
