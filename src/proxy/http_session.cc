@@ -289,43 +289,33 @@ Step HttpSession::on_message_begin() {
 }
 
 Step HttpSession::on_url(std::string_view piece) {
-  rq_.head_bytes += piece.size();
-  if (rq_.head_bytes > listener_->max_header_bytes) {
-    send_local_response(431, "header_too_large", true);
-    return Step::fail;
-  }
+  if (!count_head_bytes(piece.size())) return Step::fail;
   url_.append(piece);
   return Step::go;
 }
 
 Step HttpSession::on_header_field(std::string_view piece) {
-  rq_.head_bytes += piece.size();
-  if (rq_.head_bytes > listener_->max_header_bytes) {
-    send_local_response(431, "header_too_large", true);
-    return Step::fail;
-  }
+  if (!count_head_bytes(piece.size())) return Step::fail;
   headers_.append_name(piece);
   return Step::go;
 }
 
 Step HttpSession::on_header_value(std::string_view piece) {
-  rq_.head_bytes += piece.size();
-  if (rq_.head_bytes > listener_->max_header_bytes) {
-    send_local_response(431, "header_too_large", true);
-    return Step::fail;
-  }
+  if (!count_head_bytes(piece.size())) return Step::fail;
   headers_.append_value(piece);
   return Step::go;
 }
 
 Step HttpSession::on_header_value_complete() {
-  rq_.head_bytes += 4;  // ": " and CRLF
   headers_.end_header();
-  if (rq_.head_bytes > listener_->max_header_bytes) {
-    send_local_response(431, "header_too_large", true);
-    return Step::fail;
-  }
-  return Step::go;
+  return count_head_bytes(4) ? Step::go : Step::fail;  // ": " and CRLF
+}
+
+bool HttpSession::count_head_bytes(size_t n) {
+  rq_.head_bytes += n;
+  if (rq_.head_bytes <= listener_->max_header_bytes) return true;
+  send_local_response(431, "header_too_large", true);
+  return false;
 }
 
 bool HttpSession::validate_request_head() {

@@ -84,6 +84,8 @@ class HttpSession final : public Stream,
   void parse_input(const char* data, size_t length);
   void after_downstream_io();
   bool validate_request_head();
+  // Counts `n` more bytes of the request head; past the listener's max_header_bytes, answers 431.
+  bool count_head_bytes(size_t n);
   // Resilience: one attempt at an endpoint the outlier detection allows; its verdict; retries.
   void start_attempt(bool fresh_connection = false);
   void send_body(const char* data, size_t length);

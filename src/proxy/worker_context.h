@@ -62,7 +62,10 @@ class WorkerContext : public UpstreamHost {
   unsigned index() const { return index_; }
   // The policy new requests run under; a session holds the one its request started with.
   const SnapshotPtr& snapshot() const { return snapshot_; }
-  const TlsMaterialPtr& tls() const override;
+  const TlsMaterialPtr& tls() const override {
+    static const TlsMaterialPtr none;
+    return snapshot_ ? snapshot_->keys.tls : none;
+  }
   bool draining() const { return draining_; }
   bool winding_down() const override { return draining_ && downstream_count_ == 0; }
   FastRandom& random() { return random_; }

@@ -62,11 +62,6 @@ class RefusedConnection final : public Stream {
 
 }  // namespace
 
-const TlsMaterialPtr& WorkerContext::tls() const {
-  static const TlsMaterialPtr none;
-  return snapshot_ ? snapshot_->keys.tls : none;
-}
-
 RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
   std::vector<std::shared_ptr<RouteStats>>& row = route_stats[listener];
   size_t slot = cluster == SIZE_MAX ? row.size() - 1 : cluster;
