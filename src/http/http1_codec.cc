@@ -15,6 +15,12 @@ struct Http1Decoder::State {
   HeadScanner scanner;
   Http1RequestHandler* request = nullptr;
   Http1ResponseHandler* response = nullptr;
+  RequestHead* request_head = nullptr;
+  ResponseHead* response_head = nullptr;
+  uint64_t limit = UINT64_MAX;  // head bytes (set_head_limit)
+  uint64_t bytes = 0;           // of the head, then of the trailer section
+  bool in_trailers = false;     // the head is complete: fields that follow are trailers
+  bool too_large = false;
 };
 
 namespace {
@@ -32,24 +38,82 @@ int code_of(Step step) {
 Http1Decoder::State* state_of(llhttp_t* p) { return static_cast<Http1Decoder::State*>(p->data); }
 std::string_view piece(const char* at, size_t n) { return {at, n}; }
 
+// Counts `n` more bytes of the head (or trailers): 0, or the error that stops the decoder.
+int count(Http1Decoder::State& s, size_t n) {
+  s.bytes += n;
+  if (s.bytes <= s.limit) return 0;
+  s.too_large = true;
+  return HPE_USER;
+}
+
+// The head's fields and trailer fields arrive in the same callbacks.
+template <typename Head>
+HeaderList& fields_of(Http1Decoder::State& s, Head& head) {
+  return s.in_trailers ? head.trailers : head.fields;
+}
+
+template <typename Head>
+int begin(Http1Decoder::State& s, Head& head) {
+  head.clear();
+  s.bytes = 0;
+  s.in_trailers = false;
+  return 0;
+}
+
+template <typename Head>
+int field(Http1Decoder::State& s, Head& head, const char* at, size_t n) {
+  fields_of(s, head).append_name(piece(at, n));
+  return count(s, n);
+}
+
+template <typename Head>
+int value(Http1Decoder::State& s, Head& head, const char* at, size_t n) {
+  fields_of(s, head).append_value(piece(at, n));
+  return count(s, n);
+}
+
+template <typename Head>
+int value_complete(Http1Decoder::State& s, Head& head) {
+  fields_of(s, head).end_header();
+  return count(s, 4);  // ": " and CRLF
+}
+
+template <typename Head>
+void head_complete(Http1Decoder::State& s, Head& head) {
+  head.version_major = s.parser.http_major;
+  head.version_minor = s.parser.http_minor;
+  s.in_trailers = true;
+  s.bytes = 0;  // the trailer section counts on its own
+}
+
 const llhttp_settings_t& request_settings() {
   static const llhttp_settings_t s = [] {
     llhttp_settings_t x;
     llhttp_settings_init(&x);
-    x.on_message_begin = [](llhttp_t* p) { return code_of(state_of(p)->request->on_message_begin()); };
-    x.on_url = [](llhttp_t* p, const char* a, size_t n) { return code_of(state_of(p)->request->on_url(piece(a, n))); };
-    x.on_header_field = [](llhttp_t* p, const char* a, size_t n) {
-      return code_of(state_of(p)->request->on_header_field(piece(a, n)));
+    x.on_message_begin = [](llhttp_t* p) {
+      auto& s = *state_of(p);
+      begin(s, *s.request_head);
+      return code_of(s.request->on_message_begin());
     };
-    x.on_header_value = [](llhttp_t* p, const char* a, size_t n) {
-      return code_of(state_of(p)->request->on_header_value(piece(a, n)));
+    x.on_url = [](llhttp_t* p, const char* a, size_t n) {
+      auto& s = *state_of(p);
+      s.request_head->target.append(a, n);
+      return count(s, n);
     };
-    x.on_header_value_complete = [](llhttp_t* p) { return code_of(state_of(p)->request->on_header_value_complete()); };
-    x.on_headers_complete = [](llhttp_t* p) { return code_of(state_of(p)->request->on_headers_complete()); };
+    x.on_header_field = [](llhttp_t* p, const char* a, size_t n) { return field(*state_of(p), *state_of(p)->request_head, a, n); };
+    x.on_header_value = [](llhttp_t* p, const char* a, size_t n) { return value(*state_of(p), *state_of(p)->request_head, a, n); };
+    x.on_header_value_complete = [](llhttp_t* p) { return value_complete(*state_of(p), *state_of(p)->request_head); };
+    x.on_headers_complete = [](llhttp_t* p) {
+      auto& s = *state_of(p);
+      head_complete(s, *s.request_head);
+      s.request_head->method = llhttp_method_name(static_cast<llhttp_method_t>(p->method));
+      return code_of(s.request->on_request_head(*s.request_head));
+    };
     x.on_body = [](llhttp_t* p, const char* a, size_t n) { return code_of(state_of(p)->request->on_body(piece(a, n))); };
     x.on_message_complete = [](llhttp_t* p) {
-      state_of(p)->scanner.reset();  // the next message's head is checked from its first byte
-      return code_of(state_of(p)->request->on_message_complete());
+      auto& s = *state_of(p);
+      s.scanner.reset();  // the next message's head is checked from its first byte
+      return code_of(s.request->on_message_complete(*s.request_head));
     };
     return x;
   }();
@@ -60,25 +124,28 @@ const llhttp_settings_t& response_settings() {
   static const llhttp_settings_t s = [] {
     llhttp_settings_t x;
     llhttp_settings_init(&x);
+    x.on_message_begin = [](llhttp_t* p) { return begin(*state_of(p), *state_of(p)->response_head); };
     x.on_status = [](llhttp_t* p, const char* a, size_t n) {
-      return code_of(state_of(p)->response->on_response_status(piece(a, n)));
+      auto& s = *state_of(p);
+      s.response_head->reason.append(a, n);
+      return count(s, n);
     };
-    x.on_header_field = [](llhttp_t* p, const char* a, size_t n) {
-      return code_of(state_of(p)->response->on_response_header_field(piece(a, n)));
+    x.on_header_field = [](llhttp_t* p, const char* a, size_t n) { return field(*state_of(p), *state_of(p)->response_head, a, n); };
+    x.on_header_value = [](llhttp_t* p, const char* a, size_t n) { return value(*state_of(p), *state_of(p)->response_head, a, n); };
+    x.on_header_value_complete = [](llhttp_t* p) { return value_complete(*state_of(p), *state_of(p)->response_head); };
+    x.on_headers_complete = [](llhttp_t* p) {
+      auto& s = *state_of(p);
+      head_complete(s, *s.response_head);
+      s.response_head->status = p->status_code;
+      return code_of(s.response->on_response_head(*s.response_head));
     };
-    x.on_header_value = [](llhttp_t* p, const char* a, size_t n) {
-      return code_of(state_of(p)->response->on_response_header_value(piece(a, n)));
-    };
-    x.on_header_value_complete = [](llhttp_t* p) {
-      return code_of(state_of(p)->response->on_response_header_value_complete());
-    };
-    x.on_headers_complete = [](llhttp_t* p) { return code_of(state_of(p)->response->on_response_headers_complete()); };
     x.on_body = [](llhttp_t* p, const char* a, size_t n) {
       return code_of(state_of(p)->response->on_response_body(piece(a, n)));
     };
     x.on_message_complete = [](llhttp_t* p) {
-      state_of(p)->scanner.reset();  // an interim response is followed by another head
-      return code_of(state_of(p)->response->on_response_message_complete());
+      auto& s = *state_of(p);
+      s.scanner.reset();  // an interim response is followed by another head
+      return code_of(s.response->on_response_message_complete(*s.response_head));
     };
     return x;
   }();
@@ -90,15 +157,19 @@ const llhttp_settings_t& response_settings() {
 static_assert(sizeof(Http1Decoder::State) <= 256 && alignof(Http1Decoder::State) <= 16,
               "Http1Decoder::kStateBytes is too small for its State");
 
-Http1Decoder::Http1Decoder(Http1RequestHandler* handler) : state_(new (storage_) State()) {
+Http1Decoder::Http1Decoder(Http1RequestHandler* handler, RequestHead* head) : state_(new (storage_) State()) {
   state_->request = handler;
+  state_->request_head = head;
   restart();
 }
 
-Http1Decoder::Http1Decoder(Http1ResponseHandler* handler) : state_(new (storage_) State()) {
+Http1Decoder::Http1Decoder(Http1ResponseHandler* handler, ResponseHead* head) : state_(new (storage_) State()) {
   state_->response = handler;
+  state_->response_head = head;
   restart();
 }
+
+void Http1Decoder::set_head_limit(uint64_t bytes) { state_->limit = bytes; }
 
 Http1Decoder::~Http1Decoder() { state_->~State(); }
 
@@ -109,6 +180,7 @@ void Http1Decoder::restart() {
     llhttp_init(&state_->parser, HTTP_RESPONSE, &response_settings());
   state_->parser.data = state_;
   state_->scanner.reset();
+  state_->too_large = false;
 }
 
 Http1Decoder::Outcome Http1Decoder::execute(const char* data, size_t length) {
@@ -125,6 +197,7 @@ Http1Decoder::Outcome Http1Decoder::execute(const char* data, size_t length) {
       size_t consumed = pos && pos >= data && pos <= data + length ? static_cast<size_t>(pos - data) : length;
       if (err == HPE_PAUSED) return {Outcome::paused, consumed, ""};
       if (err == HPE_PAUSED_UPGRADE) return {Outcome::upgrade, consumed, ""};
+      if (s.too_large) return {Outcome::failed, consumed, "the head or the trailers are too large", true};
       const char* reason = llhttp_get_error_reason(&s.parser);
       return {Outcome::failed, consumed, reason && *reason ? reason : llhttp_errno_name(err)};
     }
@@ -192,6 +265,23 @@ void append_uint(std::string& out, uint64_t v) {
   char buf[24];
   int n = snprintf(buf, sizeof buf, "%" PRIu64, v);
   out.append(buf, static_cast<size_t>(n));
+}
+
+bool allowed_in_trailers(std::string_view name) {
+  static constexpr std::string_view kNotInTrailers[] = {
+      // framing, routing, hop-by-hop
+      "content-length", "transfer-encoding", "host", "connection", "keep-alive", "proxy-connection", "te", "trailer",
+      "upgrade",
+      // authentication and state
+      "authorization", "proxy-authorization", "proxy-authenticate", "www-authenticate", "cookie", "set-cookie",
+      // request modifiers and response control
+      "cache-control", "expect", "max-forwards", "pragma", "range", "if-match", "if-none-match", "if-modified-since",
+      "if-unmodified-since", "if-range", "age", "expires", "date", "location", "retry-after", "vary", "warning",
+      // the content's description
+      "content-encoding", "content-type", "content-range", "content-location", "content-language"};
+  for (auto n : kNotInTrailers)
+    if (same_field_name_folded(name, n)) return false;
+  return true;
 }
 
 void append_chunk_header(std::string& out, size_t length) {

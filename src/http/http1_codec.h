@@ -1,7 +1,8 @@
 #pragma once
 // HTTP/1.1 framing on the data path, and nothing else: the one place that knows llhttp there.
-// A decoder turns bytes into a message's parts for its handler (start line, header fields, body
-// pieces, end) and checks on the way what llhttp lets through: HeadScanner refuses bare CR or
+// A decoder turns bytes into a message for its handler: the head, whole (a RequestHead or
+// ResponseHead, protocol-neutral), body pieces, and the end with any trailer fields; it checks
+// on the way what llhttp lets through: HeadScanner refuses bare CR or
 // LF and obs-fold in a head before llhttp sees it. It stops after each message, so its owner
 // decides when the next is read (pipelining: a request is answered before the next is parsed).
 // The encoder side is small helpers for what pilotfish writes (chunk framing, reason phrases);
@@ -21,34 +22,62 @@ namespace pilotfish {
 // What a handler's callback tells the decoder.
 enum class Step {
   go,         // carry on
-  skip_body,  // (headers complete, a response) the message has no body: a HEAD's, a 304
+  skip_body,  // (head complete, a response) the message has no body: a HEAD's, a 304
   fail,       // stop: the message is refused (the handler has answered it, or will)
   pause,      // stop after this message (message complete)
+};
+
+// A message's head as a codec hands it over: whole, not in pieces, and the same for every
+// protocol (an HTTP/2 stream's HEADERS frame fills the same fields). Its owner keeps it; the
+// decoder fills it, emptied at each message's first byte, and reuses its capacity.
+struct RequestHead {
+  std::string_view method;  // "GET" (static text)
+  std::string target;       // the request-target as sent
+  int version_major = 1;
+  int version_minor = 1;
+  HeaderList fields;
+  HeaderList trailers;  // a chunked body's trailer section, complete at the message's end
+  void clear() {
+    method = {};
+    target.clear();
+    fields.clear();
+    trailers.clear();
+  }
+};
+
+struct ResponseHead {
+  int status = 0;
+  std::string reason;  // as sent; never passed on (pilotfish writes its own)
+  int version_major = 1;
+  int version_minor = 1;
+  HeaderList fields;
+  HeaderList trailers;
+  void clear() {
+    status = 0;
+    reason.clear();
+    fields.clear();
+    trailers.clear();
+  }
 };
 
 class Http1RequestHandler {
  public:
   virtual ~Http1RequestHandler() = default;
+  // A request's first byte.
   virtual Step on_message_begin() = 0;
-  virtual Step on_url(std::string_view piece) = 0;
-  virtual Step on_header_field(std::string_view piece) = 0;
-  virtual Step on_header_value(std::string_view piece) = 0;
-  virtual Step on_header_value_complete() = 0;
-  virtual Step on_headers_complete() = 0;
+  // Its head is complete (in the RequestHead the decoder was given).
+  virtual Step on_request_head(RequestHead& head) = 0;
   virtual Step on_body(std::string_view piece) = 0;
-  virtual Step on_message_complete() = 0;
+  // Its end; head.trailers holds the trailer fields of a chunked body (often none).
+  virtual Step on_message_complete(RequestHead& head) = 0;
 };
 
 class Http1ResponseHandler {
  public:
   virtual ~Http1ResponseHandler() = default;
-  virtual Step on_response_status(std::string_view piece) = 0;
-  virtual Step on_response_header_field(std::string_view piece) = 0;
-  virtual Step on_response_header_value(std::string_view piece) = 0;
-  virtual Step on_response_header_value_complete() = 0;
-  virtual Step on_response_headers_complete() = 0;
+  virtual Step on_response_head(ResponseHead& head) = 0;
   virtual Step on_response_body(std::string_view piece) = 0;
-  virtual Step on_response_message_complete() = 0;
+  virtual Step on_response_message_complete(ResponseHead& head) = 0;
 };
 
 class Http1Decoder {
@@ -63,10 +92,12 @@ class Http1Decoder {
     } kind = more;
     size_t consumed = 0;         // of the bytes given
     const char* reason = "";     // failed: why, for a debug log line (fixed texts)
+    bool too_large = false;      // failed: the head (or the trailers) went past the limit
   };
 
-  explicit Http1Decoder(Http1RequestHandler* handler);   // decodes requests
-  explicit Http1Decoder(Http1ResponseHandler* handler);  // decodes responses
+  // Decodes requests into `head`, or responses: the handler owns the head.
+  Http1Decoder(Http1RequestHandler* handler, RequestHead* head);
+  Http1Decoder(Http1ResponseHandler* handler, ResponseHead* head);
   ~Http1Decoder();
   Http1Decoder(const Http1Decoder&) = delete;
   Http1Decoder& operator=(const Http1Decoder&) = delete;
@@ -79,8 +110,13 @@ class Http1Decoder {
   bool finish();
   // A new response, on another connection (a retry): forgets any state.
   void restart();
+  // The most a message's head may take: the request-target (or reason phrase) and each field's
+  // name and value, with 4 bytes per field for ": " and CRLF. The trailer section has a limit
+  // of its own, the same size. Past it, execute() fails with too_large. Read at each message's
+  // first byte (so a reload's new limit applies from the next request).
+  void set_head_limit(uint64_t bytes);
 
-  // Of the message being decoded, from headers complete on (content_length() counts down as
+  // Of the message being decoded, from its head on (content_length() counts down as
   // the body arrives: read it at headers complete).
   int version_major() const;
   int version_minor() const;
@@ -113,6 +149,28 @@ bool framing_headers_valid(const HeaderList& h);
 bool fields_valid(const HeaderList& h);
 // "1a3\r\n": the size line of a chunk.
 void append_chunk_header(std::string& out, size_t length);
+// Whether a field may travel in a trailer section (RFC 9110 6.5.1): not one that frames or
+// routes the message, authenticates, controls the request or the response, or describes the
+// content, and not a hop-by-hop field. The others are dropped on the way.
+bool allowed_in_trailers(std::string_view name);
+// The end of a chunked body: "0\r\n", each trailer field that is allowed_in_trailers and that
+// `keep(name)` keeps, then the blank line. The fields must be valid (fields_valid).
+template <typename Keep>
+void append_last_chunk(std::string& out, const HeaderList& trailers, Keep keep) {
+  out += "0\r\n";
+  for (size_t i = 0; i < trailers.size(); ++i) {
+    std::string_view name = trailers.name(i);
+    if (!allowed_in_trailers(name) || !keep(name)) continue;
+    out += name;
+    out += ": ";
+    out += trim_ows(trailers.value(i));
+    out += "\r\n";
+  }
+  out += "\r\n";
+}
+inline void append_response_last_chunk(std::string& out, const HeaderList& trailers) {
+  append_last_chunk(out, trailers, [](std::string_view) { return true; });
+}
 void append_uint(std::string& out, uint64_t v);
 // The reason phrases of RFC 9110 ("Not Found"); "Unknown" for a code it does not name.
 const char* reason_phrase(int status);

@@ -25,6 +25,12 @@ bool is_subject_header(const Listener& listener, std::string_view name) {
   return false;
 }
 
+// A field only pilotfish writes upstream.
+bool is_pilotfish_field(const Listener& listener, std::string_view name) {
+  return is_replaced_request_header(name) || is_subject_header(listener, name) ||
+         same_field_name_folded(name, "x-pilotfish-attempt") || same_field_name_folded(name, "x-request-id");
+}
+
 }  // namespace
 
 bool build_upstream_head(std::string& h, const UpstreamHeadInput& in) {
@@ -107,6 +113,10 @@ void append_attempt_head(std::string& out, std::string_view head, int attempt) {
   out += "x-pilotfish-attempt: ";
   append_uint(out, static_cast<uint64_t>(attempt));
   out += "\r\n\r\n";
+}
+
+void append_request_last_chunk(std::string& out, const HeaderList& trailers, const Listener& listener) {
+  append_last_chunk(out, trailers, [&](std::string_view name) { return !is_pilotfish_field(listener, name); });
 }
 
 }  // namespace pilotfish

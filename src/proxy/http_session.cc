@@ -36,6 +36,7 @@ HttpSession::HttpSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> sl
   conn_stats_->connections.add(1);
   conn_stats_->connections_total.add();
   worker.add_downstream();
+  response_.set_head_limit(kMaxResponseHeadBytes);
 }
 
 void HttpSession::start() {
@@ -96,7 +97,7 @@ bool HttpSession::admit(const Route* route, size_t route_index) {
   if (!limiter && !auth_for(*listener_, route)) return true;  // nothing to check: the common case
   const TlsState* t = tls();
   std::string_view peer = t && t->established() ? std::string_view(t->peer_id()) : std::string_view();
-  Admission verdict = pilotfish::admit({*listener_, route, limiter, client_address_, peer, headers_,
+  Admission verdict = pilotfish::admit({*listener_, route, limiter, client_address_, peer, req_.fields,
                                         snap_->keys.jwks.get(), worker_.jwt_cache()});
   rq_.auth = verdict.auth;
   rq_.auth_subject = std::move(verdict.subject);
@@ -213,7 +214,10 @@ void HttpSession::parse_input(const char* data, size_t length) {
     if (!rq_.local_response) {
       log_debug(std::string("listener ") + listener_->name + ": bad request from " + client_address_ + ": " +
                 result.reason);
-      send_local_response(400, "bad_request", true);
+      if (result.too_large)
+        send_local_response(431, "header_too_large", true);
+      else
+        send_local_response(400, "bad_request", true);
     }
     stop_read();
   }
@@ -284,38 +288,9 @@ Step HttpSession::on_message_begin() {
   refresh_snapshot();
   rq_.in_request = true;
   rq_.started_ns = uv_hrtime();
+  request_.set_head_limit(listener_->max_header_bytes);
   arm_timer(Timer::header, static_cast<uint64_t>(listener_->header_timeout.count()));
   return Step::go;
-}
-
-Step HttpSession::on_url(std::string_view piece) {
-  if (!count_head_bytes(piece.size())) return Step::fail;
-  url_.append(piece);
-  return Step::go;
-}
-
-Step HttpSession::on_header_field(std::string_view piece) {
-  if (!count_head_bytes(piece.size())) return Step::fail;
-  headers_.append_name(piece);
-  return Step::go;
-}
-
-Step HttpSession::on_header_value(std::string_view piece) {
-  if (!count_head_bytes(piece.size())) return Step::fail;
-  headers_.append_value(piece);
-  return Step::go;
-}
-
-Step HttpSession::on_header_value_complete() {
-  headers_.end_header();
-  return count_head_bytes(4) ? Step::go : Step::fail;  // ": " and CRLF
-}
-
-bool HttpSession::count_head_bytes(size_t n) {
-  rq_.head_bytes += n;
-  if (rq_.head_bytes <= listener_->max_header_bytes) return true;
-  send_local_response(431, "header_too_large", true);
-  return false;
 }
 
 bool HttpSession::validate_request_head() {
@@ -323,17 +298,17 @@ bool HttpSession::validate_request_head() {
     send_local_response(505, "version_not_supported", true);
     return false;
   }
-  if (!fields_valid(headers_) || !framing_headers_valid(headers_)) {
+  if (!fields_valid(req_.fields) || !framing_headers_valid(req_.fields)) {
     send_local_response(400, "invalid_header", true);
     return false;
   }
-  size_t hosts = headers_.count("host");
+  size_t hosts = req_.fields.count("host");
   if (hosts > 1 || (hosts == 0 && request_.version_minor() == 1)) {
     send_local_response(400, "invalid_host", true);
     return false;
   }
   if (hosts == 1) {
-    authority_.assign(trim_ows(headers_.value(headers_.find("host"))));
+    authority_.assign(trim_ows(req_.fields.value(req_.fields.find("host"))));
     if (!is_valid_host(authority_)) {
       send_local_response(400, "invalid_host", true);
       return false;
@@ -343,14 +318,14 @@ bool HttpSession::validate_request_head() {
     send_local_response(405, "connect_refused", true);
     return false;
   }
-  if (request_.method_is_options() && url_ == "*") {
+  if (request_.method_is_options() && req_.target == "*") {
     rq_.target.path.assign(1, '*');  // not = "*": g++ 12 warns falsely there (-Wrestrict, GCC bug 105651)
     rq_.target.query.clear();
   } else {
-    auto normalized = normalize_target(url_, listener_->allow_ambiguous_paths);
+    auto normalized = normalize_target(req_.target, listener_->allow_ambiguous_paths);
     if (!normalized) {
       // Said apart from a malformed target: the operator may want allow_ambiguous_paths.
-      bool ambiguous = !listener_->allow_ambiguous_paths && normalize_target(url_, true);
+      bool ambiguous = !listener_->allow_ambiguous_paths && normalize_target(req_.target, true);
       send_local_response(400, ambiguous ? "ambiguous_path" : "invalid_target", true);
       return false;
     }
@@ -366,14 +341,14 @@ bool HttpSession::validate_request_head() {
   return true;
 }
 
-Step HttpSession::on_headers_complete() {
+Step HttpSession::on_request_head(RequestHead&) {
   if (!validate_request_head()) return Step::fail;
   rq_.client_keep_alive = request_.keep_alive() && !draining();
   rq_.keep_alive = rq_.client_keep_alive;
 
   if (request_.upgrade()) {
-    size_t u = headers_.find("upgrade");
-    rq_.websocket = u != HeaderList::npos && iequals(trim_ows(headers_.value(u)), "websocket");
+    size_t u = req_.fields.find("upgrade");
+    rq_.websocket = u != HeaderList::npos && iequals(trim_ows(req_.fields.value(u)), "websocket");
     // Only WebSocket becomes a tunnel; another protocol's upgrade header is dropped and the
     // request is answered as a plain one. Either way, unless a 101 turns it into a tunnel, the
     // connection closes after the response: the decoder takes what follows an upgrade request as
@@ -381,9 +356,9 @@ Step HttpSession::on_headers_complete() {
     close_after_response_ = true;
   }
 
-  size_t id = headers_.find("x-request-id");
+  size_t id = req_.fields.find("x-request-id");
   if (id != HeaderList::npos) {
-    request_id_.assign(headers_.value(id));
+    request_id_.assign(req_.fields.value(id));
   } else {
     char buf[33];
     snprintf(buf, sizeof buf, "%016" PRIx64 "%016" PRIx64, worker_.random().next(), worker_.random().next());
@@ -413,14 +388,14 @@ Step HttpSession::on_headers_complete() {
     // The route still says which auth and rate limit apply (its cluster is the destination's).
     std::string host = host_for_routing(authority_);
     RequestView view{host, rq_.target.path, request_.method_name(),
-                     &headers_};
+                     &req_.fields};
     const Route* route = match_route(*listener_, view);
     if (!admit(route, route ? static_cast<size_t>(route - listener_->routes.data()) : SIZE_MAX))
       return rq_.request_has_body ? Step::fail : Step::go;
   } else {
     std::string host = host_for_routing(authority_);
     RequestView view{host, rq_.target.path, request_.method_name(),
-                     &headers_};
+                     &req_.fields};
     const Route* route = match_route(*listener_, view);
     if (route == nullptr) {
       send_local_response(404, "no_route", rq_.request_has_body);
@@ -440,7 +415,7 @@ Step HttpSession::on_headers_complete() {
   rq_.upstream.replayable = !rq_.request_has_body || request_.method_is_idempotent();
   const TlsState* t = tls();
   rq_.upstream.nested = build_upstream_head(
-      upstream_head_, {request_.method_name(), rq_.target, headers_, rq_.request_chunked, rq_.websocket, *listener_,
+      upstream_head_, {request_.method_name(), rq_.target, req_.fields, rq_.request_chunked, rq_.websocket, *listener_,
                        client_address_, t && t->established() ? t : nullptr, rq_.auth_subject_ok ? rq_.auth : nullptr,
                        rq_.auth_subject, request_id_});
   start_attempt();
@@ -475,9 +450,17 @@ Step HttpSession::on_body(std::string_view piece) {
   return Step::go;
 }
 
-Step HttpSession::on_message_complete() {
+Step HttpSession::on_message_complete(RequestHead& head) {
   rq_.request_complete = true;
-  if (!rq_.local_response && rq_.request_chunked) send_body("0\r\n\r\n", 5);
+  if (!rq_.local_response && rq_.request_chunked) {
+    if (!fields_valid(head.trailers)) {
+      send_local_response(400, "invalid_header", true);
+      return Step::fail;
+    }
+    std::string last_chunk;
+    append_request_last_chunk(last_chunk, head.trailers, *listener_);
+    send_body(last_chunk.data(), last_chunk.size());
+  }
   if (!rq_.local_response && !rq_.response_complete && rq_.cluster != nullptr) {
     // The request is in; from here the cluster's timeout bounds every attempt, and the
     // per-try timeout the one in flight.
@@ -610,13 +593,11 @@ void HttpSession::reset_request() {
   // slots, probe and balancer count.
   rq_.~ActiveRequest();
   new (&rq_) ActiveRequest();
-  url_.clear();
-  headers_.clear();
+  req_.clear();
   authority_.clear();
   request_id_.clear();
   to_upstream_.clear();
-  resp_headers_.clear();
-  resp_status_text_.clear();
+  resp_.clear();
   replay_.clear();
   if (replay_.capacity() > 16 * 1024) replay_.shrink_to_fit();  // one big PUT does not pin 64 KiB
 }
@@ -635,7 +616,7 @@ void HttpSession::log_request() {
   e.listener = listener_->name;
   e.method = request_.method_name();
   e.authority = authority_;
-  e.path = rq_.target.path.empty() ? std::string_view(url_) : std::string_view(rq_.target.path);
+  e.path = rq_.target.path.empty() ? std::string_view(req_.target) : std::string_view(rq_.target.path);
   e.status = rq_.status;
   e.duration_seconds = static_cast<double>(duration_ns) / 1e9;
   if (rq_.cluster && rq_.upstream.endpoint >= 0)

@@ -40,21 +40,13 @@ class HttpSession final : public Stream,
  protected:
   // The client's requests, from its decoder.
   Step on_message_begin() override;
-  Step on_url(std::string_view piece) override;
-  Step on_header_field(std::string_view piece) override;
-  Step on_header_value(std::string_view piece) override;
-  Step on_header_value_complete() override;
-  Step on_headers_complete() override;
+  Step on_request_head(RequestHead& head) override;
   Step on_body(std::string_view piece) override;
-  Step on_message_complete() override;
+  Step on_message_complete(RequestHead& head) override;
   // The upstream's response, from its decoder.
-  Step on_response_status(std::string_view piece) override;
-  Step on_response_header_field(std::string_view piece) override;
-  Step on_response_header_value(std::string_view piece) override;
-  Step on_response_header_value_complete() override;
-  Step on_response_headers_complete() override;
+  Step on_response_head(ResponseHead& head) override;
   Step on_response_body(std::string_view piece) override;
-  Step on_response_message_complete() override;
+  Step on_response_message_complete(ResponseHead& head) override;
 
   void on_data(char* data, size_t length) override;
   void on_read_end(int status) override;
@@ -75,6 +67,8 @@ class HttpSession final : public Stream,
  private:
   enum class Timer { none, idle, handshake, header, body, upstream };
   static constexpr uint64_t kTunnelIdleMs = 3600 * 1000;
+  // An upstream's response head (status line and fields) may take this much.
+  static constexpr uint64_t kMaxResponseHeadBytes = 64 * 1024;
   // An idle keep-alive connection is closed this long after a drain begins, not at once: a
   // client may have sent its next request already, and closing under it would fail that
   // request. Arriving within the grace, the request is answered, with `connection: close`.
@@ -84,8 +78,6 @@ class HttpSession final : public Stream,
   void parse_input(const char* data, size_t length);
   void after_downstream_io();
   bool validate_request_head();
-  // Counts `n` more bytes of the request head; past the listener's max_header_bytes, answers 431.
-  bool count_head_bytes(size_t n);
   // Resilience: one attempt at an endpoint the outlier detection allows; its verdict; retries.
   void start_attempt(bool fresh_connection = false);
   void send_body(const char* data, size_t length);
@@ -125,8 +117,10 @@ class HttpSession final : public Stream,
   size_t listener_index_;         // in snap_
   std::shared_ptr<ListenerStats> conn_stats_;  // the listener that accepted the connection
   bool draining_ = false;         // its listener left the policy: close after this response
-  Http1Decoder request_{static_cast<Http1RequestHandler*>(this)};
-  Http1Decoder response_{static_cast<Http1ResponseHandler*>(this)};
+  RequestHead req_;    // the request in flight's head, filled by request_
+  ResponseHead resp_;  // its response's, filled by response_
+  Http1Decoder request_{static_cast<Http1RequestHandler*>(this), &req_};
+  Http1Decoder response_{static_cast<Http1ResponseHandler*>(this), &resp_};
   std::string client_address_;
 
   // The request in flight, from its first byte to the end of its response. A fresh value
@@ -169,14 +163,10 @@ class HttpSession final : public Stream,
   };
   ActiveRequest rq_;
   // The request's text, in buffers reused from request to request.
-  std::string url_;
-  HeaderList headers_;
   std::string authority_;
   std::string request_id_;
   std::string replay_;       // the body as sent, kept for a retry (up to kMaxReplayBytes)
   std::string to_upstream_;  // bytes waiting for a connection
-  HeaderList resp_headers_;
-  std::string resp_status_text_;
 
   // The connection.
   std::string upstream_head_;  // the request's head for the upstream, without the attempt header

@@ -56,8 +56,7 @@ void HttpSession::start_attempt(bool fresh_connection) {
     return;
   }
   ++up.attempts;
-  resp_headers_.clear();
-  resp_status_text_.clear();
+  resp_.clear();
   response_.restart();
   // What this attempt sends: the head with its attempt number, then the body so far. A first
   // attempt's body is still arriving (send_body); a retry's was kept (replay_), unless nothing
@@ -279,32 +278,11 @@ void HttpSession::on_upstream_end(UpstreamConnection& from, int status) {
 // ---------------------------------------------------------------------------------------------
 // Response parsing
 
-Step HttpSession::on_response_status(std::string_view piece) {
-  if (resp_status_text_.size() + piece.size() > kMaxReasonBytes) return Step::fail;
-  resp_status_text_.append(piece);
-  return Step::go;
-}
-
-Step HttpSession::on_response_header_field(std::string_view piece) {
-  resp_headers_.append_name(piece);
-  return resp_headers_.bytes() > 65536 ? Step::fail : Step::go;
-}
-
-Step HttpSession::on_response_header_value(std::string_view piece) {
-  resp_headers_.append_value(piece);
-  return resp_headers_.bytes() > 65536 ? Step::fail : Step::go;
-}
-
-Step HttpSession::on_response_header_value_complete() {
-  resp_headers_.end_header();
-  return Step::go;
-}
-
-Step HttpSession::on_response_headers_complete() {
+Step HttpSession::on_response_head(ResponseHead&) {
   // A reason phrase is HTAB, SP, visible ASCII and obs-text (RFC 9112 4): one with NUL or other
   // control characters makes the response invalid, although it is never passed on.
-  if (response_.version_major() != 1 || !fields_valid(resp_headers_) || !framing_headers_valid(resp_headers_) ||
-      !is_valid_field_value(resp_status_text_))
+  if (response_.version_major() != 1 || !fields_valid(resp_.fields) || !framing_headers_valid(resp_.fields) ||
+      resp_.reason.size() > kMaxReasonBytes || !is_valid_field_value(resp_.reason))
     return Step::fail;
   int status = response_.status_code();
   if (status < 100 || status > 999) return Step::fail;
@@ -323,8 +301,6 @@ Step HttpSession::on_response_headers_complete() {
     // A few are normal; a stream of them is an upstream gone wrong.
     if (++rq_.interim_responses > kMaxInterimResponses) return Step::fail;
     if (request_.version_minor() == 1) write_response_head();
-    resp_headers_.clear();
-    resp_status_text_.clear();
     // It ends at its blank line, whatever its fields say (RFC 9112 6.3). llhttp would read a
     // body after a 1xx with Content-Length or chunked, and that body would reach the client
     // unframed: a response the upstream forged inside it, taken for this request's answer.
@@ -336,9 +312,9 @@ Step HttpSession::on_response_headers_complete() {
     return Step::fail;  // on_upstream_data drops this answer and its connection, and follows
   // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
   // kept idle that long, so that no request is written to it as it closes.
-  size_t ka = resp_headers_.find("keep-alive");
+  size_t ka = resp_.fields.find("keep-alive");
   if (ka != HeaderList::npos && rq_.upstream.connection) {
-    std::string_view v = resp_headers_.value(ka);
+    std::string_view v = resp_.fields.value(ka);
     size_t t = v.find("timeout=");
     if (t != std::string_view::npos) {
       uint64_t seconds = 0;
@@ -375,22 +351,22 @@ void HttpSession::write_response_head() {
   o += ' ';
   o += reason_phrase(status);
   o += "\r\n";
-  std::string tokens = connection_tokens(resp_headers_);
-  for (size_t i = 0; i < resp_headers_.size(); ++i) {
-    std::string_view name = resp_headers_.name(i);
+  std::string tokens = connection_tokens(resp_.fields);
+  for (size_t i = 0; i < resp_.fields.size(); ++i) {
+    std::string_view name = resp_.fields.name(i);
     if (is_hop_by_hop(name, tokens)) continue;
     if (status < 200 || status == 204 || (status == 304 && iequals(name, "content-length"))) {
       if (iequals(name, "content-length")) continue;
     }
     o += name;
     o += ": ";
-    o += trim_ows(resp_headers_.value(i));
+    o += trim_ows(resp_.fields.value(i));
     o += "\r\n";
   }
   if (status == 101) {
     o += "connection: upgrade\r\nupgrade: ";
-    size_t u = resp_headers_.find("upgrade");
-    o += u != HeaderList::npos ? trim_ows(resp_headers_.value(u)) : std::string_view("websocket");
+    size_t u = resp_.fields.find("upgrade");
+    o += u != HeaderList::npos ? trim_ows(resp_.fields.value(u)) : std::string_view("websocket");
     o += "\r\n\r\n";
     return;
   }
@@ -419,10 +395,11 @@ Step HttpSession::on_response_body(std::string_view piece) {
   return Step::go;
 }
 
-Step HttpSession::on_response_message_complete() {
+Step HttpSession::on_response_message_complete(ResponseHead& head) {
   if (tunnel_) return Step::go;  // 101: the decoder stops for the upgrade itself
   if (!rq_.response_started) return Step::pause;  // the end of an interim response
-  if (rq_.framing == Framing::chunked) append("0\r\n\r\n");
+  if (!fields_valid(head.trailers)) return Step::fail;  // cut short: the client sees no last chunk
+  if (rq_.framing == Framing::chunked) append_response_last_chunk(out(), head.trailers);
   rq_.response_complete = true;
   return Step::pause;
 }

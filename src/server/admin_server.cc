@@ -56,7 +56,9 @@ bool peer_is_loopback(uv_tcp_t* tcp) {
 // Requests are decoded by Http1Decoder (with its head checks), which stops after each one.
 class AdminConnection final : public Stream, private Http1RequestHandler {
  public:
-  explicit AdminConnection(AdminServer& server) : Stream(server), server_(server), decoder_(this) {}
+  explicit AdminConnection(AdminServer& server) : Stream(server), server_(server), decoder_(this, &head_) {
+    decoder_.set_head_limit(kMaxAdminRequestBytes);
+  }
 
   void start() {
     loopback_peer_ = peer_is_loopback(tcp());
@@ -72,7 +74,7 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
       start_timer(kAdminIdleMs);  // the backend answers within its own bound
       return;
     }
-    if (url_.empty() && head_bytes_ == 0) {
+    if (!in_request_) {
       close();  // idle
       return;
     }
@@ -91,23 +93,16 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
  private:
   // ---- Http1RequestHandler ----
   Step on_message_begin() override {
+    in_request_ = true;
     start_timer(kAdminHeaderMs);
     return Step::go;
   }
-  Step on_url(std::string_view piece) override {
-    if (url_.size() + piece.size() > kMaxAdminRequestBytes) return Step::fail;
-    url_.append(piece);
-    return Step::go;
-  }
-  Step on_header_field(std::string_view piece) override { return count_head(piece.size()); }
-  Step on_header_value(std::string_view piece) override { return count_head(piece.size()); }
-  Step on_header_value_complete() override { return Step::go; }
-  Step on_headers_complete() override { return Step::go; }
+  Step on_request_head(RequestHead&) override { return Step::go; }
   Step on_body(std::string_view piece) override {
     body_bytes_ += piece.size();
     return body_bytes_ > kMaxAdminRequestBytes ? Step::fail : Step::go;
   }
-  Step on_message_complete() override {
+  Step on_message_complete(RequestHead&) override {
     answer();
     // A request that asks for an upgrade is answered, and then the connection ends with a 400
     // (admin switches to no other protocol): once its answer is out, when one is awaited.
@@ -160,13 +155,8 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
     if (!paused_ && !closing()) start_read();
   }
 
-  Step count_head(size_t n) {
-    head_bytes_ += n;
-    return head_bytes_ > kMaxAdminRequestBytes ? Step::fail : Step::go;
-  }
-
   void answer() {
-    std::string path = url_.substr(0, url_.find('?'));
+    std::string path = head_.target.substr(0, head_.target.find('?'));
     std::string_view method = decoder_.method_name();
     bool get = method == "GET" || method == "HEAD";
     bool post = method == "POST";
@@ -231,8 +221,7 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
   }
 
   void done_with_request() {
-    url_.clear();
-    head_bytes_ = 0;
+    in_request_ = false;
     body_bytes_ = 0;
     allow_ = nullptr;
   }
@@ -255,9 +244,9 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
   }
 
   AdminServer& server_;
+  RequestHead head_;
   Http1Decoder decoder_;
-  std::string url_;
-  size_t head_bytes_ = 0;
+  bool in_request_ = false;  // a request's first byte came and its answer is not out
   size_t body_bytes_ = 0;
   const char* allow_ = nullptr;
   bool loopback_peer_ = false;

@@ -2,8 +2,8 @@
 // every byte of a head before llhttp (strict mode) sees it, one message at a time, requests or
 // responses (the first byte's low bit). The same bytes are decoded whole and split into reads
 // of a size the first byte chooses: neither may crash or read out of bounds, and both must see
-// the same messages, fields and body bytes, and fail (or not) alike. A decoder that a split can
-// change is one a smuggler can steer.
+// the same messages (heads, body bytes, trailers), and fail (or not) alike, the head limit
+// included. A decoder that a split can change is one a smuggler can steer.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -18,37 +18,41 @@ namespace {
 using pilotfish::Http1Decoder;
 using pilotfish::Step;
 
-// Everything the decoder reported, in order. A field's text may arrive in several pieces
-// (one per read it spans): consecutive pieces of the same kind are joined.
+// Everything the decoder reported, in order: heads and trailers written out whole (the
+// decoder assembles them from however many reads they span), body bytes joined.
+std::string text_of(const pilotfish::HeaderList& fields) {
+  std::string t;
+  for (size_t i = 0; i < fields.size(); ++i) {
+    t.append(fields.name(i)).append(1, ':').append(fields.value(i)).append(1, '\n');
+  }
+  return t;
+}
+
 struct Recorder final : pilotfish::Http1RequestHandler, pilotfish::Http1ResponseHandler {
   std::vector<std::pair<char, std::string>> events;
-  Step add(char tag, std::string_view piece = {}) {
-    bool text = tag == 'U' || tag == 'F' || tag == 'V' || tag == 'D' || tag == 'S';
-    if (text && !events.empty() && events.back().first == tag)
+  Step add(char tag, std::string piece = {}) {
+    if (tag == 'D' && !events.empty() && events.back().first == tag)
       events.back().second.append(piece);
     else
-      events.emplace_back(tag, std::string(piece));
+      events.emplace_back(tag, std::move(piece));
     return Step::go;
   }
   Step on_message_begin() override { return add('B'); }
-  Step on_url(std::string_view p) override { return add('U', p); }
-  Step on_header_field(std::string_view p) override { return add('F', p); }
-  Step on_header_value(std::string_view p) override { return add('V', p); }
-  Step on_header_value_complete() override { return add('v'); }
-  Step on_headers_complete() override { return add('H'); }
-  Step on_body(std::string_view p) override { return add('D', p); }
-  Step on_message_complete() override {
-    add('E');
+  Step on_request_head(pilotfish::RequestHead& h) override {
+    return add('H', std::string(h.method) + ' ' + h.target + ' ' + std::to_string(h.version_minor) + '\n' +
+                        text_of(h.fields));
+  }
+  Step on_body(std::string_view p) override { return add('D', std::string(p)); }
+  Step on_message_complete(pilotfish::RequestHead& h) override {
+    add('E', text_of(h.trailers));
     return Step::pause;  // as the session does: one message at a time
   }
-  Step on_response_status(std::string_view p) override { return add('S', p); }
-  Step on_response_header_field(std::string_view p) override { return add('F', p); }
-  Step on_response_header_value(std::string_view p) override { return add('V', p); }
-  Step on_response_header_value_complete() override { return add('v'); }
-  Step on_response_headers_complete() override { return add('H'); }
-  Step on_response_body(std::string_view p) override { return add('D', p); }
-  Step on_response_message_complete() override {
-    add('E');
+  Step on_response_head(pilotfish::ResponseHead& h) override {
+    return add('H', std::to_string(h.status) + ' ' + h.reason + '\n' + text_of(h.fields));
+  }
+  Step on_response_body(std::string_view p) override { return add('D', std::string(p)); }
+  Step on_response_message_complete(pilotfish::ResponseHead& h) override {
+    add('E', text_of(h.trailers));
     return Step::pause;
   }
 };
@@ -58,11 +62,16 @@ struct Run {
   bool failed = false;
 };
 
+constexpr uint64_t kHeadLimit = 2048;
+
 Run decode(const char* p, size_t size, size_t chunk, bool responses) {
   Recorder r;
-  Http1Decoder request(static_cast<pilotfish::Http1RequestHandler*>(&r));
-  Http1Decoder response(static_cast<pilotfish::Http1ResponseHandler*>(&r));
+  pilotfish::RequestHead request_head;
+  pilotfish::ResponseHead response_head;
+  Http1Decoder request(static_cast<pilotfish::Http1RequestHandler*>(&r), &request_head);
+  Http1Decoder response(static_cast<pilotfish::Http1ResponseHandler*>(&r), &response_head);
   Http1Decoder& d = responses ? response : request;
+  d.set_head_limit(kHeadLimit);  // a head (or trailers) past it fails, however it is split
   Run run;
   size_t left = size;
   while (left > 0 && !run.failed) {

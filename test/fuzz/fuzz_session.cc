@@ -231,13 +231,9 @@ class UpstreamConn final : public pilotfish::Http1RequestHandler {
     answered_ = false;
     return Step::go;
   }
-  Step on_url(std::string_view) override { return Step::go; }
-  Step on_header_field(std::string_view) override { return Step::go; }
-  Step on_header_value(std::string_view) override { return Step::go; }
-  Step on_header_value_complete() override { return Step::go; }
-  Step on_headers_complete() override;
+  Step on_request_head(pilotfish::RequestHead&) override;
   Step on_body(std::string_view) override { return Step::go; }
-  Step on_message_complete() override {
+  Step on_message_complete(pilotfish::RequestHead&) override {
     if (!answered_) request_answer();
     return decoder_.upgrade() ? Step::go : Step::pause;
   }
@@ -251,7 +247,8 @@ class UpstreamConn final : public pilotfish::Http1RequestHandler {
 
   Exchange& x_;
   int fd_;
-  Http1Decoder decoder_{static_cast<pilotfish::Http1RequestHandler*>(this)};
+  pilotfish::RequestHead head_;
+  Http1Decoder decoder_{static_cast<pilotfish::Http1RequestHandler*>(this), &head_};
   std::string received_;
   bool tunnel_ = false;    // after an upgrade request: bytes, not requests
   bool answered_ = false;  // the request being decoded has its script
@@ -267,25 +264,19 @@ class UpstreamConn final : public pilotfish::Http1RequestHandler {
 struct RequestLog final : pilotfish::Http1RequestHandler {
   std::vector<bool> head;
   bool failed = false;
-  Http1Decoder decoder{static_cast<pilotfish::Http1RequestHandler*>(this)};
+  pilotfish::RequestHead request_head;
+  Http1Decoder decoder{static_cast<pilotfish::Http1RequestHandler*>(this), &request_head};
 
   Step on_message_begin() override {
     head.push_back(false);
     return Step::go;
   }
-  Step on_url(std::string_view) override {
-    head.back() = decoder.method_is_head();
-    return Step::go;
-  }
-  Step on_header_field(std::string_view) override { return Step::go; }
-  Step on_header_value(std::string_view) override { return Step::go; }
-  Step on_header_value_complete() override { return Step::go; }
-  Step on_headers_complete() override {
+  Step on_request_head(pilotfish::RequestHead&) override {
     head.back() = decoder.method_is_head();
     return Step::go;
   }
   Step on_body(std::string_view) override { return Step::go; }
-  Step on_message_complete() override { return decoder.upgrade() ? Step::go : Step::pause; }
+  Step on_message_complete(pilotfish::RequestHead&) override { return decoder.upgrade() ? Step::go : Step::pause; }
 
   void decode(std::string_view bytes) {
     const char* p = bytes.data();
@@ -309,34 +300,15 @@ struct ResponseCheck final : pilotfish::Http1ResponseHandler {
   bool close_said = false;  // the last complete response said `connection: close`
   bool final_response = false;
   const char* violation = nullptr;
-  pilotfish::HeaderList headers;
-  std::string status_text;
-  Http1Decoder decoder{static_cast<pilotfish::Http1ResponseHandler*>(this)};
+  pilotfish::ResponseHead response_head;
+  Http1Decoder decoder{static_cast<pilotfish::Http1ResponseHandler*>(this), &response_head};
 
   explicit ResponseCheck(const RequestLog& r)
       : requests(r), allowed(r.head.size() + (r.failed ? 1 : 0)) {}
 
-  Step on_response_status(std::string_view p) override {
-    status_text.append(p);
-    return Step::go;
-  }
-  Step on_response_header_field(std::string_view p) override {
-    headers.append_name(p);
-    return Step::go;
-  }
-  Step on_response_header_value(std::string_view p) override {
-    headers.append_value(p);
-    return Step::go;
-  }
-  Step on_response_header_value_complete() override {
-    headers.end_header();
-    return Step::go;
-  }
-  Step on_response_headers_complete() override {
-    bool valid = decoder.version_major() == 1 && decoder.version_minor() == 1 && pilotfish::fields_valid(headers) &&
-                 pilotfish::framing_headers_valid(headers) && status_text == pilotfish::reason_phrase(decoder.status_code());
-    headers.clear();
-    status_text.clear();
+  Step on_response_head(pilotfish::ResponseHead& h) override {
+    bool valid = h.version_major == 1 && h.version_minor == 1 && pilotfish::fields_valid(h.fields) &&
+                 pilotfish::framing_headers_valid(h.fields) && h.reason == pilotfish::reason_phrase(h.status);
     if (!valid) {
       violation = "a response head that is not HTTP/1.1, has invalid fields or framing, or a reason phrase not its own";
       return Step::fail;
@@ -352,7 +324,11 @@ struct ResponseCheck final : pilotfish::Http1ResponseHandler {
     return index < requests.head.size() && requests.head[index] ? Step::skip_body : Step::go;
   }
   Step on_response_body(std::string_view) override { return Step::go; }
-  Step on_response_message_complete() override {
+  Step on_response_message_complete(pilotfish::ResponseHead& h) override {
+    if (!pilotfish::fields_valid(h.trailers)) {
+      violation = "invalid trailer fields";
+      return Step::fail;
+    }
     close_said = final_response && !decoder.keep_alive();
     return decoder.upgrade() ? Step::go : Step::pause;
   }
@@ -560,7 +536,7 @@ void UpstreamConn::answer_now() {
   if (script_) piece_ = piece_size(script_->flags >> 3, script_->bytes.size());
 }
 
-Step UpstreamConn::on_headers_complete() {
+Step UpstreamConn::on_request_head(pilotfish::RequestHead&) {
   if (!answered_ && waiting_ == 0 && script_ == nullptr) {
     // The next script may answer before the body (bit 0).
     const Script* s = x_.next_script(true, false);

@@ -63,6 +63,12 @@ SEEDS = {
     "post_chunked": seed(ctl(10), b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n"
                          + CHUNKED_BODY,
                          (0, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")),
+    "trailers_both_ways": seed(ctl(5), b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n"
+                               b"3\r\nabc\r\n0\r\nX-Checksum: 1\r\nContent-Length: 9\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"
+                               + get("/next"),
+                               (pieces(3), b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nSet-Cookie: a=b\r\n\r\n"),
+                               (0, ok(b"next"))),
     "pipelined": seed(ctl(), get("/a") + get("/b") + get("/c"),
                       (0, ok(b"a")), (0, ok(b"b")), (0, ok(b"c"))),
     "head": seed(ctl(), b"HEAD / HTTP/1.1\r\nHost: app\r\n\r\n" + get("/after"),

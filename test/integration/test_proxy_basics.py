@@ -173,10 +173,31 @@ class ChunkedTest(ProxyTest):
         self.assertEqual(r.json()["body"], "a" * 1000 + "b" * 3000 + "c" * 7)
 
     def test_chunked_request_with_trailers(self):
+        # Trailers travel to the upstream; those that frame, route or authenticate, and those
+        # only pilotfish writes, do not.
         r = h.request(self.port, "POST", "/trailers", headers=[("Transfer-Encoding", "chunked")],
-                      body=h.chunk_encode([b"abc"], trailers=[("X-Checksum", "1")]))
+                      body=h.chunk_encode([b"abc"], trailers=[
+                          ("X-Checksum", "1"), ("Content-Length", "99"), ("Host", "evil"),
+                          ("Authorization", "Bearer x"), ("X-Forwarded-Client-Cert", "By=spiffe://x/y"),
+                          ("x_forwarded_for", "10.9.9.9"), ("Server-Timing", "db;dur=5")]))
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json()["body"], "abc")
+        self.assertEqual(r.json()["trailers"], [["X-Checksum", "1"], ["Server-Timing", "db;dur=5"]])
+
+    def test_invalid_request_trailer_is_refused(self):
+        c = self.client()
+        c.send(h.build_request("POST", "/bad-trailer", headers=[("Transfer-Encoding", "chunked")])
+               + b"3\r\nabc\r\n0\r\nX-Bad\x01: v\r\n\r\n")
+        r = c.read_response()
+        self.assertEqual(r.status, 400, r)
+
+    def test_response_trailers_reach_the_client(self):
+        c = self.client()
+        r = c.request("GET", "/chunked?n=2&size=4")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.trailers, [("X-Trailer", "t")])
+        r = c.request("GET", "/after-trailers")
+        self.assertEqual(r.status, 200)
 
     def test_large_chunked_request_body(self):
         c = self.client(timeout=20)

@@ -10,7 +10,8 @@ has received a response can read the stats and see that request:
   closed        connections closed            bytes_in   bytes received, all connections
   bytes_parsed  bytes that were part of a parsed request (head + body framing)
   requests      one entry per request head parsed: conn, seq, method, target, version,
-                headers ([name, value] as received), body_len, body_crc, chunked, sent_100
+                headers ([name, value] as received), body_len, body_crc, chunked, sent_100,
+                trailers ([name, value] of a chunked body's trailer section)
 
 Modes (--mode):
   echo       (default) HTTP/1.1 keep-alive server; the path picks a behaviour (see dispatch())
@@ -54,7 +55,8 @@ Modes (--mode):
 Path behaviours in echo mode (query parameters in brackets):
   /__stats                 the stats JSON
   /status/NNN              answer with status NNN (204 and 304 without a body)
-  /chunked [n, size]       a chunked response of n chunks (see chunked_body())
+  /chunked [n, size]       a chunked response of n chunks (see chunked_body()), its trailer
+                           section X-Trailer: t, Content-Length: 5, Set-Cookie: s=1
   /slow [ms]               echo after ms milliseconds
   /hang                    never answer
   /reset                   reset the connection after the head
@@ -297,7 +299,7 @@ class Server:
             seq += 1
             rec = {"conn": cid, "seq": seq, "method": method, "target": target, "version": version,
                    "headers": headers, "body_len": 0, "body_crc": 0, "chunked": False,
-                   "sent_100": False, "complete": False, "t": time.time(), "fault": None}
+                   "sent_100": False, "complete": False, "t": time.time(), "fault": None, "trailers": []}
             self.stats.update(lambda d: (d["requests"].append(rec), d.__setitem__(
                 "bytes_parsed", d["bytes_parsed"] + len(head))))
             path, _, query = target.partition("?")
@@ -368,6 +370,8 @@ class Server:
                             framing += len(t)
                             if t in (b"\r\n", b"\n"):
                                 break
+                            tn, _, tv = t.decode("latin-1").partition(":")
+                            rec["trailers"].append([tn, tv.strip()])
                         break
                     if not c.read_exact(size, sink):
                         ok = False
@@ -459,7 +463,8 @@ class Server:
                 if method != "HEAD":
                     for piece in chunked_body(n, size):
                         out.append(b"%x\r\n%s\r\n" % (len(piece), piece))
-                    out.append(b"0\r\nX-Trailer: t\r\n\r\n")
+                    # One trailer a client may see, and fields that never travel in trailers.
+                    out.append(b"0\r\nX-Trailer: t\r\nContent-Length: 5\r\nSet-Cookie: s=1\r\n\r\n")
                 for o in out:  # separate writes, so the proxy sees several reads
                     c.sendall(o)
                     time.sleep(0.01)
@@ -492,7 +497,7 @@ class Server:
                     "name": self.args.name, "conn": cid, "seq": seq, "method": method,
                     "target": target, "version": version, "headers": headers,
                     "body_len": state["len"], "body_crc": state["crc"], "chunked": rec["chunked"],
-                    "sent_100": rec["sent_100"], "body": body.decode("latin-1"),
+                    "sent_100": rec["sent_100"], "body": body.decode("latin-1"), "trailers": rec["trailers"],
                 }).encode()
                 self.respond(c, method, 200, [(b"Content-Type", b"application/json")], out, conn_hdr)
             if not keep_alive:

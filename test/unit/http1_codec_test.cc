@@ -1,6 +1,7 @@
 // The HTTP/1.1 decoder (http/http1_codec.h): what it reports of requests and responses, where
 // it stops between pipelined messages, what it refuses, and the framing checks it offers.
 #include "http/http1_codec.h"
+#include "http/upstream_head.h"
 
 #include <gtest/gtest.h>
 
@@ -12,37 +13,42 @@ namespace {
 
 struct Recorder final : Http1RequestHandler, Http1ResponseHandler {
   std::string url, status, body;
-  HeaderList headers;
+  HeaderList headers, trailers;
   int messages = 0, heads = 0;
   Step at_headers = Step::go;
   const Http1Decoder* decoder = nullptr;  // to read the message's framing as the session does
   uint64_t length_at_headers = 0;
   Step on_message_begin() override { return Step::go; }
-  Step on_url(std::string_view p) override { return url.append(p), Step::go; }
-  Step on_header_field(std::string_view p) override { return headers.append_name(p), Step::go; }
-  Step on_header_value(std::string_view p) override { return headers.append_value(p), Step::go; }
-  Step on_header_value_complete() override { return headers.end_header(), Step::go; }
-  Step on_headers_complete() override {
+  Step on_request_head(RequestHead& h) override {
+    url = h.target;
+    return on_head(h.fields);
+  }
+  Step on_head(const HeaderList& fields) {
+    headers = fields;
     if (decoder) length_at_headers = decoder->content_length();  // counts down as the body comes
     return ++heads, at_headers;
   }
   Step on_body(std::string_view p) override { return body.append(p), Step::go; }
   // As the session does: after an upgrade request the decoder stops by itself.
-  Step on_message_complete() override { return ++messages, decoder && decoder->upgrade() ? Step::go : Step::pause; }
-  Step on_response_status(std::string_view p) override { return status.append(p), Step::go; }
-  Step on_response_header_field(std::string_view p) override { return on_header_field(p); }
-  Step on_response_header_value(std::string_view p) override { return on_header_value(p); }
-  Step on_response_header_value_complete() override { return on_header_value_complete(); }
-  Step on_response_headers_complete() override { return on_headers_complete(); }
+  Step on_message_complete(RequestHead& h) override { return on_end(h.trailers); }
+  Step on_end(const HeaderList& t) {
+    trailers = t;
+    return ++messages, decoder && decoder->upgrade() ? Step::go : Step::pause;
+  }
+  Step on_response_head(ResponseHead& h) override {
+    status.append(h.reason);
+    return on_head(h.fields);
+  }
   Step on_response_body(std::string_view p) override { return on_body(p); }
-  Step on_response_message_complete() override { return on_message_complete(); }
+  Step on_response_message_complete(ResponseHead& h) override { return on_end(h.trailers); }
 };
 
 using Outcome = Http1Decoder::Outcome;
 
 TEST(Http1Decoder, StopsAfterEachPipelinedRequestAtItsLastByte) {
   Recorder r;
-  Http1Decoder d(static_cast<Http1RequestHandler*>(&r));
+  RequestHead head;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &head);
   r.decoder = &d;
   std::string first = "POST /a?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
   std::string second = "GET /b HTTP/1.0\r\n\r\n";
@@ -72,7 +78,8 @@ TEST(Http1Decoder, StopsAfterEachPipelinedRequestAtItsLastByte) {
 
 TEST(Http1Decoder, AHeadSplitIntoSingleBytesReadsTheSame) {
   Recorder r;
-  Http1Decoder d(static_cast<Http1RequestHandler*>(&r));
+  RequestHead head;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &head);
   std::string req = "PUT /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
   for (size_t i = 0; i < req.size(); ++i) {
     Outcome o = d.execute(req.data() + i, 1);
@@ -89,7 +96,8 @@ TEST(Http1Decoder, RefusesBareLineFeedsAndObsFoldBeforeLlhttpSeesThem) {
   for (std::string bad : {"GET / HTTP/1.1\nHost: h\r\n\r\n", "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",
                           "GET / HTTP/1.1\r\nHost: h\rX: y\r\n\r\n"}) {
     Recorder r;
-    Http1Decoder d(static_cast<Http1RequestHandler*>(&r));
+    RequestHead head;
+    Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &head);
     Outcome o = d.execute(bad.data(), bad.size());
     EXPECT_EQ(o.kind, Outcome::failed) << bad;
     EXPECT_STREQ(o.reason, "bare CR or LF, or obs-fold, in the head") << bad;
@@ -100,7 +108,8 @@ TEST(Http1Decoder, RefusesBareLineFeedsAndObsFoldBeforeLlhttpSeesThem) {
 TEST(Http1Decoder, AHandlerThatFailsStopsTheDecoder) {
   Recorder r;
   r.at_headers = Step::fail;
-  Http1Decoder d(static_cast<Http1RequestHandler*>(&r));
+  RequestHead head;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &head);
   std::string req = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
   Outcome o = d.execute(req.data(), req.size());
   EXPECT_EQ(o.kind, Outcome::failed);
@@ -109,7 +118,8 @@ TEST(Http1Decoder, AHandlerThatFailsStopsTheDecoder) {
 
 TEST(Http1Decoder, AnUpgradeRequestEndsDecodingWhereItsHeadEnds) {
   Recorder r;
-  Http1Decoder d(static_cast<Http1RequestHandler*>(&r));
+  RequestHead head;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &head);
   r.decoder = &d;
   std::string req = "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
   std::string frames = "\x81\x05hello";
@@ -122,7 +132,8 @@ TEST(Http1Decoder, AnUpgradeRequestEndsDecodingWhereItsHeadEnds) {
 
 TEST(Http1Decoder, InterimResponsesPauseAndTheFinalOneFollows) {
   Recorder r;
-  Http1Decoder d(static_cast<Http1ResponseHandler*>(&r));
+  ResponseHead head;
+  Http1Decoder d(static_cast<Http1ResponseHandler*>(&r), &head);
   std::string interim = "HTTP/1.1 100 Continue\r\n\r\n";
   std::string final_ = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
   std::string all = interim + final_;
@@ -140,7 +151,8 @@ TEST(Http1Decoder, InterimResponsesPauseAndTheFinalOneFollows) {
 
 TEST(Http1Decoder, AResponseDelimitedByTheCloseEndsWithFinish) {
   Recorder r;
-  Http1Decoder d(static_cast<Http1ResponseHandler*>(&r));
+  ResponseHead head;
+  Http1Decoder d(static_cast<Http1ResponseHandler*>(&r), &head);
   std::string resp = "HTTP/1.1 200 OK\r\n\r\nall of it";
   Outcome o = d.execute(resp.data(), resp.size());
   EXPECT_EQ(o.kind, Outcome::more);
@@ -155,6 +167,119 @@ TEST(Http1Decoder, AResponseDelimitedByTheCloseEndsWithFinish) {
   o = d.execute(next.data(), next.size());
   EXPECT_EQ(o.kind, Outcome::paused);
   EXPECT_EQ(d.status_code(), 204);
+}
+
+TEST(Http1Decoder, HandsOverTheHeadWholeWithItsMethodTargetAndVersion) {
+  Recorder r;
+  RequestHead head;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &head);
+  std::string req = "DELETE /items/7?force=1 HTTP/1.0\r\nHost: shop\r\nConnection: keep-alive\r\nX-A: 1\r\nX-A: 2\r\n\r\n";
+  Outcome o = d.execute(req.data(), req.size());
+  ASSERT_EQ(o.kind, Outcome::paused);
+  EXPECT_EQ(head.method, "DELETE");
+  EXPECT_EQ(head.target, "/items/7?force=1");
+  EXPECT_EQ(head.version_major, 1);
+  EXPECT_EQ(head.version_minor, 0);
+  ASSERT_EQ(head.fields.size(), 4u);
+  EXPECT_EQ(head.fields.name(3), "X-A");
+  EXPECT_EQ(head.fields.value(3), "2");
+  EXPECT_EQ(head.trailers.size(), 0u);
+  // The next message empties the head first: nothing of this one is left in it.
+  d.resume();
+  std::string next = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+  o = d.execute(next.data(), next.size());
+  ASSERT_EQ(o.kind, Outcome::paused);
+  EXPECT_EQ(head.method, "GET");
+  EXPECT_EQ(head.target, "/");
+  EXPECT_EQ(head.fields.size(), 1u);
+}
+
+TEST(Http1Decoder, AChunkedBodysTrailersArriveApartFromTheHeadsFields) {
+  Recorder r;
+  RequestHead head;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &head);
+  std::string req =
+      "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3\r\nabc\r\n0\r\nChecksum: 900150983cd24fb0\r\nX-Rows: 3\r\n\r\n";
+  for (size_t i = 0; i < req.size(); ++i) d.execute(req.data() + i, 1);  // split anywhere
+  EXPECT_EQ(r.messages, 1);
+  EXPECT_EQ(r.headers.size(), 2u);
+  ASSERT_EQ(r.trailers.size(), 2u);
+  EXPECT_EQ(r.trailers.name(0), "Checksum");
+  EXPECT_EQ(r.trailers.value(0), "900150983cd24fb0");
+  EXPECT_EQ(r.trailers.value(1), "3");
+  EXPECT_EQ(head.fields.find("checksum"), HeaderList::npos);
+}
+
+TEST(Http1Decoder, AHeadOrTrailersPastTheLimitFailAsTooLarge) {
+  // The limit counts the target and each field's name and value with 4 bytes for ": " and CRLF.
+  std::string req = "GET /abc HTTP/1.1\r\nHost: h\r\n\r\n";  // 4 + (4 + 1 + 4) = 13
+  for (uint64_t limit : {12u, 13u}) {
+    Recorder r;
+    RequestHead head;
+    Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &head);
+    d.set_head_limit(limit);
+    Outcome o = d.execute(req.data(), req.size());
+    if (limit == 12) {
+      EXPECT_EQ(o.kind, Outcome::failed);
+      EXPECT_TRUE(o.too_large);
+      EXPECT_EQ(r.heads, 0);
+    } else {
+      EXPECT_EQ(o.kind, Outcome::paused);
+      EXPECT_FALSE(o.too_large);
+    }
+  }
+  // Trailers have a budget of their own, the same size: a small head does not leave room for
+  // an unbounded trailer section.
+  Recorder r;
+  RequestHead head;
+  Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &head);
+  d.set_head_limit(64);
+  std::string chunked = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: " +
+                        std::string(80, 'v') + "\r\n\r\n";
+  Outcome o = d.execute(chunked.data(), chunked.size());
+  EXPECT_EQ(o.kind, Outcome::failed);
+  EXPECT_TRUE(o.too_large);
+  EXPECT_EQ(r.heads, 1);
+  EXPECT_EQ(r.messages, 0);
+  // A response's reason phrase counts too.
+  Recorder rr;
+  ResponseHead rhead;
+  Http1Decoder rd(static_cast<Http1ResponseHandler*>(&rr), &rhead);
+  rd.set_head_limit(16);
+  std::string resp = "HTTP/1.1 200 " + std::string(40, 'k') + "\r\n\r\n";
+  o = rd.execute(resp.data(), resp.size());
+  EXPECT_EQ(o.kind, Outcome::failed);
+  EXPECT_TRUE(o.too_large);
+}
+
+TEST(Http1Encoding, TheLastChunkCarriesOnlyTheTrailersThatMayTravel) {
+  HeaderList t;
+  t.add("Checksum", " abc ");
+  t.add("Content-Length", "5");
+  t.add("Transfer-Encoding", "chunked");
+  t.add("Host", "evil");
+  t.add("Set_Cookie", "a=b");  // another spelling of a field that may not travel
+  t.add("grpc-status", "0");
+  std::string out;
+  append_response_last_chunk(out, t);
+  EXPECT_EQ(out, "0\r\nChecksum: abc\r\ngrpc-status: 0\r\n\r\n");
+  EXPECT_TRUE(allowed_in_trailers("server-timing"));
+  EXPECT_FALSE(allowed_in_trailers("Authorization"));
+
+  // Upstream, the fields pilotfish writes itself stay its own in trailers too.
+  Listener listener;
+  listener.subject_headers = {"x-user"};
+  HeaderList r;
+  r.add("X-Forwarded-Client-Cert", "By=spiffe://x/forged");
+  r.add("x_forwarded_for", "10.0.0.1");
+  r.add("X-User", "admin");
+  r.add("x-pilotfish-attempt", "1");
+  r.add("X-Request-Id", "abc");
+  r.add("X-Digest", "sha-256=x");
+  out.clear();
+  append_request_last_chunk(out, r, listener);
+  EXPECT_EQ(out, "0\r\nX-Digest: sha-256=x\r\n\r\n");
 }
 
 TEST(Http1Framing, OneValidContentLengthOrChunkedAloneNeverBoth) {
