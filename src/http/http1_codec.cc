@@ -21,6 +21,7 @@ struct Http1Decoder::State {
   uint64_t bytes = 0;           // of the head, then of the trailer section
   bool in_trailers = false;     // the head is complete: fields that follow are trailers
   bool too_large = false;
+  bool go_on = false;           // paused at a message's end though its handler said go
 };
 
 namespace {
@@ -33,6 +34,15 @@ int code_of(Step step) {
     case Step::pause: return HPE_PAUSED;
   }
   return HPE_USER;
+}
+
+// At a message's end llhttp stops even when the handler says go, and execute() goes on from
+// there: the next head passes through HeadScanner like every other (llhttp itself would read a
+// head that follows in the same bytes unchecked). After an upgrade llhttp stops by itself.
+int end_code(Http1Decoder::State& s, Step step) {
+  if (step != Step::go || s.parser.upgrade) return code_of(step);
+  s.go_on = true;
+  return HPE_PAUSED;
 }
 
 Http1Decoder::State* state_of(llhttp_t* p) { return static_cast<Http1Decoder::State*>(p->data); }
@@ -113,7 +123,7 @@ const llhttp_settings_t& request_settings() {
     x.on_message_complete = [](llhttp_t* p) {
       auto& s = *state_of(p);
       s.scanner.reset();  // the next message's head is checked from its first byte
-      return code_of(s.request->on_message_complete(*s.request_head));
+      return end_code(s, s.request->on_message_complete(*s.request_head));
     };
     return x;
   }();
@@ -145,7 +155,7 @@ const llhttp_settings_t& response_settings() {
     x.on_message_complete = [](llhttp_t* p) {
       auto& s = *state_of(p);
       s.scanner.reset();  // an interim response is followed by another head
-      return code_of(s.response->on_response_message_complete(*s.response_head));
+      return end_code(s, s.response->on_response_message_complete(*s.response_head));
     };
     return x;
   }();
@@ -181,6 +191,7 @@ void Http1Decoder::restart() {
   state_->parser.data = state_;
   state_->scanner.reset();
   state_->too_large = false;
+  state_->go_on = false;
 }
 
 Http1Decoder::Outcome Http1Decoder::execute(const char* data, size_t length) {
@@ -195,6 +206,12 @@ Http1Decoder::Outcome Http1Decoder::execute(const char* data, size_t length) {
     if (err != HPE_OK) {
       const char* pos = llhttp_get_error_pos(&s.parser);
       size_t consumed = pos && pos >= data && pos <= data + length ? static_cast<size_t>(pos - data) : length;
+      if (err == HPE_PAUSED && s.go_on) {
+        s.go_on = false;
+        llhttp_resume(&s.parser);
+        offset = consumed;
+        continue;
+      }
       if (err == HPE_PAUSED) return {Outcome::paused, consumed, ""};
       if (err == HPE_PAUSED_UPGRADE) return {Outcome::upgrade, consumed, ""};
       if (s.too_large) return {Outcome::failed, consumed, "the head or the trailers are too large", true};

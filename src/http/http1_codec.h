@@ -1,10 +1,11 @@
 #pragma once
-// HTTP/1.1 framing on the data path, and nothing else: the one place that knows llhttp there.
-// A decoder turns bytes into a message for its handler: the head, whole (a RequestHead or
-// ResponseHead, protocol-neutral), body pieces, and the end with any trailer fields; it checks
-// on the way what llhttp lets through: HeadScanner refuses bare CR or
-// LF and obs-fold in a head before llhttp sees it. It stops after each message, so its owner
-// decides when the next is read (pipelining: a request is answered before the next is parsed).
+// HTTP/1.1 framing, and nothing else: the one place that knows llhttp (the data path's and the
+// admin listener's). A decoder turns bytes into a message for its handler: the head, whole (a
+// RequestHead or ResponseHead, protocol-neutral), body pieces, and the end with any trailer
+// fields. On the way it checks what llhttp lets through: HeadScanner refuses bare CR or LF and
+// obs-fold in every head before llhttp sees it, the next message's included whatever the
+// handler answers at a message's end. A handler that pauses there decides when the next
+// message is read (pipelining: a request is answered before the next is parsed).
 // The encoder side is small helpers for what pilotfish writes (chunk framing, reason phrases);
 // the message checks llhttp does not make (one valid Content-Length, Transfer-Encoding exactly
 // "chunked", valid field names and values) are here too, for both directions.

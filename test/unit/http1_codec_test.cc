@@ -105,6 +105,36 @@ TEST(Http1Decoder, RefusesBareLineFeedsAndObsFoldBeforeLlhttpSeesThem) {
   }
 }
 
+TEST(Http1Decoder, AHeadAfterABodyInTheSameBytesIsScannedWhenTheHandlerGoesOn) {
+  // The handler says go at the message's end: the next head still passes the head scanner.
+  struct GoOn final : Http1RequestHandler {
+    int messages = 0;
+    Step on_message_begin() override { return Step::go; }
+    Step on_request_head(RequestHead&) override { return Step::go; }
+    Step on_body(std::string_view) override { return Step::go; }
+    Step on_message_complete(RequestHead&) override { return ++messages, Step::go; }
+  };
+  std::string good = "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+  for (bool folded : {false, true}) {
+    GoOn r;
+    RequestHead head;
+    Http1Decoder d(&r, &head);
+    std::string next = folded ? "GET /b HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n" : "GET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+    std::string all = good + next;
+    Outcome o = d.execute(all.data(), all.size());
+    if (folded) {
+      EXPECT_EQ(o.kind, Outcome::failed);
+      EXPECT_STREQ(o.reason, "bare CR or LF, or obs-fold, in the head");
+      EXPECT_EQ(r.messages, 1);
+    } else {
+      EXPECT_EQ(o.kind, Outcome::more);
+      EXPECT_EQ(o.consumed, all.size());
+      EXPECT_EQ(r.messages, 2);
+      EXPECT_EQ(head.target, "/b");
+    }
+  }
+}
+
 TEST(Http1Decoder, AHandlerThatFailsStopsTheDecoder) {
   Recorder r;
   r.at_headers = Step::fail;
