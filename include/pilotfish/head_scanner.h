@@ -21,6 +21,12 @@ class HeadScanner {
     lines_ = 0;
     in_head_ = true;
   }
+  // Call where a chunked body's trailer section begins (after the last chunk's size line): the
+  // same rules, and an empty first line ends it (no start line comes first).
+  void reset_for_trailers() {
+    reset();
+    lines_ = 1;
+  }
   bool in_head() const { return in_head_; }
 
   // Scans up to `length` bytes. Returns head_complete with *used = bytes up to and including

@@ -38,7 +38,8 @@ int code_of(Step step) {
 
 // At a message's end llhttp stops even when the handler says go, and execute() goes on from
 // there: the next head passes through HeadScanner like every other (llhttp itself would read a
-// head that follows in the same bytes unchecked). After an upgrade llhttp stops by itself.
+// head that follows in the same bytes unchecked). After an upgrade (a request, or a 101, with
+// Upgrade and Connection: upgrade) llhttp stops by itself.
 int end_code(Http1Decoder::State& s, Step step) {
   if (step != Step::go || s.parser.upgrade) return code_of(step);
   s.go_on = true;
@@ -47,6 +48,16 @@ int end_code(Http1Decoder::State& s, Step step) {
 
 Http1Decoder::State* state_of(llhttp_t* p) { return static_cast<Http1Decoder::State*>(p->data); }
 std::string_view piece(const char* at, size_t n) { return {at, n}; }
+
+// At the last chunk's size line, llhttp stops, so that execute() hands the trailer section to
+// HeadScanner like a head: llhttp alone would take a bare LF as its end, or unfold obs-fold.
+int chunk_header(llhttp_t* p) {
+  if (p->content_length != 0) return 0;
+  auto& s = *state_of(p);
+  s.scanner.reset_for_trailers();
+  s.go_on = true;
+  return HPE_PAUSED;
+}
 
 // Counts `n` more bytes of the head (or trailers): 0, or the error that stops the decoder.
 int count(Http1Decoder::State& s, size_t n) {
@@ -120,6 +131,7 @@ const llhttp_settings_t& request_settings() {
       return code_of(s.request->on_request_head(*s.request_head));
     };
     x.on_body = [](llhttp_t* p, const char* a, size_t n) { return code_of(state_of(p)->request->on_body(piece(a, n))); };
+    x.on_chunk_header = chunk_header;
     x.on_message_complete = [](llhttp_t* p) {
       auto& s = *state_of(p);
       s.scanner.reset();  // the next message's head is checked from its first byte
@@ -152,6 +164,7 @@ const llhttp_settings_t& response_settings() {
     x.on_body = [](llhttp_t* p, const char* a, size_t n) {
       return code_of(state_of(p)->response->on_response_body(piece(a, n)));
     };
+    x.on_chunk_header = chunk_header;
     x.on_message_complete = [](llhttp_t* p) {
       auto& s = *state_of(p);
       s.scanner.reset();  // an interim response is followed by another head
@@ -210,6 +223,12 @@ Http1Decoder::Outcome Http1Decoder::execute(const char* data, size_t length) {
         s.go_on = false;
         llhttp_resume(&s.parser);
         offset = consumed;
+        // Stopped on the last byte given: what llhttp does after a message's end (or the step
+        // into the trailers) runs now, not at the next bytes (finish() counts on it).
+        if (offset == length && llhttp_execute(&s.parser, data + length, 0) != HPE_OK) {
+          const char* reason = llhttp_get_error_reason(&s.parser);
+          return {Outcome::failed, length, reason && *reason ? reason : "llhttp"};
+        }
         continue;
       }
       if (err == HPE_PAUSED) return {Outcome::paused, consumed, ""};
@@ -227,6 +246,7 @@ void Http1Decoder::resume() { llhttp_resume(&state_->parser); }
 
 bool Http1Decoder::finish() {
   llhttp_errno_t done = llhttp_finish(&state_->parser);
+  state_->go_on = false;  // a message it ended is the last: nothing to go on to
   return done == HPE_OK || done == HPE_PAUSED;
 }
 

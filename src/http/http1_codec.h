@@ -15,7 +15,9 @@
 #include <string>
 #include <string_view>
 
+#include "http/message_head.h"
 #include "pilotfish/head_scanner.h"
+#include "pilotfish/header_rules.h"
 #include "pilotfish/header_list.h"
 
 namespace pilotfish {
@@ -26,39 +28,6 @@ enum class Step {
   skip_body,  // (head complete, a response) the message has no body: a HEAD's, a 304
   fail,       // stop: the message is refused (the handler has answered it, or will)
   pause,      // stop after this message (message complete)
-};
-
-// A message's head as a codec hands it over: whole, not in pieces, and the same for every
-// protocol (an HTTP/2 stream's HEADERS frame fills the same fields). Its owner keeps it; the
-// decoder fills it, emptied at each message's first byte, and reuses its capacity.
-struct RequestHead {
-  std::string_view method;  // "GET" (static text)
-  std::string target;       // the request-target as sent
-  int version_major = 1;
-  int version_minor = 1;
-  HeaderList fields;
-  HeaderList trailers;  // a chunked body's trailer section, complete at the message's end
-  void clear() {
-    method = {};
-    target.clear();
-    fields.clear();
-    trailers.clear();
-  }
-};
-
-struct ResponseHead {
-  int status = 0;
-  std::string reason;  // as sent; never passed on (pilotfish writes its own)
-  int version_major = 1;
-  int version_minor = 1;
-  HeaderList fields;
-  HeaderList trailers;
-  void clear() {
-    status = 0;
-    reason.clear();
-    fields.clear();
-    trailers.clear();
-  }
 };
 
 class Http1RequestHandler {
@@ -154,14 +123,15 @@ void append_chunk_header(std::string& out, size_t length);
 // routes the message, authenticates, controls the request or the response, or describes the
 // content, and not a hop-by-hop field. The others are dropped on the way.
 bool allowed_in_trailers(std::string_view name);
-// The end of a chunked body: "0\r\n", each trailer field that is allowed_in_trailers and that
+// The end of a chunked body: "0\r\n", each trailer field that is allowed_in_trailers, not named
+// by the message's Connection field (`connection_tokens`, see header_rules.h), and that
 // `keep(name)` keeps, then the blank line. The fields must be valid (fields_valid).
 template <typename Keep>
-void append_last_chunk(std::string& out, const HeaderList& trailers, Keep keep) {
+void append_last_chunk(std::string& out, const HeaderList& trailers, const std::string& connection_tokens, Keep keep) {
   out += "0\r\n";
   for (size_t i = 0; i < trailers.size(); ++i) {
     std::string_view name = trailers.name(i);
-    if (!allowed_in_trailers(name) || !keep(name)) continue;
+    if (!allowed_in_trailers(name) || is_hop_by_hop(name, connection_tokens) || !keep(name)) continue;
     out += name;
     out += ": ";
     out += trim_ows(trailers.value(i));
@@ -169,8 +139,9 @@ void append_last_chunk(std::string& out, const HeaderList& trailers, Keep keep) 
   }
   out += "\r\n";
 }
-inline void append_response_last_chunk(std::string& out, const HeaderList& trailers) {
-  append_last_chunk(out, trailers, [](std::string_view) { return true; });
+inline void append_response_last_chunk(std::string& out, const HeaderList& trailers,
+                                       const std::string& connection_tokens) {
+  append_last_chunk(out, trailers, connection_tokens, [](std::string_view) { return true; });
 }
 void append_uint(std::string& out, uint64_t v);
 // The reason phrases of RFC 9110 ("Not Found"); "Unknown" for a code it does not name.

@@ -115,8 +115,9 @@ void append_attempt_head(std::string& out, std::string_view head, int attempt) {
   out += "\r\n\r\n";
 }
 
-void append_request_last_chunk(std::string& out, const HeaderList& trailers, const Listener& listener) {
-  append_last_chunk(out, trailers, [&](std::string_view name) { return !is_pilotfish_field(listener, name); });
+void append_request_last_chunk(std::string& out, const HeaderList& trailers, const std::string& connection_tokens,
+                               const Listener& listener) {
+  append_last_chunk(out, trailers, connection_tokens, [&](std::string_view name) { return !is_pilotfish_field(listener, name); });
 }
 
 }  // namespace pilotfish

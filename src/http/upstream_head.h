@@ -39,10 +39,11 @@ bool build_upstream_head(std::string& out, const UpstreamHeadInput& in);
 void append_attempt_head(std::string& out, std::string_view head, int attempt);
 
 // The end of a chunked request body: the last chunk with the client's trailer fields that may
-// travel in trailers (allowed_in_trailers), less those the head builder keeps for pilotfish
+// travel in trailers (append_last_chunk), less those the head builder keeps for pilotfish
 // (x-forwarded-*, the subject headers, x-pilotfish-attempt, x-request-id, in any spelling): an
 // application that merges trailers into its headers is not told an identity or a chain
 // nobody proved. The fields must be valid (fields_valid).
-void append_request_last_chunk(std::string& out, const HeaderList& trailers, const Listener& listener);
+void append_request_last_chunk(std::string& out, const HeaderList& trailers, const std::string& connection_tokens,
+                               const Listener& listener);
 
 }  // namespace pilotfish

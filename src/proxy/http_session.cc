@@ -458,7 +458,7 @@ Step HttpSession::on_message_complete(RequestHead& head) {
       return Step::fail;
     }
     std::string last_chunk;
-    append_request_last_chunk(last_chunk, head.trailers, *listener_);
+    append_request_last_chunk(last_chunk, head.trailers, connection_tokens(head.fields), *listener_);
     send_body(last_chunk.data(), last_chunk.size());
   }
   if (!rq_.local_response && !rq_.response_complete && rq_.cluster != nullptr) {

@@ -136,7 +136,6 @@ class HttpSession final : public Stream,
     bool client_keep_alive = true;
     bool websocket = false;
     bool local_response = false;
-    uint64_t head_bytes = 0;
     uint64_t body_bytes = 0;
     NormalizedTarget target;
     uint64_t started_ns = 0;

@@ -288,7 +288,9 @@ Step HttpSession::on_response_head(ResponseHead&) {
   if (status < 100 || status > 999) return Step::fail;
   if (status >= 200 || status == 101) cluster_state().stats->upstream_codes.add(status);
   if (status == 101) {
-    if (!rq_.websocket) return Step::fail;  // an upgrade nobody asked for
+    // An upgrade nobody asked for, or one without Upgrade and Connection: upgrade, which the
+    // decoder would not stop at: the tunnel's bytes would be read as responses.
+    if (!rq_.websocket || !response_.upgrade()) return Step::fail;
     endpoint_verdict(true);
     rq_.upstream.retry_slot.release();
     rq_.status = 101;
@@ -399,7 +401,7 @@ Step HttpSession::on_response_message_complete(ResponseHead& head) {
   if (tunnel_) return Step::go;  // 101: the decoder stops for the upgrade itself
   if (!rq_.response_started) return Step::pause;  // the end of an interim response
   if (!fields_valid(head.trailers)) return Step::fail;  // cut short: the client sees no last chunk
-  if (rq_.framing == Framing::chunked) append_response_last_chunk(out(), head.trailers);
+  if (rq_.framing == Framing::chunked) append_response_last_chunk(out(), head.trailers, connection_tokens(head.fields));
   rq_.response_complete = true;
   return Step::pause;
 }

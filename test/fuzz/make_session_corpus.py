@@ -92,6 +92,12 @@ SEEDS = {
                            (0, ok(b"one")), (FIN, b""), (0, ok(b"two, on a fresh connection"))),
     "websocket": seed(ctl(), WS_REQUEST + b"\x81\x05hello", (0, WS_ACCEPT + b"\x81\x02hi")),
     "websocket_refused": seed(ctl(), WS_REQUEST, (0, ok(b"no upgrade here"))),
+    # A 101 without Connection: upgrade: not an upgrade to the decoder, so never a tunnel.
+    "websocket_101_without_connection": seed(ctl(), WS_REQUEST,
+                                             (0, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+                                              b"\x81\x05hello")),
+    "trailer_bare_lf": seed(ctl(), b"POST /a HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"3\r\nabc\r\n0\r\n\nGET /internal HTTP/1.1\r\nHost: app\r\n\r\n", (0, ok())),
     "bad_request": seed(ctl(), b"GET / HTTP/1.1\r\nHost: app\r\nNo colon here\r\n\r\n", (0, ok())),
     "smuggle_cl_te": seed(ctl(), b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
                           b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n", (0, ok())),

@@ -135,6 +135,66 @@ TEST(Http1Decoder, AHeadAfterABodyInTheSameBytesIsScannedWhenTheHandlerGoesOn) {
   }
 }
 
+TEST(Http1Decoder, ATrailerSectionIsScannedLikeAHead) {
+  // llhttp alone ends a trailer section at a bare LF: "0\r\n\n" and a request after it would be
+  // two requests here and one to a proxy that reads CRLF only.
+  std::string head = "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n";
+  for (std::string bad : {"0\r\n\nGET /internal HTTP/1.1\r\nHost: h\r\n\r\n", "0\r\nX: a\r\n\n",
+                          "0\r\nX: a\r\n b\r\n\r\n", "0\r\n X: a\r\n\r\n", "0\r\nX: a\rY: b\r\n\r\n"}) {
+    for (size_t split : {size_t{0}, size_t{1}, head.size() + 3}) {
+      Recorder r;
+      RequestHead h;
+      Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &h);
+      std::string all = head + bad;
+      Outcome o{};
+      if (split == 0) {
+        o = d.execute(all.data(), all.size());
+      } else {  // in pieces: one byte at a time, or cut just after the last chunk's size line
+        size_t step = split == 1 ? 1 : split;
+        for (size_t at = 0; at < all.size() && o.kind != Outcome::failed; at += step) {
+          size_t n = std::min(step, all.size() - at);
+          o = d.execute(all.data() + at, n);
+          if (o.kind == Outcome::paused) break;
+        }
+      }
+      EXPECT_EQ(o.kind, Outcome::failed) << bad << " split " << split;
+      EXPECT_EQ(r.messages, 0) << bad;
+    }
+  }
+  // Clean trailers, and none, in pieces that end exactly where the size line does.
+  for (std::string good : {std::string("0\r\n\r\n"), std::string("0\r\nX-T: 1\r\n\r\n")}) {
+    Recorder r;
+    RequestHead h;
+    Http1Decoder d(static_cast<Http1RequestHandler*>(&r), &h);
+    std::string first = head + "0\r\n";
+    std::string rest = good.substr(3);
+    Outcome o = d.execute(first.data(), first.size());
+    EXPECT_EQ(o.kind, Outcome::more);
+    o = d.execute(rest.data(), rest.size());
+    EXPECT_EQ(o.kind, Outcome::paused) << good;
+    EXPECT_EQ(r.messages, 1);
+    EXPECT_EQ(r.trailers.size(), good.size() > 5 ? 1u : 0u);
+  }
+}
+
+TEST(Http1Decoder, AMessageThatEndsOnTheLastByteIsDoneWhenTheHandlerGoesOn) {
+  // A response delimited by the close after a complete one: finish() must see the state
+  // llhttp is in after the message's end, not in the middle of it.
+  struct GoOn final : Http1ResponseHandler {
+    int messages = 0;
+    Step on_response_head(ResponseHead&) override { return Step::go; }
+    Step on_response_body(std::string_view) override { return Step::go; }
+    Step on_response_message_complete(ResponseHead&) override { return ++messages, Step::go; }
+  } r;
+  ResponseHead head;
+  Http1Decoder d(&r, &head);
+  std::string resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  Outcome o = d.execute(resp.data(), resp.size());
+  EXPECT_EQ(o.kind, Outcome::more);
+  EXPECT_EQ(r.messages, 1);
+  EXPECT_TRUE(d.finish());
+}
+
 TEST(Http1Decoder, AHandlerThatFailsStopsTheDecoder) {
   Recorder r;
   r.at_headers = Step::fail;
@@ -292,7 +352,8 @@ TEST(Http1Encoding, TheLastChunkCarriesOnlyTheTrailersThatMayTravel) {
   t.add("Set_Cookie", "a=b");  // another spelling of a field that may not travel
   t.add("grpc-status", "0");
   std::string out;
-  append_response_last_chunk(out, t);
+  t.add("X-Secret", "named by Connection");
+  append_response_last_chunk(out, t, ",x-secret,");
   EXPECT_EQ(out, "0\r\nChecksum: abc\r\ngrpc-status: 0\r\n\r\n");
   EXPECT_TRUE(allowed_in_trailers("server-timing"));
   EXPECT_FALSE(allowed_in_trailers("Authorization"));
@@ -308,7 +369,7 @@ TEST(Http1Encoding, TheLastChunkCarriesOnlyTheTrailersThatMayTravel) {
   r.add("X-Request-Id", "abc");
   r.add("X-Digest", "sha-256=x");
   out.clear();
-  append_request_last_chunk(out, r, listener);
+  append_request_last_chunk(out, r, "", listener);
   EXPECT_EQ(out, "0\r\nX-Digest: sha-256=x\r\n\r\n");
 }
 
