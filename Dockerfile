@@ -14,7 +14,7 @@
 FROM debian:12 AS build
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyaml-cpp-dev prometheus-cpp-dev nlohmann-json3-dev \
+      meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyaml-cpp-dev prometheus-cpp-dev nlohmann-json3-dev libnghttp2-dev \
       openssl ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -51,7 +51,7 @@ RUN mkdir -p /out/usr/local/bin /out/etc/pilotfish /out/tmp \
 FROM debian:12 AS init
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      iptables libuv1 libssl3 libyaml-cpp0.7 libprometheus-cpp-core1.0 \
+      iptables libuv1 libssl3 libyaml-cpp0.7 libprometheus-cpp-core1.0 libnghttp2-14 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc/* /usr/share/man/*
 COPY --from=build /build/pilotfish /usr/local/bin/pilotfish
 ENTRYPOINT ["/usr/local/bin/pilotfish", "iptables"]

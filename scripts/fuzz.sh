@@ -15,7 +15,7 @@ if [[ ! -f $dir/build.ninja ]]; then
 fi
 ninja -C "$dir" >/dev/null
 targets=("$@")
-((${#targets[@]})) || targets=(http1_head path policy jwt detect spiffe session)
+((${#targets[@]})) || targets=(http1_head path policy jwt detect spiffe session http2)
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 for t in "${targets[@]}"; do
