@@ -166,6 +166,10 @@ struct Http2Connection::Callbacks {
           nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id, NGHTTP2_REFUSED_STREAM);
           return 0;
         }
+        if (c.response_.status < 100) {  // "051": three digits, yet no status code
+          nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id, NGHTTP2_PROTOCOL_ERROR);
+          return 0;
+        }
         c.handler_.on_response_head(id, c.response_, end_stream);
         if (end_stream) c.end_of(id);
         return 0;
