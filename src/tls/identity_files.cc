@@ -10,6 +10,8 @@
 #include <cstring>
 #include <memory>
 
+#include "tls/tls.h"
+
 namespace pilotfish {
 
 namespace {
@@ -125,6 +127,12 @@ IdentityCheck check_identity_files(const Identity& identity, std::time_t now) {
                           " URI SANs; an X.509-SVID has exactly one");
   else if (uris[0].rfind("spiffe://", 0) != 0)
     error(File::cert, identity.cert + ": its URI SAN '" + uris[0] + "' is not a spiffe:// ID");
+  else if (!spiffe_id_valid(uris[0]))
+    // Every peer would refuse it (they check the same syntax), so the sidecar would start and
+    // then fail every mTLS connection.
+    error(File::cert, identity.cert + ": its URI SAN '" + uris[0] +
+                          "' is not a valid SPIFFE ID: the trust domain is lower-case letters, digits, '.', '-' "
+                          "and '_' (no port, no user), and no path segment is empty, '.' or '..'");
   else
     result.spiffe_id = uris[0];
 

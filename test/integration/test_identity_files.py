@@ -86,6 +86,11 @@ class IdentityFilesTest(unittest.TestCase):
         self.assert_refused(self.policy(cert=two, key=two_key), "cert", "has 2 URI SANs")
         web, web_key = self.pki.leaf("https-uri", uris=["https://example.test/app"])
         self.assert_refused(self.policy(cert=web, key=web_key), "cert", "is not a spiffe:// ID")
+        # spiffe:// but not a SPIFFE ID every peer would accept: refused here, not at each handshake.
+        for i, bad in enumerate(["spiffe://Shop.local/ns/x", "spiffe://shop.local:8443/x",
+                                 "spiffe://shop.local/a//b", "spiffe://shop.local/a/../b"]):
+            cert, key = self.pki.leaf("bad-id-%d" % i, uris=[bad])
+            self.assert_refused(self.policy(cert=cert, key=key), "cert", "is not a valid SPIFFE ID")
 
     def test_signed_by_another_ca(self):
         rogue = h.Pki(os.path.join(self.dir, "rogue"), name="rogue-ca")
