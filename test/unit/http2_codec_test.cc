@@ -55,9 +55,10 @@ struct Recorder final : Http2Handler {
 
 struct Pair {
   Recorder server_events, client_events;
-  Http2Connection server{Http2Connection::Role::server, server_events};
+  Http2Connection server;
   Http2Connection client{Http2Connection::Role::client, client_events};
-  Pair() {
+  explicit Pair(const Http2Limits& server_limits = {})
+      : server(Http2Connection::Role::server, server_events, server_limits) {
     server_events.connection = &server;
     client_events.connection = &client;
   }
@@ -167,39 +168,23 @@ TEST(Http2Codec, SplitCookiesAreJoinedForAnHttp11Hop) {
 }
 
 TEST(Http2Codec, AHeadOverTheLimitIsReportedAndItsBodyDropped) {
-  Recorder server_events, client_events;
   Http2Limits limits;
   limits.max_header_bytes = 200;
-  Http2Connection server(Http2Connection::Role::server, server_events, limits);
-  Http2Connection client(Http2Connection::Role::client, client_events);
-  server_events.connection = &server;
-  client_events.connection = &client;
+  Pair p(limits);
   RequestHead req = get("/");
   req.fields.add("x-big", std::string(300, 'b'));
-  int32_t id = client.submit_request(req, "http", "a", false);
-  client.send_data(id, std::string(1000, 'x'));
-  client.send_end(id, nullptr);
-  for (int i = 0; i < 20; ++i) {
-    std::string a, b;
-    client.output(a);
-    server.receive(a.data(), a.size());
-    server.output(b);
-    client.receive(b.data(), b.size());
-  }
-  Stream& s = server_events.streams[id];
+  int32_t id = p.client.submit_request(req, "http", "a", false);
+  p.client.send_data(id, std::string(1000, 'x'));
+  p.client.send_end(id, nullptr);
+  p.pump();
+  Stream& s = p.server_events.streams[id];
   EXPECT_TRUE(s.too_large);
   EXPECT_TRUE(s.request.method.empty());  // no head was handed over
   EXPECT_TRUE(s.body.empty());
   // The owner answers it (431), and the stream ends normally.
-  ASSERT_TRUE(server.submit_response(id, 431, HeaderList{}, true));
-  for (int i = 0; i < 5; ++i) {
-    std::string a, b;
-    server.output(b);
-    client.receive(b.data(), b.size());
-    client.output(a);
-    server.receive(a.data(), a.size());
-  }
-  EXPECT_EQ(client_events.streams[id].statuses, std::vector<int>{431});
+  ASSERT_TRUE(p.server.submit_response(id, 431, HeaderList{}, true));
+  p.pump();
+  EXPECT_EQ(p.client_events.streams[id].statuses, std::vector<int>{431});
 }
 
 TEST(Http2Codec, TheSendersQueueHoldsWhatTheReadersWindowDoesNotTake) {
