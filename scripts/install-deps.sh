@@ -14,7 +14,7 @@ build=(meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyam
        nlohmann-json3-dev libnghttp2-dev curl openssl python3)
 image=(podman buildah debootstrap fuse-overlayfs uidmap)
 test=("${build[@]}" "${image[@]}" libgtest-dev libgmock-dev procps prometheus iproute2 iptables util-linux
-      python3-yaml nghttp2-client clang libclang-rt-14-dev)
+      python3-yaml python3-h2 python3-grpcio nghttp2-client clang libclang-rt-14-dev)
 bench=("${build[@]}" wrk haproxy nginx-light util-linux valgrind nghttp2-client)
 
 list=0

@@ -97,6 +97,10 @@ struct Listener {
   uint64_t max_body_bytes = 0;     // 0 = unlimited; more is answered 413
   // Paths that servers resolve differently ("%2F", "\\", "/..;/") are answered 400 unless true.
   bool allow_ambiguous_paths = false;
+  // HTTP/2 on a protocol: http listener: prior knowledge (the connection preface first), and
+  // ALPN h2 beside http/1.1 with mtls. `http2: false` turns it off.
+  bool http2 = true;
+  uint32_t http2_max_concurrent_streams = 100;
   std::vector<Route> routes;
 };
 

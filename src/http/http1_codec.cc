@@ -287,6 +287,15 @@ bool framing_headers_valid(const HeaderList& h) {
   return true;
 }
 
+bool http1_method_known(std::string_view method) {
+  if (method == "PRI") return false;  // HTTP/2's preface, never a request
+#define PILOTFISH_METHOD(num, name, string) \
+  if (method == #string) return true;
+  HTTP_METHOD_MAP(PILOTFISH_METHOD)
+#undef PILOTFISH_METHOD
+  return false;
+}
+
 bool fields_valid(const HeaderList& h) {
   for (size_t i = 0; i < h.size(); ++i)
     if (!is_token(h.name(i)) || !is_valid_field_value(h.value(i))) return false;

@@ -123,6 +123,9 @@ void append_chunk_header(std::string& out, size_t length);
 // routes the message, authenticates, controls the request or the response, or describes the
 // content, and not a hop-by-hop field. The others are dropped on the way.
 bool allowed_in_trailers(std::string_view name);
+// A method llhttp reads in a request line (HTTP_METHOD_MAP): what an HTTP/1.1 upstream is sent.
+// An HTTP/2 request with another method is refused as an HTTP/1.1 one would be.
+bool http1_method_known(std::string_view method);
 // The end of a chunked body: "0\r\n", each trailer field that is allowed_in_trailers, not named
 // by the message's Connection field (`connection_tokens`, see header_rules.h), and that
 // `keep(name)` keeps, then the blank line. The fields must be valid (fields_valid).

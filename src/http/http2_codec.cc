@@ -209,6 +209,17 @@ struct Http2Connection::Callbacks {
     return 0;
   }
 
+  static int on_frame_send(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) {
+    if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
+        !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+      return 0;
+    Outgoing* o = of(user_data).outgoing(frame->hd.stream_id);
+    if (o == nullptr) return 0;
+    o->end_sent = true;
+    if (o->reset_after_end) nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+    return 0;
+  }
+
   static ssize_t read_body(nghttp2_session* session, int32_t id, uint8_t* buf, size_t length, uint32_t* flags,
                            nghttp2_data_source*, void* user_data) {
     Http2Connection& c = of(user_data);
@@ -257,6 +268,7 @@ Http2Connection::Http2Connection(Role role, Http2Handler& handler, const Http2Li
   nghttp2_session_callbacks_set_on_frame_recv_callback(cb, Callbacks::on_frame_recv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, Callbacks::on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cb, Callbacks::on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cb, Callbacks::on_frame_send);
   nghttp2_option* opt = nullptr;
   nghttp2_option_new(&opt);
   nghttp2_option_set_no_auto_window_update(opt, 1);
@@ -291,7 +303,7 @@ int Http2Connection::request_head_done(int32_t id, bool end_stream) {
   if (o == nullptr) return 0;
   if (block_too_large_) {
     o->drop_body = true;
-    handler_.on_request_head_too_large(id);
+    handler_.on_request_head_too_large(id, request_);
     return 0;
   }
   // :authority and host say the same, or the request is malformed (RFC 9113 8.3.1); HTTP/1.1
@@ -415,6 +427,14 @@ size_t Http2Connection::queued(int32_t id) const {
 
 void Http2Connection::reset(int32_t id, uint32_t error_code) {
   nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, id, error_code);
+}
+
+void Http2Connection::end_early(int32_t id) {
+  Outgoing* o = outgoing(id);
+  if (o == nullptr || o->reset_after_end) return;
+  o->reset_after_end = true;
+  o->drop_body = true;  // what still comes of the request is read and dropped
+  if (o->end_sent) nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
 }
 
 void Http2Connection::consume(int32_t id, size_t n) {

@@ -53,8 +53,9 @@ class Http2Handler {
   // is kept (std::swap the head): it is reused for the next block.
   virtual void on_request_head(int32_t stream, RequestHead& head, bool end_stream) = 0;
   // Server: a request whose head is over max_header_bytes. The stream stays open for an answer
-  // (431); its body, if any, is read and dropped.
-  virtual void on_request_head_too_large(int32_t stream) = 0;
+  // (431); its body, if any, is read and dropped. `partial`: the fields decoded before the limit
+  // (a gRPC client's content-type comes early), to choose the answer's form by.
+  virtual void on_request_head_too_large(int32_t stream, const RequestHead& partial) = 0;
   // Client: a response's head (an interim one, 1xx, too: more follow).
   virtual void on_response_head(int32_t stream, ResponseHead& head, bool end_stream) = 0;
   // A piece of a message's body. The flow-control window opens again only when the owner says
@@ -103,6 +104,10 @@ class Http2Connection {
   size_t queued(int32_t stream) const;
   // RST_STREAM with this error code (NGHTTP2_CANCEL = 8, REFUSED_STREAM = 7, ...).
   void reset(int32_t stream, uint32_t error_code);
+  // Server: the response is complete (or will be once queued) and the request is not: once the
+  // response's END_STREAM is sent, RST_STREAM NO_ERROR tells the client to stop sending its
+  // body (RFC 9113 8.1), and the stream closes.
+  void end_early(int32_t stream);
   // The owner passed on `n` bytes of the stream's body: the windows open by as much.
   void consume(int32_t stream, size_t n);
   // Graceful shutdown: GOAWAY with the last stream id seen; streams in flight finish.
@@ -124,6 +129,8 @@ class Http2Connection {
     HeaderList trailers;
     bool drop_body = false;   // a refused request's body is read and dropped
     bool responded = false;   // a final response head went (server)
+    bool reset_after_end = false;  // end_early: RST_STREAM NO_ERROR after our END_STREAM
+    bool end_sent = false;         // our END_STREAM went out
     size_t unconsumed = 0;    // received body bytes the owner has not passed on
   };
   Outgoing* outgoing(int32_t stream);

@@ -9,6 +9,8 @@
 #include <string>
 #include <string_view>
 
+#include "pilotfish/header_list.h"
+
 namespace pilotfish {
 
 struct LocalReply {
@@ -22,5 +24,20 @@ struct LocalReply {
 
 // Appends the response to `out`; returns the body's length (written or, for HEAD, not).
 uint64_t append_local_reply(std::string& out, const LocalReply& reply);
+// The same answer for HTTP/2: its fields (no connection handling) and its body (empty for
+// HEAD). Returns the body's length.
+uint64_t local_reply_parts(const LocalReply& reply, HeaderList& fields, std::string& body);
+
+// A request with content-type application/grpc (or application/grpc+proto, ...): pilotfish's
+// own answers to it are gRPC's, so that a gRPC client reads the reason as a status.
+bool is_grpc_request(const HeaderList& fields);
+// The gRPC status code (grpc/doc/statuscodes.md) of a local answer: 14 UNAVAILABLE for
+// overload, no healthy upstream and failed connections, 4 DEADLINE_EXCEEDED for timeouts, 16
+// UNAUTHENTICATED, 7 PERMISSION_DENIED, 8 RESOURCE_EXHAUSTED for rate limits and size limits,
+// 12 UNIMPLEMENTED for no route, 13 INTERNAL for a malformed request or response.
+int grpc_status_of(int http_status, const char* error);
+// Its fields: a trailers-only gRPC response (HTTP 200, content-type application/grpc,
+// grpc-status, grpc-message: the error token, x-pilotfish-error and the extra lines), no body.
+void grpc_local_reply_fields(const LocalReply& reply, HeaderList& fields);
 
 }  // namespace pilotfish

@@ -89,11 +89,12 @@ void Stream::start_tls(std::shared_ptr<const TlsMaterial> material, const TlsOpt
   if (step == TlsState::Step::failed) on_tls_failed();
 }
 
-bool Stream::accept_tls(const std::shared_ptr<const TlsMaterial>& material, bool http) {
+bool Stream::accept_tls(const std::shared_ptr<const TlsMaterial>& material, bool http, bool h2) {
   if (!material) return false;
   TlsOptions options;
   options.server = true;
   options.http = http;
+  options.h2 = http && h2;
   start_tls(material, options);
   return true;
 }

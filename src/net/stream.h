@@ -63,9 +63,9 @@ class Stream {
   // now on on_data sees plaintext and out() is encrypted on flush. A client's first flight is
   // written at once. on_tls_established or on_tls_failed follow.
   void start_tls(std::shared_ptr<const TlsMaterial> material, const TlsOptions& options);
-  // The server side of an mtls listener's connection (ALPN http/1.1 when `http`); false (and
-  // nothing started) without material, which a policy with mtls always has.
-  bool accept_tls(const std::shared_ptr<const TlsMaterial>& material, bool http);
+  // The server side of an mtls listener's connection (ALPN http/1.1 when `http`, and h2 first
+  // when `h2`); false (and nothing started) without material, which a policy with mtls always has.
+  bool accept_tls(const std::shared_ptr<const TlsMaterial>& material, bool http, bool h2 = false);
   TlsState* tls() const { return tls_.get(); }
   // Gives this connection's socket (a duplicate of its descriptor) and TLS state to `next`, a
   // fresh stream that has not been opened; this stream should then be closed, which closes

@@ -19,6 +19,7 @@ const char* name_of(LbPolicy p) {
   return "";
 }
 const char* name_of(Protocol p) { return p == Protocol::tcp ? "tcp" : "http"; }
+
 const char* name_of(Intercept i) {
   switch (i) {
     case Intercept::none: return "none";
@@ -111,6 +112,13 @@ void write_listener(JsonWriter& w, const Listener& l, bool with_routes) {
   w.key("idle_timeout").str(dur(l.idle_timeout));
   w.key("max_header_bytes").integer(l.max_header_bytes).key("max_body_bytes").integer(l.max_body_bytes);
   w.key("allow_ambiguous_paths").boolean(l.allow_ambiguous_paths);
+  if (l.protocol == Protocol::http) {
+    w.key("http2");
+    if (l.http2)
+      w.begin_object().key("max_concurrent_streams").integer(l.http2_max_concurrent_streams).end_object();
+    else
+      w.boolean(false);
+  }
   write_auth(w, l.auth, false);
   write_rate_limit(w, l.rate_limit, false);
   if (with_routes) {

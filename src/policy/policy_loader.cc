@@ -388,6 +388,7 @@ std::vector<std::string> policy_key_paths() {
   add("admin.", kAdminKeys);
   add("identity.", kIdentityKeys);
   add("listeners[].", kListenerKeys);
+  add("listeners[].http2.", kHttp2Keys);
   add("listeners[].routes[].", kRouteKeys);
   add("listeners[].routes[].match.", kMatchKeys);
   for (const std::string owner : {"listeners[].", "listeners[].routes[]."}) {

@@ -127,9 +127,10 @@ void PolicyReader::read_listener(const Field& field) {
   if (const Field* f = section->find("allow_ambiguous_paths")) {
     if (auto on = read_bool(*f)) listener.allow_ambiguous_paths = *on;
   }
+  if (const Field* f = section->find("http2")) read_http2(*f, listener);
   if (listener.protocol == Protocol::tcp) {
-    for (std::string_view key :
-         {"header_timeout", "body_timeout", "max_header_bytes", "max_body_bytes", "allow_ambiguous_paths"}) {
+    for (std::string_view key : {"header_timeout", "body_timeout", "max_header_bytes", "max_body_bytes",
+                                 "allow_ambiguous_paths", "http2"}) {
       if (const Field* f = section->find(key)) warn(f->path, "has no effect on a tcp listener");
     }
   }
@@ -260,6 +261,20 @@ void PolicyReader::read_auth(const Field& field, std::optional<AuthPolicy>& out,
     warn(field.path, "neither issuer nor audience is checked: any token the JWKS keys signed, for any service, "
                      "is accepted");
   out = auth;
+}
+
+// `http2: false`, `true`, or its settings (which leave it on).
+void PolicyReader::read_http2(const Field& field, Listener& listener) {
+  if (field.node.IsScalar()) {
+    if (auto on = read_bool(field)) listener.http2 = *on;
+    return;
+  }
+  auto section = open_section(field, kHttp2Keys);
+  if (!section) return;
+  listener.http2 = true;
+  if (const Field* f = section->find("max_concurrent_streams")) {
+    if (auto n = read_integer(*f, 1, 10'000)) listener.http2_max_concurrent_streams = static_cast<uint32_t>(*n);
+  }
 }
 
 void PolicyReader::read_rate_limit(const Field& field, std::optional<RateLimitPolicy>& out, bool* off) {

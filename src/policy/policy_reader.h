@@ -38,7 +38,8 @@ constexpr std::string_view kIdentityKeys[] = {"cert", "key", "ca"};
 constexpr std::string_view kListenerKeys[] = {
     "name",           "address",      "intercept",    "protocol",         "mtls",           "allow",
     "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes",
-    "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths"};
+    "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths", "http2"};
+constexpr std::string_view kHttp2Keys[] = {"max_concurrent_streams"};
 constexpr std::string_view kRouteKeys[] = {"match", "cluster", "auth", "rate_limit"};
 constexpr std::string_view kAuthKeys[] = {"jwks", "issuer", "audience", "subject_header", "clock_skew"};
 constexpr std::string_view kRateLimitKeys[] = {"rate", "burst", "key"};
@@ -221,6 +222,7 @@ class PolicyReader {
   // `auth` / `rate_limit`: a map, or (on a route) false to turn the listener's off.
   void read_auth(const Field& field, std::optional<AuthPolicy>& out, bool* off);
   void read_rate_limit(const Field& field, std::optional<RateLimitPolicy>& out, bool* off);
+  void read_http2(const Field& field, Listener& listener);
   RouteMatch read_match(const Field& field);
   void read_match_headers(const Field& field, RouteMatch& match);
   void read_clusters(const Field& field);

@@ -1,19 +1,12 @@
-// The session's downstream half: the client connection (TLS, timers, drain), its requests
-// (decoded by http1_codec, checked, normalised, admitted, routed) one at a time in order,
-// local replies, the end of each request and its access-log line. The upstream half (attempts,
-// retries, deadlines, the response) is http_session_upstream.cc.
+// An HTTP/1.1 client connection (see http_session.h): TLS, timers, drain, its requests decoded by
+// http1_codec and checked, one at a time in order, each handed to the connection's Exchange;
+// the response written as HTTP/1.1 (framing, interim responses, trailers, local replies, the
+// WebSocket tunnel), and the end of each request.
 #include "proxy/http_session.h"
 
-#include <cinttypes>
-#include <cstdio>
-#include <new>
-
-#include "gateway/admission.h"
 #include "http/local_reply.h"
-#include "http/upstream_head.h"
 #include "log/logger.h"
 #include "pilotfish/header_rules.h"
-#include "pilotfish/route_matcher.h"
 #include "proxy/worker_context.h"
 
 namespace pilotfish {
@@ -36,13 +29,13 @@ HttpSession::HttpSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> sl
   conn_stats_->connections.add(1);
   conn_stats_->connections_total.add();
   worker.add_downstream();
-  response_.set_head_limit(kMaxResponseHeadBytes);
 }
 
 void HttpSession::start() {
   note_peer();
+  detect_http2_ = listener_->http2;
   if (listener_->mtls) {
-    if (!accept_tls(worker_.tls(), /*http=*/true)) {
+    if (!accept_tls(worker_.tls(), /*http=*/true, /*h2=*/listener_->http2)) {
       close();
       return;
     }
@@ -61,6 +54,7 @@ void HttpSession::start() {
 // bytes were read.
 void HttpSession::start_adopted(const std::string& first_bytes) {
   note_peer();
+  detect_http2_ = listener_->http2;
   arm_timer(Timer::idle, draining() ? kDrainIdleGraceMs : static_cast<uint64_t>(listener_->idle_timeout.count()));
   start_read();
   if (!first_bytes.empty()) {
@@ -84,35 +78,6 @@ void HttpSession::note_peer() {
       uv_ip6_name(reinterpret_cast<sockaddr_in6*>(&peer), ip, sizeof ip);
     client_address_ = ip;
   }
-}
-
-// A route's (else the listener's) rate limit, then its auth (gateway/admission.h). False when
-// answered 429 or 401.
-bool HttpSession::admit(const Route* route, size_t route_index) {
-  RateLimiter* limiter = nullptr;
-  if (route && route->rate_limit)
-    limiter = snap_->route_limiters[listener_index_][route_index].get();
-  else if (rate_limit_for(*listener_, route))
-    limiter = snap_->listener_limiters[listener_index_].get();
-  if (!limiter && !auth_for(*listener_, route)) return true;  // nothing to check: the common case
-  const TlsState* t = tls();
-  std::string_view peer = t && t->established() ? std::string_view(t->peer_id()) : std::string_view();
-  Admission verdict = pilotfish::admit({*listener_, route, limiter, client_address_, peer, req_.fields,
-                                        snap_->keys.jwks.get(), worker_.jwt_cache()});
-  rq_.auth = verdict.auth;
-  rq_.auth_subject = std::move(verdict.subject);
-  rq_.auth_subject_ok = verdict.has_subject;
-  if (verdict.admitted()) return true;
-  local_headers_ = std::move(verdict.reply_headers);
-  ListenerStats& stats = *snap_->listener_stats[listener_index_];
-  if (verdict.status == 401) {
-    stats.auth_failures.add();
-    log_debug("listener " + listener_->name + ": 401 for " + client_address_ + ": " + verdict.why);
-  } else {
-    stats.rate_limited.add();
-  }
-  send_local_response(verdict.status, verdict.error, rq_.request_has_body);
-  return false;
 }
 
 void HttpSession::on_tls_established() {
@@ -144,8 +109,12 @@ void HttpSession::refresh_snapshot() {
 
 void HttpSession::drain() {
   if (closing()) return;
+  if (h2_) {
+    h2_->drain();
+    return;
+  }
   draining_ = true;
-  if (!rq_.in_request && !tunnel_) {
+  if (!h1_.in_request && !tunnel_) {
     // Idle: close after a grace, or once what is queued for the client (a finished response
     // to a slow reader) has gone out.
     if (pending_bytes() == 0) {
@@ -156,22 +125,47 @@ void HttpSession::drain() {
     }
     return;
   }
-  rq_.keep_alive = false;
-  rq_.client_keep_alive = false;
+  h1_.keep_alive = false;
+  h1_.client_keep_alive = false;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Downstream input
 
-void HttpSession::on_data(char* data, size_t length) {
-  rq_.bytes_in += length;
-  if (tunnel_) {
-    send_upstream(data, length);
-    if (rq_.upstream.connection) rq_.upstream.connection->flush();
-    if (upstream_pending() > kHighWater) {
-      rq_.paused_for_upstream = true;
-      stop_read();
+bool HttpSession::detect_http2(char*& data, size_t& length) {
+  std::string_view preface = Http2Connection::preface();
+  size_t have = preface_.size();
+  size_t n = std::min(length, preface.size() - have);
+  if (std::string_view(data, n) != preface.substr(have, n)) {
+    // HTTP/1.1: the bytes kept go first.
+    detect_http2_ = false;
+    if (have) {
+      preface_.append(data, length);
+      data = preface_.data();
+      length = preface_.size();
     }
+    return true;
+  }
+  preface_.append(data, length);
+  if (preface_.size() < preface.size()) return false;
+  detect_http2_ = false;
+  arm_timer(Timer::none, 0);
+  h2_ = std::make_unique<Http2Downstream>(worker_, *this, slot_, snap_, client_address_, fixed_cluster_);
+  std::string bytes;
+  bytes.swap(preface_);
+  h2_->receive(bytes.data(), bytes.size());
+  return false;
+}
+
+void HttpSession::on_data(char* data, size_t length) {
+  if (h2_) {
+    h2_->receive(data, length);
+    return;
+  }
+  if (detect_http2_ && !detect_http2(data, length)) return;
+  ex_.count_in(length);
+  if (tunnel_) {
+    ex_.tunnel_send(data, length);
     return;
   }
   if (leftover_off_ >= leftover_.size()) {
@@ -211,7 +205,8 @@ void HttpSession::parse_input(const char* data, size_t length) {
     }
     parser_paused_ = true;
   } else if (result.kind == Http1Decoder::Outcome::failed) {
-    if (!rq_.local_response) {
+    if (!ex_.local_response()) {
+      if (ex_.target().path.empty()) ex_.set_raw_target(req_.target);
       log_debug(std::string("listener ") + listener_->name + ": bad request from " + client_address_ + ": " +
                 result.reason);
       if (result.too_large)
@@ -226,15 +221,9 @@ void HttpSession::parse_input(const char* data, size_t length) {
 
 void HttpSession::after_downstream_io() {
   if (closing()) return;
-  if (rq_.upstream.connection && rq_.upstream.connection->connected()) {
-    if (rq_.upstream.connection->flush() != 0) {
-      // The upstream write failed; its read side reports the end.
-    }
-  }
-  if (!tunnel_ && rq_.in_request && !rq_.request_complete && upstream_pending() > kHighWater) {
-    rq_.paused_for_upstream = true;
-    stop_read();
-  }
+  // Writes what is queued upstream (a failed write is reported by the connection's read side),
+  // and stops reading the body when the upstream is behind.
+  if (h1_.in_request || tunnel_) ex_.flush_upstream();
   if (flush() != 0) {
     close();
     return;
@@ -243,6 +232,10 @@ void HttpSession::after_downstream_io() {
 }
 
 void HttpSession::on_read_end(int status) {
+  if (h2_) {
+    h2_->on_read_end();
+    return;
+  }
   if (status == UV_EOF && !tunnel_ && (parser_paused_ || waiting_for_client_ || leftover_.size() > leftover_off_)) {
     // The client sent its requests and then shut down its side: the answers to every request
     // already received still go out, then the connection closes.
@@ -250,13 +243,13 @@ void HttpSession::on_read_end(int status) {
     if (!parser_paused_ && !waiting_for_client_) continue_pipeline();
     return;
   }
-  if (status == UV_EOF && !rq_.in_request && !tunnel_ && pending_bytes() > 0) {
+  if (status == UV_EOF && !h1_.in_request && !tunnel_ && pending_bytes() > 0) {
     // Between requests, with answers still queued: they go out before the close.
     close_when_flushed();
     return;
   }
   // The client went away (or reset). Nothing can be answered any more.
-  if (rq_.in_request && rq_.status == 0) rq_.error = "downstream_closed";
+  if (h1_.in_request) ex_.client_gone();
   close();
 }
 
@@ -265,11 +258,12 @@ void HttpSession::on_write_done(int status) {
     close();
     return;
   }
-  last_progress_ms_ = uv_now(worker_.loop());
-  if (rq_.paused_for_downstream && pending_bytes() < kLowWater) {
-    rq_.paused_for_downstream = false;
-    if (rq_.upstream.connection) rq_.upstream.connection->start_read();
+  if (h2_) {
+    h2_->on_write_done();
+    return;
   }
+  ex_.set_last_progress(uv_now(worker_.loop()));
+  ex_.downstream_drained();
   if (closing()) return;
   if (waiting_for_client_ && timer_kind_ == Timer::idle)
     arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));  // it reads: not idle
@@ -286,14 +280,15 @@ void HttpSession::on_write_done(int status) {
 
 Step HttpSession::on_message_begin() {
   refresh_snapshot();
-  rq_.in_request = true;
-  rq_.started_ns = uv_hrtime();
+  h1_.in_request = true;
+  ex_.open(snap_, listener_index_);
   request_.set_head_limit(listener_->max_header_bytes);
   arm_timer(Timer::header, static_cast<uint64_t>(listener_->header_timeout.count()));
   return Step::go;
 }
 
 bool HttpSession::validate_request_head() {
+  ex_.set_raw_target(req_.target);
   if (request_.version_major() != 1 || request_.version_minor() > 1) {
     send_local_response(505, "version_not_supported", true);
     return false;
@@ -307,34 +302,14 @@ bool HttpSession::validate_request_head() {
     send_local_response(400, "invalid_host", true);
     return false;
   }
-  if (hosts == 1) {
-    authority_.assign(trim_ows(req_.fields.value(req_.fields.find("host"))));
-    if (!is_valid_host(authority_)) {
-      send_local_response(400, "invalid_host", true);
-      return false;
-    }
-  }
+  if (hosts == 1 && !ex_.set_authority(req_.fields.value(req_.fields.find("host")))) return false;
   if (request_.method_is_connect()) {
     send_local_response(405, "connect_refused", true);
     return false;
   }
-  if (request_.method_is_options() && req_.target == "*") {
-    rq_.target.path.assign(1, '*');  // not = "*": g++ 12 warns falsely there (-Wrestrict, GCC bug 105651)
-    rq_.target.query.clear();
-  } else {
-    auto normalized = normalize_target(req_.target, listener_->allow_ambiguous_paths);
-    if (!normalized) {
-      // Said apart from a malformed target: the operator may want allow_ambiguous_paths.
-      bool ambiguous = !listener_->allow_ambiguous_paths && normalize_target(req_.target, true);
-      send_local_response(400, ambiguous ? "ambiguous_path" : "invalid_target", true);
-      return false;
-    }
-    rq_.target = std::move(*normalized);
-  }
-  rq_.request_chunked = request_.chunked();
-  rq_.request_has_body = rq_.request_chunked || (request_.has_content_length() && request_.content_length() > 0);
-  if (listener_->max_body_bytes && !rq_.request_chunked && request_.content_length() > listener_->max_body_bytes &&
-      request_.has_content_length()) {
+  if (!ex_.set_target(req_.target, request_.method_is_options())) return false;
+  if (listener_->max_body_bytes && !request_.chunked() && request_.has_content_length() &&
+      request_.content_length() > listener_->max_body_bytes) {
     send_local_response(413, "body_too_large", true);
     return false;
   }
@@ -343,131 +318,41 @@ bool HttpSession::validate_request_head() {
 
 Step HttpSession::on_request_head(RequestHead&) {
   if (!validate_request_head()) return Step::fail;
-  rq_.client_keep_alive = request_.keep_alive() && !draining();
-  rq_.keep_alive = rq_.client_keep_alive;
+  h1_.client_keep_alive = request_.keep_alive() && !draining();
+  h1_.keep_alive = h1_.client_keep_alive;
 
+  bool websocket = false;
   if (request_.upgrade()) {
     size_t u = req_.fields.find("upgrade");
-    rq_.websocket = u != HeaderList::npos && iequals(trim_ows(req_.fields.value(u)), "websocket");
+    websocket = u != HeaderList::npos && iequals(trim_ows(req_.fields.value(u)), "websocket");
     // Only WebSocket becomes a tunnel; another protocol's upgrade header is dropped and the
     // request is answered as a plain one. Either way, unless a 101 turns it into a tunnel, the
     // connection closes after the response: the decoder takes what follows an upgrade request as
     // the other protocol's bytes, not as a next request.
     close_after_response_ = true;
   }
-
-  size_t id = req_.fields.find("x-request-id");
-  if (id != HeaderList::npos) {
-    request_id_.assign(req_.fields.value(id));
-  } else {
-    char buf[33];
-    snprintf(buf, sizeof buf, "%016" PRIx64 "%016" PRIx64, worker_.random().next(), worker_.random().next());
-    request_id_.assign(buf, 32);
-  }
-
-  if (listener_->mtls && !peer_admitted(*listener_, tls())) {
-    snap_->listener_stats[listener_index_]->authz_denied.add();
-    log_debug("listener " + listener_->name + ": " + (tls_established() ? tls()->peer_id() : "a peer without mTLS") +
-              " is not in its allow list");
-    send_local_response(403, "peer_not_allowed", true);
-    return Step::fail;
-  }
-
-  if (!fixed_cluster_.empty()) {
-    // Intercepted: the original destination chose the cluster (by name: a reload may have
-    // moved it, or removed it).
-    const auto& clusters = snap_->policy->clusters;
-    size_t found = SIZE_MAX;
-    for (size_t i = 0; i < clusters.size(); ++i)
-      if (clusters[i].name == fixed_cluster_) found = i;
-    if (found == SIZE_MAX) {
-      send_local_response(404, "no_route", rq_.request_has_body);
-      return rq_.request_has_body ? Step::fail : Step::go;
-    }
-    rq_.cluster_index = found;
-    // The route still says which auth and rate limit apply (its cluster is the destination's).
-    std::string host = host_for_routing(authority_);
-    RequestView view{host, rq_.target.path, request_.method_name(),
-                     &req_.fields};
-    const Route* route = match_route(*listener_, view);
-    if (!admit(route, route ? static_cast<size_t>(route - listener_->routes.data()) : SIZE_MAX))
-      return rq_.request_has_body ? Step::fail : Step::go;
-  } else {
-    std::string host = host_for_routing(authority_);
-    RequestView view{host, rq_.target.path, request_.method_name(),
-                     &req_.fields};
-    const Route* route = match_route(*listener_, view);
-    if (route == nullptr) {
-      send_local_response(404, "no_route", rq_.request_has_body);
-      return rq_.request_has_body ? Step::fail : Step::go;
-    }
-    rq_.cluster_index = route->cluster_index;
-    if (!admit(route, static_cast<size_t>(route - listener_->routes.data())))
-      return rq_.request_has_body ? Step::fail : Step::go;
-  }
-  rq_.cluster = &snap_->policy->clusters[rq_.cluster_index];
-  ClusterState& cs = cluster_state();
-  if (!rq_.upstream.take_request_slot(cs, *rq_.cluster)) {
-    overflow(BreakerLimit::requests);
-    return rq_.request_has_body ? Step::fail : Step::go;
-  }
-  cs.shared->budget.record_request(worker_.index(), uv_now(worker_.loop()));
-  rq_.upstream.replayable = !rq_.request_has_body || request_.method_is_idempotent();
-  const TlsState* t = tls();
-  rq_.upstream.nested = build_upstream_head(
-      upstream_head_, {request_.method_name(), rq_.target, req_.fields, rq_.request_chunked, rq_.websocket, *listener_,
-                       client_address_, t && t->established() ? t : nullptr, rq_.auth_subject_ok ? rq_.auth : nullptr,
-                       rq_.auth_subject, request_id_});
-  start_attempt();
+  ex_.set_request_id(req_.fields);
+  bool chunked = request_.chunked();
+  bool has_body = chunked || (request_.has_content_length() && request_.content_length() > 0);
+  ExchangeRequest request{request_.method_name(), request_.method_is_head(), request_.method_is_idempotent(),
+                          websocket, has_body, chunked, req_.fields, client_address_, tls(), fixed_cluster_};
+  bool started = ex_.begin(request);
   if (closing()) return Step::fail;
-  if (rq_.local_response) return rq_.request_has_body ? Step::fail : Step::go;
-  if (rq_.request_has_body && listener_->body_timeout.count() > 0)
+  // Answered: the rest of a body cannot be told from a next request.
+  if (!started) return has_body || !h1_.keep_alive ? Step::fail : Step::go;
+  if (has_body && listener_->body_timeout.count() > 0)
     arm_timer(Timer::body, static_cast<uint64_t>(listener_->body_timeout.count()));
   else
     arm_timer(Timer::none, 0);
   return Step::go;
 }
 
-
 Step HttpSession::on_body(std::string_view piece) {
-  const char* at = piece.data();
-  size_t length = piece.size();
-  rq_.body_bytes += length;
-  if (listener_->max_body_bytes && rq_.body_bytes > listener_->max_body_bytes) {
-    send_local_response(413, "body_too_large", true);
-    return Step::fail;
-  }
-  if (rq_.local_response) return Step::go;  // answered already; the rest of the body is skipped
-  if (rq_.request_chunked) {
-    std::string chunk_head;
-    append_chunk_header(chunk_head, length);
-    send_body(chunk_head.data(), chunk_head.size());
-    send_body(at, length);
-    send_body("\r\n", 2);
-  } else {
-    send_body(at, length);
-  }
-  return Step::go;
+  return ex_.request_body(piece) ? Step::go : Step::fail;
 }
 
 Step HttpSession::on_message_complete(RequestHead& head) {
-  rq_.request_complete = true;
-  if (!rq_.local_response && rq_.request_chunked) {
-    if (!fields_valid(head.trailers)) {
-      send_local_response(400, "invalid_header", true);
-      return Step::fail;
-    }
-    std::string last_chunk;
-    append_request_last_chunk(last_chunk, head.trailers, connection_tokens(head.fields), *listener_);
-    send_body(last_chunk.data(), last_chunk.size());
-  }
-  if (!rq_.local_response && !rq_.response_complete && rq_.cluster != nullptr) {
-    // The request is in; from here the cluster's timeout bounds every attempt, and the
-    // per-try timeout the one in flight.
-    uint64_t now = uv_now(worker_.loop());
-    rq_.upstream.start_deadlines(*rq_.cluster, now);
-    arm_upstream_timer();
-  }
+  if (!ex_.request_end(head.fields, head.trailers)) return Step::fail;
   if (request_.upgrade()) return Step::go;  // the decoder stops after an upgrade by itself
   return Step::pause;
 }
@@ -476,30 +361,39 @@ Step HttpSession::on_message_complete(RequestHead& head) {
 // Local responses, completion, timers
 
 void HttpSession::send_local_response(int status, const char* reason, bool close_connection) {
-  if (rq_.local_response || closing()) return;
-  rq_.local_response = true;
-  rq_.error = reason;
-  if (rq_.upstream.connection) abort_upstream();
-  if (rq_.response_started) {
-    // Part of an upstream response went out already: the only honest signal left is a close.
-    close();
-    return;
-  }
-  rq_.status = status;
-  rq_.response_started = true;
-  rq_.response_complete = true;
-  if (close_connection || close_after_response_ || draining()) rq_.keep_alive = false;
-  LocalReply reply{status, reason, local_headers_, rq_.keep_alive, request_.version_minor() == 0, request_.method_is_head()};
-  rq_.bytes_out += append_local_reply(out(), reply);
-  local_headers_.clear();
-  if (!rq_.keep_alive) {
+  if (ex_.target().path.empty()) ex_.set_raw_target(req_.target);
+  ex_.answer(status, reason, close_connection);
+}
+
+void HttpSession::exchange_local_reply(int status, const char* error, std::string_view extra_headers,
+                                       bool request_unread) {
+  if (closing()) return;
+  if (request_unread || close_after_response_ || draining()) h1_.keep_alive = false;
+  LocalReply reply{status, error, extra_headers, h1_.keep_alive, request_.version_minor() == 0,
+                   request_.method_is_head()};
+  ex_.count_out(append_local_reply(out(), reply));
+  if (!h1_.keep_alive) {
     // Nothing more is read or parsed from this connection.
-    log_request();
-    rq_.upstream.release_holds();
-    rq_.in_request = false;
+    ex_.log();
+    ex_.drop_upstream();
+    h1_.in_request = false;
     stop_read();
     close_when_flushed();
   }
+}
+
+void HttpSession::exchange_broken() {
+  if (tunnel_)
+    close_when_flushed();
+  else
+    close();
+}
+
+void HttpSession::exchange_request_flow(bool go) {
+  if (go)
+    start_read();
+  else
+    stop_read();
 }
 
 void HttpSession::close_when_flushed() {
@@ -509,14 +403,14 @@ void HttpSession::close_when_flushed() {
 }
 
 void HttpSession::maybe_finish_request() {
-  if (closing() || tunnel_ || !rq_.in_request) return;
-  if (!rq_.response_complete) return;
-  if (!rq_.request_complete) {
+  if (closing() || tunnel_ || !h1_.in_request) return;
+  if (!ex_.response_complete()) return;
+  if (!ex_.request_complete()) {
     // Answered before the request was all in (an early error, an upstream that did not wait):
     // the rest of the request cannot be told apart from the next one, so the connection ends.
-    log_request();
-    rq_.upstream.release_holds();
-    rq_.in_request = false;
+    ex_.log();
+    ex_.drop_upstream();
+    h1_.in_request = false;
     arm_timer(Timer::none, 0);
     stop_read();
     close_when_flushed();
@@ -526,8 +420,8 @@ void HttpSession::maybe_finish_request() {
 }
 
 void HttpSession::finish_request() {
-  log_request();
-  bool keep = rq_.keep_alive && !close_after_response_ && !draining();
+  ex_.log();
+  bool keep = h1_.keep_alive && !close_after_response_ && !draining();
   reset_request();
   arm_timer(Timer::none, 0);
   if (!keep) {
@@ -551,7 +445,7 @@ void HttpSession::continue_pipeline() {
   do {
     pipeline_again_ = false;
     if (closing() || parser_paused_) break;
-    if (!rq_.in_request && pending_bytes() > kHighWater) {
+    if (!h1_.in_request && pending_bytes() > kHighWater) {
       // The client is not reading its answers: take no more requests until it does.
       waiting_for_client_ = true;
       break;
@@ -581,53 +475,17 @@ void HttpSession::continue_pipeline() {
   }
   if (client_eof_) {
     // Nothing more will come: close once the last complete request is answered.
-    if (!rq_.in_request || !rq_.request_complete) close_when_flushed();
+    if (!h1_.in_request || !ex_.request_complete()) close_when_flushed();
     return;
   }
-  if (!rq_.in_request) arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));
+  if (!h1_.in_request) arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));
   if (leftover_.size() - leftover_off_ <= kMaxPipelinedBytes && !waiting_for_client_) start_read();
 }
 
 void HttpSession::reset_request() {
-  // Destroyed and made anew in place (no temporary to move from): its holds give back their
-  // slots, probe and balancer count.
-  rq_.~ActiveRequest();
-  new (&rq_) ActiveRequest();
+  h1_ = H1Request();
   req_.clear();
-  authority_.clear();
-  request_id_.clear();
-  to_upstream_.clear();
-  resp_.clear();
-  replay_.clear();
-  if (replay_.capacity() > 16 * 1024) replay_.shrink_to_fit();  // one big PUT does not pin 64 KiB
-}
-
-void HttpSession::log_request() {
-  if (rq_.started_ns == 0) return;
-  uint64_t duration_ns = uv_hrtime() - rq_.started_ns;
-  if (rq_.status != 0)  // 0: the client left before any answer; nothing was sent
-    snap_->route(listener_index_, rq_.cluster ? rq_.cluster_index : SIZE_MAX).record(rq_.status, duration_ns);
-  AccessLogBuffer& log = worker_.access_log();
-  if (!log.enabled()) {
-    rq_.started_ns = 0;
-    return;
-  }
-  AccessLogEntry e;
-  e.listener = listener_->name;
-  e.method = request_.method_name();
-  e.authority = authority_;
-  e.path = rq_.target.path.empty() ? std::string_view(req_.target) : std::string_view(rq_.target.path);
-  e.status = rq_.status;
-  e.duration_seconds = static_cast<double>(duration_ns) / 1e9;
-  if (rq_.cluster && rq_.upstream.endpoint >= 0)
-    e.upstream = cluster_state().pools[static_cast<size_t>(rq_.upstream.endpoint)]->address().text;
-  e.bytes_in = rq_.bytes_in;
-  e.bytes_out = rq_.bytes_out;
-  e.attempts = rq_.upstream.attempts;
-  e.error = rq_.error;
-  e.request_id = request_id_;
-  log.record(e);
-  rq_.started_ns = 0;
+  ex_.reset();
 }
 
 void HttpSession::arm_timer(Timer which, uint64_t ms) {
@@ -641,9 +499,9 @@ void HttpSession::arm_timer(Timer which, uint64_t ms) {
 }
 
 void HttpSession::on_close() {
-  if (rq_.in_request) log_request();
-  rq_.upstream.give_back_connection(false);
-  rq_.upstream.release_holds();
+  if (h2_) h2_->on_close();
+  if (h1_.in_request) ex_.log();
+  ex_.drop_upstream();
   conn_stats_->connections.add(-1);
   worker_.remove_downstream();
 }

@@ -23,6 +23,7 @@ constexpr const char* kTls12Ciphers =
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 constexpr const char* kGroups = "X25519:P-256:P-384";
 constexpr unsigned char kAlpnHttp11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+constexpr unsigned char kAlpnH2Http11[] = {2, 'h', '2', 8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
 constexpr unsigned char kSessionIdContext[] = "pilotfish";
 // A resumed session skips the certificate exchange: it may not outlive this by much.
 constexpr long kSessionLifetimeSeconds = 3600;
@@ -133,12 +134,14 @@ int alpn_select(SSL* ssl, const unsigned char** out, unsigned char* out_length, 
   TlsState* t = state_of(ssl);
   if (!t || !t->options().http) return SSL_TLSEXT_ERR_NOACK;
   unsigned char* selected = nullptr;
-  if (SSL_select_next_proto(&selected, out_length, kAlpnHttp11, sizeof kAlpnHttp11, in, in_length) ==
-      OPENSSL_NPN_NEGOTIATED) {
+  bool h2 = t->options().h2;
+  if (SSL_select_next_proto(&selected, out_length, h2 ? kAlpnH2Http11 : kAlpnHttp11,
+                            h2 ? sizeof kAlpnH2Http11 : sizeof kAlpnHttp11, in, in_length) == OPENSSL_NPN_NEGOTIATED) {
     *out = selected;
     return SSL_TLSEXT_ERR_OK;
   }
-  t->set_error("the client offered no ALPN protocol this listener speaks (http/1.1)");
+  t->set_error(h2 ? "the client offered no ALPN protocol this listener speaks (h2, http/1.1)"
+                  : "the client offered no ALPN protocol this listener speaks (http/1.1)");
   return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 

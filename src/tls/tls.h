@@ -82,6 +82,7 @@ class TlsSessionSlot {
 struct TlsOptions {
   bool server = false;
   bool http = true;                // ALPN http/1.1
+  bool h2 = false;                 // a server's: ALPN h2 too, preferred to http/1.1
   std::string expected_peer;       // a client's: the server's spiffe:// ID, checked exactly
   std::string sni;                 // a client's
   std::shared_ptr<TlsSessionSlot> sessions;  // a client's: resume from, and store new sessions in

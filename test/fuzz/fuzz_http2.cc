@@ -55,7 +55,7 @@ struct Owner final : pilotfish::Http2Handler {
       if (n == "te" && h.fields.value(i) != "trailers") abort();
     }
   }
-  void on_request_head_too_large(int32_t id) override {
+  void on_request_head_too_large(int32_t id, const pilotfish::RequestHead&) override {
     check_stream(id);
     open.insert(id);
     c->submit_response(id, 431, HeaderList{}, true);

@@ -7,6 +7,10 @@ changing a seed:  python3 test/fuzz/make_session_corpus.py
 Files of the folder that this script does not write (regression inputs added by hand) are kept.
 """
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_http2_corpus as h2  # noqa: E402  (its hand-written frames)
 
 SEP = b"~~~~"
 
@@ -121,6 +125,20 @@ SEEDS = {
                               (0, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
                               (0, ok(b"b"))),
 }
+
+# HTTP/2 clients (prior knowledge): the preface, then make_http2_corpus's hand-written frames.
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_ANSWERS = [(0, ok()), (pieces(3), ok(b"second")), (0, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                                       b"2\r\nhi\r\n0\r\nx-t: 1\r\n\r\n")]
+for name, frames in h2.SERVER.items():
+    SEEDS["h2_" + name] = seed(ctl(), PREFACE + frames, *H2_ANSWERS)
+SEEDS["h2_split_client"] = seed(ctl(5), PREFACE + h2.SERVER["two_streams_interleaved"], *H2_ANSWERS)
+SEEDS["h2_dead_cluster"] = seed(ctl(), PREFACE + h2.SETTINGS_EMPTY + h2.frame(
+    h2.HEADERS, h2.END_STREAM | h2.END_HEADERS, 1, h2.request(b"/dead/x")))
+SEEDS["h2_upstream_reset"] = seed(ctl(keep_open=True), PREFACE + h2.SERVER["get"], (RESET, b""), (RESET, b""))
+SEEDS["h2_early_answer"] = seed(ctl(keep_open=True), PREFACE + h2.SETTINGS_EMPTY + h2.frame(
+    h2.HEADERS, h2.END_HEADERS, 1, h2.request(b"/up", b"POST")) + h2.frame(h2.DATA, 0, 1, b"part"), (EARLY, ok()))
+SEEDS["h2_preface_split"] = seed(ctl(1), PREFACE + h2.SERVER["get"], (0, ok()))
 
 
 def main():

@@ -33,7 +33,7 @@ struct Recorder final : Http2Handler {
   Http2Connection* connection = nullptr;
 
   void on_request_head(int32_t id, RequestHead& head, bool) override { std::swap(streams[id].request, head); }
-  void on_request_head_too_large(int32_t id) override { streams[id].too_large = true; }
+  void on_request_head_too_large(int32_t id, const RequestHead&) override { streams[id].too_large = true; }
   void on_response_head(int32_t id, ResponseHead& head, bool) override {
     streams[id].statuses.push_back(head.status);
     std::swap(streams[id].response, head);

@@ -1,0 +1,690 @@
+// One request's way through pilotfish (see exchange.h): admission and routing, the attempts at
+// endpoints (balancing, the breaker's limits, outlier probes), retries with backoff and the
+// keep-alive race resend, the cluster and per-try deadlines, the response decoded and handed
+// to the owner (interim responses, trailers, the WebSocket tunnel), local answers, and the
+// access log.
+#include "proxy/exchange.h"
+
+#include <uv.h>
+
+#include <cassert>
+#include <cinttypes>
+#include <cstdio>
+#include <new>
+
+#include "gateway/admission.h"
+#include "http/upstream_head.h"
+#include "log/logger.h"
+#include "pilotfish/header_rules.h"
+#include "pilotfish/route_matcher.h"
+#include "tls/tls.h"
+#include "upstream/retry_decision.h"
+
+namespace pilotfish {
+
+namespace {
+
+constexpr size_t kMaxReasonBytes = 1024;
+constexpr int kMaxInterimResponses = 16;
+// A request body up to this size is kept, so that an idempotent request can be sent again.
+constexpr size_t kMaxReplayBytes = 64 * 1024;
+// A timer this late means the worker's loop was held up, not that a peer was slow.
+constexpr uint64_t kLoopStallMs = 500;
+// An upstream's response head (status line and fields) may take this much.
+constexpr uint64_t kMaxResponseHeadBytes = 64 * 1024;
+
+}  // namespace
+
+Exchange::Exchange(WorkerContext& worker, ExchangeOwner& owner) : worker_(worker), owner_(owner) {
+  response_.set_head_limit(kMaxResponseHeadBytes);
+}
+
+void Exchange::open(const SnapshotPtr& snap, size_t listener_index) {
+  if (snap_ != snap) snap_ = snap;
+  listener_index_ = listener_index;
+  st_.started_ns = uv_hrtime();
+}
+
+bool Exchange::set_target(std::string_view target, bool options) {
+  if (options && target == "*") {
+    st_.target.path.assign(1, '*');  // not = "*": g++ 12 warns falsely there (-Wrestrict, GCC bug 105651)
+    st_.target.query.clear();
+    return true;
+  }
+  bool allow = listener().allow_ambiguous_paths;
+  auto normalized = normalize_target(target, allow);
+  if (!normalized) {
+    // Said apart from a malformed target: the operator may want allow_ambiguous_paths.
+    bool ambiguous = !allow && normalize_target(target, true);
+    answer(400, ambiguous ? "ambiguous_path" : "invalid_target", true);
+    return false;
+  }
+  st_.target = std::move(*normalized);
+  return true;
+}
+
+bool Exchange::set_authority(std::string_view host) {
+  authority_.assign(trim_ows(host));
+  if (!is_valid_host(authority_)) {
+    answer(400, "invalid_host", true);
+    return false;
+  }
+  return true;
+}
+
+void Exchange::set_request_id(const HeaderList& fields) {
+  size_t id = fields.find("x-request-id");
+  if (id != HeaderList::npos) {
+    request_id_.assign(fields.value(id));
+  } else {
+    char buf[33];
+    snprintf(buf, sizeof buf, "%016" PRIx64 "%016" PRIx64, worker_.random().next(), worker_.random().next());
+    request_id_.assign(buf, 32);
+  }
+}
+
+// A route's (else the listener's) rate limit, then its auth (gateway/admission.h). False when
+// answered 429 or 401.
+bool Exchange::admit(const Route* route, size_t route_index, const ExchangeRequest& r) {
+  const Listener& l = listener();
+  RateLimiter* limiter = nullptr;
+  if (route && route->rate_limit)
+    limiter = snap_->route_limiters[listener_index_][route_index].get();
+  else if (rate_limit_for(l, route))
+    limiter = snap_->listener_limiters[listener_index_].get();
+  if (!limiter && !auth_for(l, route)) return true;  // nothing to check: the common case
+  std::string_view peer = r.tls && r.tls->established() ? std::string_view(r.tls->peer_id()) : std::string_view();
+  Admission verdict = pilotfish::admit(
+      {l, route, limiter, r.client_address, peer, r.fields, snap_->keys.jwks.get(), worker_.jwt_cache()});
+  st_.auth = verdict.auth;
+  st_.auth_subject = std::move(verdict.subject);
+  st_.auth_subject_ok = verdict.has_subject;
+  if (verdict.admitted()) return true;
+  local_headers_ = std::move(verdict.reply_headers);
+  ListenerStats& stats = *snap_->listener_stats[listener_index_];
+  if (verdict.status == 401) {
+    stats.auth_failures.add();
+    log_debug("listener " + l.name + ": 401 for " + std::string(r.client_address) + ": " + verdict.why);
+  } else {
+    stats.rate_limited.add();
+  }
+  answer(verdict.status, verdict.error, st_.has_body);
+  return false;
+}
+
+bool Exchange::begin(const ExchangeRequest& r) {
+  const Listener& l = listener();
+  method_.assign(r.method);
+  st_.method_head = r.method_head;
+  st_.idempotent = r.idempotent;
+  st_.websocket = r.websocket;
+  st_.has_body = r.has_body;
+  st_.body_chunked = r.body_chunked;
+  if (l.mtls && !peer_admitted(l, r.tls)) {
+    snap_->listener_stats[listener_index_]->authz_denied.add();
+    log_debug("listener " + l.name + ": " +
+              (r.tls && r.tls->established() ? r.tls->peer_id() : std::string("a peer without mTLS")) +
+              " is not in its allow list");
+    answer(403, "peer_not_allowed", true);
+    return false;
+  }
+  std::string host = host_for_routing(authority_);
+  RequestView view{host, st_.target.path, r.method, &r.fields};
+  const Route* route = match_route(l, view);
+  size_t route_index = route ? static_cast<size_t>(route - l.routes.data()) : SIZE_MAX;
+  if (!r.fixed_cluster.empty()) {
+    // Intercepted: the original destination chose the cluster (by name: a reload may have
+    // moved it, or removed it). The route still says which auth and rate limit apply.
+    const auto& clusters = snap_->policy->clusters;
+    size_t found = SIZE_MAX;
+    for (size_t i = 0; i < clusters.size(); ++i)
+      if (clusters[i].name == r.fixed_cluster) found = i;
+    if (found == SIZE_MAX) {
+      answer(404, "no_route", st_.has_body);
+      return false;
+    }
+    st_.cluster_index = found;
+  } else {
+    if (route == nullptr) {
+      answer(404, "no_route", st_.has_body);
+      return false;
+    }
+    st_.cluster_index = route->cluster_index;
+  }
+  if (!admit(route, route_index, r)) return false;
+  st_.cluster = &snap_->policy->clusters[st_.cluster_index];
+  ClusterState& cs = cluster_state();
+  if (!st_.upstream.take_request_slot(cs, *st_.cluster)) {
+    overflow(BreakerLimit::requests);
+    return false;
+  }
+  cs.shared->budget.record_request(worker_.index(), uv_now(worker_.loop()));
+  st_.upstream.replayable = !st_.has_body || st_.idempotent;
+  const TlsState* t = r.tls && r.tls->established() ? r.tls : nullptr;
+  st_.upstream.nested = build_upstream_head(
+      upstream_head_, {r.method, st_.target, r.fields, st_.body_chunked, st_.websocket, l, r.client_address, t,
+                       st_.auth_subject_ok ? st_.auth : nullptr, st_.auth_subject, request_id_});
+  start_attempt();
+  return !st_.local_response && !st_.response_complete;
+}
+
+bool Exchange::request_body(std::string_view piece) {
+  st_.body_bytes += piece.size();
+  uint64_t max = listener().max_body_bytes;
+  if (max && st_.body_bytes > max) {
+    answer(413, "body_too_large", true);
+    return false;
+  }
+  if (st_.local_response) return true;  // answered already; the rest of the body is skipped
+  if (st_.body_chunked) {
+    std::string chunk_head;
+    append_chunk_header(chunk_head, piece.size());
+    send_body(chunk_head.data(), chunk_head.size());
+    send_body(piece.data(), piece.size());
+    send_body("\r\n", 2);
+  } else {
+    send_body(piece.data(), piece.size());
+  }
+  return true;
+}
+
+bool Exchange::request_end(const HeaderList& fields, const HeaderList& trailers) {
+  st_.request_complete = true;
+  if (!st_.local_response && st_.body_chunked && st_.cluster) {
+    if (!fields_valid(trailers)) {
+      answer(400, "invalid_header", true);
+      return false;
+    }
+    std::string last_chunk;
+    append_request_last_chunk(last_chunk, trailers, connection_tokens(fields), listener());
+    send_body(last_chunk.data(), last_chunk.size());
+  }
+  if (!st_.local_response && !st_.response_complete && st_.cluster != nullptr) {
+    // The request is in; from here the cluster's timeout bounds every attempt, and the
+    // per-try timeout the one in flight.
+    uint64_t now = uv_now(worker_.loop());
+    st_.upstream.start_deadlines(*st_.cluster, now);
+    arm_upstream_timer();
+  }
+  return true;
+}
+
+void Exchange::answer(int status, const char* error, bool request_unread) {
+  if (st_.local_response) return;
+  st_.local_response = true;
+  st_.error = error;
+  if (st_.upstream.connection) release_upstream(false);
+  if (st_.response_started) {
+    // Part of an upstream response went out already: the only honest signal left is to end
+    // the client's message abnormally.
+    break_off();
+    return;
+  }
+  st_.status = status;
+  st_.response_started = true;
+  st_.response_complete = true;
+  owner_.exchange_local_reply(status, error, local_headers_, request_unread);
+  local_headers_.clear();
+}
+
+void Exchange::break_off() {
+  st_.broken = true;
+  owner_.exchange_broken();
+}
+
+void Exchange::client_gone() {
+  if (st_.status == 0) st_.error = "downstream_closed";
+}
+
+void Exchange::drop_upstream() {
+  st_.upstream.give_back_connection(false);
+  st_.upstream.release_holds();
+}
+
+void Exchange::reset() {
+  // Destroyed and made anew in place (no temporary to move from): its holds give back their
+  // slots, probe and balancer count.
+  st_.~State();
+  new (&st_) State();
+  method_.clear();
+  raw_target_.clear();
+  authority_.clear();
+  request_id_.clear();
+  local_headers_.clear();
+  to_upstream_.clear();
+  resp_.clear();
+  replay_.clear();
+  if (replay_.capacity() > 16 * 1024) replay_.shrink_to_fit();  // one big PUT does not pin 64 KiB
+}
+
+void Exchange::log() {
+  if (st_.started_ns == 0) return;
+  uint64_t duration_ns = uv_hrtime() - st_.started_ns;
+  if (st_.status != 0)  // 0: the client left before any answer; nothing was sent
+    snap_->route(listener_index_, st_.cluster ? st_.cluster_index : SIZE_MAX).record(st_.status, duration_ns);
+  AccessLogBuffer& log = worker_.access_log();
+  if (!log.enabled()) {
+    st_.started_ns = 0;
+    return;
+  }
+  AccessLogEntry e;
+  e.listener = listener().name;
+  e.method = method_;
+  e.authority = authority_;
+  e.path = st_.target.path.empty() ? std::string_view(raw_target_) : std::string_view(st_.target.path);
+  e.status = st_.status;
+  e.duration_seconds = static_cast<double>(duration_ns) / 1e9;
+  if (st_.cluster && st_.upstream.endpoint >= 0)
+    e.upstream = cluster_state().pools[static_cast<size_t>(st_.upstream.endpoint)]->address().text;
+  e.bytes_in = st_.bytes_in;
+  e.bytes_out = st_.bytes_out;
+  e.attempts = st_.upstream.attempts;
+  e.error = st_.error;
+  e.request_id = request_id_;
+  log.record(e);
+  st_.started_ns = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attempts
+
+void Exchange::send_body(const char* data, size_t length) {
+  // Kept for a retry while it is small; a larger body is sent once.
+  if (st_.upstream.replayable && st_.has_body) {
+    if (replay_.size() + length <= kMaxReplayBytes)
+      replay_.append(data, length);
+    else
+      st_.upstream.replayable = false, replay_.clear(), replay_.shrink_to_fit();
+  }
+  send_upstream(data, length);
+}
+
+void Exchange::overflow(BreakerLimit limit) {
+  cluster_state().stats->breaker_overflow[static_cast<size_t>(limit)].add();
+  answer(503, "overloaded", st_.has_body && !st_.request_complete);
+}
+
+void Exchange::start_attempt(bool fresh_connection) {
+  ClusterState& cs = cluster_state();
+  UpstreamRequest& up = st_.upstream;
+  uint64_t now = uv_now(worker_.loop());
+  if (!up.choose_endpoint(cs, now)) {
+    answer(503, "no_healthy_upstream", st_.has_body && !st_.request_complete);
+    return;
+  }
+  ++up.attempts;
+  resp_.clear();
+  response_.restart();
+  // What this attempt sends: the head with its attempt number, then the body so far. A first
+  // attempt's body is still arriving (send_body); a retry's was kept (replay_), unless nothing
+  // was sent at all (a connect failure), when it is still in to_upstream_.
+  if (up.attempts == 1 && !up.sent && to_upstream_.empty()) {
+    // The common case, built in place: no copy of the head beyond this one.
+    append_attempt_head(to_upstream_, upstream_head_, up.attempts);
+    st_.unsent_head_length = to_upstream_.size();
+  } else {
+    std::string head;
+    append_attempt_head(head, upstream_head_, up.attempts);
+    if (!up.sent)
+      to_upstream_.replace(0, st_.unsent_head_length, head);
+    else
+      to_upstream_ = head + replay_;
+    st_.unsent_head_length = head.size();
+  }
+  up.sent = false;
+  up.response_bytes_seen = false;
+  st_.interim_responses = 0;
+  BreakerLimit limit = BreakerLimit::connections;
+  if (!up.lend_connection(cs, this, fresh_connection, &limit)) {
+    overflow(limit);
+    return;
+  }
+  if (st_.request_complete) {
+    up.start_try_deadline(*st_.cluster, now);
+    arm_upstream_timer();
+  }
+  if (up.connection_reused) on_upstream_connected(*up.connection.get());
+}
+
+void Exchange::endpoint_verdict(bool ok) {
+  if (st_.cluster) st_.upstream.verdict(cluster_state(), *st_.cluster, ok, uv_now(worker_.loop()));
+}
+
+void Exchange::schedule_retry() {
+  st_.upstream.try_deadline_ms = 0;  // that attempt is over
+  // While the client is still sending its body (a connect failure), the retry is at once.
+  uint64_t wait = st_.upstream.backoff_ms(*st_.cluster, worker_.random());
+  if (wait == 0 || !st_.request_complete) {
+    start_attempt();
+    return;
+  }
+  st_.upstream.backoff_until_ms = uv_now(worker_.loop()) + wait;
+  arm_upstream_timer();
+}
+
+void Exchange::arm_upstream_timer() {
+  uint64_t next = st_.upstream.next_deadline_ms();
+  if (next == 0) return;
+  uint64_t now = uv_now(worker_.loop());
+  owner_.exchange_timer(next > now ? next - now : 1);
+}
+
+AttemptScope Exchange::attempt_scope() {
+  return {cluster_state(), *st_.cluster, uv_now(worker_.loop()), worker_.index(), st_.request_complete};
+}
+
+void Exchange::follow(const NextStep& next) {
+  switch (next.kind) {
+    case NextStep::pass: return;
+    case NextStep::retry: schedule_retry(); return;
+    case NextStep::resend: start_attempt(/*fresh_connection=*/true); return;  // another pooled one may be closing too
+    case NextStep::answer: answer(next.status, next.error, st_.has_body && !st_.request_complete); return;
+  }
+}
+
+void Exchange::send_upstream(const char* data, size_t length) {
+  if (st_.upstream.connection && st_.upstream.connection->connected() && st_.upstream.sent)
+    st_.upstream.connection->append({data, length});
+  else
+    to_upstream_.append(data, length);
+}
+
+size_t Exchange::upstream_pending() const {
+  return to_upstream_.size() + (st_.upstream.connection ? st_.upstream.connection->pending_bytes() : 0);
+}
+
+void Exchange::flush_upstream() {
+  if (st_.upstream.connection && st_.upstream.connection->connected()) st_.upstream.connection->flush();
+  // A write that fails is seen by the connection's read side, which reports the end.
+  if (!st_.tunnel && !st_.request_complete && !st_.local_response && upstream_pending() > Stream::kHighWater &&
+      !st_.paused_for_upstream) {
+    st_.paused_for_upstream = true;
+    owner_.exchange_request_flow(false);
+  }
+}
+
+void Exchange::tunnel_send(const char* data, size_t length) {
+  send_upstream(data, length);
+  if (st_.upstream.connection) st_.upstream.connection->flush();
+  if (upstream_pending() > Stream::kHighWater && !st_.paused_for_upstream) {
+    st_.paused_for_upstream = true;
+    owner_.exchange_request_flow(false);
+  }
+}
+
+void Exchange::downstream_drained() {
+  if (st_.paused_for_downstream && owner_.exchange_downstream_pending() < Stream::kLowWater) {
+    st_.paused_for_downstream = false;
+    if (st_.upstream.connection) st_.upstream.connection->start_read();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The upstream connection's events
+
+void Exchange::on_upstream_connected(UpstreamConnection& from) {
+  assert(st_.upstream.connection.holds(from) && st_.cluster);
+  (void)from;
+  st_.upstream.sent = true;
+  st_.upstream.connection->append(to_upstream_);
+  to_upstream_.clear();
+  if (st_.upstream.connection->flush() != 0) return;
+  if (st_.paused_for_upstream && upstream_pending() < Stream::kLowWater) {
+    st_.paused_for_upstream = false;
+    owner_.exchange_request_flow(true);
+  }
+}
+
+void Exchange::on_upstream_connect_failed(UpstreamConnection& from, int status) {
+  assert(st_.upstream.connection.holds(from) && st_.cluster);
+  (void)from;
+  st_.upstream.connection_lost();
+  follow(st_.upstream.after_connect_failure(attempt_scope(), status));
+  owner_.exchange_progress();
+}
+
+void Exchange::on_upstream_drained(UpstreamConnection& from) {
+  assert(st_.upstream.connection.holds(from));
+  (void)from;
+  if (st_.paused_for_upstream && upstream_pending() < Stream::kLowWater) {
+    st_.paused_for_upstream = false;
+    owner_.exchange_request_flow(true);
+  }
+}
+
+void Exchange::on_upstream_data(UpstreamConnection& from, char* data, size_t length) {
+  // Only the connection lent to this request calls, and only while the request routed there
+  // is in flight (a tunnel's request stays until the connection closes).
+  assert(st_.upstream.connection.holds(from) && st_.cluster);
+  (void)from;
+  if (st_.tunnel) {
+    st_.bytes_out += length;
+    owner_.exchange_body({data, length});
+    if (owner_.exchange_downstream_pending() > Stream::kHighWater && st_.upstream.connection) {
+      st_.paused_for_downstream = true;
+      st_.upstream.connection->stop_read();
+    }
+    owner_.exchange_progress();
+    return;
+  }
+  st_.upstream.response_bytes_seen = true;
+  st_.last_progress_ms = uv_now(worker_.loop());
+  using Outcome = Http1Decoder::Outcome;
+  Outcome result = response_.execute(data, length);
+  // Interim responses (100 Continue) pause too, so the next head is checked from its start.
+  while (result.kind == Outcome::paused && !st_.response_complete && !st_.local_response && !st_.broken) {
+    response_.resume();
+    if (result.consumed >= length) {
+      result = {Outcome::more, length, ""};
+      break;
+    }
+    data += result.consumed;
+    length -= result.consumed;
+    result = response_.execute(data, length);
+  }
+  if (st_.broken) return;
+  if (st_.after_response.kind != NextStep::pass && !st_.local_response) {
+    NextStep next = st_.after_response;
+    st_.after_response = {NextStep::pass};
+    release_upstream(false);
+    follow(next);
+    owner_.exchange_progress();
+    return;
+  }
+  if (result.kind == Outcome::upgrade && st_.tunnel) {
+    enter_tunnel(data + result.consumed, length - result.consumed);
+    return;
+  }
+  if (result.kind == Outcome::paused) {
+    // The response is complete. Anything after it is a protocol violation by the upstream.
+    bool extra = result.consumed < length;
+    bool reusable = !extra && response_.keep_alive() && st_.request_complete;
+    release_upstream(reusable);
+  } else if (result.kind == Outcome::failed && !st_.local_response) {
+    log_warn("cluster " + st_.cluster->name + ": invalid response from " +
+             cluster_state().pools[static_cast<size_t>(st_.upstream.endpoint)]->address().text + ": " + result.reason);
+    if (!st_.response_started) {
+      cluster_state().stats->upstream_reset.add();
+      endpoint_verdict(false);
+    }
+    release_upstream(false);
+    if (!st_.response_started) {
+      answer(502, "invalid_response", true);
+    } else {
+      st_.error = "invalid_response";
+      break_off();
+      owner_.exchange_progress();
+      return;
+    }
+  }
+  if (st_.upstream.connection && owner_.exchange_downstream_pending() > Stream::kHighWater) {
+    st_.paused_for_downstream = true;
+    st_.upstream.connection->stop_read();
+  }
+  owner_.exchange_progress();
+}
+
+void Exchange::on_upstream_end(UpstreamConnection& from, int status) {
+  assert(st_.upstream.connection.holds(from) && st_.cluster);
+  (void)from;
+  // The connection is closing itself; it is no longer ours.
+  bool tls_refused = status == kUpstreamTlsFailed && !st_.upstream.response_bytes_seen;
+  st_.upstream.connection_lost();
+  if (st_.tunnel) {
+    break_off();
+    owner_.exchange_progress();
+    return;
+  }
+  if (st_.response_started && !st_.response_complete && status == UV_EOF) {
+    // A response delimited by the connection's close ends here.
+    if (response_.finish() && st_.response_complete) {
+      owner_.exchange_progress();
+      return;
+    }
+  }
+  if (st_.response_started) {
+    st_.error = "upstream_reset";
+    break_off();
+    owner_.exchange_progress();
+    return;
+  }
+  follow(st_.upstream.after_reset(attempt_scope(), tls_refused, st_.idempotent));
+  owner_.exchange_progress();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The response
+
+Step Exchange::on_response_head(ResponseHead&) {
+  // A reason phrase is HTAB, SP, visible ASCII and obs-text (RFC 9112 4): one with NUL or other
+  // control characters makes the response invalid, although it is never passed on.
+  if (response_.version_major() != 1 || !fields_valid(resp_.fields) || !framing_headers_valid(resp_.fields) ||
+      resp_.reason.size() > kMaxReasonBytes || !is_valid_field_value(resp_.reason))
+    return Step::fail;
+  int status = response_.status_code();
+  if (status < 100 || status > 999) return Step::fail;
+  resp_.status = status;
+  if (status >= 200 || status == 101) cluster_state().stats->upstream_codes.add(status);
+  if (status == 101) {
+    // An upgrade nobody asked for, or one without Upgrade and Connection: upgrade, which the
+    // decoder would not stop at: the tunnel's bytes would be read as responses.
+    if (!st_.websocket || !response_.upgrade()) return Step::fail;
+    endpoint_verdict(true);
+    st_.upstream.retry_slot.release();
+    st_.status = 101;
+    st_.tunnel = true;
+    owner_.exchange_head(resp_, true, false);
+    return Step::go;
+  }
+  if (status < 200) {
+    // Interim response (100 Continue, 103 Early Hints): passed on, the final one follows.
+    // A few are normal; a stream of them is an upstream gone wrong.
+    if (++st_.interim_responses > kMaxInterimResponses) return Step::fail;
+    owner_.exchange_head(resp_, true, false);
+    // It ends at its blank line, whatever its fields say (RFC 9112 6.3). llhttp would read a
+    // body after a 1xx with Content-Length or chunked, and that body would reach the client
+    // unframed: a response the upstream forged inside it, taken for this request's answer.
+    return Step::skip_body;
+  }
+  // The final answer: the endpoint's verdict, and perhaps a retry instead of passing it on.
+  st_.after_response = st_.upstream.after_response(attempt_scope(), status);
+  if (st_.after_response.kind != NextStep::pass)
+    return Step::fail;  // on_upstream_data drops this answer and its connection, and follows
+  // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
+  // kept idle that long, so that no request is written to it as it closes.
+  size_t ka = resp_.fields.find("keep-alive");
+  if (ka != HeaderList::npos && st_.upstream.connection) {
+    std::string_view v = resp_.fields.value(ka);
+    size_t t = v.find("timeout=");
+    if (t != std::string_view::npos) {
+      uint64_t seconds = 0;
+      size_t i = t + 8;
+      while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 1'000'000) seconds = seconds * 10 + (v[i++] - '0');
+      st_.upstream.connection->set_idle_limit(seconds == 0 ? 1 : seconds * 800);
+    }
+  }
+  st_.status = status;
+  bool no_body = st_.method_head || status == 204 || status == 304;
+  st_.response_started = true;
+  owner_.exchange_head(resp_, no_body, response_.has_content_length());
+  // The answer is arriving; from now on the timeout guards against a stalled stream.
+  owner_.exchange_timer(static_cast<uint64_t>(st_.cluster->timeout.count()));
+  return no_body ? Step::skip_body : Step::go;
+}
+
+Step Exchange::on_response_body(std::string_view piece) {
+  st_.bytes_out += piece.size();
+  owner_.exchange_body(piece);
+  return Step::go;
+}
+
+Step Exchange::on_response_message_complete(ResponseHead& head) {
+  if (st_.tunnel) return Step::go;  // 101: the decoder stops for the upgrade itself
+  if (!st_.response_started) return Step::pause;  // the end of an interim response
+  if (!fields_valid(head.trailers)) return Step::fail;  // cut short: the client sees no last chunk
+  st_.response_complete = true;
+  owner_.exchange_end(head);
+  return Step::pause;
+}
+
+void Exchange::enter_tunnel(const char* rest, size_t rest_length) {
+  // From here both sides are bytes: what each side sent after its head goes to the other.
+  st_.response_started = true;
+  st_.response_complete = true;
+  log();
+  owner_.exchange_upgraded({rest, rest_length});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines
+
+void Exchange::on_timer() {
+  const Listener& l = listener();
+  // Waiting for the client to take what is queued is the client's pace, bounded by the
+  // listener's idle timeout; waiting for the upstream is bounded by the cluster's.
+  uint64_t limit = st_.paused_for_downstream ? static_cast<uint64_t>(l.idle_timeout.count())
+                                             : static_cast<uint64_t>(st_.cluster ? st_.cluster->timeout.count() : 0);
+  uint64_t now = uv_now(worker_.loop());
+  if (st_.response_started) {
+    // A response is streaming: only a stall as long as the timeout ends it, where a stall
+    // is no byte from the upstream and no byte taken by the client.
+    if (now - st_.last_progress_ms < limit) {
+      owner_.exchange_timer(limit - (now - st_.last_progress_ms));
+      return;
+    }
+    st_.error = "upstream_stalled";
+    break_off();
+    owner_.exchange_progress();
+    return;
+  }
+  if (st_.upstream.deadline_ms && now >= st_.upstream.deadline_ms) {
+    if (!st_.upstream.stall_checked && now - st_.upstream.deadline_ms > kLoopStallMs) {
+      // This timer is late: the worker itself was held up (and an answer may be waiting
+      // unread in the socket). The I/O gets one turn of the loop before the verdict.
+      st_.upstream.stall_checked = true;
+      owner_.exchange_timer(1);
+      return;
+    }
+    // The endpoint had the request when it is connected and nothing is left in
+    // pilotfish's own queue for it.
+    const UpstreamLease& c = st_.upstream.connection;
+    follow(st_.upstream.after_deadline(attempt_scope(), c && c->connected() && c->pending_bytes() == 0));
+    owner_.exchange_progress();
+    return;
+  }
+  if (st_.upstream.backoff_until_ms && now >= st_.upstream.backoff_until_ms) {
+    st_.upstream.backoff_until_ms = 0;
+    start_attempt();
+    owner_.exchange_progress();
+    return;
+  }
+  if (st_.upstream.try_deadline_ms && now >= st_.upstream.try_deadline_ms && st_.upstream.connection) {
+    release_upstream(false);
+    follow(st_.upstream.after_try_timeout(attempt_scope()));
+    owner_.exchange_progress();
+    return;
+  }
+  arm_upstream_timer();
+}
+
+}  // namespace pilotfish

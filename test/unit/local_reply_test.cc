@@ -1,0 +1,89 @@
+// pilotfish's own answers (http/local_reply.h): the HTTP/1.1 bytes, the same answer as HTTP/2
+// fields and body, and the trailers-only gRPC form with its status code.
+#include "http/local_reply.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace pilotfish {
+namespace {
+
+std::string field(const HeaderList& h, std::string_view name) {
+  size_t i = h.find(name);
+  return i == HeaderList::npos ? "<none>" : std::string(h.value(i));
+}
+
+TEST(LocalReply, Http11Bytes) {
+  std::string out;
+  LocalReply r{503, "overloaded", "retry-after: 1\r\n", false, false, false};
+  EXPECT_EQ(append_local_reply(out, r), 15u);
+  EXPECT_EQ(out,
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 15\r\n"
+            "x-pilotfish-error: overloaded\r\nx-pilotfish-overloaded: true\r\nretry-after: 1\r\n"
+            "connection: close\r\n\r\n503 overloaded\n");
+}
+
+TEST(LocalReply, Http2PartsCarryTheSameFieldsAndBody) {
+  HeaderList fields;
+  std::string body;
+  LocalReply r{401, "unauthorized", "www-authenticate: Bearer\r\nretry-after: 2\r\n", true, false, false};
+  EXPECT_EQ(local_reply_parts(r, fields, body), 17u);
+  EXPECT_EQ(body, "401 unauthorized\n");
+  EXPECT_EQ(field(fields, "content-length"), "17");
+  EXPECT_EQ(field(fields, "x-pilotfish-error"), "unauthorized");
+  EXPECT_EQ(field(fields, "www-authenticate"), "Bearer");
+  EXPECT_EQ(field(fields, "retry-after"), "2");
+  EXPECT_EQ(fields.find("connection"), HeaderList::npos);
+
+  HeaderList head_fields;
+  std::string head_body;
+  LocalReply head{404, "no_route", "", true, false, true};
+  local_reply_parts(head, head_fields, head_body);
+  EXPECT_EQ(head_body, "");  // HEAD: no body, the length of the one a GET gets
+  EXPECT_EQ(field(head_fields, "content-length"), "13");
+}
+
+TEST(LocalReply, GrpcRequestsAreToldByContentType) {
+  auto with = [](std::string_view type) {
+    HeaderList h;
+    h.add("content-type", type);
+    return is_grpc_request(h);
+  };
+  EXPECT_TRUE(with("application/grpc"));
+  EXPECT_TRUE(with("application/grpc+proto"));
+  EXPECT_TRUE(with("Application/GRPC;charset=x"));
+  EXPECT_FALSE(with("application/grpc-web"));
+  EXPECT_FALSE(with("application/grpcx"));
+  EXPECT_FALSE(with("application/json"));
+  EXPECT_FALSE(is_grpc_request(HeaderList()));
+}
+
+TEST(LocalReply, GrpcStatusCodes) {
+  EXPECT_EQ(grpc_status_of(503, "overloaded"), 14);
+  EXPECT_EQ(grpc_status_of(503, "no_healthy_upstream"), 14);
+  EXPECT_EQ(grpc_status_of(503, "connect_failure"), 14);
+  EXPECT_EQ(grpc_status_of(502, "invalid_response"), 13);
+  EXPECT_EQ(grpc_status_of(504, "timeout"), 4);
+  EXPECT_EQ(grpc_status_of(401, "unauthorized"), 16);
+  EXPECT_EQ(grpc_status_of(403, "peer_not_allowed"), 7);
+  EXPECT_EQ(grpc_status_of(429, "rate_limited"), 8);
+  EXPECT_EQ(grpc_status_of(404, "no_route"), 12);
+  EXPECT_EQ(grpc_status_of(400, "invalid_header"), 13);
+}
+
+TEST(LocalReply, GrpcAnswerIsTrailersOnly) {
+  HeaderList fields;
+  LocalReply r{429, "rate_limited", "retry-after: 1\r\n", true, false, false};
+  grpc_local_reply_fields(r, fields);
+  EXPECT_EQ(field(fields, "content-type"), "application/grpc");
+  EXPECT_EQ(field(fields, "grpc-status"), "8");
+  EXPECT_EQ(field(fields, "grpc-message"), "rate_limited");
+  EXPECT_EQ(field(fields, "x-pilotfish-error"), "rate_limited");
+  EXPECT_EQ(field(fields, "retry-after"), "1");
+  EXPECT_EQ(fields.find("content-length"), HeaderList::npos);
+  EXPECT_EQ(fields.count("content-type"), 1u);
+}
+
+}  // namespace
+}  // namespace pilotfish
