@@ -21,6 +21,9 @@ enum class LogLevel { debug, info, warn, error };
 enum class Protocol { http, tcp };
 enum class Intercept { none, inbound, outbound };
 enum class LbPolicy { round_robin, least_request, random };
+// What a cluster's endpoints are spoken to in: HTTP/1.1; HTTP/2 (h2c with prior knowledge, or
+// ALPN h2 with mtls); or, on mtls clusters, h2 when the endpoint picks it in ALPN.
+enum class UpstreamProtocol { http1, http2, automatic };
 enum class AccessLogTarget { off, stdout_stream, file };
 
 // Retry conditions, as bits so that a check on the data path is one AND.
@@ -30,6 +33,12 @@ enum RetryOn : uint32_t {
   kRetry5xx = 1u << 2,
   kRetryGatewayError = 1u << 3,
   kRetryRetriableStatusCodes = 1u << 4,
+  // gRPC statuses of a trailers-only response (the call failed before any message came back).
+  kRetryGrpcCancelled = 1u << 5,          // 1 CANCELLED
+  kRetryGrpcDeadlineExceeded = 1u << 6,   // 4 DEADLINE_EXCEEDED
+  kRetryGrpcResourceExhausted = 1u << 7,  // 8 RESOURCE_EXHAUSTED
+  kRetryGrpcInternal = 1u << 8,           // 13 INTERNAL
+  kRetryGrpcUnavailable = 1u << 9,        // 14 UNAVAILABLE
 };
 
 struct HeaderMatch {
@@ -143,6 +152,7 @@ struct Cluster {
   std::vector<SocketAddress> vips;
   ClusterMtls mtls;
   LbPolicy lb = LbPolicy::round_robin;
+  UpstreamProtocol protocol = UpstreamProtocol::http1;
   Duration connect_timeout{1'000};
   Duration timeout{15'000};        // whole request, every retry included
   Duration idle_timeout{30'000};   // pooled upstream connection unused this long is closed

@@ -276,6 +276,8 @@ Http2Connection::Http2Connection(Role role, Http2Handler& handler, const Http2Li
   nghttp2_option_set_stream_reset_rate_limit(opt, limits_.reset_burst, limits_.reset_rate);
   nghttp2_option_set_max_outbound_ack(opt, 1000);
   nghttp2_option_set_max_settings(opt, 32);
+  // A client's streams before the server's SETTINGS say how many it takes.
+  nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
   if (role_ == Role::server)
     nghttp2_session_server_new2(&session_, cb, this, opt);
   else
@@ -443,6 +445,10 @@ void Http2Connection::consume(int32_t id, size_t n) {
   n = std::min<size_t>(n, o->unconsumed);
   o->unconsumed -= n;
   nghttp2_session_consume(session_, id, n);
+}
+
+uint32_t Http2Connection::peer_max_streams() const {
+  return nghttp2_session_get_remote_settings(session_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
 }
 
 void Http2Connection::shutdown() {

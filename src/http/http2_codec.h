@@ -114,6 +114,8 @@ class Http2Connection {
   void shutdown();
   // Streams open now.
   size_t open_streams() const { return open_streams_; }
+  // Client: the peer's SETTINGS_MAX_CONCURRENT_STREAMS (100 until its SETTINGS arrive).
+  uint32_t peer_max_streams() const;
   // For the access log and tests: the reason of the last connection error, or "".
   const char* error() const { return error_; }
 

@@ -115,6 +115,57 @@ void append_attempt_head(std::string& out, std::string_view head, int attempt) {
   out += "\r\n\r\n";
 }
 
+void request_trailers_to_forward(HeaderList& out, const HeaderList& trailers, const std::string& connection_tokens,
+                                 const Listener& listener) {
+  for (size_t i = 0; i < trailers.size(); ++i) {
+    std::string_view name = trailers.name(i);
+    if (!allowed_in_trailers(name) || is_hop_by_hop(name, connection_tokens) || is_pilotfish_field(listener, name))
+      continue;
+    out.add(name, trim_ows(trailers.value(i)));
+  }
+}
+
+uint64_t parse_grpc_timeout(std::string_view v) {
+  v = trim_ows(v);
+  if (v.size() < 2 || v.size() > 9) return 0;
+  uint64_t n = 0;
+  for (char c : v.substr(0, v.size() - 1)) {
+    if (c < '0' || c > '9') return 0;
+    n = n * 10 + static_cast<uint64_t>(c - '0');
+  }
+  switch (v.back()) {
+    case 'H': return n * 3'600'000;
+    case 'M': return n * 60'000;
+    case 'S': return n * 1000;
+    case 'm': return n;
+    case 'u': return (n + 999) / 1000;
+    case 'n': return (n + 999'999) / 1'000'000;
+    default: return 0;
+  }
+}
+
+void upstream_head_fields(RequestHead& out, std::string_view head, int attempt, bool te_trailers,
+                          std::string_view grpc_timeout) {
+  out.clear();
+  size_t eol = head.find("\r\n");
+  std::string_view line = head.substr(0, eol);
+  size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
+  out.method.assign(line.substr(0, sp1));
+  out.target.assign(line.substr(sp1 + 1, sp2 - sp1 - 1));
+  head.remove_prefix(eol == std::string_view::npos ? head.size() : eol + 2);
+  while (!head.empty()) {
+    eol = head.find("\r\n");
+    line = head.substr(0, eol);
+    size_t colon = line.find(':');
+    if (colon != std::string_view::npos && !(grpc_timeout.size() && iequals(line.substr(0, colon), "grpc-timeout")))
+      out.fields.add(line.substr(0, colon), trim_ows(line.substr(colon + 1)));
+    head.remove_prefix(eol == std::string_view::npos ? head.size() : eol + 2);
+  }
+  if (grpc_timeout.size()) out.fields.add("grpc-timeout", grpc_timeout);
+  out.fields.add("x-pilotfish-attempt", std::to_string(attempt));
+  if (te_trailers) out.fields.add("te", "trailers");
+}
+
 void append_request_last_chunk(std::string& out, const HeaderList& trailers, const std::string& connection_tokens,
                                const Listener& listener) {
   append_last_chunk(out, trailers, connection_tokens, [&](std::string_view name) { return !is_pilotfish_field(listener, name); });

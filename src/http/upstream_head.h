@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "http/message_head.h"
 #include "pilotfish/header_list.h"
 #include "pilotfish/path_normalizer.h"
 #include "pilotfish/policy.h"
@@ -45,5 +46,16 @@ void append_attempt_head(std::string& out, std::string_view head, int attempt);
 // nobody proved. The fields must be valid (fields_valid).
 void append_request_last_chunk(std::string& out, const HeaderList& trailers, const std::string& connection_tokens,
                                const Listener& listener);
+// The same trailer fields as a list, for an HTTP/2 upstream.
+void request_trailers_to_forward(HeaderList& out, const HeaderList& trailers, const std::string& connection_tokens,
+                                 const Listener& listener);
+// The head for an HTTP/2 upstream: build_upstream_head's text (`head`, pilotfish's own, well
+// formed) as a RequestHead with the attempt number; `te: trailers` when the client said so.
+// `grpc_timeout`, when not empty, replaces the client's grpc-timeout (the time that is left).
+void upstream_head_fields(RequestHead& out, std::string_view head, int attempt, bool te_trailers,
+                          std::string_view grpc_timeout = {});
+// A grpc-timeout value ("250m", "3S", "1H": 1-8 digits and a unit) in milliseconds, rounded
+// up; 0 when it is not one.
+uint64_t parse_grpc_timeout(std::string_view value);
 
 }  // namespace pilotfish

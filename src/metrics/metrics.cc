@@ -102,6 +102,7 @@ void add_gauge(MetricFamily& f, Labels labels, double value) {
 // Sums of one route's stats over every worker.
 struct RouteTotals {
   std::array<uint64_t, StatusCounts::kSlots + 1> codes{};
+  std::array<uint64_t, 18> grpc{};
   std::array<uint64_t, kLatencyBuckets.size()> buckets{};
   uint64_t count = 0;
   uint64_t sum_ns = 0;
@@ -155,6 +156,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
       for (const auto& [cluster, r] : l->routes) {
         RouteTotals& rt = t.routes[cluster];
         for (size_t i = 0; i < rt.codes.size(); ++i) rt.codes[i] += r->codes.slots[i].load();
+        for (size_t i = 0; i < rt.grpc.size(); ++i) rt.grpc[i] += r->grpc[i].load();
         for (size_t i = 0; i < rt.buckets.size(); ++i) rt.buckets[i] += r->buckets[i].load();
         rt.count += r->count.load();
         rt.sum_ns += r->sum_ns.load();
@@ -178,6 +180,9 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
   auto requests = family("requests_total", "Responses sent downstream, pilotfish's own included.", MetricType::Counter);
   auto duration = family("request_duration_seconds", "Time from the first byte of a request to the end of its response.",
                          MetricType::Histogram);
+  auto grpc = family("grpc_responses_total",
+                     "gRPC calls answered, by grpc-status (the upstream's, or pilotfish's own; other: outside 0-16).",
+                     MetricType::Counter);
   auto down_conns = family("downstream_connections", "Open client connections.", MetricType::Gauge);
   auto down_total = family("downstream_connections_total", "Client connections accepted.", MetricType::Counter);
   auto authz = family("authz_denied_total", "Requests or connections refused by a listener's allow list.",
@@ -196,6 +201,11 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
         if (rt.codes[i] == 0) continue;
         add_counter(requests, {{"listener", name}, {"cluster", cluster}, {"code", code_label(i)}},
                     static_cast<double>(rt.codes[i]));
+      }
+      for (size_t i = 0; i < rt.grpc.size(); ++i) {
+        if (rt.grpc[i] == 0) continue;
+        add_counter(grpc, {{"listener", name}, {"cluster", cluster}, {"grpc_code", i < 17 ? std::to_string(i) : "other"}},
+                    static_cast<double>(rt.grpc[i]));
       }
       ClientMetric m;
       m.label = {{"listener", name}, {"cluster", cluster}};
@@ -298,7 +308,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
                          MetricType::Gauge);
   if (fds.limit() != INT64_MAX) add_gauge(fd_limit, {}, static_cast<double>(fds.limit()));
 
-  for (auto* f : {&requests, &duration, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
+  for (auto* f : {&requests, &duration, &grpc, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
                   &ejections, &ejected, &tls, &resumed, &authz, &auth_failures, &rate_limited, &cert, &reloads, &rotations, &policy_info, &build,
                   &fd_refused, &fd_use, &fd_limit})
     out.push_back(std::move(*f));

@@ -47,6 +47,10 @@ struct StatusCounts {
 // Requests of one listener answered for one cluster (or for none: 404s, 400s) in one worker.
 struct RouteStats {
   StatusCounts codes;
+  // gRPC calls by their status (0-16; the last slot: any other code): grpc-status from the
+  // response's trailers (or its trailers-only head), or the one pilotfish answered with.
+  std::array<RelaxedCounter, 18> grpc;
+  void record_grpc(int code) { grpc[(code >= 0 && code <= 16) ? static_cast<size_t>(code) : 17].add(); }
   std::array<RelaxedCounter, kLatencyBuckets.size()> buckets;  // not cumulative; +Inf = count
   RelaxedCounter count;
   RelaxedCounter sum_ns;

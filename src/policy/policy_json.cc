@@ -19,7 +19,14 @@ const char* name_of(LbPolicy p) {
   return "";
 }
 const char* name_of(Protocol p) { return p == Protocol::tcp ? "tcp" : "http"; }
-
+const char* name_of(UpstreamProtocol p) {
+  switch (p) {
+    case UpstreamProtocol::http1: return "http1";
+    case UpstreamProtocol::http2: return "http2";
+    case UpstreamProtocol::automatic: return "auto";
+  }
+  return "";
+}
 const char* name_of(Intercept i) {
   switch (i) {
     case Intercept::none: return "none";
@@ -143,7 +150,7 @@ void write_cluster(JsonWriter& w, const Cluster& c) {
     if (!c.mtls.sni.empty()) w.key("sni").str(c.mtls.sni);
     w.end_object();
   }
-  w.key("lb").str(name_of(c.lb));
+  w.key("lb").str(name_of(c.lb)).key("protocol").str(name_of(c.protocol));
   w.key("connect_timeout").str(dur(c.connect_timeout)).key("timeout").str(dur(c.timeout)).key("idle_timeout").str(dur(c.idle_timeout));
   const RetryPolicy& r = c.retry;
   w.key("retry").begin_object();
@@ -153,7 +160,12 @@ void write_cluster(JsonWriter& w, const Cluster& c) {
                                                              {kRetryReset, "reset"},
                                                              {kRetry5xx, "5xx"},
                                                              {kRetryGatewayError, "gateway-error"},
-                                                             {kRetryRetriableStatusCodes, "retriable-status-codes"}};
+                                                             {kRetryRetriableStatusCodes, "retriable-status-codes"},
+                                                             {kRetryGrpcCancelled, "cancelled"},
+                                                             {kRetryGrpcDeadlineExceeded, "deadline-exceeded"},
+                                                             {kRetryGrpcResourceExhausted, "resource-exhausted"},
+                                                             {kRetryGrpcInternal, "internal"},
+                                                             {kRetryGrpcUnavailable, "unavailable"}};
   for (auto [bit, name] : kOn)
     if (r.on & bit) w.str(name);
   w.end_array();

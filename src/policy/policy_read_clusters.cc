@@ -16,11 +16,18 @@ namespace {
 
 constexpr Choice<LbPolicy> kLbPolicies[] = {
     {"round_robin", LbPolicy::round_robin}, {"least_request", LbPolicy::least_request}, {"random", LbPolicy::random}};
+constexpr Choice<UpstreamProtocol> kUpstreamProtocols[] = {
+    {"http1", UpstreamProtocol::http1}, {"http2", UpstreamProtocol::http2}, {"auto", UpstreamProtocol::automatic}};
 constexpr Choice<uint32_t> kRetryConditions[] = {{"connect-failure", kRetryConnectFailure},
                                                  {"reset", kRetryReset},
                                                  {"5xx", kRetry5xx},
                                                  {"gateway-error", kRetryGatewayError},
-                                                 {"retriable-status-codes", kRetryRetriableStatusCodes}};
+                                                 {"retriable-status-codes", kRetryRetriableStatusCodes},
+                                                 {"cancelled", kRetryGrpcCancelled},
+                                                 {"deadline-exceeded", kRetryGrpcDeadlineExceeded},
+                                                 {"resource-exhausted", kRetryGrpcResourceExhausted},
+                                                 {"internal", kRetryGrpcInternal},
+                                                 {"unavailable", kRetryGrpcUnavailable}};
 
 }  // namespace
 
@@ -57,6 +64,15 @@ void PolicyReader::read_cluster(const Field& field) {
   if (const Field* f = section->find("mtls")) read_cluster_mtls(*f, cluster);
   if (const Field* f = section->find("lb")) {
     if (auto lb = read_choice(*f, kLbPolicies)) cluster.lb = *lb;
+  }
+  if (const Field* f = section->find("protocol")) {
+    if (auto p = read_choice(*f, kUpstreamProtocols)) {
+      cluster.protocol = *p;
+      // auto is decided in the TLS handshake (ALPN): a plain connection has nothing to ask with.
+      if (*p == UpstreamProtocol::automatic && !cluster.mtls.enabled)
+        error(f->position, f->path, "auto needs mtls on this cluster (the endpoint picks h2 or http/1.1 in ALPN); "
+                                    "write http2 for h2c with prior knowledge");
+    }
   }
   if (const Field* f = section->find("connect_timeout")) {
     if (auto d = read_duration(*f, /*zero_allowed=*/false)) cluster.connect_timeout = *d;

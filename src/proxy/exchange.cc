@@ -7,12 +7,15 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <cassert>
+#include <cctype>
 #include <cinttypes>
 #include <cstdio>
 #include <new>
 
 #include "gateway/admission.h"
+#include "http/local_reply.h"
 #include "http/upstream_head.h"
 #include "log/logger.h"
 #include "pilotfish/header_rules.h"
@@ -37,6 +40,10 @@ constexpr uint64_t kMaxResponseHeadBytes = 64 * 1024;
 
 Exchange::Exchange(WorkerContext& worker, ExchangeOwner& owner) : worker_(worker), owner_(owner) {
   response_.set_head_limit(kMaxResponseHeadBytes);
+}
+
+Exchange::~Exchange() {
+  if (st_.mux) st_.mux->abandon(this, st_.stream);  // a shared connection never calls an exchange that is gone
 }
 
 void Exchange::open(const SnapshotPtr& snap, size_t listener_index) {
@@ -71,6 +78,29 @@ bool Exchange::set_authority(std::string_view host) {
   }
   return true;
 }
+
+void Exchange::note_grpc(const HeaderList& fields) { st_.grpc = is_grpc_request(fields); }
+
+namespace {
+
+// grpc-status of a response: its trailers', else its head's (a trailers-only response); -1.
+int grpc_status_in(const ResponseHead& r) {
+  for (const HeaderList* h : {&r.trailers, &r.fields}) {
+    size_t i = h->find("grpc-status");
+    if (i == HeaderList::npos) continue;
+    std::string_view v = trim_ows(h->value(i));
+    if (v.empty() || v.size() > 3) return 17;
+    int code = 0;
+    for (char c : v) {
+      if (c < '0' || c > '9') return 17;
+      code = code * 10 + (c - '0');
+    }
+    return code;
+  }
+  return -1;
+}
+
+}  // namespace
 
 void Exchange::set_request_id(const HeaderList& fields) {
   size_t id = fields.find("x-request-id");
@@ -120,6 +150,17 @@ bool Exchange::begin(const ExchangeRequest& r) {
   st_.websocket = r.websocket;
   st_.has_body = r.has_body;
   st_.body_chunked = r.body_chunked;
+  if (st_.grpc) {
+    size_t t = r.fields.find("grpc-timeout");
+    uint64_t ms = t == HeaderList::npos ? 0 : parse_grpc_timeout(r.fields.value(t));
+    if (ms) st_.grpc_deadline_ms = uv_now(worker_.loop()) + ms;
+  }
+  size_t te = r.fields.find("te");
+  if (te != HeaderList::npos) {
+    std::string v(r.fields.value(te));
+    for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    st_.te_trailers = v.find("trailers") != std::string::npos;
+  }
   if (l.mtls && !peer_admitted(l, r.tls)) {
     snap_->listener_stats[listener_index_]->authz_denied.add();
     log_debug("listener " + l.name + ": " +
@@ -176,34 +217,45 @@ bool Exchange::request_body(std::string_view piece) {
     return false;
   }
   if (st_.local_response) return true;  // answered already; the rest of the body is skipped
-  if (st_.body_chunked) {
-    std::string chunk_head;
-    append_chunk_header(chunk_head, piece.size());
-    send_body(chunk_head.data(), chunk_head.size());
-    send_body(piece.data(), piece.size());
-    send_body("\r\n", 2);
-  } else {
-    send_body(piece.data(), piece.size());
-  }
+  send_body(piece.data(), piece.size());
   return true;
 }
 
 bool Exchange::request_end(const HeaderList& fields, const HeaderList& trailers) {
   st_.request_complete = true;
-  if (!st_.local_response && st_.body_chunked && st_.cluster) {
+  if (!st_.local_response && st_.cluster) {
     if (!fields_valid(trailers)) {
       answer(400, "invalid_header", true);
       return false;
     }
-    std::string last_chunk;
-    append_request_last_chunk(last_chunk, trailers, connection_tokens(fields), listener());
-    send_body(last_chunk.data(), last_chunk.size());
+    if (st_.body_chunked) {
+      last_chunk_.clear();
+      append_request_last_chunk(last_chunk_, trailers, connection_tokens(fields), listener());
+    }
+    if (trailers.size()) {
+      // The same fields an HTTP/1.1 last chunk carries, for an HTTP/2 stream.
+      h2_trailers_.clear();
+      request_trailers_to_forward(h2_trailers_, trailers, connection_tokens(fields), listener());
+    }
+    if (st_.h2) {
+      if (st_.mux && st_.stream >= 0) {
+        st_.mux->send_end(st_.stream, h2_trailers_.size() ? &h2_trailers_ : nullptr);
+        st_.mux->flush();
+      }
+    } else if (st_.body_chunked) {
+      send_upstream(last_chunk_.data(), last_chunk_.size());
+    }
   }
   if (!st_.local_response && !st_.response_complete && st_.cluster != nullptr) {
     // The request is in; from here the cluster's timeout bounds every attempt, and the
     // per-try timeout the one in flight.
     uint64_t now = uv_now(worker_.loop());
     st_.upstream.start_deadlines(*st_.cluster, now);
+    // gRPC: the client's deadline, when sooner than the cluster's timeout (an answer 504
+    // timeout, DEADLINE_EXCEEDED to the client).
+    if (st_.grpc_deadline_ms && st_.grpc_deadline_ms < st_.upstream.deadline_ms)
+      st_.upstream.deadline_ms = std::max(st_.grpc_deadline_ms, now + 1);
+    if (st_.mux) st_.upstream.start_try_deadline(*st_.cluster, now);  // an HTTP/2 attempt in flight
     arm_upstream_timer();
   }
   return true;
@@ -213,7 +265,7 @@ void Exchange::answer(int status, const char* error, bool request_unread) {
   if (st_.local_response) return;
   st_.local_response = true;
   st_.error = error;
-  if (st_.upstream.connection) release_upstream(false);
+  if (attempt_active()) release_upstream(false);
   if (st_.response_started) {
     // Part of an upstream response went out already: the only honest signal left is to end
     // the client's message abnormally.
@@ -237,13 +289,23 @@ void Exchange::client_gone() {
 }
 
 void Exchange::drop_upstream() {
-  st_.upstream.give_back_connection(false);
+  release_upstream(false);
   st_.upstream.release_holds();
+}
+
+void Exchange::release_upstream(bool reusable) {
+  if (st_.mux) {
+    st_.mux->abandon(this, st_.stream);
+    h2_let_go();
+    return;
+  }
+  st_.upstream.give_back_connection(reusable);
 }
 
 void Exchange::reset() {
   // Destroyed and made anew in place (no temporary to move from): its holds give back their
   // slots, probe and balancer count.
+  if (st_.mux) st_.mux->abandon(this, st_.stream);
   st_.~State();
   new (&st_) State();
   method_.clear();
@@ -252,6 +314,8 @@ void Exchange::reset() {
   request_id_.clear();
   local_headers_.clear();
   to_upstream_.clear();
+  last_chunk_.clear();
+  h2_trailers_.clear();
   resp_.clear();
   replay_.clear();
   if (replay_.capacity() > 16 * 1024) replay_.shrink_to_fit();  // one big PUT does not pin 64 KiB
@@ -260,8 +324,14 @@ void Exchange::reset() {
 void Exchange::log() {
   if (st_.started_ns == 0) return;
   uint64_t duration_ns = uv_hrtime() - st_.started_ns;
-  if (st_.status != 0)  // 0: the client left before any answer; nothing was sent
-    snap_->route(listener_index_, st_.cluster ? st_.cluster_index : SIZE_MAX).record(st_.status, duration_ns);
+  if (st_.status != 0) {  // 0: the client left before any answer; nothing was sent
+    RouteStats& route = snap_->route(listener_index_, st_.cluster ? st_.cluster_index : SIZE_MAX);
+    route.record(st_.status, duration_ns);
+    if (st_.grpc) {
+      int code = st_.local_response ? grpc_status_of(st_.status, st_.error) : grpc_status_in(resp_);
+      if (code >= 0 && !st_.broken) route.record_grpc(code);
+    }
+  }
   AccessLogBuffer& log = worker_.access_log();
   if (!log.enabled()) {
     st_.started_ns = 0;
@@ -289,14 +359,45 @@ void Exchange::log() {
 // Attempts
 
 void Exchange::send_body(const char* data, size_t length) {
-  // Kept for a retry while it is small; a larger body is sent once.
-  if (st_.upstream.replayable && st_.has_body) {
+  // Kept for a retry while it is small (as received: each attempt frames it its own way); a
+  // larger body is sent once.
+  // Over HTTP/2 any body is kept (within the limit): a stream the peer refuses unprocessed is
+  // sent again whatever its method.
+  if ((st_.upstream.replayable || st_.h2) && st_.has_body && st_.body_kept) {
     if (replay_.size() + length <= kMaxReplayBytes)
       replay_.append(data, length);
     else
-      st_.upstream.replayable = false, replay_.clear(), replay_.shrink_to_fit();
+      st_.upstream.replayable = false, st_.body_kept = false, replay_.clear(), replay_.shrink_to_fit();
+  }
+  if (st_.h2) {
+    if (st_.mux && st_.stream >= 0)
+      st_.mux->send_data(st_.stream, {data, length});
+    else
+      to_upstream_.append(data, length);
+    return;
+  }
+  if (st_.body_chunked) {
+    std::string chunk_head;
+    append_chunk_header(chunk_head, length);
+    send_upstream(chunk_head.data(), chunk_head.size());
+    send_upstream(data, length);
+    send_upstream("\r\n", 2);
+    return;
   }
   send_upstream(data, length);
+}
+
+void Exchange::append_h1_body(std::string& out, std::string_view raw) {
+  if (!st_.body_chunked) {
+    out += raw;
+    return;
+  }
+  if (!raw.empty()) {
+    append_chunk_header(out, raw.size());
+    out += raw;
+    out += "\r\n";
+  }
+  if (st_.request_complete) out += last_chunk_;
 }
 
 void Exchange::overflow(BreakerLimit limit) {
@@ -315,6 +416,24 @@ void Exchange::start_attempt(bool fresh_connection) {
   ++up.attempts;
   resp_.clear();
   response_.restart();
+  bool was_h2 = st_.h2;
+  st_.h2 = use_h2(*cs.pools[static_cast<size_t>(up.endpoint)]);
+  if (st_.h2) {
+    // The body so far waits in to_upstream_ as it came until the stream is open.
+    if (up.sent || (!was_h2 && up.attempts > 1)) to_upstream_ = replay_;
+    start_h2_attempt();
+    return;
+  }
+  if (was_h2 && !up.sent) {
+    // An HTTP/2 attempt that never got a stream (auto: the endpoint picked http/1.1): its body
+    // so far is raw in to_upstream_.
+    std::string raw;
+    raw.swap(to_upstream_);
+    append_attempt_head(to_upstream_, upstream_head_, up.attempts);
+    st_.unsent_head_length = to_upstream_.size();
+    append_h1_body(to_upstream_, raw);
+    up.sent = false;
+  } else
   // What this attempt sends: the head with its attempt number, then the body so far. A first
   // attempt's body is still arriving (send_body); a retry's was kept (replay_), unless nothing
   // was sent at all (a connect failure), when it is still in to_upstream_.
@@ -325,10 +444,12 @@ void Exchange::start_attempt(bool fresh_connection) {
   } else {
     std::string head;
     append_attempt_head(head, upstream_head_, up.attempts);
-    if (!up.sent)
+    if (!up.sent && !was_h2) {
       to_upstream_.replace(0, st_.unsent_head_length, head);
-    else
-      to_upstream_ = head + replay_;
+    } else {
+      to_upstream_ = head;
+      append_h1_body(to_upstream_, replay_);
+    }
     st_.unsent_head_length = head.size();
   }
   up.sent = false;
@@ -390,10 +511,12 @@ void Exchange::send_upstream(const char* data, size_t length) {
 }
 
 size_t Exchange::upstream_pending() const {
+  if (st_.mux) return to_upstream_.size() + (st_.stream >= 0 ? st_.mux->pending(st_.stream) : 0);
   return to_upstream_.size() + (st_.upstream.connection ? st_.upstream.connection->pending_bytes() : 0);
 }
 
 void Exchange::flush_upstream() {
+  if (st_.mux) st_.mux->flush();
   if (st_.upstream.connection && st_.upstream.connection->connected()) st_.upstream.connection->flush();
   // A write that fails is seen by the connection's read side, which reports the end.
   if (!st_.tunnel && !st_.request_complete && !st_.local_response && upstream_pending() > Stream::kHighWater &&
@@ -416,6 +539,10 @@ void Exchange::downstream_drained() {
   if (st_.paused_for_downstream && owner_.exchange_downstream_pending() < Stream::kLowWater) {
     st_.paused_for_downstream = false;
     if (st_.upstream.connection) st_.upstream.connection->start_read();
+    if (st_.mux && st_.stream >= 0 && st_.unconsumed) {
+      st_.mux->consume(st_.stream, st_.unconsumed);
+      st_.unconsumed = 0;
+    }
   }
 }
 
@@ -668,7 +795,9 @@ void Exchange::on_timer() {
     // The endpoint had the request when it is connected and nothing is left in
     // pilotfish's own queue for it.
     const UpstreamLease& c = st_.upstream.connection;
-    follow(st_.upstream.after_deadline(attempt_scope(), c && c->connected() && c->pending_bytes() == 0));
+    bool had_it = st_.mux ? st_.stream >= 0 && st_.mux->pending(st_.stream) == 0
+                          : c && c->connected() && c->pending_bytes() == 0;
+    follow(st_.upstream.after_deadline(attempt_scope(), had_it));
     owner_.exchange_progress();
     return;
   }
@@ -678,7 +807,7 @@ void Exchange::on_timer() {
     owner_.exchange_progress();
     return;
   }
-  if (st_.upstream.try_deadline_ms && now >= st_.upstream.try_deadline_ms && st_.upstream.connection) {
+  if (st_.upstream.try_deadline_ms && now >= st_.upstream.try_deadline_ms && attempt_active()) {
     release_upstream(false);
     follow(st_.upstream.after_try_timeout(attempt_scope()));
     owner_.exchange_progress();

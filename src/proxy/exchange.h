@@ -18,6 +18,7 @@
 #include "pilotfish/header_list.h"
 #include "pilotfish/path_normalizer.h"
 #include "pilotfish/policy.h"
+#include "proxy/http2_upstream.h"
 #include "proxy/worker_context.h"
 #include "upstream/upstream_pool.h"
 #include "upstream/upstream_request.h"
@@ -71,9 +72,10 @@ struct ExchangeRequest {
   std::string_view fixed_cluster;  // intercepted: the destination's cluster, by name
 };
 
-class Exchange final : public UpstreamHandler, private Http1ResponseHandler {
+class Exchange final : public UpstreamHandler, private Http1ResponseHandler, private Http2StreamOwner {
  public:
   Exchange(WorkerContext& worker, ExchangeOwner& owner);
+  ~Exchange() override;
   Exchange(const Exchange&) = delete;
   Exchange& operator=(const Exchange&) = delete;
 
@@ -87,6 +89,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler {
   void set_raw_target(std::string_view target) { raw_target_.assign(target); }
   // `host` (or `:authority`): false when answered 400.
   bool set_authority(std::string_view host);
+  // A gRPC request (content-type application/grpc...): its answers are counted by grpc-status.
+  void note_grpc(const HeaderList& fields);
   // The x-request-id the client sent, else a new one.
   void set_request_id(const HeaderList& fields);
   // Admits, routes and starts the first attempt. False when pilotfish answered (or the
@@ -144,6 +148,26 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler {
   Step on_response_body(std::string_view piece) override;
   Step on_response_message_complete(ResponseHead& head) override;
 
+  // An attempt over HTTP/2 (clusters[].protocol http2, or auto): a stream on a shared
+  // connection (proxy/http2_upstream.h).
+  void h2_ready() override;
+  void h2_connect_failed(int status) override;
+  void h2_not_spoken() override;
+  void h2_head(ResponseHead& head, bool end_stream) override;
+  void h2_data(std::string_view piece) override;
+  void h2_end(HeaderList& trailers) override;
+  void h2_reset(uint32_t error_code, bool unprocessed) override;
+  void h2_drained() override;
+  void h2_gone() override;
+  bool use_h2(const EndpointPool& pool) const;
+  void start_h2_attempt();
+  void h2_open();
+  void h2_let_go();  // the stream is over (or never opened): the connection is not ours
+  // The body as an HTTP/1.1 attempt sends it: chunk-framed when it has no length, with the
+  // last chunk once the request is all in.
+  void append_h1_body(std::string& out, std::string_view raw);
+  bool attempt_active() const { return st_.upstream.connection || st_.mux != nullptr; }
+
   bool admit(const Route* route, size_t route_index, const ExchangeRequest& request);
   void start_attempt(bool fresh_connection = false);
   void send_body(const char* data, size_t length);
@@ -154,7 +178,7 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler {
   void follow(const NextStep& next);
   void schedule_retry();
   void arm_upstream_timer();
-  void release_upstream(bool reusable) { st_.upstream.give_back_connection(reusable); }
+  void release_upstream(bool reusable);
   void enter_tunnel(const char* rest, size_t rest_length);
   void break_off();
   ClusterState& cluster_state() { return *snap_->clusters[st_.cluster_index]; }
@@ -199,6 +223,17 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler {
     const char* error = "";
     int interim_responses = 0;
     uint64_t last_progress_ms = 0;
+    bool grpc = false;
+    uint64_t grpc_deadline_ms = 0;  // loop ms: the client's grpc-timeout from the request's start
+    bool te_trailers = false;      // the client said te: trailers (gRPC): an HTTP/2 upstream is told too
+    // HTTP/2 attempts: the shared connection and stream (-1: not opened yet), response bytes
+    // not yet given back to its window, streams the peer refused unprocessed.
+    bool h2 = false;
+    Http2Upstream* mux = nullptr;
+    int32_t stream = -1;
+    size_t unconsumed = 0;
+    int refused = 0;
+    bool body_kept = true;  // replay_ holds the whole body so far
   };
   State st_;
   // The request's text, in buffers reused from request to request.
@@ -209,7 +244,9 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler {
   std::string local_headers_;  // extra header lines for the next local answer
   std::string upstream_head_;  // the request's head for the upstream, without the attempt header
   std::string replay_;         // the body as sent, kept for a retry (up to kMaxReplayBytes)
-  std::string to_upstream_;    // bytes waiting for a connection
+  std::string to_upstream_;    // bytes waiting for a connection (HTTP/2: body bytes for the stream)
+  std::string last_chunk_;     // HTTP/1.1: the chunked body's end, with its trailers, for a replay
+  HeaderList h2_trailers_;     // HTTP/2: the request's trailers that go on
   ResponseHead resp_;
   Http1Decoder response_{static_cast<Http1ResponseHandler*>(this), &resp_};
 };

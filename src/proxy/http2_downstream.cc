@@ -131,6 +131,8 @@ struct Http2Downstream::H2Stream final : ExchangeOwner {
     if (go && unconsumed) {
       conn.codec_.consume(id, unconsumed);
       unconsumed = 0;
+      // The WINDOW_UPDATE goes out now (or when the codec's call under way returns).
+      if (!conn.receiving_) conn.pump();
     }
   }
 
@@ -179,7 +181,9 @@ Http2Downstream::H2Stream* Http2Downstream::open_stream(int32_t id) {
 }
 
 void Http2Downstream::receive(const char* data, size_t length) {
+  receiving_ = true;
   bool ok = codec_.receive(data, length);
+  receiving_ = false;
   if (!ok) log_debug("listener " + listener().name + ": HTTP/2 connection error from " + client_address_ + ": " +
                      codec_.error());
   pump();
@@ -347,6 +351,7 @@ void Http2Downstream::on_request_head(int32_t id, RequestHead& head, bool end_st
   H2Stream* s = open_stream(id);
   s->request_ended = end_stream;
   std::swap(s->head, head);
+  s->ex.note_grpc(s->head.fields);
   if (!check_request(*s, end_stream)) return;
   s->ex.set_request_id(s->head.fields);
   bool has_body = !end_stream;
@@ -365,6 +370,7 @@ void Http2Downstream::on_request_head_too_large(int32_t id, const RequestHead& p
   H2Stream* s = open_stream(id);
   // Only what chooses the answer's form is kept (a gRPC client gets a gRPC status).
   if (is_grpc_request(partial.fields)) s->head.fields.add("content-type", "application/grpc");
+  s->ex.note_grpc(s->head.fields);
   s->ex.answer(431, "header_too_large", true);
 }
 

@@ -80,6 +80,7 @@ class Http2Downstream final : private Http2Handler {
   size_t closed_ = 0;          // streams the codec closed, not yet swept
   uint64_t idle_at_ = 0;       // loop ms: close then if still no stream is open
   bool draining_ = false;
+  bool receiving_ = false;     // inside codec_.receive: no output until it returns
 };
 
 }  // namespace pilotfish

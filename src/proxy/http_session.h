@@ -110,6 +110,7 @@ class HttpSession final : public Stream, private ExchangeOwner, private Http1Req
     bool client_keep_alive = true;
     bool keep_alive = true;
     Framing framing = Framing::none;
+    bool zero_length = false;  // a body-less answer that must say content-length: 0
   };
   H1Request h1_;
   Exchange ex_{worker_, *this};

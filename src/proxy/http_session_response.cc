@@ -22,6 +22,9 @@ void HttpSession::exchange_head(const ResponseHead& head, bool no_body, bool has
   }
   if (no_body) {
     h1_.framing = Framing::none;
+    // A head alone from an HTTP/2 upstream (not a HEAD's, 204 or 304): the client is told the
+    // body is empty, not left to read until a close.
+    h1_.zero_length = !has_length && status != 204 && status != 304 && !request_.method_is_head();
   } else if (has_length) {
     h1_.framing = Framing::length;
   } else if (request_.version_minor() == 1) {
@@ -63,6 +66,7 @@ void HttpSession::write_response_head(const ResponseHead& head) {
   }
   if (status >= 200) {
     if (h1_.framing == Framing::chunked) o += "transfer-encoding: chunked\r\n";
+    if (h1_.zero_length) o += "content-length: 0\r\n";
     // Answered before the request is all in: the rest of it cannot be told from a next request,
     // so the connection closes after this response (maybe_finish_request), and says so.
     if (!ex_.request_complete()) h1_.keep_alive = false;

@@ -115,7 +115,7 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy, WorkerKeys keys) {
     std::shared_ptr<ClusterState> cs;
     auto found = old_clusters.find(c.name);
     if (found != old_clusters.end() && found->second->lb == c.lb && found->second->endpoints == c.endpoints &&
-        found->second->mtls == c.mtls) {
+        found->second->mtls == c.mtls && found->second->protocol == c.protocol) {
       cs = found->second;  // same endpoints: balancer and pools carry over as they are
     } else {
       cs = std::make_shared<ClusterState>();
@@ -123,11 +123,13 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy, WorkerKeys keys) {
       cs->endpoints = c.endpoints;
       cs->lb = c.lb;
       cs->mtls = c.mtls;
+      cs->protocol = c.protocol;
       cs->stats = stats.clusters.at(c.name);
       cs->shared = resilience_.cluster(c.name);
       for (const auto& ep : c.endpoints) cs->health.push_back(resilience_.endpoint(c.name, ep.text));
       cs->balancer = std::make_unique<Balancer>(c.lb, c.endpoints.size(), &random_);
-      bool same_tls = found != old_clusters.end() && found->second->mtls == c.mtls;
+      bool same_tls = found != old_clusters.end() && found->second->mtls == c.mtls &&
+                      found->second->protocol == c.protocol;
       for (const auto& ep : c.endpoints) {
         auto pool = old_pools.find({c.name, ep.text});
         if (pool != old_pools.end() && same_tls)

@@ -24,6 +24,7 @@ constexpr const char* kTls12Ciphers =
 constexpr const char* kGroups = "X25519:P-256:P-384";
 constexpr unsigned char kAlpnHttp11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
 constexpr unsigned char kAlpnH2Http11[] = {2, 'h', '2', 8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+constexpr unsigned char kAlpnH2[] = {2, 'h', '2'};
 constexpr unsigned char kSessionIdContext[] = "pilotfish";
 // A resumed session skips the certificate exchange: it may not outlive this by much.
 constexpr long kSessionLifetimeSeconds = 3600;
@@ -337,10 +338,22 @@ TlsState::TlsState(TlsMaterialPtr material, TlsOptions options, std::string* cip
     return;
   }
   SSL_set_connect_state(ssl_);
-  if (options_.http) SSL_set_alpn_protos(ssl_, kAlpnHttp11, sizeof kAlpnHttp11);
+  if (options_.h2 && options_.http)
+    SSL_set_alpn_protos(ssl_, kAlpnH2Http11, sizeof kAlpnH2Http11);
+  else if (options_.h2)
+    SSL_set_alpn_protos(ssl_, kAlpnH2, sizeof kAlpnH2);
+  else if (options_.http)
+    SSL_set_alpn_protos(ssl_, kAlpnHttp11, sizeof kAlpnHttp11);
   if (!options_.sni.empty()) SSL_set_tlsext_host_name(ssl_, options_.sni.c_str());
   if (options_.sessions)
     if (SSL_SESSION* s = options_.sessions->get(material_->generation())) SSL_set_session(ssl_, s);
+}
+
+bool TlsState::alpn_h2() const {
+  const unsigned char* p = nullptr;
+  unsigned int n = 0;
+  if (ssl_) SSL_get0_alpn_selected(ssl_, &p, &n);
+  return n == 2 && p[0] == 'h' && p[1] == '2';
 }
 
 TlsState::~TlsState() {

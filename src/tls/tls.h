@@ -82,7 +82,8 @@ class TlsSessionSlot {
 struct TlsOptions {
   bool server = false;
   bool http = true;                // ALPN http/1.1
-  bool h2 = false;                 // a server's: ALPN h2 too, preferred to http/1.1
+  bool h2 = false;                 // ALPN h2, before http/1.1 when `http` (a client with h2 alone
+                                   // offers only h2; a server takes h2 only beside http/1.1)
   std::string expected_peer;       // a client's: the server's spiffe:// ID, checked exactly
   std::string sni;                 // a client's
   std::shared_ptr<TlsSessionSlot> sessions;  // a client's: resume from, and store new sessions in
@@ -109,6 +110,8 @@ class TlsState {
   void shutdown();
 
   bool established() const { return established_; }
+  // ALPN picked h2 in the handshake.
+  bool alpn_h2() const;
   bool failed() const { return failed_; }
   bool server() const { return options_.server; }
   bool resumed() const { return resumed_; }

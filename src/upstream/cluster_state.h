@@ -20,6 +20,7 @@ struct ClusterState {
   std::vector<SocketAddress> endpoints;
   LbPolicy lb = LbPolicy::round_robin;
   ClusterMtls mtls;  // pooled connections were made with these TLS settings
+  UpstreamProtocol protocol = UpstreamProtocol::http1;  // and in this protocol
   std::shared_ptr<ClusterStats> stats;
   std::shared_ptr<ClusterShared> shared;                // breaker counts, retry budget: all workers
   std::unique_ptr<Balancer> balancer;

@@ -13,6 +13,17 @@ uint32_t retry_conditions_for_status(const RetryPolicy& retry, int status) {
   return condition;
 }
 
+uint32_t retry_condition_for_grpc(int grpc_status) {
+  switch (grpc_status) {
+    case 1: return kRetryGrpcCancelled;
+    case 4: return kRetryGrpcDeadlineExceeded;
+    case 8: return kRetryGrpcResourceExhausted;
+    case 13: return kRetryGrpcInternal;
+    case 14: return kRetryGrpcUnavailable;
+    default: return 0;
+  }
+}
+
 bool retry_permitted(const RetryPolicy& retry, const AttemptFacts& f) {
   if (!(retry.on & f.condition)) return false;
   // A request from another pilotfish was retried there already; a connect failure sent

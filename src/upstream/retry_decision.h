@@ -13,6 +13,8 @@ namespace pilotfish {
 // The retry conditions (kRetry5xx, kRetryGatewayError, kRetryRetriableStatusCodes) a final
 // response with `status` meets under `retry`; 0 for none.
 uint32_t retry_conditions_for_status(const RetryPolicy& retry, int status);
+// The retry condition of a gRPC status (trailers-only response), or 0.
+uint32_t retry_condition_for_grpc(int grpc_status);
 
 struct AttemptFacts {
   uint32_t condition = 0;         // what went wrong (kRetryConnectFailure, kRetryReset, ...)

@@ -175,10 +175,20 @@ void UpstreamConnection::on_timeout() {
     connect_failed(UV_ETIMEDOUT);
     return;
   }
-  if (!handler_) close();  // idle too long in the pool
+  if (!handler_) {
+    close();  // idle too long in the pool
+    return;
+  }
+  handler_->on_upstream_timeout(*this);
 }
 
 void UpstreamConnection::on_close() {
+  if (handler_) {
+    // Closed by someone else while lent (a worker shutting down closes every stream).
+    UpstreamHandler* h = handler_;
+    handler_ = nullptr;
+    h->on_upstream_closed(*this);
+  }
   if (stats_) stats_->upstream_connections.add(-1);
   end_pending();
   if (shared_) ClusterShared::give_back(shared_->connections);
@@ -219,10 +229,30 @@ EndpointPool::EndpointPool(UpstreamHost& host, const SocketAddress& address, con
     : host_(host), address_(address), stats_(std::move(stats)), shared_(std::move(shared)) {
   configure(cluster);
   label_ = "cluster " + cluster.name + " endpoint " + address.text;
+  protocol_ = cluster.protocol;
   if (cluster.mtls.enabled) {
     tls_options_ = std::make_unique<TlsOptions>(upstream_tls_options(cluster, /*http=*/true));
     tls_options_->sessions = std::make_shared<TlsSessionSlot>();
+    if (protocol_ != UpstreamProtocol::http1) {
+      h2_tls_options_ = std::make_unique<TlsOptions>(
+          upstream_tls_options(cluster, /*http=*/protocol_ == UpstreamProtocol::automatic));
+      h2_tls_options_->h2 = true;
+      h2_tls_options_->sessions = tls_options_->sessions;
+    }
   }
+}
+
+void EndpointPool::forget_shared(SharedConnection* c) {
+  for (size_t i = 0; i < multiplexed_.size(); ++i)
+    if (multiplexed_[i] == c) {
+      multiplexed_[i] = multiplexed_.back();
+      multiplexed_.pop_back();
+      return;
+    }
+}
+
+UpstreamLease EndpointPool::connect_shared(UpstreamHandler* handler, BreakerLimit* overflow) {
+  return open_connection(handler, overflow, h2_tls_options_.get());
 }
 
 EndpointPool::~EndpointPool() {
@@ -251,6 +281,8 @@ void EndpointPool::retire() {
   std::vector<UpstreamConnection*> idle;
   idle.swap(idle_);
   for (auto* c : idle) c->close();
+  std::vector<SharedConnection*> shared = multiplexed_;
+  for (auto* c : shared) c->retire();
 }
 
 UpstreamLease EndpointPool::acquire(UpstreamHandler* handler, bool* reused, BreakerLimit* overflow, bool fresh) {
@@ -264,6 +296,10 @@ UpstreamLease EndpointPool::acquire(UpstreamHandler* handler, bool* reused, Brea
     return UpstreamLease(c);
   }
   *reused = false;
+  return open_connection(handler, overflow, tls_options_.get());
+}
+
+UpstreamLease EndpointPool::open_connection(UpstreamHandler* handler, BreakerLimit* overflow, const TlsOptions* tls) {
   if (shared_) {
     if (!ClusterShared::try_take(shared_->connections, limits_.max_connections)) {
       *overflow = BreakerLimit::connections;
@@ -277,7 +313,7 @@ UpstreamLease EndpointPool::acquire(UpstreamHandler* handler, bool* reused, Brea
   }
   auto* c = new UpstreamConnection(host_, this, handler, stats_, shared_);
   if (shared_) c->count_pending();
-  if (tls_options_) c->set_tls(*tls_options_, label_);
+  if (tls) c->set_tls(*tls, label_);
   c->pool_next_ = all_;
   if (all_) all_->pool_prev_ = c;
   all_ = c;

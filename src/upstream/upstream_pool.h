@@ -54,6 +54,22 @@ class UpstreamHandler {
   virtual void on_upstream_data(UpstreamConnection& from, char* data, size_t length) = 0;
   virtual void on_upstream_end(UpstreamConnection& from, int status) = 0;  // UV_EOF or an error
   virtual void on_upstream_drained(UpstreamConnection& from) = 0;  // write queue below low water
+  // The deadline its holder set on the connection (Stream::set_deadline) passed.
+  virtual void on_upstream_timeout(UpstreamConnection&) {}
+  // The connection was closed by someone else while lent (the worker shutting down): the
+  // lease is gone (UpstreamLease::lost), nothing more will be said.
+  virtual void on_upstream_closed(UpstreamConnection&) {}
+};
+
+// A connection that carries many requests at once (an HTTP/2 client connection,
+// proxy/http2_upstream.h), known to its endpoint's pool, which does not own it.
+class SharedConnection {
+ public:
+  virtual ~SharedConnection() = default;
+  // May take another request now (or once connected).
+  virtual bool accepting() const = 0;
+  // The endpoint left the policy: take nothing new, close once the requests in flight end.
+  virtual void retire() = 0;
 };
 
 // A borrower's hold on one upstream connection: the only way to reach a connection that is
@@ -182,6 +198,20 @@ class EndpointPool {
 
   const SocketAddress& address() const { return address_; }
   size_t open_connections() const { return open_; }
+
+  // HTTP/2 (clusters[].protocol http2 or auto): the shared connections to this endpoint, and
+  // a new connection for one, offering h2 in ALPN with mtls.
+  UpstreamProtocol protocol() const { return protocol_; }
+  const std::vector<SharedConnection*>& shared_connections() const { return multiplexed_; }
+  void add_shared(SharedConnection* c) { multiplexed_.push_back(c); }
+  void forget_shared(SharedConnection* c);
+  UpstreamLease connect_shared(UpstreamHandler* handler, BreakerLimit* overflow);
+  // auto: what the endpoint picked in ALPN last time (HTTP/1.1 requests then go on HTTP/1.1).
+  enum class H2 { unknown, yes, no };
+  H2 speaks_h2() const { return speaks_h2_; }
+  void set_speaks_h2(bool yes) { speaks_h2_ = yes ? H2::yes : H2::no; }
+  bool retired() const { return retired_; }
+  uint64_t idle_timeout_ms() const { return idle_timeout_ms_; }
   size_t idle_connections() const { return idle_.size(); }
   // Closes the connection idle longest, to give its descriptor to a new one; false if none.
   bool close_oldest_idle();
@@ -196,6 +226,11 @@ class EndpointPool {
   UpstreamConnection* all_ = nullptr;  // intrusive list of every open connection
   size_t open_ = 0;
   bool retired_ = false;
+  UpstreamProtocol protocol_ = UpstreamProtocol::http1;
+  std::unique_ptr<TlsOptions> h2_tls_options_;  // ALPN h2 (http2) or h2 then http/1.1 (auto)
+  std::vector<SharedConnection*> multiplexed_;
+  H2 speaks_h2_ = H2::unknown;
+  UpstreamLease open_connection(UpstreamHandler* handler, BreakerLimit* overflow, const TlsOptions* tls);
   std::shared_ptr<ClusterStats> stats_;
   std::shared_ptr<ClusterShared> shared_;
   std::unique_ptr<TlsOptions> tls_options_;

@@ -161,8 +161,9 @@ NextStep UpstreamRequest::after_deadline(const AttemptScope& at, bool endpoint_h
   return answer(504, "timeout");
 }
 
-NextStep UpstreamRequest::after_response(const AttemptScope& at, int status) {
+NextStep UpstreamRequest::after_response(const AttemptScope& at, int status, int grpc_status) {
   uint32_t condition = retry_conditions_for_status(at.cluster.retry, status);
+  if (grpc_status > 0) condition |= retry_condition_for_grpc(grpc_status);
   verdict(at.cs, at.cluster, status < 500, at.now_ms);
   if (condition && may_retry(at.cs, at.cluster, condition, at.request_complete, at.now_ms, at.worker))
     return {NextStep::retry};

@@ -80,7 +80,7 @@ struct UpstreamRequest {
   NextStep after_reset(const AttemptScope& at, bool tls_refused, bool idempotent);
   NextStep after_try_timeout(const AttemptScope& at);
   NextStep after_deadline(const AttemptScope& at, bool endpoint_had_it);
-  NextStep after_response(const AttemptScope& at, int status);
+  NextStep after_response(const AttemptScope& at, int status, int grpc_status = -1);
 
   // The request is all in: the cluster's timeout starts, and the per-try timeout of the attempt
   // in flight.

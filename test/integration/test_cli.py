@@ -59,7 +59,7 @@ def rename(node, old, new):
 
 
 ENUMS = {"workers": ["2", 3], "log_level": ["debug", "warn"], "access_log": ["off", "stdout"],
-         "protocol": ["tcp", "http"], "intercept": ["none", "outbound", "inbound"],
+         "protocol": ["tcp", "http", "http1", "http2"], "intercept": ["none", "outbound", "inbound"],
          "lb": ["round_robin", "random", "least_request"], "key": ["client_address", "peer_identity"],
          "policy_history": ["off", "history.jsonl"], "method": ["POST", "PUT"], "on": ["5xx"],
          "auth": [{"jwks": "keys/jwks.json"}], "rate_limit": [{"rate": 1}]}

@@ -1,6 +1,8 @@
 // pilotfish's own answers (http/local_reply.h): the HTTP/1.1 bytes, the same answer as HTTP/2
 // fields and body, and the trailers-only gRPC form with its status code.
 #include "http/local_reply.h"
+#include "http/upstream_head.h"
+#include "upstream/retry_decision.h"
 
 #include <gtest/gtest.h>
 
@@ -83,6 +85,44 @@ TEST(LocalReply, GrpcAnswerIsTrailersOnly) {
   EXPECT_EQ(field(fields, "retry-after"), "1");
   EXPECT_EQ(fields.find("content-length"), HeaderList::npos);
   EXPECT_EQ(fields.count("content-type"), 1u);
+}
+
+TEST(Grpc, TimeoutValues) {
+  EXPECT_EQ(parse_grpc_timeout("250m"), 250u);
+  EXPECT_EQ(parse_grpc_timeout("3S"), 3000u);
+  EXPECT_EQ(parse_grpc_timeout("2M"), 120000u);
+  EXPECT_EQ(parse_grpc_timeout("1H"), 3600000u);
+  EXPECT_EQ(parse_grpc_timeout("1500u"), 2u);  // rounded up
+  EXPECT_EQ(parse_grpc_timeout("1n"), 1u);
+  EXPECT_EQ(parse_grpc_timeout("99999999m"), 99999999u);
+  EXPECT_EQ(parse_grpc_timeout("123456789m"), 0u);  // more than 8 digits
+  EXPECT_EQ(parse_grpc_timeout("5"), 0u);
+  EXPECT_EQ(parse_grpc_timeout("5x"), 0u);
+  EXPECT_EQ(parse_grpc_timeout("-5m"), 0u);
+  EXPECT_EQ(parse_grpc_timeout(""), 0u);
+}
+
+TEST(Grpc, RetryConditions) {
+  EXPECT_EQ(retry_condition_for_grpc(14), static_cast<uint32_t>(kRetryGrpcUnavailable));
+  EXPECT_EQ(retry_condition_for_grpc(4), static_cast<uint32_t>(kRetryGrpcDeadlineExceeded));
+  EXPECT_EQ(retry_condition_for_grpc(1), static_cast<uint32_t>(kRetryGrpcCancelled));
+  EXPECT_EQ(retry_condition_for_grpc(8), static_cast<uint32_t>(kRetryGrpcResourceExhausted));
+  EXPECT_EQ(retry_condition_for_grpc(13), static_cast<uint32_t>(kRetryGrpcInternal));
+  EXPECT_EQ(retry_condition_for_grpc(0), 0u);
+  EXPECT_EQ(retry_condition_for_grpc(5), 0u);
+}
+
+TEST(Grpc, HeadForAnHttp2Upstream) {
+  RequestHead h;
+  upstream_head_fields(h, "POST /pkg.Svc/Call HTTP/1.1\r\nhost: svc\r\ngrpc-timeout: 5S\r\ncontent-type: application/grpc\r\n",
+                       2, true, "1200m");
+  EXPECT_EQ(h.method, "POST");
+  EXPECT_EQ(h.target, "/pkg.Svc/Call");
+  EXPECT_EQ(field(h.fields, "host"), "svc");
+  EXPECT_EQ(field(h.fields, "grpc-timeout"), "1200m");
+  EXPECT_EQ(h.fields.count("grpc-timeout"), 1u);
+  EXPECT_EQ(field(h.fields, "te"), "trailers");
+  EXPECT_EQ(field(h.fields, "x-pilotfish-attempt"), "2");
 }
 
 }  // namespace

@@ -779,8 +779,14 @@ TEST(Enums, EveryChoiceAndTheErrors) {
   EXPECT_TRUE(OnlyError(load(with_cluster("    lb: fastest\n")), 10, 9,
                         "clusters[0].lb: 'fastest' is not one of round_robin, least_request or random"));
   EXPECT_TRUE(OnlyError(load(with_cluster("    retry: {on: [5xx, timeout]}\n")), 10, 23,
-                        "clusters[0].retry.on[1]: 'timeout' is not one of connect-failure, reset, 5xx, gateway-error "
-                        "or retriable-status-codes"));
+                        "clusters[0].retry.on[1]: 'timeout' is not one of connect-failure, reset, 5xx, gateway-error, "
+                        "retriable-status-codes, cancelled, deadline-exceeded, resource-exhausted, internal or "
+                        "unavailable"));
+  EXPECT_TRUE(OnlyError(load(with_cluster("    protocol: http3\n")), 10, 15,
+                        "clusters[0].protocol: 'http3' is not one of http1, http2 or auto"));
+  EXPECT_TRUE(OnlyError(load(with_cluster("    protocol: auto\n")), 10, 15,
+                        "clusters[0].protocol: auto needs mtls on this cluster (the endpoint picks h2 or http/1.1 in "
+                        "ALPN); write http2 for h2c with prior knowledge"));
   EXPECT_TRUE(
       OnlyError(load(with_cluster("    retry: {on: []}\n")), 10, 17, "clusters[0].retry.on: must not be empty"));
 
