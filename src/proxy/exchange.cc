@@ -200,7 +200,9 @@ bool Exchange::begin(const ExchangeRequest& r) {
     return false;
   }
   cs.shared->budget.record_request(worker_.index(), uv_now(worker_.loop()));
-  st_.upstream.replayable = !st_.has_body || st_.idempotent;
+  // A gRPC call is a POST that gRPC's own retry policies resend: whether it is retried is the
+  // cluster's retry.on (its body within the replay limit, and only before any response byte).
+  st_.upstream.replayable = !st_.has_body || st_.idempotent || st_.grpc;
   const TlsState* t = r.tls && r.tls->established() ? r.tls : nullptr;
   st_.upstream.nested = build_upstream_head(
       upstream_head_, {r.method, st_.target, r.fields, st_.body_chunked, st_.websocket, l, r.client_address, t,

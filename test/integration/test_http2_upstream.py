@@ -539,7 +539,10 @@ class GrpcApp:
             "Chat": grpc.stream_stream_rpc_method_handler(self.chat),
             "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
             "Sleep": grpc.unary_unary_rpc_method_handler(self.sleep),
+            "Flaky": grpc.unary_unary_rpc_method_handler(self.flaky),
         }
+        self.flaky_left = 0   # Flaky: answers UNAVAILABLE (trailers-only) this many more times
+        self.flaky_calls = 0
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=16))
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Svc", handlers),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
@@ -580,6 +583,15 @@ class GrpcApp:
         self.note(context)
         context.set_trailing_metadata([("x-why", "gone")])
         context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
+
+    def flaky(self, request, context):
+        with self.lock:
+            self.flaky_calls += 1
+            fail = self.flaky_left > 0
+            self.flaky_left -= 1 if fail else 0
+        if fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        return b"flaky:" + request
 
     def sleep(self, request, context):
         self.note(context)
@@ -681,6 +693,34 @@ class GrpcTest(GrpcBase):
         # pilotfish goes on.
         self.assertEqual(ch.unary_unary("/test.Svc/Echo")(b"after", timeout=10), b"echo:after")
         pf.stop_and_check(self)
+
+    def test_retries_on_unavailable(self):
+        # retry.on: unavailable: a trailers-only UNAVAILABLE is tried again, and the client sees
+        # the second attempt's answer; without it, the client gets the UNAVAILABLE.
+        g = self.grpc_app()
+        pf = h.Pilotfish(h.simple_policy(g.address, cluster={"protocol": "http2",
+                                                             "retry": {"retries": 2, "on": ["unavailable"]}}))
+        self.addCleanup(pf.kill)
+        g.flaky_left = 1
+        self.assertEqual(self.channel(pf.port()).unary_unary("/test.Svc/Flaky")(b"x", timeout=10), b"flaky:x")
+        self.assertEqual(g.flaky_calls, 2)
+        self.assertEqual(metric(pf, "pilotfish_retries_total", cluster="app"), 1)
+        self.assertEqual(metric(pf, "pilotfish_grpc_responses_total", listener="ingress", cluster="app",
+                                grpc_code="0"), 1)
+        self.assertIsNone(metric(pf, "pilotfish_grpc_responses_total", listener="ingress", cluster="app",
+                                 grpc_code="14"))
+
+        plain = h.Pilotfish(h.simple_policy(g.address, cluster={"protocol": "http2"}))
+        self.addCleanup(plain.kill)
+        g.flaky_left = 1
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.channel(plain.port()).unary_unary("/test.Svc/Flaky")(b"y", timeout=10)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE, caught.exception)
+        self.assertEqual(caught.exception.details(), "warming up")
+        self.assertEqual(g.flaky_calls, 3)
+        self.assertEqual(metric(plain, "pilotfish_grpc_responses_total", listener="ingress", cluster="app",
+                                grpc_code="14"), 1)
+        stop_all(self, [pf, plain])
 
     def two_sidecars(self, g):
         pb = h.simple_policy(g.address, cluster={"protocol": "http2"})
