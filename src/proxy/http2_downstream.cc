@@ -196,6 +196,12 @@ void Http2Downstream::receive(const char* data, size_t length) {
     if (conn_.closing()) return;
     if (!s->closed) s->ex.downstream_drained();
   }
+  // A client that sends without reading what it is sent (a SETTINGS or PING flood, each asking
+  // for an acknowledgement) is not read further until it reads: memory stays bounded.
+  if (conn_.pending_bytes() > Stream::kHighWater) {
+    conn_.stop_read();
+    read_paused_ = true;
+  }
   sweep();
   rearm();
 }
@@ -212,6 +218,10 @@ void Http2Downstream::pump() {
 }
 
 void Http2Downstream::on_write_done() {
+  if (read_paused_ && conn_.pending_bytes() < Stream::kLowWater) {
+    read_paused_ = false;
+    conn_.start_read();
+  }
   uint64_t now = uv_now(worker_.loop());
   for (auto& [id, s] : streams_) {
     if (conn_.closing()) return;
@@ -281,10 +291,15 @@ void Http2Downstream::on_timeout() {
   sweep();
   uint64_t now = uv_now(worker_.loop());
   if (idle_at_ && now >= idle_at_ && streams_.empty()) {
-    // Idle for the listener's idle_timeout: GOAWAY, and close.
+    // Idle for the listener's idle_timeout: GOAWAY, and close (at once when the client has not
+    // even taken what was written before: it is not waited for).
+    bool stuck = conn_.pending_bytes() > 0;
     codec_.shutdown();
     pump();
-    conn_.close_after_flush();
+    if (stuck)
+      conn_.close();
+    else
+      conn_.close_after_flush();
     return;
   }
   for (auto& [id, s] : streams_) {

@@ -81,6 +81,7 @@ class Http2Downstream final : private Http2Handler {
   uint64_t idle_at_ = 0;       // loop ms: close then if still no stream is open
   bool draining_ = false;
   bool receiving_ = false;     // inside codec_.receive: no output until it returns
+  bool read_paused_ = false;   // the client is not reading what it is sent: not read either
 };
 
 }  // namespace pilotfish

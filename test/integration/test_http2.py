@@ -25,6 +25,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -1071,6 +1072,117 @@ class RapidResetTest(H2Test):
         self.assertEqual(honest.get("/honest/after").status, 200)
         self.assertEqual(h1.request("GET", "/h1/after").status, 200)
         self.assertEqual(self.h2().get("/new/after").status, 200)
+        self.assertTrue(self.pf.alive())
+
+
+class FloodTest(H2Test):
+    """Attacks written as raw frames (the h2 library would not send them): each ends the
+    attacker's connection (or its stream), while an honest HTTP/2 client is served meanwhile."""
+
+    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+    @staticmethod
+    def frame(kind, flags, stream, payload=b""):
+        return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+    @staticmethod
+    def literal(name, value):
+        """HPACK literal without indexing, new name; lengths < 127."""
+        return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+    def request_block(self, path=b"/flood"):
+        return b"".join(self.literal(n, v) for n, v in [(b":method", b"GET"), (b":scheme", b"http"),
+                                                         (b":authority", b"test.local"), (b":path", path)])
+
+    def raw(self, listener="ingress"):
+        sock = socket.create_connection(("127.0.0.1", self.pf.port(listener)), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(self.PREFACE + self.frame(4, 0, 0))  # the preface, an empty SETTINGS
+        return sock
+
+    def ends(self, sock, what):
+        """Reads (bounded) until the server closes the connection; the frame types seen."""
+        deadline = time.monotonic() + 15
+        data = b""
+        sock.settimeout(0.5)
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        else:
+            self.fail("%s: the connection was not closed" % what)
+        kinds, off = [], 0
+        while off + 9 <= len(data):
+            length = int.from_bytes(data[off:off + 3], "big")
+            kinds.append(data[off + 3])
+            off += 9 + length
+        return kinds
+
+    def honest_served(self, tag, listener="ingress"):
+        self.assertEqual(self.h2(listener).handshake().get("/honest/" + tag).status, 200)
+
+    def test_continuation_flood(self):
+        sock = self.raw()
+        block = self.request_block()
+        frames = [self.frame(1, 0, 1, block[:5])]  # HEADERS without END_HEADERS
+        frames += [self.frame(9, 0, 1, b"\x00") for _ in range(2000)]  # CONTINUATION, never ending
+        try:
+            sock.sendall(b"".join(frames))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.honest_served("continuation")
+        self.ends(sock, "CONTINUATION flood")  # closed (nghttp2 ends it as a fatal error)
+        self.assertNotIn("/flood", self.upstream_targets())
+
+    def test_hpack_bomb_is_431_and_the_connection_goes_on(self):
+        # A 1000-byte value put in the dynamic table once, then referenced by index 60 times:
+        # about 1 KiB on the wire, 60 KB decoded, over the limited listener's max_header_bytes.
+        sock = self.raw("limited")
+        big = b"b" * 1000
+        # A literal with incremental indexing; the value's length in HPACK integer form:
+        # 1000 = 127 + 873 -> 0x7f, then 873 in 7-bit groups -> 0xe9 0x06.
+        first = self.request_block(b"/ok/bomb") + b"\x40\x05x-big\x7f\xe9\x06" + big
+        refs = b"\xbe" * 60  # indexed field 62: the entry just added
+        sock.sendall(self.frame(1, 0x5, 1, first + refs))  # END_STREAM | END_HEADERS
+        sock.settimeout(5)
+        data = b""
+        deadline = time.monotonic() + 5
+        while b"431" not in data and time.monotonic() < deadline:
+            try:
+                data += sock.recv(65536)
+            except socket.timeout:
+                break
+        self.assertIn(b"431", data, "no 431 for the bomb")
+        # The same connection takes an honest request after it.
+        sock.sendall(self.frame(1, 0x5, 3, self.request_block(b"/ok/after")))
+        deadline = time.monotonic() + 5
+        while b"/ok/after" not in data and time.monotonic() < deadline:
+            try:
+                data += sock.recv(65536)
+            except socket.timeout:
+                break
+        self.assertIn(b"/ok/after", data, "the request after the bomb was not answered")
+        self.assertEqual([t for t in self.upstream_targets() if "bomb" in t], [])
+
+    def test_settings_and_ping_floods_from_a_client_that_does_not_read(self):
+        # The brief listener: idle_timeout 1s, after which a client that takes nothing is cut off.
+        for kind, payload, name in ((4, b"", "SETTINGS"), (6, b"12345678", "PING")):
+            sock = self.raw("brief")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            flood = self.frame(kind, 0, 0, payload) * 20000  # each asks for an ACK it never reads
+            try:
+                sock.settimeout(10)
+                sock.sendall(flood)
+            except (BrokenPipeError, ConnectionResetError, socket.timeout):
+                pass
+            self.honest_served(name)
+            self.ends(sock, name + " flood")
         self.assertTrue(self.pf.alive())
 
 
