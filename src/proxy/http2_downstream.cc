@@ -347,6 +347,15 @@ bool Http2Downstream::check_request(H2Stream& s, bool end_stream) {
     return false;
   }
   if (!ex.set_authority(h.fields.value(host))) return false;
+  // A request-target is visible ASCII (RFC 9112 3.2; other bytes are percent-encoded): nghttp2
+  // lets obs-text through in :path, which an HTTP/1.1 upstream would refuse or read otherwise
+  // (found by fuzz_session).
+  for (char c : h.target) {
+    if (c <= 0x20 || c >= 0x7f) {
+      ex.answer(400, "invalid_target", !end_stream);
+      return false;
+    }
+  }
   if (!ex.set_target(h.target, h.method == "OPTIONS")) return false;
   size_t length = h.fields.find("content-length");
   uint64_t max = listener().max_body_bytes;
