@@ -81,7 +81,6 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
 
   // A request's first byte arrived on `listener_index` of `snap`.
   void open(const SnapshotPtr& snap, size_t listener_index);
-  bool opened() const { return st_.started_ns != 0; }
   // The target as sent: normalised for routing (OPTIONS *, dot segments, percent-encoding);
   // false when answered 400.
   bool set_target(std::string_view target, bool options);
@@ -117,20 +116,15 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   // The connection of a tunnel or attempt in flight is dropped (the client's side closed).
   void drop_upstream();
 
-  const char* error() const { return st_.error; }
-  int status() const { return st_.status; }
   bool local_response() const { return st_.local_response; }
   bool response_started() const { return st_.response_started; }
   bool response_complete() const { return st_.response_complete; }
   bool request_complete() const { return st_.request_complete; }
-  bool has_body() const { return st_.has_body; }
-  bool tunnel() const { return st_.tunnel; }
   size_t upstream_pending() const;
   void flush_upstream();
   void count_in(uint64_t n) { st_.bytes_in += n; }
   void count_out(uint64_t n) { st_.bytes_out += n; }
   const NormalizedTarget& target() const { return st_.target; }
-  const std::string& authority() const { return authority_; }
   // The client took response bytes: a streaming response is not stalled.
   void set_last_progress(uint64_t ms) { st_.last_progress_ms = ms; }
   const Listener& listener() const { return snap_->policy->listeners[listener_index_]; }
