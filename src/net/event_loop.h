@@ -13,6 +13,24 @@
 
 namespace pilotfish {
 
+// Work put off until the I/O callbacks of the loop's current turn have run: an object that many
+// events touch in one turn (an HTTP/2 connection whose streams' responses arrive together) does
+// its work once, after them. An object destroyed while queued must cancel (EventLoop::cancel).
+class Deferred {
+ public:
+  virtual void run_deferred() = 0;
+
+ protected:
+  Deferred() = default;
+  ~Deferred() = default;
+  Deferred(const Deferred&) = delete;
+  Deferred& operator=(const Deferred&) = delete;
+
+ private:
+  friend class EventLoop;
+  bool queued_ = false;
+};
+
 class EventLoop {
  public:
   explicit EventLoop(uv_loop_t* loop) : loop_(loop), read_buffer_(new char[kReadBufferSize]) {
@@ -47,6 +65,13 @@ class EventLoop {
     }
   }
 
+  // Runs d.run_deferred() once after this turn's I/O callbacks (a libuv check handle; an idle
+  // handle keeps the loop from blocking in poll meanwhile). Queuing twice runs it once.
+  void defer(Deferred& d);
+  void cancel(Deferred& d);
+  // The loop is ending: its deferral handles close (nothing is deferred after this).
+  void close_deferred();
+
   // A listener's connection callback with UV_EMFILE/UV_ENFILE: the kernel had no descriptor for
   // a client in the backlog. libuv then calls accept() again at once, and with no descriptor
   // free it would do so for ever (its own spare is shared by nothing but can be lost to another
@@ -70,6 +95,13 @@ class EventLoop {
   std::vector<std::unique_ptr<WriteRequest>> free_writes_;
   Stream* streams_ = nullptr;
   int spare_fd_ = -1;
+  static void on_check(uv_check_t* handle);
+  std::vector<Deferred*> deferred_;  // queued; an entry cancelled while running is null
+  std::vector<Deferred*> running_;
+  uv_check_t check_{};
+  uv_idle_t idle_{};
+  bool deferral_open_ = false;    // the handles are initialised (at the first defer)
+  bool deferral_closed_ = false;
 };
 
 }  // namespace pilotfish

@@ -323,6 +323,12 @@ void Exchange::reset() {
   if (replay_.capacity() > 16 * 1024) replay_.shrink_to_fit();  // one big PUT does not pin 64 KiB
 }
 
+void Exchange::recycle() {
+  reset();
+  snap_.reset();
+  if (to_upstream_.capacity() > 16 * 1024) std::string().swap(to_upstream_);
+}
+
 void Exchange::log() {
   if (st_.started_ns == 0) return;
   uint64_t duration_ns = uv_hrtime() - st_.started_ns;
@@ -537,6 +543,11 @@ void Exchange::tunnel_send(const char* data, size_t length) {
   }
 }
 
+void Exchange::wait_for_downstream() {
+  st_.paused_for_downstream = true;
+  owner_.exchange_downstream_blocked();
+}
+
 void Exchange::downstream_drained() {
   if (st_.paused_for_downstream && owner_.exchange_downstream_pending() < Stream::kLowWater) {
     st_.paused_for_downstream = false;
@@ -590,7 +601,7 @@ void Exchange::on_upstream_data(UpstreamConnection& from, char* data, size_t len
     st_.bytes_out += length;
     owner_.exchange_body({data, length});
     if (owner_.exchange_downstream_pending() > Stream::kHighWater && st_.upstream.connection) {
-      st_.paused_for_downstream = true;
+      wait_for_downstream();
       st_.upstream.connection->stop_read();
     }
     owner_.exchange_progress();
@@ -647,7 +658,7 @@ void Exchange::on_upstream_data(UpstreamConnection& from, char* data, size_t len
     }
   }
   if (st_.upstream.connection && owner_.exchange_downstream_pending() > Stream::kHighWater) {
-    st_.paused_for_downstream = true;
+    wait_for_downstream();
     st_.upstream.connection->stop_read();
   }
   owner_.exchange_progress();

@@ -9,6 +9,7 @@
 // writes what the exchange gives back in its own framing. The exchange arms no timer itself:
 // it asks the owner for one (one timer per HTTP/1.1 connection, as before).
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -52,6 +53,9 @@ class ExchangeOwner {
   virtual void exchange_request_flow(bool go) = 0;
   // Bytes of the response queued for the client and not written yet: backpressure.
   virtual size_t exchange_downstream_pending() const = 0;
+  // The exchange stopped reading its upstream until the client takes what is queued: call
+  // downstream_drained when it has (an owner that calls it on every write may ignore this).
+  virtual void exchange_downstream_blocked() {}
   // The 101 went out: the rest are bytes both ways; `rest`: the upstream's bytes after its head.
   virtual void exchange_upgraded(std::string_view rest) = 0;
   // After an upstream event: write what is queued; the exchange may be over.
@@ -111,6 +115,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   void log();
   // The request is over: everything held goes back, the buffers are kept for the next one.
   void reset();
+  // Kept for another owner's request later: as reset, and the policy and big buffers let go.
+  void recycle();
   // The client went away: counted as downstream_closed unless answered.
   void client_gone();
   // The connection of a tunnel or attempt in flight is dropped (the client's side closed).
@@ -125,8 +131,10 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   void count_in(uint64_t n) { st_.bytes_in += n; }
   void count_out(uint64_t n) { st_.bytes_out += n; }
   const NormalizedTarget& target() const { return st_.target; }
-  // The client took response bytes: a streaming response is not stalled.
-  void set_last_progress(uint64_t ms) { st_.last_progress_ms = ms; }
+  // The client took response bytes at loop ms `ms`: a streaming response is not stalled.
+  void set_last_progress(uint64_t ms) { st_.last_progress_ms = std::max(st_.last_progress_ms, ms); }
+  // Waiting for the client to take what is queued (see ExchangeOwner::exchange_downstream_blocked).
+  bool waiting_for_downstream() const { return st_.paused_for_downstream; }
   const Listener& listener() const { return snap_->policy->listeners[listener_index_]; }
 
   // UpstreamHandler
@@ -167,6 +175,7 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   void send_body(const char* data, size_t length);
   void send_upstream(const char* data, size_t length);
   void overflow(BreakerLimit limit);
+  void wait_for_downstream();
   void endpoint_verdict(bool ok);
   AttemptScope attempt_scope();
   void follow(const NextStep& next);

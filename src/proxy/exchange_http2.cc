@@ -188,7 +188,7 @@ void Exchange::h2_data(std::string_view piece) {
   owner_.exchange_body(piece);
   if (owner_.exchange_downstream_pending() > Stream::kHighWater) {
     // The client is behind: the stream's window stays shut until it catches up.
-    st_.paused_for_downstream = true;
+    wait_for_downstream();
     st_.unconsumed += piece.size();
   } else if (st_.mux) {
     st_.mux->consume(st_.stream, piece.size());

@@ -31,11 +31,22 @@ bool method_idempotent(std::string_view m) {
 }  // namespace
 
 // One stream: its request's exchange, and the exchange's side in HTTP/2.
-struct Http2Downstream::H2Stream final : ExchangeOwner {
-  H2Stream(Http2Downstream& c, int32_t stream_id) : conn(c), id(stream_id), ex(c.worker_, *this) {}
+// Streams are kept for reuse by the worker (WorkerContext::spare_streams), with their buffers.
+struct Http2Downstream::H2Stream final : ExchangeOwner, Spare {
+  explicit H2Stream(WorkerContext& worker) : ex(worker, *this) {}
 
-  Http2Downstream& conn;
-  int32_t id;
+  // Made ready for stream `stream_id` of `c`: as new, but for the capacity of its buffers.
+  void reuse(Http2Downstream& c, int32_t stream_id) {
+    conn = &c;
+    id = stream_id;
+    head.clear();
+    timer_at = body_at = 0;
+    unconsumed = 0;
+    request_paused = ended = request_ended = closed = blocked = false;
+  }
+
+  Http2Downstream* conn = nullptr;
+  int32_t id = 0;
   Exchange ex;
   RequestHead head;
   uint64_t timer_at = 0;      // loop ms at which ex.on_timer is due; 0: none
@@ -45,6 +56,7 @@ struct Http2Downstream::H2Stream final : ExchangeOwner {
   bool ended = false;         // the response's end (or a reset) was submitted
   bool request_ended = false; // the client's END_STREAM came
   bool closed = false;        // the codec closed the stream: swept at the next safe point
+  bool blocked = false;       // in conn->blocked_: its response waits for the client to read
 
   // Body bytes are passed on (or dropped) and the client's window opens by as much, unless
   // the upstream is behind.
@@ -64,15 +76,15 @@ struct Http2Downstream::H2Stream final : ExchangeOwner {
       fields.add(name, trim_ows(h.fields.value(i)));
     }
     bool final = h.status >= 200;
-    conn.codec_.submit_response(id, h.status, fields, final && no_body);
+    conn->codec_.submit_response(id, h.status, fields, final && no_body);
     if (final && no_body) ended = true;
   }
 
-  void exchange_body(std::string_view piece) override { conn.codec_.send_data(id, piece); }
+  void exchange_body(std::string_view piece) override { conn->codec_.send_data(id, piece); }
 
   void exchange_end(const ResponseHead& h) override {
     if (ended) {  // a response without a body ended with its head
-      if (!request_ended) conn.codec_.end_early(id);
+      if (!request_ended) conn->codec_.end_early(id);
       ex.log();
       return;
     }
@@ -83,8 +95,8 @@ struct Http2Downstream::H2Stream final : ExchangeOwner {
       std::string_view name = h.trailers.name(i);
       if (allowed_in_trailers(name) && !is_hop_by_hop(name, tokens)) trailers.add(name, trim_ows(h.trailers.value(i)));
     }
-    conn.codec_.send_end(id, trailers.size() ? &trailers : nullptr);
-    if (!request_ended) conn.codec_.end_early(id);
+    conn->codec_.send_end(id, trailers.size() ? &trailers : nullptr);
+    if (!request_ended) conn->codec_.end_early(id);
     ex.log();
   }
 
@@ -96,53 +108,59 @@ struct Http2Downstream::H2Stream final : ExchangeOwner {
     if (is_grpc_request(head.fields)) {
       // A trailers-only gRPC answer: the client reads grpc-status, not the HTTP status.
       grpc_local_reply_fields(reply, fields);
-      conn.codec_.submit_response(id, 200, fields, true);
-      if (!request_ended) conn.codec_.end_early(id);
+      conn->codec_.submit_response(id, 200, fields, true);
+      if (!request_ended) conn->codec_.end_early(id);
       ex.log();
-      if (unconsumed) conn.codec_.consume(id, unconsumed), unconsumed = 0;
+      if (unconsumed) conn->codec_.consume(id, unconsumed), unconsumed = 0;
       return;
     }
     std::string body;
     ex.count_out(local_reply_parts(reply, fields, body));
-    conn.codec_.submit_response(id, status, fields, body.empty());
+    conn->codec_.submit_response(id, status, fields, body.empty());
     if (!body.empty()) {
-      conn.codec_.send_data(id, body);
-      conn.codec_.send_end(id, nullptr);
+      conn->codec_.send_data(id, body);
+      conn->codec_.send_end(id, nullptr);
     }
-    if (!request_ended) conn.codec_.end_early(id);
+    if (!request_ended) conn->codec_.end_early(id);
     ex.log();
     // What the client still sends of the body is read and dropped (its window opens).
-    if (unconsumed) conn.codec_.consume(id, unconsumed), unconsumed = 0;
+    if (unconsumed) conn->codec_.consume(id, unconsumed), unconsumed = 0;
   }
 
   void exchange_broken() override {
     ended = true;
-    conn.codec_.reset(id, kInternalError);
+    conn->codec_.reset(id, kInternalError);
     ex.log();
   }
 
   void exchange_timer(uint64_t ms) override {
-    timer_at = uv_now(conn.worker_.loop()) + ms;
-    conn.rearm();
+    timer_at = uv_now(conn->worker_.loop()) + ms;
+    conn->arm_at(timer_at);
   }
 
   void exchange_request_flow(bool go) override {
     request_paused = !go;
     if (go && unconsumed) {
-      conn.codec_.consume(id, unconsumed);
+      conn->codec_.consume(id, unconsumed);
       unconsumed = 0;
-      // The WINDOW_UPDATE goes out now (or when the codec's call under way returns).
-      if (!conn.receiving_) conn.pump();
+      // The WINDOW_UPDATE goes out after this turn's I/O (or when the codec's call under way returns).
+      conn->schedule();
     }
   }
 
   size_t exchange_downstream_pending() const override {
-    return conn.codec_.queued(id) + conn.conn_.pending_bytes();
+    return conn->codec_.queued(id) + conn->conn_.pending_bytes();
+  }
+
+  void exchange_downstream_blocked() override {
+    if (blocked) return;
+    blocked = true;
+    conn->blocked_.push_back(id);
   }
 
   void exchange_upgraded(std::string_view) override {}
 
-  void exchange_progress() override { conn.pump(); }
+  void exchange_progress() override { conn->schedule(); }
 };
 
 Http2Downstream::Http2Downstream(WorkerContext& worker, Stream& connection, std::shared_ptr<ListenerSlot> slot,
@@ -156,10 +174,21 @@ Http2Downstream::Http2Downstream(WorkerContext& worker, Stream& connection, std:
       fixed_cluster_(fixed_cluster),
       codec_(Http2Connection::Role::server, *this, limits_of(snap_->policy->listeners[listener_index_])) {
   idle_at_ = uv_now(worker_.loop()) + static_cast<uint64_t>(listener().idle_timeout.count());
-  rearm();
+  arm_at(idle_at_);
 }
 
-Http2Downstream::~Http2Downstream() = default;
+Http2Downstream::~Http2Downstream() {
+  worker_.cancel(*this);
+  for (auto& [id, s] : streams_) recycle(std::move(s));
+}
+
+void Http2Downstream::recycle(std::unique_ptr<H2Stream> s) {
+  constexpr size_t kSpares = 256;  // per worker: what a turn of the loop ends and begins
+  auto& spares = worker_.spare_streams();
+  if (spares.size() >= kSpares) return;
+  s->ex.recycle();
+  spares.push_back(std::move(s));
+}
 
 Http2Downstream::H2Stream* Http2Downstream::find(int32_t id) {
   auto it = streams_.find(id);
@@ -174,27 +203,28 @@ Http2Downstream::H2Stream* Http2Downstream::open_stream(int32_t id) {
     listener_index_ = slot_->index;
   }
   auto& slot = streams_[id];
-  slot = std::make_unique<H2Stream>(*this, id);
+  auto& spares = worker_.spare_streams();
+  if (spares.empty()) {
+    slot = std::make_unique<H2Stream>(worker_);
+  } else {
+    slot.reset(static_cast<H2Stream*>(spares.back().release()));  // only H2Streams are kept there
+    spares.pop_back();
+  }
+  slot->reuse(*this, id);
   slot->ex.open(snap_, listener_index_);
   idle_at_ = 0;
   return slot.get();
 }
 
 void Http2Downstream::receive(const char* data, size_t length) {
-  receiving_ = true;
   bool ok = codec_.receive(data, length);
-  receiving_ = false;
   if (!ok) log_debug("listener " + listener().name + ": HTTP/2 connection error from " + client_address_ + ": " +
                      codec_.error());
+  // The client's WINDOW_UPDATE may have let queued response bytes go (pump wakes their streams).
   pump();
   if (!ok) {
     conn_.close_after_flush();
     return;
-  }
-  // The client's WINDOW_UPDATE may have let queued response bytes go.
-  for (auto& [id, s] : streams_) {
-    if (conn_.closing()) return;
-    if (!s->closed) s->ex.downstream_drained();
   }
   // A client that sends without reading what it is sent (a SETTINGS or PING flood, each asking
   // for an acknowledgement) is not read further until it reads: memory stays bounded.
@@ -202,8 +232,6 @@ void Http2Downstream::receive(const char* data, size_t length) {
     conn_.stop_read();
     read_paused_ = true;
   }
-  sweep();
-  rearm();
 }
 
 void Http2Downstream::pump() {
@@ -214,7 +242,23 @@ void Http2Downstream::pump() {
     return;
   }
   if (codec_.done()) conn_.close_after_flush();
-  if (closed_) rearm();  // swept by the timer, out of this exchange's call
+  // What was queued may all have gone to the kernel at once: no write callback will say so.
+  wake_blocked();
+  sweep();
+}
+
+void Http2Downstream::wake_blocked() {
+  if (blocked_.empty()) return;
+  std::vector<int32_t> waiting;
+  waiting.swap(blocked_);
+  for (int32_t id : waiting) {
+    if (conn_.closing()) return;
+    H2Stream* s = find(id);
+    if (s == nullptr) continue;
+    s->blocked = false;
+    s->ex.downstream_drained();
+    if (s->ex.waiting_for_downstream()) s->exchange_downstream_blocked();
+  }
 }
 
 void Http2Downstream::on_write_done() {
@@ -222,15 +266,8 @@ void Http2Downstream::on_write_done() {
     read_paused_ = false;
     conn_.start_read();
   }
-  uint64_t now = uv_now(worker_.loop());
-  for (auto& [id, s] : streams_) {
-    if (conn_.closing()) return;
-    if (s->closed) continue;
-    s->ex.set_last_progress(now);
-    s->ex.downstream_drained();
-  }
+  last_write_ms_ = uv_now(worker_.loop());
   pump();
-  sweep();
 }
 
 void Http2Downstream::on_read_end() {
@@ -243,7 +280,7 @@ void Http2Downstream::drain() {
   if (draining_) return;
   draining_ = true;
   codec_.shutdown();
-  pump();
+  schedule();
 }
 
 void Http2Downstream::on_close() {
@@ -261,33 +298,28 @@ void Http2Downstream::on_close() {
 void Http2Downstream::sweep() {
   if (closed_ == 0 || conn_.closing()) return;
   for (auto it = streams_.begin(); it != streams_.end();) {
-    if (it->second->closed)
+    if (it->second->closed) {
+      recycle(std::move(it->second));
       it = streams_.erase(it);
-    else
+    } else
       ++it;
   }
   closed_ = 0;
-  if (streams_.empty() && !draining_)
+  if (streams_.empty() && !draining_) {
     idle_at_ = uv_now(worker_.loop()) + static_cast<uint64_t>(listener().idle_timeout.count());
+    arm_at(idle_at_);
+  }
 }
 
-void Http2Downstream::rearm() {
-  if (conn_.closing()) return;
+void Http2Downstream::arm_at(uint64_t at) {
+  if (at == 0 || conn_.closing() || (armed_at_ != 0 && armed_at_ <= at)) return;
+  armed_at_ = at;
   uint64_t now = uv_now(worker_.loop());
-  uint64_t next = closed_ ? now + 1 : idle_at_;
-  for (auto& [id, s] : streams_) {
-    if (s->closed) continue;
-    if (s->timer_at && (next == 0 || s->timer_at < next)) next = s->timer_at;
-    if (s->body_at && (next == 0 || s->body_at < next)) next = s->body_at;
-  }
-  if (next == 0) {
-    conn_.clear_deadline();
-    return;
-  }
-  conn_.set_deadline(next > now ? next - now : 1);
+  conn_.set_deadline(at > now ? at - now : 1);
 }
 
 void Http2Downstream::on_timeout() {
+  armed_at_ = 0;
   sweep();
   uint64_t now = uv_now(worker_.loop());
   if (idle_at_ && now >= idle_at_ && streams_.empty()) {
@@ -302,6 +334,9 @@ void Http2Downstream::on_timeout() {
       conn_.close_after_flush();
     return;
   }
+  // The timer was armed for the earliest deadline asked for; deadlines that moved later since
+  // are found here and the timer armed for the next.
+  uint64_t next = streams_.empty() ? idle_at_ : 0;
   for (auto& [id, s] : streams_) {
     if (s->closed) continue;
     if (s->body_at && s->body_at <= now) {
@@ -311,13 +346,15 @@ void Http2Downstream::on_timeout() {
     }
     if (s->timer_at && s->timer_at <= now) {
       s->timer_at = 0;
+      s->ex.set_last_progress(last_write_ms_);  // the client took bytes then (of any stream)
       s->ex.on_timer();
     }
     if (conn_.closing()) return;
+    if (s->timer_at && (next == 0 || s->timer_at < next)) next = s->timer_at;
+    if (s->body_at && (next == 0 || s->body_at < next)) next = s->body_at;
   }
   pump();
-  sweep();
-  rearm();
+  arm_at(next);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,7 +424,10 @@ void Http2Downstream::on_request_head(int32_t id, RequestHead& head, bool end_st
   bool started = s->ex.begin(request);
   s->ex.flush_upstream();
   uint64_t body_timeout = static_cast<uint64_t>(listener().body_timeout.count());
-  if (started && has_body && body_timeout > 0) s->body_at = uv_now(worker_.loop()) + body_timeout;
+  if (started && has_body && body_timeout > 0) {
+    s->body_at = uv_now(worker_.loop()) + body_timeout;
+    arm_at(s->body_at);
+  }
 }
 
 void Http2Downstream::on_request_head_too_large(int32_t id, const RequestHead& partial) {

@@ -12,12 +12,18 @@
 // upstream; a response is read from the upstream only while what is queued for the client (on
 // the stream, and on the socket) is under the high-water mark, so a client that reads slowly
 // slows its upstream, and memory stays bounded.
+//
+// Work per event is per stream touched, not per stream open: what the streams' responses
+// queue is written once after the loop's I/O callbacks of the turn (EventLoop::defer), only the
+// streams waiting for the client are woken when it reads, and the connection's one timer is
+// armed for the earliest deadline asked for and recomputed only when it fires.
 
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "http/http2_codec.h"
 #include "net/stream.h"
@@ -26,7 +32,7 @@
 
 namespace pilotfish {
 
-class Http2Downstream final : private Http2Handler {
+class Http2Downstream final : private Http2Handler, private Deferred {
  public:
   // `connection`: the client's (an HttpSession), which forwards its events here from now on.
   Http2Downstream(WorkerContext& worker, Stream& connection, std::shared_ptr<ListenerSlot> slot, SnapshotPtr snap,
@@ -58,14 +64,20 @@ class Http2Downstream final : private Http2Handler {
   void on_goaway(int32_t, uint32_t) override {}
 
   H2Stream* open_stream(int32_t id);
+  void recycle(std::unique_ptr<H2Stream> s);
   H2Stream* find(int32_t id);
   bool check_request(H2Stream& s, bool end_stream);
-  // Writes what the codec has ready; closes once both sides are done.
+  // Writes what the codec has ready (closes once both sides are done), then deletes the
+  // streams the codec closed. Only where no exchange is running: an exchange asks for it with
+  // schedule(), which runs it after this turn's I/O (run_deferred).
   void pump();
-  // Deletes the streams the codec closed (never while one of their exchanges is running).
+  void schedule() { worker_.defer(*this); }
+  void run_deferred() override { pump(); }
   void sweep();
-  // The connection's one timer: the earliest stream deadline, or the idle timeout.
-  void rearm();
+  // The connection's one timer, due at loop ms `at` (0: none) unless armed earlier already.
+  void arm_at(uint64_t at);
+  // The client read: the streams that waited for it go on.
+  void wake_blocked();
   const Listener& listener() const { return snap_->policy->listeners[listener_index_]; }
 
   WorkerContext& worker_;
@@ -77,10 +89,12 @@ class Http2Downstream final : private Http2Handler {
   std::string fixed_cluster_;
   Http2Connection codec_;
   std::map<int32_t, std::unique_ptr<H2Stream>> streams_;
+  std::vector<int32_t> blocked_;  // streams whose response waits for the client to read
   size_t closed_ = 0;          // streams the codec closed, not yet swept
   uint64_t idle_at_ = 0;       // loop ms: close then if still no stream is open
+  uint64_t armed_at_ = 0;      // loop ms the connection's timer is due at; 0: none
+  uint64_t last_write_ms_ = 0; // loop ms the client last took bytes
   bool draining_ = false;
-  bool receiving_ = false;     // inside codec_.receive: no output until it returns
   bool read_paused_ = false;   // the client is not reading what it is sent: not read either
 };
 

@@ -24,6 +24,12 @@
 
 namespace pilotfish {
 
+// An object a worker keeps for reuse (see WorkerContext::spare_streams).
+class Spare {
+ public:
+  virtual ~Spare() = default;
+};
+
 // One listening address of a worker, stable across reloads while its address is unchanged.
 struct ListenerSlot {
   size_t index = SIZE_MAX;  // its listener in the worker's current snapshot; SIZE_MAX: removed
@@ -75,6 +81,8 @@ class WorkerContext : public UpstreamHost {
   size_t downstream_count() const { return downstream_count_; }
   void add_downstream() { ++downstream_count_; }
   virtual void remove_downstream() = 0;
+  // HTTP/2 streams that ended, kept with their buffers for the next ones (proxy/http2_downstream).
+  std::vector<std::unique_ptr<Spare>>& spare_streams() { return spare_streams_; }
 
  protected:
   WorkerContext(uv_loop_t* loop, unsigned index) : UpstreamHost(loop), index_(index) {}
@@ -86,6 +94,7 @@ class WorkerContext : public UpstreamHost {
   FastRandom random_;
   JwtCache jwt_cache_;
   AccessLogBuffer access_log_;
+  std::vector<std::unique_ptr<Spare>> spare_streams_;
 };
 
 }  // namespace pilotfish

@@ -420,6 +420,7 @@ void Worker::close_everything() {
   // The snapshot (and with it the pools) goes once the last connection has let go of it.
   snapshot_.reset();
   access_log_.close();
+  close_deferred();
   uv_close(reinterpret_cast<uv_handle_t*>(&heartbeat_), nullptr);
   std::vector<Command> left;
   {
