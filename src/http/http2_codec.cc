@@ -81,7 +81,7 @@ struct Http2Connection::Callbacks {
     switch (frame->headers.cat) {
       case NGHTTP2_HCAT_REQUEST:
         ++c.open_streams_;
-        c.out_[frame->hd.stream_id] = std::make_unique<Outgoing>();
+        c.open_out(frame->hd.stream_id);
         c.request_.clear();
         c.request_.version_major = 2;
         c.request_.version_minor = 0;
@@ -187,23 +187,23 @@ struct Http2Connection::Callbacks {
   static int on_data_chunk(nghttp2_session* session, uint8_t, int32_t id, const uint8_t* data, size_t len,
                            void* user_data) {
     Http2Connection& c = of(user_data);
-    auto it = c.out_.find(id);
-    if (it == c.out_.end() || it->second->drop_body) {
+    Outgoing* o = c.outgoing(id);
+    if (o == nullptr || o->drop_body) {
       nghttp2_session_consume(session, id, len);  // nobody reads it: the window opens at once
       return 0;
     }
-    it->second->unconsumed += len;
+    o->unconsumed += len;
     c.handler_.on_data(id, view(data, len));
     return 0;
   }
 
   static int on_stream_close(nghttp2_session* session, int32_t id, uint32_t error_code, void* user_data) {
     Http2Connection& c = of(user_data);
-    auto it = c.out_.find(id);
+    auto it = c.find_out(id);
     if (it == c.out_.end()) return 0;
     // What the owner had not passed on yet still counts against the connection's window.
     if (it->second->unconsumed) nghttp2_session_consume_connection(session, it->second->unconsumed);
-    c.out_.erase(it);
+    c.close_out(it);
     --c.open_streams_;
     c.handler_.on_stream_closed(id, error_code);
     return 0;
@@ -238,12 +238,12 @@ struct Http2Connection::Callbacks {
     if (o->data.empty() && o->end) {
       *flags |= NGHTTP2_DATA_FLAG_EOF;
       if (o->trailers.size() > 0) {
-        std::vector<nghttp2_nv> nva;
-        std::string names;
-        add_fields(nva, names, o->trailers);
-        if (!nva.empty()) {
+        c.nva_.clear();
+        add_fields(c.nva_, c.names_, o->trailers);
+        if (!c.nva_.empty()) {
           *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-          if (nghttp2_submit_trailer(session, id, nva.data(), nva.size()) != 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+          if (nghttp2_submit_trailer(session, id, c.nva_.data(), c.nva_.size()) != 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
       }
       return static_cast<ssize_t>(n);
@@ -363,41 +363,82 @@ bool Http2Connection::submit_response(int32_t id, int status, const HeaderList& 
   if (o == nullptr || o->responded || status < 100 || status > 999) return false;
   char code[4] = {static_cast<char>('0' + status / 100), static_cast<char>('0' + status / 10 % 10),
                   static_cast<char>('0' + status % 10), 0};
-  std::vector<nghttp2_nv> nva;
-  nva.reserve(fields.size() + 1);
-  nva.push_back(pair(":status", std::string_view(code, 3)));
-  std::string names;
-  add_fields(nva, names, fields);
-  if (status < 200) return nghttp2_submit_headers(session_, NGHTTP2_FLAG_NONE, id, nullptr, nva.data(), nva.size(),
+  nva_.clear();
+  nva_.push_back(pair(":status", std::string_view(code, 3)));
+  add_fields(nva_, names_, fields);
+  if (status < 200) return nghttp2_submit_headers(session_, NGHTTP2_FLAG_NONE, id, nullptr, nva_.data(), nva_.size(),
                                                   nullptr) == 0;
   nghttp2_data_provider provider{};
   provider.read_callback = Callbacks::read_body;
   o->responded = true;
-  return nghttp2_submit_response(session_, id, nva.data(), nva.size(), end_stream ? nullptr : &provider) == 0;
+  return nghttp2_submit_response(session_, id, nva_.data(), nva_.size(), end_stream ? nullptr : &provider) == 0;
 }
 
 int32_t Http2Connection::submit_request(const RequestHead& head, std::string_view scheme, std::string_view authority,
                                         bool end_stream) {
-  std::vector<nghttp2_nv> nva;
-  nva.reserve(head.fields.size() + 4);
-  nva.push_back(pair(":method", head.method));
-  nva.push_back(pair(":scheme", scheme));
-  nva.push_back(pair(":authority", authority));
-  nva.push_back(pair(":path", head.target));
-  std::string names;
-  add_fields(nva, names, head.fields);
+  nva_.clear();
+  nva_.push_back(pair(":method", head.method));
+  nva_.push_back(pair(":scheme", scheme));
+  nva_.push_back(pair(":authority", authority));
+  nva_.push_back(pair(":path", head.target));
+  add_fields(nva_, names_, head.fields);
   nghttp2_data_provider provider{};
   provider.read_callback = Callbacks::read_body;
-  int32_t id = nghttp2_submit_request(session_, nullptr, nva.data(), nva.size(), end_stream ? nullptr : &provider,
+  int32_t id = nghttp2_submit_request(session_, nullptr, nva_.data(), nva_.size(), end_stream ? nullptr : &provider,
                                       nullptr);
   if (id < 0) return -1;
-  out_[id] = std::make_unique<Outgoing>();
+  open_out(id);
   ++open_streams_;
   return id;
 }
 
+namespace {
+
+// Stream states that ended, kept for the next streams of this thread (a worker's loop).
+template <typename T>
+std::vector<std::unique_ptr<T>>& spares() {
+  thread_local std::vector<std::unique_ptr<T>> kept;
+  return kept;
+}
+
+}  // namespace
+
+Http2Connection::OutList::iterator Http2Connection::find_out(int32_t id) {
+  auto it = std::lower_bound(out_.begin(), out_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
+  return it != out_.end() && it->first == id ? it : out_.end();
+}
+
+void Http2Connection::open_out(int32_t id) {
+  auto& kept = spares<Outgoing>();
+  std::unique_ptr<Outgoing> o;
+  if (kept.empty()) {
+    o = std::make_unique<Outgoing>();
+  } else {
+    o = std::move(kept.back());
+    kept.pop_back();
+  }
+  auto it = std::lower_bound(out_.begin(), out_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
+  out_.emplace(it, id, std::move(o));
+}
+
+void Http2Connection::close_out(OutList::iterator it) {
+  constexpr size_t kSpares = 1024;  // as many as Http2Downstream keeps streams
+  std::unique_ptr<Outgoing> o = std::move(it->second);
+  out_.erase(it);
+  auto& kept = spares<Outgoing>();
+  if (kept.size() >= kSpares) return;
+  std::string data = std::move(o->data);
+  HeaderList trailers = std::move(o->trailers);
+  *o = Outgoing();
+  data.clear();
+  if (data.capacity() <= 16 * 1024) o->data = std::move(data);  // a big body's buffer is not kept
+  trailers.clear();
+  o->trailers = std::move(trailers);
+  kept.push_back(std::move(o));
+}
+
 Http2Connection::Outgoing* Http2Connection::outgoing(int32_t id) {
-  auto it = out_.find(id);
+  auto it = find_out(id);
   return it == out_.end() ? nullptr : it->second.get();
 }
 
@@ -423,8 +464,8 @@ void Http2Connection::send_end(int32_t id, const HeaderList* trailers) {
 }
 
 size_t Http2Connection::queued(int32_t id) const {
-  auto it = out_.find(id);
-  return it == out_.end() ? 0 : it->second->data.size() - it->second->offset;
+  const Outgoing* o = const_cast<Http2Connection*>(this)->outgoing(id);
+  return o == nullptr ? 0 : o->data.size() - o->offset;
 }
 
 void Http2Connection::reset(int32_t id, uint32_t error_code) {

@@ -26,12 +26,13 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <nghttp2/nghttp2.h>
 
 #include "http/message_head.h"
 #include "pilotfish/header_list.h"
-
-struct nghttp2_session;
 
 namespace pilotfish {
 
@@ -135,6 +136,11 @@ class Http2Connection {
     bool end_sent = false;         // our END_STREAM went out
     size_t unconsumed = 0;    // received body bytes the owner has not passed on
   };
+  // Streams by id, in order (ids only grow): a binary search finds one, no node per stream.
+  using OutList = std::vector<std::pair<int32_t, std::unique_ptr<Outgoing>>>;
+  OutList::iterator find_out(int32_t stream);
+  void open_out(int32_t stream);
+  void close_out(OutList::iterator it);
   Outgoing* outgoing(int32_t stream);
   void resume(int32_t stream, Outgoing& o);
   int request_head_done(int32_t stream, bool end_stream);
@@ -144,7 +150,10 @@ class Http2Connection {
   Http2Handler& handler_;
   Http2Limits limits_;
   nghttp2_session* session_ = nullptr;
-  std::unordered_map<int32_t, std::unique_ptr<Outgoing>> out_;
+  OutList out_;
+  // Reused by every submit (nghttp2 copies the pairs before the call returns).
+  std::vector<nghttp2_nv> nva_;
+  std::string names_;
   // The header block being decoded (one at a time: CONTINUATION frames follow their HEADERS).
   RequestHead request_;
   ResponseHead response_;

@@ -107,8 +107,12 @@ void Exchange::set_request_id(const HeaderList& fields) {
   if (id != HeaderList::npos) {
     request_id_.assign(fields.value(id));
   } else {
-    char buf[33];
-    snprintf(buf, sizeof buf, "%016" PRIx64 "%016" PRIx64, worker_.random().next(), worker_.random().next());
+    static constexpr char kHex[] = "0123456789abcdef";
+    char buf[32];
+    for (int half = 0; half < 2; ++half) {
+      uint64_t v = worker_.random().next();
+      for (int i = 15; i >= 0; --i, v >>= 4) buf[half * 16 + i] = kHex[v & 15];
+    }
     request_id_.assign(buf, 32);
   }
 }

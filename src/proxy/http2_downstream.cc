@@ -5,6 +5,8 @@
 
 #include <uv.h>
 
+#include <algorithm>
+
 #include "http/http1_codec.h"
 #include "http/local_reply.h"
 #include "log/logger.h"
@@ -67,7 +69,8 @@ struct Http2Downstream::H2Stream final : ExchangeOwner, Spare {
       exchange_broken();
       return;
     }
-    HeaderList fields;
+    HeaderList& fields = conn->response_fields_;
+    fields.clear();
     std::string tokens = connection_tokens(h.fields);
     for (size_t i = 0; i < h.fields.size(); ++i) {
       std::string_view name = h.fields.name(i);
@@ -183,7 +186,10 @@ Http2Downstream::~Http2Downstream() {
 }
 
 void Http2Downstream::recycle(std::unique_ptr<H2Stream> s) {
-  constexpr size_t kSpares = 256;  // per worker: what a turn of the loop ends and begins
+  // Per worker, up to ten connections at the default max_concurrent_streams: a burst of streams
+  // that all end together is followed by as many new ones, and they reuse these (their memory
+  // would stay with the allocator anyway).
+  constexpr size_t kSpares = 1024;
   auto& spares = worker_.spare_streams();
   if (spares.size() >= kSpares) return;
   s->ex.recycle();
@@ -191,8 +197,8 @@ void Http2Downstream::recycle(std::unique_ptr<H2Stream> s) {
 }
 
 Http2Downstream::H2Stream* Http2Downstream::find(int32_t id) {
-  auto it = streams_.find(id);
-  return it == streams_.end() || it->second->closed ? nullptr : it->second.get();
+  auto it = std::lower_bound(streams_.begin(), streams_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
+  return it == streams_.end() || it->first != id || it->second->closed ? nullptr : it->second.get();
 }
 
 Http2Downstream::H2Stream* Http2Downstream::open_stream(int32_t id) {
@@ -202,7 +208,9 @@ Http2Downstream::H2Stream* Http2Downstream::open_stream(int32_t id) {
     snap_ = current;
     listener_index_ = slot_->index;
   }
-  auto& slot = streams_[id];
+  auto at = std::lower_bound(streams_.begin(), streams_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
+  if (at == streams_.end() || at->first != id) at = streams_.emplace(at, id, nullptr);
+  std::unique_ptr<H2Stream>& slot = at->second;
   auto& spares = worker_.spare_streams();
   if (spares.empty()) {
     slot = std::make_unique<H2Stream>(worker_);
@@ -297,13 +305,14 @@ void Http2Downstream::on_close() {
 
 void Http2Downstream::sweep() {
   if (closed_ == 0 || conn_.closing()) return;
-  for (auto it = streams_.begin(); it != streams_.end();) {
-    if (it->second->closed) {
-      recycle(std::move(it->second));
-      it = streams_.erase(it);
-    } else
-      ++it;
+  auto kept = streams_.begin();
+  for (auto& entry : streams_) {
+    if (entry.second->closed)
+      recycle(std::move(entry.second));
+    else if (&*kept++ != &entry)
+      *(kept - 1) = std::move(entry);
   }
+  streams_.erase(kept, streams_.end());
   closed_ = 0;
   if (streams_.empty() && !draining_) {
     idle_at_ = uv_now(worker_.loop()) + static_cast<uint64_t>(listener().idle_timeout.count());

@@ -19,10 +19,10 @@
 // armed for the earliest deadline asked for and recomputed only when it fires.
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "http/http2_codec.h"
@@ -88,7 +88,9 @@ class Http2Downstream final : private Http2Handler, private Deferred {
   std::string client_address_;
   std::string fixed_cluster_;
   Http2Connection codec_;
-  std::map<int32_t, std::unique_ptr<H2Stream>> streams_;
+  // By id, in order (a client's stream ids only grow): found by a binary search, no node each.
+  std::vector<std::pair<int32_t, std::unique_ptr<H2Stream>>> streams_;
+  HeaderList response_fields_;  // a response head's fields as they go out (reused)
   std::vector<int32_t> blocked_;  // streams whose response waits for the client to read
   size_t closed_ = 0;          // streams the codec closed, not yet swept
   uint64_t idle_at_ = 0;       // loop ms: close then if still no stream is open
