@@ -534,6 +534,7 @@ void Exchange::flush_upstream() {
   if (!st_.tunnel && !st_.request_complete && !st_.local_response && upstream_pending() > Stream::kHighWater &&
       !st_.paused_for_upstream) {
     st_.paused_for_upstream = true;
+    if (st_.mux && st_.stream >= 0) st_.mux->wait_drained(st_.stream);
     owner_.exchange_request_flow(false);
   }
 }

@@ -89,6 +89,8 @@ void Exchange::h2_open() {
       to_upstream_.clear();
     }
     if (st_.request_complete) st_.mux->send_end(id, h2_trailers_.size() ? &h2_trailers_ : nullptr);
+    // The client's body waited for the stream: it goes on once the queue drains.
+    if (st_.paused_for_upstream) st_.mux->wait_drained(id);
   }
   st_.mux->flush();
 }
@@ -247,9 +249,12 @@ void Exchange::h2_gone() {
 }
 
 void Exchange::h2_drained() {
-  if (st_.paused_for_upstream && upstream_pending() < Stream::kLowWater) {
+  if (!st_.paused_for_upstream) return;
+  if (upstream_pending() < Stream::kLowWater) {
     st_.paused_for_upstream = false;
     owner_.exchange_request_flow(true);
+  } else if (st_.mux && st_.stream >= 0) {
+    st_.mux->wait_drained(st_.stream);
   }
 }
 

@@ -36,6 +36,7 @@ Http2Upstream::Http2Upstream(std::shared_ptr<EndpointPool> pool, UpstreamHost& h
     : pool_(std::move(pool)), host_(host), codec_(Http2Connection::Role::client, *this, upstream_limits()) {}
 
 Http2Upstream::~Http2Upstream() {
+  host_.cancel(*this);
   pool_->forget_shared(this);
   connection_.end(false);
 }
@@ -83,18 +84,25 @@ void Http2Upstream::flush() {
     want_output_ = true;
     return;
   }
+  host_.defer(*this);
+}
+
+void Http2Upstream::wait_drained(int32_t stream) { blocked_.push_back(stream); }
+
+void Http2Upstream::run_deferred() {
+  if (dead_ || !connection_ || !ready_) return;
   codec_.output(connection_->out());
   connection_->flush();  // a failed write is seen by the read side, which ends the connection
   // Queued request bodies may have gone out (a WINDOW_UPDATE came): their clients may go on.
-  if (!streams_.empty()) {
+  if (!blocked_.empty()) {
     ++depth_;
-    std::vector<Http2StreamOwner*> owners;
-    for (auto& [id, owner] : streams_) owners.push_back(owner);
-    for (auto* o : owners)
-      if (std::find_if(streams_.begin(), streams_.end(), [o](auto& e) { return e.second == o; }) != streams_.end())
-        o->h2_drained();
+    std::vector<int32_t> blocked;
+    blocked.swap(blocked_);
+    for (int32_t id : blocked)
+      if (Http2StreamOwner* o = owner_of(id)) o->h2_drained();
     --depth_;
   }
+  if (dead_) return;  // an owner's call ended the connection; its last Guard deletes it
   if (codec_.done() && streams_.empty() && waiting_.empty()) {
     dead_ = true;  // both sides said GOAWAY and nothing is left
     pool_->forget_shared(this);
@@ -247,12 +255,9 @@ void Http2Upstream::on_upstream_data(UpstreamConnection&, char* data, size_t len
 }
 
 void Http2Upstream::on_upstream_drained(UpstreamConnection&) {
-  Guard guard(*this);
-  std::vector<Http2StreamOwner*> owners;
-  for (auto& [id, owner] : streams_) owners.push_back(owner);
-  for (auto* o : owners)
-    if (std::find_if(streams_.begin(), streams_.end(), [o](auto& e) { return e.second == o; }) != streams_.end())
-      o->h2_drained();
+  // The socket took what was queued: the codec may have more for it, and the streams that
+  // wait are told (run_deferred).
+  flush();
 }
 
 void Http2Upstream::on_upstream_timeout(UpstreamConnection&) {

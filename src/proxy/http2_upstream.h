@@ -11,6 +11,10 @@
 // connection; a stream the peer refused (REFUSED_STREAM, or above GOAWAY's last stream id) was
 // not processed, and its exchange sends it again without counting it against the endpoint. A
 // connection with no stream for the cluster's idle_timeout is closed.
+//
+// What the streams queue is written once after the loop's I/O callbacks of the turn
+// (EventLoop::defer), and only the streams that wait for their body to go out are told when it
+// has: the work per event is per stream touched, not per stream open.
 
 #include <cstdint>
 #include <map>
@@ -42,12 +46,13 @@ class Http2StreamOwner {
   // `unprocessed`: the peer did not act on it (REFUSED_STREAM, above GOAWAY's last id).
   virtual void h2_reset(uint32_t error_code, bool unprocessed) = 0;
   // Request bytes queued on the stream went out: the client's body may be read again.
+  // Told only after Http2Upstream::wait_drained(stream), once.
   virtual void h2_drained() = 0;
   // The worker closed the connection (it is shutting down): no retry, the request ends.
   virtual void h2_gone() = 0;
 };
 
-class Http2Upstream final : public SharedConnection, public UpstreamHandler, private Http2Handler {
+class Http2Upstream final : public SharedConnection, public UpstreamHandler, private Http2Handler, private Deferred {
  public:
   // A connection to `pool`'s endpoint with room for one more stream (made if needed; it may
   // still be connecting: the owner waits for h2_ready). Null when the cluster's breaker is full
@@ -68,9 +73,11 @@ class Http2Upstream final : public SharedConnection, public UpstreamHandler, pri
   size_t pending(int32_t stream) const;
   // The owner passed `n` response bytes on: the stream's window opens by as much.
   void consume(int32_t stream, size_t n);
+  // The stream's owner waits for its queued body to go out: h2_drained, once, when some has.
+  void wait_drained(int32_t stream);
   // The owner is gone: its stream is reset (CANCEL), or it stops waiting.
   void abandon(Http2StreamOwner* owner, int32_t stream);
-  // Writes what the codec has ready.
+  // Writes what the codec has ready, after this turn's I/O.
   void flush();
 
   // SharedConnection
@@ -107,6 +114,7 @@ class Http2Upstream final : public SharedConnection, public UpstreamHandler, pri
   // Entry points from the connection: deletion and output wait until the outermost returns.
   struct Guard;
   void leave();
+  void run_deferred() override;
 
   std::shared_ptr<EndpointPool> pool_;
   UpstreamHost& host_;
@@ -114,6 +122,7 @@ class Http2Upstream final : public SharedConnection, public UpstreamHandler, pri
   Http2Connection codec_;
   std::vector<Http2StreamOwner*> waiting_;
   std::map<int32_t, Http2StreamOwner*> streams_;  // open streams (an owner once forgotten is null)
+  std::vector<int32_t> blocked_;  // streams whose owner waits for h2_drained
   int32_t goaway_last_ = -1;  // the peer's GOAWAY: streams above were not processed
   bool ready_ = false;
   bool going_away_ = false;   // takes no new stream (GOAWAY either way, retired, failed)

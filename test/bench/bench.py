@@ -175,8 +175,8 @@ def gateway_tokens(tmp):
     return out
 
 
-def write(path, text):
-    with open(path, "w") as f:
+def write(path, text, binary=False):
+    with open(path, "wb" if binary else "w") as f:
         f.write(text)
     return path
 
