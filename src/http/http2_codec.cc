@@ -68,6 +68,9 @@ void join_cookies(HeaderList& fields) {
 
 }  // namespace
 
+// Empty DATA frames in a row (without END_STREAM) a peer may send before its connection ends.
+constexpr uint32_t kMaxEmptyFrames = 32;
+
 struct Http2Connection::Callbacks {
   static Http2Connection& of(void* user_data) { return *static_cast<Http2Connection*>(user_data); }
 
@@ -174,6 +177,17 @@ struct Http2Connection::Callbacks {
         if (end_stream) c.end_of(id);
         return 0;
       case NGHTTP2_DATA:
+        // DATA frames that carry nothing and end nothing cost a read and a callback each and
+        // use no window: a peer that sends them in a row is flooding (Envoy counts them too).
+        if (frame->hd.length == 0 && !end_stream) {
+          if (++c.empty_frames_ > kMaxEmptyFrames) {
+            c.error_ = "flood of empty DATA frames";
+            nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+          }
+        } else {
+          c.empty_frames_ = 0;
+        }
         if (end_stream) c.end_of(id);
         return 0;
       case NGHTTP2_GOAWAY:
@@ -335,7 +349,7 @@ void Http2Connection::end_of(int32_t id) {
 bool Http2Connection::receive(const char* data, size_t length) {
   ssize_t n = nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t*>(data), length);
   if (n < 0) {
-    error_ = nghttp2_strerror(static_cast<int>(n));
+    if (*error_ == '\0') error_ = nghttp2_strerror(static_cast<int>(n));
     return false;
   }
   return !done() || nghttp2_session_want_write(session_);
@@ -405,7 +419,7 @@ std::vector<std::unique_ptr<T>>& spares() {
 
 Http2Connection::OutList::iterator Http2Connection::find_out(int32_t id) {
   auto it = std::lower_bound(out_.begin(), out_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
-  return it != out_.end() && it->first == id ? it : out_.end();
+  return it != out_.end() && it->first == id && it->second ? it : out_.end();
 }
 
 void Http2Connection::open_out(int32_t id) {
@@ -418,13 +432,18 @@ void Http2Connection::open_out(int32_t id) {
     kept.pop_back();
   }
   auto it = std::lower_bound(out_.begin(), out_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
-  out_.emplace(it, id, std::move(o));
+  out_.emplace(it, id, std::move(o));  // at the end: ids only grow, and are never reused
 }
 
 void Http2Connection::close_out(OutList::iterator it) {
   constexpr size_t kSpares = 1024;  // as many as Http2Downstream keeps streams
+  // The entry stays, empty, until half of them are: streams end in about the order they began,
+  // and erasing each from the front would move all the others every time.
   std::unique_ptr<Outgoing> o = std::move(it->second);
-  out_.erase(it);
+  if (++closed_out_ > 16 && closed_out_ * 2 > out_.size()) {
+    out_.erase(std::remove_if(out_.begin(), out_.end(), [](const auto& e) { return !e.second; }), out_.end());
+    closed_out_ = 0;
+  }
   auto& kept = spares<Outgoing>();
   if (kept.size() >= kSpares) return;
   std::string data = std::move(o->data);

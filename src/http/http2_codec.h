@@ -136,7 +136,8 @@ class Http2Connection {
     bool end_sent = false;         // our END_STREAM went out
     size_t unconsumed = 0;    // received body bytes the owner has not passed on
   };
-  // Streams by id, in order (ids only grow): a binary search finds one, no node per stream.
+  // Streams by id, in order (ids only grow): a binary search finds one, no node per stream. A
+  // closed stream's entry is empty until the list is compacted.
   using OutList = std::vector<std::pair<int32_t, std::unique_ptr<Outgoing>>>;
   OutList::iterator find_out(int32_t stream);
   void open_out(int32_t stream);
@@ -151,6 +152,7 @@ class Http2Connection {
   Http2Limits limits_;
   nghttp2_session* session_ = nullptr;
   OutList out_;
+  size_t closed_out_ = 0;  // entries of out_ whose stream closed (empty, left in place)
   // Reused by every submit (nghttp2 copies the pairs before the call returns).
   std::vector<nghttp2_nv> nva_;
   std::string names_;
@@ -165,6 +167,7 @@ class Http2Connection {
   bool block_too_large_ = false;
   bool block_is_trailers_ = false;
   size_t open_streams_ = 0;
+  uint32_t empty_frames_ = 0;  // empty DATA frames received in a row
   const char* error_ = "";
   friend struct Callbacks;
 };

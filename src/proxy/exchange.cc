@@ -549,8 +549,17 @@ void Exchange::tunnel_send(const char* data, size_t length) {
 }
 
 void Exchange::wait_for_downstream() {
+  bool was = st_.paused_for_downstream;
   st_.paused_for_downstream = true;
   owner_.exchange_downstream_blocked();
+  // From now a stall is the client's, bounded by the listener's idle_timeout (on_timer): the
+  // timer armed for the cluster's timeout may be due later than that.
+  if (!was && st_.response_started && st_.cluster) {
+    uint64_t idle = static_cast<uint64_t>(listener().idle_timeout.count());
+    uint64_t timeout = static_cast<uint64_t>(st_.cluster->timeout.count());
+    uint64_t ms = idle && timeout ? std::min(idle, timeout) : std::max(idle, timeout);
+    if (ms) owner_.exchange_timer(ms);
+  }
 }
 
 void Exchange::downstream_drained() {

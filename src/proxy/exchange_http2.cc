@@ -60,7 +60,7 @@ void Exchange::start_h2_attempt() {
 
 void Exchange::h2_open() {
   UpstreamRequest& up = st_.upstream;
-  RequestHead head;
+  RequestHead& head = h2_head_;  // reused, as the exchange is
   // gRPC: the upstream is given the time that is left of the client's deadline.
   std::string left;
   if (st_.grpc_deadline_ms) {
@@ -69,7 +69,7 @@ void Exchange::h2_open() {
   }
   upstream_head_fields(head, upstream_head_, up.attempts, st_.te_trailers, left);
   size_t host = head.fields.find("host");
-  std::string authority(host == HeaderList::npos ? std::string_view() : head.fields.value(host));
+  std::string_view authority = host == HeaderList::npos ? std::string_view() : head.fields.value(host);
   bool tls = cluster_state().pools[static_cast<size_t>(up.endpoint)]->tls_options() != nullptr;
   bool end_now = !st_.has_body || (st_.request_complete && to_upstream_.empty() && h2_trailers_.size() == 0);
   int32_t id = st_.mux->open(this, head, tls ? "https" : "http", authority, end_now);

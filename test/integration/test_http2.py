@@ -15,7 +15,10 @@ with real clients: curl --http2-prior-knowledge, h2load, nghttp, and the h2 libr
 - `http2: false`; `pilotfish check` of the http2 key; max_concurrent_streams in SETTINGS and
   enforced per stream; ALPN h2 and http/1.1 on an mtls listener; response and request trailers;
 - rapid reset (CVE-2023-44487) ends the offending connection only; a stream reset while its
-  upstream is slow gives its upstream connection back.
+  upstream is slow gives its upstream connection back;
+- floods (CONTINUATION, SETTINGS/PING, empty DATA frames), an HPACK bomb, flow-control windows
+  overflowed, a client that never reads a large response: each ends the attacker's connection or
+  stream (memory bounded meanwhile) while honest clients are served.
 
 Run with Debian's interpreter (/usr/bin/python3): it has python3-h2 (meson does)."""
 
@@ -46,6 +49,8 @@ import upstream as up  # noqa: E402
 PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
 REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
 CANCEL = h2.errors.ErrorCodes.CANCEL
+FLOW_CONTROL_ERROR = h2.errors.ErrorCodes.FLOW_CONTROL_ERROR
+ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
@@ -296,8 +301,8 @@ class H2Test(unittest.TestCase):
             c.close()
         self.pf.stop_and_check(self)
 
-    def h2(self, listener="ingress", strict=True, timeout=5.0):
-        c = H2Client(self.pf.port(listener), strict=strict, timeout=timeout)
+    def h2(self, listener="ingress", strict=True, timeout=5.0, pf=None):
+        c = H2Client((pf or self.pf).port(listener), strict=strict, timeout=timeout)
         self.clients.append(c)
         self.addCleanup(c.close)
         return c
@@ -305,9 +310,9 @@ class H2Test(unittest.TestCase):
     def upstream_targets(self):
         return [r["target"] for r in self.up.requests()]
 
-    def access_lines(self):
+    def access_lines(self, path=None):
         try:
-            with open(self.access_log) as f:
+            with open(path or self.access_log) as f:
                 return [json.loads(l) for l in f.read().splitlines() if l.strip()]
         except FileNotFoundError:
             return []
@@ -1090,42 +1095,96 @@ class FloodTest(H2Test):
         """HPACK literal without indexing, new name; lengths < 127."""
         return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
 
-    def request_block(self, path=b"/flood"):
-        return b"".join(self.literal(n, v) for n, v in [(b":method", b"GET"), (b":scheme", b"http"),
+    def request_block(self, path=b"/flood", method=b"GET"):
+        return b"".join(self.literal(n, v) for n, v in [(b":method", method), (b":scheme", b"http"),
                                                          (b":authority", b"test.local"), (b":path", path)])
 
-    def raw(self, listener="ingress"):
-        sock = socket.create_connection(("127.0.0.1", self.pf.port(listener)), timeout=10)
+    def raw(self, listener="ingress", pf=None, rcvbuf=None, settings=b""):
+        """A connection that has sent the preface and a SETTINGS frame (`settings`: its payload).
+        rcvbuf: SO_RCVBUF, set before connect (so that the window it advertises is that small)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(sock.close)
-        sock.sendall(self.PREFACE + self.frame(4, 0, 0))  # the preface, an empty SETTINGS
+        self.clients.append(sock)  # closed first at tearDown, as the other clients
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", (pf or self.pf).port(listener)))
+        sock.sendall(self.PREFACE + self.frame(4, 0, 0, settings))
         return sock
 
-    def ends(self, sock, what):
-        """Reads (bounded) until the server closes the connection; the frame types seen."""
-        deadline = time.monotonic() + 15
-        data = b""
+    @staticmethod
+    def frames(data):
+        """The whole frames in `data`: [(type, flags, stream id, payload)]."""
+        out, off = [], 0
+        while off + 9 <= len(data):
+            length = int.from_bytes(data[off:off + 3], "big")
+            if off + 9 + length > len(data):
+                break
+            out.append((data[off + 3], data[off + 4], int.from_bytes(data[off + 5:off + 9], "big") & 0x7fffffff,
+                        data[off + 9:off + 9 + length]))
+            off += 9 + length
+        return out
+
+    def read_frames(self, sock, until=None, timeout=15, data=b""):
+        """Reads until until(frames) holds for the frames the server sent (data: bytes read
+        before), the server closes the connection, or timeout: (frames, bytes, closed)."""
+        deadline = time.monotonic() + timeout
         sock.settimeout(0.5)
-        while time.monotonic() < deadline:
+        closed = False
+        while not (until and until(self.frames(data))) and time.monotonic() < deadline:
             try:
                 chunk = sock.recv(65536)
             except socket.timeout:
                 continue
             except ConnectionResetError:
+                closed = True
                 break
             if not chunk:
+                closed = True
                 break
             data += chunk
-        else:
-            self.fail("%s: the connection was not closed" % what)
-        kinds, off = [], 0
-        while off + 9 <= len(data):
-            length = int.from_bytes(data[off:off + 3], "big")
-            kinds.append(data[off + 3])
-            off += 9 + length
-        return kinds
+        return self.frames(data), data, closed
 
-    def honest_served(self, tag, listener="ingress"):
-        self.assertEqual(self.h2(listener).handshake().get("/honest/" + tag).status, 200)
+    def ends(self, sock, what):
+        """Reads (bounded) until the server closes the connection; the frames it sent."""
+        frames, _, closed = self.read_frames(sock)
+        if not closed:
+            self.fail("%s: the connection was not closed" % what)
+        return frames
+
+    @staticmethod
+    def goaway_code(frames):
+        """The error code of the GOAWAY among frames, or None."""
+        codes = [struct.unpack(">II", p[:8])[1] for kind, _, _, p in frames if kind == 7]
+        return codes[-1] if codes else None
+
+    @staticmethod
+    def settings_of(frames):
+        """The parameters of the first SETTINGS frame (not an ACK) among frames, or None."""
+        for kind, flags, _, p in frames:
+            if kind == 4 and not flags & 1:
+                return dict(struct.unpack(">HI", p[i:i + 6]) for i in range(0, len(p) - 5, 6))
+        return None
+
+    def honest_served(self, tag, listener="ingress", pf=None, h1=False):
+        """An honest HTTP/2 client (and with h1, an HTTP/1.1 one) of the listener gets its 200."""
+        self.assertEqual(self.h2(listener, pf=pf).handshake().get("/honest/" + tag).status, 200)
+        if h1:
+            r = h.request((pf or self.pf).port(listener), "GET", "/honest-h1/" + tag)
+            self.assertEqual(r.status, 200, r)
+
+    def sidecar(self, stuck):
+        """A pilotfish of this test's own, beside self.pf: listener ingress routes /stuck to the
+        cluster `stuck` (connect_timeout 10s), the rest to the echo upstream; an access log.
+        Returns (pilotfish, access-log path); the test stops it (its clients closed first)."""
+        log = os.path.join(self.dir, "sidecar-access.log")
+        policy = h.simple_policy(self.up, access_log=log,
+                                 routes=[{"match": {"path_prefix": "/stuck"}, "cluster": "stuck"}, {"cluster": "app"}])
+        policy["log_level"] = "debug"
+        policy["clusters"].append({"name": "stuck", "endpoints": [stuck.address], "connect_timeout": "10s"})
+        pf = h.Pilotfish(policy)
+        self.addCleanup(pf.kill)
+        return pf, log
 
     def test_continuation_flood(self):
         sock = self.raw()
@@ -1184,6 +1243,163 @@ class FloodTest(H2Test):
             self.honest_served(name)
             self.ends(sock, name + " flood")
         self.assertTrue(self.pf.alive())
+
+    def test_empty_data_frame_flood(self):
+        # A POST whose body is 1000 DATA frames that carry nothing and end nothing, in one burst:
+        # pilotfish ends the connection after 32 in a row, GOAWAY ENHANCE_YOUR_CALM.
+        sock = self.raw()
+        flood = self.frame(1, 0x4, 1, self.request_block(b"/empty-flood", b"POST"))  # END_HEADERS, no END_STREAM
+        flood += self.frame(0, 0, 1) * 1000
+        try:
+            sock.sendall(flood)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.honest_served("empty-data", h1=True)
+        frames = self.ends(sock, "empty DATA flood")
+        self.assertEqual(self.goaway_code(frames), ENHANCE_YOUR_CALM, frames)
+        h.wait_for(lambda: "flood of empty DATA frames" in self.pf.log(200), 5,
+                   what="the connection error in pilotfish's log")
+        # Whatever reached the upstream of it (the head goes before the body) never completed.
+        self.assertEqual([r for r in self.up.requests() if r["target"] == "/empty-flood" and r["complete"]], [])
+        # An honest client's empty DATA frames: 60 in all, never more than 20 in a row, between
+        # pieces of its body. The limit is on a run of them: it is served, its body intact.
+        c = self.h2().handshake()
+        sid = c.request("POST", "/empty-ok", end_stream=False)
+        pieces = [b"a" * 100, b"b" * 5000, b"c" * 7]
+        for piece in pieces:
+            for _ in range(20):
+                c.conn.send_data(sid, b"")
+            c.conn.send_data(sid, piece)
+        c.conn.end_stream(sid)
+        c.flush()
+        s = c.response(sid)
+        self.assertEqual(s.status, 200, s)
+        whole = b"".join(pieces)
+        self.assertEqual((s.json()["body_len"], s.json()["body"]), (len(whole), whole.decode()))
+        rec = [r for r in self.up.requests() if r["target"] == "/empty-ok"]
+        self.assertEqual([(r["body_len"], r["body_crc"], r["complete"]) for r in rec],
+                         [(len(whole), zlib.crc32(whole), True)])
+        self.assertEqual(c.get("/after-empty").status, 200)
+        self.assertIsNone(c.goaway)
+        self.assertTrue(self.pf.alive())
+
+    def test_window_overflows_are_flow_control_errors(self):
+        # (a) A WINDOW_UPDATE that takes the connection's window past 2^31-1 (65535 + 0x7fffffff):
+        # GOAWAY FLOW_CONTROL_ERROR, and the connection is closed.
+        sock = self.raw()
+        sock.sendall(self.frame(8, 0, 0, struct.pack(">I", 0x7fffffff)))
+        frames = self.ends(sock, "connection window overflow")
+        self.assertEqual(self.goaway_code(frames), FLOW_CONTROL_ERROR, frames)
+        self.honest_served("connection-window", h1=True)
+        # (b) One that takes a stream's window past 2^31-1 (written beside the h2 library, which
+        # would refuse to): nghttp2 makes it a stream error, RST_STREAM FLOW_CONTROL_ERROR; the
+        # connection and its other stream go on.
+        c = self.h2(timeout=10).handshake()
+        victim = c.request("GET", "/slow?ms=2000&victim=1")
+        other = c.request("GET", "/slow?ms=300&other=1")
+        h.wait_for(lambda: "/slow?ms=2000&victim=1" in self.upstream_targets(), 5, what="the victim at the upstream")
+        c.sock.sendall(self.frame(8, 0, victim, struct.pack(">I", 0x7fffffff)))
+        s = c.response(victim)
+        self.assertEqual((s.reset, s.status), (FLOW_CONTROL_ERROR, None), s)
+        s = c.response(other)
+        self.assertEqual((s.status, s.json()["target"]), (200, "/slow?ms=300&other=1"), s)
+        self.assertEqual(c.get("/after-stream-window").status, 200)
+        self.assertIsNone(c.goaway)
+        self.assertFalse(c.closed)
+        # (c) DATA past the stream window pilotfish advertised. pilotfish opens a window again as
+        # it passes the body on, so the upstream here is one that never accepts: the body waits
+        # in pilotfish (the upstream's connect is under way), and the window is not opened past
+        # what pilotfish holds. The client sends three windows and a frame without waiting.
+        stuck = h.Upstream("backlog", name="stuck")  # connects to it never complete
+        self.addCleanup(stuck.stop)
+        side, side_log = self.sidecar(stuck)
+        sock = self.raw(pf=side)
+        frames, data, closed = self.read_frames(sock, lambda f: self.settings_of(f) is not None, 5)
+        self.assertIsNotNone(self.settings_of(frames), "no SETTINGS from pilotfish: %r" % (frames,))
+        window = self.settings_of(frames).get(4, 65535)  # SETTINGS_INITIAL_WINDOW_SIZE
+        sent = 3 * window + 16384
+        body = b"".join(self.frame(0, 0, 1, b"o" * min(16384, sent - i)) for i in range(0, sent, 16384))
+        try:
+            sock.sendall(self.frame(1, 0x4, 1, self.request_block(b"/stuck/overflow", b"POST")) + body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        def ended(f):
+            return any(kind == 3 and stream == 1 for kind, _, stream, _ in f) or self.goaway_code(f) is not None
+        frames, data, closed = self.read_frames(sock, ended, 10, data)
+        resets = [struct.unpack(">I", p)[0] for kind, _, stream, p in frames if kind == 3 and stream == 1]
+        self.assertEqual(resets, [FLOW_CONTROL_ERROR], "window %d, %d bytes sent: %r" % (window, sent, frames))
+        self.assertIsNone(self.goaway_code(frames), frames)
+        # pilotfish took no more of the body than it allowed: its window and its WINDOW_UPDATEs.
+        granted = window + sum(struct.unpack(">I", p)[0] & 0x7fffffff
+                               for kind, _, stream, p in frames if kind == 8 and stream == 1)
+        line = h.wait_for(lambda: [l for l in self.access_lines(side_log) if l["path"] == "/stuck/overflow"], 5,
+                          what="the access-log line of the overflowing stream")
+        self.assertLessEqual(line[0]["bytes_in"], granted, line)
+        self.assertLess(granted, sent)
+        # The same connection takes a request after it, and an honest client is served.
+        sock.sendall(self.frame(1, 0x5, 3, self.request_block(b"/after-overflow")))
+        def answer(f):
+            return b"".join(p for kind, _, stream, p in f if kind == 0 and stream == 3)
+        frames, data, closed = self.read_frames(sock, lambda f: b"/after-overflow" in answer(f), 5, data)
+        self.assertIn(b"/after-overflow", answer(frames),
+                      "the request after the overflow was not answered (closed %r): %r" % (closed, frames))
+        self.honest_served("stream-window-data", pf=side, h1=True)
+        for client in self.clients:
+            client.close()
+        side.stop_and_check(self)
+
+    def test_client_that_never_reads_a_large_response(self):
+        # A client asks for 50 MB with its windows opened to 1 GiB (flow control holds nothing
+        # back), behind a 4 KiB receive buffer, and never reads: pilotfish must stop reading the
+        # upstream rather than keep the response in memory.
+        n = 50 * 1000 * 1000
+        big = 1 << 30
+        settings = struct.pack(">HI", 4, big)  # SETTINGS_INITIAL_WINDOW_SIZE: the streams' windows
+        opened = self.frame(8, 0, 0, struct.pack(">I", big - 65535))  # the connection's window to 1 GiB
+
+        def attack(listener):
+            target = "/download?bytes=%d&stuck=%s" % (n, listener)
+            sock = self.raw(listener, rcvbuf=4096, settings=settings)
+            sock.sendall(opened + self.frame(1, 0x5, 1, self.request_block(target.encode())))
+            h.wait_for(lambda: target in self.upstream_targets(), 5, what="%s at the upstream" % target)
+            return sock
+
+        def logged(listener):  # the access log's path leaves the query out
+            return [l for l in self.access_lines() if (l["listener"], l["path"]) == (listener, "/download")]
+
+        before = self.pf.rss_kib()
+        sock = attack("ingress")
+        peak = before
+        for i in range(60):  # 3 s, while the response is pending
+            peak = max(peak, self.pf.rss_kib())
+            time.sleep(0.05)
+            if i == 30:
+                self.honest_served("never-reads", h1=True)
+        self.assertLess(peak - before, 16 * 1024, "pilotfish's VmRSS went from %d to %d KiB with a 50 MB response "
+                        "for a client that does not read" % (before, peak))
+        # Still pending: had pilotfish taken the whole response from the upstream, the stream
+        # would have ended (and been logged).
+        self.assertEqual(logged("ingress"), [])
+        self.assertTrue(self.pf.alive())
+        # On the brief listener (idle_timeout 1s) the stream whose client takes nothing is ended
+        # (upstream_stalled) once it has waited for the client that long, well before the
+        # cluster's timeout (15s, the default), then the connection, without a stream, is closed
+        # after idle_timeout: the client need not read.
+        accepted = self.connections_total("brief")
+        sock = attack("brief")
+        line = h.wait_for(lambda: logged("brief"), 10,
+                          what="the access-log line of the stuck stream (before the cluster's 15 s timeout)")
+        self.assertEqual((line[0]["status"], line[0]["error"]), (200, "upstream_stalled"), line)
+        self.assertEqual(self.connections_total("brief"), accepted + 1)
+
+        def brief_closed():
+            v = h.sample(h.metrics(self.pf), "pilotfish_downstream_connections", listener="brief")
+            self.assertIsNotNone(v, "no pilotfish_downstream_connections{listener=brief}")
+            return int(v) == 0
+        h.wait_for(brief_closed, 10, what="pilotfish closing the stuck connection")
+        self.ends(sock, "the stuck connection")  # read now: what was queued, then EOF or a reset
+        self.honest_served("after-never-reads", h1=True)
+        self.assertLess(self.pf.rss_kib() - before, 16 * 1024)
 
 
 # -- 10 ----------------------------------------------------------------------------------------
