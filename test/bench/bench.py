@@ -11,7 +11,8 @@ gives medians. Not a test: it asserts nothing and is never run by the test suite
 --with-mtls adds two chains of two proxies each, as a mesh hop runs: wrk speaks plain HTTP to
 sidecar A, A speaks mTLS to sidecar B, B plain HTTP to the upstream; pilotfish pair against an
 HAProxy pair (ssl on both sides of the hop, one thread each). Both proxies of a pair are on the
-proxy CPU. It also measures new TLS connections per second into B with `openssl s_time`, full
+proxy CPU. Each pair runs twice: the hop in HTTP/1.1, and in HTTP/2 (`-h2`: pilotfish A with
+`protocol: auto`, HAProxy A with `alpn h2`; one multiplexed connection carries the hop). It also measures new TLS connections per second into B with `openssl s_time`, full
 handshakes and resumed sessions.
 
 --with-churn adds pilotfish (and the --baseline-bin build, if given) with every request on a new
@@ -209,28 +210,35 @@ clusters:
   - name: app
     endpoints: [127.0.0.1:{up_port}]
 """)
-    pol_a = write(os.path.join(tmp, "pf-a.yaml"), f"""version: 1
-service: bench-a
-workers: 1
-access_log: off
-admin: {{address: 127.0.0.1:{a_admin}}}
-{identity.format(a_cert, a_key, pki.cert)}listeners:
-  - name: outbound
-    address: 127.0.0.1:{pa}
-    routes: [{{cluster: b}}]
-clusters:
-  - name: b
-    endpoints: [127.0.0.1:{pb}]
-    mtls: {{server_identity: {td}b}}
-""")
     b = start([binary, "run", "--config", pol_b])
     procs.append(b)
     wait_port(pb)
-    a = start([binary, "run", "--config", pol_a])
-    procs.append(a)
-    wait_port(pa)
-    targets.append(Target("pilotfish-mtls", pa, a, lambda a=a, b=b: [a.pid, b.pid]))
-    info.update(pf_a_admin=a_admin, pf_b_admin=b_admin, pf_b_port=pb)
+    # A speaks HTTP/1.1 to B (the default), or whatever B offers in ALPN (`protocol: auto`: h2,
+    # one multiplexed connection): the same B, one pair loaded at a time.
+    for name, protocol in (("pilotfish-mtls", "http1"), ("pilotfish-mtls-h2", "auto")):
+        port, admin = free_port(), free_port()
+        pol_a = write(os.path.join(tmp, name + "-a.yaml"), f"""version: 1
+service: bench-a
+workers: 1
+access_log: off
+admin: {{address: 127.0.0.1:{admin}}}
+{identity.format(a_cert, a_key, pki.cert)}listeners:
+  - name: outbound
+    address: 127.0.0.1:{port}
+    routes: [{{cluster: b}}]
+clusters:
+  - name: b
+    protocol: {protocol}
+    endpoints: [127.0.0.1:{pb}]
+    mtls: {{server_identity: {td}b}}
+""")
+        a = start([binary, "run", "--config", pol_a])
+        procs.append(a)
+        wait_port(port)
+        targets.append(Target(name, port, a, lambda a=a, b=b: [a.pid, b.pid]))
+        if protocol == "http1":
+            info.update(pf_a_admin=admin)
+    info.update(pf_b_admin=b_admin, pf_b_port=pb)
 
     # HAProxy wants the certificate and its key in one file.
     def combined(cert, key, name):
@@ -250,25 +258,27 @@ defaults
   option http-keep-alive
 """
     conf_b = write(os.path.join(tmp, "ha-b.cfg"), common + f"""frontend fe
-  bind 127.0.0.1:{hb} ssl crt {ha_b_pem} ca-file {pki.cert} verify required alpn http/1.1
+  bind 127.0.0.1:{hb} ssl crt {ha_b_pem} ca-file {pki.cert} verify required alpn h2,http/1.1
   default_backend be
 backend be
   server up 127.0.0.1:{up_port}
 """)
-    conf_a = write(os.path.join(tmp, "ha-a.cfg"), common + f"""frontend fe
-  bind 127.0.0.1:{ha}
-  default_backend be
-backend be
-  server b 127.0.0.1:{hb} ssl crt {ha_a_pem} ca-file {pki.cert} verify required alpn http/1.1
-""")
     hbp = start(["haproxy", "-f", conf_b])
     procs.append(hbp)
     wait_port(hb)
-    hap = start(["haproxy", "-f", conf_a])
-    procs.append(hap)
-    wait_port(ha)
-    targets.append(Target("haproxy-mtls", ha, hap,
-                          lambda a=hap, b=hbp: children(a.pid) + children(b.pid)))
+    # As the pilotfish pairs: A speaks HTTP/1.1 to B, or HTTP/2 (ALPN h2).
+    for name, alpn in (("haproxy-mtls", "http/1.1"), ("haproxy-mtls-h2", "h2")):
+        port = free_port()
+        conf_a = write(os.path.join(tmp, name + "-a.cfg"), common + f"""frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server b 127.0.0.1:{hb} ssl crt {ha_a_pem} ca-file {pki.cert} verify required alpn {alpn}
+""")
+        hap = start(["haproxy", "-f", conf_a])
+        procs.append(hap)
+        wait_port(port)
+        targets.append(Target(name, port, hap, lambda a=hap, b=hbp: children(a.pid) + children(b.pid)))
     info.update(ha_b_port=hb)
     return info
 
