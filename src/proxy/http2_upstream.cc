@@ -91,23 +91,19 @@ void Http2Upstream::wait_drained(int32_t stream) { blocked_.push_back(stream); }
 
 void Http2Upstream::run_deferred() {
   if (dead_ || !connection_ || !ready_) return;
+  Guard guard(*this);  // an owner's call may end the connection: deleted when this returns (leave)
   codec_.output(connection_->out());
   connection_->flush();  // a failed write is seen by the read side, which ends the connection
   // Queued request bodies may have gone out (a WINDOW_UPDATE came): their clients may go on.
   if (!blocked_.empty()) {
-    ++depth_;
     std::vector<int32_t> blocked;
     blocked.swap(blocked_);
     for (int32_t id : blocked)
       if (Http2StreamOwner* o = owner_of(id)) o->h2_drained();
-    --depth_;
   }
-  if (dead_) return;  // an owner's call ended the connection; its last Guard deletes it
-  if (codec_.done() && streams_.empty() && waiting_.empty()) {
-    dead_ = true;  // both sides said GOAWAY and nothing is left
+  if (!dead_ && codec_.done() && streams_.empty() && waiting_.empty()) {
+    dead_ = true;  // both sides said GOAWAY and nothing is left: closed and deleted by leave
     pool_->forget_shared(this);
-    connection_.end(false);
-    delete this;
   }
 }
 
