@@ -417,8 +417,12 @@ std::vector<std::unique_ptr<T>>& spares() {
 
 }  // namespace
 
+Http2Connection::OutList::iterator Http2Connection::at_or_after(int32_t id) {
+  return std::lower_bound(out_.begin(), out_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
+}
+
 Http2Connection::OutList::iterator Http2Connection::find_out(int32_t id) {
-  auto it = std::lower_bound(out_.begin(), out_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
+  auto it = at_or_after(id);
   return it != out_.end() && it->first == id && it->second ? it : out_.end();
 }
 
@@ -431,8 +435,7 @@ void Http2Connection::open_out(int32_t id) {
     o = std::move(kept.back());
     kept.pop_back();
   }
-  auto it = std::lower_bound(out_.begin(), out_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
-  out_.emplace(it, id, std::move(o));  // at the end: ids only grow, and are never reused
+  out_.emplace(at_or_after(id), id, std::move(o));  // at the end: ids only grow, and are never reused
 }
 
 void Http2Connection::close_out(OutList::iterator it) {

@@ -139,6 +139,7 @@ class Http2Connection {
   // Streams by id, in order (ids only grow): a binary search finds one, no node per stream. A
   // closed stream's entry is empty until the list is compacted.
   using OutList = std::vector<std::pair<int32_t, std::unique_ptr<Outgoing>>>;
+  OutList::iterator at_or_after(int32_t stream);
   OutList::iterator find_out(int32_t stream);
   void open_out(int32_t stream);
   void close_out(OutList::iterator it);

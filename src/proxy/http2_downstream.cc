@@ -196,8 +196,12 @@ void Http2Downstream::recycle(std::unique_ptr<H2Stream> s) {
   spares.push_back(std::move(s));
 }
 
+Http2Downstream::StreamList::iterator Http2Downstream::at_or_after(int32_t id) {
+  return std::lower_bound(streams_.begin(), streams_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
+}
+
 Http2Downstream::H2Stream* Http2Downstream::find(int32_t id) {
-  auto it = std::lower_bound(streams_.begin(), streams_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
+  auto it = at_or_after(id);
   return it == streams_.end() || it->first != id || it->second->closed ? nullptr : it->second.get();
 }
 
@@ -208,7 +212,7 @@ Http2Downstream::H2Stream* Http2Downstream::open_stream(int32_t id) {
     snap_ = current;
     listener_index_ = slot_->index;
   }
-  auto at = std::lower_bound(streams_.begin(), streams_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
+  auto at = at_or_after(id);
   if (at == streams_.end() || at->first != id) at = streams_.emplace(at, id, nullptr);
   std::unique_ptr<H2Stream>& slot = at->second;
   auto& spares = worker_.spare_streams();
@@ -305,14 +309,10 @@ void Http2Downstream::on_close() {
 
 void Http2Downstream::sweep() {
   if (closed_ == 0 || conn_.closing()) return;
-  auto kept = streams_.begin();
-  for (auto& entry : streams_) {
-    if (entry.second->closed)
-      recycle(std::move(entry.second));
-    else if (&*kept++ != &entry)
-      *(kept - 1) = std::move(entry);
-  }
-  streams_.erase(kept, streams_.end());
+  for (auto& entry : streams_)
+    if (entry.second->closed) recycle(std::move(entry.second));
+  streams_.erase(std::remove_if(streams_.begin(), streams_.end(), [](const auto& e) { return !e.second; }),
+                 streams_.end());
   closed_ = 0;
   if (streams_.empty() && !draining_) {
     idle_at_ = uv_now(worker_.loop()) + static_cast<uint64_t>(listener().idle_timeout.count());

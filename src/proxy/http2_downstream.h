@@ -54,6 +54,7 @@ class Http2Downstream final : private Http2Handler, private Deferred {
 
  private:
   struct H2Stream;
+  using StreamList = std::vector<std::pair<int32_t, std::unique_ptr<H2Stream>>>;
   // Http2Handler
   void on_request_head(int32_t stream, RequestHead& head, bool end_stream) override;
   void on_request_head_too_large(int32_t stream, const RequestHead& partial) override;
@@ -64,6 +65,7 @@ class Http2Downstream final : private Http2Handler, private Deferred {
   void on_goaway(int32_t, uint32_t) override {}
 
   H2Stream* open_stream(int32_t id);
+  StreamList::iterator at_or_after(int32_t id);  // the first stream whose id is not below `id`
   void recycle(std::unique_ptr<H2Stream> s);
   H2Stream* find(int32_t id);
   bool check_request(H2Stream& s, bool end_stream);
@@ -89,7 +91,7 @@ class Http2Downstream final : private Http2Handler, private Deferred {
   std::string fixed_cluster_;
   Http2Connection codec_;
   // By id, in order (a client's stream ids only grow): found by a binary search, no node each.
-  std::vector<std::pair<int32_t, std::unique_ptr<H2Stream>>> streams_;
+  StreamList streams_;
   HeaderList response_fields_;  // a response head's fields as they go out (reused)
   std::vector<int32_t> blocked_;  // streams whose response waits for the client to read
   size_t closed_ = 0;          // streams the codec closed, not yet swept
