@@ -1,7 +1,7 @@
 #include "server/file_watch.h"
 
 #include <filesystem>
-#include <set>
+#include <map>
 
 #include "log/logger.h"
 
@@ -11,10 +11,27 @@ namespace {
 
 constexpr uint64_t kQuietMs = 150;
 
+// One watched folder: its event handle, and the names in it that are ours.
+struct FolderWatch {
+  uv_fs_event_t handle;
+  FileWatch* owner;
+  std::vector<std::string> names;
+
+  // An event about `name` may be a change of ours: one of our files, or (Kubernetes) the swap of
+  // a ConfigMap's or Secret's `..data` symlink. Anything else in the folder (a log file written
+  // on every request) is nobody's business here: not even a stat is spent on it.
+  bool concerns(const char* name) const {
+    if (name == nullptr || (name[0] == '.' && name[1] == '.')) return true;
+    for (const auto& n : names)
+      if (n == name) return true;
+    return false;
+  }
+};
+
 void free_handle(uv_handle_t* h) {
   switch (uv_handle_get_type(h)) {
     case UV_FS_POLL: delete reinterpret_cast<uv_fs_poll_t*>(h); break;
-    case UV_FS_EVENT: delete reinterpret_cast<uv_fs_event_t*>(h); break;
+    case UV_FS_EVENT: delete static_cast<FolderWatch*>(h->data); break;
     case UV_TIMER: delete reinterpret_cast<uv_timer_t*>(h); break;
     default: break;
   }
@@ -56,10 +73,11 @@ void FileWatch::watch(std::vector<std::string> paths, FileStamps seen) {
     uv_timer_init(loop_, quiet_);
     quiet_->data = this;
   }
-  std::set<std::string> dirs;
+  std::map<std::string, std::vector<std::string>> dirs;  // folder: the names of our files in it
   for (const auto& path : paths_) {
-    std::string dir = std::filesystem::path(path).parent_path().string();
-    dirs.insert(dir.empty() ? "." : dir);
+    std::filesystem::path p(path);
+    std::string dir = p.parent_path().string();
+    dirs[dir.empty() ? "." : dir].push_back(p.filename().string());
     auto* poll = new uv_fs_poll_t;
     uv_fs_poll_init(loop_, poll);
     poll->data = this;
@@ -68,15 +86,16 @@ void FileWatch::watch(std::vector<std::string> paths, FileStamps seen) {
         poll, [](uv_fs_poll_t* h, int, const uv_stat_t*, const uv_stat_t*) { static_cast<FileWatch*>(h->data)->maybe_changed(); },
         path.c_str(), static_cast<unsigned>(poll_ms_));
   }
-  for (const auto& dir : dirs) {
-    auto* event = new uv_fs_event_t;
-    uv_fs_event_init(loop_, event);
-    event->data = this;
-    handles_.push_back(reinterpret_cast<uv_handle_t*>(event));
+  for (auto& [dir, names] : dirs) {
+    auto* folder = new FolderWatch{{}, this, std::move(names)};
+    uv_fs_event_init(loop_, &folder->handle);
+    folder->handle.data = folder;
+    handles_.push_back(reinterpret_cast<uv_handle_t*>(&folder->handle));
     int rc = uv_fs_event_start(
-        event,
-        [](uv_fs_event_t* h, const char*, int, int status) {
-          if (status == 0) static_cast<FileWatch*>(h->data)->maybe_changed();
+        &folder->handle,
+        [](uv_fs_event_t* h, const char* name, int, int status) {
+          auto* folder = static_cast<FolderWatch*>(h->data);
+          if (status == 0 && folder->concerns(name)) folder->owner->maybe_changed();
         },
         dir.c_str(), 0);
     if (rc != 0)
@@ -87,7 +106,9 @@ void FileWatch::watch(std::vector<std::string> paths, FileStamps seen) {
 }
 
 void FileWatch::maybe_changed() {
-  if (!quiet_ || read() == seen_) return;
+  if (!quiet_) return;
+  ++compared_;
+  if (read() == seen_) return;
   uv_timer_start(quiet_, on_quiet, kQuietMs, 0);
 }
 

@@ -4,8 +4,9 @@
 // symlink swap, both show there) and each file is stat-polled as a backstop (a folder watch can
 // fail, and some file systems send nothing). Events come in bursts (an editor's temporary file, a
 // certificate written before its key), so the owner is told once they have been quiet for a
-// moment, and only if a file's stamp differs from what the owner says it last read: a folder
-// event for a neighbour (a log file, our own policy history) is not a change.
+// moment, and only if a file's stamp differs from what the owner says it last read. A folder
+// event for a neighbour (a log file, our own policy history) is not looked at: it names a file
+// that is not ours.
 
 #include <uv.h>
 
@@ -46,9 +47,12 @@ class FileWatch {
   FileStamps read() const { return stamps_of(paths_); }
   // Stops watching: no more calls. Also done by the destructor.
   void close();
+  // A folder event or a poll says a file may have changed: compared once events are quiet.
+  void maybe_changed();
+  // How many times the files were stat'ed and compared with what was seen (a diagnostic).
+  uint64_t compared() const { return compared_; }
 
  private:
-  void maybe_changed();
   static void on_quiet(uv_timer_t* t);
   void close_handles();
 
@@ -60,6 +64,7 @@ class FileWatch {
   FileStamps seen_;
   std::vector<uv_handle_t*> handles_;  // fs polls and fs events, freed when closed
   uv_timer_t* quiet_ = nullptr;        // freed when closed
+  uint64_t compared_ = 0;
 };
 
 }  // namespace pilotfish
