@@ -2,7 +2,8 @@
 """Dependencies flow one way: a directory of src/ includes only directories of lower layers,
 and include/pilotfish/ (the pure core: the policy model and loader interface, the parsers and
 matchers that take text and give answers) includes nothing of src/ and no libuv or OpenSSL.
-Only src/http/http1_codec includes llhttp, and only src/http/http2_codec includes nghttp2.
+Only src/http/http1_codec includes llhttp, and only src/http/http2_codec includes nghttp2 (with
+src/http/http2_memory, its allocator).
 
 Run from anywhere: python3 test/check_layers.py [SOURCE_ROOT]. Prints each violation and exits
 1, or prints the layers and exits 0.
@@ -43,8 +44,10 @@ def main() -> int:
         for kind, target in INCLUDE.findall(path.read_text(errors="replace")):
             if kind == "<" and target == "llhttp.h" and rel.parent.name + "/" + rel.stem != "http/http1_codec":
                 problems.append(f"src/{rel} includes <llhttp.h>: only http/http1_codec decodes HTTP/1.1")
-            if kind == "<" and target.startswith("nghttp2/") and rel.parent.name + "/" + rel.stem != "http/http2_codec":
-                problems.append(f"src/{rel} includes <{target}>: only http/http2_codec speaks HTTP/2")
+            if kind == "<" and target.startswith("nghttp2/") and \
+                    rel.parent.name + "/" + rel.stem not in ("http/http2_codec", "http/http2_memory"):
+                problems.append(f"src/{rel} includes <{target}>: only http/http2_codec speaks HTTP/2 "
+                                "(and http/http2_memory gives it memory)")
             if kind != '"' or "/" not in target:
                 continue
             there = target.split("/")[0]

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "http/http2_memory.h"
 #include "pilotfish/header_rules.h"
 
 namespace pilotfish {
@@ -26,27 +27,23 @@ bool connection_specific(std::string_view name, std::string_view value) {
   return iequals(name, "te") && !iequals(trim_ows(value), "trailers");
 }
 
-// The name/value pairs of `fields`, names in lower case, connection-specific fields left out.
-// `names` holds the lowered names; both live until the submit call returns (nghttp2 copies).
-void add_fields(std::vector<nghttp2_nv>& nva, std::string& names, const HeaderList& fields) {
-  size_t total = 0;
-  for (size_t i = 0; i < fields.size(); ++i) total += fields.name(i).size();
-  names.clear();
-  names.reserve(total);  // no reallocation below: the pointers into it stay valid
+nghttp2_nv pair(std::string_view name, std::string_view value, uint8_t flags = NGHTTP2_NV_FLAG_NONE) {
+  return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
+          reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(), flags};
+}
+
+// The name/value pairs of `fields`, connection-specific fields left out. The pairs point into
+// `fields`, which lives until the submit call returns: nghttp2 copies them, and writes the copied
+// names in lower case.
+void add_fields(std::vector<nghttp2_nv>& nva, const HeaderList& fields) {
   for (size_t i = 0; i < fields.size(); ++i) {
     std::string_view name = fields.name(i), value = trim_ows(fields.value(i));
     if (name.empty() || name[0] == ':' || connection_specific(name, value)) continue;
-    size_t at = names.size();
-    for (char c : name) names += (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
-    nva.push_back({reinterpret_cast<uint8_t*>(names.data() + at), reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())),
-                   name.size(), value.size(), NGHTTP2_NV_FLAG_NONE});
+    // A value that is new on every message is not put in the peer's HPACK table: it would only
+    // push out entries that are used again, and make every later lookup of that name longer.
+    bool unique = iequals(name, "x-request-id") || iequals(name, "traceparent");
+    nva.push_back(pair(name, value, unique ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE));
   }
-}
-
-nghttp2_nv pair(std::string_view name, std::string_view value) {
-  return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
-          reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
-          NGHTTP2_NV_FLAG_NONE};
 }
 
 // HTTP/2 splits a cookie into one field per crumb (RFC 9113 8.2.3); HTTP/1.1 wants one field.
@@ -213,11 +210,11 @@ struct Http2Connection::Callbacks {
 
   static int on_stream_close(nghttp2_session* session, int32_t id, uint32_t error_code, void* user_data) {
     Http2Connection& c = of(user_data);
-    auto it = c.find_out(id);
-    if (it == c.out_.end()) return 0;
+    std::unique_ptr<Outgoing> o = c.out_.take(id);
+    if (!o) return 0;
     // What the owner had not passed on yet still counts against the connection's window.
-    if (it->second->unconsumed) nghttp2_session_consume_connection(session, it->second->unconsumed);
-    c.close_out(it);
+    if (o->unconsumed) nghttp2_session_consume_connection(session, o->unconsumed);
+    c.keep_spare(std::move(o));
     --c.open_streams_;
     c.handler_.on_stream_closed(id, error_code);
     return 0;
@@ -253,7 +250,7 @@ struct Http2Connection::Callbacks {
       *flags |= NGHTTP2_DATA_FLAG_EOF;
       if (o->trailers.size() > 0) {
         c.nva_.clear();
-        add_fields(c.nva_, c.names_, o->trailers);
+        add_fields(c.nva_, o->trailers);
         if (!c.nva_.empty()) {
           *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
           if (nghttp2_submit_trailer(session, id, c.nva_.data(), c.nva_.size()) != 0)
@@ -293,9 +290,9 @@ Http2Connection::Http2Connection(Role role, Http2Handler& handler, const Http2Li
   // A client's streams before the server's SETTINGS say how many it takes.
   nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
   if (role_ == Role::server)
-    nghttp2_session_server_new2(&session_, cb, this, opt);
+    nghttp2_session_server_new3(&session_, cb, this, opt, http2_memory());
   else
-    nghttp2_session_client_new2(&session_, cb, this, opt);
+    nghttp2_session_client_new3(&session_, cb, this, opt, http2_memory());
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cb);
 
@@ -303,9 +300,11 @@ Http2Connection::Http2Connection(Role role, Http2Handler& handler, const Http2Li
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, limits_.max_concurrent_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, limits_.stream_window},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<uint32_t>(std::min<uint64_t>(limits_.max_header_bytes, UINT32_MAX))},
+      // RFC 9218: no RFC 7540 priority tree, so nghttp2 keeps no closed streams to maintain one.
+      {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
   };
-  size_t count = role_ == Role::server ? 3 : 4;  // ENABLE_PUSH is the client's to send
+  size_t count = role_ == Role::server ? 4 : 5;  // ENABLE_PUSH is the client's to send
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, count);
   if (limits_.connection_window > NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE)
     nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
@@ -379,7 +378,7 @@ bool Http2Connection::submit_response(int32_t id, int status, const HeaderList& 
                   static_cast<char>('0' + status % 10), 0};
   nva_.clear();
   nva_.push_back(pair(":status", std::string_view(code, 3)));
-  add_fields(nva_, names_, fields);
+  add_fields(nva_, fields);
   if (status < 200) return nghttp2_submit_headers(session_, NGHTTP2_FLAG_NONE, id, nullptr, nva_.data(), nva_.size(),
                                                   nullptr) == 0;
   nghttp2_data_provider provider{};
@@ -395,7 +394,7 @@ int32_t Http2Connection::submit_request(const RequestHead& head, std::string_vie
   nva_.push_back(pair(":scheme", scheme));
   nva_.push_back(pair(":authority", authority));
   nva_.push_back(pair(":path", head.target));
-  add_fields(nva_, names_, head.fields);
+  add_fields(nva_, head.fields);
   nghttp2_data_provider provider{};
   provider.read_callback = Callbacks::read_body;
   int32_t id = nghttp2_submit_request(session_, nullptr, nva_.data(), nva_.size(), end_stream ? nullptr : &provider,
@@ -417,15 +416,6 @@ std::vector<std::unique_ptr<T>>& spares() {
 
 }  // namespace
 
-Http2Connection::OutList::iterator Http2Connection::at_or_after(int32_t id) {
-  return std::lower_bound(out_.begin(), out_.end(), id, [](const auto& e, int32_t v) { return e.first < v; });
-}
-
-Http2Connection::OutList::iterator Http2Connection::find_out(int32_t id) {
-  auto it = at_or_after(id);
-  return it != out_.end() && it->first == id && it->second ? it : out_.end();
-}
-
 void Http2Connection::open_out(int32_t id) {
   auto& kept = spares<Outgoing>();
   std::unique_ptr<Outgoing> o;
@@ -435,33 +425,27 @@ void Http2Connection::open_out(int32_t id) {
     o = std::move(kept.back());
     kept.pop_back();
   }
-  out_.emplace(at_or_after(id), id, std::move(o));  // at the end: ids only grow, and are never reused
+  out_.add(id, std::move(o));
 }
 
-void Http2Connection::close_out(OutList::iterator it) {
-  constexpr size_t kSpares = 1024;  // as many as Http2Downstream keeps streams
-  // The entry stays, empty, until half of them are: streams end in about the order they began,
-  // and erasing each from the front would move all the others every time.
-  std::unique_ptr<Outgoing> o = std::move(it->second);
-  if (++closed_out_ > 16 && closed_out_ * 2 > out_.size()) {
-    out_.erase(std::remove_if(out_.begin(), out_.end(), [](const auto& e) { return !e.second; }), out_.end());
-    closed_out_ = 0;
-  }
+void Http2Connection::keep_spare(std::unique_ptr<Outgoing> o) {
+  // A worker's streams both ways: a client's streams and the upstream streams they open.
+  constexpr size_t kSpares = 4096;
   auto& kept = spares<Outgoing>();
   if (kept.size() >= kSpares) return;
   std::string data = std::move(o->data);
   HeaderList trailers = std::move(o->trailers);
   *o = Outgoing();
   data.clear();
-  if (data.capacity() <= 16 * 1024) o->data = std::move(data);  // a big body's buffer is not kept
+  if (data.capacity() <= 1024) o->data = std::move(data);  // a big body's buffer is not kept
   trailers.clear();
   o->trailers = std::move(trailers);
   kept.push_back(std::move(o));
 }
 
-Http2Connection::Outgoing* Http2Connection::outgoing(int32_t id) {
-  auto it = find_out(id);
-  return it == out_.end() ? nullptr : it->second.get();
+Http2Connection::Outgoing* Http2Connection::outgoing(int32_t id) const {
+  const std::unique_ptr<Outgoing>* o = out_.find(id);
+  return o == nullptr ? nullptr : o->get();
 }
 
 void Http2Connection::resume(int32_t id, Outgoing& o) {
@@ -486,7 +470,7 @@ void Http2Connection::send_end(int32_t id, const HeaderList* trailers) {
 }
 
 size_t Http2Connection::queued(int32_t id) const {
-  const Outgoing* o = const_cast<Http2Connection*>(this)->outgoing(id);
+  const Outgoing* o = outgoing(id);
   return o == nullptr ? 0 : o->data.size() - o->offset;
 }
 

@@ -32,6 +32,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include "http/message_head.h"
+#include "http/stream_table.h"
 #include "pilotfish/header_list.h"
 
 namespace pilotfish {
@@ -136,14 +137,9 @@ class Http2Connection {
     bool end_sent = false;         // our END_STREAM went out
     size_t unconsumed = 0;    // received body bytes the owner has not passed on
   };
-  // Streams by id, in order (ids only grow): a binary search finds one, no node per stream. A
-  // closed stream's entry is empty until the list is compacted.
-  using OutList = std::vector<std::pair<int32_t, std::unique_ptr<Outgoing>>>;
-  OutList::iterator at_or_after(int32_t stream);
-  OutList::iterator find_out(int32_t stream);
   void open_out(int32_t stream);
-  void close_out(OutList::iterator it);
-  Outgoing* outgoing(int32_t stream);
+  void keep_spare(std::unique_ptr<Outgoing> o);
+  Outgoing* outgoing(int32_t stream) const;
   void resume(int32_t stream, Outgoing& o);
   int request_head_done(int32_t stream, bool end_stream);
   void end_of(int32_t stream);
@@ -152,11 +148,9 @@ class Http2Connection {
   Http2Handler& handler_;
   Http2Limits limits_;
   nghttp2_session* session_ = nullptr;
-  OutList out_;
-  size_t closed_out_ = 0;  // entries of out_ whose stream closed (empty, left in place)
+  StreamTable<std::unique_ptr<Outgoing>> out_;  // open streams
   // Reused by every submit (nghttp2 copies the pairs before the call returns).
   std::vector<nghttp2_nv> nva_;
-  std::string names_;
   // The header block being decoded (one at a time: CONTINUATION frames follow their HEADERS).
   RequestHead request_;
   ResponseHead response_;

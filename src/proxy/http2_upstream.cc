@@ -114,7 +114,7 @@ int32_t Http2Upstream::open(Http2StreamOwner* owner, const RequestHead& head, st
   if (dead_ || !ready_ || going_away_) return -1;
   int32_t id = codec_.submit_request(head, scheme, authority, end_stream);
   if (id < 0) return -1;
-  streams_[id] = owner;
+  streams_.add(id, owner);
   if (connection_) connection_->clear_deadline();  // not idle
   return id;
 }
@@ -136,9 +136,9 @@ void Http2Upstream::abandon(Http2StreamOwner* owner, int32_t stream) {
   Guard guard(*this);
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), owner), waiting_.end());
   if (stream >= 0) {
-    auto it = streams_.find(stream);
-    if (it != streams_.end() && it->second == owner) {
-      streams_.erase(it);
+    Http2StreamOwner** o = streams_.find(stream);
+    if (o != nullptr && *o == owner) {
+      streams_.take(stream);
       if (!dead_) codec_.reset(stream, kCancel);
     }
   }
@@ -197,17 +197,17 @@ void Http2Upstream::fail_all(int status, bool connect, bool closed_by_worker) {
   pool_->forget_shared(this);
   std::vector<Http2StreamOwner*> waiting;
   waiting.swap(waiting_);
-  std::map<int32_t, Http2StreamOwner*> streams;
+  StreamTable<Http2StreamOwner*> streams;
   streams.swap(streams_);
   for (auto* w : waiting) closed_by_worker ? w->h2_gone() : w->h2_connect_failed(status);
-  for (auto& [id, owner] : streams) {
+  streams.for_each([&](int32_t id, Http2StreamOwner* owner) {
     if (closed_by_worker)
       owner->h2_gone();
     else if (connect)
       owner->h2_connect_failed(status);
     else
       owner->h2_reset(0, goaway_last_ >= 0 && id > goaway_last_);
-  }
+  });
 }
 
 void Http2Upstream::on_upstream_connect_failed(UpstreamConnection&, int status) {
@@ -268,8 +268,8 @@ void Http2Upstream::on_upstream_timeout(UpstreamConnection&) {
 // The codec's events (inside codec_.receive: no output here)
 
 Http2StreamOwner* Http2Upstream::owner_of(int32_t stream) {
-  auto it = streams_.find(stream);
-  return it == streams_.end() ? nullptr : it->second;
+  Http2StreamOwner** o = streams_.find(stream);
+  return o == nullptr ? nullptr : *o;
 }
 
 void Http2Upstream::on_response_head(int32_t stream, ResponseHead& head, bool end_stream) {
@@ -284,19 +284,15 @@ void Http2Upstream::on_data(int32_t stream, std::string_view piece) {
 }
 
 void Http2Upstream::on_end(int32_t stream, HeaderList& trailers) {
-  auto it = streams_.find(stream);
-  if (it == streams_.end()) return;
-  Http2StreamOwner* o = it->second;
-  streams_.erase(it);  // the response is complete: nothing more for its owner
+  Http2StreamOwner* o = streams_.take(stream);  // the response is complete: nothing more for its owner
+  if (o == nullptr) return;
   o->h2_end(trailers);
   maybe_idle();
 }
 
 void Http2Upstream::on_stream_closed(int32_t stream, uint32_t error_code) {
-  auto it = streams_.find(stream);
-  if (it == streams_.end()) return;
-  Http2StreamOwner* o = it->second;
-  streams_.erase(it);
+  Http2StreamOwner* o = streams_.take(stream);
+  if (o == nullptr) return;
   bool unprocessed = error_code == kRefusedStream || (goaway_last_ >= 0 && stream > goaway_last_);
   o->h2_reset(error_code, unprocessed);
   maybe_idle();

@@ -17,13 +17,13 @@
 // has: the work per event is per stream touched, not per stream open.
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "http/http2_codec.h"
+#include "http/stream_table.h"
 #include "upstream/upstream_pool.h"
 
 namespace pilotfish {
@@ -121,7 +121,7 @@ class Http2Upstream final : public SharedConnection, public UpstreamHandler, pri
   UpstreamLease connection_;
   Http2Connection codec_;
   std::vector<Http2StreamOwner*> waiting_;
-  std::map<int32_t, Http2StreamOwner*> streams_;  // open streams (an owner once forgotten is null)
+  StreamTable<Http2StreamOwner*> streams_;  // open streams and their owners
   std::vector<int32_t> blocked_;  // streams whose owner waits for h2_drained
   int32_t goaway_last_ = -1;  // the peer's GOAWAY: streams above were not processed
   bool ready_ = false;
