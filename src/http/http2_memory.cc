@@ -1,5 +1,6 @@
 #include "http/http2_memory.h"
 
+#include <bit>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -41,9 +42,9 @@ constexpr size_t kKeptBytesPerClass = 128 * 1024;
 constexpr size_t class_size(uint32_t c) { return size_t{32} << c; }
 
 uint32_t class_of(size_t n) {
-  for (uint32_t c = 0; c < kClasses; ++c)
-    if (n <= class_size(c)) return c;
-  return kLarge;
+  if (n <= 32) return 0;
+  auto c = static_cast<uint32_t>(std::bit_width(n - 1)) - 5;  // 33..64: 1, 65..128: 2, ...
+  return c < kClasses ? c : kLarge;
 }
 
 struct Pool {
@@ -59,7 +60,7 @@ Pool::~Pool() {
   pool_gone = true;
   for (auto& list : kept)
     for (Header* h : list) {
-      UNPOISON(h, sizeof(Header) + h->size);
+      UNPOISON(h + 1, h->size);
       std::free(h);
     }
 }
@@ -71,7 +72,7 @@ void* allocate(size_t n, void*) {
   if (c != kLarge && !pool_gone && !pool.kept[c].empty()) {
     Header* h = pool.kept[c].back();
     pool.kept[c].pop_back();
-    UNPOISON(h, sizeof(Header) + h->size);
+    UNPOISON(h + 1, h->size);
     return h + 1;
   }
   size_t size = c == kLarge ? n : class_size(c);
@@ -92,7 +93,7 @@ void release(void* p, void*) {
     return;
   }
   pool.kept[c].push_back(h);
-  POISON(h, sizeof(Header) + h->size);
+  POISON(h + 1, h->size);  // the header stays readable: it says the size
 }
 
 void* allocate_zeroed(size_t count, size_t size, void* user) {
