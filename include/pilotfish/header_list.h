@@ -46,6 +46,14 @@ class HeaderList {
     end_header();
   }
 
+  // Keeps the first `n` headers (n <= size()).
+  void truncate(size_t n) {
+    if (n >= entries_.size()) return;
+    storage_.resize(entries_[n].name_offset);
+    entries_.resize(n);
+    open_ = false;
+  }
+
   size_t size() const { return entries_.size(); }
   std::string_view name(size_t i) const { return {storage_.data() + entries_[i].name_offset, entries_[i].name_length}; }
   std::string_view value(size_t i) const { return {storage_.data() + entries_[i].value_offset, entries_[i].value_length}; }
@@ -62,7 +70,17 @@ class HeaderList {
   bool open_ = false;
 };
 
-bool iequals(std::string_view a, std::string_view b);
-std::string_view trim_ows(std::string_view s);
+// Equal but for ASCII case. The sizes are compared inline: most comparisons of header names
+// end there.
+bool iequals_same_size(const char* a, const char* b, size_t n);
+inline bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && iequals_same_size(a.data(), b.data(), a.size());
+}
+// Without the spaces and tabs around it.
+inline std::string_view trim_ows(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
 
 }  // namespace pilotfish

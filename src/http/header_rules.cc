@@ -19,18 +19,12 @@ constexpr auto kTokenTable = make_token_table();
 char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
 }  // namespace
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
+bool iequals_same_size(const char* a, const char* b, size_t n) {
+  for (size_t i = 0; i < n; ++i)
     if (lower(a[i]) != lower(b[i])) return false;
   return true;
 }
 
-std::string_view trim_ows(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
 
 size_t HeaderList::find(std::string_view lower_name, size_t from) const {
   for (size_t i = from; i < entries_.size(); ++i)

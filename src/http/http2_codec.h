@@ -6,7 +6,9 @@
 // error (RST_STREAM PROTOCOL_ERROR), never cleaned up and passed on. This file drives it with
 // pilotfish's own loop and buffers (nghttp2_session_mem_recv and mem_send, no socket of its
 // own) and turns each stream's messages into the same protocol-neutral heads the HTTP/1.1
-// codec makes (RequestHead, ResponseHead), with the conversions an HTTP/1.1 hop needs:
+// codec makes (RequestHead, ResponseHead), every field in them valid as fields_valid means it
+// (names lower-case tokens; values without NUL, CR, LF or other controls but HTAB, without
+// surrounding whitespace) and no transfer-encoding, with the conversions an HTTP/1.1 hop needs:
 // `:authority` becomes `host` (a `host` that names another is malformed), cookie fields split
 // by HTTP/2 are joined again. Going the other way it writes names in lower case and drops
 // connection-specific fields, whatever its owner hands it.

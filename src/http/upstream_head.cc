@@ -1,5 +1,7 @@
 #include "http/upstream_head.h"
 
+#include <algorithm>
+
 #include "http/http1_codec.h"
 #include "pilotfish/header_rules.h"
 #include "tls/tls.h"
@@ -33,14 +35,40 @@ bool is_pilotfish_field(const Listener& listener, std::string_view name) {
 
 }  // namespace
 
-bool build_upstream_head(std::string& h, const UpstreamHeadInput& in) {
-  h.clear();
+void Http1HeadWriter::request_line(std::string_view method, std::string_view path, std::string_view query) {
+  out_.clear();
+  out_ += method;
+  out_ += ' ';
+  out_ += path;
+  out_ += query;
+  out_ += " HTTP/1.1\r\n";
+}
+
+void Http1HeadWriter::field(std::string_view name, std::initializer_list<std::string_view> value) {
+  out_ += name;
+  out_ += ": ";
+  for (auto piece : value) out_ += piece;
+  out_ += "\r\n";
+}
+
+void Http2HeadWriter::request_line(std::string_view method, std::string_view path, std::string_view query) {
+  out_.clear();
+  out_.method.assign(method);
+  out_.target.assign(path);
+  out_.target += query;
+}
+
+void Http2HeadWriter::field(std::string_view name, std::initializer_list<std::string_view> value) {
+  if (!drop_.empty() && iequals(name, drop_)) return;
+  out_.fields.append_name(name);
+  for (auto piece : value)
+    if (!piece.empty()) out_.fields.append_value(piece);
+  out_.fields.end_header();
+}
+
+bool build_upstream_head(UpstreamHeadWriter& out, const UpstreamHeadInput& in) {
   bool nested = false;
-  h += in.method;
-  h += ' ';
-  h += in.target.path;
-  h += in.target.query;
-  h += " HTTP/1.1\r\n";
+  out.request_line(in.method, in.target.path, in.target.query);
   std::string tokens = connection_tokens(in.headers);
   std::string forwarded_for;
   bool has_host = false;
@@ -60,52 +88,36 @@ bool build_upstream_head(std::string& h, const UpstreamHeadInput& in) {
       continue;
     }
     if (iequals(name, "host")) has_host = true;
-    h += name;
-    h += ": ";
-    h += trim_ows(in.headers.value(i));
-    h += "\r\n";
+    out.field(name, {trim_ows(in.headers.value(i))});
   }
-  if (!has_host) {
-    h += "host: ";
-    h += in.listener.address.text;
-    h += "\r\n";
-  }
-  if (in.chunked) h += "transfer-encoding: chunked\r\n";
-  h += "x-forwarded-for: ";
-  if (!forwarded_for.empty()) {
-    h += forwarded_for;
-    h += ", ";
-  }
-  h += in.client_address;
+  if (!has_host) out.field("host", {in.listener.address.text});
+  if (in.chunked) out.field("transfer-encoding", {"chunked"});
+  if (forwarded_for.empty())
+    out.field("x-forwarded-for", {in.client_address});
+  else
+    out.field("x-forwarded-for", {forwarded_for, ", ", in.client_address});
   if (const TlsState* t = in.tls) {
-    h += "\r\nx-forwarded-proto: https\r\nx-forwarded-client-cert: By=";
-    h += t->own_id();
-    h += ";URI=";
-    h += t->peer_id();
-    h += ";Hash=";
-    h += t->peer_cert_sha256();
-    h += "\r\n";
+    out.field("x-forwarded-proto", {"https"});
+    out.field("x-forwarded-client-cert", {"By=", t->own_id(), ";URI=", t->peer_id(), ";Hash=", t->peer_cert_sha256()});
   } else {
-    h += "\r\nx-forwarded-proto: http\r\n";
+    out.field("x-forwarded-proto", {"http"});
   }
-  if (in.auth) {
-    h += in.auth->subject_header;
-    h += ": ";
-    h += in.subject;
-    h += "\r\n";
-  }
-  if (in.headers.find("x-request-id") == HeaderList::npos) {
-    h += "x-request-id: ";
-    h += in.request_id;
-    h += "\r\n";
-  }
+  if (in.auth) out.field(in.auth->subject_header, {in.subject});
+  if (in.headers.find("x-request-id") == HeaderList::npos) out.field("x-request-id", {in.request_id});
   if (in.websocket) {
-    h += "connection: upgrade\r\nupgrade: ";
-    h += trim_ows(in.headers.value(in.headers.find("upgrade")));
-    h += "\r\n";
+    out.field("connection", {"upgrade"});
+    out.field("upgrade", {trim_ows(in.headers.value(in.headers.find("upgrade")))});
   }
-  // The head ends with the attempt header, added per attempt (append_attempt_head()).
+  // The head ends with the attempt's own fields (append_attempt_head, h2_attempt_fields).
   return nested;
+}
+
+void render_http1_head(std::string& out, const RequestHead& head, size_t fields) {
+  Http1HeadWriter w(out);
+  size_t query = head.target.find('?');
+  std::string_view target = head.target;
+  w.request_line(head.method, target.substr(0, query), query == std::string::npos ? std::string_view() : target.substr(query));
+  for (size_t i = 0; i < fields && i < head.fields.size(); ++i) w.field(head.fields.name(i), {head.fields.value(i)});
 }
 
 void append_attempt_head(std::string& out, std::string_view head, int attempt) {
@@ -144,26 +156,15 @@ uint64_t parse_grpc_timeout(std::string_view v) {
   }
 }
 
-void upstream_head_fields(RequestHead& out, std::string_view head, int attempt, bool te_trailers,
-                          std::string_view grpc_timeout) {
-  out.clear();
-  size_t eol = head.find("\r\n");
-  std::string_view line = head.substr(0, eol);
-  size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
-  out.method.assign(line.substr(0, sp1));
-  out.target.assign(line.substr(sp1 + 1, sp2 - sp1 - 1));
-  head.remove_prefix(eol == std::string_view::npos ? head.size() : eol + 2);
-  while (!head.empty()) {
-    eol = head.find("\r\n");
-    line = head.substr(0, eol);
-    size_t colon = line.find(':');
-    if (colon != std::string_view::npos && !(grpc_timeout.size() && iequals(line.substr(0, colon), "grpc-timeout")))
-      out.fields.add(line.substr(0, colon), trim_ows(line.substr(colon + 1)));
-    head.remove_prefix(eol == std::string_view::npos ? head.size() : eol + 2);
-  }
-  if (grpc_timeout.size()) out.fields.add("grpc-timeout", grpc_timeout);
-  out.fields.add("x-pilotfish-attempt", std::to_string(attempt));
-  if (te_trailers) out.fields.add("te", "trailers");
+void h2_attempt_fields(RequestHead& head, size_t base, int attempt, bool te_trailers, std::string_view grpc_timeout) {
+  head.fields.truncate(base);
+  if (grpc_timeout.size()) head.fields.add("grpc-timeout", grpc_timeout);
+  char digits[16];
+  size_t n = 0;
+  for (unsigned v = static_cast<unsigned>(attempt); n == 0 || v > 0; v /= 10) digits[n++] = static_cast<char>('0' + v % 10);
+  std::reverse(digits, digits + n);
+  head.fields.add("x-pilotfish-attempt", std::string_view(digits, n));
+  if (te_trailers) head.fields.add("te", "trailers");
 }
 
 void append_request_last_chunk(std::string& out, const HeaderList& trailers, const std::string& connection_tokens,

@@ -6,6 +6,7 @@
 // token's subject, x-request-id, the WebSocket upgrade). Protocol-neutral: an HTTP/2 request
 // turned into the same parts goes up the same way.
 
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
@@ -32,9 +33,47 @@ struct UpstreamHeadInput {
   std::string_view request_id;     // added when the client sent none
 };
 
-// Writes the head into `out` without its last lines (see append_attempt_head). Returns true
-// when the request came from another pilotfish (it carried x-pilotfish-attempt).
-bool build_upstream_head(std::string& out, const UpstreamHeadInput& in);
+// Where build_upstream_head writes the head: as HTTP/1.1 text, or as the parts of an HTTP/2
+// stream's head. Each field is written once; its value is `value`'s pieces one after another.
+class UpstreamHeadWriter {
+ public:
+  virtual ~UpstreamHeadWriter() = default;
+  virtual void request_line(std::string_view method, std::string_view path, std::string_view query) = 0;
+  virtual void field(std::string_view name, std::initializer_list<std::string_view> value) = 0;
+};
+
+// The HTTP/1.1 text, into `out` (replaced).
+class Http1HeadWriter final : public UpstreamHeadWriter {
+ public:
+  explicit Http1HeadWriter(std::string& out) : out_(out) {}
+  void request_line(std::string_view method, std::string_view path, std::string_view query) override;
+  void field(std::string_view name, std::initializer_list<std::string_view> value) override;
+
+ private:
+  std::string& out_;
+};
+
+// Method, target and fields, into `out` (replaced), leaving out a field named `drop` (the
+// client's grpc-timeout, when each attempt says the time that is left).
+class Http2HeadWriter final : public UpstreamHeadWriter {
+ public:
+  Http2HeadWriter(RequestHead& out, std::string_view drop) : out_(out), drop_(drop) {}
+  void request_line(std::string_view method, std::string_view path, std::string_view query) override;
+  void field(std::string_view name, std::initializer_list<std::string_view> value) override;
+
+ private:
+  RequestHead& out_;
+  std::string_view drop_;
+};
+
+// Writes the head without the attempt's own fields (append_attempt_head, h2_attempt_fields).
+// Returns true when the request came from another pilotfish (it carried x-pilotfish-attempt).
+bool build_upstream_head(UpstreamHeadWriter& out, const UpstreamHeadInput& in);
+
+// An HTTP/2 head that build_upstream_head wrote (its first `fields` fields, without an attempt's
+// own), as HTTP/1.1 text, as Http1HeadWriter would have written it: for an `auto` cluster's
+// endpoint that turned out to speak HTTP/1.1 only.
+void render_http1_head(std::string& out, const RequestHead& head, size_t fields);
 
 // `head`, then `x-pilotfish-attempt: N` and the blank line that ends it.
 void append_attempt_head(std::string& out, std::string_view head, int attempt);
@@ -49,11 +88,10 @@ void append_request_last_chunk(std::string& out, const HeaderList& trailers, con
 // The same trailer fields as a list, for an HTTP/2 upstream.
 void request_trailers_to_forward(HeaderList& out, const HeaderList& trailers, const std::string& connection_tokens,
                                  const Listener& listener);
-// The head for an HTTP/2 upstream: build_upstream_head's text (`head`, pilotfish's own, well
-// formed) as a RequestHead with the attempt number; `te: trailers` when the client said so.
-// `grpc_timeout`, when not empty, replaces the client's grpc-timeout (the time that is left).
-void upstream_head_fields(RequestHead& out, std::string_view head, int attempt, bool te_trailers,
-                          std::string_view grpc_timeout = {});
+// An HTTP/2 head's attempt fields: `head` keeps its first `base` fields (what
+// build_upstream_head wrote), then gets `grpc-timeout` when not empty (the time that is left),
+// `x-pilotfish-attempt`, and `te: trailers` when the client said so.
+void h2_attempt_fields(RequestHead& head, size_t base, int attempt, bool te_trailers, std::string_view grpc_timeout = {});
 // A grpc-timeout value ("250m", "3S", "1H": 1-8 digits and a unit) in milliseconds, rounded
 // up; 0 when it is not one.
 uint64_t parse_grpc_timeout(std::string_view value);

@@ -208,9 +208,20 @@ bool Exchange::begin(const ExchangeRequest& r) {
   // cluster's retry.on (its body within the replay limit, and only before any response byte).
   st_.upstream.replayable = !st_.has_body || st_.idempotent || st_.grpc;
   const TlsState* t = r.tls && r.tls->established() ? r.tls : nullptr;
-  st_.upstream.nested = build_upstream_head(
-      upstream_head_, {r.method, st_.target, r.fields, st_.body_chunked, st_.websocket, l, r.client_address, t,
-                       st_.auth_subject_ok ? st_.auth : nullptr, st_.auth_subject, request_id_});
+  UpstreamHeadInput in{r.method, st_.target, r.fields, st_.body_chunked, st_.websocket, l, r.client_address, t,
+                       st_.auth_subject_ok ? st_.auth : nullptr, st_.auth_subject, request_id_};
+  if (st_.cluster->protocol == UpstreamProtocol::http1 || st_.websocket) {
+    Http1HeadWriter text(upstream_head_);
+    st_.upstream.nested = build_upstream_head(text, in);
+  } else {
+    // Written as an HTTP/2 stream's head; as text only if an attempt goes over HTTP/1.1 (an
+    // `auto` endpoint that does not speak HTTP/2). The client's grpc-timeout is replaced by the
+    // time that is left at each HTTP/2 attempt.
+    Http2HeadWriter parts(h2_head_, st_.grpc_deadline_ms ? "grpc-timeout" : "");
+    st_.upstream.nested = build_upstream_head(parts, in);
+    h2_base_fields_ = h2_head_.fields.size();
+    upstream_head_.clear();
+  }
   start_attempt();
   return !st_.local_response && !st_.response_complete;
 }
@@ -436,6 +447,7 @@ void Exchange::start_attempt(bool fresh_connection) {
     start_h2_attempt();
     return;
   }
+  if (upstream_head_.empty()) render_http1_head(upstream_head_, h2_head_, h2_base_fields_);
   if (was_h2 && !up.sent) {
     // An HTTP/2 attempt that never got a stream (auto: the endpoint picked http/1.1): its body
     // so far is raw in to_upstream_.

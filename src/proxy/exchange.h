@@ -251,6 +251,7 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   std::string last_chunk_;     // HTTP/1.1: the chunked body's end, with its trailers, for a replay
   HeaderList h2_trailers_;     // HTTP/2: the request's trailers that go on
   RequestHead h2_head_;        // HTTP/2: the head of the attempt's stream, as it goes
+  size_t h2_base_fields_ = 0;  // its fields before the attempt's own (h2_attempt_fields)
   ResponseHead resp_;
   Http1Decoder response_{static_cast<Http1ResponseHandler*>(this), &resp_};
 };

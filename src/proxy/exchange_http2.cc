@@ -67,7 +67,7 @@ void Exchange::h2_open() {
     uint64_t now = uv_now(worker_.loop());
     left = std::to_string(st_.grpc_deadline_ms > now ? st_.grpc_deadline_ms - now : 1) + "m";
   }
-  upstream_head_fields(head, upstream_head_, up.attempts, st_.te_trailers, left);
+  h2_attempt_fields(head, h2_base_fields_, up.attempts, st_.te_trailers, left);
   size_t host = head.fields.find("host");
   std::string_view authority = host == HeaderList::npos ? std::string_view() : head.fields.value(host);
   bool tls = cluster_state().pools[static_cast<size_t>(up.endpoint)]->tls_options() != nullptr;
@@ -124,7 +124,9 @@ void Exchange::h2_head(ResponseHead& head, bool end_stream) {
   up.response_bytes_seen = true;
   st_.last_progress_ms = uv_now(worker_.loop());
   int status = head.status;
-  if (status == 101 || !fields_valid(head.fields) || !framing_headers_valid(head.fields)) {
+  // Its fields are valid, and its framing is HTTP/2's: the codec refuses anything else (a
+  // stream error), so neither fields_valid nor framing_headers_valid has work here.
+  if (status == 101) {
     log_warn("cluster " + st_.cluster->name + ": invalid HTTP/2 response from " +
              cluster_state().pools[static_cast<size_t>(up.endpoint)]->address().text);
     if (!st_.response_started) {
@@ -206,13 +208,7 @@ void Exchange::h2_end(HeaderList& trailers) {
     owner_.exchange_progress();
     return;
   }
-  if (!fields_valid(trailers)) {
-    st_.error = "invalid_response";
-    break_off();
-    owner_.exchange_progress();
-    return;
-  }
-  std::swap(resp_.trailers, trailers);
+  std::swap(resp_.trailers, trailers);  // valid fields: the codec refuses others (a stream error)
   st_.response_complete = true;
   owner_.exchange_end(resp_);
   owner_.exchange_progress();

@@ -369,16 +369,13 @@ void Http2Downstream::on_timeout() {
 // ---------------------------------------------------------------------------------------------
 // Requests
 
-// What an HTTP/2 request must be to go on, beyond the codec's checks (RFC 9113 8.3): a host,
-// no CONNECT, a target pilotfish can normalise, within the body limit.
+// What an HTTP/2 request must be to go on, beyond the codec's checks (RFC 9113 8.3: its fields
+// are valid and its framing is HTTP/2's, or it never gets here): a host, no CONNECT, a target
+// pilotfish can normalise, within the body limit.
 bool Http2Downstream::check_request(H2Stream& s, bool end_stream) {
   Exchange& ex = s.ex;
   RequestHead& h = s.head;
   ex.set_raw_target(h.target);
-  if (!fields_valid(h.fields) || !framing_headers_valid(h.fields)) {
-    ex.answer(400, "invalid_header", !end_stream);
-    return false;
-  }
   if (h.method == "CONNECT") {
     ex.answer(405, "connect_refused", !end_stream);
     return false;

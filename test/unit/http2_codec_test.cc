@@ -300,6 +300,13 @@ TEST(Http2Codec, MalformedRequestsAreStreamErrorsAndNeverHandedOver) {
       [] { Fields f = {{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}}; return f; }(),  // no :path
       [] { auto f = base(); f.push_back({"host", "b"}); return f; }(),  // host names another
       [] { auto f = base(); f.push_back({"x-bad", "a\r\nb"}); return f; }(),
+      // What the HTTP/1.1 side would call an invalid field: the codec hands on none of them.
+      [] { auto f = base(); f.push_back({"x-ctl", "a\x01b"}); return f; }(),
+      [] { auto f = base(); f.push_back({"x-del", "a\x7f"}); return f; }(),
+      [] { auto f = base(); f.push_back({"x-nul", std::string("a\0b", 3)}); return f; }(),
+      [] { auto f = base(); f.push_back({"x bad", "1"}); return f; }(),
+      [] { auto f = base(); f.push_back({"x@bad", "1"}); return f; }(),
+      [] { auto f = base(); f.push_back({"", "1"}); return f; }(),
   };
   for (size_t i = 0; i < malformed.size(); ++i) {
     Recorder events;
@@ -315,6 +322,82 @@ TEST(Http2Codec, MalformedRequestsAreStreamErrorsAndNeverHandedOver) {
     EXPECT_EQ(events.streams[honest].request.target, "/ok") << "case " << i;
     EXPECT_FALSE(raw.goaway) << "case " << i;
   }
+}
+
+// ---- A raw nghttp2 server: answers with what an upstream should never send.
+
+struct RawServer {
+  nghttp2_session* session = nullptr;
+  Fields answer;
+  explicit RawServer(Fields fields) : answer(std::move(fields)) {
+    nghttp2_session_callbacks* cb;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(
+        cb, [](nghttp2_session* s, const nghttp2_frame* f, void* u) {
+          auto* self = static_cast<RawServer*>(u);
+          if (f->hd.type != NGHTTP2_HEADERS || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+          std::vector<nghttp2_nv> nva;
+          for (auto& [n, v] : self->answer)
+            nva.push_back({reinterpret_cast<uint8_t*>(n.data()), reinterpret_cast<uint8_t*>(v.data()), n.size(),
+                           v.size(), NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE});
+          nghttp2_submit_response(s, f->hd.stream_id, nva.data(), nva.size(), nullptr);
+          return 0;
+        });
+    nghttp2_option* opt;
+    nghttp2_option_new(&opt);
+    nghttp2_option_set_no_http_messaging(opt, 1);
+    nghttp2_session_server_new2(&session, cb, this, opt);
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_submit_settings(session, NGHTTP2_FLAG_NONE, nullptr, 0);
+  }
+  ~RawServer() { nghttp2_session_del(session); }
+  void pump(Http2Connection& client) {
+    for (int i = 0; i < 200; ++i) {
+      std::string a;
+      client.output(a);
+      if (!a.empty()) nghttp2_session_mem_recv(session, reinterpret_cast<const uint8_t*>(a.data()), a.size());
+      std::string b;
+      for (;;) {
+        const uint8_t* d;
+        ssize_t n = nghttp2_session_mem_send(session, &d);
+        if (n <= 0) break;
+        b.append(reinterpret_cast<const char*>(d), static_cast<size_t>(n));
+      }
+      if (!b.empty()) client.receive(b.data(), b.size());
+      if (a.empty() && b.empty()) break;
+    }
+  }
+};
+
+TEST(Http2Codec, AnUpstreamsInvalidResponseFieldsAreAStreamErrorAndNeverHandedOver) {
+  std::vector<Fields> bad = {
+      {{":status", "200"}, {"x-ctl", "a\x01b"}},
+      {{":status", "200"}, {"x-bad", "a\r\nset-cookie: b"}},
+      {{":status", "200"}, {"X-Upper", "1"}},
+      {{":status", "200"}, {"x bad", "1"}},
+      {{":status", "200"}, {"transfer-encoding", "chunked"}},
+      {{":status", "200"}, {"x-nul", std::string("a\0b", 3)}},
+  };
+  for (size_t i = 0; i < bad.size(); ++i) {
+    Recorder events;
+    Http2Connection client(Http2Connection::Role::client, events);
+    RawServer raw(bad[i]);
+    int32_t id = client.submit_request(get("/"), "http", "a", true);
+    ASSERT_GT(id, 0);
+    raw.pump(client);
+    EXPECT_TRUE(events.streams[id].statuses.empty()) << "case " << i;
+    EXPECT_TRUE(events.streams[id].closed) << "case " << i;
+    EXPECT_NE(events.streams[id].error, 0u) << "case " << i;
+  }
+  // The same server with an honest answer is heard.
+  Recorder events;
+  Http2Connection client(Http2Connection::Role::client, events);
+  RawServer raw({{":status", "200"}, {"x-ok", "1"}});
+  int32_t id = client.submit_request(get("/"), "http", "a", true);
+  raw.pump(client);
+  ASSERT_EQ(events.streams[id].statuses.size(), 1u);
+  EXPECT_EQ(events.streams[id].statuses[0], 200);
 }
 
 TEST(Http2Codec, RapidResetEndsTheConnection) {

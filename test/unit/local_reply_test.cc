@@ -112,17 +112,50 @@ TEST(Grpc, RetryConditions) {
   EXPECT_EQ(retry_condition_for_grpc(5), 0u);
 }
 
-TEST(Grpc, HeadForAnHttp2Upstream) {
+TEST(UpstreamHead, TheHttp2PartsAreTheHttp1TextAndEachAttemptAddsItsOwn) {
+  Listener l;
+  l.address.text = "127.0.0.1:8080";
+  NormalizedTarget target{"/pkg.Svc/Call", "?a=1"};
+  HeaderList client;
+  client.add("Host", "svc");
+  client.add("grpc-timeout", " 5S");
+  client.add("Content-Type", "application/grpc");
+  client.add("X-Forwarded-For", "10.0.0.1");
+  client.add("te", "trailers");
+  client.add("x-pilotfish-attempt", "1");
+  UpstreamHeadInput in{"POST", target, client, false, false, l, "10.0.0.2", nullptr, nullptr, "", "req-1"};
+
+  std::string text;
+  Http1HeadWriter w1(text);
+  EXPECT_TRUE(build_upstream_head(w1, in));  // it came from another pilotfish
+  EXPECT_EQ(text,
+            "POST /pkg.Svc/Call?a=1 HTTP/1.1\r\nHost: svc\r\ngrpc-timeout: 5S\r\nContent-Type: application/grpc\r\n"
+            "x-forwarded-for: 10.0.0.1, 10.0.0.2\r\nx-forwarded-proto: http\r\nx-request-id: req-1\r\n");
+
   RequestHead h;
-  upstream_head_fields(h, "POST /pkg.Svc/Call HTTP/1.1\r\nhost: svc\r\ngrpc-timeout: 5S\r\ncontent-type: application/grpc\r\n",
-                       2, true, "1200m");
+  Http2HeadWriter w2(h, "");
+  build_upstream_head(w2, in);
   EXPECT_EQ(h.method, "POST");
-  EXPECT_EQ(h.target, "/pkg.Svc/Call");
-  EXPECT_EQ(field(h.fields, "host"), "svc");
-  EXPECT_EQ(field(h.fields, "grpc-timeout"), "1200m");
-  EXPECT_EQ(h.fields.count("grpc-timeout"), 1u);
+  EXPECT_EQ(h.target, "/pkg.Svc/Call?a=1");
+  std::string rendered;
+  render_http1_head(rendered, h, h.fields.size());
+  EXPECT_EQ(rendered, text);
+
+  // The client's grpc-timeout left out: each attempt says the time that is left.
+  Http2HeadWriter w3(h, "grpc-timeout");
+  build_upstream_head(w3, in);
+  size_t base = h.fields.size();
+  EXPECT_EQ(h.fields.count("grpc-timeout"), 0u);
+  h2_attempt_fields(h, base, 1, true, "1200m");
+  h2_attempt_fields(h, base, 12, true, "900m");  // a second attempt replaces the first one's
+  EXPECT_EQ(h.fields.size(), base + 3);
+  EXPECT_EQ(field(h.fields, "grpc-timeout"), "900m");
+  EXPECT_EQ(field(h.fields, "x-pilotfish-attempt"), "12");
   EXPECT_EQ(field(h.fields, "te"), "trailers");
-  EXPECT_EQ(field(h.fields, "x-pilotfish-attempt"), "2");
+  EXPECT_EQ(field(h.fields, "host"), "svc");
+  render_http1_head(rendered, h, base);  // an attempt over HTTP/1.1 after an HTTP/2 one
+  EXPECT_EQ(rendered.find("x-pilotfish-attempt"), std::string::npos);
+  EXPECT_EQ(rendered.find("grpc-timeout"), std::string::npos);
 }
 
 }  // namespace
