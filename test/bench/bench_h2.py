@@ -16,7 +16,7 @@ Rounds are interleaved; each round sends the same number of requests through eac
 reads the proxy's CPU time from /proc. Reports medians: CPU microseconds per request, requests
 per second, p50 and p99 of the request times (from h2load's per-request log), and the proxy's
 RSS per idle HTTP/2 connection (500 connections that sent the preface and SETTINGS, then
-nothing).
+nothing), measured before any load.
 
     python3 test/bench/bench_h2.py [--rounds 5] [--requests 100000] [--scenarios front,both,grpc]
 
@@ -200,6 +200,11 @@ http {{ access_log off; keepalive_requests 1000000; http2_max_requests 1000000;
             for port in ports[s].values():
                 bench.wait_port(port)
 
+        # Before any load: a proxy's buffer pools, once filled by load, would hide what an idle
+        # connection costs.
+        first = scenarios[0]
+        idle = {name: idle_rss_per_connection(port, pids[name]()) for name, port in ports[first].items()}
+
         results = {(s, name): [] for s in scenarios for name in ports[s]}
         for s in scenarios:  # warm-up: pools, caches
             clients, streams, path, grpc = SCENARIOS[s]
@@ -214,9 +219,6 @@ http {{ access_log off; keepalive_requests 1000000; http2_max_requests 1000000;
                     cpu = bench.cpu_seconds(pids[name]()) - before
                     results[(s, name)].append((cpu / args.requests * 1e6, rps, p50, p99, failed))
             print("round %d done" % (r + 1), file=sys.stderr)
-        first = scenarios[0]
-        idle = {name: idle_rss_per_connection(port, pids[name]()) for name, port in ports[first].items()}
-
         print("%s: h2load, %d requests per run, %d interleaved rounds, medians; one worker each on CPU %s, "
               "h2load on CPU %s" % (time.strftime("%Y-%m-%d"), args.requests, args.rounds, bench.PROXY_CPU,
                                     bench.WRK_CPU))
@@ -234,7 +236,7 @@ http {{ access_log off; keepalive_requests 1000000; http2_max_requests 1000000;
                     statistics.median(x[2] for x in runs), statistics.median(x[3] for x in runs),
                     sum(x[4] for x in runs)))
         print()
-        print("RSS per idle HTTP/2 connection (500 connections, on the %s listeners): %s" % (
+        print("RSS per idle HTTP/2 connection (500 connections before any load, on the %s listeners): %s" % (
             first, ", ".join("%s %.1f KiB" % (name, kib) for name, kib in idle.items())))
     finally:
         for p in procs:

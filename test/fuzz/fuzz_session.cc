@@ -19,7 +19,14 @@
 //             bit 7: sent as soon as the connection is accepted, before any request
 //           A request arriving when no script is left is answered by a FIN.
 // Routes: a path under /dead goes to a second cluster whose endpoint refuses connections
-// (connect-failure retries); everything else to the fake upstream. Retries are on (reset,
+// (connect-failure retries); a path under /h2 to a cluster with `protocol: http2` whose endpoint
+// is a second fake upstream; everything else to the fake upstream (HTTP/1.1).
+// The HTTP/2 fake upstream does not decode what it receives: its scripts are its frames, as the
+// input gives them (SETTINGS, responses on streams 1, 3, ..., RST_STREAM, GOAWAY, anything). A
+// script flagged bit 7 goes at accept; each other one once the connection has received bytes
+// since the last script went (bits 0 and 3-6 as above, 1 and 2 too). When none is left, a
+// receipt is answered by a FIN. The client's checks below hold whatever it sends: an HTTP/1.1
+// client of an HTTP/2 upstream gets well-formed HTTP/1.1 responses, one per request. Retries are on (reset,
 // connect-failure, 5xx, gateway-error; no backoff, an unlimited budget) and outlier detection
 // never ejects, so one input behaves the same whatever ran before it.
 //
@@ -139,15 +146,19 @@ struct Fixture {
   pilotfish::ResilienceRegistry resilience{1};
   std::unique_ptr<pilotfish::Worker> worker;
   int upstream_listen = -1;
+  int upstream_h2_listen = -1;
   int refusing = -1;
   uint16_t listener_port = 0;
 
   Fixture() {
     ::signal(SIGPIPE, SIG_IGN);
-    uint16_t upstream_port = 0, refusing_port = 0;
+    uint16_t upstream_port = 0, upstream_h2_port = 0, refusing_port = 0;
     upstream_listen = bound_socket(&upstream_port);
     if (listen(upstream_listen, 128) != 0) std::abort();
     set_nonblocking(upstream_listen);
+    upstream_h2_listen = bound_socket(&upstream_h2_port);
+    if (listen(upstream_h2_listen, 128) != 0) std::abort();
+    set_nonblocking(upstream_h2_listen);
     refusing = bound_socket(&refusing_port);
     int listen_fd = bound_socket(&listener_port);
     std::string retry =
@@ -173,13 +184,18 @@ struct Fixture {
         "    routes:\n"
         "      - match: {path_prefix: /dead}\n"
         "        cluster: dead\n"
+        "      - match: {path_prefix: /h2}\n"
+        "        cluster: h2\n"
         "      - match: {path_prefix: /}\n"
         "        cluster: app\n"
         "clusters:\n"
         "  - name: app\n"
         "    endpoints: [127.0.0.1:" + std::to_string(upstream_port) + "]\n" + retry +
         "  - name: dead\n"
-        "    endpoints: [127.0.0.1:" + std::to_string(refusing_port) + "]\n" + retry;
+        "    endpoints: [127.0.0.1:" + std::to_string(refusing_port) + "]\n" + retry +
+        "  - name: h2\n"
+        "    protocol: http2\n"
+        "    endpoints: [127.0.0.1:" + std::to_string(upstream_h2_port) + "]\n" + retry;
     pilotfish::PolicyLoadResult loaded = pilotfish::load_policy_text(yaml, "fuzz_session.yaml", ".");
     if (!loaded.ok()) {
       for (const auto& e : loaded.errors) std::fprintf(stderr, "fuzz_session: %s\n", e.to_string().c_str());
@@ -204,11 +220,12 @@ struct Script {
 
 class Exchange;
 
-// One connection the fake upstream accepted: decodes the requests the session sends (each one
-// must be HTTP/1.1) and answers each with the next script.
+// One connection a fake upstream accepted. HTTP/1.1: decodes the requests the session sends
+// (each one must be HTTP/1.1) and answers each with the next script. HTTP/2: sends the next
+// script once it has received bytes since the last one.
 class UpstreamConn final : public pilotfish::Http1RequestHandler {
  public:
-  UpstreamConn(Exchange& x, int fd) : x_(x), fd_(fd) {}
+  UpstreamConn(Exchange& x, int fd, bool h2) : x_(x), fd_(fd), h2_(h2) {}
   ~UpstreamConn() override { close_fd(false); }
 
   bool open() const { return fd_ >= 0; }
@@ -250,6 +267,8 @@ class UpstreamConn final : public pilotfish::Http1RequestHandler {
 
   Exchange& x_;
   int fd_;
+  bool h2_;
+  bool prompted_ = false;  // HTTP/2: bytes came since the last script went
   pilotfish::RequestHead head_;
   Http1Decoder decoder_{static_cast<pilotfish::Http1RequestHandler*>(this), &head_};
   std::string received_;
@@ -435,13 +454,15 @@ class Exchange {
 
   bool step() {
     bool progress = false;
-    for (;;) {
-      int fd = accept4(f_.upstream_listen, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0) break;
-      set_nodelay(fd);
-      upstreams_.push_back(std::make_unique<UpstreamConn>(*this, fd));
-      upstreams_.back()->answer_now();
-      progress = true;
+    for (int listen_fd : {f_.upstream_listen, f_.upstream_h2_listen}) {
+      for (;;) {
+        int fd = accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;
+        set_nodelay(fd);
+        upstreams_.push_back(std::make_unique<UpstreamConn>(*this, fd, listen_fd == f_.upstream_h2_listen));
+        upstreams_.back()->answer_now();
+        progress = true;
+      }
     }
     for (auto& c : upstreams_) progress |= c->step();
     if (client_ >= 0) {
@@ -508,7 +529,7 @@ class Exchange {
     if (stream_count() != 0) fail("a stream is left after the teardown");
     if (w.downstream_count() != 0) fail("the worker still counts a downstream connection");
     if (pilotfish::DescriptorBudget::process().in_use() != 0) fail("the descriptor budget is not given back");
-    for (const char* name : {"app", "dead"}) {
+    for (const char* name : {"app", "dead", "h2"}) {
       auto c = f_.resilience.find_cluster(name);
       if (c && (c->requests != 0 || c->connections != 0 || c->pending != 0 || c->retries != 0))
         fail("a cluster's breaker counts are not back to zero");
@@ -576,6 +597,10 @@ void UpstreamConn::start_next() {
 
 void UpstreamConn::feed(const char* data, size_t length) {
   received_.append(data, length);
+  if (h2_) {
+    prompted_ = true;
+    return;
+  }
   while (length > 0 && !tunnel_) {
     Http1Decoder::Outcome o = decoder_.execute(data, length);
     if (o.kind == Http1Decoder::Outcome::more) return;
@@ -608,6 +633,16 @@ bool UpstreamConn::step() {
     close_fd(false);  // the session closed it (or reset it)
     return true;
   }
+  if (h2_ && prompted_ && !script_ && !fin_sent_) {
+    prompted_ = false;
+    script_ = x_.next_script(false, false);
+    written_ = 0;
+    if (script_)
+      piece_ = piece_size(script_->flags >> 3, script_->bytes.size());
+    else
+      send_fin();  // nothing left to say
+    progress = true;
+  }
   if (script_ && fd_ >= 0) {
     size_t n = std::min(piece_, script_->bytes.size() - written_);
     if (n > 0) {
@@ -630,7 +665,7 @@ bool UpstreamConn::step() {
         return true;
       }
       if (flags & kFin) send_fin();
-      if (!fin_sent_) start_next();
+      if (!fin_sent_ && !h2_) start_next();
     }
   }
   return progress;

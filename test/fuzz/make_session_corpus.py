@@ -140,6 +140,43 @@ SEEDS["h2_early_answer"] = seed(ctl(keep_open=True), PREFACE + h2.SETTINGS_EMPTY
     h2.HEADERS, h2.END_HEADERS, 1, h2.request(b"/up", b"POST")) + h2.frame(h2.DATA, 0, 1, b"part"), (EARLY, ok()))
 SEEDS["h2_preface_split"] = seed(ctl(1), PREFACE + h2.SERVER["get"], (0, ok()))
 
+# An HTTP/2 upstream (the /h2 cluster): its scripts are frames. The first goes at accept
+# (UNPROMPTED), each other once pilotfish has sent it something since the last one.
+H2_OK = h2.block([(b":status", b"200"), (b"content-type", b"text/plain")])
+
+
+def h2_answer(stream, body=b"hi", head=H2_OK, trailers=None):
+    out = h2.frame(h2.HEADERS, h2.END_HEADERS, stream, head)
+    if trailers is None:
+        return out + h2.frame(h2.DATA, h2.END_STREAM, stream, body)
+    return out + h2.frame(h2.DATA, 0, stream, body) + h2.frame(h2.HEADERS, h2.END_STREAM | h2.END_HEADERS, stream,
+                                                               h2.block(trailers))
+
+
+H2_HELLO = [(UNPROMPTED, h2.SETTINGS_EMPTY), (0, h2.SETTINGS_ACK)]
+SEEDS["h2up_get"] = seed(ctl(), get("/h2/a"), *H2_HELLO, (0, h2_answer(1)))
+SEEDS["h2up_two_requests"] = seed(ctl(), get("/h2/a") + get("/h2/b"), *H2_HELLO,
+                                  (0, h2_answer(1, b"a")), (0, h2_answer(3, b"b")))
+SEEDS["h2up_trailers"] = seed(ctl(), get("/h2/t"), *H2_HELLO,
+                              (0, h2_answer(1, b"x", trailers=[(b"grpc-status", b"0"), (b"x-sum", b"1")])))
+SEEDS["h2up_refused_then_served"] = seed(ctl(), get("/h2/r"), *H2_HELLO,
+                                         (0, h2.frame(h2.RST, 0, 1, b"\x00\x00\x00\x07")), (0, h2_answer(3)))
+SEEDS["h2up_goaway_then_new_connection"] = seed(ctl(), get("/h2/g"), *H2_HELLO,
+                                                (0, h2.frame(h2.GOAWAY, 0, 0, b"\x00" * 8)), *H2_HELLO,
+                                                (0, h2_answer(1)))
+SEEDS["h2up_field_with_crlf"] = seed(ctl(), get("/h2/x") + get("/h2/y"), *H2_HELLO,
+                                     (0, h2_answer(1, head=h2.block([(b":status", b"200"),
+                                                                     (b"x-bad", b"a\r\nset-cookie: b")]))),
+                                     (0, h2_answer(3)))
+SEEDS["h2up_interim_then_final"] = seed(ctl(), get("/h2/i"), *H2_HELLO,
+                                        (0, h2.frame(h2.HEADERS, h2.END_HEADERS, 1, h2.block([(b":status", b"103")]))
+                                         + h2_answer(1)))
+SEEDS["h2up_chunked_post"] = seed(
+    ctl(10), b"POST /h2/up HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED_BODY,
+    *H2_HELLO, (0, h2_answer(1)), (0, h2_answer(1)))
+SEEDS["h2up_cut_mid_response"] = seed(ctl(), get("/h2/c"), *H2_HELLO,
+                                      (RESET, h2.frame(h2.HEADERS, h2.END_HEADERS, 1, H2_OK) + h2.frame(h2.DATA, 0, 1, b"par")))
+
 
 def main():
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "session")
