@@ -30,20 +30,22 @@ namespace {
 // malloc's alignment.
 struct Header {
   uint32_t size_class;  // kLarge: allocated and freed with malloc alone
-  uint32_t unused;
+  uint32_t used;        // what nghttp2 asked for (under ASan the rest is poisoned)
   uint64_t size;        // what the block holds after the header
 };
 static_assert(sizeof(Header) == 16);
 
-constexpr uint32_t kClasses = 8;  // 32, 64, ... 4096 bytes
+// 32, 48, 64, 96, ... 1536, 2048 bytes: steps of half a power of two waste at most a third.
+constexpr uint32_t kClasses = 13;
 constexpr uint32_t kLarge = kClasses;
 constexpr size_t kKeptBytesPerClass = 128 * 1024;
 
-constexpr size_t class_size(uint32_t c) { return size_t{32} << c; }
+constexpr size_t class_size(uint32_t c) { return (c % 2 ? size_t{48} : size_t{32}) << (c / 2); }
 
 uint32_t class_of(size_t n) {
   if (n <= 32) return 0;
-  auto c = static_cast<uint32_t>(std::bit_width(n - 1)) - 5;  // 33..64: 1, 65..128: 2, ...
+  auto b = static_cast<uint32_t>(std::bit_width(n - 1));  // 2^(b-1) < n <= 2^b, b >= 6
+  uint32_t c = 2 * (b - 5) - (n <= (size_t{3} << (b - 2)) ? 1 : 0);
   return c < kClasses ? c : kLarge;
 }
 
@@ -67,21 +69,31 @@ Pool::~Pool() {
 
 Header* header_of(void* p) { return static_cast<Header*>(p) - 1; }
 
+// The block's first n bytes, for nghttp2; under ASan, a write past them is caught.
+void* hand_out(Header* h, size_t n) {
+  h->used = static_cast<uint32_t>(n);  // n <= h->size, and pooled blocks are small
+  UNPOISON(h + 1, n);
+  POISON(reinterpret_cast<char*>(h + 1) + n, h->size - n);
+  return h + 1;
+}
+
 void* allocate(size_t n, void*) {
   uint32_t c = class_of(n);
   if (c != kLarge && !pool_gone && !pool.kept[c].empty()) {
     Header* h = pool.kept[c].back();
     pool.kept[c].pop_back();
-    UNPOISON(h + 1, h->size);
-    return h + 1;
+    return hand_out(h, n);
   }
   size_t size = c == kLarge ? n : class_size(c);
   auto* h = static_cast<Header*>(std::malloc(sizeof(Header) + size));
   if (h == nullptr) return nullptr;
   h->size_class = c;
-  h->unused = 0;
   h->size = size;
-  return h + 1;
+  if (c == kLarge) {
+    h->used = 0;  // the size says it
+    return h + 1;
+  }
+  return hand_out(h, n);
 }
 
 void release(void* p, void*) {
@@ -89,6 +101,7 @@ void release(void* p, void*) {
   Header* h = header_of(p);
   uint32_t c = h->size_class;
   if (c == kLarge || pool_gone || pool.kept[c].size() * class_size(c) >= kKeptBytesPerClass) {
+    UNPOISON(h + 1, h->size);
     std::free(h);
     return;
   }
@@ -106,10 +119,12 @@ void* allocate_zeroed(size_t count, size_t size, void* user) {
 void* reallocate(void* p, size_t n, void* user) {
   if (p == nullptr) return allocate(n, user);
   Header* h = header_of(p);
-  if (n <= h->size) return p;  // the block has room
+  size_t used = h->size_class == kLarge ? h->size : h->used;
+  if (n <= h->size && h->size_class != kLarge) return hand_out(h, n);  // the block has room
+  if (n <= h->size) return p;
   void* q = allocate(n, user);
   if (q == nullptr) return nullptr;  // p stays as it was, as realloc leaves it
-  std::memcpy(q, p, h->size < n ? h->size : n);
+  std::memcpy(q, p, used < n ? used : n);
   release(p, user);
   return q;
 }

@@ -45,7 +45,7 @@ TEST(Http2Memory, ReallocKeepsTheContentAcrossClassesAndPastTheLargestOne) {
   p = static_cast<char*>(http2_memory()->realloc(p, 2000, nullptr));
   EXPECT_EQ(std::memcmp(p, "0123456789", 10), 0);
   std::memset(p + 10, 'x', 1990);
-  p = static_cast<char*>(http2_memory()->realloc(p, 1 << 20, nullptr));  // past 4 KiB: malloc's own
+  p = static_cast<char*>(http2_memory()->realloc(p, 1 << 20, nullptr));  // past 2 KiB: malloc's own
   ASSERT_NE(p, nullptr);
   EXPECT_EQ(std::memcmp(p, "0123456789", 10), 0);
   EXPECT_EQ(p[1999], 'x');
