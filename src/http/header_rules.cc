@@ -25,7 +25,6 @@ bool iequals_same_size(const char* a, const char* b, size_t n) {
   return true;
 }
 
-
 size_t HeaderList::find(std::string_view lower_name, size_t from) const {
   for (size_t i = from; i < entries_.size(); ++i)
     if (iequals(name(i), lower_name)) return i;

@@ -1,7 +1,5 @@
 #include "http/upstream_head.h"
 
-#include <algorithm>
-
 #include "http/http1_codec.h"
 #include "pilotfish/header_rules.h"
 #include "tls/tls.h"
@@ -61,8 +59,7 @@ void Http2HeadWriter::request_line(std::string_view method, std::string_view pat
 void Http2HeadWriter::field(std::string_view name, std::initializer_list<std::string_view> value) {
   if (!drop_.empty() && iequals(name, drop_)) return;
   out_.fields.append_name(name);
-  for (auto piece : value)
-    if (!piece.empty()) out_.fields.append_value(piece);
+  for (auto piece : value) out_.fields.append_value(piece);
   out_.fields.end_header();
 }
 
@@ -159,11 +156,7 @@ uint64_t parse_grpc_timeout(std::string_view v) {
 void h2_attempt_fields(RequestHead& head, size_t base, int attempt, bool te_trailers, std::string_view grpc_timeout) {
   head.fields.truncate(base);
   if (grpc_timeout.size()) head.fields.add("grpc-timeout", grpc_timeout);
-  char digits[16];
-  size_t n = 0;
-  for (unsigned v = static_cast<unsigned>(attempt); n == 0 || v > 0; v /= 10) digits[n++] = static_cast<char>('0' + v % 10);
-  std::reverse(digits, digits + n);
-  head.fields.add("x-pilotfish-attempt", std::string_view(digits, n));
+  head.fields.add("x-pilotfish-attempt", std::to_string(attempt));
   if (te_trailers) head.fields.add("te", "trailers");
 }
 

@@ -24,11 +24,11 @@
 // The HTTP/2 fake upstream does not decode what it receives: its scripts are its frames, as the
 // input gives them (SETTINGS, responses on streams 1, 3, ..., RST_STREAM, GOAWAY, anything). A
 // script flagged bit 7 goes at accept; each other one once the connection has received bytes
-// since the last script went (bits 0 and 3-6 as above, 1 and 2 too). When none is left, a
-// receipt is answered by a FIN. The client's checks below hold whatever it sends: an HTTP/1.1
-// client of an HTTP/2 upstream gets well-formed HTTP/1.1 responses, one per request. Retries are on (reset,
-// connect-failure, 5xx, gateway-error; no backoff, an unlimited budget) and outlier detection
-// never ejects, so one input behaves the same whatever ran before it.
+// since the last script began (bits 1-6 as above; bit 0 means nothing there). When none is
+// left, a receipt is answered by a FIN. The client's checks below hold whatever it sends: an
+// HTTP/1.1 client of an HTTP/2 upstream gets well-formed HTTP/1.1 responses, one per request.
+// Retries are on (reset, connect-failure, 5xx, gateway-error; no backoff, an unlimited budget)
+// and outlier detection never ejects, so one input behaves the same whatever ran before it.
 //
 // Each input: the client connects to the worker's listener and sends its pieces, the loop
 // turning until quiescent after each; then it shuts down its side (unless bit 4), the fake
@@ -268,13 +268,12 @@ class UpstreamConn final : public pilotfish::Http1RequestHandler {
   Exchange& x_;
   int fd_;
   bool h2_;
-  bool prompted_ = false;  // HTTP/2: bytes came since the last script went
   pilotfish::RequestHead head_;
   Http1Decoder decoder_{static_cast<pilotfish::Http1RequestHandler*>(this), &head_};
   std::string received_;
   bool tunnel_ = false;    // after an upgrade request: bytes, not requests
   bool answered_ = false;  // the request being decoded has its script
-  int waiting_ = 0;        // requests whose answer has not started
+  int waiting_ = 0;        // requests whose answer has not started (HTTP/2: 1 once bytes came)
   const Script* script_ = nullptr;
   size_t written_ = 0;
   size_t piece_ = 0;
@@ -598,7 +597,7 @@ void UpstreamConn::start_next() {
 void UpstreamConn::feed(const char* data, size_t length) {
   received_.append(data, length);
   if (h2_) {
-    prompted_ = true;
+    waiting_ = 1;  // the next script goes: start_next, from step
     return;
   }
   while (length > 0 && !tunnel_) {
@@ -633,14 +632,8 @@ bool UpstreamConn::step() {
     close_fd(false);  // the session closed it (or reset it)
     return true;
   }
-  if (h2_ && prompted_ && !script_ && !fin_sent_) {
-    prompted_ = false;
-    script_ = x_.next_script(false, false);
-    written_ = 0;
-    if (script_)
-      piece_ = piece_size(script_->flags >> 3, script_->bytes.size());
-    else
-      send_fin();  // nothing left to say
+  if (h2_ && waiting_ && !script_ && !fin_sent_) {
+    start_next();
     progress = true;
   }
   if (script_ && fd_ >= 0) {
@@ -665,7 +658,7 @@ bool UpstreamConn::step() {
         return true;
       }
       if (flags & kFin) send_fin();
-      if (!fin_sent_ && !h2_) start_next();
+      if (!fin_sent_) start_next();
     }
   }
   return progress;
