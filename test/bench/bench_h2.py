@@ -19,6 +19,9 @@ RSS per idle HTTP/2 connection (500 connections that sent the preface and SETTIN
 nothing), measured before any load.
 
     python3 test/bench/bench_h2.py [--rounds 5] [--requests 100000] [--scenarios front,both,grpc]
+                                   [--upstream-beside-client]
+
+The NGINX upstream shares the proxy's CPU unless --upstream-beside-client puts it on h2load's.
 
 Timings on a shared machine are noisy: compare the columns of one run, not runs.
 """
@@ -91,7 +94,7 @@ def idle_rss_per_connection(port, pids, count=500):
             s.close()
 
 
-def start_upstreams(tmp, procs):
+def start_upstreams(tmp, procs, cpu):
     """NGINX twice: HTTP/1.1 (the `front` scenario's upstream) and h2c, which answers gRPC calls
     to GRPC_PATH with GRPC_MESSAGE and grpc-status 0 in trailers (a POST to a static file is
     turned into a GET by error_page) and anything else with a small body."""
@@ -109,7 +112,8 @@ http {{ access_log off; keepalive_requests 1000000; http2_max_requests 1000000; 
       error_page 405 =200 $uri; alias {tmp}/grpc-reply.bin; }}
     location / {{ return 200 "hello from upstream\\n"; }} }} }}
 """)
-    up = bench.start(["nginx", "-c", os.path.join(tmp, "upstream.conf"), "-p", tmp])
+    up = subprocess.Popen(["taskset", "-c", cpu, "nginx", "-c", os.path.join(tmp, "upstream.conf"), "-p", tmp],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(up)
     bench.wait_port(h1)
     bench.wait_port(h2)
@@ -121,6 +125,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=100000)
     ap.add_argument("--scenarios", default="front,both,grpc")
+    # The upstream shares the proxy's core by default (the proxy and what it serves compete, as
+    # in a pod on one CPU); with this it runs beside h2load instead, and the proxy has its core.
+    ap.add_argument("--upstream-beside-client", action="store_true")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "pilotfish"))
     args = ap.parse_args()
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -134,7 +141,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="pf-bench-h2-")
     procs = []
     try:
-        up_h1, up_h2 = start_upstreams(tmp, procs)
+        up_h1, up_h2 = start_upstreams(tmp, procs, bench.WRK_CPU if args.upstream_beside_client else bench.PROXY_CPU)
         # Per scenario, the port of each proxy's listener for it.
         ports = {s: {} for s in scenarios}
 
@@ -220,8 +227,9 @@ http {{ access_log off; keepalive_requests 1000000; http2_max_requests 1000000;
                     results[(s, name)].append((cpu / args.requests * 1e6, rps, p50, p99, failed))
             print("round %d done" % (r + 1), file=sys.stderr)
         print("%s: h2load, %d requests per run, %d interleaved rounds, medians; one worker each on CPU %s, "
-              "h2load on CPU %s" % (time.strftime("%Y-%m-%d"), args.requests, args.rounds, bench.PROXY_CPU,
-                                    bench.WRK_CPU))
+              "h2load on CPU %s, the NGINX upstream on CPU %s" % (
+                  time.strftime("%Y-%m-%d"), args.requests, args.rounds, bench.PROXY_CPU, bench.WRK_CPU,
+                  bench.WRK_CPU if args.upstream_beside_client else bench.PROXY_CPU))
         print()
         print("| scenario | proxy | CPU us/request | vs HAProxy | requests/s | p50 ms | p99 ms | not 2xx (all rounds) |")
         print("|---|---|---|---|---|---|---|---|")
