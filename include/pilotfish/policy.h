@@ -74,6 +74,7 @@ struct RateLimitPolicy {
 };
 
 struct Route {
+  std::string name;             // optional: the access log's and the metrics' `route`
   RouteMatch match;
   std::string cluster;          // name, as written
   size_t cluster_index = 0;     // index into Policy::clusters, resolved by the loader

@@ -84,7 +84,7 @@ void AccessLogBuffer::record(const AccessLogEntry& e) {
   JsonWriter w(buffer_);
   w.begin_object();
   w.key("time").str({ts, static_cast<size_t>(n)});
-  w.key("listener").str(e.listener).key("method").str(e.method).key("authority").str(e.authority);
+  w.key("listener").str(e.listener).key("route").str(e.route).key("method").str(e.method).key("authority").str(e.authority);
   w.key("path").str(e.path).key("status").integer(e.status);
   w.key("duration").raw({duration, static_cast<size_t>(d)});  // microseconds, not %.17g
   w.key("bytes_in").integer(static_cast<int64_t>(e.bytes_in)).key("bytes_out").integer(static_cast<int64_t>(e.bytes_out));

@@ -32,6 +32,7 @@ class AccessLogWriter {
 
 struct AccessLogEntry {
   std::string_view listener;
+  std::string_view route;  // its name; "" when unnamed or none matched
   std::string_view method;
   std::string_view authority;
   std::string_view path;

@@ -28,7 +28,10 @@ WorkerStats& MetricsRegistry::bind_worker(unsigned worker, const Policy& policy)
   for (const auto& l : policy.listeners) {
     auto it = slot.stats.listeners.find(l.name);
     auto stats = it != slot.stats.listeners.end() ? it->second : std::make_shared<ListenerStats>();
-    stats->set_clusters(cluster_names);
+    std::set<std::string> route_names;
+    for (const auto& r : l.routes)
+      if (!r.name.empty()) route_names.insert(r.name);
+    stats->set_names(cluster_names, std::move(route_names));
     next.listeners[l.name] = std::move(stats);
   }
   for (const auto& c : policy.clusters) {
@@ -114,7 +117,7 @@ struct ListenerTotals {
   uint64_t authz_denied = 0;
   uint64_t auth_failures = 0;
   uint64_t rate_limited = 0;
-  std::map<std::string, RouteTotals> routes;
+  std::map<std::pair<std::string, std::string>, RouteTotals> routes;  // by (route name, cluster)
 };
 
 struct ClusterTotals {
@@ -153,8 +156,8 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
       t.auth_failures += l->auth_failures.load();
       t.rate_limited += l->rate_limited.load();
       std::lock_guard<std::mutex> routes_lock(l->mutex);
-      for (const auto& [cluster, r] : l->routes) {
-        RouteTotals& rt = t.routes[cluster];
+      for (const auto& [key, r] : l->routes) {
+        RouteTotals& rt = t.routes[key];
         for (size_t i = 0; i < rt.codes.size(); ++i) rt.codes[i] += r->codes.slots[i].load();
         for (size_t i = 0; i < rt.grpc.size(); ++i) rt.grpc[i] += r->grpc[i].load();
         for (size_t i = 0; i < rt.buckets.size(); ++i) rt.buckets[i] += r->buckets[i].load();
@@ -196,19 +199,19 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
     add_counter(authz, {{"listener", name}}, static_cast<double>(t.authz_denied));
     add_counter(auth_failures, {{"listener", name}}, static_cast<double>(t.auth_failures));
     add_counter(rate_limited, {{"listener", name}}, static_cast<double>(t.rate_limited));
-    for (const auto& [cluster, rt] : t.routes) {
+    // gRPC answers are by listener and cluster (the contract's labels): summed over routes.
+    std::map<std::string, std::array<uint64_t, 18>> grpc_by_cluster;
+    for (const auto& [key, rt] : t.routes) {
+      const auto& [route, cluster] = key;
       for (size_t i = 0; i < rt.codes.size(); ++i) {
         if (rt.codes[i] == 0) continue;
-        add_counter(requests, {{"listener", name}, {"cluster", cluster}, {"code", code_label(i)}},
+        add_counter(requests, {{"listener", name}, {"route", route}, {"cluster", cluster}, {"code", code_label(i)}},
                     static_cast<double>(rt.codes[i]));
       }
-      for (size_t i = 0; i < rt.grpc.size(); ++i) {
-        if (rt.grpc[i] == 0) continue;
-        add_counter(grpc, {{"listener", name}, {"cluster", cluster}, {"grpc_code", i < 17 ? std::to_string(i) : "other"}},
-                    static_cast<double>(rt.grpc[i]));
-      }
+      auto& g = grpc_by_cluster[cluster];
+      for (size_t i = 0; i < rt.grpc.size(); ++i) g[i] += rt.grpc[i];
       ClientMetric m;
-      m.label = {{"listener", name}, {"cluster", cluster}};
+      m.label = {{"listener", name}, {"route", route}, {"cluster", cluster}};
       m.histogram.sample_count = rt.count;
       m.histogram.sample_sum = static_cast<double>(rt.sum_ns) / 1e9;
       uint64_t cumulative = 0;
@@ -218,6 +221,13 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
       }
       m.histogram.bucket.push_back({rt.count, std::numeric_limits<double>::infinity()});
       duration.metric.push_back(std::move(m));
+    }
+    for (const auto& [cluster, g] : grpc_by_cluster) {
+      for (size_t i = 0; i < g.size(); ++i) {
+        if (g[i] == 0) continue;
+        add_counter(grpc, {{"listener", name}, {"cluster", cluster}, {"grpc_code", i < 17 ? std::to_string(i) : "other"}},
+                    static_cast<double>(g[i]));
+      }
     }
   }
 

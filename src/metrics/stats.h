@@ -44,7 +44,8 @@ struct StatusCounts {
   void add(int code) { slots[(code >= kFirst && code < kFirst + kSlots) ? code - kFirst : kSlots].add(); }
 };
 
-// Requests of one listener answered for one cluster (or for none: 404s, 400s) in one worker.
+// Requests of one listener's route answered for one cluster (or for none: 404s, 400s) in one
+// worker.
 struct RouteStats {
   StatusCounts codes;
   // gRPC calls by their status (0-16; the last slot: any other code): grpc-status from the
@@ -74,30 +75,38 @@ struct ListenerStats {
   RelaxedCounter authz_denied;
   RelaxedCounter auth_failures;  // 401: no valid bearer token
   RelaxedCounter rate_limited;   // 429
-  // Keyed by cluster name ("" = no cluster). Written only by the owning worker's thread; the
-  // map itself is changed only under `mutex`, which the scrape also takes (never the hot path:
-  // a worker resolves its RouteStats pointer once per cluster and keeps it).
+  // Keyed by (route name, cluster name); "" = an unnamed route, or no cluster. Written only by
+  // the owning worker's thread; the map itself is changed only under `mutex`, which the scrape
+  // also takes (never the hot path: a worker resolves its RouteStats pointer once per route and
+  // cluster and keeps it).
   // A snapshot holds its own reference, so a reload that drops a cluster's series cannot pull
   // them from under a request of the old snapshot.
+  using Key = std::pair<std::string, std::string>;
   std::mutex mutex;
-  std::map<std::string, std::shared_ptr<RouteStats>> routes;
-  std::shared_ptr<RouteStats> route(const std::string& cluster) {
+  std::map<Key, std::shared_ptr<RouteStats>> routes;
+  std::shared_ptr<RouteStats> route(const std::string& route_name, const std::string& cluster) {
     std::lock_guard<std::mutex> lock(mutex);
-    // A request of an old snapshot for a cluster that a reload removed counts, but into a
-    // series of its own that is not exported: the removed cluster's series must not come back.
-    if (!cluster.empty() && !clusters.count(cluster)) return std::make_shared<RouteStats>();
-    auto& slot = routes[cluster];
+    // A request of an old snapshot for a cluster or route name that a reload removed counts,
+    // but into a series of its own that is not exported: the removed series must not come back.
+    if ((!cluster.empty() && !clusters.count(cluster)) || (!route_name.empty() && !route_names.count(route_name)))
+      return std::make_shared<RouteStats>();
+    auto& slot = routes[{route_name, cluster}];
     if (!slot) slot = std::make_shared<RouteStats>();
     return slot;
   }
-  // The clusters of the policy now in force: the series of the others go ("" stays: requests
-  // no route matched).
-  void set_clusters(std::set<std::string> names) {
+  // The clusters and this listener's route names in the policy now in force: the series of the
+  // others go ("" stays: requests of unnamed routes, or that no route matched).
+  void set_names(std::set<std::string> cluster_names, std::set<std::string> names_of_routes) {
     std::lock_guard<std::mutex> lock(mutex);
-    clusters = std::move(names);
-    std::erase_if(routes, [&](const auto& entry) { return !entry.first.empty() && !clusters.count(entry.first); });
+    clusters = std::move(cluster_names);
+    route_names = std::move(names_of_routes);
+    std::erase_if(routes, [&](const auto& entry) {
+      return (!entry.first.second.empty() && !clusters.count(entry.first.second)) ||
+             (!entry.first.first.empty() && !route_names.count(entry.first.first));
+    });
   }
   std::set<std::string> clusters;
+  std::set<std::string> route_names;
 };
 
 enum class BreakerLimit { connections, pending_requests, requests, retries };

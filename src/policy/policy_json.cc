@@ -85,6 +85,7 @@ void write_rate_limit(JsonWriter& w, const std::optional<RateLimitPolicy>& limit
 
 void write_route(JsonWriter& w, const Route& r) {
   w.begin_object();
+  if (!r.name.empty()) w.key("name").str(r.name);
   const RouteMatch& m = r.match;
   if (m.host || m.path_prefix || m.method || !m.headers.empty()) {
     w.key("match").begin_object();

@@ -195,6 +195,13 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
   Route route;
   RouteSource route_source;
   route_source.path = field.path;
+  if (const Field* f = section->find("name")) {
+    if (auto name = read_name(*f)) {
+      for (const Route& other : listener.routes)
+        if (other.name == *name) error(f->position, f->path, quote(*name) + " is already the name of another route of this listener");
+      route.name = *name;
+    }
+  }
   if (const Field* f = section->find("match")) {
     route_source.match = f->position;
     route.match = read_match(*f);

@@ -40,7 +40,7 @@ constexpr std::string_view kListenerKeys[] = {
     "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes",
     "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths", "http2"};
 constexpr std::string_view kHttp2Keys[] = {"max_concurrent_streams"};
-constexpr std::string_view kRouteKeys[] = {"match", "cluster", "auth", "rate_limit"};
+constexpr std::string_view kRouteKeys[] = {"name", "match", "cluster", "auth", "rate_limit"};
 constexpr std::string_view kAuthKeys[] = {"jwks", "issuer", "audience", "subject_header", "clock_skew"};
 constexpr std::string_view kRateLimitKeys[] = {"rate", "burst", "key"};
 constexpr std::string_view kMatchKeys[] = {"host", "path_prefix", "method", "headers"};

@@ -177,6 +177,7 @@ bool Exchange::begin(const ExchangeRequest& r) {
   RequestView view{host, st_.target.path, r.method, &r.fields};
   const Route* route = match_route(l, view);
   size_t route_index = route ? static_cast<size_t>(route - l.routes.data()) : SIZE_MAX;
+  st_.route_index = route_index;
   if (!r.fixed_cluster.empty()) {
     // Intercepted: the original destination chose the cluster (by name: a reload may have
     // moved it, or removed it). The route still says which auth and rate limit apply.
@@ -348,7 +349,7 @@ void Exchange::log() {
   if (st_.started_ns == 0) return;
   uint64_t duration_ns = uv_hrtime() - st_.started_ns;
   if (st_.status != 0) {  // 0: the client left before any answer; nothing was sent
-    RouteStats& route = snap_->route(listener_index_, st_.cluster ? st_.cluster_index : SIZE_MAX);
+    RouteStats& route = snap_->route(listener_index_, st_.route_index, st_.cluster ? st_.cluster_index : SIZE_MAX);
     route.record(st_.status, duration_ns);
     if (st_.grpc) {
       int code = st_.local_response ? grpc_status_of(st_.status, st_.error) : grpc_status_in(resp_);
@@ -362,6 +363,7 @@ void Exchange::log() {
   }
   AccessLogEntry e;
   e.listener = listener().name;
+  if (st_.route_index != SIZE_MAX) e.route = listener().routes[st_.route_index].name;
   e.method = method_;
   e.authority = authority_;
   e.path = st_.target.path.empty() ? std::string_view(raw_target_) : std::string_view(st_.target.path);

@@ -212,6 +212,7 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
     const AuthPolicy* auth = nullptr;  // this request's auth, if any (in snap_'s policy)
     std::string auth_subject;
     bool auth_subject_ok = false;
+    size_t route_index = SIZE_MAX;  // the listener's route that matched; SIZE_MAX: none (yet)
     const Cluster* cluster = nullptr;
     size_t cluster_index = 0;
     // Its way to the cluster: endpoint, connection, holds, attempts, deadlines, retries.

@@ -51,15 +51,18 @@ struct WorkerSnapshot {
   PolicyPtr policy;
   std::vector<std::shared_ptr<ClusterState>> clusters;         // by cluster index
   std::vector<std::shared_ptr<ListenerStats>> listener_stats;  // by listener index
-  std::vector<std::vector<std::shared_ptr<RouteStats>>> route_stats;  // [listener][cluster + 1]
+  // [listener][(route + 1) * (clusters + 1) + cluster]; route SIZE_MAX (none matched) is row 0,
+  // cluster SIZE_MAX (none) the last column.
+  std::vector<std::vector<std::shared_ptr<RouteStats>>> route_stats;
   // Rate limiters, shared with every worker whose snapshot has the same limit (see
   // RateLimiterRegistry): per listener, and per route ([listener][route]); null where none.
   std::vector<std::shared_ptr<RateLimiter>> listener_limiters;
   std::vector<std::vector<std::shared_ptr<RateLimiter>>> route_limiters;
   WorkerKeys keys;
 
-  // Requests of a listener answered for a cluster (SIZE_MAX: for none), resolved once.
-  RouteStats& route(size_t listener, size_t cluster);
+  // Requests of a listener's route (SIZE_MAX: none matched) answered for a cluster (SIZE_MAX:
+  // for none), resolved once.
+  RouteStats& route(size_t listener, size_t route, size_t cluster);
 };
 using SnapshotPtr = std::shared_ptr<WorkerSnapshot>;
 

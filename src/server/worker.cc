@@ -62,12 +62,16 @@ class RefusedConnection final : public Stream {
 
 }  // namespace
 
-RouteStats& WorkerSnapshot::route(size_t listener, size_t cluster) {
-  std::vector<std::shared_ptr<RouteStats>>& row = route_stats[listener];
-  size_t slot = cluster == SIZE_MAX ? row.size() - 1 : cluster;
-  if (row[slot] == nullptr)
-    row[slot] = listener_stats[listener]->route(cluster == SIZE_MAX ? std::string() : policy->clusters[cluster].name);
-  return *row[slot];
+RouteStats& WorkerSnapshot::route(size_t listener, size_t route, size_t cluster) {
+  std::vector<std::shared_ptr<RouteStats>>& table = route_stats[listener];
+  size_t columns = policy->clusters.size() + 1;
+  size_t slot = (route == SIZE_MAX ? 0 : route + 1) * columns + (cluster == SIZE_MAX ? columns - 1 : cluster);
+  if (table[slot] == nullptr) {
+    const Listener& l = policy->listeners[listener];
+    table[slot] = listener_stats[listener]->route(route == SIZE_MAX ? std::string() : l.routes[route].name,
+                                                  cluster == SIZE_MAX ? std::string() : policy->clusters[cluster].name);
+  }
+  return *table[slot];
 }
 
 Worker::Worker(unsigned index, PolicyPtr policy, WorkerKeys keys, std::vector<std::string> listen_keys,
@@ -98,8 +102,8 @@ SnapshotPtr Worker::build_snapshot(PolicyPtr policy, WorkerKeys keys) {
   next->keys = std::move(keys);
   WorkerStats& stats = metrics_.bind_worker(index_, *policy);
   for (const auto& l : policy->listeners) next->listener_stats.push_back(stats.listeners.at(l.name));
-  next->route_stats.assign(policy->listeners.size(),
-                           std::vector<std::shared_ptr<RouteStats>>(policy->clusters.size() + 1));
+  for (const auto& l : policy->listeners)
+    next->route_stats.emplace_back((l.routes.size() + 1) * (policy->clusters.size() + 1));
 
   // What the current snapshot has, by cluster name and by (cluster, endpoint).
   std::map<std::string, std::shared_ptr<ClusterState>> old_clusters;

@@ -172,12 +172,12 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(status, 200)
         self.assertTrue(headers["content-type"].startswith("text/plain; version=0.0.4"))
         s = samples(text)
-        self.assertEqual(value(s, "pilotfish_requests_total", listener="ingress", cluster="app", code="200"), 3)
-        self.assertEqual(value(s, "pilotfish_requests_total", listener="ingress", cluster="", code="404"), 2)
-        self.assertEqual(value(s, "pilotfish_requests_total", listener="ingress", cluster="dead", code="503"), 1)
-        self.assertEqual(value(s, "pilotfish_requests_total", listener="ingress", cluster="", code="400"), 1)
-        self.assertEqual(value(s, "pilotfish_request_duration_seconds_count", listener="ingress", cluster="app"), 3)
-        self.assertEqual(value(s, "pilotfish_request_duration_seconds_bucket", listener="ingress", cluster="app",
+        self.assertEqual(value(s, "pilotfish_requests_total", listener="ingress", route="", cluster="app", code="200"), 3)
+        self.assertEqual(value(s, "pilotfish_requests_total", listener="ingress", route="", cluster="", code="404"), 2)
+        self.assertEqual(value(s, "pilotfish_requests_total", listener="ingress", route="", cluster="dead", code="503"), 1)
+        self.assertEqual(value(s, "pilotfish_requests_total", listener="ingress", route="", cluster="", code="400"), 1)
+        self.assertEqual(value(s, "pilotfish_request_duration_seconds_count", listener="ingress", route="", cluster="app"), 3)
+        self.assertEqual(value(s, "pilotfish_request_duration_seconds_bucket", listener="ingress", route="", cluster="app",
                                le="+Inf"), 3)
         self.assertEqual(value(s, "pilotfish_upstream_requests_total", cluster="app", code="200"), 3)
         self.assertEqual(value(s, "pilotfish_upstream_requests_total", cluster="dead", code="connect_failure"), 1)
@@ -229,14 +229,14 @@ class ConcurrentScrapeTest(unittest.TestCase):
             seen = []
             while any(t.is_alive() for t in threads):
                 s = samples(admin(pf, "/metrics")[2])
-                seen.append(value(s, "pilotfish_requests_total", listener="ingress", cluster="app", code="200") or 0)
+                seen.append(value(s, "pilotfish_requests_total", listener="ingress", route="", cluster="app", code="200") or 0)
                 time.sleep(0.05)
             for t in threads:
                 t.join()
             self.assertGreater(len(seen), 5)
             self.assertEqual(seen, sorted(seen), "a counter went backwards between scrapes")
             final = samples(admin(pf, "/metrics")[2])
-            self.assertEqual(value(final, "pilotfish_requests_total", listener="ingress", cluster="app", code="200"),
+            self.assertEqual(value(final, "pilotfish_requests_total", listener="ingress", route="", cluster="app", code="200"),
                              sum(made))
             self.assertEqual(value(final, "pilotfish_upstream_requests_total", cluster="app", code="200"), sum(made))
             pf.stop_and_check(self)

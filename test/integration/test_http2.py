@@ -330,7 +330,7 @@ class H2Test(unittest.TestCase):
         return version, int(status), body
 
     def requests_total(self, listener="ingress", cluster="app", code="200"):
-        return int(h.sample(h.metrics(self.pf), "pilotfish_requests_total", listener=listener, cluster=cluster,
+        return int(h.sample(h.metrics(self.pf), "pilotfish_requests_total", listener=listener, route="", cluster=cluster,
                             code=code) or 0)
 
     def connections_total(self, listener="ingress"):

@@ -808,7 +808,7 @@ class RawUpstreamTest(unittest.TestCase):
         answered = sorted(e["path"] for e in srv.of("answered"))
         self.assertEqual(answered, sorted("/f/%d" % i for i in range(10)), "each request processed exactly once")
         self.assertGreaterEqual(srv.conns, 3)
-        self.assertEqual(metric(pf, "pilotfish_requests_total", listener="ingress", cluster="app", code="200"), 10)
+        self.assertEqual(metric(pf, "pilotfish_requests_total", listener="ingress", route="", cluster="app", code="200"), 10)
         r = self.post(pf, "/after", b"x")
         self.assertEqual(r.status, 200, r)
         self.assertEqual(srv.errors, [])
@@ -825,7 +825,7 @@ class RawUpstreamTest(unittest.TestCase):
         self.assertEqual([e["body"] for e in srv.of("answered")], [b"not-idempotent"])
         # Not a retry: the refused stream was not processed.
         self.assertEqual(metric(pf, "pilotfish_retries_total", cluster="app"), 0)
-        self.assertEqual(metric(pf, "pilotfish_requests_total", listener="ingress", cluster="app", code="200"), 1)
+        self.assertEqual(metric(pf, "pilotfish_requests_total", listener="ingress", route="", cluster="app", code="200"), 1)
         line = h.wait_for(lambda: access_lines(self.log_path), 5, what="the access-log line")[0]
         self.assertEqual((line["path"], line["status"], line["error"]), ("/once", 200, ""), line)
         r = self.post(pf, "/twice", b"y")

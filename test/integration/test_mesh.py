@@ -300,7 +300,7 @@ clusters:
             self.assertGreaterEqual(h.sample(m, "pilotfish_tls_handshakes_total", direction="inbound", result="ok"), 1)
         m = self.metrics("a")
         self.assertGreaterEqual(h.sample(m, "pilotfish_tls_handshakes_total", direction="outbound", result="ok"), 2)
-        self.assertEqual(h.sample(m, "pilotfish_requests_total", listener="outbound", cluster="web", code="200"), 6)
+        self.assertEqual(h.sample(m, "pilotfish_requests_total", listener="outbound", route="", cluster="web", code="200"), 6)
 
     def test_2_line_echo_passes_through(self):
         out = self.line_echo(ECHO_VIP, ["hello", "mesh"])

@@ -1015,24 +1015,24 @@ class MetricsAcrossReloadsTest(unittest.TestCase):
         self.assertEqual(h.request(pf.port("side"), "GET", "/s").status, 200)
         # A response can reach the client a moment before its worker records it: wait for it.
         def counted(m):
-            return (h.sample(m, "pilotfish_requests_total", listener="side", cluster="gone", code="200") == 1 and
-                    h.sample(m, "pilotfish_requests_total", listener="ingress", cluster="app", code="200") == 3)
+            return (h.sample(m, "pilotfish_requests_total", listener="side", route="", cluster="gone", code="200") == 1 and
+                    h.sample(m, "pilotfish_requests_total", listener="ingress", route="", cluster="app", code="200") == 3)
         h.wait_for(lambda: counted(h.metrics(pf)), 5.0, what="the requests counted")
         before = h.metrics(pf)
-        self.assertEqual(h.sample(before, "pilotfish_requests_total", listener="ingress", cluster="app", code="200"), 3)
-        self.assertEqual(h.sample(before, "pilotfish_requests_total", listener="side", cluster="gone", code="200"), 1)
-        self.assertIsNone(h.sample(before, "pilotfish_requests_total", listener="ingress", cluster="gone", code="200"))
+        self.assertEqual(h.sample(before, "pilotfish_requests_total", listener="ingress", route="", cluster="app", code="200"), 3)
+        self.assertEqual(h.sample(before, "pilotfish_requests_total", listener="side", route="", cluster="gone", code="200"), 1)
+        self.assertIsNone(h.sample(before, "pilotfish_requests_total", listener="ingress", route="", cluster="gone", code="200"))
 
         _, status, body = write_and_reload(pf, policy(False))
         self.assertEqual((status, body.get("outcome")), (200, "applied"), body)
         self.assertEqual(in_flight.read_response(timeout=10).status, 200)
         self.assertEqual(h.request(pf.port(), "GET", "/after").status, 200)
-        h.wait_for(lambda: h.sample(h.metrics(pf), "pilotfish_requests_total", listener="ingress", cluster="app",
+        h.wait_for(lambda: h.sample(h.metrics(pf), "pilotfish_requests_total", listener="ingress", route="", cluster="app",
                                     code="200") == 4, 5.0, what="/after counted")
         text = h.admin_request(pf, "/metrics")[2]
         after = h.parse_samples(text)
         # Kept names: counters carry on from where they were.
-        self.assertEqual(h.sample(after, "pilotfish_requests_total", listener="ingress", cluster="app", code="200"), 4)
+        self.assertEqual(h.sample(after, "pilotfish_requests_total", listener="ingress", route="", cluster="app", code="200"), 4)
         self.assertEqual(h.sample(after, "pilotfish_downstream_connections_total", listener="ingress"),
                          h.sample(before, "pilotfish_downstream_connections_total", listener="ingress") + 1)
         # Removed names: no series of theirs is left.
