@@ -73,11 +73,33 @@ struct RateLimitPolicy {
   bool operator==(const RateLimitPolicy&) const = default;
 };
 
+// `respond` on a route: pilotfish answers itself, no cluster.
+struct DirectResponse {
+  int status = 200;
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;  // lower-case names, as written
+  bool operator==(const DirectResponse&) const = default;
+};
+
+// `redirect` on a route: the answer's location is the request's URL with what is given here
+// instead (its query is kept).
+struct Redirect {
+  std::string scheme;  // "" = the request's
+  std::string host;    // "" = the request's (host[:port])
+  std::string path;    // "" = the request's
+  int status = 301;    // 301, 302, 307 or 308
+  bool operator==(const Redirect&) const = default;
+};
+
 struct Route {
   std::string name;             // optional: the access log's and the metrics' `route`
   RouteMatch match;
-  std::string cluster;          // name, as written
+  // Where the route's requests go: one cluster, or pilotfish's own answer (respond, redirect).
+  std::string cluster;          // name, as written; "" when the route answers itself
   size_t cluster_index = 0;     // index into Policy::clusters, resolved by the loader
+  std::optional<DirectResponse> respond;
+  std::optional<Redirect> redirect;
+  bool answers_itself() const { return respond.has_value() || redirect.has_value(); }
   // The listener's auth and rate_limit apply unless the route has its own, or turns them off.
   std::optional<AuthPolicy> auth;
   bool auth_off = false;

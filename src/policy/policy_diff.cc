@@ -69,7 +69,12 @@ std::vector<KeyedRoute> keyed_routes(const Listener& listener) {
   return out;
 }
 
-std::string route_text(const KeyedRoute& r) { return r.key + " -> " + r.route->cluster; }
+std::string route_text(const KeyedRoute& r) {
+  const Route& route = *r.route;
+  if (route.respond) return r.key + " -> respond " + std::to_string(route.respond->status);
+  if (route.redirect) return r.key + " -> redirect " + std::to_string(route.redirect->status);
+  return r.key + " -> " + route.cluster;
+}
 
 // Routes of listeners present in both policies; an added or removed listener already says its
 // routes came or went.

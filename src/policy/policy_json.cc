@@ -99,7 +99,23 @@ void write_route(JsonWriter& w, const Route& r) {
     }
     w.end_object();
   }
-  w.key("cluster").str(r.cluster);
+  if (!r.cluster.empty()) w.key("cluster").str(r.cluster);
+  if (r.respond) {
+    w.key("respond").begin_object();
+    w.key("status").integer(r.respond->status).key("body").str(r.respond->body);
+    w.key("headers").begin_object();
+    for (const auto& [name, value] : r.respond->headers) w.key(name).str(value);
+    w.end_object();
+    w.end_object();
+  }
+  if (r.redirect) {
+    w.key("redirect").begin_object();
+    if (!r.redirect->scheme.empty()) w.key("scheme").str(r.redirect->scheme);
+    if (!r.redirect->host.empty()) w.key("host").str(r.redirect->host);
+    if (!r.redirect->path.empty()) w.key("path").str(r.redirect->path);
+    w.key("status").integer(r.redirect->status);
+    w.end_object();
+  }
   write_auth(w, r.auth, r.auth_off);
   write_rate_limit(w, r.rate_limit, r.rate_limit_off);
   w.end_object();

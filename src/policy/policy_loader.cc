@@ -391,6 +391,8 @@ std::vector<std::string> policy_key_paths() {
   add("listeners[].http2.", kHttp2Keys);
   add("listeners[].routes[].", kRouteKeys);
   add("listeners[].routes[].match.", kMatchKeys);
+  add("listeners[].routes[].respond.", kRespondKeys);
+  add("listeners[].routes[].redirect.", kRedirectKeys);
   for (const std::string owner : {"listeners[].", "listeners[].routes[]."}) {
     add(owner + "auth.", kAuthKeys);
     add(owner + "rate_limit.", kRateLimitKeys);

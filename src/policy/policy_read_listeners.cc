@@ -3,11 +3,13 @@
 
 #include "policy/policy_reader.h"
 #include "gateway/jwt.h"
+#include "pilotfish/header_rules.h"
 
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -39,6 +41,20 @@ bool is_http_token(std::string_view s) {
     if (!ok) return false;
   }
   return true;
+}
+
+constexpr size_t kMaxDirectBodyBytes = 65536;
+constexpr size_t kMaxHeaderValueBytes = 8192;
+
+// What a policy may not set on a message: what frames it, says how the connection goes, or is
+// pilotfish's own marking.
+bool is_reserved_header(std::string_view name) {
+  static constexpr std::string_view kReserved[] = {
+      "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "upgrade",
+      "te", "trailer", "host"};
+  for (std::string_view r : kReserved)
+    if (name == r) return true;
+  return name.starts_with("x-pilotfish-") || name.starts_with(":");
 }
 
 }  // namespace
@@ -178,6 +194,9 @@ void PolicyReader::read_routes(const Field& field, Listener& listener, ListenerS
               "a tcp listener's route cannot have a match (there is no HTTP request to match)");
     }
     if (items->size() > 1) error((*items)[1].position, (*items)[1].path, "a tcp listener takes exactly one route");
+    for (size_t i = 0; i < listener.routes.size(); ++i)
+      if (listener.routes[i].answers_itself())
+        error((*items)[i].position, (*items)[i].path, "a tcp listener's route sends to a cluster (there is no HTTP request to answer)");
     return;
   }
   // First match wins, so anything after a route that matches everything is never used.
@@ -206,7 +225,19 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
     route_source.match = f->position;
     route.match = read_match(*f);
   }
-  if (const Field* f = require(*section, "cluster", "every route names the cluster it sends to")) {
+  // Exactly one of: the cluster it sends to, or the answer pilotfish gives itself.
+  std::vector<const Field*> targets;
+  for (std::string_view key : {"cluster", "respond", "redirect"})
+    if (const Field* f = section->find(key)) targets.push_back(f);
+  if (targets.empty())
+    error(section->position, join_path(section->path, "cluster"),
+          "missing; every route names the cluster it sends to, or answers itself (respond or redirect)");
+  for (size_t i = 1; i < targets.size(); ++i)
+    error(targets[i]->position, targets[i]->path,
+          "a route either sends to a cluster or answers itself: it cannot have both " +
+              targets[0]->path.substr(targets[0]->path.rfind('.') + 1) + " and " +
+              targets[i]->path.substr(targets[i]->path.rfind('.') + 1));
+  if (const Field* f = section->find("cluster")) {
     route_source.cluster = f->position;
     if (auto cluster = read_text(*f)) {
       if (cluster->empty())
@@ -215,10 +246,132 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
         route.cluster = *cluster;
     }
   }
+  if (const Field* f = section->find("respond")) read_respond(*f, route);
+  if (const Field* f = section->find("redirect")) read_redirect(*f, route);
   if (const Field* f = section->find("auth")) read_auth(*f, route.auth, &route.auth_off);
   if (const Field* f = section->find("rate_limit")) read_rate_limit(*f, route.rate_limit, &route.rate_limit_off);
   listener.routes.push_back(std::move(route));
   source.routes.push_back(std::move(route_source));
+}
+
+void PolicyReader::read_respond(const Field& field, Route& route) {
+  auto section = open_section(field, kRespondKeys);
+  if (!section) return;
+  DirectResponse r;
+  if (const Field* f = section->find("status")) {
+    if (auto v = read_integer(*f, 200, 599)) r.status = static_cast<int>(*v);
+  }
+  if (const Field* f = section->find("body")) {
+    if (auto v = read_text(*f)) {
+      if (v->size() > kMaxDirectBodyBytes)
+        error(f->position, f->path, "is " + std::to_string(v->size()) + " bytes; at most " +
+                                        std::to_string(kMaxDirectBodyBytes) + " are sent");
+      else
+        r.body = *v;
+    }
+  }
+  if (const Field* f = section->find("headers")) read_header_values(*f, r.headers);
+  if (r.status == 204 || r.status == 304) {
+    if (!r.body.empty()) error(section->position, section->path, "a " + std::to_string(r.status) + " has no body");
+  }
+  route.respond = std::move(r);
+}
+
+void PolicyReader::read_redirect(const Field& field, Route& route) {
+  auto section = open_section(field, kRedirectKeys);
+  if (!section) return;
+  Redirect r;
+  if (const Field* f = section->find("scheme")) {
+    if (auto v = read_text(*f)) {
+      if (*v != "http" && *v != "https")
+        error(f->position, f->path, quote(*v) + " is not a scheme pilotfish redirects to: http or https");
+      else
+        r.scheme = *v;
+    }
+  }
+  if (const Field* f = section->find("host")) {
+    if (auto v = read_text(*f)) {
+      if (v->empty() || !is_valid_host(*v))
+        error(f->position, f->path, quote(*v) + " is not a host (a name or address, and an optional :port)");
+      else
+        r.host = lower(*v);
+    }
+  }
+  if (const Field* f = section->find("path")) {
+    if (auto v = read_text(*f)) {
+      bool ok = !v->empty() && (*v)[0] == '/';
+      for (char c : *v) ok = ok && c > 0x20 && c < 0x7f && c != '?' && c != '#';
+      if (!ok)
+        error(f->position, f->path, quote(*v) + " is not a path: it starts with '/', and has no space, control "
+                                                  "character, '?', '#' or byte outside ASCII (percent-encode them)");
+      else
+        r.path = *v;
+    }
+  }
+  if (const Field* f = section->find("status")) {
+    if (auto v = read_integer(*f, 301, 308)) {
+      if (*v != 301 && *v != 302 && *v != 307 && *v != 308)
+        error(f->position, f->path, std::to_string(*v) + " is not a redirect status: 301, 302, 307 or 308");
+      else
+        r.status = static_cast<int>(*v);
+    }
+  }
+  if (r.scheme.empty() && r.host.empty() && r.path.empty())
+    error(section->position, section->path,
+          "a redirect names at least one of scheme, host and path (else it sends the client where it is)");
+  route.redirect = std::move(r);
+}
+
+void PolicyReader::read_header_map(
+    const Field& field, const char* again,
+    const std::function<void(std::string name, const std::string& value, const std::string& path, Position at)>& take) {
+  if (!field.node.IsMap()) {
+    error(field.position, field.path, "expected a map of header name to value, got " + describe(field.node));
+    return;
+  }
+  std::unordered_set<std::string> seen;
+  for (auto it = field.node.begin(); it != field.node.end(); ++it) {
+    if (!count_node()) return;
+    const YAML::Node key = it->first;
+    const YAML::Node value = it->second;
+    const Position key_position = position_of(key, field.position);
+    if (!key.IsScalar()) {
+      error(key_position, field.path, "header names must be strings, got " + describe(key));
+      continue;
+    }
+    const std::string path = join_path(field.path, key.Scalar());
+    if (!is_http_token(key.Scalar())) {
+      error(key_position, path, quote(key.Scalar()) + " is not a valid header name");
+      continue;
+    }
+    std::string name = lower(key.Scalar());
+    // Header names are case-insensitive, so "X-Canary" and "x-canary" are the same header.
+    if (!seen.insert(name).second) {
+      error(key_position, path, "header '" + name + "' is " + again + " twice");
+      continue;
+    }
+    const Position value_position = value.IsNull() ? key_position : position_of(value, key_position);
+    if (!value.IsScalar()) {
+      error(value_position, path, "expected the header's value as a string, got " + describe(value));
+      continue;
+    }
+    take(std::move(name), value.Scalar(), path, value_position);
+  }
+}
+
+void PolicyReader::read_header_values(const Field& field, std::vector<std::pair<std::string, std::string>>& out) {
+  read_header_map(field, "given", [&](std::string name, const std::string& value, const std::string& path, Position at) {
+    if (is_reserved_header(name)) {
+      error(at, path, "'" + name + "' is not a header a policy sets: pilotfish frames, routes and marks its messages itself");
+      return;
+    }
+    if (!is_valid_field_value(value) || value.size() > kMaxHeaderValueBytes) {
+      error(at, path, "is not a header value: at most " + std::to_string(kMaxHeaderValueBytes) +
+                          " bytes, no control character but tab");
+      return;
+    }
+    out.emplace_back(std::move(name), std::string(trim_ows(value)));
+  });
 }
 
 void PolicyReader::read_auth(const Field& field, std::optional<AuthPolicy>& out, bool* off) {
@@ -361,43 +514,13 @@ RouteMatch PolicyReader::read_match(const Field& field) {
 }
 
 void PolicyReader::read_match_headers(const Field& field, RouteMatch& match) {
-  if (!field.node.IsMap()) {
-    error(field.position, field.path, "expected a map of header name to value, got " + describe(field.node));
-    return;
-  }
-  std::unordered_set<std::string> seen;
-  for (auto it = field.node.begin(); it != field.node.end(); ++it) {
-    if (!count_node()) return;
-    const YAML::Node key = it->first;
-    const YAML::Node value = it->second;
-    const Position key_position = position_of(key, field.position);
-    if (!key.IsScalar()) {
-      error(key_position, field.path, "header names must be strings, got " + describe(key));
-      continue;
+  read_header_map(field, "matched", [&](std::string name, const std::string& value, const std::string& path, Position at) {
+    if (value.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+      error(at, path, "a header value cannot contain CR, LF or NUL");
+      return;
     }
-    const std::string path = join_path(field.path, key.Scalar());
-    if (!is_http_token(key.Scalar())) {
-      error(key_position, path, quote(key.Scalar()) + " is not a valid header name");
-      continue;
-    }
-    std::string name = lower(key.Scalar());
-    // Header names are case-insensitive, so "X-Canary" and "x-canary" are the same header.
-    if (!seen.insert(name).second) {
-      error(key_position, path, "header '" + name + "' is matched twice");
-      continue;
-    }
-    const Position value_position = value.IsNull() ? key_position : position_of(value, key_position);
-    if (!value.IsScalar()) {
-      error(value_position, path, "expected the exact header value as a string, got " + describe(value));
-      continue;
-    }
-    const std::string& text = value.Scalar();
-    if (text.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
-      error(value_position, path, "a header value cannot contain CR, LF or NUL");
-      continue;
-    }
-    match.headers.push_back({std::move(name), text});
-  }
+    match.headers.push_back({std::move(name), value});
+  });
 }
 
 }  // namespace pilotfish::policy_detail

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <map>
 #include <optional>
@@ -40,7 +41,9 @@ constexpr std::string_view kListenerKeys[] = {
     "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes",
     "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths", "http2"};
 constexpr std::string_view kHttp2Keys[] = {"max_concurrent_streams"};
-constexpr std::string_view kRouteKeys[] = {"name", "match", "cluster", "auth", "rate_limit"};
+constexpr std::string_view kRouteKeys[] = {"name", "match", "cluster", "respond", "redirect", "auth", "rate_limit"};
+constexpr std::string_view kRespondKeys[] = {"status", "body", "headers"};
+constexpr std::string_view kRedirectKeys[] = {"scheme", "host", "path", "status"};
 constexpr std::string_view kAuthKeys[] = {"jwks", "issuer", "audience", "subject_header", "clock_skew"};
 constexpr std::string_view kRateLimitKeys[] = {"rate", "burst", "key"};
 constexpr std::string_view kMatchKeys[] = {"host", "path_prefix", "method", "headers"};
@@ -220,6 +223,17 @@ class PolicyReader {
   void read_allow(const Field& field, Listener& listener);
   void read_routes(const Field& field, Listener& listener, ListenerSource& source);
   void read_route(const Field& field, Listener& listener, ListenerSource& source);
+  void read_respond(const Field& field, Route& route);
+  void read_redirect(const Field& field, Route& route);
+  // A map of header name to value that pilotfish sends as given: names are tokens (lowered,
+  // each once), values valid field values, and no name is one that frames or routes a message
+  // (content-length, transfer-encoding, connection, ...) or is pilotfish's own (x-pilotfish-*).
+  void read_header_values(const Field& field, std::vector<std::pair<std::string, std::string>>& out);
+  // Each entry of a map of header name to value: names checked as tokens, lowered and each
+  // taken once (`again`: the verb of the error for a second one), values scalars.
+  void read_header_map(
+      const Field& field, const char* again,
+      const std::function<void(std::string name, const std::string& value, const std::string& path, Position at)>& take);
   // `auth` / `rate_limit`: a map, or (on a route) false to turn the listener's off.
   void read_auth(const Field& field, std::optional<AuthPolicy>& out, bool* off);
   void read_rate_limit(const Field& field, std::optional<RateLimitPolicy>& out, bool* off);

@@ -178,6 +178,13 @@ bool Exchange::begin(const ExchangeRequest& r) {
   const Route* route = match_route(l, view);
   size_t route_index = route ? static_cast<size_t>(route - l.routes.data()) : SIZE_MAX;
   st_.route_index = route_index;
+  if (route && route->answers_itself()) {
+    // pilotfish answers once the request is in (its body read and dropped), as an upstream
+    // would: a keep-alive connection stays open.
+    if (!admit(route, route_index, r)) return false;
+    st_.route_answers = true;
+    return true;
+  }
   if (!r.fixed_cluster.empty()) {
     // Intercepted: the original destination chose the cluster (by name: a reload may have
     // moved it, or removed it). The route still says which auth and rate limit apply.
@@ -234,13 +241,17 @@ bool Exchange::request_body(std::string_view piece) {
     answer(413, "body_too_large", true);
     return false;
   }
-  if (st_.local_response) return true;  // answered already; the rest of the body is skipped
+  if (st_.local_response || st_.route_answers) return true;  // answered, or to be: the body is skipped
   send_body(piece.data(), piece.size());
   return true;
 }
 
 bool Exchange::request_end(const HeaderList& fields, const HeaderList& trailers) {
   st_.request_complete = true;
+  if (st_.route_answers && !st_.local_response && !st_.response_started) {
+    answer_from_route(listener().routes[st_.route_index]);
+    return true;
+  }
   if (!st_.local_response && st_.cluster) {
     if (!fields_valid(trailers)) {
       answer(400, "invalid_header", true);
@@ -297,6 +308,72 @@ void Exchange::answer(int status, const char* error, bool request_unread) {
   local_headers_.clear();
 }
 
+namespace {
+
+// A byte that may stand as it is in a Location's path or query (RFC 3986 pchar, '/', '?');
+// anything else from the request is percent-encoded before it goes into the response head.
+bool location_safe(unsigned char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  return std::string_view("-._~!$&'()*+,;=:@/?%").find(static_cast<char>(c)) != std::string_view::npos;
+}
+
+void append_location_part(std::string& out, std::string_view text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  for (char ch : text) {
+    auto c = static_cast<unsigned char>(ch);
+    if (location_safe(c)) {
+      out += ch;
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+}
+
+}  // namespace
+
+void Exchange::answer_from_route(const Route& route) {
+  resp_.clear();
+  std::string_view body;
+  if (route.respond) {
+    const DirectResponse& r = *route.respond;
+    resp_.status = r.status;
+    bool typed = false;
+    for (const auto& [name, value] : r.headers) {
+      resp_.fields.add(name, value);
+      typed = typed || name == "content-type";
+    }
+    if (!typed && !r.body.empty()) resp_.fields.add("content-type", "text/plain; charset=utf-8");
+    body = r.body;
+  } else {
+    const Redirect& r = *route.redirect;
+    resp_.status = r.status;
+    std::string location;
+    location += r.scheme.empty() ? (listener().mtls ? "https" : "http") : r.scheme;
+    location += "://";
+    location += r.host.empty() ? std::string_view(authority_) : std::string_view(r.host);  // a checked host
+    if (r.path.empty())
+      append_location_part(location, st_.target.path);
+    else
+      location += r.path;
+    append_location_part(location, st_.target.query);
+    resp_.fields.add("location", location);
+  }
+  if (resp_.status != 204 && resp_.status != 304) resp_.fields.add("content-length", std::to_string(body.size()));
+  st_.status = resp_.status;
+  st_.local_response = true;  // pilotfish's own answer: nothing of the request goes further
+  st_.response_started = true;
+  bool no_body = st_.method_head || resp_.status == 204 || resp_.status == 304;
+  owner_.exchange_head(resp_, no_body, true);
+  if (!no_body && !body.empty()) {
+    st_.bytes_out += body.size();
+    owner_.exchange_body(body);
+  }
+  st_.response_complete = true;
+  owner_.exchange_end(resp_);
+}
+
 void Exchange::break_off() {
   st_.broken = true;
   owner_.exchange_broken();
@@ -351,7 +428,7 @@ void Exchange::log() {
   if (st_.status != 0) {  // 0: the client left before any answer; nothing was sent
     RouteStats& route = snap_->route(listener_index_, st_.route_index, st_.cluster ? st_.cluster_index : SIZE_MAX);
     route.record(st_.status, duration_ns);
-    if (st_.grpc) {
+    if (st_.grpc && !st_.route_answers) {  // a route's own answer is the operator's, not gRPC's
       int code = st_.local_response ? grpc_status_of(st_.status, st_.error) : grpc_status_in(resp_);
       if (code >= 0 && !st_.broken) route.record_grpc(code);
     }

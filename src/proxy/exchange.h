@@ -171,6 +171,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   bool attempt_active() const { return st_.upstream.connection || st_.mux != nullptr; }
 
   bool admit(const Route* route, size_t route_index, const ExchangeRequest& request);
+  // The route's own answer (respond, redirect), given through the owner as a response.
+  void answer_from_route(const Route& route);
   void start_attempt(bool fresh_connection = false);
   void send_body(const char* data, size_t length);
   void send_upstream(const char* data, size_t length);
@@ -213,6 +215,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
     std::string auth_subject;
     bool auth_subject_ok = false;
     size_t route_index = SIZE_MAX;  // the listener's route that matched; SIZE_MAX: none (yet)
+    // The route answers itself (respond, redirect): once the request is in, nothing upstream.
+    bool route_answers = false;
     const Cluster* cluster = nullptr;
     size_t cluster_index = 0;
     // Its way to the cluster: endpoint, connection, holds, attempts, deadlines, retries.

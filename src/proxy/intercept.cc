@@ -146,11 +146,12 @@ Detected detect_http1(const char* data, size_t length) {
 
 namespace {
 
-// A listener that checks requests (auth, rate limits) never carries bytes it cannot check.
+// A listener that checks requests (auth, rate limits) or answers some itself (a path that must
+// never reach the app) never carries bytes it cannot check.
 bool checks_requests(const Listener& l) {
   if (l.auth || l.rate_limit) return true;
   for (const auto& r : l.routes)
-    if (r.auth || r.rate_limit) return true;
+    if (r.auth || r.rate_limit || r.answers_itself()) return true;
   return false;
 }
 

@@ -110,6 +110,11 @@ SEEDS = {
     "http10_close_delimited": seed(ctl(), b"GET / HTTP/1.0\r\n\r\n", (FIN, b"HTTP/1.0 200 OK\r\n\r\nuntil the close")),
     "unprompted": seed(ctl(), get(), (UNPROMPTED, ok(b"before the request"))),
     "dead_cluster": seed(ctl(), get("/dead/x")),
+    # Routes that answer themselves: a body read and dropped, then the next request upstream.
+    "direct_and_redirect": seed(ctl(), get("/direct/a") + b"POST /direct HTTP/1.1\r\nHost: app\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" +
+                                get("/moved/x?q=%22<>") + b"HEAD /direct HTTP/1.1\r\nHost: app\r\n\r\n" + get("/after"),
+                                (0, ok(b"after"))),
     "local_replies": seed(ctl(), b"OPTIONS * HTTP/1.1\r\nHost: app\r\n\r\n"
                           b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 20000\r\n\r\n"),
     "header_too_large": seed(ctl(100), get(extra="x-big: " + "a" * 5000 + "\r\n"), (0, ok())),
@@ -135,6 +140,9 @@ for name, frames in h2.SERVER.items():
 SEEDS["h2_split_client"] = seed(ctl(5), PREFACE + h2.SERVER["two_streams_interleaved"], *H2_ANSWERS)
 SEEDS["h2_dead_cluster"] = seed(ctl(), PREFACE + h2.SETTINGS_EMPTY + h2.frame(
     h2.HEADERS, h2.END_STREAM | h2.END_HEADERS, 1, h2.request(b"/dead/x")))
+SEEDS["h2_direct"] = seed(ctl(), PREFACE + h2.SETTINGS_EMPTY + h2.frame(
+    h2.HEADERS, h2.END_HEADERS, 1, h2.request(b"/direct/x", b"POST")) + h2.frame(h2.DATA, h2.END_STREAM, 1, b"body") +
+    h2.frame(h2.HEADERS, h2.END_STREAM | h2.END_HEADERS, 3, h2.request(b"/moved/y?z=1")))
 SEEDS["h2_upstream_reset"] = seed(ctl(keep_open=True), PREFACE + h2.SERVER["get"], (RESET, b""), (RESET, b""))
 SEEDS["h2_early_answer"] = seed(ctl(keep_open=True), PREFACE + h2.SETTINGS_EMPTY + h2.frame(
     h2.HEADERS, h2.END_HEADERS, 1, h2.request(b"/up", b"POST")) + h2.frame(h2.DATA, 0, 1, b"part"), (EARLY, ok()))

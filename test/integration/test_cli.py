@@ -62,7 +62,7 @@ ENUMS = {"workers": ["2", 3], "log_level": ["debug", "warn"], "access_log": ["of
          "protocol": ["tcp", "http", "http1", "http2"], "intercept": ["none", "outbound", "inbound"],
          "lb": ["round_robin", "random", "least_request"], "key": ["client_address", "peer_identity"],
          "policy_history": ["off", "history.jsonl"], "method": ["POST", "PUT"], "on": ["5xx"],
-         "auth": [{"jwks": "keys/jwks.json"}], "rate_limit": [{"rate": 1}]}
+         "auth": [{"jwks": "keys/jwks.json"}], "rate_limit": [{"rate": 1}], "scheme": ["http"]}
 
 
 def mutations(path, value, cluster_names, folder):

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Traffic management on a route (issue 17), through the real binary with real upstreams: route
-names in the access log and as the metrics' `route` label, and `check`'s errors for what a
-route cannot say."""
+names in the access log and as the metrics' `route` label, direct responses and redirects (over
+HTTP/1.1 and HTTP/2, with the path tricks the matcher normalises), and `check`'s errors for what
+a route cannot say."""
 import json
 import os
+import subprocess
 import sys
 import time
 import unittest
@@ -65,12 +67,106 @@ class RouteNameTest(unittest.TestCase):
         mark = h.log_mark(self.pf)
         h.write_policy(self.pf, policy)
         h.wait_log(self.pf, r"applied version 2", since=mark, timeout=15)
-        self.assertEqual(h.request(port, target="/api/b").status, 200)
-        m = h.metrics(self.pf)
+
+        # The worker takes the new policy just after the log line: requests until one counts
+        # under the new name (one that ran under the old policy counts in no exported series).
+        def renamed():
+            self.assertEqual(h.request(port, target="/api/b").status, 200)
+            m = h.metrics(self.pf)
+            return h.sample(m, "pilotfish_requests_total", listener="ingress", route="api-v2", cluster="app",
+                            code="200") and m
+        m = h.wait_for(renamed, 10, interval=0.05, what="a request counted under route api-v2")
         self.assertIsNone(h.sample(m, "pilotfish_requests_total", listener="ingress", route="api", cluster="app",
                                    code="200"))
-        self.assertEqual(h.sample(m, "pilotfish_requests_total", listener="ingress", route="api-v2", cluster="app",
-                                  code="200"), 1)
+        self.assertIsNone(h.sample(m, "pilotfish_request_duration_seconds_count", listener="ingress", route="api",
+                                   cluster="app"))
+
+
+class DirectResponseTest(unittest.TestCase):
+    def setUp(self):
+        self.up = h.Upstream("echo")
+        self.addCleanup(self.up.stop)
+        policy = h.simple_policy(self.up, routes=[
+            {"name": "blocked", "match": {"path_prefix": "/admin"},
+             "respond": {"status": 404, "body": "not here\n", "headers": {"X-Reason": "blocked", "cache-control": "no-store"}}},
+            {"match": {"path_prefix": "/teapot"}, "respond": {"status": 418}},
+            {"match": {"path_prefix": "/json"},
+             "respond": {"status": 200, "body": '{"ok":true}', "headers": {"content-type": "application/json"}}},
+            {"name": "moved", "match": {"path_prefix": "/old"}, "redirect": {"path": "/new", "status": 308}},
+            {"match": {"path_prefix": "/secure"}, "redirect": {"scheme": "https", "host": "shop.example:8443"}},
+            {"cluster": "app"}])
+        self.pf = h.Pilotfish(policy)
+        self.addCleanup(self.pf.kill)
+
+    def test_respond_over_http1_keeps_the_connection(self):
+        with h.Client(self.pf.port()) as c:
+            r = c.request(target="/admin/users")
+            self.assertEqual(r.status, 404)
+            self.assertEqual(r.body, b"not here\n")
+            self.assertEqual(r.header("x-reason"), "blocked")
+            self.assertEqual(r.header("cache-control"), "no-store")
+            self.assertEqual(r.header("content-type"), "text/plain; charset=utf-8")
+            self.assertFalse(r.has_header("x-pilotfish-error"))
+            # A body is read and dropped; the connection stays for the next request.
+            r = c.request("POST", "/admin/x", headers=[("Content-Length", "5")], body=b"hello")
+            self.assertEqual(r.status, 404)
+            self.assertEqual(r.body, b"not here\n")
+            r = c.request("POST", "/admin/x", headers=[("Transfer-Encoding", "chunked")],
+                          body=h.chunk_encode([b"abc", b"def"]))
+            self.assertEqual(r.status, 404)
+            r = c.request("HEAD", "/admin/x")
+            self.assertEqual((r.status, r.body, r.header("content-length")), (404, b"", "9"))
+            r = c.request(target="/json")
+            self.assertEqual((r.status, r.body, r.header("content-type")), (200, b'{"ok":true}', "application/json"))
+            r = c.request(target="/teapot")
+            self.assertEqual((r.status, r.body, r.header("content-length")), (418, b"", "0"))
+            r = c.request(target="/app")
+            self.assertEqual(r.status, 200)
+        # Nothing but the last request reached the app.
+        self.assertEqual([q["target"] for q in self.up.requests()], ["/app"])
+
+    def test_path_tricks_reach_the_same_answer(self):
+        for target in ["/admin", "/x/../admin/a", "//admin/a", "/%61dmin/a", "/./admin", "/admin;x=1",
+                       "/ADMIN/../admin"]:
+            r = h.request(self.pf.port(), target=target)
+            self.assertEqual(r.status, 404, target)
+            self.assertEqual(r.header("x-reason"), "blocked", target)
+        self.assertEqual(self.up.requests(), [])
+
+    def test_redirects(self):
+        r = h.request(self.pf.port(), target="/old/page?q=1&r=%22x%22", host="shop.local")
+        self.assertEqual(r.status, 308)
+        self.assertEqual(r.header("location"), "http://shop.local/new?q=1&r=%22x%22")
+        self.assertEqual(r.body, b"")
+        r = h.request(self.pf.port(), target="/secure/cart?id=7", host="shop.local:8080")
+        self.assertEqual(r.status, 301)
+        self.assertEqual(r.header("location"), "https://shop.example:8443/secure/cart?id=7")
+        # The request's own path and query are copied only as URI characters.
+        r = h.request(self.pf.port(), target="/secure/a%0D%0Ab?x=<y>", host="shop.local")
+        self.assertEqual(r.status, 301)
+        self.assertEqual(r.header("location"), "https://shop.example:8443/secure/a%0D%0Ab?x=%3Cy%3E")
+        m = h.metrics(self.pf)
+        self.assertEqual(h.sample(m, "pilotfish_requests_total", listener="ingress", route="moved", cluster="",
+                                  code="308"), 1)
+        self.assertEqual(self.up.requests(), [])
+
+    def test_over_http2(self):
+        def curl(path, *extra):
+            p = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-D", "-", *extra,
+                                "http://127.0.0.1:%d%s" % (self.pf.port(), path)],
+                               capture_output=True, timeout=20)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            return p.stdout.decode()
+        out = curl("/admin/x")
+        self.assertTrue(out.startswith("HTTP/2 404"), out)
+        self.assertIn("x-reason: blocked", out)
+        self.assertTrue(out.endswith("not here\n"), out)
+        out = curl("/admin/x", "--data-binary", "abc" * 1000)
+        self.assertTrue(out.startswith("HTTP/2 404"), out)
+        out = curl("/old/x?y=1")
+        self.assertTrue(out.startswith("HTTP/2 308"), out)
+        self.assertIn("location: http://127.0.0.1:%d/new?y=1" % self.pf.port(), out)
+        self.assertEqual(self.up.requests(), [])
 
 
 class CheckTest(unittest.TestCase):
@@ -100,6 +196,46 @@ class CheckTest(unittest.TestCase):
         self.assertEqual(rc, 1, out)
         rc, out = self.check([{"name": "checkout-v1.2_a", "cluster": "app"}])
         self.assertEqual(rc, 0, out)
+
+    def test_direct_answers(self):
+        cases = [
+            ({"cluster": "app", "respond": {"status": 200}}, "cannot have both cluster and respond"),
+            ({"redirect": {"path": "/a"}, "respond": {"status": 200}}, "cannot have both respond and redirect"),
+            ({"match": {"path_prefix": "/a"}}, "routes[0].cluster: missing; every route names the cluster it sends to"),
+            ({"redirect": {"status": 301}}, "names at least one of scheme, host and path"),
+            ({"redirect": {"path": "/a", "status": 303}}, "not a redirect status"),
+            ({"redirect": {"scheme": "ftp"}}, "is not a scheme"),
+            ({"redirect": {"host": "bad host"}}, "is not a host"),
+            ({"redirect": {"path": "a b"}}, "is not a path"),
+            ({"respond": {"status": 99}}, "routes[0].respond.status"),
+            ({"respond": {"status": 204, "body": "x"}}, "a 204 has no body"),
+            ({"respond": {"headers": {"Content-Length": "5"}}}, "is not a header a policy sets"),
+            ({"respond": {"headers": {"x-pilotfish-error": "no"}}}, "is not a header a policy sets"),
+            ({"respond": {"headers": {"x-a": "one\u0001two"}}}, "is not a header value"),
+            ({"respond": {"headers": {"x-a": "1", "X-A": "2"}}}, "given twice"),
+            ({"respond": {"body": "x" * 70000}}, "at most 65536 are sent"),
+        ]
+        for route, message in cases:
+            rc, out = self.check([route])
+            self.assertEqual(rc, 1, (route, out))
+            self.assertIn(message, out, route)
+        rc, out = self.check([{"respond": {"status": 503, "body": "down for maintenance\n",
+                                           "headers": {"retry-after": "120"}}}])
+        self.assertEqual(rc, 0, out)
+        self.assertIn("not used by any route", out)  # the cluster is unused: a warning only
+
+    def test_tcp_listener_route_cannot_answer(self):
+        d = h.make_tmpdir("pf-traffic-check-")
+        policy = {"version": 1, "service": "it",
+                  "listeners": [{"name": "db", "address": "127.0.0.1:0", "protocol": "tcp",
+                                 "routes": [{"respond": {"status": 200}}]}],
+                  "clusters": [{"name": "app", "endpoints": ["127.0.0.1:1"]}]}
+        path = os.path.join(d, "policy.yaml")
+        with open(path, "w") as f:
+            f.write(h.policy_text(policy))
+        rc, out, err = h.run_cli(["check", "--config", path])
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("a tcp listener's route sends to a cluster", out + err)
 
 
 if __name__ == "__main__":

@@ -934,7 +934,7 @@ TEST(Routes, MatchErrors) {
                         "listeners[0].routes[0].match.headers.x-a: header 'x-a' is matched twice"));
   EXPECT_TRUE(
       OnlyError(route("{headers: {x-a: [1]}}"), 7, 32,
-                "listeners[0].routes[0].match.headers.x-a: expected the exact header value as a string, got a list"));
+                "listeners[0].routes[0].match.headers.x-a: expected the header's value as a string, got a list"));
   EXPECT_TRUE(OnlyError(route("{headers: [x-a]}"), 7, 26,
                         "listeners[0].routes[0].match.headers: expected a map of header name to value, got a list"));
   EXPECT_TRUE(OnlyError(route("[]"), 7, 16, "listeners[0].routes[0].match: expected a map, got a list"));
