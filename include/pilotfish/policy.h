@@ -91,12 +91,32 @@ struct Redirect {
   bool operator==(const Redirect&) const = default;
 };
 
+// One cluster of a route's weighted split (`routes[].clusters`).
+struct WeightedCluster {
+  std::string name;
+  uint32_t weight = 0;
+  size_t index = 0;  // into Policy::clusters, resolved by the loader
+  bool operator==(const WeightedCluster&) const = default;
+};
+
+// `routes[].hash_on`: what keeps a caller on one cluster of a split.
+struct HashOn {
+  enum class Kind { none, header, peer_identity };
+  Kind kind = Kind::none;
+  std::string header;  // Kind::header: its name, lower case
+  bool operator==(const HashOn&) const = default;
+};
+
 struct Route {
   std::string name;             // optional: the access log's and the metrics' `route`
   RouteMatch match;
-  // Where the route's requests go: one cluster, or pilotfish's own answer (respond, redirect).
-  std::string cluster;          // name, as written; "" when the route answers itself
+  // Where the route's requests go: one cluster, a weighted split over several, or pilotfish's
+  // own answer (respond, redirect).
+  std::string cluster;          // name, as written; "" with a split or when the route answers itself
   size_t cluster_index = 0;     // index into Policy::clusters, resolved by the loader
+  std::vector<WeightedCluster> clusters;  // a split: each request goes to one, by weight
+  uint64_t split_total = 0;               // the sum of the split's weights (above 0)
+  HashOn hash_on;                         // a split: the same key, the same cluster
   std::optional<DirectResponse> respond;
   std::optional<Redirect> redirect;
   bool answers_itself() const { return respond.has_value() || redirect.has_value(); }

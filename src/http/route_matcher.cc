@@ -33,6 +33,29 @@ const Route* match_route(const Listener& listener, const RequestView& req) {
   return nullptr;
 }
 
+size_t pick_split_cluster(const Route& route, std::string_view key, uint64_t draw) {
+  uint64_t point = draw;
+  if (!key.empty()) {
+    // FNV-1a, then a finaliser (splitmix64) so that nearby keys spread over the whole range.
+    uint64_t h = 14695981039346656037ull;
+    for (char c : key) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    point = h;
+  }
+  // The point as a fraction of the whole, scaled to the weights: when one share grows, only the
+  // keys next to its edge move, and only towards it (a modulo would reshuffle every key).
+  point = static_cast<uint64_t>((static_cast<unsigned __int128>(point) * route.split_total) >> 64);
+  for (const auto& c : route.clusters) {
+    if (point < c.weight) return c.index;
+    point -= c.weight;
+  }
+  return route.clusters.back().index;
+}
+
 std::string describe_match(const RouteMatch& m) {
   std::string out;
   auto add = [&out](std::string_view part) {

@@ -73,6 +73,11 @@ std::string route_text(const KeyedRoute& r) {
   const Route& route = *r.route;
   if (route.respond) return r.key + " -> respond " + std::to_string(route.respond->status);
   if (route.redirect) return r.key + " -> redirect " + std::to_string(route.redirect->status);
+  if (!route.clusters.empty()) {
+    std::string out = r.key + " ->";
+    for (const auto& c : route.clusters) out += (&c == &route.clusters.front() ? " " : ", ") + c.name + ":" + std::to_string(c.weight);
+    return out;
+  }
   return r.key + " -> " + route.cluster;
 }
 

@@ -100,6 +100,16 @@ void write_route(JsonWriter& w, const Route& r) {
     w.end_object();
   }
   if (!r.cluster.empty()) w.key("cluster").str(r.cluster);
+  if (!r.clusters.empty()) {
+    w.key("clusters").begin_array();
+    for (const auto& c : r.clusters) w.begin_object().key("name").str(c.name).key("weight").integer(c.weight).end_object();
+    w.end_array();
+  }
+  switch (r.hash_on.kind) {
+    case HashOn::Kind::none: break;
+    case HashOn::Kind::header: w.key("hash_on").str("header:" + r.hash_on.header); break;
+    case HashOn::Kind::peer_identity: w.key("hash_on").str("peer_identity"); break;
+  }
   if (r.respond) {
     w.key("respond").begin_object();
     w.key("status").integer(r.respond->status).key("body").str(r.respond->body);

@@ -98,7 +98,16 @@ void PolicyReader::resolve_routes() {
     const ListenerSource& source = listener_sources_[l];
     for (size_t r = 0; r < listener.routes.size(); ++r) {
       Route& route = listener.routes[r];
-      if (route.cluster.empty()) continue;  // already reported
+      for (size_t i = 0; i < route.clusters.size(); ++i) {
+        WeightedCluster& c = route.clusters[i];
+        auto found = cluster_indexes_.find(c.name);
+        if (found == cluster_indexes_.end())
+          error(source.routes[r].split[i].first, source.routes[r].split[i].second,
+                "no cluster is named " + quote(c.name) + did_you_mean(c.name, names));
+        else
+          c.index = found->second;
+      }
+      if (route.cluster.empty()) continue;  // a split, an answer, or already reported
       auto found = cluster_indexes_.find(route.cluster);
       if (found == cluster_indexes_.end()) {
         error(source.routes[r].cluster, join_path(source.routes[r].path, "cluster"),
@@ -113,8 +122,11 @@ void PolicyReader::resolve_routes() {
 void PolicyReader::check_cluster_use() {
   std::vector<bool> routed(policy_.clusters.size(), false);
   for (const Listener& listener : policy_.listeners)
-    for (const Route& route : listener.routes)
+    for (const Route& route : listener.routes) {
       if (!route.cluster.empty() && cluster_indexes_.count(route.cluster)) routed[route.cluster_index] = true;
+      for (const auto& c : route.clusters)
+        if (cluster_indexes_.count(c.name)) routed[c.index] = true;
+    }
   const bool intercepts_outbound = interceptors_.count(Intercept::outbound) > 0;
   for (size_t i = 0; i < policy_.clusters.size(); ++i) {
     const Cluster& cluster = policy_.clusters[i];
@@ -391,6 +403,7 @@ std::vector<std::string> policy_key_paths() {
   add("listeners[].http2.", kHttp2Keys);
   add("listeners[].routes[].", kRouteKeys);
   add("listeners[].routes[].match.", kMatchKeys);
+  add("listeners[].routes[].clusters[].", kWeightedClusterKeys);
   add("listeners[].routes[].respond.", kRespondKeys);
   add("listeners[].routes[].redirect.", kRedirectKeys);
   for (const std::string owner : {"listeners[].", "listeners[].routes[]."}) {

@@ -44,6 +44,7 @@ bool is_http_token(std::string_view s) {
 }
 
 constexpr size_t kMaxDirectBodyBytes = 65536;
+constexpr uint64_t kMaxWeight = 1'000'000;
 constexpr size_t kMaxHeaderValueBytes = 8192;
 
 // What a policy may not set on a message: what frames it, says how the connection goes, or is
@@ -227,11 +228,12 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
   }
   // Exactly one of: the cluster it sends to, or the answer pilotfish gives itself.
   std::vector<const Field*> targets;
-  for (std::string_view key : {"cluster", "respond", "redirect"})
+  for (std::string_view key : {"cluster", "clusters", "respond", "redirect"})
     if (const Field* f = section->find(key)) targets.push_back(f);
   if (targets.empty())
     error(section->position, join_path(section->path, "cluster"),
-          "missing; every route names the cluster it sends to, or answers itself (respond or redirect)");
+          "missing; every route names the cluster it sends to (or clusters, a weighted split), or answers itself "
+          "(respond or redirect)");
   for (size_t i = 1; i < targets.size(); ++i)
     error(targets[i]->position, targets[i]->path,
           "a route either sends to a cluster or answers itself: it cannot have both " +
@@ -246,12 +248,65 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
         route.cluster = *cluster;
     }
   }
+  if (const Field* f = section->find("clusters")) read_split(*f, route, route_source);
+  if (const Field* f = section->find("hash_on")) {
+    read_hash_on(*f, route);
+    if (!section->find("clusters"))
+      error(f->position, f->path, "keeps a caller on one cluster of a split: this route has no clusters to choose from");
+  }
   if (const Field* f = section->find("respond")) read_respond(*f, route);
   if (const Field* f = section->find("redirect")) read_redirect(*f, route);
   if (const Field* f = section->find("auth")) read_auth(*f, route.auth, &route.auth_off);
   if (const Field* f = section->find("rate_limit")) read_rate_limit(*f, route.rate_limit, &route.rate_limit_off);
   listener.routes.push_back(std::move(route));
   source.routes.push_back(std::move(route_source));
+}
+
+void PolicyReader::read_split(const Field& field, Route& route, RouteSource& source) {
+  auto items = open_list(field);
+  if (!items) return;
+  if (items->empty()) error(field.position, field.path, "must list at least one cluster");
+  for (const Field& item : *items) {
+    auto section = open_section(item, kWeightedClusterKeys);
+    if (!section) continue;
+    WeightedCluster c;
+    std::pair<Position, std::string> at{section->position, join_path(item.path, "name")};
+    if (const Field* f = require(*section, "name", "the cluster this share of the requests goes to")) {
+      at.first = f->position;
+      if (auto name = read_text(*f)) {
+        bool twice = false;
+        for (const auto& other : route.clusters) twice = twice || other.name == *name;
+        if (name->empty())
+          error(f->position, f->path, "must not be empty");
+        else if (twice)
+          error(f->position, f->path, quote(*name) + " is in this split twice");
+        else
+          c.name = *name;
+      }
+    }
+    if (const Field* f = require(*section, "weight", "this cluster's share, relative to the others' (0 sends it nothing)")) {
+      if (auto w = read_integer(*f, 0, kMaxWeight)) c.weight = static_cast<uint32_t>(*w);
+    }
+    if (c.name.empty()) continue;
+    route.split_total += c.weight;
+    route.clusters.push_back(std::move(c));
+    source.split.push_back(at);
+  }
+  if (!route.clusters.empty() && route.split_total == 0)
+    error(field.position, field.path, "the weights sum to 0: no request could go anywhere");
+}
+
+void PolicyReader::read_hash_on(const Field& field, Route& route) {
+  auto v = read_text(field);
+  if (!v) return;
+  if (*v == "peer_identity") {
+    route.hash_on.kind = HashOn::Kind::peer_identity;
+  } else if (v->starts_with("header:") && is_http_token(v->substr(7))) {
+    route.hash_on.kind = HashOn::Kind::header;
+    route.hash_on.header = lower(v->substr(7));
+  } else {
+    error(field.position, field.path, quote(*v) + " is not something to keep a caller by: header:NAME or peer_identity");
+  }
 }
 
 void PolicyReader::read_respond(const Field& field, Route& route) {

@@ -41,7 +41,9 @@ constexpr std::string_view kListenerKeys[] = {
     "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes",
     "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths", "http2"};
 constexpr std::string_view kHttp2Keys[] = {"max_concurrent_streams"};
-constexpr std::string_view kRouteKeys[] = {"name", "match", "cluster", "respond", "redirect", "auth", "rate_limit"};
+constexpr std::string_view kRouteKeys[] = {"name",     "match",    "cluster", "clusters",  "hash_on",
+                                           "respond",  "redirect", "auth",    "rate_limit"};
+constexpr std::string_view kWeightedClusterKeys[] = {"name", "weight"};
 constexpr std::string_view kRespondKeys[] = {"status", "body", "headers"};
 constexpr std::string_view kRedirectKeys[] = {"scheme", "host", "path", "status"};
 constexpr std::string_view kAuthKeys[] = {"jwks", "issuer", "audience", "subject_header", "clock_skew"};
@@ -153,6 +155,7 @@ struct Section {
 struct RouteSource {
   std::string path;
   Position cluster;
+  std::vector<std::pair<Position, std::string>> split;  // where each name of `clusters` is, and its path
   std::optional<Position> match;  // set when the route has a match
 };
 
@@ -223,6 +226,8 @@ class PolicyReader {
   void read_allow(const Field& field, Listener& listener);
   void read_routes(const Field& field, Listener& listener, ListenerSource& source);
   void read_route(const Field& field, Listener& listener, ListenerSource& source);
+  void read_split(const Field& field, Route& route, RouteSource& source);
+  void read_hash_on(const Field& field, Route& route);
   void read_respond(const Field& field, Route& route);
   void read_redirect(const Field& field, Route& route);
   // A map of header name to value that pilotfish sends as given: names are tokens (lowered,

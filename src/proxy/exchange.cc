@@ -202,7 +202,7 @@ bool Exchange::begin(const ExchangeRequest& r) {
       answer(404, "no_route", st_.has_body);
       return false;
     }
-    st_.cluster_index = route->cluster_index;
+    st_.cluster_index = route->clusters.empty() ? route->cluster_index : split_cluster(*route, r);
   }
   if (!admit(route, route_index, r)) return false;
   st_.cluster = &snap_->policy->clusters[st_.cluster_index];
@@ -332,6 +332,17 @@ void append_location_part(std::string& out, std::string_view text) {
 }
 
 }  // namespace
+
+size_t Exchange::split_cluster(const Route& route, const ExchangeRequest& r) {
+  std::string_view key;
+  if (route.hash_on.kind == HashOn::Kind::header) {
+    size_t i = r.fields.find(route.hash_on.header);
+    if (i != HeaderList::npos) key = trim_ows(r.fields.value(i));
+  } else if (route.hash_on.kind == HashOn::Kind::peer_identity && r.tls && r.tls->established()) {
+    key = r.tls->peer_id();
+  }
+  return pick_split_cluster(route, key, key.empty() ? worker_.random().next() : 0);
+}
 
 void Exchange::answer_from_route(const Route& route) {
   resp_.clear();

@@ -171,6 +171,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   bool attempt_active() const { return st_.upstream.connection || st_.mux != nullptr; }
 
   bool admit(const Route* route, size_t route_index, const ExchangeRequest& request);
+  // The cluster of a route's weighted split this request goes to.
+  size_t split_cluster(const Route& route, const ExchangeRequest& request);
   // The route's own answer (respond, redirect), given through the owner as a response.
   void answer_from_route(const Route& route);
   void start_attempt(bool fresh_connection = false);

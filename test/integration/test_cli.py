@@ -74,7 +74,7 @@ def mutations(path, value, cluster_names, folder):
         return [value + 1, value * 2, value - 1]
     text = str(value)
     out = [v for v in ENUMS.get(key, []) if v != value]
-    if key == "cluster" or (key == "wait_for_clusters"):
+    if key == "cluster" or key == "wait_for_clusters" or (key == "name" and "clusters" in path[:-1] and "routes" in path):
         out += [c for c in cluster_names if c != value]
     m = re.fullmatch(r"(\d+)(ms|s|m)", text)
     if m:

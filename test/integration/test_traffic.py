@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Traffic management on a route (issue 17), through the real binary with real upstreams: route
-names in the access log and as the metrics' `route` label, direct responses and redirects (over
+names in the access log and as the metrics' `route` label, weighted splits (measured over
+thousands of requests, sticky by header, changed under load by a reload with nothing lost),
+direct responses and redirects (over
 HTTP/1.1 and HTTP/2, with the path tricks the matcher normalises), and `check`'s errors for what
 a route cannot say."""
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -80,6 +83,98 @@ class RouteNameTest(unittest.TestCase):
                                    code="200"))
         self.assertIsNone(h.sample(m, "pilotfish_request_duration_seconds_count", listener="ingress", route="api",
                                    cluster="app"))
+
+
+def split_policy(v1, v2, w1, w2, hash_on=None, workers=1):
+    route = {"name": "recs", "clusters": [{"name": "v1", "weight": w1}, {"name": "v2", "weight": w2}]}
+    if hash_on:
+        route["hash_on"] = hash_on
+    policy = h.simple_policy(v1, workers=workers, routes=[route])
+    policy["clusters"] = [{"name": "v1", "endpoints": [v1.address]}, {"name": "v2", "endpoints": [v2.address]}]
+    return policy
+
+
+class SplitTest(unittest.TestCase):
+    def setUp(self):
+        self.v1 = h.Upstream("light", name="v1")
+        self.v2 = h.Upstream("light", name="v2")
+        self.addCleanup(self.v1.stop)
+        self.addCleanup(self.v2.stop)
+
+    def start(self, *args, **kw):
+        self.pf = h.Pilotfish(split_policy(self.v1, self.v2, *args, **kw))
+        self.addCleanup(self.pf.kill)
+
+    def names(self, count, headers=None):
+        out = []
+        with h.Client(self.pf.port()) as c:
+            for _ in range(count):
+                r = c.request(target="/recommend", headers=headers)
+                self.assertEqual(r.status, 200)
+                out.append(r.json()["name"])
+        return out
+
+    def test_95_5_over_2000_requests(self):
+        self.start(95, 5, workers=2)
+        names = self.names(2000)
+        v2 = names.count("v2")
+        # Binomial(2000, 0.05): mean 100, standard deviation 9.7; 4.5 of them either way.
+        self.assertGreater(v2, 56)
+        self.assertLess(v2, 144)
+        self.assertEqual(names.count("v1") + v2, 2000)
+        m = h.metrics(self.pf)
+        self.assertEqual(h.sample(m, "pilotfish_requests_total", listener="ingress", route="recs", cluster="v2",
+                                  code="200"), v2)
+        self.assertEqual(h.sample(m, "pilotfish_requests_total", listener="ingress", route="recs", cluster="v1",
+                                  code="200"), 2000 - v2)
+
+    def test_hash_on_header_keeps_a_user_on_one_cluster(self):
+        self.start(50, 50, hash_on="header:x-user")
+        seen = {}
+        for i in range(40):
+            names = set(self.names(5, headers=[("X-User", "user-%d" % i)]))
+            self.assertEqual(len(names), 1, "user-%d went to %s" % (i, names))
+            seen[i] = names.pop()
+        # Both clusters have users (40 users at 50/50: all on one side has odds of 2 in 10^12).
+        self.assertEqual(set(seen.values()), {"v1", "v2"})
+        # Without the header, requests are drawn, and reach both.
+        self.assertEqual(set(self.names(60)), {"v1", "v2"})
+
+    def test_weights_change_under_load_with_nothing_lost(self):
+        self.start(100, 0, workers=2)
+        stop = threading.Event()
+        results = []
+        errors = []
+
+        def load():
+            try:
+                with h.Client(self.pf.port()) as c:
+                    while not stop.is_set():
+                        r = c.request(target="/recommend")
+                        results.append((r.status, r.json()["name"]))
+            except Exception as e:  # noqa: BLE001 - any failure is the test's finding
+                errors.append(repr(e))
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            h.wait_for(lambda: len(results) >= 200, 10, what="load under way")
+            mark = h.log_mark(self.pf)
+            h.write_policy(self.pf, split_policy(self.v1, self.v2, 0, 100, workers=2))
+            h.wait_log(self.pf, r"applied version 2", since=mark, timeout=15)
+            before = len(results)
+            h.wait_for(lambda: len(results) >= before + 300, 15, what="load after the reload")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        self.assertEqual(errors, [])
+        self.assertEqual({status for status, _ in results}, {200})
+        names = [n for _, n in results]
+        self.assertEqual(names[:100], ["v1"] * 100)
+        # Every keep-alive connection moved over at once: the last 100 answers are all v2's.
+        self.assertEqual(names[-100:], ["v2"] * 100)
+        self.assertEqual(self.pf.log(last=1000).count("error"), 0, self.pf.log())
 
 
 class DirectResponseTest(unittest.TestCase):
@@ -214,6 +309,15 @@ class CheckTest(unittest.TestCase):
             ({"respond": {"headers": {"x-a": "one\u0001two"}}}, "is not a header value"),
             ({"respond": {"headers": {"x-a": "1", "X-A": "2"}}}, "given twice"),
             ({"respond": {"body": "x" * 70000}}, "at most 65536 are sent"),
+            ({"clusters": [{"name": "app", "weight": 0}]}, "the weights sum to 0"),
+            ({"clusters": [{"name": "app", "weight": 1}, {"name": "ap", "weight": 1}]},
+             "routes[0].clusters[1].name: no cluster is named 'ap' (did you mean 'app'?)"),
+            ({"clusters": [{"name": "app", "weight": 1}, {"name": "app", "weight": 2}]}, "is in this split twice"),
+            ({"clusters": [{"name": "app"}]}, "weight: missing"),
+            ({"clusters": []}, "must list at least one cluster"),
+            ({"cluster": "app", "clusters": [{"name": "app", "weight": 1}]}, "cannot have both cluster and clusters"),
+            ({"cluster": "app", "hash_on": "header:x-user"}, "this route has no clusters to choose from"),
+            ({"clusters": [{"name": "app", "weight": 1}], "hash_on": "cookie"}, "is not something to keep a caller by"),
         ]
         for route, message in cases:
             rc, out = self.check([route])

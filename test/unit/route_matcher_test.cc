@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
+#include "pilotfish/balancer.h"
+
 using namespace pilotfish;
 
 namespace {
@@ -54,4 +58,44 @@ TEST(RouteMatcher, RouteWithoutMatchTakesEverything) {
   l.routes = {r};
   HeaderList h;
   EXPECT_STREQ(route_for(l, "", "/anything", "DELETE", h), "all");
+}
+
+namespace {
+Route split(std::vector<std::pair<size_t, uint32_t>> shares) {
+  Route r;
+  for (auto [index, weight] : shares) {
+    r.clusters.push_back({"c" + std::to_string(index), weight, index});
+    r.split_total += weight;
+  }
+  return r;
+}
+}  // namespace
+
+TEST(SplitCluster, DrawsFollowTheWeights) {
+  Route r = split({{4, 95}, {7, 5}, {9, 0}});
+  FastRandom random;
+  std::map<size_t, int> seen;
+  for (int i = 0; i < 100000; ++i) ++seen[pick_split_cluster(r, "", random.next())];
+  EXPECT_EQ(seen.count(9), 0u);  // weight 0: nothing
+  // 5% of 100,000 is 5,000; four standard deviations of the binomial are about 275.
+  EXPECT_NEAR(seen[7], 5000, 300);
+  EXPECT_EQ(seen[4] + seen[7], 100000);
+}
+
+TEST(SplitCluster, AKeyKeepsItsClusterAndKeysSpreadByWeight) {
+  Route r = split({{0, 50}, {1, 50}});
+  std::map<size_t, int> seen;
+  for (int i = 0; i < 10000; ++i) {
+    std::string key = "user-" + std::to_string(i);
+    size_t first = pick_split_cluster(r, key, 0);
+    for (uint64_t draw : {1ull, 12345ull, ~0ull}) EXPECT_EQ(pick_split_cluster(r, key, draw), first);  // the draw is ignored
+    ++seen[first];
+  }
+  EXPECT_NEAR(seen[0], 5000, 250);
+  // A key on the cluster whose share grows stays there: only keys move towards the growing one.
+  Route grown = split({{0, 50}, {1, 60}});
+  for (int i = 0; i < 2000; ++i) {
+    std::string key = "user-" + std::to_string(i);
+    if (pick_split_cluster(r, key, 0) == 1) EXPECT_EQ(pick_split_cluster(grown, key, 0), 1u) << key;
+  }
 }
