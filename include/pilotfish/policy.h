@@ -107,6 +107,16 @@ struct HashOn {
   bool operator==(const HashOn&) const = default;
 };
 
+// `fault` on a route: delays and aborts injected into a share of its requests.
+struct FaultPolicy {
+  double delay_percent = 0;
+  Duration delay{0};
+  double abort_percent = 0;
+  int abort_status = 0;
+  std::string header;  // lower case; "" = every request may get a fault, else only one with this header
+  bool operator==(const FaultPolicy&) const = default;
+};
+
 struct Route {
   std::string name;             // optional: the access log's and the metrics' `route`
   RouteMatch match;
@@ -119,6 +129,7 @@ struct Route {
   HashOn hash_on;                         // a split: the same key, the same cluster
   std::optional<DirectResponse> respond;
   std::optional<Redirect> redirect;
+  std::optional<FaultPolicy> fault;
   bool answers_itself() const { return respond.has_value() || redirect.has_value(); }
   // The listener's auth and rate_limit apply unless the route has its own, or turns them off.
   std::optional<AuthPolicy> auth;

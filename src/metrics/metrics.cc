@@ -106,6 +106,8 @@ void add_gauge(MetricFamily& f, Labels labels, double value) {
 struct RouteTotals {
   std::array<uint64_t, StatusCounts::kSlots + 1> codes{};
   std::array<uint64_t, 18> grpc{};
+  uint64_t faults_delay = 0;
+  uint64_t faults_abort = 0;
   std::array<uint64_t, kLatencyBuckets.size()> buckets{};
   uint64_t count = 0;
   uint64_t sum_ns = 0;
@@ -160,6 +162,8 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
         RouteTotals& rt = t.routes[key];
         for (size_t i = 0; i < rt.codes.size(); ++i) rt.codes[i] += r->codes.slots[i].load();
         for (size_t i = 0; i < rt.grpc.size(); ++i) rt.grpc[i] += r->grpc[i].load();
+        rt.faults_delay += r->faults_delay.load();
+        rt.faults_abort += r->faults_abort.load();
         for (size_t i = 0; i < rt.buckets.size(); ++i) rt.buckets[i] += r->buckets[i].load();
         rt.count += r->count.load();
         rt.sum_ns += r->sum_ns.load();
@@ -186,6 +190,8 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
   auto grpc = family("grpc_responses_total",
                      "gRPC calls answered, by grpc-status (the upstream's, or pilotfish's own; other: outside 0-16).",
                      MetricType::Counter);
+  auto faults = family("faults_injected_total", "Faults a route's fault policy injected, by kind (delay, abort).",
+                       MetricType::Counter);
   auto down_conns = family("downstream_connections", "Open client connections.", MetricType::Gauge);
   auto down_total = family("downstream_connections_total", "Client connections accepted.", MetricType::Counter);
   auto authz = family("authz_denied_total", "Requests or connections refused by a listener's allow list.",
@@ -201,12 +207,18 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
     add_counter(rate_limited, {{"listener", name}}, static_cast<double>(t.rate_limited));
     // gRPC answers are by listener and cluster (the contract's labels): summed over routes.
     std::map<std::string, std::array<uint64_t, 18>> grpc_by_cluster;
+    std::map<std::string, std::pair<uint64_t, uint64_t>> faults_by_route;  // (delay, abort), summed over clusters
     for (const auto& [key, rt] : t.routes) {
       const auto& [route, cluster] = key;
       for (size_t i = 0; i < rt.codes.size(); ++i) {
         if (rt.codes[i] == 0) continue;
         add_counter(requests, {{"listener", name}, {"route", route}, {"cluster", cluster}, {"code", code_label(i)}},
                     static_cast<double>(rt.codes[i]));
+      }
+      if (rt.faults_delay || rt.faults_abort) {
+        auto& f = faults_by_route[route];
+        f.first += rt.faults_delay;
+        f.second += rt.faults_abort;
       }
       auto& g = grpc_by_cluster[cluster];
       for (size_t i = 0; i < rt.grpc.size(); ++i) g[i] += rt.grpc[i];
@@ -221,6 +233,10 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
       }
       m.histogram.bucket.push_back({rt.count, std::numeric_limits<double>::infinity()});
       duration.metric.push_back(std::move(m));
+    }
+    for (const auto& [route, f] : faults_by_route) {
+      add_counter(faults, {{"listener", name}, {"route", route}, {"kind", "delay"}}, static_cast<double>(f.first));
+      add_counter(faults, {{"listener", name}, {"route", route}, {"kind", "abort"}}, static_cast<double>(f.second));
     }
     for (const auto& [cluster, g] : grpc_by_cluster) {
       for (size_t i = 0; i < g.size(); ++i) {
@@ -318,7 +334,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
                          MetricType::Gauge);
   if (fds.limit() != INT64_MAX) add_gauge(fd_limit, {}, static_cast<double>(fds.limit()));
 
-  for (auto* f : {&requests, &duration, &grpc, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
+  for (auto* f : {&requests, &duration, &grpc, &faults, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
                   &ejections, &ejected, &tls, &resumed, &authz, &auth_failures, &rate_limited, &cert, &reloads, &rotations, &policy_info, &build,
                   &fd_refused, &fd_use, &fd_limit})
     out.push_back(std::move(*f));

@@ -52,6 +52,9 @@ struct RouteStats {
   // response's trailers (or its trailers-only head), or the one pilotfish answered with.
   std::array<RelaxedCounter, 18> grpc;
   void record_grpc(int code) { grpc[(code >= 0 && code <= 16) ? static_cast<size_t>(code) : 17].add(); }
+  // Faults the route's `fault` injected (counted with the cluster the request was for).
+  RelaxedCounter faults_delay;
+  RelaxedCounter faults_abort;
   std::array<RelaxedCounter, kLatencyBuckets.size()> buckets;  // not cumulative; +Inf = count
   RelaxedCounter count;
   RelaxedCounter sum_ns;

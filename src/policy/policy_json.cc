@@ -110,6 +110,15 @@ void write_route(JsonWriter& w, const Route& r) {
     case HashOn::Kind::header: w.key("hash_on").str("header:" + r.hash_on.header); break;
     case HashOn::Kind::peer_identity: w.key("hash_on").str("peer_identity"); break;
   }
+  if (r.fault) {
+    w.key("fault").begin_object();
+    if (r.fault->delay.count() > 0)
+      w.key("delay").begin_object().key("percent").num(r.fault->delay_percent).key("duration").str(dur(r.fault->delay)).end_object();
+    if (r.fault->abort_status)
+      w.key("abort").begin_object().key("percent").num(r.fault->abort_percent).key("status").integer(r.fault->abort_status).end_object();
+    if (!r.fault->header.empty()) w.key("header").str(r.fault->header);
+    w.end_object();
+  }
   if (r.respond) {
     w.key("respond").begin_object();
     w.key("status").integer(r.respond->status).key("body").str(r.respond->body);

@@ -404,6 +404,9 @@ std::vector<std::string> policy_key_paths() {
   add("listeners[].routes[].", kRouteKeys);
   add("listeners[].routes[].match.", kMatchKeys);
   add("listeners[].routes[].clusters[].", kWeightedClusterKeys);
+  add("listeners[].routes[].fault.", kFaultKeys);
+  add("listeners[].routes[].fault.delay.", kFaultDelayKeys);
+  add("listeners[].routes[].fault.abort.", kFaultAbortKeys);
   add("listeners[].routes[].respond.", kRespondKeys);
   add("listeners[].routes[].redirect.", kRedirectKeys);
   for (const std::string owner : {"listeners[].", "listeners[].routes[]."}) {

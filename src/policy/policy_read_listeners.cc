@@ -255,6 +255,11 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
       error(f->position, f->path, "keeps a caller on one cluster of a split: this route has no clusters to choose from");
   }
   if (const Field* f = section->find("respond")) read_respond(*f, route);
+  if (const Field* f = section->find("fault")) {
+    read_fault(*f, route);
+    if (route.answers_itself())
+      error(f->position, f->path, "faults are injected into requests sent to a cluster: this route answers itself");
+  }
   if (const Field* f = section->find("redirect")) read_redirect(*f, route);
   if (const Field* f = section->find("auth")) read_auth(*f, route.auth, &route.auth_off);
   if (const Field* f = section->find("rate_limit")) read_rate_limit(*f, route.rate_limit, &route.rate_limit_off);
@@ -307,6 +312,53 @@ void PolicyReader::read_hash_on(const Field& field, Route& route) {
   } else {
     error(field.position, field.path, quote(*v) + " is not something to keep a caller by: header:NAME or peer_identity");
   }
+}
+
+std::optional<std::string> PolicyReader::read_header_name(const Field& field) {
+  auto v = read_text(field);
+  if (!v) return std::nullopt;
+  if (!is_http_token(*v)) {
+    error(field.position, field.path, quote(*v) + " is not a header name");
+    return std::nullopt;
+  }
+  return lower(*v);
+}
+
+void PolicyReader::read_fault(const Field& field, Route& route) {
+  auto section = open_section(field, kFaultKeys);
+  if (!section) return;
+  FaultPolicy fault;
+  if (const Field* f = section->find("delay")) {
+    if (auto delay = open_section(*f, kFaultDelayKeys)) {
+      if (const Field* p = require(*delay, "percent", "the share of requests delayed, 0 to 100")) {
+        if (auto v = read_number(*p, 0, 100)) fault.delay_percent = *v;
+      }
+      if (const Field* d = require(*delay, "duration", "how long a delayed request waits before it is sent")) {
+        if (auto v = read_duration(*d, /*zero_allowed=*/false)) {
+          if (v->count() > 3'600'000)
+            error(d->position, d->path, "at most 1h");
+          else
+            fault.delay = *v;
+        }
+      }
+    }
+  }
+  if (const Field* f = section->find("abort")) {
+    if (auto abort = open_section(*f, kFaultAbortKeys)) {
+      if (const Field* p = require(*abort, "percent", "the share of requests answered at once, 0 to 100")) {
+        if (auto v = read_number(*p, 0, 100)) fault.abort_percent = *v;
+      }
+      if (const Field* s = require(*abort, "status", "the status an aborted request is answered with")) {
+        if (auto v = read_integer(*s, 200, 599)) fault.abort_status = static_cast<int>(*v);
+      }
+    }
+  }
+  if (!section->find("delay") && !section->find("abort"))
+    error(section->position, section->path, "a fault has a delay, an abort or both");
+  if (const Field* f = section->find("header")) {
+    if (auto v = read_header_name(*f)) fault.header = *v;
+  }
+  route.fault = std::move(fault);
 }
 
 void PolicyReader::read_respond(const Field& field, Route& route) {
@@ -462,12 +514,7 @@ void PolicyReader::read_auth(const Field& field, std::optional<AuthPolicy>& out,
     }
   }
   if (const Field* f = section->find("subject_header")) {
-    if (auto v = read_text(*f)) {
-      if (!is_http_token(*v))
-        error(f->position, f->path, quote(*v) + " is not a header name");
-      else
-        auth.subject_header = lower(*v);
-    }
+    if (auto v = read_header_name(*f)) auth.subject_header = *v;
   }
   if (const Field* f = section->find("clock_skew")) {
     if (auto d = read_duration(*f, /*zero_allowed=*/true)) auth.clock_skew = *d;

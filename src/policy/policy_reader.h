@@ -41,8 +41,11 @@ constexpr std::string_view kListenerKeys[] = {
     "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes",
     "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths", "http2"};
 constexpr std::string_view kHttp2Keys[] = {"max_concurrent_streams"};
-constexpr std::string_view kRouteKeys[] = {"name",     "match",    "cluster", "clusters",  "hash_on",
+constexpr std::string_view kRouteKeys[] = {"name",     "match",    "cluster", "clusters",  "hash_on", "fault",
                                            "respond",  "redirect", "auth",    "rate_limit"};
+constexpr std::string_view kFaultKeys[] = {"delay", "abort", "header"};
+constexpr std::string_view kFaultDelayKeys[] = {"percent", "duration"};
+constexpr std::string_view kFaultAbortKeys[] = {"percent", "status"};
 constexpr std::string_view kWeightedClusterKeys[] = {"name", "weight"};
 constexpr std::string_view kRespondKeys[] = {"status", "body", "headers"};
 constexpr std::string_view kRedirectKeys[] = {"scheme", "host", "path", "status"};
@@ -229,6 +232,8 @@ class PolicyReader {
   void read_split(const Field& field, Route& route, RouteSource& source);
   void read_hash_on(const Field& field, Route& route);
   void read_respond(const Field& field, Route& route);
+  void read_fault(const Field& field, Route& route);
+  std::optional<std::string> read_header_name(const Field& field);  // a token, lowered
   void read_redirect(const Field& field, Route& route);
   // A map of header name to value that pilotfish sends as given: names are tokens (lowered,
   // each once), values valid field values, and no name is one that frames or routes a message

@@ -206,6 +206,8 @@ bool Exchange::begin(const ExchangeRequest& r) {
   }
   if (!admit(route, route_index, r)) return false;
   st_.cluster = &snap_->policy->clusters[st_.cluster_index];
+  uint64_t delay_ms = route && route->fault ? inject_fault(*route->fault, r) : 0;
+  if (st_.local_response) return false;  // aborted
   ClusterState& cs = cluster_state();
   if (!st_.upstream.take_request_slot(cs, *st_.cluster)) {
     overflow(BreakerLimit::requests);
@@ -230,8 +232,40 @@ bool Exchange::begin(const ExchangeRequest& r) {
     h2_base_fields_ = h2_head_.fields.size();
     upstream_head_.clear();
   }
+  if (delay_ms) {
+    // The attempt starts when the delay is over (on_timer, as after a retry's backoff); the body
+    // that arrives meanwhile waits raw, as for an HTTP/2 stream not yet open, and start_attempt
+    // frames it for whichever protocol the endpoint speaks.
+    st_.h2 = true;
+    st_.upstream.backoff_until_ms = uv_now(worker_.loop()) + delay_ms;
+    arm_upstream_timer();
+    return true;
+  }
   start_attempt();
   return !st_.local_response && !st_.response_complete;
+}
+
+uint64_t Exchange::inject_fault(const FaultPolicy& f, const ExchangeRequest& r) {
+  // Only a request that carries the policy's header, when it names one: a client cannot switch
+  // faults on where the policy does not let it.
+  if (!f.header.empty() && r.fields.find(f.header) == HeaderList::npos) return 0;
+  auto drawn = [this](double percent) {
+    return percent > 0 && static_cast<double>(worker_.random().below(1'000'000)) < percent * 10'000;
+  };
+  RouteStats& stats = snap_->route(listener_index_, st_.route_index, st_.cluster_index);
+  uint64_t delay_ms = 0;
+  if (f.delay.count() > 0 && !st_.websocket && drawn(f.delay_percent)) {
+    stats.faults_delay.add();
+    delay_ms = static_cast<uint64_t>(f.delay.count());
+  }
+  if (f.abort_status && drawn(f.abort_percent)) {
+    stats.faults_abort.add();
+    if (delay_ms == 0)
+      answer(f.abort_status, "fault_abort", st_.has_body);
+    else
+      st_.fault_abort = f.abort_status;  // answered when the delay is over
+  }
+  return delay_ms;
 }
 
 bool Exchange::request_body(std::string_view piece) {
@@ -932,7 +966,10 @@ void Exchange::on_timer() {
   }
   if (st_.upstream.backoff_until_ms && now >= st_.upstream.backoff_until_ms) {
     st_.upstream.backoff_until_ms = 0;
-    start_attempt();
+    if (st_.fault_abort)
+      answer(st_.fault_abort, "fault_abort", st_.has_body && !st_.request_complete);
+    else
+      start_attempt();
     owner_.exchange_progress();
     return;
   }

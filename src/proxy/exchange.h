@@ -171,6 +171,9 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   bool attempt_active() const { return st_.upstream.connection || st_.mux != nullptr; }
 
   bool admit(const Route* route, size_t route_index, const ExchangeRequest& request);
+  // The route's fault policy for this request: the delay drawn (ms, 0: none), or an abort
+  // answered now (local_response).
+  uint64_t inject_fault(const FaultPolicy& fault, const ExchangeRequest& request);
   // The cluster of a route's weighted split this request goes to.
   size_t split_cluster(const Route& route, const ExchangeRequest& request);
   // The route's own answer (respond, redirect), given through the owner as a response.
@@ -219,6 +222,7 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
     size_t route_index = SIZE_MAX;  // the listener's route that matched; SIZE_MAX: none (yet)
     // The route answers itself (respond, redirect): once the request is in, nothing upstream.
     bool route_answers = false;
+    int fault_abort = 0;  // a delayed request the route's fault also aborts: its status
     const Cluster* cluster = nullptr;
     size_t cluster_index = 0;
     // Its way to the cluster: endpoint, connection, holds, attempts, deadlines, retries.

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Traffic management on a route (issue 17), through the real binary with real upstreams: route
 names in the access log and as the metrics' `route` label, weighted splits (measured over
-thousands of requests, sticky by header, changed under load by a reload with nothing lost),
+thousands of requests, sticky by header, changed under load by a reload with nothing lost), fault
+injection (aborts at 100% and 0%, delays with bodies to HTTP/1.1 and HTTP/2 clusters, a header
+that gates them),
 direct responses and redirects (over
 HTTP/1.1 and HTTP/2, with the path tricks the matcher normalises), and `check`'s errors for what
 a route cannot say."""
@@ -12,6 +14,7 @@ import sys
 import threading
 import time
 import unittest
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -177,6 +180,116 @@ class SplitTest(unittest.TestCase):
         self.assertEqual(self.pf.log(last=1000).count("error"), 0, self.pf.log())
 
 
+def faults(pf, route, kind):
+    return h.sample(h.metrics(pf), "pilotfish_faults_injected_total", listener="ingress", route=route, kind=kind)
+
+
+class FaultTest(unittest.TestCase):
+    def setUp(self):
+        self.up = h.Upstream("echo")
+        self.addCleanup(self.up.stop)
+
+    def start(self, routes, cluster=None, upstream=None):
+        self.pf = h.Pilotfish(h.simple_policy(upstream or self.up, routes=routes, cluster=cluster))
+        self.addCleanup(self.pf.kill)
+        return self.pf
+
+    def test_abort_at_100_and_0_percent(self):
+        self.start([{"name": "down", "match": {"path_prefix": "/down"}, "cluster": "app",
+                     "fault": {"abort": {"percent": 100, "status": 503}}},
+                    {"name": "up", "match": {"path_prefix": "/up"}, "cluster": "app",
+                     "fault": {"abort": {"percent": 0, "status": 503}}}])
+        with h.Client(self.pf.port()) as c:
+            for _ in range(20):
+                r = c.request(target="/down")
+                self.assertEqual(r.status, 503)
+                self.assertEqual(r.header("x-pilotfish-error"), "fault_abort")
+                self.assertFalse(r.has_header("x-pilotfish-overloaded"))
+        for _ in range(20):
+            self.assertEqual(h.request(self.pf.port(), target="/up").status, 200)
+        self.assertEqual([q["target"] for q in self.up.requests()], ["/up"] * 20)
+        self.assertEqual(faults(self.pf, "down", "abort"), 20)
+        self.assertEqual(faults(self.pf, "down", "delay"), 0)
+        self.assertIsNone(faults(self.pf, "up", "abort"))
+        m = h.metrics(self.pf)
+        self.assertEqual(h.sample(m, "pilotfish_requests_total", listener="ingress", route="down", cluster="app",
+                                  code="503"), 20)
+        self.assertIsNone(h.sample(m, "pilotfish_upstream_requests_total", cluster="app", code="503"))
+
+    def test_abort_at_half_over_1000_requests(self):
+        self.start([{"name": "flaky", "cluster": "app", "fault": {"abort": {"percent": 50, "status": 500}}}])
+        codes = []
+        with h.Client(self.pf.port()) as c:
+            for _ in range(1000):
+                r = c.request(target="/x")
+                codes.append(r.status)
+                if r.status == 500:  # an abort closes nothing: no body was left unread
+                    self.assertEqual(r.header("x-pilotfish-error"), "fault_abort")
+        # Binomial(1000, 0.5): standard deviation 15.8; 4.5 of them either way.
+        self.assertGreater(codes.count(500), 429)
+        self.assertLess(codes.count(500), 571)
+        self.assertEqual(codes.count(500) + codes.count(200), 1000)
+        self.assertEqual(faults(self.pf, "flaky", "abort"), codes.count(500))
+
+    def test_delay_holds_the_request_and_its_body(self):
+        self.start([{"name": "slow", "cluster": "app", "fault": {"delay": {"percent": 100, "duration": "300ms"}}}])
+        body = os.urandom(200000)
+        pieces = [body[i:i + 7000] for i in range(0, len(body), 7000)]
+        with h.Client(self.pf.port(), timeout=10) as c:
+            for method, headers, payload in [
+                    ("GET", None, None),
+                    ("POST", [("Content-Length", str(len(body)))], body),
+                    ("POST", [("Transfer-Encoding", "chunked")], h.chunk_encode(pieces, trailers=[("X-T", "1")]))]:
+                started = time.monotonic()
+                r = c.request(method, "/slow", headers=headers, body=payload)
+                waited = time.monotonic() - started
+                self.assertEqual(r.status, 200)
+                self.assertGreaterEqual(waited, 0.29, "answered before the delay was over")
+                if payload:
+                    self.assertEqual((r.json()["body_len"], r.json()["body_crc"]), (len(body), zlib.crc32(body)))
+        self.assertEqual(faults(self.pf, "slow", "delay"), 3)
+
+    def test_delay_to_an_http2_cluster(self):
+        # Sidecar B takes HTTP/2 from A and speaks HTTP/1.1 to the app.
+        b = h.Pilotfish(h.simple_policy(self.up))
+        self.addCleanup(b.kill)
+        a = self.start([{"name": "slow", "cluster": "app",
+                         "fault": {"delay": {"percent": 100, "duration": "200ms"}}}],
+                       cluster={"protocol": "http2"}, upstream="127.0.0.1:%d" % b.port())
+        body = os.urandom(100000)
+        pieces = [body[i:i + 9000] for i in range(0, len(body), 9000)]
+        with h.Client(a.port(), timeout=10) as c:
+            for headers, payload in [([("Content-Length", str(len(body)))], body),
+                                     ([("Transfer-Encoding", "chunked")], h.chunk_encode(pieces))]:
+                r = c.request("POST", "/slow", headers=headers, body=payload)
+                self.assertEqual(r.status, 200)
+                self.assertEqual((r.json()["body_len"], r.json()["body_crc"]), (len(body), zlib.crc32(body)))
+
+    def test_delay_past_the_timeout_and_delay_then_abort(self):
+        self.start([{"name": "late", "match": {"path_prefix": "/late"}, "cluster": "app",
+                     "fault": {"delay": {"percent": 100, "duration": "2s"}}},
+                    {"name": "both", "match": {"path_prefix": "/both"}, "cluster": "app",
+                     "fault": {"delay": {"percent": 100, "duration": "200ms"},
+                               "abort": {"percent": 100, "status": 429}}}],
+                   cluster={"timeout": "300ms"})
+        r = h.request(self.pf.port(), target="/late")
+        self.assertEqual(r.status, 504)
+        started = time.monotonic()
+        r = h.request(self.pf.port(), target="/both")
+        self.assertGreaterEqual(time.monotonic() - started, 0.19)
+        self.assertEqual((r.status, r.header("x-pilotfish-error")), (429, "fault_abort"))
+        self.assertEqual(self.up.requests(), [])
+
+    def test_a_header_gates_the_fault(self):
+        self.start([{"name": "chaos", "cluster": "app",
+                     "fault": {"abort": {"percent": 100, "status": 503}, "header": "X-Chaos"}}])
+        for _ in range(10):
+            self.assertEqual(h.request(self.pf.port(), target="/a").status, 200)
+        r = h.request(self.pf.port(), target="/a", headers=[("x-chaos", "1")])
+        self.assertEqual((r.status, r.header("x-pilotfish-error")), (503, "fault_abort"))
+        self.assertEqual(faults(self.pf, "chaos", "abort"), 1)
+
+
 class DirectResponseTest(unittest.TestCase):
     def setUp(self):
         self.up = h.Upstream("echo")
@@ -318,6 +431,11 @@ class CheckTest(unittest.TestCase):
             ({"cluster": "app", "clusters": [{"name": "app", "weight": 1}]}, "cannot have both cluster and clusters"),
             ({"cluster": "app", "hash_on": "header:x-user"}, "this route has no clusters to choose from"),
             ({"clusters": [{"name": "app", "weight": 1}], "hash_on": "cookie"}, "is not something to keep a caller by"),
+            ({"cluster": "app", "fault": {}}, "a fault has a delay, an abort or both"),
+            ({"cluster": "app", "fault": {"abort": {"percent": 101, "status": 503}}}, "fault.abort.percent"),
+            ({"cluster": "app", "fault": {"abort": {"percent": 5}}}, "fault.abort.status: missing"),
+            ({"cluster": "app", "fault": {"delay": {"percent": 5, "duration": "0s"}}}, "fault.delay.duration"),
+            ({"respond": {"status": 200}, "fault": {"abort": {"percent": 5, "status": 500}}}, "this route answers itself"),
         ]
         for route, message in cases:
             rc, out = self.check([route])
