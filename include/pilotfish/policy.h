@@ -73,6 +73,54 @@ struct RateLimitPolicy {
   bool operator==(const RateLimitPolicy&) const = default;
 };
 
+struct RetryPolicy {
+  uint32_t retries = 1;
+  uint32_t on = kRetryConnectFailure;
+  std::vector<int> status_codes;
+  Duration per_try_timeout{0};  // 0 = only the cluster timeout applies
+  Duration backoff_base{25};
+  Duration backoff_max{250};
+  double budget_ratio = 0.2;
+  double budget_min_per_second = 10;
+  bool nested = false;  // also retry requests that another pilotfish sent (x-pilotfish-attempt)
+};
+
+struct CircuitBreakerLimits {
+  uint32_t max_connections = 1024;
+  uint32_t max_pending_requests = 1024;
+  uint32_t max_requests = 1024;
+  uint32_t max_retries = 3;
+};
+
+struct OutlierDetection {
+  uint32_t consecutive_failures = 5;
+  Duration base_ejection_time{30'000};
+  Duration max_ejection_time{300'000};
+  uint32_t max_ejection_percent = 50;
+};
+
+struct ClusterMtls {
+  bool enabled = false;
+  std::string server_identity;
+  std::string sni;  // server name sent in the handshake; empty: the cluster's name
+  bool operator==(const ClusterMtls&) const = default;
+};
+
+struct Cluster {
+  std::string name;
+  std::vector<SocketAddress> endpoints;
+  std::vector<SocketAddress> vips;
+  ClusterMtls mtls;
+  LbPolicy lb = LbPolicy::round_robin;
+  UpstreamProtocol protocol = UpstreamProtocol::http1;
+  Duration connect_timeout{1'000};
+  Duration timeout{15'000};        // whole request, every retry included
+  Duration idle_timeout{30'000};   // pooled upstream connection unused this long is closed
+  RetryPolicy retry;
+  CircuitBreakerLimits circuit_breaker;
+  OutlierDetection outlier_detection;
+};
+
 // `respond` on a route: pilotfish answers itself, no cluster.
 struct DirectResponse {
   int status = 200;
@@ -130,6 +178,12 @@ struct Route {
   std::optional<DirectResponse> respond;
   std::optional<Redirect> redirect;
   std::optional<FaultPolicy> fault;
+  // Overrides of the cluster's timeout and retry for this route's requests.
+  std::optional<Duration> timeout;
+  std::optional<RetryPolicy> retry;
+  // With an override: each target cluster (the one, or each of the split, in order) as this
+  // route's requests see it, built by the loader; empty without.
+  std::vector<std::shared_ptr<const Cluster>> tuned;
   bool answers_itself() const { return respond.has_value() || redirect.has_value(); }
   // The listener's auth and rate_limit apply unless the route has its own, or turns them off.
   std::optional<AuthPolicy> auth;
@@ -165,54 +219,6 @@ struct Listener {
   bool http2 = true;
   uint32_t http2_max_concurrent_streams = 100;
   std::vector<Route> routes;
-};
-
-struct RetryPolicy {
-  uint32_t retries = 1;
-  uint32_t on = kRetryConnectFailure;
-  std::vector<int> status_codes;
-  Duration per_try_timeout{0};  // 0 = only the cluster timeout applies
-  Duration backoff_base{25};
-  Duration backoff_max{250};
-  double budget_ratio = 0.2;
-  double budget_min_per_second = 10;
-  bool nested = false;  // also retry requests that another pilotfish sent (x-pilotfish-attempt)
-};
-
-struct CircuitBreakerLimits {
-  uint32_t max_connections = 1024;
-  uint32_t max_pending_requests = 1024;
-  uint32_t max_requests = 1024;
-  uint32_t max_retries = 3;
-};
-
-struct OutlierDetection {
-  uint32_t consecutive_failures = 5;
-  Duration base_ejection_time{30'000};
-  Duration max_ejection_time{300'000};
-  uint32_t max_ejection_percent = 50;
-};
-
-struct ClusterMtls {
-  bool enabled = false;
-  std::string server_identity;
-  std::string sni;  // server name sent in the handshake; empty: the cluster's name
-  bool operator==(const ClusterMtls&) const = default;
-};
-
-struct Cluster {
-  std::string name;
-  std::vector<SocketAddress> endpoints;
-  std::vector<SocketAddress> vips;
-  ClusterMtls mtls;
-  LbPolicy lb = LbPolicy::round_robin;
-  UpstreamProtocol protocol = UpstreamProtocol::http1;
-  Duration connect_timeout{1'000};
-  Duration timeout{15'000};        // whole request, every retry included
-  Duration idle_timeout{30'000};   // pooled upstream connection unused this long is closed
-  RetryPolicy retry;
-  CircuitBreakerLimits circuit_breaker;
-  OutlierDetection outlier_detection;
 };
 
 struct Identity {

@@ -20,10 +20,10 @@ struct RequestView {
 // Returns the first route that matches, or nullptr (404).
 const Route* match_route(const Listener& listener, const RequestView& request);
 
-// A route's weighted split: the index (into Policy::clusters) of the cluster a request goes to.
+// A route's weighted split: the position (in route.clusters) of the cluster a request goes to.
 // With a `key` (the hash_on header's value, or the peer's identity), the same key always picks
 // the same cluster while the weights stay; without one, `draw` (uniform over 64 bits) decides.
-size_t pick_split_cluster(const Route& route, std::string_view key, uint64_t draw);
+size_t pick_split(const Route& route, std::string_view key, uint64_t draw);
 
 // What a route matches, as one line: "host=H path_prefix=P method=M header:NAME=VALUE" (headers
 // sorted), or "*" for a route that takes everything. It names a route across reloads (the

@@ -33,7 +33,7 @@ const Route* match_route(const Listener& listener, const RequestView& req) {
   return nullptr;
 }
 
-size_t pick_split_cluster(const Route& route, std::string_view key, uint64_t draw) {
+size_t pick_split(const Route& route, std::string_view key, uint64_t draw) {
   uint64_t point = draw;
   if (!key.empty()) {
     // FNV-1a, then a finaliser (splitmix64) so that nearby keys spread over the whole range.
@@ -49,11 +49,11 @@ size_t pick_split_cluster(const Route& route, std::string_view key, uint64_t dra
   // The point as a fraction of the whole, scaled to the weights: when one share grows, only the
   // keys next to its edge move, and only towards it (a modulo would reshuffle every key).
   point = static_cast<uint64_t>((static_cast<unsigned __int128>(point) * route.split_total) >> 64);
-  for (const auto& c : route.clusters) {
-    if (point < c.weight) return c.index;
-    point -= c.weight;
+  for (size_t i = 0; i < route.clusters.size(); ++i) {
+    if (point < route.clusters[i].weight) return i;
+    point -= route.clusters[i].weight;
   }
-  return route.clusters.back().index;
+  return route.clusters.size() - 1;
 }
 
 std::string describe_match(const RouteMatch& m) {

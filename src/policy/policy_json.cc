@@ -83,6 +83,34 @@ void write_rate_limit(JsonWriter& w, const std::optional<RateLimitPolicy>& limit
   w.end_object();
 }
 
+void write_retry(JsonWriter& w, const RetryPolicy& r) {
+  w.key("retry").begin_object();
+  w.key("retries").integer(r.retries);
+  w.key("on").begin_array();
+  static constexpr std::pair<uint32_t, const char*> kOn[] = {{kRetryConnectFailure, "connect-failure"},
+                                                             {kRetryReset, "reset"},
+                                                             {kRetry5xx, "5xx"},
+                                                             {kRetryGatewayError, "gateway-error"},
+                                                             {kRetryRetriableStatusCodes, "retriable-status-codes"},
+                                                             {kRetryGrpcCancelled, "cancelled"},
+                                                             {kRetryGrpcDeadlineExceeded, "deadline-exceeded"},
+                                                             {kRetryGrpcResourceExhausted, "resource-exhausted"},
+                                                             {kRetryGrpcInternal, "internal"},
+                                                             {kRetryGrpcUnavailable, "unavailable"}};
+  for (auto [bit, name] : kOn)
+    if (r.on & bit) w.str(name);
+  w.end_array();
+  w.key("status_codes").begin_array();
+  for (int code : r.status_codes) w.integer(code);
+  w.end_array();
+  w.key("per_try_timeout").str(dur(r.per_try_timeout));
+  w.key("backoff").begin_object().key("base").str(dur(r.backoff_base)).key("max").str(dur(r.backoff_max)).end_object();
+  w.key("budget").begin_object().key("ratio").num(r.budget_ratio).key("min_per_second").num(r.budget_min_per_second);
+  w.end_object();
+  w.key("nested").boolean(r.nested);
+  w.end_object();
+}
+
 void write_route(JsonWriter& w, const Route& r) {
   w.begin_object();
   if (!r.name.empty()) w.key("name").str(r.name);
@@ -110,6 +138,8 @@ void write_route(JsonWriter& w, const Route& r) {
     case HashOn::Kind::header: w.key("hash_on").str("header:" + r.hash_on.header); break;
     case HashOn::Kind::peer_identity: w.key("hash_on").str("peer_identity"); break;
   }
+  if (r.timeout) w.key("timeout").str(dur(*r.timeout));
+  if (r.retry) write_retry(w, *r.retry);
   if (r.fault) {
     w.key("fault").begin_object();
     if (r.fault->delay.count() > 0)
@@ -188,32 +218,7 @@ void write_cluster(JsonWriter& w, const Cluster& c) {
   }
   w.key("lb").str(name_of(c.lb)).key("protocol").str(name_of(c.protocol));
   w.key("connect_timeout").str(dur(c.connect_timeout)).key("timeout").str(dur(c.timeout)).key("idle_timeout").str(dur(c.idle_timeout));
-  const RetryPolicy& r = c.retry;
-  w.key("retry").begin_object();
-  w.key("retries").integer(r.retries);
-  w.key("on").begin_array();
-  static constexpr std::pair<uint32_t, const char*> kOn[] = {{kRetryConnectFailure, "connect-failure"},
-                                                             {kRetryReset, "reset"},
-                                                             {kRetry5xx, "5xx"},
-                                                             {kRetryGatewayError, "gateway-error"},
-                                                             {kRetryRetriableStatusCodes, "retriable-status-codes"},
-                                                             {kRetryGrpcCancelled, "cancelled"},
-                                                             {kRetryGrpcDeadlineExceeded, "deadline-exceeded"},
-                                                             {kRetryGrpcResourceExhausted, "resource-exhausted"},
-                                                             {kRetryGrpcInternal, "internal"},
-                                                             {kRetryGrpcUnavailable, "unavailable"}};
-  for (auto [bit, name] : kOn)
-    if (r.on & bit) w.str(name);
-  w.end_array();
-  w.key("status_codes").begin_array();
-  for (int code : r.status_codes) w.integer(code);
-  w.end_array();
-  w.key("per_try_timeout").str(dur(r.per_try_timeout));
-  w.key("backoff").begin_object().key("base").str(dur(r.backoff_base)).key("max").str(dur(r.backoff_max)).end_object();
-  w.key("budget").begin_object().key("ratio").num(r.budget_ratio).key("min_per_second").num(r.budget_min_per_second);
-  w.end_object();
-  w.key("nested").boolean(r.nested);
-  w.end_object();
+  write_retry(w, c.retry);
   const CircuitBreakerLimits& b = c.circuit_breaker;
   w.key("circuit_breaker").begin_object();
   w.key("max_connections").integer(b.max_connections).key("max_pending_requests").integer(b.max_pending_requests);

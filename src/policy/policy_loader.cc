@@ -107,14 +107,27 @@ void PolicyReader::resolve_routes() {
         else
           c.index = found->second;
       }
-      if (route.cluster.empty()) continue;  // a split, an answer, or already reported
-      auto found = cluster_indexes_.find(route.cluster);
-      if (found == cluster_indexes_.end()) {
-        error(source.routes[r].cluster, join_path(source.routes[r].path, "cluster"),
-              "no cluster is named " + quote(route.cluster) + did_you_mean(route.cluster, names));
-        continue;
+      if (!route.cluster.empty()) {
+        auto found = cluster_indexes_.find(route.cluster);
+        if (found == cluster_indexes_.end()) {
+          error(source.routes[r].cluster, join_path(source.routes[r].path, "cluster"),
+                "no cluster is named " + quote(route.cluster) + did_you_mean(route.cluster, names));
+          continue;
+        }
+        route.cluster_index = found->second;
       }
-      route.cluster_index = found->second;
+      if (!route.timeout && !route.retry) continue;
+      // The route's overrides on a copy of each cluster it sends to.
+      std::vector<size_t> targets;
+      if (!route.cluster.empty()) targets.push_back(route.cluster_index);
+      for (const auto& c : route.clusters) targets.push_back(c.index);
+      for (size_t index : targets) {
+        if (index >= policy_.clusters.size()) continue;  // an unknown name, reported
+        auto tuned = std::make_shared<Cluster>(policy_.clusters[index]);
+        if (route.timeout) tuned->timeout = *route.timeout;
+        if (route.retry) tuned->retry = *route.retry;
+        route.tuned.push_back(std::move(tuned));
+      }
     }
   }
 }
@@ -404,6 +417,9 @@ std::vector<std::string> policy_key_paths() {
   add("listeners[].routes[].", kRouteKeys);
   add("listeners[].routes[].match.", kMatchKeys);
   add("listeners[].routes[].clusters[].", kWeightedClusterKeys);
+  add("listeners[].routes[].retry.", kRetryKeys);
+  add("listeners[].routes[].retry.backoff.", kBackoffKeys);
+  add("listeners[].routes[].retry.budget.", kBudgetKeys);
   add("listeners[].routes[].fault.", kFaultKeys);
   add("listeners[].routes[].fault.delay.", kFaultDelayKeys);
   add("listeners[].routes[].fault.abort.", kFaultAbortKeys);

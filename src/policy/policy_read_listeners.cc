@@ -255,12 +255,25 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
       error(f->position, f->path, "keeps a caller on one cluster of a split: this route has no clusters to choose from");
   }
   if (const Field* f = section->find("respond")) read_respond(*f, route);
+  if (const Field* f = section->find("redirect")) read_redirect(*f, route);
+  if (const Field* f = section->find("timeout")) {
+    if (auto d = read_duration(*f, /*zero_allowed=*/false)) route.timeout = *d;
+  }
+  if (const Field* f = section->find("retry")) {
+    Cluster defaults;  // keys the route's retry leaves out take the defaults, as in a cluster
+    read_retry(*f, defaults);
+    route.retry = defaults.retry;
+  }
+  for (std::string_view key : {"timeout", "retry"}) {
+    const Field* f = section->find(key);
+    if (f && route.answers_itself())
+      error(f->position, f->path, "applies to requests sent to a cluster: this route answers itself");
+  }
   if (const Field* f = section->find("fault")) {
     read_fault(*f, route);
     if (route.answers_itself())
       error(f->position, f->path, "faults are injected into requests sent to a cluster: this route answers itself");
   }
-  if (const Field* f = section->find("redirect")) read_redirect(*f, route);
   if (const Field* f = section->find("auth")) read_auth(*f, route.auth, &route.auth_off);
   if (const Field* f = section->find("rate_limit")) read_rate_limit(*f, route.rate_limit, &route.rate_limit_off);
   listener.routes.push_back(std::move(route));

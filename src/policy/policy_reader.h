@@ -41,8 +41,8 @@ constexpr std::string_view kListenerKeys[] = {
     "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes",
     "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths", "http2"};
 constexpr std::string_view kHttp2Keys[] = {"max_concurrent_streams"};
-constexpr std::string_view kRouteKeys[] = {"name",     "match",    "cluster", "clusters",  "hash_on", "fault",
-                                           "respond",  "redirect", "auth",    "rate_limit"};
+constexpr std::string_view kRouteKeys[] = {"name",    "match",   "cluster",  "clusters", "hash_on",    "timeout", "retry",
+                                           "fault",   "respond", "redirect", "auth",     "rate_limit"};
 constexpr std::string_view kFaultKeys[] = {"delay", "abort", "header"};
 constexpr std::string_view kFaultDelayKeys[] = {"percent", "duration"};
 constexpr std::string_view kFaultAbortKeys[] = {"percent", "status"};

@@ -185,6 +185,7 @@ bool Exchange::begin(const ExchangeRequest& r) {
     st_.route_answers = true;
     return true;
   }
+  const Cluster* tuned = nullptr;
   if (!r.fixed_cluster.empty()) {
     // Intercepted: the original destination chose the cluster (by name: a reload may have
     // moved it, or removed it). The route still says which auth and rate limit apply.
@@ -202,10 +203,13 @@ bool Exchange::begin(const ExchangeRequest& r) {
       answer(404, "no_route", st_.has_body);
       return false;
     }
-    st_.cluster_index = route->clusters.empty() ? route->cluster_index : split_cluster(*route, r);
+    size_t target = route->clusters.empty() ? 0 : split_position(*route, r);
+    st_.cluster_index = route->clusters.empty() ? route->cluster_index : route->clusters[target].index;
+    // A route that overrides the cluster's timeout or retry has its own copy of each target.
+    if (!route->tuned.empty()) tuned = route->tuned[target].get();
   }
   if (!admit(route, route_index, r)) return false;
-  st_.cluster = &snap_->policy->clusters[st_.cluster_index];
+  st_.cluster = tuned ? tuned : &snap_->policy->clusters[st_.cluster_index];
   uint64_t delay_ms = route && route->fault ? inject_fault(*route->fault, r) : 0;
   if (st_.local_response) return false;  // aborted
   ClusterState& cs = cluster_state();
@@ -367,7 +371,7 @@ void append_location_part(std::string& out, std::string_view text) {
 
 }  // namespace
 
-size_t Exchange::split_cluster(const Route& route, const ExchangeRequest& r) {
+size_t Exchange::split_position(const Route& route, const ExchangeRequest& r) {
   std::string_view key;
   if (route.hash_on.kind == HashOn::Kind::header) {
     size_t i = r.fields.find(route.hash_on.header);
@@ -375,7 +379,7 @@ size_t Exchange::split_cluster(const Route& route, const ExchangeRequest& r) {
   } else if (route.hash_on.kind == HashOn::Kind::peer_identity && r.tls && r.tls->established()) {
     key = r.tls->peer_id();
   }
-  return pick_split_cluster(route, key, key.empty() ? worker_.random().next() : 0);
+  return pick_split(route, key, key.empty() ? worker_.random().next() : 0);
 }
 
 void Exchange::answer_from_route(const Route& route) {

@@ -174,8 +174,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   // The route's fault policy for this request: the delay drawn (ms, 0: none), or an abort
   // answered now (local_response).
   uint64_t inject_fault(const FaultPolicy& fault, const ExchangeRequest& request);
-  // The cluster of a route's weighted split this request goes to.
-  size_t split_cluster(const Route& route, const ExchangeRequest& request);
+  // The position in a route's weighted split of the cluster this request goes to.
+  size_t split_position(const Route& route, const ExchangeRequest& request);
   // The route's own answer (respond, redirect), given through the owner as a response.
   void answer_from_route(const Route& route);
   void start_attempt(bool fresh_connection = false);

@@ -3,7 +3,7 @@
 names in the access log and as the metrics' `route` label, weighted splits (measured over
 thousands of requests, sticky by header, changed under load by a reload with nothing lost), fault
 injection (aborts at 100% and 0%, delays with bodies to HTTP/1.1 and HTTP/2 clusters, a header
-that gates them),
+that gates them), a route's own timeout and retry,
 direct responses and redirects (over
 HTTP/1.1 and HTTP/2, with the path tricks the matcher normalises), and `check`'s errors for what
 a route cannot say."""
@@ -290,6 +290,36 @@ class FaultTest(unittest.TestCase):
         self.assertEqual(faults(self.pf, "chaos", "abort"), 1)
 
 
+class RouteOverrideTest(unittest.TestCase):
+    """A route's own timeout and retry, instead of its cluster's."""
+
+    def test_timeout(self):
+        up = h.Upstream("echo")
+        self.addCleanup(up.stop)
+        pf = h.Pilotfish(h.simple_policy(up, cluster={"timeout": "5s"}, routes=[
+            {"name": "quick", "match": {"headers": {"x-quick": "1"}}, "cluster": "app", "timeout": "300ms"},
+            {"cluster": "app"}]))
+        self.addCleanup(pf.kill)
+        r = h.request(pf.port(), target="/slow?ms=1500", headers=[("x-quick", "1")])
+        self.assertEqual((r.status, r.header("x-pilotfish-error")), (504, "timeout"))
+        self.assertEqual(h.request(pf.port(), target="/slow?ms=500").status, 200)
+
+    def test_retry(self):
+        up = h.Upstream("fault", extra=["--fault", "503", "--fault-count", "2"])
+        self.addCleanup(up.stop)
+        pf = h.Pilotfish(h.simple_policy(up, cluster={"retry": {"retries": 0}}, routes=[
+            {"name": "retried", "match": {"path_prefix": "/retried"}, "cluster": "app",
+             "retry": {"retries": 2, "on": ["5xx"], "backoff": {"base": "1ms", "max": "2ms"}}},
+            {"cluster": "app"}]))
+        self.addCleanup(pf.kill)
+        self.assertEqual(h.request(pf.port(), target="/plain").status, 503)  # the cluster's: no retry
+        r = h.request(pf.port(), target="/retried")
+        self.assertEqual(r.status, 200)
+        self.assertEqual([q["fault"] for q in up.requests()], ["503", "503", None])
+        m = h.metrics(pf)
+        self.assertEqual(h.sample(m, "pilotfish_retries_total", cluster="app"), 1)
+
+
 class DirectResponseTest(unittest.TestCase):
     def setUp(self):
         self.up = h.Upstream("echo")
@@ -436,6 +466,8 @@ class CheckTest(unittest.TestCase):
             ({"cluster": "app", "fault": {"abort": {"percent": 5}}}, "fault.abort.status: missing"),
             ({"cluster": "app", "fault": {"delay": {"percent": 5, "duration": "0s"}}}, "fault.delay.duration"),
             ({"respond": {"status": 200}, "fault": {"abort": {"percent": 5, "status": 500}}}, "this route answers itself"),
+            ({"redirect": {"path": "/a"}, "timeout": "1s"}, "routes[0].timeout: applies to requests sent to a cluster"),
+            ({"cluster": "app", "retry": {"on": ["sometimes"]}}, "routes[0].retry.on[0]"),
         ]
         for route, message in cases:
             rc, out = self.check([route])

@@ -524,8 +524,8 @@ TEST(UnknownKeys, AreErrorsAtEveryLevelWithASuggestion) {
   EXPECT_EQ(load(with_top("frobnicate: 1\n")).errors.at(0).message, "frobnicate: unknown key");
   EXPECT_TRUE(OnlyError(load(with_listener("    header_timout: 5s\n")), 5, 5,
                         "listeners[0].header_timout: unknown key (did you mean 'header_timeout'?)"));
-  EXPECT_TRUE(OnlyError(load(replaced(kMinimal, "      - cluster: app", "      - cluster: app\n        timeout: 5s")),
-                        7, 9, "listeners[0].routes[0].timeout: unknown key"));
+  EXPECT_TRUE(OnlyError(load(replaced(kMinimal, "      - cluster: app", "      - cluster: app\n        timout: 5s")),
+                        7, 9, "listeners[0].routes[0].timout: unknown key (did you mean 'timeout'?)"));
   EXPECT_TRUE(OnlyError(
       load(replaced(kMinimal, "      - cluster: app", "      - cluster: app\n        match: {paht_prefix: /}")), 7, 17,
       "listeners[0].routes[0].match.paht_prefix: unknown key (did you mean 'path_prefix'?)"));

@@ -69,13 +69,14 @@ Route split(std::vector<std::pair<size_t, uint32_t>> shares) {
   }
   return r;
 }
+size_t pick(const Route& r, std::string_view key, uint64_t draw) { return r.clusters[pick_split(r, key, draw)].index; }
 }  // namespace
 
 TEST(SplitCluster, DrawsFollowTheWeights) {
   Route r = split({{4, 95}, {7, 5}, {9, 0}});
   FastRandom random;
   std::map<size_t, int> seen;
-  for (int i = 0; i < 100000; ++i) ++seen[pick_split_cluster(r, "", random.next())];
+  for (int i = 0; i < 100000; ++i) ++seen[pick(r, "", random.next())];
   EXPECT_EQ(seen.count(9), 0u);  // weight 0: nothing
   // 5% of 100,000 is 5,000; four standard deviations of the binomial are about 275.
   EXPECT_NEAR(seen[7], 5000, 300);
@@ -87,8 +88,8 @@ TEST(SplitCluster, AKeyKeepsItsClusterAndKeysSpreadByWeight) {
   std::map<size_t, int> seen;
   for (int i = 0; i < 10000; ++i) {
     std::string key = "user-" + std::to_string(i);
-    size_t first = pick_split_cluster(r, key, 0);
-    for (uint64_t draw : {1ull, 12345ull, ~0ull}) EXPECT_EQ(pick_split_cluster(r, key, draw), first);  // the draw is ignored
+    size_t first = pick(r, key, 0);
+    for (uint64_t draw : {1ull, 12345ull, ~0ull}) EXPECT_EQ(pick(r, key, draw), first);  // the draw is ignored
     ++seen[first];
   }
   EXPECT_NEAR(seen[0], 5000, 250);
@@ -96,6 +97,6 @@ TEST(SplitCluster, AKeyKeepsItsClusterAndKeysSpreadByWeight) {
   Route grown = split({{0, 50}, {1, 60}});
   for (int i = 0; i < 2000; ++i) {
     std::string key = "user-" + std::to_string(i);
-    if (pick_split_cluster(r, key, 0) == 1) EXPECT_EQ(pick_split_cluster(grown, key, 0), 1u) << key;
+    if (pick(r, key, 0) == 1) EXPECT_EQ(pick(grown, key, 0), 1u) << key;
   }
 }
