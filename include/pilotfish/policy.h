@@ -121,6 +121,27 @@ struct Cluster {
   OutlierDetection outlier_detection;
 };
 
+// `authorization` on a listener or route: who may make which requests. A rule matches when
+// every field it gives matches (a field matches when any of its values does).
+struct AuthzPath {
+  std::string path;  // normalised, as the request's path is
+  bool prefix = false;
+  bool operator==(const AuthzPath&) const = default;
+};
+struct AuthzRule {
+  std::vector<std::string> principals;  // SPIFFE ids; a trailing '*' matches any rest
+  std::vector<std::string> methods;     // upper case
+  std::vector<AuthzPath> paths;
+  // JWT claims (sub, scope, aud) of the token `auth` verified: the claim holds one of the values.
+  std::vector<std::pair<std::string, std::vector<std::string>>> claims;
+  bool operator==(const AuthzRule&) const = default;
+};
+struct Authorization {
+  std::vector<AuthzRule> deny;   // any match: refused
+  std::vector<AuthzRule> allow;  // when given: refused unless one matches
+  bool operator==(const Authorization&) const = default;
+};
+
 // `respond` on a route: pilotfish answers itself, no cluster.
 struct DirectResponse {
   int status = 200;
@@ -178,6 +199,7 @@ struct Route {
   std::optional<DirectResponse> respond;
   std::optional<Redirect> redirect;
   std::optional<FaultPolicy> fault;
+  std::optional<Authorization> authorization;  // checked after the listener's
   // Overrides of the cluster's timeout and retry for this route's requests.
   std::optional<Duration> timeout;
   std::optional<RetryPolicy> retry;
@@ -204,6 +226,7 @@ struct Listener {
   bool passthrough = true;
   std::optional<AuthPolicy> auth;
   std::optional<RateLimitPolicy> rate_limit;
+  std::optional<Authorization> authorization;  // every request of the listener, then its route's
   // Every subject_header its auth (listener or routes) writes, lower case: removed from every
   // request of the listener. Filled by the loader.
   std::vector<std::string> subject_headers;

@@ -3,6 +3,8 @@
 #include <uv.h>
 
 #include <ctime>
+#include <optional>
+#include <string>
 
 #include "pilotfish/header_rules.h"
 #include "tls/tls.h"
@@ -89,6 +91,9 @@ Admission admit(const AdmissionInput& in) {
       if (verified->ok) {
         out.subject = verified->subject;
         out.has_subject = verified->has_subject;
+        out.token_verified = true;
+        out.scopes = verified->scopes;
+        out.audiences = verified->audiences;
         return out;
       }
       why = verified->error;
@@ -107,6 +112,71 @@ Admission admit(const AdmissionInput& in) {
     out.reply_headers = "www-authenticate: Bearer realm=\"pilotfish\"\r\n";
   }
   return out;
+}
+
+namespace {
+
+bool claim_matches(const std::string& name, const std::vector<std::string>& wanted, const Admission& token) {
+  if (!token.token_verified) return false;
+  auto any = [&](const std::vector<std::string>& held) {
+    for (const auto& h : held)
+      for (const auto& w : wanted)
+        if (h == w) return true;
+    return false;
+  };
+  if (name == "sub") return token.has_subject && any({token.subject});
+  if (name == "scope") return any(token.scopes);
+  return any(token.audiences);  // aud
+}
+
+bool rule_matches(const AuthzRule& rule, const AuthzRequest& q) {
+  if (!rule.principals.empty() && (q.peer_id.empty() || !identity_allowed(rule.principals, q.peer_id))) return false;
+  if (!rule.methods.empty()) {
+    bool any = false;
+    for (const auto& m : rule.methods) any = any || iequals(q.method, m);  // "delete" is not a way around DELETE
+    if (!any) return false;
+  }
+  if (!rule.paths.empty()) {
+    bool any = false;
+    for (const auto& p : rule.paths) any = any || (p.prefix ? q.path.starts_with(p.path) : q.path == p.path);
+    if (!any) return false;
+  }
+  for (const auto& [name, wanted] : rule.claims)
+    if (!claim_matches(name, wanted, q.token)) return false;
+  return true;
+}
+
+// The path as a server that drops `;` parameters from each segment sees it (Java servlet
+// containers: "/admin;x=1/users" is "/admin/users" to them).
+std::string without_parameters(std::string_view path) {
+  std::string out;
+  out.reserve(path.size());
+  bool in_parameter = false;
+  for (char c : path) {
+    if (c == '/') in_parameter = false;
+    else if (c == ';') in_parameter = true;
+    if (!in_parameter) out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+bool authorized(const Authorization& rules, const AuthzRequest& q) {
+  // A path with `;` parameters is judged both as it is and as servers that drop them see it:
+  // a deny rule refuses when either matches, an allow rule admits only when both do.
+  std::string stripped;
+  std::optional<AuthzRequest> other;
+  if (q.path.find(';') != std::string_view::npos) {
+    stripped = without_parameters(q.path);
+    other.emplace(AuthzRequest{q.peer_id, q.method, stripped, q.token});
+  }
+  for (const auto& rule : rules.deny)
+    if (rule_matches(rule, q) || (other && rule_matches(rule, *other))) return false;
+  if (rules.allow.empty()) return true;
+  for (const auto& rule : rules.allow)
+    if (rule_matches(rule, q) && (!other || rule_matches(rule, *other))) return true;
+  return false;
 }
 
 }  // namespace pilotfish

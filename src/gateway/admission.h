@@ -41,6 +41,9 @@ struct Admission {
   const AuthPolicy* auth = nullptr;  // the auth that applied, if any
   std::string subject;          // the verified token's `sub`
   bool has_subject = false;
+  bool token_verified = false;  // `auth` verified a token: its claims are below
+  std::vector<std::string> scopes;
+  std::vector<std::string> audiences;
   bool admitted() const { return status == 0; }
 };
 
@@ -51,5 +54,15 @@ const RateLimitPolicy* rate_limit_for(const Listener& listener, const Route* rou
 // turns it off): null when none.
 const AuthPolicy* auth_for(const Listener& listener, const Route* route);
 Admission admit(const AdmissionInput& in);
+
+// What an authorization rule looks at.
+struct AuthzRequest {
+  const std::string& peer_id;  // the verified mTLS peer, or empty
+  std::string_view method;
+  std::string_view path;       // normalised
+  const Admission& token;      // the claims, when token_verified
+};
+// Deny rules first (any match refuses), then allow rules (when given, one must match).
+bool authorized(const Authorization& rules, const AuthzRequest& request);
 
 }  // namespace pilotfish

@@ -337,6 +337,20 @@ JwtResult verify_jwt(std::string_view token, const Jwks& keys, const JwtRules& r
     r.subject = sub->get_ref<const std::string&>();
     r.has_subject = true;
   }
+  if (const std::string* scope = string_member(*p, "scope")) {
+    std::string_view rest = *scope;
+    while (!rest.empty()) {
+      size_t end = rest.find(' ');
+      if (end != 0) r.scopes.emplace_back(rest.substr(0, end));
+      if (end == std::string_view::npos) break;
+      rest.remove_prefix(end + 1);
+    }
+  }
+  auto aud = p->find("aud");
+  if (aud != p->end() && aud->is_string()) r.audiences.push_back(aud->get_ref<const std::string&>());
+  if (aud != p->end() && aud->is_array())
+    for (const auto& a : *aud)
+      if (a.is_string()) r.audiences.push_back(a.get_ref<const std::string&>());
   r.exp = exp;
   r.nbf = nbf_claim == Claim::ok ? nbf : 0;
   r.ok = true;

@@ -55,6 +55,9 @@ struct JwtResult {
   bool ok = false;
   std::string subject;       // `sub`, when the token has one
   bool has_subject = false;  // without `sub`, no subject header is sent at all
+  // For authorization rules: `scope` split at spaces, and `aud` (a string or a list of them).
+  std::vector<std::string> scopes;
+  std::vector<std::string> audiences;
   const char* error = "";    // why not: a fixed text (for the log and WWW-Authenticate)
   int64_t exp = 0;      // of a verified token
   int64_t nbf = 0;      // 0: none

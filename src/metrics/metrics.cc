@@ -194,7 +194,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
                        MetricType::Counter);
   auto down_conns = family("downstream_connections", "Open client connections.", MetricType::Gauge);
   auto down_total = family("downstream_connections_total", "Client connections accepted.", MetricType::Counter);
-  auto authz = family("authz_denied_total", "Requests or connections refused by a listener's allow list.",
+  auto authz = family("authz_denied_total", "Requests or connections refused by a listener's allow list or authorization rules.",
                       MetricType::Counter);
   auto auth_failures = family("auth_failures_total", "Requests answered 401: no valid bearer token (auth).",
                               MetricType::Counter);

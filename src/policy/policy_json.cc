@@ -83,6 +83,45 @@ void write_rate_limit(JsonWriter& w, const std::optional<RateLimitPolicy>& limit
   w.end_object();
 }
 
+void write_authorization(JsonWriter& w, const std::optional<Authorization>& a) {
+  if (!a) return;
+  w.key("authorization").begin_object();
+  for (auto [key, rules] : {std::pair{"deny", &a->deny}, std::pair{"allow", &a->allow}}) {
+    if (rules->empty()) continue;
+    w.key(key).begin_array();
+    for (const AuthzRule& r : *rules) {
+      w.begin_object();
+      if (!r.principals.empty()) {
+        w.key("principals").begin_array();
+        for (const auto& p : r.principals) w.str(p);
+        w.end_array();
+      }
+      if (!r.methods.empty()) {
+        w.key("methods").begin_array();
+        for (const auto& m : r.methods) w.str(m);
+        w.end_array();
+      }
+      if (!r.paths.empty()) {
+        w.key("paths").begin_array();
+        for (const auto& p : r.paths) w.begin_object().key(p.prefix ? "prefix" : "exact").str(p.path).end_object();
+        w.end_array();
+      }
+      if (!r.claims.empty()) {
+        w.key("claims").begin_object();
+        for (const auto& [name, values] : r.claims) {
+          w.key(name).begin_array();
+          for (const auto& v : values) w.str(v);
+          w.end_array();
+        }
+        w.end_object();
+      }
+      w.end_object();
+    }
+    w.end_array();
+  }
+  w.end_object();
+}
+
 void write_retry(JsonWriter& w, const RetryPolicy& r) {
   w.key("retry").begin_object();
   w.key("retries").integer(r.retries);
@@ -166,6 +205,7 @@ void write_route(JsonWriter& w, const Route& r) {
     w.end_object();
   }
   write_auth(w, r.auth, r.auth_off);
+  write_authorization(w, r.authorization);
   write_rate_limit(w, r.rate_limit, r.rate_limit_off);
   w.end_object();
 }
@@ -194,6 +234,7 @@ void write_listener(JsonWriter& w, const Listener& l, bool with_routes) {
   }
   write_auth(w, l.auth, false);
   write_rate_limit(w, l.rate_limit, false);
+  write_authorization(w, l.authorization);
   if (with_routes) {
     w.key("routes").begin_array();
     for (const auto& r : l.routes) write_route(w, r);

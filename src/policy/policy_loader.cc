@@ -420,6 +420,13 @@ std::vector<std::string> policy_key_paths() {
   add("listeners[].routes[].retry.", kRetryKeys);
   add("listeners[].routes[].retry.backoff.", kBackoffKeys);
   add("listeners[].routes[].retry.budget.", kBudgetKeys);
+  for (const std::string owner : {"listeners[].", "listeners[].routes[]."}) {
+    add(owner + "authorization.", kAuthorizationKeys);
+    for (const std::string list : {"deny[].", "allow[]."}) {
+      add(owner + "authorization." + list, kAuthzRuleKeys);
+      add(owner + "authorization." + list + "paths[].", kAuthzPathKeys);
+    }
+  }
   add("listeners[].routes[].fault.", kFaultKeys);
   add("listeners[].routes[].fault.delay.", kFaultDelayKeys);
   add("listeners[].routes[].fault.abort.", kFaultAbortKeys);

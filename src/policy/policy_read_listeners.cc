@@ -4,6 +4,7 @@
 #include "policy/policy_reader.h"
 #include "gateway/jwt.h"
 #include "pilotfish/header_rules.h"
+#include "pilotfish/path_normalizer.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -152,6 +153,7 @@ void PolicyReader::read_listener(const Field& field) {
     }
   }
 
+  if (const Field* f = section->find("authorization")) read_authorization(*f, listener.authorization, listener.auth.has_value());
   if (const Field* f = require(*section, "routes", "every listener needs at least one route")) {
     read_routes(*f, listener, source);
   }
@@ -259,6 +261,12 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
   if (const Field* f = section->find("timeout")) {
     if (auto d = read_duration(*f, /*zero_allowed=*/false)) route.timeout = *d;
   }
+  if (const Field* f = section->find("authorization")) {
+    // The route's auth is read below; whether one applies is known from the keys already.
+    const Field* own = section->find("auth");
+    bool off = own && own->node.IsScalar() && own->node.Scalar() == "false";
+    read_authorization(*f, route.authorization, own ? !off : listener.auth.has_value());
+  }
   if (const Field* f = section->find("retry")) {
     Cluster defaults;  // keys the route's retry leaves out take the defaults, as in a cluster
     read_retry(*f, defaults);
@@ -324,6 +332,104 @@ void PolicyReader::read_hash_on(const Field& field, Route& route) {
     route.hash_on.header = lower(v->substr(7));
   } else {
     error(field.position, field.path, quote(*v) + " is not something to keep a caller by: header:NAME or peer_identity");
+  }
+}
+
+void PolicyReader::read_authorization(const Field& field, std::optional<Authorization>& out, bool auth_applies) {
+  auto section = open_section(field, kAuthorizationKeys);
+  if (!section) return;
+  Authorization a;
+  for (auto [key, rules] : {std::pair{"deny", &a.deny}, std::pair{"allow", &a.allow}}) {
+    const Field* f = section->find(key);
+    if (!f) continue;
+    auto items = open_list(*f);
+    if (!items) continue;
+    if (items->empty())
+      error(f->position, f->path, std::string("must list at least one rule; leave ") + key + " out for none");
+    for (const Field& item : *items) {
+      AuthzRule rule;
+      read_authz_rule(item, rule, auth_applies);
+      rules->push_back(std::move(rule));
+    }
+  }
+  if (!section->find("deny") && !section->find("allow"))
+    error(section->position, section->path, "has deny rules, allow rules or both");
+  out = std::move(a);
+}
+
+void PolicyReader::read_authz_rule(const Field& field, AuthzRule& rule, bool auth_applies) {
+  auto section = open_section(field, kAuthzRuleKeys);
+  if (!section) return;
+  // Each list given must have values: an empty one could never match.
+  auto values = [&](const char* key) -> std::optional<std::vector<Field>> {
+    const Field* f = section->find(key);
+    if (!f) return std::nullopt;
+    auto items = open_list(*f);
+    if (items && items->empty()) error(f->position, f->path, "must list at least one value; leave it out to match any");
+    return items;
+  };
+  if (auto items = values("principals"))
+    for (const Field& item : *items)
+      if (auto id = read_spiffe_id(item, /*wildcard_allowed=*/true)) rule.principals.push_back(*id);
+  if (auto items = values("methods")) {
+    for (const Field& item : *items) {
+      if (auto m = read_text(item)) {
+        if (!is_http_token(*m))
+          error(item.position, item.path, quote(*m) + " is not an HTTP method");
+        else
+          rule.methods.push_back(upper(*m));
+      }
+    }
+  }
+  if (auto items = values("paths")) {
+    for (const Field& item : *items) {
+      auto p = open_section(item, kAuthzPathKeys);
+      if (!p) continue;
+      const Field* prefix = p->find("prefix");
+      const Field* exact = p->find("exact");
+      if ((prefix == nullptr) == (exact == nullptr)) {
+        error(item.position, item.path, "a path is {prefix: P} or {exact: P}");
+        continue;
+      }
+      const Field* f = prefix ? prefix : exact;
+      auto text = read_text(*f);
+      if (!text) continue;
+      // Compared with the request's normalised path, so written the same way: "/a/./b",
+      // "/%61" and "//a" stand for what a request's path becomes.
+      std::optional<NormalizedTarget> n = text->starts_with('/') ? normalize_target(*text) : std::nullopt;
+      if (!n || !n->query.empty()) {
+        error(f->position, f->path, quote(*text) + " is not a path (it starts with '/', has no '?', and no escape "
+                                                   "servers resolve differently)");
+        continue;
+      }
+      // A prefix keeps its trailing slash ("/api/" must not match "/apix").
+      if (prefix && text->ends_with('/') && !n->path.ends_with('/')) n->path += '/';
+      rule.paths.push_back({n->path, prefix != nullptr});
+    }
+  }
+  if (const Field* f = section->find("claims")) {
+    if (!auth_applies)
+      error(f->position, f->path, "claims come from the token auth verifies: no auth applies here");
+    if (!f->node.IsMap()) {
+      error(f->position, f->path, "expected a map of claim (sub, scope, aud) to the values it may have");
+    } else {
+      for (auto it = f->node.begin(); it != f->node.end(); ++it) {
+        if (!count_node()) return;
+        std::string name = it->first.IsScalar() ? it->first.Scalar() : std::string();
+        Field claim{it->second, join_path(f->path, name), position_of(it->second, f->position)};
+        if (name != "sub" && name != "scope" && name != "aud") {
+          error(position_of(it->first, f->position), claim.path, "is not a claim pilotfish matches: sub, scope or aud");
+          continue;
+        }
+        std::vector<std::string> wanted;
+        if (auto items = open_list(claim)) {
+          if (items->empty()) error(claim.position, claim.path, "must list at least one value");
+          for (const Field& item : *items)
+            if (auto v = read_text(item)) wanted.push_back(*v);
+        }
+        rule.claims.emplace_back(std::move(name), std::move(wanted));
+      }
+    }
   }
 }
 

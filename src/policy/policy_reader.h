@@ -39,10 +39,13 @@ constexpr std::string_view kIdentityKeys[] = {"cert", "key", "ca"};
 constexpr std::string_view kListenerKeys[] = {
     "name",           "address",      "intercept",    "protocol",         "mtls",           "allow",
     "header_timeout", "body_timeout", "idle_timeout", "max_header_bytes", "max_body_bytes", "routes",
-    "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths", "http2"};
+    "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths", "http2", "authorization"};
 constexpr std::string_view kHttp2Keys[] = {"max_concurrent_streams"};
 constexpr std::string_view kRouteKeys[] = {"name",    "match",   "cluster",  "clusters", "hash_on",    "timeout", "retry",
-                                           "fault",   "respond", "redirect", "auth",     "rate_limit"};
+                                           "fault",   "respond", "redirect", "auth",     "rate_limit", "authorization"};
+constexpr std::string_view kAuthorizationKeys[] = {"deny", "allow"};
+constexpr std::string_view kAuthzRuleKeys[] = {"principals", "methods", "paths", "claims"};
+constexpr std::string_view kAuthzPathKeys[] = {"prefix", "exact"};
 constexpr std::string_view kFaultKeys[] = {"delay", "abort", "header"};
 constexpr std::string_view kFaultDelayKeys[] = {"percent", "duration"};
 constexpr std::string_view kFaultAbortKeys[] = {"percent", "status"};
@@ -233,6 +236,9 @@ class PolicyReader {
   void read_hash_on(const Field& field, Route& route);
   void read_respond(const Field& field, Route& route);
   void read_fault(const Field& field, Route& route);
+  // `authorization`; `auth_applies`: a verified token's claims can be there to match.
+  void read_authorization(const Field& field, std::optional<Authorization>& out, bool auth_applies);
+  void read_authz_rule(const Field& field, AuthzRule& rule, bool auth_applies);
   std::optional<std::string> read_header_name(const Field& field);  // a token, lowered
   void read_redirect(const Field& field, Route& route);
   // A map of header name to value that pilotfish sends as given: names are tokens (lowered,

@@ -133,6 +133,9 @@ bool Exchange::admit(const Route* route, size_t route_index, const ExchangeReque
   st_.auth = verdict.auth;
   st_.auth_subject = std::move(verdict.subject);
   st_.auth_subject_ok = verdict.has_subject;
+  st_.token_verified = verdict.token_verified;
+  st_.token_scopes = std::move(verdict.scopes);
+  st_.token_audiences = std::move(verdict.audiences);
   if (verdict.admitted()) return true;
   local_headers_ = std::move(verdict.reply_headers);
   ListenerStats& stats = *snap_->listener_stats[listener_index_];
@@ -143,6 +146,27 @@ bool Exchange::admit(const Route* route, size_t route_index, const ExchangeReque
     stats.rate_limited.add();
   }
   answer(verdict.status, verdict.error, st_.has_body);
+  return false;
+}
+
+bool Exchange::authorize(const Route* route, const ExchangeRequest& r) {
+  const Listener& l = listener();
+  const bool route_rules = route && route->authorization;
+  if (!l.authorization && !route_rules) return true;  // the common case
+  static const std::string kNoPeer;
+  Admission token;
+  token.token_verified = st_.token_verified;
+  token.has_subject = st_.auth_subject_ok;
+  token.subject = st_.auth_subject;
+  token.scopes = st_.token_scopes;
+  token.audiences = st_.token_audiences;
+  AuthzRequest q{r.tls && r.tls->established() ? r.tls->peer_id() : kNoPeer, method_, st_.target.path, token};
+  if ((!l.authorization || authorized(*l.authorization, q)) && (!route_rules || authorized(*route->authorization, q)))
+    return true;
+  snap_->listener_stats[listener_index_]->authz_denied.add();
+  log_debug("listener " + l.name + ": authorization refused a request from " +
+            (q.peer_id.empty() ? std::string(r.client_address) : q.peer_id));
+  answer(403, "authz_denied", st_.has_body);
   return false;
 }
 
@@ -181,7 +205,7 @@ bool Exchange::begin(const ExchangeRequest& r) {
   if (route && route->answers_itself()) {
     // pilotfish answers once the request is in (its body read and dropped), as an upstream
     // would: a keep-alive connection stays open.
-    if (!admit(route, route_index, r)) return false;
+    if (!admit(route, route_index, r) || !authorize(route, r)) return false;
     st_.route_answers = true;
     return true;
   }
@@ -208,7 +232,7 @@ bool Exchange::begin(const ExchangeRequest& r) {
     // A route that overrides the cluster's timeout or retry has its own copy of each target.
     if (!route->tuned.empty()) tuned = route->tuned[target].get();
   }
-  if (!admit(route, route_index, r)) return false;
+  if (!admit(route, route_index, r) || !authorize(route, r)) return false;
   st_.cluster = tuned ? tuned : &snap_->policy->clusters[st_.cluster_index];
   uint64_t delay_ms = route && route->fault ? inject_fault(*route->fault, r) : 0;
   if (st_.local_response) return false;  // aborted

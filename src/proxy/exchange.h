@@ -171,6 +171,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   bool attempt_active() const { return st_.upstream.connection || st_.mux != nullptr; }
 
   bool admit(const Route* route, size_t route_index, const ExchangeRequest& request);
+  // The listener's and the route's authorization rules: false when answered 403.
+  bool authorize(const Route* route, const ExchangeRequest& request);
   // The route's fault policy for this request: the delay drawn (ms, 0: none), or an abort
   // answered now (local_response).
   uint64_t inject_fault(const FaultPolicy& fault, const ExchangeRequest& request);
@@ -219,6 +221,10 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
     const AuthPolicy* auth = nullptr;  // this request's auth, if any (in snap_'s policy)
     std::string auth_subject;
     bool auth_subject_ok = false;
+    // The claims of the token auth verified, for authorization rules.
+    bool token_verified = false;
+    std::vector<std::string> token_scopes;
+    std::vector<std::string> token_audiences;
     size_t route_index = SIZE_MAX;  // the listener's route that matched; SIZE_MAX: none (yet)
     // The route answers itself (respond, redirect): once the request is in, nothing upstream.
     bool route_answers = false;

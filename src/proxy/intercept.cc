@@ -149,9 +149,9 @@ namespace {
 // A listener that checks requests (auth, rate limits) or answers some itself (a path that must
 // never reach the app) never carries bytes it cannot check.
 bool checks_requests(const Listener& l) {
-  if (l.auth || l.rate_limit) return true;
+  if (l.auth || l.rate_limit || l.authorization) return true;
   for (const auto& r : l.routes)
-    if (r.auth || r.rate_limit || r.answers_itself()) return true;
+    if (r.auth || r.rate_limit || r.answers_itself() || r.authorization) return true;
   return false;
 }
 

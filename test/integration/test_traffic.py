@@ -3,7 +3,8 @@
 names in the access log and as the metrics' `route` label, weighted splits (measured over
 thousands of requests, sticky by header, changed under load by a reload with nothing lost), fault
 injection (aborts at 100% and 0%, delays with bodies to HTTP/1.1 and HTTP/2 clusters, a header
-that gates them), a route's own timeout and retry,
+that gates them), a route's own timeout and retry, authorization rules by principal (mTLS),
+method, path (against the path tricks the matcher normalises) and JWT claim,
 direct responses and redirects (over
 HTTP/1.1 and HTTP/2, with the path tricks the matcher normalises), and `check`'s errors for what
 a route cannot say."""
@@ -320,6 +321,85 @@ class RouteOverrideTest(unittest.TestCase):
         self.assertEqual(h.sample(m, "pilotfish_retries_total", cluster="app"), 1)
 
 
+class AuthorizationTest(unittest.TestCase):
+    """Deny rules first, then allow rules, on the listener and then the route."""
+
+    @classmethod
+    def setUpClass(cls):
+        import test_gateway as gw
+        import test_mtls as mt
+        cls.gw, cls.mt = gw, mt
+        cls.certs = mt.Certs()
+        cls.dir = h.make_tmpdir("pf-authz-")
+        cls.keys = gw.Keys(cls.dir)
+        cls.jwks = os.path.join(cls.dir, "jwks.json")
+        with open(cls.jwks, "w") as f:
+            json.dump({"keys": [cls.keys.jwk_rsa()]}, f)
+        cls.up = h.Upstream("echo")
+        sid = mt.sid
+        auth = {"jwks": cls.jwks, "issuer": gw.ISSUER, "audience": [gw.AUDIENCE]}
+        mtls_policy = h.simple_policy(cls.up, listener={
+            "mtls": True,
+            "authorization": {"deny": [{"paths": [{"prefix": "/internal/"}]}]}}, routes=[
+            {"name": "orders", "match": {"path_prefix": "/orders"}, "cluster": "app",
+             "authorization": {"allow": [{"principals": [sid("a")]},
+                                         {"principals": [sid("b")], "methods": ["GET"]}]}},
+            {"name": "open", "cluster": "app"}])
+        mtls_policy["identity"] = cls.certs.identity(cls.certs.server)
+        cls.mtls = h.Pilotfish(mtls_policy)
+        cls.jwt = h.Pilotfish(h.simple_policy(cls.up, listener={"auth": auth}, routes=[
+            {"name": "admin", "match": {"path_prefix": "/admin"}, "cluster": "app",
+             "authorization": {"deny": [{"methods": ["DELETE"], "claims": {"scope": ["read-only"]}}],
+                               "allow": [{"claims": {"scope": ["admin"]}},
+                                         {"claims": {"sub": ["root"], "aud": [gw.AUDIENCE]}}]}},
+            {"name": "rest", "cluster": "app"}]))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.mtls.kill()
+        cls.jwt.kill()
+        cls.up.stop()
+
+    def as_peer(self, pair, method="GET", target="/orders/1"):
+        ctx = self.mt.client_ctx(self.certs.ca, *pair)
+        with self.mt.TlsClient(self.mtls.port(), ctx) as c:
+            return c.request(method, target)
+
+    def test_by_principal_and_method(self):
+        self.assertEqual(self.as_peer(self.certs.a, "DELETE").status, 200)
+        self.assertEqual(self.as_peer(self.certs.b, "GET").status, 200)
+        r = self.as_peer(self.certs.b, "DELETE")
+        self.assertEqual((r.status, r.header("x-pilotfish-error")), (403, "authz_denied"))
+        self.assertIn(self.as_peer(self.certs.b, "delete").status, (400, 403))  # the method's case is no way around
+        self.assertEqual(self.as_peer(self.certs.c, "GET").status, 403)
+        self.assertEqual(self.as_peer(self.certs.c, "GET", "/other").status, 200)  # another route: no rule
+
+    def test_listener_deny_holds_against_path_tricks(self):
+        before = self.mt.authz_denied(self.mtls, "ingress")
+        tricks = ["/internal/x", "/x/../internal/x", "//internal/x", "/%69nternal/x", "/./internal/x",
+                  "/internal;a=b/x", "/internal;/x", "/INTERNAL/../internal/x", "/orders/../internal/x"]
+        for target in tricks:
+            r = self.as_peer(self.certs.a, "GET", target)
+            self.assertEqual(r.status, 403, target)
+        self.assertEqual(self.mt.authz_denied(self.mtls, "ingress") - before, len(tricks))
+        self.assertEqual(self.as_peer(self.certs.a, "GET", "/internalx").status, 200)  # a prefix, not a substring
+        seen = [q["target"] for q in self.up.requests()]
+        self.assertFalse([t for t in seen if "nternal/" in t], seen)
+
+    def test_by_jwt_claims(self):
+        token = lambda **c: "Bearer " + self.keys.token(self.gw.claims(**c))  # noqa: E731
+
+        def get(method, tok, target="/admin/users"):
+            return h.request(self.jwt.port(), method, target, headers=[("Authorization", tok)]).status
+        self.assertEqual(get("GET", token(scope="read admin")), 200)
+        self.assertEqual(get("GET", token(sub="root")), 200)
+        self.assertEqual(get("GET", token(sub="root", aud="someone-else")), 401)  # auth itself refuses it
+        self.assertEqual(get("GET", token(scope="read")), 403)
+        self.assertEqual(get("DELETE", token(scope="admin read-only")), 403)  # deny first
+        self.assertEqual(get("GET", token(scope="admin read-only")), 200)
+        self.assertEqual(get("GET", token(scope="read"), "/elsewhere"), 200)
+
+
 class DirectResponseTest(unittest.TestCase):
     def setUp(self):
         self.up = h.Upstream("echo")
@@ -468,6 +548,14 @@ class CheckTest(unittest.TestCase):
             ({"respond": {"status": 200}, "fault": {"abort": {"percent": 5, "status": 500}}}, "this route answers itself"),
             ({"redirect": {"path": "/a"}, "timeout": "1s"}, "routes[0].timeout: applies to requests sent to a cluster"),
             ({"cluster": "app", "retry": {"on": ["sometimes"]}}, "routes[0].retry.on[0]"),
+            ({"cluster": "app", "authorization": {}}, "has deny rules, allow rules or both"),
+            ({"cluster": "app", "authorization": {"allow": []}}, "must list at least one rule"),
+            ({"cluster": "app", "authorization": {"allow": [{"methods": []}]}}, "must list at least one value"),
+            ({"cluster": "app", "authorization": {"allow": [{"paths": [{"prefix": "/a", "exact": "/b"}]}]}},
+             "a path is {prefix: P} or {exact: P}"),
+            ({"cluster": "app", "authorization": {"allow": [{"paths": [{"exact": "a"}]}]}}, "is not a path"),
+            ({"cluster": "app", "authorization": {"allow": [{"principals": ["bob"]}]}}, "principals[0]"),
+            ({"cluster": "app", "authorization": {"allow": [{"claims": {"scope": ["x"]}}]}}, "no auth applies here"),
         ]
         for route, message in cases:
             rc, out = self.check([route])

@@ -3,6 +3,7 @@
 #include <thread>
 #include <vector>
 
+#include "gateway/admission.h"
 #include "gateway/jwt.h"
 #include "gateway/rate_limit.h"
 #include "pilotfish/policy_loader.h"
@@ -146,4 +147,73 @@ clusters: [{name: c, endpoints: [127.0.0.1:9000]}]
 }
 
 }  // namespace
+}  // namespace pilotfish
+
+namespace pilotfish {
+
+namespace {
+AuthzRule rule(std::vector<std::string> principals, std::vector<std::string> methods, std::vector<AuthzPath> paths,
+               std::vector<std::pair<std::string, std::vector<std::string>>> claims = {}) {
+  return AuthzRule{std::move(principals), std::move(methods), std::move(paths), std::move(claims)};
+}
+bool ok(const Authorization& a, const std::string& peer, std::string_view method, std::string_view path,
+        const Admission& token = Admission{}) {
+  return authorized(a, AuthzRequest{peer, method, path, token});
+}
+}  // namespace
+
+TEST(Authorization, DenyFirstThenAllowEveryGivenFieldMustMatch) {
+  Authorization a;
+  a.deny.push_back(rule({}, {"DELETE"}, {{"/orders/", true}}));
+  a.allow.push_back(rule({"spiffe://shop/ns/shop/sa/*"}, {}, {}));
+  a.allow.push_back(rule({}, {"GET"}, {{"/health", false}}));
+  EXPECT_TRUE(ok(a, "spiffe://shop/ns/shop/sa/payments", "POST", "/orders/1"));
+  EXPECT_FALSE(ok(a, "spiffe://shop/ns/shop/sa/payments", "DELETE", "/orders/1"));  // deny first
+  EXPECT_FALSE(ok(a, "spiffe://shop/ns/shop/sa/payments", "delete", "/orders/1"));  // whatever the case
+  EXPECT_TRUE(ok(a, "", "GET", "/health"));
+  EXPECT_FALSE(ok(a, "", "GET", "/health/x"));  // exact
+  EXPECT_FALSE(ok(a, "", "POST", "/health"));
+  EXPECT_FALSE(ok(a, "spiffe://other/ns/x/sa/y", "GET", "/orders/1"));
+  Authorization deny_only;
+  deny_only.deny.push_back(rule({}, {}, {{"/admin", true}}));
+  EXPECT_TRUE(ok(deny_only, "", "GET", "/a"));  // no allow rules: what is not denied goes
+  EXPECT_FALSE(ok(deny_only, "", "GET", "/admin/x"));
+}
+
+TEST(Authorization, SemicolonParametersAreSeenBothWays) {
+  Authorization deny;
+  deny.deny.push_back(rule({}, {}, {{"/internal/", true}}));
+  EXPECT_FALSE(ok(deny, "", "GET", "/internal;jsessionid=1/x"));
+  EXPECT_FALSE(ok(deny, "", "GET", "/internal;/x"));
+  EXPECT_TRUE(ok(deny, "", "GET", "/internalx;a/x"));
+  Authorization allow;
+  allow.allow.push_back(rule({}, {}, {{"/public/", true}}));
+  EXPECT_TRUE(ok(allow, "", "GET", "/public/a;v=1"));
+  EXPECT_FALSE(ok(allow, "", "GET", "/public;x/a"));  // "/public;x/a" is another resource to other servers
+}
+
+TEST(Authorization, ClaimsNeedAVerifiedToken) {
+  Authorization a;
+  a.allow.push_back(rule({}, {}, {}, {{"scope", {"admin"}}, {"aud", {"shop"}}}));
+  Admission token;
+  token.token_verified = true;
+  token.scopes = {"read", "admin"};
+  token.audiences = {"shop", "other"};
+  EXPECT_TRUE(ok(a, "", "GET", "/", token));
+  token.audiences = {"other"};
+  EXPECT_FALSE(ok(a, "", "GET", "/", token));  // every claim given must match
+  token.audiences = {"shop"};
+  token.token_verified = false;
+  EXPECT_FALSE(ok(a, "", "GET", "/", token));
+  Authorization by_sub;
+  by_sub.allow.push_back(rule({}, {}, {}, {{"sub", {"root"}}}));
+  Admission root;
+  root.token_verified = true;
+  root.has_subject = true;
+  root.subject = "root";
+  EXPECT_TRUE(ok(by_sub, "", "GET", "/", root));
+  root.has_subject = false;
+  EXPECT_FALSE(ok(by_sub, "", "GET", "/", root));
+}
+
 }  // namespace pilotfish
