@@ -142,6 +142,15 @@ struct Authorization {
   bool operator==(const Authorization&) const = default;
 };
 
+// `request_headers` / `response_headers` on a route. Values may hold ${peer_identity},
+// ${request_id} and ${route}.
+struct HeaderRules {
+  std::vector<std::pair<std::string, std::string>> set;  // lower-case name: replaces any the message has
+  std::vector<std::pair<std::string, std::string>> add;  // added beside any the message has
+  std::vector<std::string> remove;                       // lower case
+  bool operator==(const HeaderRules&) const = default;
+};
+
 // `respond` on a route: pilotfish answers itself, no cluster.
 struct DirectResponse {
   int status = 200;
@@ -200,6 +209,8 @@ struct Route {
   std::optional<Redirect> redirect;
   std::optional<FaultPolicy> fault;
   std::optional<Authorization> authorization;  // checked after the listener's
+  std::optional<HeaderRules> request_headers;
+  std::optional<HeaderRules> response_headers;
   // Overrides of the cluster's timeout and retry for this route's requests.
   std::optional<Duration> timeout;
   std::optional<RetryPolicy> retry;

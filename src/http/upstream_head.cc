@@ -33,6 +33,41 @@ bool is_pilotfish_field(const Listener& listener, std::string_view name) {
 
 }  // namespace
 
+bool expand_header_value(std::string& out, std::string_view value, const HeaderVariables& vars) {
+  out.clear();
+  while (!value.empty()) {
+    size_t at = value.find("${");
+    out += value.substr(0, at);
+    if (at == std::string_view::npos) break;
+    value.remove_prefix(at);
+    size_t end = value.find('}');
+    std::string_view var = value.substr(2, end - 2);  // the loader let only the three through
+    out += var == "peer_identity" ? vars.peer_identity : var == "request_id" ? vars.request_id : vars.route;
+    value.remove_prefix(end + 1);
+  }
+  // A peer identity or request id comes from outside: it never makes a field invalid.
+  return !out.empty() && is_valid_field_value(out);
+}
+
+bool rules_replace(const HeaderRules& rules, std::string_view name) {
+  for (const auto& r : rules.remove)
+    if (same_field_name_folded(name, r)) return true;
+  for (const auto& [n, v] : rules.set)
+    if (same_field_name_folded(name, n)) return true;
+  return false;
+}
+
+void apply_header_rules(HeaderList& fields, const HeaderRules& rules, const HeaderVariables& vars, HeaderList& scratch) {
+  scratch.clear();
+  for (size_t i = 0; i < fields.size(); ++i)
+    if (!rules_replace(rules, fields.name(i))) scratch.add(fields.name(i), fields.value(i));
+  std::string value;
+  for (const auto* list : {&rules.set, &rules.add})
+    for (const auto& [name, text] : *list)
+      if (expand_header_value(value, text, vars)) scratch.add(name, value);
+  std::swap(fields, scratch);
+}
+
 void Http1HeadWriter::request_line(std::string_view method, std::string_view path, std::string_view query) {
   out_.clear();
   out_ += method;
@@ -84,8 +119,21 @@ bool build_upstream_head(UpstreamHeadWriter& out, const UpstreamHeadInput& in) {
       nested = true;  // from another pilotfish: its hop retries, this one does not (by default)
       continue;
     }
+    if (in.rules && rules_replace(*in.rules, name)) continue;  // the route's rules say what goes
     if (iequals(name, "host")) has_host = true;
     out.field(name, {trim_ows(in.headers.value(i))});
+  }
+  if (in.rules) {
+    HeaderVariables vars{in.tls ? std::string_view(in.tls->peer_id()) : std::string_view(), in.request_id, in.route_name};
+    std::string value;
+    for (const auto* list : {&in.rules->set, &in.rules->add}) {
+      for (const auto& [name, text] : *list) {
+        // Never one of pilotfish's own (the loader refuses them; a subject header of a route
+        // read later is caught here).
+        if (is_pilotfish_field(in.listener, name)) continue;
+        if (expand_header_value(value, text, vars)) out.field(name, {value});
+      }
+    }
   }
   if (!has_host) out.field("host", {in.listener.address.text});
   if (in.chunked) out.field("transfer-encoding", {"chunked"});

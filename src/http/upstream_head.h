@@ -31,7 +31,23 @@ struct UpstreamHeadInput {
   const AuthPolicy* auth;          // the auth that verified a token with a subject, or null
   std::string_view subject;
   std::string_view request_id;     // added when the client sent none
+  const HeaderRules* rules = nullptr;  // the route's request_headers, or null
+  std::string_view route_name;
 };
+
+// What ${peer_identity}, ${request_id} and ${route} stand for in a header rule's value.
+struct HeaderVariables {
+  std::string_view peer_identity;
+  std::string_view request_id;
+  std::string_view route;
+};
+// `value` with its variables replaced, into `out` (replaced); false when the result is empty or
+// not a valid field value (the field is then left out).
+bool expand_header_value(std::string& out, std::string_view value, const HeaderVariables& vars);
+// A rule set or removes this header (any spelling a server may read as the same name).
+bool rules_replace(const HeaderRules& rules, std::string_view name);
+// `fields` with a route's rules applied: removed and set names dropped, set and add appended.
+void apply_header_rules(HeaderList& fields, const HeaderRules& rules, const HeaderVariables& vars, HeaderList& scratch);
 
 // Where build_upstream_head writes the head: as HTTP/1.1 text, or as the parts of an HTTP/2
 // stream's head. Each field is written once; its value is `value`'s pieces one after another.

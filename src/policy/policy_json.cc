@@ -122,6 +122,23 @@ void write_authorization(JsonWriter& w, const std::optional<Authorization>& a) {
   w.end_object();
 }
 
+void write_header_rules(JsonWriter& w, const char* key, const std::optional<HeaderRules>& rules) {
+  if (!rules) return;
+  w.key(key).begin_object();
+  for (auto [name, list] : {std::pair{"set", &rules->set}, std::pair{"add", &rules->add}}) {
+    if (list->empty()) continue;
+    w.key(name).begin_object();
+    for (const auto& [n, v] : *list) w.key(n).str(v);
+    w.end_object();
+  }
+  if (!rules->remove.empty()) {
+    w.key("remove").begin_array();
+    for (const auto& n : rules->remove) w.str(n);
+    w.end_array();
+  }
+  w.end_object();
+}
+
 void write_retry(JsonWriter& w, const RetryPolicy& r) {
   w.key("retry").begin_object();
   w.key("retries").integer(r.retries);
@@ -206,6 +223,8 @@ void write_route(JsonWriter& w, const Route& r) {
   }
   write_auth(w, r.auth, r.auth_off);
   write_authorization(w, r.authorization);
+  write_header_rules(w, "request_headers", r.request_headers);
+  write_header_rules(w, "response_headers", r.response_headers);
   write_rate_limit(w, r.rate_limit, r.rate_limit_off);
   w.end_object();
 }

@@ -427,6 +427,8 @@ std::vector<std::string> policy_key_paths() {
       add(owner + "authorization." + list + "paths[].", kAuthzPathKeys);
     }
   }
+  add("listeners[].routes[].request_headers.", kHeaderRulesKeys);
+  add("listeners[].routes[].response_headers.", kHeaderRulesKeys);
   add("listeners[].routes[].fault.", kFaultKeys);
   add("listeners[].routes[].fault.delay.", kFaultDelayKeys);
   add("listeners[].routes[].fault.abort.", kFaultAbortKeys);

@@ -277,6 +277,14 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
     if (f && route.answers_itself())
       error(f->position, f->path, "applies to requests sent to a cluster: this route answers itself");
   }
+  for (auto [key, rules] : {std::pair{"request_headers", &route.request_headers},
+                            std::pair{"response_headers", &route.response_headers}}) {
+    if (const Field* f = section->find(key)) {
+      read_header_rules(*f, *rules, rules == &route.request_headers, listener);
+      if (route.answers_itself() && rules == &route.request_headers)
+        error(f->position, f->path, "changes requests sent to a cluster: this route answers itself");
+    }
+  }
   if (const Field* f = section->find("fault")) {
     read_fault(*f, route);
     if (route.answers_itself())
@@ -443,6 +451,56 @@ std::optional<std::string> PolicyReader::read_header_name(const Field& field) {
   return lower(*v);
 }
 
+void PolicyReader::read_header_rules(const Field& field, std::optional<HeaderRules>& out, bool request,
+                                     const Listener& listener) {
+  auto section = open_section(field, kHeaderRulesKeys);
+  if (!section) return;
+  // What pilotfish sets on a request for the app to trust is never the policy's to change.
+  auto refused = [&](const std::string& name) -> const char* {
+    if (!request) return nullptr;
+    if (name.starts_with("x-forwarded-") || name == "forwarded" || name == "x-request-id")
+      return "is set by pilotfish for the app to trust; a route cannot change it";
+    if (listener.auth && listener.auth->subject_header == name) return "is the listener's auth subject header";
+    for (const auto& r : listener.routes)
+      if (r.auth && r.auth->subject_header == name) return "is an auth subject header of this listener";
+    return nullptr;
+  };
+  HeaderRules rules;
+  auto check_values = [&](const Field& f, std::vector<std::pair<std::string, std::string>>& list) {
+    read_header_values(f, list, refused);
+    for (const auto& [name, value] : list) {
+      // ${...} names one of the variables; anything else there is a typo, not text to send.
+      for (size_t at = value.find("${"); at != std::string::npos; at = value.find("${", at + 2)) {
+        size_t end = value.find('}', at);
+        std::string_view var = end == std::string::npos ? std::string_view() : std::string_view(value).substr(at + 2, end - at - 2);
+        if (var != "peer_identity" && var != "request_id" && var != "route")
+          error(f.position, join_path(f.path, name),
+                quote(value) + ": ${...} is one of ${peer_identity}, ${request_id} and ${route}");
+      }
+    }
+  };
+  if (const Field* f = section->find("set")) check_values(*f, rules.set);
+  if (const Field* f = section->find("add")) check_values(*f, rules.add);
+  if (const Field* f = section->find("remove")) {
+    if (auto items = open_list(*f)) {
+      for (const Field& item : *items) {
+        auto name = read_header_name(item);
+        if (!name) continue;
+        const char* why = refused(*name);
+        if (is_reserved_header(*name))
+          error(item.position, item.path, "'" + *name + "' is not a header a policy removes: pilotfish frames and marks its messages itself");
+        else if (why)
+          error(item.position, item.path, "'" + *name + "' " + why);
+        else
+          rules.remove.push_back(*name);
+      }
+    }
+  }
+  if (rules.set.empty() && rules.add.empty() && rules.remove.empty())
+    error(section->position, section->path, "has set, add or remove");
+  out = std::move(rules);
+}
+
 void PolicyReader::read_fault(const Field& field, Route& route) {
   auto section = open_section(field, kFaultKeys);
   if (!section) return;
@@ -585,10 +643,15 @@ void PolicyReader::read_header_map(
   }
 }
 
-void PolicyReader::read_header_values(const Field& field, std::vector<std::pair<std::string, std::string>>& out) {
+void PolicyReader::read_header_values(const Field& field, std::vector<std::pair<std::string, std::string>>& out,
+                                      const std::function<const char*(const std::string& name)>& refused) {
   read_header_map(field, "given", [&](std::string name, const std::string& value, const std::string& path, Position at) {
     if (is_reserved_header(name)) {
       error(at, path, "'" + name + "' is not a header a policy sets: pilotfish frames, routes and marks its messages itself");
+      return;
+    }
+    if (const char* why = refused ? refused(name) : nullptr) {
+      error(at, path, "'" + name + "' " + why);
       return;
     }
     if (!is_valid_field_value(value) || value.size() > kMaxHeaderValueBytes) {

@@ -42,7 +42,9 @@ constexpr std::string_view kListenerKeys[] = {
     "passthrough",    "auth",         "rate_limit",   "allow_ambiguous_paths", "http2", "authorization"};
 constexpr std::string_view kHttp2Keys[] = {"max_concurrent_streams"};
 constexpr std::string_view kRouteKeys[] = {"name",    "match",   "cluster",  "clusters", "hash_on",    "timeout", "retry",
-                                           "fault",   "respond", "redirect", "auth",     "rate_limit", "authorization"};
+                                           "fault",   "respond", "redirect", "auth",     "rate_limit", "authorization",
+                                           "request_headers", "response_headers"};
+constexpr std::string_view kHeaderRulesKeys[] = {"set", "add", "remove"};
 constexpr std::string_view kAuthorizationKeys[] = {"deny", "allow"};
 constexpr std::string_view kAuthzRuleKeys[] = {"principals", "methods", "paths", "claims"};
 constexpr std::string_view kAuthzPathKeys[] = {"prefix", "exact"};
@@ -236,6 +238,9 @@ class PolicyReader {
   void read_hash_on(const Field& field, Route& route);
   void read_respond(const Field& field, Route& route);
   void read_fault(const Field& field, Route& route);
+  // `request`: what only pilotfish sets on a request (X-Forwarded-*, x-request-id, the
+  // listener's subject headers) cannot be named either.
+  void read_header_rules(const Field& field, std::optional<HeaderRules>& out, bool request, const Listener& listener);
   // `authorization`; `auth_applies`: a verified token's claims can be there to match.
   void read_authorization(const Field& field, std::optional<Authorization>& out, bool auth_applies);
   void read_authz_rule(const Field& field, AuthzRule& rule, bool auth_applies);
@@ -244,7 +249,8 @@ class PolicyReader {
   // A map of header name to value that pilotfish sends as given: names are tokens (lowered,
   // each once), values valid field values, and no name is one that frames or routes a message
   // (content-length, transfer-encoding, connection, ...) or is pilotfish's own (x-pilotfish-*).
-  void read_header_values(const Field& field, std::vector<std::pair<std::string, std::string>>& out);
+  void read_header_values(const Field& field, std::vector<std::pair<std::string, std::string>>& out,
+                          const std::function<const char*(const std::string& name)>& refused = {});
   // Each entry of a map of header name to value: names checked as tokens, lowered and each
   // taken once (`again`: the verb of the error for a second one), values scalars.
   void read_header_map(

@@ -206,6 +206,7 @@ bool Exchange::begin(const ExchangeRequest& r) {
     // pilotfish answers once the request is in (its body read and dropped), as an upstream
     // would: a keep-alive connection stays open.
     if (!admit(route, route_index, r) || !authorize(route, r)) return false;
+    if (route->response_headers && r.tls && r.tls->established()) st_.peer_identity = r.tls->peer_id();
     st_.route_answers = true;
     return true;
   }
@@ -248,6 +249,11 @@ bool Exchange::begin(const ExchangeRequest& r) {
   const TlsState* t = r.tls && r.tls->established() ? r.tls : nullptr;
   UpstreamHeadInput in{r.method, st_.target, r.fields, st_.body_chunked, st_.websocket, l, r.client_address, t,
                        st_.auth_subject_ok ? st_.auth : nullptr, st_.auth_subject, request_id_};
+  if (route && route->request_headers) {
+    in.rules = &*route->request_headers;
+    in.route_name = route->name;
+  }
+  if (route && route->response_headers && t) st_.peer_identity = t->peer_id();
   if (st_.cluster->protocol == UpstreamProtocol::http1 || st_.websocket) {
     Http1HeadWriter text(upstream_head_);
     st_.upstream.nested = build_upstream_head(text, in);
@@ -406,6 +412,14 @@ size_t Exchange::split_position(const Route& route, const ExchangeRequest& r) {
   return pick_split(route, key, key.empty() ? worker_.random().next() : 0);
 }
 
+void Exchange::apply_response_rules(ResponseHead& head) {
+  if (st_.route_index == SIZE_MAX) return;
+  const Route& route = listener().routes[st_.route_index];
+  if (!route.response_headers) return;
+  HeaderVariables vars{st_.peer_identity, request_id_, route.name};
+  apply_header_rules(head.fields, *route.response_headers, vars, rules_scratch_);
+}
+
 void Exchange::answer_from_route(const Route& route) {
   resp_.clear();
   std::string_view body;
@@ -434,6 +448,7 @@ void Exchange::answer_from_route(const Route& route) {
     resp_.fields.add("location", location);
   }
   if (resp_.status != 204 && resp_.status != 304) resp_.fields.add("content-length", std::to_string(body.size()));
+  apply_response_rules(resp_);
   st_.status = resp_.status;
   st_.local_response = true;  // pilotfish's own answer: nothing of the request goes further
   st_.response_started = true;
@@ -924,6 +939,7 @@ Step Exchange::on_response_head(ResponseHead&) {
   st_.status = status;
   bool no_body = st_.method_head || status == 204 || status == 304;
   st_.response_started = true;
+  apply_response_rules(resp_);
   owner_.exchange_head(resp_, no_body, response_.has_content_length());
   // The answer is arriving; from now on the timeout guards against a stalled stream.
   owner_.exchange_timer(static_cast<uint64_t>(st_.cluster->timeout.count()));

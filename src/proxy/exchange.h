@@ -178,6 +178,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   uint64_t inject_fault(const FaultPolicy& fault, const ExchangeRequest& request);
   // The position in a route's weighted split of the cluster this request goes to.
   size_t split_position(const Route& route, const ExchangeRequest& request);
+  // The route's response_headers on a final response head.
+  void apply_response_rules(ResponseHead& head);
   // The route's own answer (respond, redirect), given through the owner as a response.
   void answer_from_route(const Route& route);
   void start_attempt(bool fresh_connection = false);
@@ -228,7 +230,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
     size_t route_index = SIZE_MAX;  // the listener's route that matched; SIZE_MAX: none (yet)
     // The route answers itself (respond, redirect): once the request is in, nothing upstream.
     bool route_answers = false;
-    int fault_abort = 0;  // a delayed request the route's fault also aborts: its status
+    int fault_abort = 0;
+    std::string peer_identity;  // the client's, for the route's response_headers (only then)  // a delayed request the route's fault also aborts: its status
     const Cluster* cluster = nullptr;
     size_t cluster_index = 0;
     // Its way to the cluster: endpoint, connection, holds, attempts, deadlines, retries.
@@ -270,6 +273,7 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   RequestHead h2_head_;        // HTTP/2: the head of the attempt's stream, as it goes
   size_t h2_base_fields_ = 0;  // its fields before the attempt's own (h2_attempt_fields)
   ResponseHead resp_;
+  HeaderList rules_scratch_;   // where response_headers rebuild a head's fields
   Http1Decoder response_{static_cast<Http1ResponseHandler*>(this), &resp_};
 };
 

@@ -176,6 +176,7 @@ void Exchange::h2_head(ResponseHead& head, bool end_stream) {
   bool no_body = st_.method_head || status == 204 || status == 304 || end_stream;
   st_.response_started = true;
   std::swap(resp_, head);  // kept for the end (its fields name the connection tokens)
+  apply_response_rules(resp_);
   bool has_length = resp_.fields.find("content-length") != HeaderList::npos;
   owner_.exchange_head(resp_, no_body, has_length);
   owner_.exchange_timer(static_cast<uint64_t>(st_.cluster->timeout.count()));

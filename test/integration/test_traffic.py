@@ -4,7 +4,8 @@ names in the access log and as the metrics' `route` label, weighted splits (meas
 thousands of requests, sticky by header, changed under load by a reload with nothing lost), fault
 injection (aborts at 100% and 0%, delays with bodies to HTTP/1.1 and HTTP/2 clusters, a header
 that gates them), a route's own timeout and retry, authorization rules by principal (mTLS),
-method, path (against the path tricks the matcher normalises) and JWT claim,
+method, path (against the path tricks the matcher normalises) and JWT claim, header rules on
+requests and responses,
 direct responses and redirects (over
 HTTP/1.1 and HTTP/2, with the path tricks the matcher normalises), and `check`'s errors for what
 a route cannot say."""
@@ -398,6 +399,53 @@ class AuthorizationTest(unittest.TestCase):
         self.assertEqual(get("DELETE", token(scope="admin read-only")), 403)  # deny first
         self.assertEqual(get("GET", token(scope="admin read-only")), 200)
         self.assertEqual(get("GET", token(scope="read"), "/elsewhere"), 200)
+
+
+class HeaderRulesTest(unittest.TestCase):
+    def setUp(self):
+        self.up = h.Upstream("echo")
+        self.addCleanup(self.up.stop)
+        self.pf = h.Pilotfish(h.simple_policy(self.up, routes=[
+            {"name": "canary", "match": {"path_prefix": "/"}, "cluster": "app",
+             "request_headers": {"set": {"X-Env": "canary"}, "add": {"x-route": "${route}", "x-rid": "id=${request_id}",
+                                                                    "x-peer": "${peer_identity}"},
+                                 "remove": ["x-debug"]},
+             "response_headers": {"set": {"server": "shop"}, "add": {"x-served-by": "${route}"},
+                                  "remove": ["X-Kept"]}}]))
+        self.addCleanup(self.pf.kill)
+
+    def test_request_and_response_rules(self):
+        r = h.request(self.pf.port(), target="/a", headers=[
+            ("X-Env", "prod"), ("x-env", "staging"), ("X-Debug", "1"), ("x_debug", "2"), ("x-request-id", "abc-1"),
+            ("X-Route", "forged")])
+        self.assertEqual(r.status, 200)
+        seen = [(k.lower(), v) for k, v in r.json()["headers"]]
+        self.assertEqual([v for k, v in seen if k == "x-env"], ["canary"])
+        self.assertEqual([v for k, v in seen if k in ("x-debug", "x_debug")], [])  # any spelling of a removed name
+        self.assertEqual([v for k, v in seen if k == "x-route"], ["forged", "canary"])  # add keeps the client's
+        self.assertEqual([v for k, v in seen if k == "x-rid"], ["id=abc-1"])
+        self.assertEqual([v for k, v in seen if k == "x-peer"], [])  # no mTLS peer: left out, not empty
+        self.assertEqual([v for k, v in seen if k == "x-request-id"], ["abc-1"])
+        self.assertEqual(r.header("server"), "shop")
+        self.assertEqual(r.header("x-served-by"), "canary")
+        r = h.request(self.pf.port(), target="/respheaders")
+        self.assertEqual(r.status, 200)
+        self.assertFalse(r.has_header("x-kept"))
+        self.assertEqual(r.header("x-served-by"), "canary")
+
+    def test_check_refuses_what_pilotfish_sets(self):
+        cases = [({"set": {"x-forwarded-client-cert": "By=me"}}, "is set by pilotfish for the app to trust"),
+                 ({"remove": ["X-Forwarded-For"]}, "is set by pilotfish for the app to trust"),
+                 ({"set": {"x-request-id": "1"}}, "is set by pilotfish for the app to trust"),
+                 ({"remove": ["content-length"]}, "is not a header a policy removes"),
+                 ({"add": {"x-a": "${who}"}}, "is one of ${peer_identity}, ${request_id} and ${route}"),
+                 ({}, "has set, add or remove")]
+        for rules, message in cases:
+            rc, out = CheckTest.check(self, [{"cluster": "app", "request_headers": rules}])
+            self.assertEqual(rc, 1, (rules, out))
+            self.assertIn(message, out, rules)
+        rc, out = CheckTest.check(self, [{"cluster": "app", "response_headers": {"remove": ["x-forwarded-for"]}}])
+        self.assertEqual(rc, 0, out)  # a response's is the app's to send or not
 
 
 class DirectResponseTest(unittest.TestCase):

@@ -30,14 +30,16 @@ std::string read_text(const std::string& path) {
 }
 
 // Every key path of a YAML (or JSON) document, "[]" standing for a list's items. Under
-// match.headers and respond.headers the keys are header names, and under an authorization
-// rule's claims claim names (sub, scope, aud), not policy keys.
+// match.headers, respond.headers and a header rule's set and add the keys are header names,
+// and under an authorization rule's claims claim names (sub, scope, aud), not policy keys.
 void collect_key_paths(const YAML::Node& node, const std::string& prefix, std::set<std::string>& out) {
   if (node.IsMap()) {
     for (const auto& item : node) {
       std::string path = prefix + (prefix.empty() ? "" : ".") + item.first.Scalar();
       out.insert(path);
-      if (!path.ends_with(".match.headers") && !path.ends_with(".respond.headers") && !path.ends_with(".claims"))
+      bool names = path.ends_with(".match.headers") || path.ends_with(".respond.headers") || path.ends_with(".claims") ||
+                   ((path.ends_with(".set") || path.ends_with(".add")) && path.find("_headers.") != std::string::npos);
+      if (!names)
         collect_key_paths(item.second, path, out);
     }
   } else if (node.IsSequence()) {
