@@ -351,6 +351,8 @@ def main():
     ap.add_argument("--with-mtls", action="store_true",
                     help="also measure an mTLS hop (plain -> A -> mTLS -> B -> plain) for pilotfish and HAProxy")
     ap.add_argument("--only-mtls", action="store_true", help="measure only the direct upstream and the mTLS pairs")
+    ap.add_argument("--with-traffic", action="store_true",
+                    help="also measure pilotfish with a 95/5 split, header rules and an authorization rule on the route")
     ap.add_argument("--with-gateway", action="store_true",
                     help="also measure pilotfish with JWT auth (RS256, then ES256) and a rate limit on every request")
     args = ap.parse_args()
@@ -394,7 +396,7 @@ http {{ access_log off; keepalive_requests 1000000;
 """
 
         def add_pilotfish(name, access_log, scrape=False, binary=None, cluster_extra="", listener_extra="",
-                          headers=()):
+                          headers=(), routes="[{cluster: upstream}]", more_clusters=""):
             port = free_port()
             admin_port = free_port()
             pol = os.path.join(tmp, f"{name}.yaml")
@@ -407,10 +409,10 @@ admin: {{address: 127.0.0.1:{admin_port}}}
 listeners:
   - name: ingress
     address: 127.0.0.1:{port}{listener_extra}
-    routes: [{{cluster: upstream}}]
+    routes: {routes}
 clusters:
   - name: upstream
-    endpoints: [127.0.0.1:{up_port}]{cluster_extra}
+    endpoints: [127.0.0.1:{up_port}]{cluster_extra}{more_clusters}
 """)
             p = start([binary or args.bin, "run", "--config", pol])
             procs.append(p)
@@ -433,6 +435,18 @@ clusters:
             add_pilotfish("pilotfish-churn", False, headers=["Connection: close"])
             if args.baseline_bin:
                 add_pilotfish("baseline-churn", False, binary=args.baseline_bin, headers=["Connection: close"])
+        if args.with_traffic:
+            # A rollout's route: a 95/5 split (both clusters on the same upstream), header rules
+            # both ways and an authorization rule, on every request.
+            add_pilotfish("pilotfish+traffic", False, routes="""
+      - name: recommendations
+        clusters: [{name: upstream, weight: 95}, {name: canary, weight: 5}]
+        request_headers: {set: {x-env: canary}, add: {x-route: "${route}"}, remove: [x-debug]}
+        response_headers: {set: {server: shop}, remove: [x-powered-by]}
+        authorization: {deny: [{paths: [{prefix: /internal/}]}], allow: [{methods: [GET, HEAD]}]}""",
+                          more_clusters=f"""
+  - name: canary
+    endpoints: [127.0.0.1:{up_port}]""")
         if args.with_gateway:
             for alg, jwks, token in gateway_tokens(tmp):
                 add_pilotfish("pilotfish+auth " + alg, False, listener_extra=f"""
