@@ -22,4 +22,8 @@ struct NormalizedTarget {
 // path that one server would resolve to another route is refused rather than guessed at.
 std::optional<NormalizedTarget> normalize_target(std::string_view target, bool allow_ambiguous = false);
 
+// The path as a server that drops `;` parameters from each segment sees it (Java servlet
+// containers: "/admin;x=1/users" is "/admin/users" to them).
+std::string without_path_parameters(std::string_view path);
+
 }  // namespace pilotfish

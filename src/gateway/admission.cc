@@ -7,6 +7,7 @@
 #include <string>
 
 #include "pilotfish/header_rules.h"
+#include "pilotfish/path_normalizer.h"
 #include "tls/tls.h"
 
 namespace pilotfish {
@@ -146,20 +147,6 @@ bool rule_matches(const AuthzRule& rule, const AuthzRequest& q) {
   return true;
 }
 
-// The path as a server that drops `;` parameters from each segment sees it (Java servlet
-// containers: "/admin;x=1/users" is "/admin/users" to them).
-std::string without_parameters(std::string_view path) {
-  std::string out;
-  out.reserve(path.size());
-  bool in_parameter = false;
-  for (char c : path) {
-    if (c == '/') in_parameter = false;
-    else if (c == ';') in_parameter = true;
-    if (!in_parameter) out += c;
-  }
-  return out;
-}
-
 }  // namespace
 
 bool authorized(const Authorization& rules, const AuthzRequest& q) {
@@ -168,7 +155,7 @@ bool authorized(const Authorization& rules, const AuthzRequest& q) {
   std::string stripped;
   std::optional<AuthzRequest> other;
   if (q.path.find(';') != std::string_view::npos) {
-    stripped = without_parameters(q.path);
+    stripped = without_path_parameters(q.path);
     other.emplace(AuthzRequest{q.peer_id, q.method, stripped, q.token});
   }
   for (const auto& rule : rules.deny)

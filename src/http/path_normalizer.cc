@@ -96,4 +96,18 @@ std::optional<NormalizedTarget> normalize_target(std::string_view target, bool a
   return out;
 }
 
+std::string without_path_parameters(std::string_view path) {
+  std::string out;
+  out.reserve(path.size());
+  bool in_parameter = false;
+  for (char c : path) {
+    if (c == '/')
+      in_parameter = false;
+    else if (c == ';')
+      in_parameter = true;
+    if (!in_parameter) out += c;
+  }
+  return out;
+}
+
 }  // namespace pilotfish

@@ -54,6 +54,9 @@ bool rules_replace(const HeaderRules& rules, std::string_view name) {
     if (same_field_name_folded(name, r)) return true;
   for (const auto& [n, v] : rules.set)
     if (same_field_name_folded(name, n)) return true;
+  // A field that carries the peer's identity is never beside a client's forged copy.
+  for (const auto& [n, v] : rules.add)
+    if (v.find("${peer_identity}") != std::string::npos && same_field_name_folded(name, n)) return true;
   return false;
 }
 

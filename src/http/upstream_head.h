@@ -44,7 +44,8 @@ struct HeaderVariables {
 // `value` with its variables replaced, into `out` (replaced); false when the result is empty or
 // not a valid field value (the field is then left out).
 bool expand_header_value(std::string& out, std::string_view value, const HeaderVariables& vars);
-// A rule set or removes this header (any spelling a server may read as the same name).
+// A rule sets or removes this header, or adds it with the peer's identity (any spelling a
+// server may read as the same name): the message's own copies go.
 bool rules_replace(const HeaderRules& rules, std::string_view name);
 // `fields` with a route's rules applied: removed and set names dropped, set and add appended.
 void apply_header_rules(HeaderList& fields, const HeaderRules& rules, const HeaderVariables& vars, HeaderList& scratch);

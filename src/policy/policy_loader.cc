@@ -125,7 +125,13 @@ void PolicyReader::resolve_routes() {
         if (index >= policy_.clusters.size()) continue;  // an unknown name, reported
         auto tuned = std::make_shared<Cluster>(policy_.clusters[index]);
         if (route.timeout) tuned->timeout = *route.timeout;
-        if (route.retry) tuned->retry = *route.retry;
+        if (route.retry) {
+          // The retry budget is the cluster's (its counters are shared): its settings stay.
+          RetryPolicy retry = *route.retry;
+          retry.budget_ratio = tuned->retry.budget_ratio;
+          retry.budget_min_per_second = tuned->retry.budget_min_per_second;
+          tuned->retry = retry;
+        }
         route.tuned.push_back(std::move(tuned));
       }
     }
@@ -417,9 +423,8 @@ std::vector<std::string> policy_key_paths() {
   add("listeners[].routes[].", kRouteKeys);
   add("listeners[].routes[].match.", kMatchKeys);
   add("listeners[].routes[].clusters[].", kWeightedClusterKeys);
-  add("listeners[].routes[].retry.", kRetryKeys);
+  add("listeners[].routes[].retry.", kRouteRetryKeys);
   add("listeners[].routes[].retry.backoff.", kBackoffKeys);
-  add("listeners[].routes[].retry.budget.", kBudgetKeys);
   for (const std::string owner : {"listeners[].", "listeners[].routes[]."}) {
     add(owner + "authorization.", kAuthorizationKeys);
     for (const std::string list : {"deny[].", "allow[]."}) {

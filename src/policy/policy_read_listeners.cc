@@ -151,9 +151,13 @@ void PolicyReader::read_listener(const Field& field) {
                                  "allow_ambiguous_paths", "http2"}) {
       if (const Field* f = section->find(key)) warn(f->path, "has no effect on a tcp listener");
     }
+    // A rule that would let no one in must not silently let everyone in.
+    if (const Field* f = section->find("authorization"))
+      error(f->position, f->path, "has no effect on a tcp listener (allow, with mtls, admits peers by identity)");
   }
 
-  if (const Field* f = section->find("authorization")) read_authorization(*f, listener.authorization, listener.auth.has_value());
+  if (const Field* f = section->find("authorization"))
+    read_authorization(*f, listener.authorization, listener.auth.has_value(), listener.mtls);
   if (const Field* f = require(*section, "routes", "every listener needs at least one route")) {
     read_routes(*f, listener, source);
   }
@@ -197,9 +201,18 @@ void PolicyReader::read_routes(const Field& field, Listener& listener, ListenerS
               "a tcp listener's route cannot have a match (there is no HTTP request to match)");
     }
     if (items->size() > 1) error((*items)[1].position, (*items)[1].path, "a tcp listener takes exactly one route");
-    for (size_t i = 0; i < listener.routes.size(); ++i)
-      if (listener.routes[i].answers_itself())
+    for (size_t i = 0; i < listener.routes.size() && i < items->size(); ++i) {
+      const Route& r = listener.routes[i];
+      if (r.answers_itself())
         error((*items)[i].position, (*items)[i].path, "a tcp listener's route sends to a cluster (there is no HTTP request to answer)");
+      // What looks at a request does nothing on bytes: refused rather than silently ignored.
+      const char* keys[] = {r.clusters.empty() ? nullptr : "clusters", r.fault ? "fault" : nullptr,
+                            r.timeout ? "timeout" : nullptr, r.retry ? "retry" : nullptr,
+                            r.authorization ? "authorization" : nullptr, r.request_headers ? "request_headers" : nullptr,
+                            r.response_headers ? "response_headers" : nullptr};
+      for (const char* key : keys)
+        if (key) error((*items)[i].position, join_path((*items)[i].path, key), "has no effect on a tcp listener's bytes");
+    }
     return;
   }
   // First match wins, so anything after a route that matches everything is never used.
@@ -265,12 +278,14 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
     // The route's auth is read below; whether one applies is known from the keys already.
     const Field* own = section->find("auth");
     bool off = own && own->node.IsScalar() && own->node.Scalar() == "false";
-    read_authorization(*f, route.authorization, own ? !off : listener.auth.has_value());
+    read_authorization(*f, route.authorization, own ? !off : listener.auth.has_value(), listener.mtls);
   }
   if (const Field* f = section->find("retry")) {
     Cluster defaults;  // keys the route's retry leaves out take the defaults, as in a cluster
     read_retry(*f, defaults);
     route.retry = defaults.retry;
+    if (f->node.IsMap() && f->node["budget"])
+      error(f->position, join_path(f->path, "budget"), "is the cluster's: its counters are shared by every route");
   }
   for (std::string_view key : {"timeout", "retry"}) {
     const Field* f = section->find(key);
@@ -343,7 +358,8 @@ void PolicyReader::read_hash_on(const Field& field, Route& route) {
   }
 }
 
-void PolicyReader::read_authorization(const Field& field, std::optional<Authorization>& out, bool auth_applies) {
+void PolicyReader::read_authorization(const Field& field, std::optional<Authorization>& out, bool auth_applies,
+                                      bool mtls) {
   auto section = open_section(field, kAuthorizationKeys);
   if (!section) return;
   Authorization a;
@@ -357,6 +373,9 @@ void PolicyReader::read_authorization(const Field& field, std::optional<Authoriz
     for (const Field& item : *items) {
       AuthzRule rule;
       read_authz_rule(item, rule, auth_applies);
+      if (!rule.principals.empty() && !mtls)
+        error(item.position, join_path(item.path, "principals"),
+              "needs mtls: true on this listener (without it there is no verified peer, and the rule would never match)");
       rules->push_back(std::move(rule));
     }
   }
@@ -458,11 +477,15 @@ void PolicyReader::read_header_rules(const Field& field, std::optional<HeaderRul
   // What pilotfish sets on a request for the app to trust is never the policy's to change.
   auto refused = [&](const std::string& name) -> const char* {
     if (!request) return nullptr;
-    if (name.starts_with("x-forwarded-") || name == "forwarded" || name == "x-request-id")
+    // In any spelling a server may read as the same name ("x_request_id").
+    std::string folded = name;
+    std::replace(folded.begin(), folded.end(), '_', '-');
+    if (folded.starts_with("x-forwarded-") || folded == "forwarded" || folded == "x-request-id")
       return "is set by pilotfish for the app to trust; a route cannot change it";
-    if (listener.auth && listener.auth->subject_header == name) return "is the listener's auth subject header";
+    if (listener.auth && same_field_name_folded(listener.auth->subject_header, name))
+      return "is the listener's auth subject header";
     for (const auto& r : listener.routes)
-      if (r.auth && r.auth->subject_header == name) return "is an auth subject header of this listener";
+      if (r.auth && same_field_name_folded(r.auth->subject_header, name)) return "is an auth subject header of this listener";
     return nullptr;
   };
   HeaderRules rules;

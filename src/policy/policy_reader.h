@@ -45,6 +45,8 @@ constexpr std::string_view kRouteKeys[] = {"name",    "match",   "cluster",  "cl
                                            "fault",   "respond", "redirect", "auth",     "rate_limit", "authorization",
                                            "request_headers", "response_headers"};
 constexpr std::string_view kHeaderRulesKeys[] = {"set", "add", "remove"};
+// A route's retry: a cluster's but its budget (whose counters the cluster's routes share).
+constexpr std::string_view kRouteRetryKeys[] = {"retries", "on", "status_codes", "per_try_timeout", "backoff", "nested"};
 constexpr std::string_view kAuthorizationKeys[] = {"deny", "allow"};
 constexpr std::string_view kAuthzRuleKeys[] = {"principals", "methods", "paths", "claims"};
 constexpr std::string_view kAuthzPathKeys[] = {"prefix", "exact"};
@@ -242,7 +244,7 @@ class PolicyReader {
   // listener's subject headers) cannot be named either.
   void read_header_rules(const Field& field, std::optional<HeaderRules>& out, bool request, const Listener& listener);
   // `authorization`; `auth_applies`: a verified token's claims can be there to match.
-  void read_authorization(const Field& field, std::optional<Authorization>& out, bool auth_applies);
+  void read_authorization(const Field& field, std::optional<Authorization>& out, bool auth_applies, bool mtls);
   void read_authz_rule(const Field& field, AuthzRule& rule, bool auth_applies);
   std::optional<std::string> read_header_name(const Field& field);  // a token, lowered
   void read_redirect(const Field& field, Route& route);

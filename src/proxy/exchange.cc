@@ -200,6 +200,16 @@ bool Exchange::begin(const ExchangeRequest& r) {
   std::string host = host_for_routing(authority_);
   RequestView view{host, st_.target.path, r.method, &r.fields};
   const Route* route = match_route(l, view);
+  if (!l.allow_ambiguous_paths && st_.target.path.find(';') != std::string::npos) {
+    // Servers that drop `;` parameters ("/admin;x/users" is "/admin/users" to a Java server)
+    // must not reach through another route than the one that guards their path.
+    std::string plain = without_path_parameters(st_.target.path);
+    RequestView plain_view{host, plain, r.method, &r.fields};
+    if (match_route(l, plain_view) != route) {
+      answer(400, "ambiguous_path", st_.has_body);
+      return false;
+    }
+  }
   size_t route_index = route ? static_cast<size_t>(route - l.routes.data()) : SIZE_MAX;
   st_.route_index = route_index;
   if (route && route->answers_itself()) {

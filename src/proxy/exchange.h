@@ -123,6 +123,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   void drop_upstream();
 
   bool local_response() const { return st_.local_response; }
+  // A fault's delay holds the request: no attempt has started yet.
+  bool delayed() const { return st_.upstream.backoff_until_ms != 0 && st_.upstream.attempts == 0; }
   bool response_started() const { return st_.response_started; }
   bool response_complete() const { return st_.response_complete; }
   bool request_complete() const { return st_.request_complete; }
@@ -230,7 +232,7 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
     size_t route_index = SIZE_MAX;  // the listener's route that matched; SIZE_MAX: none (yet)
     // The route answers itself (respond, redirect): once the request is in, nothing upstream.
     bool route_answers = false;
-    int fault_abort = 0;
+    int fault_abort = 0;        // a delayed request the route's fault also aborts: its status
     std::string peer_identity;  // the client's, for the route's response_headers (only then)  // a delayed request the route's fault also aborts: its status
     const Cluster* cluster = nullptr;
     size_t cluster_index = 0;

@@ -340,6 +340,8 @@ Step HttpSession::on_request_head(RequestHead&) {
   if (closing()) return Step::fail;
   // Answered: the rest of a body cannot be told from a next request.
   if (!started) return has_body || !h1_.keep_alive ? Step::fail : Step::go;
+  // A fault's delay holds the request: its timer stays, and the body's starts when it is over.
+  if (ex_.delayed()) return Step::go;
   if (has_body && listener_->body_timeout.count() > 0)
     arm_timer(Timer::body, static_cast<uint64_t>(listener_->body_timeout.count()));
   else

@@ -132,10 +132,16 @@ void HttpSession::on_timeout() {
       send_local_response(408, timer_kind_ == Timer::header ? "header_timeout" : "body_timeout", true);
       flush();
       return;
-    case Timer::upstream:
+    case Timer::upstream: {
       if (!h1_.in_request) return;
+      bool was_delayed = ex_.delayed();
       ex_.on_timer();
+      // The delay is over and the body is still coming: it has body_timeout from now.
+      if (was_delayed && !closing() && !ex_.delayed() && !ex_.request_complete() && !ex_.local_response() &&
+          listener_->body_timeout.count() > 0)
+        arm_timer(Timer::body, static_cast<uint64_t>(listener_->body_timeout.count()));
       return;
+    }
   }
 }
 

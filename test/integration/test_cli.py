@@ -254,8 +254,17 @@ class CliTest(unittest.TestCase):
                     # Keys that only go with the value changed away from: dropped with it.
                     if path[-1] == "mtls" and candidate is False:
                         parent.pop("allow", None)
+                        if path[0] == "listeners":  # principals need a verified peer
+                            parent.pop("authorization", None)
+                            for r in parent.get("routes", []):
+                                r.pop("authorization", None)
                     if path[-1] == "intercept" and candidate != "outbound":
                         parent.pop("passthrough", None)
+                    if path[-1] == "protocol" and candidate == "tcp" and path[0] == "listeners":
+                        # A tcp listener takes no request rules and one route without a match.
+                        parent.pop("authorization", None)
+                        plain = [r for r in parent["routes"] if set(r) == {"cluster"}]
+                        parent["routes"] = plain[:1] or [{"cluster": cluster_names[0]}]
                 new = os.path.join(self.dir, "changed.yaml")
                 with open(new, "w") as f:
                     yaml.safe_dump(doc, f)
