@@ -195,6 +195,18 @@ struct FaultPolicy {
   bool operator==(const FaultPolicy&) const = default;
 };
 
+// `mirror` on a route: a copy of a share of its requests, sent to another cluster and its answer
+// dropped. Bounded: copies in flight to the cluster, and the body a copy may carry; a copy over
+// either is dropped, never queued.
+struct MirrorPolicy {
+  std::string cluster;
+  size_t cluster_index = 0;  // resolved by the loader
+  double percent = 100;
+  uint32_t max_in_flight = 100;     // copies in flight to the cluster, over every worker
+  uint64_t max_body_bytes = 65536;  // a request with a longer body is not copied
+  bool operator==(const MirrorPolicy&) const = default;
+};
+
 struct Route {
   std::string name;             // optional: the access log's and the metrics' `route`
   RouteMatch match;
@@ -208,6 +220,7 @@ struct Route {
   std::optional<DirectResponse> respond;
   std::optional<Redirect> redirect;
   std::optional<FaultPolicy> fault;
+  std::optional<MirrorPolicy> mirror;
   std::optional<Authorization> authorization;  // checked after the listener's
   std::optional<HeaderRules> request_headers;
   std::optional<HeaderRules> response_headers;

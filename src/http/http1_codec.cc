@@ -307,6 +307,18 @@ std::string http1_parser_version() {
          std::to_string(LLHTTP_VERSION_PATCH);
 }
 
+uint64_t keep_alive_idle_limit_ms(const HeaderList& fields) {
+  size_t ka = fields.find("keep-alive");
+  if (ka == HeaderList::npos) return 0;
+  std::string_view v = fields.value(ka);
+  size_t t = v.find("timeout=");
+  if (t == std::string_view::npos) return 0;
+  uint64_t seconds = 0;
+  size_t i = t + 8;
+  while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 1'000'000) seconds = seconds * 10 + (v[i++] - '0');
+  return seconds == 0 ? 1 : seconds * 800;
+}
+
 void append_uint(std::string& out, uint64_t v) {
   char buf[24];
   int n = snprintf(buf, sizeof buf, "%" PRIu64, v);

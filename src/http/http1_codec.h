@@ -147,6 +147,10 @@ inline void append_response_last_chunk(std::string& out, const HeaderList& trail
   append_last_chunk(out, trailers, connection_tokens, [](std::string_view) { return true; });
 }
 void append_uint(std::string& out, uint64_t v);
+// How long a pooled connection may stay idle after a response that said `Keep-Alive: timeout=N`
+// (the upstream closes idle connections after N s): 80% of it, at least 1 ms; 0 when it said
+// nothing.
+uint64_t keep_alive_idle_limit_ms(const HeaderList& response_fields);
 // The reason phrases of RFC 9110 ("Not Found"); "Unknown" for a code it does not name.
 const char* reason_phrase(int status);
 // The HTTP/1.1 parser this build decodes with, for `pilotfish version`: "llhttp 8.1.0".

@@ -127,6 +127,7 @@ struct ClusterTotals {
   uint64_t reset = 0, connect_failure = 0, timeout = 0, retries = 0, budget_exhausted = 0, ejections = 0;
   int64_t connections = 0;
   std::array<uint64_t, 4> overflow{};
+  std::array<uint64_t, 3> mirror{};
 };
 
 std::string code_label(size_t slot) {
@@ -180,6 +181,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
       t.budget_exhausted += c->retry_budget_exhausted.load();
       t.ejections += c->outlier_ejections.load();
       for (size_t i = 0; i < 4; ++i) t.overflow[i] += c->breaker_overflow[i].load();
+      for (size_t i = 0; i < 3; ++i) t.mirror[i] += c->mirror[i].load();
     }
   }
 
@@ -258,7 +260,13 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
                          MetricType::Counter);
   auto ejections = family("outlier_ejections_total", "Endpoints ejected by outlier detection.", MetricType::Counter);
   auto ejected = family("endpoints_ejected", "Endpoints ejected now.", MetricType::Gauge);
+  auto mirror = family("mirror_requests_total",
+                       "Copies of requests a route's mirror made for this cluster: sent (and answered), dropped "
+                       "(not sent: over a bound, or the request was not completed or answered by pilotfish), "
+                       "failed (the cluster did not answer).",
+                       MetricType::Counter);
   static constexpr const char* kLimits[] = {"connections", "pending_requests", "requests", "retries"};
+  static constexpr const char* kMirrorResults[] = {"sent", "dropped", "failed"};
   std::map<std::string, int64_t> ejected_now;
   {
     std::lock_guard<std::mutex> lock(registry_.info_mutex_);
@@ -280,6 +288,10 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
       add_counter(overflow, {{"cluster", name}, {"limit", kLimits[i]}}, static_cast<double>(t.overflow[i]));
     add_counter(ejections, {{"cluster", name}}, static_cast<double>(t.ejections));
     add_gauge(ejected, {{"cluster", name}}, static_cast<double>(ejected_now[name]));
+    // Only for a cluster that has been sent copies: a mirror target.
+    if (t.mirror[0] || t.mirror[1] || t.mirror[2])
+      for (size_t i = 0; i < 3; ++i)
+        add_counter(mirror, {{"cluster", name}, {"result", kMirrorResults[i]}}, static_cast<double>(t.mirror[i]));
   }
 
   const ProcessStats& ps = registry_.process_;
@@ -334,7 +346,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
                          MetricType::Gauge);
   if (fds.limit() != INT64_MAX) add_gauge(fd_limit, {}, static_cast<double>(fds.limit()));
 
-  for (auto* f : {&requests, &duration, &grpc, &faults, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
+  for (auto* f : {&requests, &duration, &grpc, &faults, &mirror, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
                   &ejections, &ejected, &tls, &resumed, &authz, &auth_failures, &rate_limited, &cert, &reloads, &rotations, &policy_info, &build,
                   &fd_refused, &fd_use, &fd_limit})
     out.push_back(std::move(*f));

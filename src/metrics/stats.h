@@ -124,7 +124,11 @@ struct ClusterStats {
   RelaxedCounter retry_budget_exhausted;
   std::array<RelaxedCounter, 4> breaker_overflow;
   RelaxedCounter outlier_ejections;
+  // Copies a route's mirror sent to this cluster: answered (sent), not sent (dropped: over a
+  // bound, or the request never completed), or sent and not answered (failed).
+  std::array<RelaxedCounter, 3> mirror;
 };
+enum class MirrorResult : size_t { sent, dropped, failed };
 
 // One worker's stats objects for the names of the current policy.
 struct WorkerStats {

@@ -205,6 +205,11 @@ void write_route(JsonWriter& w, const Route& r) {
     if (!r.fault->header.empty()) w.key("header").str(r.fault->header);
     w.end_object();
   }
+  if (r.mirror) {
+    w.key("mirror").begin_object().key("cluster").str(r.mirror->cluster).key("percent").num(r.mirror->percent);
+    w.key("max_in_flight").integer(r.mirror->max_in_flight).key("max_body_bytes").integer(r.mirror->max_body_bytes);
+    w.end_object();
+  }
   if (r.respond) {
     w.key("respond").begin_object();
     w.key("status").integer(r.respond->status).key("body").str(r.respond->body);

@@ -27,6 +27,7 @@
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -107,6 +108,18 @@ void PolicyReader::resolve_routes() {
         else
           c.index = found->second;
       }
+      if (route.mirror && source.routes[r].mirror) {
+        const auto& [position, path] = *source.routes[r].mirror;
+        auto found = cluster_indexes_.find(route.mirror->cluster);
+        if (found == cluster_indexes_.end())
+          error(position, path, "no cluster is named " + quote(route.mirror->cluster) + did_you_mean(route.mirror->cluster, names));
+        else if (route.cluster == route.mirror->cluster ||
+                 std::any_of(route.clusters.begin(), route.clusters.end(),
+                             [&](const WeightedCluster& c) { return c.name == route.mirror->cluster; }))
+          error(position, path, "is a cluster this route sends to: a copy would reach it twice");
+        else
+          route.mirror->cluster_index = found->second;
+      }
       if (!route.cluster.empty()) {
         auto found = cluster_indexes_.find(route.cluster);
         if (found == cluster_indexes_.end()) {
@@ -145,6 +158,7 @@ void PolicyReader::check_cluster_use() {
       if (!route.cluster.empty() && cluster_indexes_.count(route.cluster)) routed[route.cluster_index] = true;
       for (const auto& c : route.clusters)
         if (cluster_indexes_.count(c.name)) routed[c.index] = true;
+      if (route.mirror && cluster_indexes_.count(route.mirror->cluster)) routed[route.mirror->cluster_index] = true;
     }
   const bool intercepts_outbound = interceptors_.count(Intercept::outbound) > 0;
   for (size_t i = 0; i < policy_.clusters.size(); ++i) {
@@ -435,6 +449,7 @@ std::vector<std::string> policy_key_paths() {
   add("listeners[].routes[].request_headers.", kHeaderRulesKeys);
   add("listeners[].routes[].response_headers.", kHeaderRulesKeys);
   add("listeners[].routes[].fault.", kFaultKeys);
+  add("listeners[].routes[].mirror.", kMirrorKeys);
   add("listeners[].routes[].fault.delay.", kFaultDelayKeys);
   add("listeners[].routes[].fault.abort.", kFaultAbortKeys);
   add("listeners[].routes[].respond.", kRespondKeys);

@@ -209,7 +209,7 @@ void PolicyReader::read_routes(const Field& field, Listener& listener, ListenerS
       const char* keys[] = {r.clusters.empty() ? nullptr : "clusters", r.fault ? "fault" : nullptr,
                             r.timeout ? "timeout" : nullptr, r.retry ? "retry" : nullptr,
                             r.authorization ? "authorization" : nullptr, r.request_headers ? "request_headers" : nullptr,
-                            r.response_headers ? "response_headers" : nullptr};
+                            r.response_headers ? "response_headers" : nullptr, r.mirror ? "mirror" : nullptr};
       for (const char* key : keys)
         if (key) error((*items)[i].position, join_path((*items)[i].path, key), "has no effect on a tcp listener's bytes");
     }
@@ -304,6 +304,11 @@ void PolicyReader::read_route(const Field& field, Listener& listener, ListenerSo
     read_fault(*f, route);
     if (route.answers_itself())
       error(f->position, f->path, "faults are injected into requests sent to a cluster: this route answers itself");
+  }
+  if (const Field* f = section->find("mirror")) {
+    read_mirror(*f, route, route_source);
+    if (route.answers_itself())
+      error(f->position, f->path, "copies requests sent to a cluster: this route answers itself");
   }
   if (const Field* f = section->find("auth")) read_auth(*f, route.auth, &route.auth_off);
   if (const Field* f = section->find("rate_limit")) read_rate_limit(*f, route.rate_limit, &route.rate_limit_off);
@@ -559,6 +564,32 @@ void PolicyReader::read_fault(const Field& field, Route& route) {
     if (auto v = read_header_name(*f)) fault.header = *v;
   }
   route.fault = std::move(fault);
+}
+
+void PolicyReader::read_mirror(const Field& field, Route& route, RouteSource& source) {
+  auto section = open_section(field, kMirrorKeys);
+  if (!section) return;
+  MirrorPolicy mirror;
+  if (const Field* f = require(*section, "cluster", "the cluster the copies go to")) {
+    if (auto name = read_text(*f)) {
+      if (name->empty())
+        error(f->position, f->path, "must not be empty");
+      else {
+        mirror.cluster = *name;
+        source.mirror.emplace(f->position, f->path);
+      }
+    }
+  }
+  if (const Field* f = section->find("percent")) {
+    if (auto v = read_number(*f, 0, 100)) mirror.percent = *v;
+  }
+  if (const Field* f = section->find("max_in_flight")) {
+    if (auto v = read_integer(*f, 1, 100'000)) mirror.max_in_flight = static_cast<uint32_t>(*v);
+  }
+  if (const Field* f = section->find("max_body_bytes")) {
+    if (auto v = read_integer(*f, 0, 16 * 1024 * 1024)) mirror.max_body_bytes = *v;
+  }
+  route.mirror = std::move(mirror);
 }
 
 void PolicyReader::read_respond(const Field& field, Route& route) {

@@ -43,7 +43,8 @@ constexpr std::string_view kListenerKeys[] = {
 constexpr std::string_view kHttp2Keys[] = {"max_concurrent_streams"};
 constexpr std::string_view kRouteKeys[] = {"name",    "match",   "cluster",  "clusters", "hash_on",    "timeout", "retry",
                                            "fault",   "respond", "redirect", "auth",     "rate_limit", "authorization",
-                                           "request_headers", "response_headers"};
+                                           "request_headers", "response_headers", "mirror"};
+constexpr std::string_view kMirrorKeys[] = {"cluster", "percent", "max_in_flight", "max_body_bytes"};
 constexpr std::string_view kHeaderRulesKeys[] = {"set", "add", "remove"};
 // A route's retry: a cluster's but its budget (whose counters the cluster's routes share).
 constexpr std::string_view kRouteRetryKeys[] = {"retries", "on", "status_codes", "per_try_timeout", "backoff", "nested"};
@@ -167,6 +168,7 @@ struct RouteSource {
   Position cluster;
   std::vector<std::pair<Position, std::string>> split;  // where each name of `clusters` is, and its path
   std::optional<Position> match;  // set when the route has a match
+  std::optional<std::pair<Position, std::string>> mirror;  // where mirror.cluster is, and its path
 };
 
 struct ListenerSource {
@@ -240,6 +242,7 @@ class PolicyReader {
   void read_hash_on(const Field& field, Route& route);
   void read_respond(const Field& field, Route& route);
   void read_fault(const Field& field, Route& route);
+  void read_mirror(const Field& field, Route& route, RouteSource& source);
   // `request`: what only pilotfish sets on a request (X-Forwarded-*, x-request-id, the
   // listener's subject headers) cannot be named either.
   void read_header_rules(const Field& field, std::optional<HeaderRules>& out, bool request, const Listener& listener);

@@ -36,6 +36,11 @@ constexpr uint64_t kLoopStallMs = 500;
 // An upstream's response head (status line and fields) may take this much.
 constexpr uint64_t kMaxResponseHeadBytes = 64 * 1024;
 
+// True for `percent` (0 to 100) of the calls.
+bool drawn(FastRandom& random, double percent) {
+  return percent > 0 && static_cast<double>(random.below(1'000'000)) < percent * 10'000;
+}
+
 }  // namespace
 
 Exchange::Exchange(WorkerContext& worker, ExchangeOwner& owner) : worker_(worker), owner_(owner) {
@@ -264,6 +269,8 @@ bool Exchange::begin(const ExchangeRequest& r) {
     in.route_name = route->name;
   }
   if (route && route->response_headers && t) st_.peer_identity = t->peer_id();
+  if (route && route->mirror && !st_.websocket && r.fixed_cluster.empty() && drawn(worker_.random(), route->mirror->percent))
+    copy_for_mirror(*route->mirror, r, in);
   if (st_.cluster->protocol == UpstreamProtocol::http1 || st_.websocket) {
     Http1HeadWriter text(upstream_head_);
     st_.upstream.nested = build_upstream_head(text, in);
@@ -293,9 +300,7 @@ uint64_t Exchange::inject_fault(const FaultPolicy& f, const ExchangeRequest& r) 
   // Only a request that carries the policy's header, when it names one: a client cannot switch
   // faults on where the policy does not let it.
   if (!f.header.empty() && r.fields.find(f.header) == HeaderList::npos) return 0;
-  auto drawn = [this](double percent) {
-    return percent > 0 && static_cast<double>(worker_.random().below(1'000'000)) < percent * 10'000;
-  };
+  auto drawn = [this](double percent) { return pilotfish::drawn(worker_.random(), percent); };
   RouteStats& stats = snap_->route(listener_index_, st_.route_index, st_.cluster_index);
   uint64_t delay_ms = 0;
   if (f.delay.count() > 0 && !st_.websocket && drawn(f.delay_percent)) {
@@ -312,6 +317,22 @@ uint64_t Exchange::inject_fault(const FaultPolicy& f, const ExchangeRequest& r) 
   return delay_ms;
 }
 
+void Exchange::copy_for_mirror(const MirrorPolicy& m, const ExchangeRequest& r, const UpstreamHeadInput& in) {
+  size_t length = r.fields.find("content-length");
+  if (length != HeaderList::npos && st_.has_body) {
+    // A body known to be over the copy's limit: not copied at all.
+    std::string_view v = trim_ows(r.fields.value(length));
+    uint64_t n = 0;
+    for (char c : v) n = n < UINT64_MAX / 10 ? n * 10 + static_cast<uint64_t>(c - '0') : UINT64_MAX;
+    if (n > m.max_body_bytes) {
+      snap_->clusters[m.cluster_index]->stats->mirror[static_cast<size_t>(MirrorResult::dropped)].add();
+      return;
+    }
+  }
+  // A copy holds its place among the copies in flight from here, body and all.
+  st_.mirror = MirrorCopy::make(snap_, m, in, st_.has_body || length != HeaderList::npos, st_.idempotent, st_.te_trailers);
+}
+
 bool Exchange::request_body(std::string_view piece) {
   st_.body_bytes += piece.size();
   uint64_t max = listener().max_body_bytes;
@@ -319,6 +340,7 @@ bool Exchange::request_body(std::string_view piece) {
     answer(413, "body_too_large", true);
     return false;
   }
+  if (st_.mirror) st_.mirror->add_body(piece);
   if (st_.local_response || st_.route_answers) return true;  // answered, or to be: the body is skipped
   send_body(piece.data(), piece.size());
   return true;
@@ -365,6 +387,10 @@ bool Exchange::request_end(const HeaderList& fields, const HeaderList& trailers)
     if (st_.mux) st_.upstream.start_try_deadline(*st_.cluster, now);  // an HTTP/2 attempt in flight
     arm_upstream_timer();
   }
+  // The route's copy goes after the request, on its own: whatever becomes of either, the other
+  // does not wait for it.
+  // A request pilotfish answered itself (a breaker, a fault's abort) is not copied either.
+  if (st_.mirror && !st_.local_response && st_.fault_abort == 0) MirrorCopy::send(worker_, std::move(st_.mirror));
   return true;
 }
 
@@ -935,17 +961,8 @@ Step Exchange::on_response_head(ResponseHead&) {
     return Step::fail;  // on_upstream_data drops this answer and its connection, and follows
   // `Keep-Alive: timeout=N`: the upstream closes idle connections after N s; this one is not
   // kept idle that long, so that no request is written to it as it closes.
-  size_t ka = resp_.fields.find("keep-alive");
-  if (ka != HeaderList::npos && st_.upstream.connection) {
-    std::string_view v = resp_.fields.value(ka);
-    size_t t = v.find("timeout=");
-    if (t != std::string_view::npos) {
-      uint64_t seconds = 0;
-      size_t i = t + 8;
-      while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 1'000'000) seconds = seconds * 10 + (v[i++] - '0');
-      st_.upstream.connection->set_idle_limit(seconds == 0 ? 1 : seconds * 800);
-    }
-  }
+  if (uint64_t idle = keep_alive_idle_limit_ms(resp_.fields); idle && st_.upstream.connection)
+    st_.upstream.connection->set_idle_limit(idle);
   st_.status = status;
   bool no_body = st_.method_head || status == 204 || status == 304;
   st_.response_started = true;

@@ -20,6 +20,7 @@
 #include "pilotfish/path_normalizer.h"
 #include "pilotfish/policy.h"
 #include "proxy/http2_upstream.h"
+#include "proxy/mirror.h"
 #include "proxy/worker_context.h"
 #include "upstream/upstream_pool.h"
 #include "upstream/upstream_request.h"
@@ -178,6 +179,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   // The route's fault policy for this request: the delay drawn (ms, 0: none), or an abort
   // answered now (local_response).
   uint64_t inject_fault(const FaultPolicy& fault, const ExchangeRequest& request);
+  // A copy of this request for the route's mirror, when drawn (sent by request_end).
+  void copy_for_mirror(const MirrorPolicy& mirror, const ExchangeRequest& request, const UpstreamHeadInput& in);
   // The position in a route's weighted split of the cluster this request goes to.
   size_t split_position(const Route& route, const ExchangeRequest& request);
   // The route's response_headers on a final response head.
@@ -233,7 +236,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
     // The route answers itself (respond, redirect): once the request is in, nothing upstream.
     bool route_answers = false;
     int fault_abort = 0;        // a delayed request the route's fault also aborts: its status
-    std::string peer_identity;  // the client's, for the route's response_headers (only then)  // a delayed request the route's fault also aborts: its status
+    std::string peer_identity;  // the client's, for the route's response_headers (only then)
+    std::unique_ptr<MirrorCopy> mirror;  // the route's copy of this request, sent once it is all in
     const Cluster* cluster = nullptr;
     size_t cluster_index = 0;
     // Its way to the cluster: endpoint, connection, holds, attempts, deadlines, retries.

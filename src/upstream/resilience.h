@@ -90,6 +90,7 @@ struct ClusterShared {
   std::atomic<int64_t> pending{0};
   std::atomic<int64_t> retries{0};  // in flight
   std::atomic<int64_t> ejected{0};  // endpoints ejected now
+  std::atomic<int64_t> mirrors{0};  // copies in flight (routes' mirror)
   RetryBudget budget;
 
   // Takes one unit of `counter` if it is under `limit`.

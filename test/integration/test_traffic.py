@@ -546,6 +546,153 @@ class DirectResponseTest(unittest.TestCase):
         self.assertEqual(self.up.requests(), [])
 
 
+def mirrored(pf, result, cluster="shadow"):
+    return h.sample(h.metrics(pf), "pilotfish_mirror_requests_total", cluster=cluster, result=result) or 0
+
+
+def header(record, name):
+    values = [v for n, v in record["headers"] if n.lower() == name]
+    return values[0] if len(values) == 1 else values
+
+
+class MirrorTest(unittest.TestCase):
+    """routes[].mirror: copies go to the shadow, its answers are dropped, and a shadow that is down,
+    hangs or is full never reaches the requests it copies."""
+
+    def setUp(self):
+        self.app = h.Upstream("echo", name="app")
+        self.addCleanup(self.app.stop)
+        self.pf = None
+
+    def tearDown(self):
+        # Copies may still be in flight (one waits at the hanging shadow): the process ends
+        # cleanly anyway, every handle closed, nothing leaked.
+        if self.pf is not None:
+            self.pf.stop_and_check(self)
+
+    def start(self, mirror, shadow, shadow_cluster=None, workers=1):
+        policy = h.simple_policy(self.app, workers=workers,
+                                 routes=[{"name": "api", "cluster": "app", "mirror": mirror}])
+        c = {"name": "shadow", "endpoints": [shadow]}
+        c.update(shadow_cluster or {})
+        policy["clusters"].append(c)
+        self.pf = h.Pilotfish(policy)
+        self.addCleanup(self.pf.kill)
+        return self.pf
+
+    def test_copies_reach_the_shadow_and_its_answers_are_dropped(self):
+        shadow = h.Upstream("echo", name="shadow")
+        self.addCleanup(shadow.stop)
+        pf = self.start({"cluster": "shadow", "percent": 100}, shadow.address)
+        body = bytes(range(256)) * 40  # 10 KiB
+        with h.Client(pf.port()) as c:
+            r = c.request("GET", "/items?q=1", headers=[("X-Custom", "a")], host="shop.local:8080")
+            self.assertEqual((r.status, r.json()["name"]), (200, "app"))
+            r = c.request("POST", "/orders", body=body, host="shop.local")
+            self.assertEqual((r.status, r.json()["body_len"]), (200, len(body)))
+            c.send(h.build_request("PUT", "/upload", [("Transfer-Encoding", "chunked")],
+                                   h.chunk_encode([b"abc", b"defgh"]), host="shop.local"))
+            r = c.read_response("PUT")
+            self.assertEqual((r.status, r.json()["body_len"]), (200, 8))
+        copies = shadow.wait_requests(3)
+        primaries = self.app.requests()
+        self.assertEqual([(q["method"], q["target"]) for q in copies],
+                         [("GET", "/items?q=1"), ("POST", "/orders"), ("PUT", "/upload")])
+        # The shadow is told it is one (its Host, before the port), and sees what the app sees.
+        self.assertEqual(header(copies[0], "host"), "shop.local-shadow:8080")
+        self.assertEqual(header(copies[1], "host"), "shop.local-shadow")
+        self.assertEqual(header(copies[0], "x-custom"), "a")
+        for copy, primary in zip(copies, primaries):
+            self.assertEqual(header(copy, "x-request-id"), header(primary, "x-request-id"))
+            self.assertEqual(header(copy, "x-forwarded-for"), header(primary, "x-forwarded-for"))
+        self.assertEqual((copies[1]["body_len"], copies[1]["body_crc"]), (len(body), zlib.crc32(body)))
+        # A chunked body goes whole, with its length.
+        self.assertEqual((copies[2]["body_crc"], header(copies[2], "content-length"), copies[2]["chunked"]),
+                         (zlib.crc32(b"abcdefgh"), "8", False))
+        h.wait_for(lambda: mirrored(pf, "sent") == 3, 5, what="3 copies counted sent")
+        m = h.metrics(pf)
+        self.assertEqual(h.sample(m, "pilotfish_mirror_requests_total", cluster="shadow", result="dropped"), 0)
+        self.assertEqual(h.sample(m, "pilotfish_upstream_requests_total", cluster="shadow", code="200"), 3)
+        # The client saw the primary's answers only, counted under the app's cluster.
+        self.assertEqual(h.sample(m, "pilotfish_requests_total", listener="ingress", route="api", cluster="app",
+                                  code="200"), 3)
+
+    def test_percent_over_400_requests(self):
+        shadow = h.Upstream("light", name="shadow")
+        self.addCleanup(shadow.stop)
+        pf = self.start({"cluster": "shadow", "percent": 25}, shadow.address, workers=2)
+        with h.Client(pf.port()) as c:
+            for _ in range(400):
+                self.assertEqual(c.request(target="/a").status, 200)
+        # Binomial(400, 0.25): mean 100, standard deviation 8.7; 5 of them either way.
+        sent = h.wait_for(lambda: mirrored(pf, "sent") + mirrored(pf, "failed") >= 57 and mirrored(pf, "sent"), 5,
+                          what="copies counted")
+        self.assertGreater(sent, 56)
+        self.assertLess(sent, 144)
+        self.assertEqual(mirrored(pf, "failed") + mirrored(pf, "dropped"), 0)
+
+    def test_a_shadow_that_is_down_changes_nothing_for_the_primary(self):
+        closed = h.free_port()
+        pf = self.start({"cluster": "shadow"}, "127.0.0.1:%d" % closed)
+        with h.Client(pf.port()) as c:
+            for i in range(200):
+                r = c.request("POST" if i % 2 else "GET", "/a", body=b"x" * 100 if i % 2 else None)
+                self.assertEqual(r.status, 200)
+        self.assertEqual(len(self.app.requests()), 200)
+        h.wait_for(lambda: mirrored(pf, "failed") + mirrored(pf, "dropped") == 200, 10, what="200 copies failed")
+        self.assertEqual(mirrored(pf, "sent"), 0)
+        m = h.metrics(pf)
+        self.assertEqual(h.sample(m, "pilotfish_requests_total", listener="ingress", route="api", cluster="app",
+                                  code="200"), 200)
+        self.assertGreater(h.sample(m, "pilotfish_upstream_requests_total", cluster="shadow", code="connect_failure"), 0)
+
+    def test_a_shadow_that_hangs_is_bounded_and_times_out(self):
+        shadow = h.Upstream("hang", name="shadow")
+        self.addCleanup(shadow.stop)
+        pf = self.start({"cluster": "shadow", "max_in_flight": 5, "max_body_bytes": 1000}, shadow.address,
+                        shadow_cluster={"timeout": "3s", "outlier_detection": {"consecutive_failures": 10}})
+        # 100 requests one after another: each is answered while its copy waits at the shadow,
+        # which never answers; 5 copies wait, the others are dropped rather than queued.
+        with h.Client(pf.port()) as c:
+            for _ in range(100):
+                self.assertEqual(c.request(target="/a").status, 200)
+            # A body over max_body_bytes is not copied (known by its length, or found chunked).
+            r = c.request("POST", "/big", body=b"y" * 5000)
+            self.assertEqual((r.status, r.json()["body_len"]), (200, 5000))
+            c.send(h.build_request("POST", "/big", [("Transfer-Encoding", "chunked")],
+                                   h.chunk_encode([b"z" * 900, b"z" * 900]), host="test.local"))
+            r = c.read_response("POST")
+            self.assertEqual((r.status, r.json()["body_len"]), (200, 1800))
+        self.assertEqual(len(self.app.requests()), 102)
+        self.assertEqual((mirrored(pf, "sent"), mirrored(pf, "dropped")), (0, 97))
+        # The cluster's timeout ends the 5 waiting copies.
+        h.wait_for(lambda: mirrored(pf, "failed") == 5, 10, what="5 copies timed out")
+        self.assertEqual(h.sample(h.metrics(pf), "pilotfish_upstream_requests_total", cluster="shadow",
+                                  code="timeout"), 5)
+        # And copies go again once there is room.
+        with h.Client(pf.port()) as c:
+            self.assertEqual(c.request(target="/again").status, 200)
+        h.wait_for(lambda: len(shadow.requests()) >= 6, 5, what="a 6th copy at the shadow")
+
+    def test_an_http2_shadow(self):
+        # The shadow is reached over HTTP/2 (prior knowledge): another pilotfish in front of an echo.
+        echo = h.Upstream("echo", name="shadow-app")
+        self.addCleanup(echo.stop)
+        front = h.Pilotfish(h.simple_policy(echo))
+        self.addCleanup(front.kill)
+        pf = self.start({"cluster": "shadow"}, "127.0.0.1:%d" % front.port(), shadow_cluster={"protocol": "http2"})
+        body = b"q" * 3000
+        with h.Client(pf.port()) as c:
+            self.assertEqual(c.request("POST", "/h2", body=body, host="shop.local").status, 200)
+            self.assertEqual(c.request("HEAD", "/h2").status, 200)
+        # The copies go on their own: the second may overtake the first (which has a body).
+        copies = sorted(echo.wait_requests(2), key=lambda q: q["method"], reverse=True)
+        self.assertEqual([(q["method"], q["target"]) for q in copies], [("POST", "/h2"), ("HEAD", "/h2")])
+        self.assertEqual(header(copies[0], "host"), "shop.local-shadow")
+        self.assertEqual(copies[0]["body_len"], len(body))
+        h.wait_for(lambda: mirrored(pf, "sent") == 2, 5, what="2 copies sent")
+
+
 class CheckTest(unittest.TestCase):
     """`pilotfish check` refuses what a route cannot say, with the file, line and column."""
 
@@ -617,6 +764,12 @@ class CheckTest(unittest.TestCase):
             ({"cluster": "app", "authorization": {"allow": [{"claims": {"scope": ["x"]}}]}}, "no auth applies here"),
             ({"cluster": "app", "authorization": {"deny": [{"principals": ["spiffe://a/b"]}]}}, "needs mtls: true"),
             ({"cluster": "app", "retry": {"budget": {"ratio": 0.5}}}, "retry.budget: is the cluster's"),
+            ({"cluster": "app", "mirror": {"cluster": "shadwo"}}, "mirror.cluster: no cluster is named 'shadwo'"),
+            ({"cluster": "app", "mirror": {"cluster": "app"}}, "a copy would reach it twice"),
+            ({"clusters": [{"name": "app", "weight": 1}], "mirror": {"cluster": "app"}}, "a copy would reach it twice"),
+            ({"cluster": "app", "mirror": {"percent": 5}}, "mirror.cluster: missing"),
+            ({"cluster": "app", "mirror": {"cluster": "app", "percent": 120}}, "mirror.percent"),
+            ({"respond": {"status": 200}, "mirror": {"cluster": "app"}}, "copies requests sent to a cluster"),
         ]
         for route, message in cases:
             rc, out = self.check([route])

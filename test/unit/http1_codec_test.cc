@@ -404,5 +404,18 @@ TEST(Http1Encoding, ChunkSizesAndReasonPhrases) {
   EXPECT_STREQ(reason_phrase(299), "Unknown");
 }
 
+TEST(KeepAliveIdleLimit, EightyPercentOfTheUpstreamsTimeout) {
+  HeaderList f;
+  EXPECT_EQ(keep_alive_idle_limit_ms(f), 0u);
+  f.add("Keep-Alive", "timeout=5, max=100");
+  EXPECT_EQ(keep_alive_idle_limit_ms(f), 4000u);
+  HeaderList zero;
+  zero.add("keep-alive", "timeout=0");
+  EXPECT_EQ(keep_alive_idle_limit_ms(zero), 1u);
+  HeaderList none;
+  none.add("keep-alive", "max=3");
+  EXPECT_EQ(keep_alive_idle_limit_ms(none), 0u);
+}
+
 }  // namespace
 }  // namespace pilotfish

@@ -2,6 +2,7 @@
 // fields and body, and the trailers-only gRPC form with its status code.
 #include "http/local_reply.h"
 #include "http/upstream_head.h"
+#include "proxy/mirror.h"
 #include "upstream/retry_decision.h"
 
 #include <gtest/gtest.h>
@@ -156,6 +157,14 @@ TEST(UpstreamHead, TheHttp2PartsAreTheHttp1TextAndEachAttemptAddsItsOwn) {
   render_http1_head(rendered, h, base);  // an attempt over HTTP/1.1 after an HTTP/2 one
   EXPECT_EQ(rendered.find("x-pilotfish-attempt"), std::string::npos);
   EXPECT_EQ(rendered.find("grpc-timeout"), std::string::npos);
+}
+
+TEST(Mirror, TheShadowsAuthorityKeepsThePortAndLeavesAddressesAlone) {
+  EXPECT_EQ(shadow_authority("shop.local"), "shop.local-shadow");
+  EXPECT_EQ(shadow_authority("shop.local:8080"), "shop.local-shadow:8080");
+  EXPECT_EQ(shadow_authority("10.0.0.1:80"), "10.0.0.1:80");
+  EXPECT_EQ(shadow_authority("[::1]:80"), "[::1]:80");
+  EXPECT_EQ(shadow_authority(""), "");  // no host: nothing to mark
 }
 
 }  // namespace
