@@ -9,13 +9,16 @@ service VIP, as apps do, and its sidecar takes the call there).
     payments  app :8080 + sidecar        10.79.0.3   event-sourced payments.db
     recommendations  app + sidecar       10.79.0.4   recommendations.db
     users     app :8080 + sidecar        10.79.0.5   users.db
+    recommendations-v2  app + sidecar    10.79.0.6   the next release of recommendations
 
   examples/shop/shop.py [--pilotfish build/pilotfish] [--keep]
 
 runs the scenario and prints each step: requests through the gateway (401 without a token); a
-recommendations outage, during which the gateway ejects recommendations and answers it with a
-fast 503 while payments keep working; a tighter rate limit rolled out by editing the gateway's
-YAML, in effect without a restart; and the metrics that show all of it. Exit 0 when every step
+canary of recommendations v2 at 10%, then 50%, then 100% of the traffic, by editing the gateway's
+YAML, with the split measured by the client and in the gateway's metrics; an outage of v2, during
+which the gateway ejects it and answers with a fast 503 while payments keep working; a rollback
+to v1 by editing the YAML; a tighter rate limit rolled out the same way, in effect without a
+restart; and the metrics that show all of it. Exit 0 when every step
 did what it says. Needs root (namespaces, iptables); it removes everything it made."""
 
 import argparse
@@ -33,7 +36,10 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SUBNET = "10.79.0."
-PODS = {"gateway": SUBNET + "2", "payments": SUBNET + "3", "recommendations": SUBNET + "4", "users": SUBNET + "5"}
+PODS = {"gateway": SUBNET + "2", "payments": SUBNET + "3", "recommendations": SUBNET + "4", "users": SUBNET + "5",
+        "recommendations-v2": SUBNET + "6"}
+SHORT = {"hub": "hub", "gateway": "gate", "payments": "paym", "recommendations": "reco", "users": "user",
+         "recommendations-v2": "rec2"}  # in namespace names
 VIPS = {"users": "10.96.2.5:80"}
 TD = "spiffe://shop.local/ns/shop/sa/"
 UID = 1337
@@ -60,7 +66,9 @@ class Shop:
         self.bin = os.path.abspath(pilotfish)
         self.dir = workdir
         self.tag = "shop%d" % (os.getpid() % 10000)
-        self.ns = {name: self.tag + name[:4] for name in ["hub"] + list(PODS)}
+        self.ns = {name: self.tag + SHORT[name] for name in ["hub"] + list(PODS)}
+        self.canary = None  # recommendations-v2's weight in the gateway's split (None: no split)
+        self.gateway_version = 1  # of the gateway's policy, as its log says
         self.procs = {}
         self.steps = []
 
@@ -129,10 +137,19 @@ class Shop:
         cert, key = self.certs[name]
         return "identity: {cert: %s, key: %s, ca: %s}\n" % (cert, key, self.ca)
 
-    def gateway_policy(self, rate=20, burst=40):
+    def gateway_policy(self, rate=100, burst=800):
         routes = "".join(
-            "      - {match: {path_prefix: /api/%s}, cluster: %s}\n" % (svc, svc)
-            for svc in ("payments", "recommendations", "users"))
+            "      - {match: {path_prefix: /api/%s}, cluster: %s}\n" % (svc, svc) for svc in ("payments", "users"))
+        upstreams = ["payments", "recommendations", "users"]
+        if self.canary is None:
+            routes += "      - {name: recommendations, match: {path_prefix: /api/recommendations}, cluster: recommendations}\n"
+        else:
+            # The canary: a weighted split between the release and the next one.
+            upstreams.append("recommendations-v2")
+            routes += f"""      - name: recommendations
+        match: {{path_prefix: /api/recommendations}}
+        clusters: [{{name: recommendations, weight: {100 - self.canary}}}, {{name: recommendations-v2, weight: {self.canary}}}]
+"""
         clusters = "".join(f"""  - name: {svc}
     endpoints: [{PODS[svc]}:8080]
     mtls: {{server_identity: {TD}{svc}}}
@@ -140,7 +157,7 @@ class Shop:
     timeout: 3s
     retry: {{retries: 1, on: [connect-failure, reset, gateway-error]}}
     outlier_detection: {{consecutive_failures: 3, base_ejection_time: 60s}}
-""" for svc in ("payments", "recommendations", "users"))
+""" for svc in upstreams)
         return f"""version: 1
 service: gateway
 admin: {{address: 127.0.0.1:9901}}
@@ -184,6 +201,14 @@ clusters:
     endpoints: [127.0.0.1:8080]
 {outbound_clusters}"""
 
+    def roll_out(self, **kw):
+        """Edits the gateway's YAML, and waits until the running gateway has applied it."""
+        self.write("gateway", self.gateway_policy(**kw))
+        self.gateway_version += 1
+        deadline = time.time() + 10
+        while time.time() < deadline and ("applied version %d" % self.gateway_version) not in self.log("pilotfish-gateway"):
+            time.sleep(0.1)
+
     def write(self, name, text):
         path = os.path.join(self.dir, name + ".yaml")
         with open(path + ".tmp", "w") as f:
@@ -218,14 +243,16 @@ clusters:
 
     def up(self):
         apps = {"payments": ["--users", "http://" + VIPS["users"].split(":")[0]],
-                "recommendations": [], "users": []}
+                "recommendations": [], "users": [], "recommendations-v2": ["--version", "2"]}
         data = os.path.join(self.dir, "data")
         os.makedirs(data)
         os.chmod(data, 0o777)
         for svc, extra in apps.items():
-            self.start("app-" + svc, self.ns[svc], [sys.executable, os.path.join(HERE, svc + ".py"), "--port", "8080",
+            script = os.path.join(HERE, svc.split("-")[0] + ".py")
+            self.start("app-" + svc, self.ns[svc], [sys.executable, script, "--port", "8080",
                                                     "--db", os.path.join(data, svc + ".db")] + extra)
-        allow = {"payments": ["gateway"], "recommendations": ["gateway"], "users": ["gateway", "payments"]}
+        allow = {"payments": ["gateway"], "recommendations": ["gateway"], "users": ["gateway", "payments"],
+                 "recommendations-v2": ["gateway"]}
         calls = {"payments": ["users"]}
         for svc in apps:
             policy = self.write(svc, self.service_policy(svc, allow[svc], calls.get(svc, ())))
@@ -261,6 +288,30 @@ clusters:
             pass
         return int(code), text, float(seconds)
 
+    def versions(self, count):
+        """`count` recommendation requests from the hub over one keep-alive connection: how many
+        each version answered ({version: n}; 0 for an answer that was not a 200)."""
+        script = """
+import http.client, json, sys
+c = http.client.HTTPConnection(sys.argv[1], 8000, timeout=10)
+seen = {}
+for _ in range(int(sys.argv[2])):
+    c.request("GET", "/api/recommendations/alice", headers={"Authorization": "Bearer " + sys.argv[3]})
+    r = c.getresponse()
+    body = r.read()
+    v = json.loads(body)["version"] if r.status == 200 else 0
+    seen[v] = seen.get(v, 0) + 1
+print(json.dumps(seen))
+"""
+        out = sh(sys.executable, "-c", script, PODS["gateway"], str(count), self.token, ns=self.ns["hub"]).stdout
+        return {int(k): v for k, v in json.loads(out).items()}
+
+    def split_in_metrics(self):
+        """The gateway's answers on the recommendations route, by cluster (200s)."""
+        g = self.metrics("gateway")
+        return {c: g.get('pilotfish_requests_total{listener="edge",route="recommendations",cluster="%s",code="200"}' % c, 0)
+                for c in ("recommendations", "recommendations-v2")}
+
     def metrics(self, pod):
         out = sh("curl", "-s", "http://127.0.0.1:9901/metrics", ns=self.ns[pod]).stdout
         samples = {}
@@ -289,12 +340,27 @@ clusters:
         code, body, _ = self.call("GET", "/api/payments/balances/alice")
         self.step("balance derived from the events", code == 200 and body["balance"] == 380, body)
 
-        # An outage: recommendations' app dies. Its sidecar answers 503; the gateway ejects it.
-        self.stop("app-recommendations", signal.SIGKILL)
+        # A canary of recommendations v2: 10%, then 50%, then 100%, by editing the gateway's YAML.
+        # Each stage: 400 requests; the client counts the versions that answered, and the gateway's
+        # metrics count the same split. Binomial bounds 5 standard deviations wide.
+        for weight, low, high in ((10, 10, 70), (50, 150, 250), (100, 400, 400)):
+            self.canary = weight
+            before = self.split_in_metrics()
+            self.roll_out()
+            seen = self.versions(400)
+            after = self.split_in_metrics()
+            counted = {c: after[c] - before[c] for c in after}
+            self.step("canary at %d%%: v2 answered %d of 400 (gateway metrics: %d)" % (
+                weight, seen.get(2, 0), counted["recommendations-v2"]),
+                seen.get(0, 0) == 0 and low <= seen.get(2, 0) <= high and
+                counted == {"recommendations": seen.get(1, 0), "recommendations-v2": seen.get(2, 0)}, seen)
+
+        # An outage: v2, now taking every request, dies. Its sidecar answers 503; the gateway ejects it.
+        self.stop("app-recommendations-v2", signal.SIGKILL)
         codes = [self.call("GET", "/api/recommendations/alice")[0] for _ in range(6)]
         self.step("recommendations down: 503s", all(c == 503 for c in codes), codes)
-        def seen_by_recommendations():  # requests its sidecar's inbound listener has answered
-            return sum(v for k, v in self.metrics("recommendations").items()
+        def seen_by_recommendations():  # requests v2's sidecar's inbound listener has answered
+            return sum(v for k, v in self.metrics("recommendations-v2").items()
                        if k.startswith("pilotfish_requests_total{") and 'listener="inbound"' in k)
         before = seen_by_recommendations()
         fast = [self.call("GET", "/api/recommendations/alice")[:2] for _ in range(5)]
@@ -304,20 +370,28 @@ clusters:
         ok = [self.call("POST", "/api/payments", {"account": "alice", "amount": 10})[0] for _ in range(5)]
         self.step("payments keep working meanwhile", ok == [201] * 5, ok)
 
+        # The rollback: every request back to v1, by editing the YAML.
+        self.canary = 0
+        self.roll_out()
+        seen = self.versions(20)
+        self.step("rolled back to v1 by editing YAML: every answer v1's", seen == {1: 20}, seen)
+
         # A tighter rate limit, rolled out by editing the gateway's YAML: no restart.
         pid = self.procs["pilotfish-gateway"][0].pid
-        self.write("gateway", self.gateway_policy(rate=1, burst=3))
-        deadline = time.time() + 10
-        while time.time() < deadline and "applied version 2" not in self.log("pilotfish-gateway"):
-            time.sleep(0.1)
+        self.roll_out(rate=1, burst=3)
         codes = [self.call("GET", "/api/payments/balances/alice")[0] for _ in range(6)]
         self.step("rate limit rolled out by editing YAML: 429s, same process",
                   codes.count(429) >= 2 and codes[0] == 200 and self.procs["pilotfish-gateway"][0].pid == pid, codes)
 
         g = self.metrics("gateway")
         shown = {
-            "outlier_ejections_total{recommendations}": g.get('pilotfish_outlier_ejections_total{cluster="recommendations"}'),
-            "endpoints_ejected{recommendations}": g.get('pilotfish_endpoints_ejected{cluster="recommendations"}'),
+            "outlier_ejections_total{recommendations-v2}":
+                g.get('pilotfish_outlier_ejections_total{cluster="recommendations-v2"}'),
+            "endpoints_ejected{recommendations-v2}": g.get('pilotfish_endpoints_ejected{cluster="recommendations-v2"}'),
+            "requests_total{route=recommendations, v1 200}": g.get(
+                'pilotfish_requests_total{listener="edge",route="recommendations",cluster="recommendations",code="200"}'),
+            "requests_total{route=recommendations, v2 200}": g.get(
+                'pilotfish_requests_total{listener="edge",route="recommendations",cluster="recommendations-v2",code="200"}'),
             "rate_limited_total{edge}": g.get('pilotfish_rate_limited_total{listener="edge"}'),
             "auth_failures_total{edge}": g.get('pilotfish_auth_failures_total{listener="edge"}'),
             "tls_handshakes outbound ok": g.get('pilotfish_tls_handshakes_total{direction="outbound",result="ok"}'),
@@ -328,9 +402,11 @@ clusters:
         shown["payments inbound mTLS handshakes"] = p.get('pilotfish_tls_handshakes_total{direction="inbound",result="ok"}')
         shown["payments -> users outbound mTLS"] = p.get('pilotfish_tls_handshakes_total{direction="outbound",result="ok"}')
         shown["users inbound mTLS handshakes"] = u.get('pilotfish_tls_handshakes_total{direction="inbound",result="ok"}')
-        self.step("the metrics show it", shown["outlier_ejections_total{recommendations}"] >= 1 and
-                  shown["endpoints_ejected{recommendations}"] == 1 and shown["rate_limited_total{edge}"] >= 2 and
-                  shown["auth_failures_total{edge}"] >= 1 and shown["policy_reloads applied"] == 1 and
+        self.step("the metrics show it", shown["outlier_ejections_total{recommendations-v2}"] >= 1 and
+                  shown["endpoints_ejected{recommendations-v2}"] == 1 and shown["rate_limited_total{edge}"] >= 2 and
+                  shown["requests_total{route=recommendations, v2 200}"] >= 600 and
+                  shown["requests_total{route=recommendations, v1 200}"] >= 20 and
+                  shown["auth_failures_total{edge}"] >= 1 and shown["policy_reloads applied"] == 5 and
                   shown["payments -> users outbound mTLS"] >= 1 and shown["users inbound mTLS handshakes"] >= 1,
                   shown)
         return all(s["ok"] for s in self.steps)
