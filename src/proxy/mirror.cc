@@ -245,6 +245,8 @@ void Mirror::on_upstream_connect_failed(UpstreamConnection&, int status) {
     finish(MirrorResult::dropped);
     return;
   }
+  log_debug("cluster " + cluster().name + ": a mirror's copy could not connect to " +
+            cs().pools[static_cast<size_t>(up_.endpoint)]->address().text + ": " + upstream_error_text(status));
   up_.verdict(cs(), cluster(), false, now());
   finish(MirrorResult::failed);
 }

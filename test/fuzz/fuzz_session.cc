@@ -20,7 +20,9 @@
 //           A request arriving when no script is left is answered by a FIN.
 // Routes: a path under /dead goes to a second cluster whose endpoint refuses connections
 // (connect-failure retries); a path under /h2 to a cluster with `protocol: http2` whose endpoint
-// is a second fake upstream; everything else to the fake upstream (HTTP/1.1).
+// is a second fake upstream; a path under /copy to the fake upstream with a copy of each request
+// (mirror, body up to 100 bytes) sent to the refusing cluster; everything else to the fake
+// upstream (HTTP/1.1).
 // The HTTP/2 fake upstream does not decode what it receives: its scripts are its frames, as the
 // input gives them (SETTINGS, responses on streams 1, 3, ..., RST_STREAM, GOAWAY, anything). A
 // script flagged bit 7 goes at accept; each other one once the connection has received bytes
@@ -44,8 +46,8 @@
 //   - what an upstream connection received does not decode as HTTP/1.1 requests (up to an
 //     upgrade): nothing a client sends passes upstream as something other than its request;
 //   - after the teardown a stream is left, or the descriptor budget, the worker's downstream
-//     count or the cluster's breaker counts (requests, connections, pending, retries) are not
-//     back to zero;
+//     count or the cluster's breaker counts (requests, connections, pending, retries, mirror
+//     copies in flight) are not back to zero;
 //   - the loop never goes quiet (a spin).
 // A client that starts with the HTTP/2 preface is served by the session's Http2Downstream: its
 // frames are not decoded here (fuzz_http2 does the codec), every other check applies.
@@ -186,6 +188,9 @@ struct Fixture {
         "        cluster: dead\n"
         "      - match: {path_prefix: /h2}\n"
         "        cluster: h2\n"
+        "      - match: {path_prefix: /copy}\n"
+        "        cluster: app\n"
+        "        mirror: {cluster: dead, max_body_bytes: 100, max_in_flight: 4}\n"
         "      - match: {path_prefix: /direct}\n"
         "        respond: {status: 403, body: \"no\\n\", headers: {x-why: fuzz}}\n"
         "      - match: {path_prefix: /moved}\n"
@@ -528,7 +533,9 @@ class Exchange {
     }
     w.for_each_stream([](pilotfish::Stream* s) { s->close(); });
     upstreams_.clear();
-    for (int turn = 0; turn < 100 && stream_count() > 0; ++turn) uv_run(loop_, UV_RUN_NOWAIT);
+    // Copies start on the loop's next turn and end at their refused connect: turned until done.
+    for (int turn = 0; turn < 1000 && (stream_count() > 0 || copies_in_flight() > 0); ++turn) uv_run(loop_, UV_RUN_NOWAIT);
+    if (copies_in_flight() != 0) fail("a mirror copy is still counted in flight after the teardown");
     if (stream_count() != 0) fail("a stream is left after the teardown");
     if (w.downstream_count() != 0) fail("the worker still counts a downstream connection");
     if (pilotfish::DescriptorBudget::process().in_use() != 0) fail("the descriptor budget is not given back");
@@ -537,6 +544,11 @@ class Exchange {
       if (c && (c->requests != 0 || c->connections != 0 || c->pending != 0 || c->retries != 0))
         fail("a cluster's breaker counts are not back to zero");
     }
+  }
+
+  int64_t copies_in_flight() {
+    auto c = f_.resilience.find_cluster("dead");
+    return c ? c->mirrors.load() : 0;
   }
 
   size_t stream_count() {

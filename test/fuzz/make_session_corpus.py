@@ -115,6 +115,11 @@ SEEDS = {
                                 b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" +
                                 get("/moved/x?q=%22<>") + b"HEAD /direct HTTP/1.1\r\nHost: app\r\n\r\n" + get("/after"),
                                 (0, ok(b"after"))),
+    # A route with a mirror: copies (one over its body limit, one chunked) go to the refusing
+    # cluster on their own; the client sees only the primary's answers.
+    "mirrored": seed(ctl(), get("/copy/a") + b"POST /copy/b HTTP/1.1\r\nHost: app\r\nContent-Length: 200\r\n\r\n" +
+                     b"x" * 200 + b"PUT /copy/c HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n0\r\n\r\n", (0, ok(b"a")), (0, ok(b"b")), (0, ok(b"c"))),
     "local_replies": seed(ctl(), b"OPTIONS * HTTP/1.1\r\nHost: app\r\n\r\n"
                           b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 20000\r\n\r\n"),
     "header_too_large": seed(ctl(100), get(extra="x-big: " + "a" * 5000 + "\r\n"), (0, ok())),

@@ -3,7 +3,8 @@
 names in the access log and as the metrics' `route` label, weighted splits (measured over
 thousands of requests, sticky by header, changed under load by a reload with nothing lost), fault
 injection (aborts at 100% and 0%, delays with bodies to HTTP/1.1 and HTTP/2 clusters, a header
-that gates them), a route's own timeout and retry, authorization rules by principal (mTLS),
+that gates them), mirroring (copies with their bodies at the shadow, a share of them, a shadow
+that is down or never answers leaving every primary request answered, the bounds, HTTP/2), a route's own timeout and retry, authorization rules by principal (mTLS),
 method, path (against the path tricks the matcher normalises) and JWT claim, header rules on
 requests and responses,
 direct responses and redirects (over
