@@ -11,7 +11,8 @@ of the log gives, which is what a running service must answer.
   GET  /api/payments/balances/ACCOUNT                                   -> {"balance": N}
   GET  /api/payments/events                                             -> the log
 With --users URL, an account must exist at URL/api/users/ACCOUNT (the users service: a call
-that the pod's sidecar intercepts)."""
+that the pod's sidecar intercepts). The call carries on the request's W3C trace context
+(traceparent, tracestate), as an application in a mesh does, so one trace spans the hops."""
 import json
 import sys
 import time
@@ -51,11 +52,13 @@ def main():
         return
     balances = replay(svc.db)  # the projection, rebuilt from the log
 
-    def user_exists(account):
+    def user_exists(account, headers):
         if not args.users:
             return True
+        context = {k: headers[k] for k in ("traceparent", "tracestate") if headers.get(k)}
+        call = urllib.request.Request("%s/api/users/%s" % (args.users, account), headers=context)
         try:
-            with urllib.request.urlopen("%s/api/users/%s" % (args.users, account), timeout=5) as r:
+            with urllib.request.urlopen(call, timeout=5) as r:
                 return r.status == 200
         except urllib.error.HTTPError as e:
             if e.code == 404:
@@ -85,7 +88,7 @@ def main():
     def pay(m, body, headers):
         if not valid(body):
             return 400, {"error": "need account (string) and amount (positive integer)"}
-        if not user_exists(body["account"]):
+        if not user_exists(body["account"], headers):
             return 422, {"error": "unknown user " + body["account"]}
         with svc.lock:
             if balances.get(body["account"], 0) < body["amount"]:

@@ -162,7 +162,7 @@ class Shop:
 service: gateway
 admin: {{address: 127.0.0.1:9901}}
 workers: 2
-access_log: off
+access_log: {self.access_log("gateway")}
 {self.identity("gateway")}listeners:
   - name: edge
     address: 0.0.0.0:8000
@@ -171,6 +171,9 @@ access_log: off
     routes:
 {routes}clusters:
 {clusters}"""
+
+    def access_log(self, name):
+        return os.path.join(self.dir, "logs", name + "-access.log")
 
     def service_policy(self, name, allow, calls=()):
         outbound_clusters = "".join(f"""  - name: {svc}
@@ -182,7 +185,7 @@ access_log: off
 service: {name}
 admin: {{address: 127.0.0.1:9901}}
 workers: 1
-access_log: off
+access_log: {self.access_log(name)}
 wait_for_clusters: [app]
 {self.identity(name)}listeners:
   - name: inbound
@@ -247,6 +250,8 @@ clusters:
         data = os.path.join(self.dir, "data")
         os.makedirs(data)
         os.chmod(data, 0o777)
+        os.makedirs(os.path.join(self.dir, "logs"))
+        os.chmod(os.path.join(self.dir, "logs"), 0o777)  # the sidecars' access logs (uid 1337)
         for svc, extra in apps.items():
             script = os.path.join(HERE, svc.split("-")[0] + ".py")
             self.start("app-" + svc, self.ns[svc], [sys.executable, script, "--port", "8080",
@@ -312,6 +317,29 @@ print(json.dumps(seen))
         return {c: g.get('pilotfish_requests_total{listener="edge",route="recommendations",cluster="%s",code="200"}' % c, 0)
                 for c in ("recommendations", "recommendations-v2")}
 
+    def access_lines(self, name):
+        try:
+            with open(self.access_log(name)) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except OSError:
+            return []
+
+    def one_trace(self):
+        """The last payment's trace, hop by hop: the gateway started it (the client sent none),
+        payments' sidecar took it in, payments passed the traceparent on in its call to users,
+        which its sidecar took out and users' sidecar in. [(sidecar, listener, path)], or None."""
+        deadline = time.time() + 5  # access logs are written in batches, every 200 ms at most
+        while time.time() < deadline:
+            payments = [e for e in self.access_lines("gateway") if e["path"] == "/api/payments" and e["status"] == 201]
+            if payments:
+                trace = payments[-1]["trace_id"]
+                hops = [(name, e["listener"], e["path"]) for name in ("gateway", "payments", "users")
+                        for e in self.access_lines(name) if e["trace_id"] == trace]
+                if len(hops) >= 4:
+                    return hops
+            time.sleep(0.1)
+        return None
+
     def metrics(self, pod):
         out = sh("curl", "-s", "http://127.0.0.1:9901/metrics", ns=self.ns[pod]).stdout
         samples = {}
@@ -335,6 +363,9 @@ print(json.dumps(seen))
         code, body, _ = self.call("POST", "/api/payments", {"account": "alice", "amount": 120})
         self.step("payment: payments asks users at its VIP, intercepted, over mTLS",
                   code == 201 and body.get("by") == "alice", body)
+        hops = self.one_trace()
+        self.step("one trace through the hops: the payment's trace id in the gateway's, payments' and users' "
+                  "access logs", hops is not None and len(hops) == 4, hops)
         code, body, _ = self.call("POST", "/api/payments", {"account": "mallory", "amount": 1})
         self.step("payment for an unknown user: users says 404, payments 422", code == 422, body)
         code, body, _ = self.call("GET", "/api/payments/balances/alice")

@@ -14,7 +14,8 @@ namespace {
 // so no one can claim an identity they did not prove.
 bool is_replaced_request_header(std::string_view name) {
   return same_field_name_folded(name, "x-forwarded-for") || same_field_name_folded(name, "x-forwarded-proto") ||
-         same_field_name_folded(name, "x-forwarded-client-cert");
+         same_field_name_folded(name, "x-forwarded-client-cert") || iequals(name, "traceparent") ||
+         iequals(name, "tracestate");
 }
 
 // A header name the listener's auth writes (any of them, on any route), in any spelling a
@@ -152,6 +153,8 @@ bool build_upstream_head(UpstreamHeadWriter& out, const UpstreamHeadInput& in) {
   }
   if (in.auth) out.field(in.auth->subject_header, {in.subject});
   if (in.headers.find("x-request-id") == HeaderList::npos) out.field("x-request-id", {in.request_id});
+  if (!in.traceparent.empty()) out.field("traceparent", {in.traceparent});
+  if (!in.tracestate.empty()) out.field("tracestate", {in.tracestate});
   if (in.websocket) {
     out.field("connection", {"upgrade"});
     out.field("upgrade", {trim_ows(in.headers.value(in.headers.find("upgrade")))});

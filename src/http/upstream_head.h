@@ -1,9 +1,10 @@
 #pragma once
 // The head a request goes upstream with: the client's method, normalised target and fields,
 // less the hop-by-hop ones and those only pilotfish may set (X-Forwarded-*, the auth subject
-// header, x-pilotfish-attempt: in any spelling a server may read as the same name), plus what
-// pilotfish adds (X-Forwarded-For/-Proto, X-Forwarded-Client-Cert for an mTLS peer, the verified
-// token's subject, x-request-id, the WebSocket upgrade). Protocol-neutral: an HTTP/2 request
+// header, x-pilotfish-attempt, the trace context: in any spelling a server may read as the same
+// name), plus what pilotfish adds (X-Forwarded-For/-Proto, X-Forwarded-Client-Cert for an mTLS
+// peer, the verified token's subject, x-request-id, traceparent and tracestate, the WebSocket
+// upgrade). Protocol-neutral: an HTTP/2 request
 // turned into the same parts goes up the same way.
 
 #include <initializer_list>
@@ -33,6 +34,9 @@ struct UpstreamHeadInput {
   std::string_view request_id;     // added when the client sent none
   const HeaderRules* rules = nullptr;  // the route's request_headers, or null
   std::string_view route_name;
+  // W3C trace context: replaces the client's fields (none written when empty).
+  std::string_view traceparent;
+  std::string_view tracestate;
 };
 
 // What ${peer_identity}, ${request_id} and ${route} stand for in a header rule's value.

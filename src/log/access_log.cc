@@ -89,7 +89,8 @@ void AccessLogBuffer::record(const AccessLogEntry& e) {
   w.key("duration").raw({duration, static_cast<size_t>(d)});  // microseconds, not %.17g
   w.key("bytes_in").integer(static_cast<int64_t>(e.bytes_in)).key("bytes_out").integer(static_cast<int64_t>(e.bytes_out));
   w.key("attempts").integer(e.attempts);
-  w.key("upstream").str(e.upstream).key("request_id").str(e.request_id).key("error").str(e.error);
+  w.key("upstream").str(e.upstream).key("request_id").str(e.request_id).key("trace_id").str(e.trace_id);
+  w.key("error").str(e.error);
   w.end_object();
   buffer_ += '\n';
   if (buffer_.size() >= kFlushBytes) {

@@ -44,6 +44,7 @@ struct AccessLogEntry {
   int attempts = 0;
   std::string_view error;
   std::string_view request_id;
+  std::string_view trace_id;  // W3C trace context's, "" when the request never got that far
 };
 
 class AccessLogBuffer {

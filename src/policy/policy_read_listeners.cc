@@ -487,6 +487,8 @@ void PolicyReader::read_header_rules(const Field& field, std::optional<HeaderRul
     std::replace(folded.begin(), folded.end(), '_', '-');
     if (folded.starts_with("x-forwarded-") || folded == "forwarded" || folded == "x-request-id")
       return "is set by pilotfish for the app to trust; a route cannot change it";
+    if (folded == "traceparent" || folded == "tracestate")
+      return "is the request's W3C trace context, which pilotfish propagates; a route cannot change it";
     if (listener.auth && same_field_name_folded(listener.auth->subject_header, name))
       return "is the listener's auth subject header";
     for (const auto& r : listener.routes)

@@ -120,6 +120,10 @@ void Exchange::set_request_id(const HeaderList& fields) {
     }
     request_id_.assign(buf, 32);
   }
+  FastRandom& random = worker_.random();
+  uint64_t high = random.next(), low = random.next();
+  trace_from_request(fields, high, low, trace_, tracestate_);
+  format_traceparent(traceparent_, trace_, random.next());
 }
 
 // A route's (else the listener's) rate limit, then its auth (gateway/admission.h). False when
@@ -264,6 +268,8 @@ bool Exchange::begin(const ExchangeRequest& r) {
   const TlsState* t = r.tls && r.tls->established() ? r.tls : nullptr;
   UpstreamHeadInput in{r.method, st_.target, r.fields, st_.body_chunked, st_.websocket, l, r.client_address, t,
                        st_.auth_subject_ok ? st_.auth : nullptr, st_.auth_subject, request_id_};
+  in.traceparent = traceparent_;
+  in.tracestate = tracestate_;
   if (route && route->request_headers) {
     in.rules = &*route->request_headers;
     in.route_name = route->name;
@@ -531,6 +537,9 @@ void Exchange::reset() {
   raw_target_.clear();
   authority_.clear();
   request_id_.clear();
+  trace_.trace_id.clear();
+  traceparent_.clear();
+  tracestate_.clear();
   local_headers_.clear();
   to_upstream_.clear();
   last_chunk_.clear();
@@ -577,6 +586,7 @@ void Exchange::log() {
   e.attempts = st_.upstream.attempts;
   e.error = st_.error;
   e.request_id = request_id_;
+  e.trace_id = trace_.trace_id;
   log.record(e);
   st_.started_ns = 0;
 }

@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "http/http1_codec.h"
+#include "http/trace_context.h"
 #include "http/message_head.h"
 #include "pilotfish/header_list.h"
 #include "pilotfish/path_normalizer.h"
@@ -95,7 +96,8 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   bool set_authority(std::string_view host);
   // A gRPC request (content-type application/grpc...): its answers are counted by grpc-status.
   void note_grpc(const HeaderList& fields);
-  // The x-request-id the client sent, else a new one.
+  // The x-request-id the client sent, else a new one; and the request's W3C trace context (its
+  // traceparent continued, else a new trace) with this hop's parent id.
   void set_request_id(const HeaderList& fields);
   // Admits, routes and starts the first attempt. False when pilotfish answered (or the
   // connection closed): nothing goes upstream.
@@ -270,6 +272,9 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   std::string raw_target_;
   std::string authority_;
   std::string request_id_;
+  TraceContext trace_;
+  std::string traceparent_;    // as it goes upstream
+  std::string tracestate_;     // the client's, when its traceparent was valid
   std::string local_headers_;  // extra header lines for the next local answer
   std::string upstream_head_;  // the request's head for the upstream, without the attempt header
   std::string replay_;         // the body as sent, kept for a retry (up to kMaxReplayBytes)

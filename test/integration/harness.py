@@ -844,6 +844,19 @@ def write_policy(pf, policy, how="inplace"):
     return hashlib.sha256(data).hexdigest()
 
 
+def access_log_records(path, count, timeout=5.0):
+    """The JSON lines of an access log file, once there are at least `count` of them (pilotfish
+    writes them in batches, every 200 ms at most)."""
+    def read():
+        try:
+            with open(path) as f:
+                lines = [json.loads(line) for line in f if line.strip()]
+        except OSError:
+            return None
+        return lines if len(lines) >= count else None
+    return wait_for(read, timeout, what="%d access-log lines in %s" % (count, path))
+
+
 def log_mark(pf):
     """The number of log lines so far: pass it as `since` to the helpers below."""
     with pf.lock:

@@ -2,8 +2,9 @@
 """examples/shop's services: each with a database only it opens, and payments event-sourced
 (every deposit and payment an appended event; balances derived from the events; replaying the
 log after a restart rebuilds exactly the state the service had), and shop.py's scenario: a
-canary of recommendations v2 at 10%, 50% and 100% by editing the gateway's YAML, an outage, a
-rollback, a rate limit rolled out, and the metrics that show it."""
+canary of recommendations v2 at 10%, 50% and 100% by editing the gateway's YAML, one trace id
+through gateway, payments and users, an outage, a rollback, a rate limit rolled out, and the
+metrics that show it."""
 
 import json
 import os
@@ -112,11 +113,14 @@ class ShopScenarioTest(unittest.TestCase):
             result = json.load(f)
         failed = [s for s in result["steps"] if not s["ok"]]
         self.assertEqual(r.returncode, 0, "%s\n%s\n%s" % (failed, r.stderr[-2000:], json.dumps(result["logs"])[-4000:]))
-        self.assertEqual(len(result["steps"]), 15)
+        self.assertEqual(len(result["steps"]), 16)
         # The canary's three stages, each one edit of the gateway's YAML, each measured by the
         # client and in the gateway's metrics (shop.py's step checks both).
         stages = [s["step"].split(":")[0] for s in result["steps"] if s["step"].startswith("canary at ")]
         self.assertEqual(stages, ["canary at 10%", "canary at 50%", "canary at 100%"])
+        # One trace id in the gateway's, payments' (in and out) and users' access logs.
+        traced = [s for s in result["steps"] if s["step"].startswith("one trace through the hops")]
+        self.assertEqual([s["ok"] for s in traced], [True])
         for log in result["logs"].values():
             self.assertNotIn("ERROR: AddressSanitizer", log)
             self.assertNotIn("runtime error:", log)

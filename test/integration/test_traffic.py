@@ -23,18 +23,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 
-def log_records(path, count, timeout=5.0):
-    """The first `count` JSON lines of an access log file, once they are there."""
-    def read():
-        try:
-            with open(path) as f:
-                lines = [json.loads(line) for line in f if line.strip()]
-        except OSError:
-            return None
-        return lines if len(lines) >= count else None
-    return h.wait_for(read, timeout, what="%d access-log lines in %s" % (count, path))
-
-
 class RouteNameTest(unittest.TestCase):
     def setUp(self):
         self.up = h.Upstream("echo")
@@ -63,7 +51,7 @@ class RouteNameTest(unittest.TestCase):
                                   cluster="app"), 3)
         self.assertEqual(h.sample(m, "pilotfish_request_duration_seconds_count", listener="ingress", route="",
                                   cluster="app"), 2)
-        records = log_records(self.log, 6)
+        records = h.access_log_records(self.log, 6)
         self.assertEqual([r["route"] for r in records], ["api", "api", "api", "", "", ""])
         self.assertEqual([r["path"] for r in records], ["/api/a", "/api/b", "/api/c", "/web/a", "/web/b", "/nowhere"])
 

@@ -1,0 +1,90 @@
+// W3C Trace Context (http/trace_context.h): which traceparent values are continued, what a new
+// trace looks like, and how tracestate goes on.
+#include "http/trace_context.h"
+
+#include <gtest/gtest.h>
+
+namespace pilotfish {
+namespace {
+
+constexpr const char* kValid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+TEST(TraceContext, ContinuesAValidVersion00) {
+  TraceContext t;
+  ASSERT_TRUE(parse_traceparent(kValid, t));
+  EXPECT_EQ(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+  EXPECT_EQ(t.flags, 1);
+  EXPECT_TRUE(t.continued);
+  ASSERT_TRUE(parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", t));
+  EXPECT_EQ(t.flags, 0);
+}
+
+TEST(TraceContext, RefusesWhatIsNotValid) {
+  TraceContext t;
+  for (const char* bad : {
+           "",
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",            // short
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",     // 00 is exactly 55
+           "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",           // upper case
+           "00-00000000000000000000000000000000-00f067aa0ba902b7-01",           // zero trace id
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",           // zero parent id
+           "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",           // version ff
+           "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",           // separator
+           "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",           // not hex
+           "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",          // later version, no '-'
+       })
+    EXPECT_FALSE(parse_traceparent(bad, t)) << bad;
+}
+
+TEST(TraceContext, ReadsALaterVersionByItsFirstFields) {
+  TraceContext t;
+  ASSERT_TRUE(parse_traceparent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-what-comes-next", t));
+  EXPECT_EQ(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+  EXPECT_EQ(t.flags, 1);  // only the sampled bit, which version 00 defines
+  std::string out;
+  format_traceparent(out, t, 0x1234);
+  EXPECT_EQ(out, "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001234-01");
+}
+
+TEST(TraceContext, NewTraceWhenAbsentInvalidOrTwice) {
+  HeaderList none;
+  TraceContext t;
+  std::string state = "stale";
+  trace_from_request(none, 0xabc, 0xdef, t, state);
+  EXPECT_EQ(t.trace_id, "0000000000000abc0000000000000def");
+  EXPECT_EQ(t.flags, 1);
+  EXPECT_FALSE(t.continued);
+  EXPECT_EQ(state, "");
+
+  HeaderList invalid;
+  invalid.add("traceparent", "00-zz");
+  invalid.add("tracestate", "vendor=1");
+  trace_from_request(invalid, 1, 2, t, state);
+  EXPECT_FALSE(t.continued);
+  EXPECT_EQ(state, "");  // a tracestate without a valid traceparent is dropped
+
+  HeaderList twice;
+  twice.add("traceparent", kValid);
+  twice.add("traceparent", kValid);
+  trace_from_request(twice, 1, 2, t, state);
+  EXPECT_FALSE(t.continued);
+
+  trace_from_request(none, 0, 0, t, state);
+  EXPECT_NE(t.trace_id, std::string(32, '0'));
+}
+
+TEST(TraceContext, TracestateFieldsAreOneList) {
+  HeaderList f;
+  f.add("traceparent", kValid);
+  f.add("tracestate", " congo=t61rcWkgMzE ");
+  f.add("tracestate", "");
+  f.add("tracestate", "rojo=00f067aa0ba902b7");
+  TraceContext t;
+  std::string state;
+  trace_from_request(f, 1, 2, t, state);
+  EXPECT_TRUE(t.continued);
+  EXPECT_EQ(state, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+}
+
+}  // namespace
+}  // namespace pilotfish
