@@ -1,4 +1,4 @@
-// pilotfish command line: run, check, wait-ready, version. Nothing else lives here.
+// pilotfish command line: run, check, wait-ready, drain, top, iptables, version. Nothing else lives here.
 
 #include <openssl/crypto.h>
 #include <fcntl.h>
@@ -28,6 +28,7 @@ constexpr const char* kUsage =
     "       pilotfish check --config FILE [--against OLD_FILE]\n"
     "       pilotfish wait-ready (--config FILE | --admin HOST:PORT) [--timeout DURATION] [--path /ready|/live]\n"
     "       pilotfish drain (--config FILE | --admin HOST:PORT)\n"
+    "       pilotfish top (--config FILE | --admin HOST:PORT) [--once]\n"
     "       pilotfish iptables --policy FILE [--uid UID] [--print | --apply | --clean]\n"
     "                 [--inbound-ports LIST] [--exclude-inbound-ports LIST] [--exclude-outbound-ports LIST]\n"
     "                 [--ipv4-only]\n"
@@ -145,23 +146,30 @@ int cmd_check(const Options& opt) {
   return 0;
 }
 
-// wait-ready and drain: the admin address comes from --admin, or from the policy's admin.address.
-int cmd_wait_ready(int argc, char** argv, bool drain) {
+// wait-ready, drain and top: the admin address comes from --admin, or from the policy's
+// admin.address.
+int cmd_wait_ready(int argc, char** argv, bool drain, bool top = false) {
   std::string config, admin_text, timeout_text = "60s", path = "/ready";
+  bool once = false;
+  const char* name = top ? "top" : drain ? "drain" : "wait-ready";
   for (int i = 2; i < argc; ++i) {
     std::string_view arg = argv[i];
+    if (top && arg == "--once") {
+      once = true;
+      continue;
+    }
     std::string* target = arg == "--config" || arg == "-c" ? &config
                           : arg == "--admin"               ? &admin_text
                           : arg == "--timeout"             ? &timeout_text
                           : arg == "--path"                ? &path
                                                            : nullptr;
-    if (!target || (drain && target != &config && target != &admin_text))
-      return usage_error("unknown argument '" + std::string(arg) + "' for " + (drain ? "drain" : "wait-ready"));
+    if (!target || ((drain || top) && target != &config && target != &admin_text))
+      return usage_error("unknown argument '" + std::string(arg) + "' for " + name);
     if (i + 1 >= argc) return usage_error(std::string(arg) + " needs a value");
     *target = argv[++i];
   }
   if (config.empty() == admin_text.empty())
-    return usage_error(std::string(drain ? "drain" : "wait-ready") + " needs --config FILE or --admin HOST:PORT");
+    return usage_error(std::string(name) + " needs --config FILE or --admin HOST:PORT");
   pilotfish::Duration timeout{};
   std::string err;
   if (!pilotfish::parse_duration(timeout_text, &timeout, &err)) return usage_error("--timeout: " + err);
@@ -180,6 +188,7 @@ int cmd_wait_ready(int argc, char** argv, bool drain) {
     admin = *parsed;
   }
   if (drain) return pilotfish::request_drain(admin);
+  if (top) return pilotfish::top(admin, once);
   if (path != "/ready" && path != "/live") return usage_error("--path is /ready or /live");
   return pilotfish::wait_ready(admin, timeout, path);
 }
@@ -318,6 +327,7 @@ int main(int argc, char** argv) {
   }
   if (cmd == "wait-ready") return cmd_wait_ready(argc, argv, /*drain=*/false);
   if (cmd == "drain") return cmd_wait_ready(argc, argv, /*drain=*/true);
+  if (cmd == "top") return cmd_wait_ready(argc, argv, /*drain=*/false, /*top=*/true);
   if (cmd == "iptables") return cmd_iptables(argc, argv);
   return usage_error("unknown command '" + std::string(cmd) + "'");
 }

@@ -21,6 +21,9 @@ int run_server(const RunOptions& options);
 // Polls GET /ready at `admin` every 100 ms until it answers 200 (exit code 0) or `timeout`
 // passes (1, with the last answer on stderr).
 int wait_ready(const SocketAddress& admin, Duration timeout, const std::string& path = "/ready");
+// `pilotfish top`: the golden signals of every route (GET /stats?format=table), redrawn every
+// second until interrupted, or printed once. 1 when the sidecar does not answer.
+int top(const SocketAddress& admin, bool once);
 // `pilotfish drain`: POST /drain to a running sidecar (a preStop hook); 0 once it drains.
 int request_drain(const SocketAddress& admin);
 

@@ -353,6 +353,23 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
   return out;
 }
 
+std::map<MetricsRegistry::RouteKey, MetricsRegistry::RouteSample> MetricsRegistry::route_samples() const {
+  std::map<RouteKey, RouteSample> out;
+  for (const auto& slot : workers_) {
+    std::lock_guard<std::mutex> lock(slot->mutex);
+    for (const auto& [name, l] : slot->stats.listeners) {
+      std::lock_guard<std::mutex> routes_lock(l->mutex);
+      for (const auto& [key, r] : l->routes) {
+        RouteSample& s = out[{name, key.first, key.second}];
+        s.count += r->count.load();
+        for (size_t i = 500 - StatusCounts::kFirst; i <= StatusCounts::kSlots; ++i) s.errors += r->codes.slots[i].load();
+        for (size_t i = 0; i < s.buckets.size(); ++i) s.buckets[i] += r->buckets[i].load();
+      }
+    }
+  }
+  return out;
+}
+
 std::string MetricsRegistry::render() const {
   StatsCollectable collectable(*this);
   std::ostringstream text;

@@ -3,7 +3,9 @@
 // from them at scrape time. The only part of pilotfish that includes prometheus-cpp is
 // metrics.cc; the data path sees only the plain structs of stats.h.
 
+#include <array>
 #include <map>
+#include <tuple>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -37,6 +39,16 @@ class MetricsRegistry {
 
   // Prometheus text exposition format 0.0.4.
   std::string render() const;
+
+  // Each route's answers so far, over every worker, by (listener, route name, cluster): for the
+  // golden signals of /stats (server/golden_signals.h).
+  struct RouteSample {
+    uint64_t count = 0;
+    uint64_t errors = 0;  // 5xx (and codes outside 100..599)
+    std::array<uint64_t, kLatencyBuckets.size()> buckets{};  // not cumulative; the rest is +Inf
+  };
+  using RouteKey = std::tuple<std::string, std::string, std::string>;
+  std::map<RouteKey, RouteSample> route_samples() const;
 
  private:
   friend class StatsCollectable;

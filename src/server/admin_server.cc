@@ -175,6 +175,7 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
         {"/config", false, false, &AdminBackend::config},
         {"/clusters", false, false, &AdminBackend::clusters},
         {"/policy/history", false, false, &AdminBackend::history},
+        {"/stats", false, true, nullptr},
         {"/reload", true, false, nullptr},
         {"/drain", true, false, &AdminBackend::drain},
     };
@@ -183,9 +184,9 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
       if (path == e.path && (e.read_only || !server_.read_only())) found = &e;
     if (!found) {
       a = server_.read_only()
-              ? AdminBackend::Answer{404, "text/plain", "404 not_found: this address serves GET /metrics /ready /live\n"}
+              ? AdminBackend::Answer{404, "text/plain", "404 not_found: this address serves GET /metrics /stats /ready /live\n"}
               : AdminBackend::Answer{404, "text/plain",
-                                     "404 not_found: the admin endpoints are /metrics /ready /live /config /clusters "
+                                     "404 not_found: the admin endpoints are /metrics /stats /ready /live /config /clusters "
                                      "/policy/history, POST /reload, POST /drain\n"};
     } else if ((found->post && !post) || (!found->post && !get)) {
       a = {405, "text/plain", std::string("405 method_not_allowed: use ") + (found->post ? "POST" : "GET") + "\n"};
@@ -194,6 +195,9 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
       // Whatever address admin is bound to, stopping or reloading the sidecar is for a process
       // in its own network namespace (pilotfish drain, a preStop hook), not for the network.
       a = {403, "text/plain", "403 forbidden: POST " + std::string(found->path) + " is accepted from loopback only\n"};
+    } else if (path == "/stats") {
+      std::string_view query = std::string_view(head_.target).substr(std::min(head_.target.size(), path.size()));
+      a = b.stats(query == "?format=table");
     } else if (!found->fn) {
       awaiting_ = true;
       bool keep_alive = decoder_.keep_alive();

@@ -32,6 +32,9 @@ class AdminBackend {
   virtual Answer config() = 0;
   virtual Answer clusters() = 0;
   virtual Answer history() = 0;
+  // Golden signals per route (server/golden_signals.h): JSON, or with `table` the text
+  // `pilotfish top` shows.
+  virtual Answer stats(bool table) = 0;
   // Answered later, once every worker has the new policy: the admin loop serves /live, /ready
   // and the rest meanwhile. `reply` runs on the admin loop, at most once.
   using Reply = std::function<void(Answer)>;

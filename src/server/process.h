@@ -25,6 +25,7 @@
 
 #include "log/access_log.h"
 #include "metrics/metrics.h"
+#include "server/golden_signals.h"
 #include "pilotfish/server.h"
 #include "server/admin_server.h"
 #include "server/cluster_probes.h"
@@ -76,6 +77,11 @@ struct Process final : AdminBackend {
   Answer config() override;
   Answer clusters() override;
   Answer history() override;
+  Answer stats(bool table) override;
+  // The workers' route counters, sampled once a second for /stats.
+  GoldenSignals golden;
+  uv_timer_t stats_timer;
+  static void on_stats_timer(uv_timer_t* t);
   void reload(Reply reply) override;
   Answer drain() override;
 

@@ -90,6 +90,16 @@ AdminBackend::Answer Process::clusters() {
   });
 }
 
+AdminBackend::Answer Process::stats(bool table) {
+  if (table) return {200, "text/plain; charset=utf-8", golden.table()};
+  return {200, "application/json", golden.json()};
+}
+
+void Process::on_stats_timer(uv_timer_t* t) {
+  auto* p = static_cast<Process*>(t->data);
+  p->golden.add_sample(uv_now(p->loop), p->registry->route_samples());
+}
+
 AdminBackend::Answer Process::history() { return {200, "application/json", events.to_json()}; }
 
 void Process::reload(Reply reply) { reload_policy("admin", /*quiet_if_unchanged=*/false, std::move(reply)); }

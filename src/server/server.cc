@@ -71,7 +71,7 @@ void Process::on_worker_done(uv_async_t* a) {
   if (p->finished.load() < p->workers.size()) return;
   for (uv_signal_t* s : {&p->sigterm, &p->sigint, &p->sighup, &p->sigusr1})
     uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
-  for (uv_timer_t* t : {&p->drain_timer, &p->drain_delay_timer, &p->handoff_timer})
+  for (uv_timer_t* t : {&p->drain_timer, &p->drain_delay_timer, &p->handoff_timer, &p->stats_timer})
     uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
   p->finish_handoffs(/*all=*/true);  // an ended worker took (or dropped) every message
   uv_close(reinterpret_cast<uv_handle_t*>(&p->handoff_ack), nullptr);
@@ -134,7 +134,7 @@ int run_server(const RunOptions& options) {
       (p.admin_read_only && !p.admin_read_only->listen(*policy->admin_read_only_address, &err)))
     return fail("admin: " + err);
   log_info("admin on " + p.admin->address().text);
-  if (p.admin_read_only) log_info("read-only admin (/metrics /ready /live) on " + p.admin_read_only->address().text);
+  if (p.admin_read_only) log_info("read-only admin (/metrics /stats /ready /live) on " + p.admin_read_only->address().text);
 
   // Every listener is bound once per worker before any worker starts, so a port that cannot be
   // bound stops the start cleanly.
@@ -153,10 +153,11 @@ int run_server(const RunOptions& options) {
   uv_signal_start(&p.sigint, Process::on_signal, SIGINT);
   uv_signal_start(&p.sighup, Process::on_signal, SIGHUP);
   uv_signal_start(&p.sigusr1, Process::on_signal, SIGUSR1);
-  for (uv_timer_t* t : {&p.drain_timer, &p.drain_delay_timer}) {
+  for (uv_timer_t* t : {&p.drain_timer, &p.drain_delay_timer, &p.stats_timer}) {
     uv_timer_init(p.loop, t);
     t->data = &p;
   }
+  uv_timer_start(&p.stats_timer, Process::on_stats_timer, 0, 1000);
   uv_async_init(p.loop, &p.worker_done, Process::on_worker_done);
   p.worker_done.data = &p;
 

@@ -1,5 +1,6 @@
 // `pilotfish wait-ready`: polls a sidecar's GET /ready until it answers 200. An app container
 // runs it before its own process so that the app starts after its sidecar can carry traffic.
+// `pilotfish drain` and `pilotfish top` are the same kind of small admin client.
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -20,9 +21,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // One request (`method` `path`, no body), bounded by `budget`. Returns the status code, or 0
-// with *why set.
+// with *why set; with `body`, the answer's body too (read to the close, up to 1 MiB).
 int probe(const SocketAddress& admin, const char* method, const std::string& path, std::chrono::milliseconds budget,
-          std::string* why) {
+          std::string* why, std::string* body = nullptr) {
   int fd = ::socket(admin.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *why = std::strerror(errno);
@@ -52,11 +53,14 @@ int probe(const SocketAddress& admin, const char* method, const std::string& pat
       *why = std::strerror(errno);
     } else {
       char buf[512];
-      while (response.find("\r\n") == std::string::npos && response.size() < 4096 && wait(POLLIN)) {
+      size_t limit = body ? 1 << 20 : 4096;
+      while ((body || response.find("\r\n") == std::string::npos) && response.size() < limit && wait(POLLIN)) {
         ssize_t n = ::recv(fd, buf, sizeof buf, 0);
         if (n <= 0) break;
         response.append(buf, static_cast<size_t>(n));
       }
+      size_t head_end = response.find("\r\n\r\n");
+      if (body && head_end != std::string::npos) body->assign(response, head_end + 4);
       // "HTTP/1.1 200 OK"
       if (response.size() >= 12 && response.compare(0, 5, "HTTP/") == 0) status = std::atoi(response.c_str() + 9);
       if (status == 0) *why = "no HTTP answer";
@@ -85,6 +89,25 @@ int wait_ready(const SocketAddress& admin, Duration timeout, const std::string& 
   std::fprintf(stderr, "pilotfish wait-ready: %s %s not 200 after %lld ms (last: %s)\n", admin.text.c_str(),
                path.c_str(), static_cast<long long>(timeout.count()), last.c_str());
   return 1;
+}
+
+int top(const SocketAddress& admin, bool once) {
+  bool terminal = ::isatty(STDOUT_FILENO) == 1;
+  for (;;) {
+    std::string why, table;
+    int status = probe(admin, "GET", "/stats?format=table", std::chrono::milliseconds(2000), &why, &table);
+    if (status != 200) {
+      std::fprintf(stderr, "pilotfish top: GET /stats at %s: %s\n", admin.text.c_str(),
+                   status ? ("answered " + std::to_string(status)).c_str() : why.c_str());
+      return 1;
+    }
+    if (terminal && !once) std::fputs("\033[H\033[2J", stdout);  // redrawn in place
+    std::fprintf(stdout, "pilotfish at %s: the last 10 s and 1 min, busiest routes first\n%s", admin.text.c_str(),
+                 table.c_str());
+    std::fflush(stdout);
+    if (once) return 0;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
 }
 
 int request_drain(const SocketAddress& admin) {
