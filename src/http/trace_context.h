@@ -3,7 +3,8 @@
 // with, and the one it goes upstream with. A request that carries a valid traceparent keeps its
 // trace id and sampled flag, and its `tracestate` goes on as it came; one that carries none, or
 // one that is not valid (then its tracestate is dropped too, as the specification says), starts a
-// new trace. At each hop the parent id is new: pilotfish's own, for this request.
+// new trace. At each hop the parent id is new: pilotfish's own, for this request. Nothing here
+// allocates but the tracestate that goes on.
 
 #include <cstdint>
 #include <string>
@@ -14,9 +15,14 @@
 namespace pilotfish {
 
 struct TraceContext {
-  std::string trace_id;     // 32 lower-case hex digits, not all zero
+  char trace_id[32];        // lower-case hex, not all zero (valid when `set`)
   uint8_t flags = 0;        // trace-flags (bit 0: sampled)
   bool continued = false;   // from the request's traceparent (else new)
+  bool set = false;
+  std::string_view id() const { return set ? std::string_view(trace_id, 32) : std::string_view(); }
+  // A new trace with `hex32` (32 lower-case hex digits, not all zero) as its id, sampled: what an
+  // application's parent-based sampler did before a proxy gave it a parent.
+  void start(std::string_view hex32);
 };
 
 // A traceparent value: version 00 exactly as the specification writes it, or a later version by
@@ -25,13 +31,16 @@ struct TraceContext {
 // id, version ff.
 bool parse_traceparent(std::string_view value, TraceContext& out);
 
-// The request's trace context from its fields: continued when it has exactly one valid
-// traceparent, else a new trace id from the two random words (flags: sampled). `tracestate` gets
-// the request's tracestate fields joined by commas when continued, else it is cleared.
-void trace_from_request(const HeaderList& fields, uint64_t random_high, uint64_t random_low, TraceContext& out,
-                        std::string& tracestate);
+// Continues the request's trace when it has exactly one valid traceparent: `tracestate` gets its
+// tracestate fields joined by commas. False (`tracestate` cleared, `out` untouched) otherwise:
+// the caller starts a new trace.
+bool continue_trace(const HeaderList& fields, TraceContext& out, std::string& tracestate);
 
-// "00-TRACE_ID-PARENT_ID-FLAGS" into `out` (replaced), with `parent` (not zero) as the parent id.
-void format_traceparent(std::string& out, const TraceContext& trace, uint64_t parent);
+// 32 lower-case hex digits of two random words, into `out` (never all zero).
+void random_trace_id(char out[32], uint64_t high, uint64_t low);
+
+constexpr size_t kTraceparentSize = 55;
+// "00-TRACE_ID-PARENT_ID-FLAGS" into `out`, with `parent` (not zero) as the parent id.
+void format_traceparent(char out[kTraceparentSize], const TraceContext& trace, uint64_t parent);
 
 }  // namespace pilotfish

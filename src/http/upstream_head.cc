@@ -14,8 +14,8 @@ namespace {
 // so no one can claim an identity they did not prove.
 bool is_replaced_request_header(std::string_view name) {
   return same_field_name_folded(name, "x-forwarded-for") || same_field_name_folded(name, "x-forwarded-proto") ||
-         same_field_name_folded(name, "x-forwarded-client-cert") || iequals(name, "traceparent") ||
-         iequals(name, "tracestate");
+         same_field_name_folded(name, "x-forwarded-client-cert") ||
+         (!name.empty() && (name[0] | 0x20) == 't' && (iequals(name, "traceparent") || iequals(name, "tracestate")));
 }
 
 // A header name the listener's auth writes (any of them, on any route), in any spelling a
@@ -73,19 +73,21 @@ void apply_header_rules(HeaderList& fields, const HeaderRules& rules, const Head
 }
 
 void Http1HeadWriter::request_line(std::string_view method, std::string_view path, std::string_view query) {
+  using namespace std::string_view_literals;
   out_.clear();
   out_ += method;
   out_ += ' ';
   out_ += path;
   out_ += query;
-  out_ += " HTTP/1.1\r\n";
+  out_ += " HTTP/1.1\r\n"sv;
 }
 
 void Http1HeadWriter::field(std::string_view name, std::initializer_list<std::string_view> value) {
+  using namespace std::string_view_literals;  // no strlen per piece
   out_ += name;
-  out_ += ": ";
+  out_ += ": "sv;
   for (auto piece : value) out_ += piece;
-  out_ += "\r\n";
+  out_ += "\r\n"sv;
 }
 
 void Http2HeadWriter::request_line(std::string_view method, std::string_view path, std::string_view query) {

@@ -108,21 +108,21 @@ int grpc_status_in(const ResponseHead& r) {
 }  // namespace
 
 void Exchange::set_request_id(const HeaderList& fields) {
-  size_t id = fields.find("x-request-id");
-  if (id != HeaderList::npos) {
-    request_id_.assign(fields.value(id));
-  } else {
-    static constexpr char kHex[] = "0123456789abcdef";
-    char buf[32];
-    for (int half = 0; half < 2; ++half) {
-      uint64_t v = worker_.random().next();
-      for (int i = 15; i >= 0; --i, v >>= 4) buf[half * 16 + i] = kHex[v & 15];
-    }
-    request_id_.assign(buf, 32);
-  }
   FastRandom& random = worker_.random();
-  uint64_t high = random.next(), low = random.next();
-  trace_from_request(fields, high, low, trace_, tracestate_);
+  size_t id = fields.find("x-request-id");
+  char fresh[32];
+  bool generated = id == HeaderList::npos;
+  if (generated) {
+    random_trace_id(fresh, random.next(), random.next());
+    request_id_.assign(fresh, 32);
+  } else {
+    request_id_.assign(fields.value(id));
+  }
+  if (!continue_trace(fields, trace_, tracestate_)) {
+    // A new trace; its id is the request id pilotfish made, when it made one (both random).
+    if (!generated) random_trace_id(fresh, random.next(), random.next());
+    trace_.start({fresh, 32});
+  }
   format_traceparent(traceparent_, trace_, random.next());
 }
 
@@ -268,7 +268,7 @@ bool Exchange::begin(const ExchangeRequest& r) {
   const TlsState* t = r.tls && r.tls->established() ? r.tls : nullptr;
   UpstreamHeadInput in{r.method, st_.target, r.fields, st_.body_chunked, st_.websocket, l, r.client_address, t,
                        st_.auth_subject_ok ? st_.auth : nullptr, st_.auth_subject, request_id_};
-  in.traceparent = traceparent_;
+  if (trace_.set) in.traceparent = {traceparent_, kTraceparentSize};
   in.tracestate = tracestate_;
   if (route && route->request_headers) {
     in.rules = &*route->request_headers;
@@ -537,8 +537,7 @@ void Exchange::reset() {
   raw_target_.clear();
   authority_.clear();
   request_id_.clear();
-  trace_.trace_id.clear();
-  traceparent_.clear();
+  trace_.set = false;
   tracestate_.clear();
   local_headers_.clear();
   to_upstream_.clear();
@@ -586,7 +585,7 @@ void Exchange::log() {
   e.attempts = st_.upstream.attempts;
   e.error = st_.error;
   e.request_id = request_id_;
-  e.trace_id = trace_.trace_id;
+  e.trace_id = trace_.id();
   log.record(e);
   st_.started_ns = 0;
 }

@@ -273,7 +273,7 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   std::string authority_;
   std::string request_id_;
   TraceContext trace_;
-  std::string traceparent_;    // as it goes upstream
+  char traceparent_[kTraceparentSize];  // as it goes upstream (when trace_.set)
   std::string tracestate_;     // the client's, when its traceparent was valid
   std::string local_headers_;  // extra header lines for the next local answer
   std::string upstream_head_;  // the request's head for the upstream, without the attempt header

@@ -38,13 +38,14 @@ void HttpSession::exchange_head(const ResponseHead& head, bool no_body, bool has
 }
 
 void HttpSession::write_response_head(const ResponseHead& head) {
+  using namespace std::string_view_literals;  // no strlen per piece: this runs for every response
   std::string& o = out();
   int status = head.status;
-  o += "HTTP/1.1 ";
+  o += "HTTP/1.1 "sv;
   append_uint(o, static_cast<uint64_t>(status));
   o += ' ';
   o += reason_phrase(status);
-  o += "\r\n";
+  o += "\r\n"sv;
   std::string tokens = connection_tokens(head.fields);
   for (size_t i = 0; i < head.fields.size(); ++i) {
     std::string_view name = head.fields.name(i);
@@ -53,29 +54,29 @@ void HttpSession::write_response_head(const ResponseHead& head) {
       if (iequals(name, "content-length")) continue;
     }
     o += name;
-    o += ": ";
+    o += ": "sv;
     o += trim_ows(head.fields.value(i));
-    o += "\r\n";
+    o += "\r\n"sv;
   }
   if (status == 101) {
-    o += "connection: upgrade\r\nupgrade: ";
+    o += "connection: upgrade\r\nupgrade: "sv;
     size_t u = head.fields.find("upgrade");
     o += u != HeaderList::npos ? trim_ows(head.fields.value(u)) : std::string_view("websocket");
-    o += "\r\n\r\n";
+    o += "\r\n\r\n"sv;
     return;
   }
   if (status >= 200) {
-    if (h1_.framing == Framing::chunked) o += "transfer-encoding: chunked\r\n";
-    if (h1_.zero_length) o += "content-length: 0\r\n";
+    if (h1_.framing == Framing::chunked) o += "transfer-encoding: chunked\r\n"sv;
+    if (h1_.zero_length) o += "content-length: 0\r\n"sv;
     // Answered before the request is all in: the rest of it cannot be told from a next request,
     // so the connection closes after this response (maybe_finish_request), and says so.
     if (!ex_.request_complete()) h1_.keep_alive = false;
     if (!h1_.keep_alive)
-      o += "connection: close\r\n";
+      o += "connection: close\r\n"sv;
     else if (request_.version_minor() == 0)
-      o += "connection: keep-alive\r\n";
+      o += "connection: keep-alive\r\n"sv;
   }
-  o += "\r\n";
+  o += "\r\n"sv;
 }
 
 void HttpSession::exchange_body(std::string_view piece) {
