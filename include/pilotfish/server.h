@@ -22,7 +22,8 @@ int run_server(const RunOptions& options);
 // passes (1, with the last answer on stderr).
 int wait_ready(const SocketAddress& admin, Duration timeout, const std::string& path = "/ready");
 // `pilotfish top`: the golden signals of every route (GET /stats?format=table), redrawn every
-// second until interrupted, or printed once. 1 when the sidecar does not answer.
+// second until interrupted (a sidecar that does not answer is waited for), or printed once (1
+// when the sidecar does not answer).
 int top(const SocketAddress& admin, bool once);
 // `pilotfish drain`: POST /drain to a running sidecar (a preStop hook); 0 once it drains.
 int request_drain(const SocketAddress& admin);

@@ -41,9 +41,9 @@ bool parse_traceparent(std::string_view v, TraceContext& out) {
   if (!lower_hex(trace) || !lower_hex(parent) || !lower_hex(flags) || all_zero(trace) || all_zero(parent)) return false;
   std::memcpy(out.trace_id, trace.data(), 32);
   out.flags = static_cast<uint8_t>(hex_value(flags[0]) * 16 + hex_value(flags[1]));
-  // Only the flags version 00 defines go on (sampled); a later version's others are not ours to
-  // pass as 00's.
-  if (version != "00") out.flags &= 0x01;
+  // Only the flags defined so far go on (sampled, and Level 2's random trace id): the others are
+  // zero in what a hop sends.
+  out.flags &= 0x03;
   out.continued = true;
   out.set = true;
   return true;
@@ -54,12 +54,24 @@ bool continue_trace(const HeaderList& fields, TraceContext& out, std::string& tr
   size_t first = fields.find("traceparent");
   if (first == HeaderList::npos || fields.find("traceparent", first + 1) != HeaderList::npos) return false;
   if (!parse_traceparent(trim_ows(fields.value(first)), out)) return false;
-  // Several tracestate fields are one list (RFC 9110 5.3); empty ones are left out.
+  // Several tracestate fields are one list (RFC 9110 5.3); empty members are left out. At most
+  // 32 members go on, and 512 characters: members past either are dropped from the end (the
+  // oldest, as vendors add theirs at the front), as the specification lets a hop truncate.
+  size_t members = 0;
   for (size_t i = fields.find("tracestate"); i != HeaderList::npos; i = fields.find("tracestate", i + 1)) {
-    std::string_view part = trim_ows(fields.value(i));
-    if (part.empty()) continue;
-    if (!tracestate.empty()) tracestate += ',';
-    tracestate += part;
+    std::string_view list = fields.value(i);
+    while (!list.empty()) {
+      size_t comma = list.find(',');
+      std::string_view member = trim_ows(list.substr(0, comma));
+      list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+      if (member.empty()) continue;
+      if (members == kMaxTracestateMembers ||
+          tracestate.size() + (tracestate.empty() ? 0 : 1) + member.size() > kMaxTracestateBytes)
+        return true;
+      if (!tracestate.empty()) tracestate += ',';
+      tracestate += member;
+      ++members;
+    }
   }
   return true;
 }

@@ -31,8 +31,10 @@ struct TraceContext {
 // id, version ff.
 bool parse_traceparent(std::string_view value, TraceContext& out);
 
+constexpr size_t kMaxTracestateMembers = 32;
+constexpr size_t kMaxTracestateBytes = 512;
 // Continues the request's trace when it has exactly one valid traceparent: `tracestate` gets its
-// tracestate fields joined by commas. False (`tracestate` cleared, `out` untouched) otherwise:
+// tracestate fields' members joined by commas, the first 32 that fit in 512 characters. False (`tracestate` cleared, `out` untouched) otherwise:
 // the caller starts a new trace.
 bool continue_trace(const HeaderList& fields, TraceContext& out, std::string& tracestate);
 
@@ -41,6 +43,7 @@ void random_trace_id(char out[32], uint64_t high, uint64_t low);
 
 constexpr size_t kTraceparentSize = 55;
 // "00-TRACE_ID-PARENT_ID-FLAGS" into `out`, with `parent` (not zero) as the parent id.
+// (The flags are the trace's; a mirror's copy goes with the sampled flag cleared.)
 void format_traceparent(char out[kTraceparentSize], const TraceContext& trace, uint64_t parent);
 
 }  // namespace pilotfish

@@ -363,6 +363,8 @@ std::map<MetricsRegistry::RouteKey, MetricsRegistry::RouteSample> MetricsRegistr
         RouteSample& s = out[{name, key.first, key.second}];
         s.count += r->count.load();
         for (size_t i = 500 - StatusCounts::kFirst; i <= StatusCounts::kSlots; ++i) s.errors += r->codes.slots[i].load();
+        // A gRPC call that failed is an error whatever its HTTP status (200, as gRPC answers).
+        for (size_t i = 1; i < r->grpc.size(); ++i) s.errors += r->grpc[i].load();
         for (size_t i = 0; i < s.buckets.size(); ++i) s.buckets[i] += r->buckets[i].load();
       }
     }

@@ -44,7 +44,7 @@ class MetricsRegistry {
   // golden signals of /stats (server/golden_signals.h).
   struct RouteSample {
     uint64_t count = 0;
-    uint64_t errors = 0;  // 5xx (and codes outside 100..599)
+    uint64_t errors = 0;  // 5xx (and codes outside 100..599), and gRPC calls that did not end OK
     std::array<uint64_t, kLatencyBuckets.size()> buckets{};  // not cumulative; the rest is +Inf
   };
   using RouteKey = std::tuple<std::string, std::string, std::string>;

@@ -336,7 +336,18 @@ void Exchange::copy_for_mirror(const MirrorPolicy& m, const ExchangeRequest& r, 
     }
   }
   // A copy holds its place among the copies in flight from here, body and all.
-  st_.mirror = MirrorCopy::make(snap_, m, in, st_.has_body || length != HeaderList::npos, st_.idempotent, st_.te_trailers);
+  // The copy is in the request's trace as a parent of its own, not sampled: the shadow's spans
+  // do not join the production trace's.
+  char copy_traceparent[kTraceparentSize];
+  UpstreamHeadInput copy_in = in;
+  if (trace_.set) {
+    TraceContext unsampled = trace_;
+    unsampled.flags &= static_cast<uint8_t>(~0x01);
+    format_traceparent(copy_traceparent, unsampled, worker_.random().next());
+    copy_in.traceparent = {copy_traceparent, kTraceparentSize};
+  }
+  st_.mirror =
+      MirrorCopy::make(snap_, m, copy_in, st_.has_body || length != HeaderList::npos, st_.idempotent, st_.te_trailers);
 }
 
 bool Exchange::request_body(std::string_view piece) {
@@ -539,6 +550,7 @@ void Exchange::reset() {
   request_id_.clear();
   trace_.set = false;
   tracestate_.clear();
+  if (tracestate_.capacity() > 4096) tracestate_.shrink_to_fit();
   local_headers_.clear();
   to_upstream_.clear();
   last_chunk_.clear();

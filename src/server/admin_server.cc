@@ -197,8 +197,11 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
       a = {403, "text/plain", "403 forbidden: POST " + std::string(found->path) + " is accepted from loopback only\n"};
     } else if (path == "/stats") {
       std::string_view query = std::string_view(head_.target).substr(std::min(head_.target.size(), path.size()));
-      a = b.stats(query == "?format=table");
-    } else if (!found->fn) {
+      if (query.empty() || query == "?format=json" || query == "?format=table")
+        a = b.stats(query == "?format=table");
+      else
+        a = {400, "text/plain", "400 bad_request: /stats takes ?format=json (the default) or ?format=table\n"};
+    } else if (!found->fn && path == "/reload") {
       awaiting_ = true;
       bool keep_alive = decoder_.keep_alive();
       b.reload([self = self_, keep_alive](AdminBackend::Answer later) {

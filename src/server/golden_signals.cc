@@ -13,7 +13,13 @@ constexpr uint64_t kKeepMs = 61'000;
 
 using Counts = MetricsRegistry::RouteSample;
 
+// What a window saw: `now` less `then`, or `now` whole when the counters started again from zero
+// since `then` (a route or cluster removed by a reload and added back), as Prometheus's rate()
+// takes a counter reset.
 Counts minus(const Counts& now, const Counts& then) {
+  bool reset = now.count < then.count || now.errors < then.errors;
+  for (size_t i = 0; i < now.buckets.size(); ++i) reset = reset || now.buckets[i] < then.buckets[i];
+  if (reset) return now;
   Counts d;
   d.count = now.count - std::min(now.count, then.count);
   d.errors = now.errors - std::min(now.errors, then.errors);
@@ -124,8 +130,8 @@ std::string GoldenSignals::json() const {
 std::string GoldenSignals::table() const {
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-14s %-16s %-20s %9s %8s %8s %8s %8s %9s %8s\n", "LISTENER", "ROUTE", "CLUSTER",
-                "RPS(10s)", "OK(10s)", "P50ms", "P95ms", "P99ms", "RPS(1m)", "OK(1m)");
+  std::snprintf(line, sizeof line, "%-14s %-16s %-20s %9s %8s %10s %10s %10s %9s %8s\n", "LISTENER", "ROUTE", "CLUSTER",
+                "RPS(10s)", "OK(10s)", "P50ms(10s)", "P95ms(10s)", "P99ms(10s)", "RPS(1m)", "OK(1m)");
   out += line;
   auto pct = [](double v, char* buf, size_t n) {
     if (v < 0)
@@ -149,8 +155,13 @@ std::string GoldenSignals::table() const {
     ms(r.last_10s.p99_ms, p99, sizeof p99);
     // Names are the policy's (listener and route names are bounded to letters, digits and -_.;
     // cluster names are printed as the policy has them, cut to the column).
-    std::snprintf(line, sizeof line, "%-14.14s %-16.16s %-20.20s %9.1f %8s %8s %8s %8s %9.1f %8s\n", listener.c_str(),
-                  route.empty() ? "-" : route.c_str(), cluster.c_str(), r.last_10s.rate, ok10, p50, p95, p99,
+    // A name longer than its column ends in '~' where it was cut; an empty one is '-'.
+    auto cell = [](const std::string& name, size_t width) {
+      if (name.empty()) return std::string("-");
+      return name.size() <= width ? name : name.substr(0, width - 1) + "~";
+    };
+    std::snprintf(line, sizeof line, "%-14s %-16s %-20s %9.1f %8s %10s %10s %10s %9.1f %8s\n", cell(listener, 14).c_str(),
+                  cell(route, 16).c_str(), cell(cluster, 20).c_str(), r.last_10s.rate, ok10, p50, p95, p99,
                   r.last_1m.rate, ok60);
     out += line;
   }

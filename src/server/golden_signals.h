@@ -1,7 +1,7 @@
 #pragma once
 // The golden signals of each route for GET /stats and `pilotfish top`: over the last 10 s and the
 // last minute, per listener, route and cluster, the request rate, the success rate (answers that
-// are not 5xx) and the p50, p95 and p99 latency. The main loop samples the workers' counters and
+// are not 5xx, and gRPC calls that ended OK) and the p50, p95 and p99 latency. The main loop samples the workers' counters and
 // histograms once a second (MetricsRegistry::route_samples) and keeps a minute of samples: a
 // window is the difference between the newest sample and the one that old (the oldest there is,
 // in a sidecar's first minute). Percentiles come from the histogram's buckets as Prometheus's

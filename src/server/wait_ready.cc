@@ -92,6 +92,7 @@ int wait_ready(const SocketAddress& admin, Duration timeout, const std::string& 
 }
 
 int top(const SocketAddress& admin, bool once) {
+  // (An answer over 1 MiB would be cut; a table is about 130 bytes a route.)
   bool terminal = ::isatty(STDOUT_FILENO) == 1;
   for (;;) {
     std::string why, table;
@@ -99,11 +100,15 @@ int top(const SocketAddress& admin, bool once) {
     if (status != 200) {
       std::fprintf(stderr, "pilotfish top: GET /stats at %s: %s\n", admin.text.c_str(),
                    status ? ("answered " + std::to_string(status)).c_str() : why.c_str());
-      return 1;
+      if (once) return 1;
+      // A sidecar restarting, or its main loop busy: the monitor waits for it.
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
     }
-    if (terminal && !once) std::fputs("\033[H\033[2J", stdout);  // redrawn in place
+    if (terminal && !once) std::fputs("\033[H", stdout);  // redrawn in place
     std::fprintf(stdout, "pilotfish at %s: the last 10 s and 1 min, busiest routes first\n%s", admin.text.c_str(),
                  table.c_str());
+    if (terminal && !once) std::fputs("\033[J", stdout);  // what the last table had below
     std::fflush(stdout);
     if (once) return 0;
     std::this_thread::sleep_for(std::chrono::seconds(1));

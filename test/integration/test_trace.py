@@ -65,7 +65,7 @@ class TraceContextTest(unittest.TestCase):
         self.assertEqual(fields(got[2], "tracestate"), ["congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"])
         self.assertNotEqual(t4[0], "4bf92f3577b34da6a3ce929d0e0e4736")
         self.assertEqual(fields(got[3], "tracestate"), [])
-        self.assertEqual((t5[0], t5[2]), ("4bf92f3577b34da6a3ce929d0e0e4736", "01"))
+        self.assertEqual((t5[0], t5[2]), ("4bf92f3577b34da6a3ce929d0e0e4736", "03"))
         # The access log names each request's trace.
         lines = h.access_log_records(self.log, 5)
         self.assertEqual([line["trace_id"] for line in lines], [t[0] for t in (t1, t2, t3, t4, t5)])

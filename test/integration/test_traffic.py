@@ -583,7 +583,9 @@ class MirrorTest(unittest.TestCase):
                                    h.chunk_encode([b"abc", b"defgh"]), host="shop.local"))
             r = c.read_response("PUT")
             self.assertEqual((r.status, r.json()["body_len"]), (200, 8))
-        copies = shadow.wait_requests(3)
+        # Each record is there from its head on; its body's length and CRC once it is complete.
+        copies = h.wait_for(lambda: len(shadow.requests()) >= 3 and all(q["complete"] for q in shadow.requests()) and
+                            shadow.requests(), 5, what="3 complete copies at the shadow")
         primaries = self.app.requests()
         self.assertEqual([(q["method"], q["target"]) for q in copies],
                          [("GET", "/items?q=1"), ("POST", "/orders"), ("PUT", "/upload")])
@@ -593,6 +595,10 @@ class MirrorTest(unittest.TestCase):
         self.assertEqual(header(copies[0], "x-custom"), "a")
         for copy, primary in zip(copies, primaries):
             self.assertEqual(header(copy, "x-request-id"), header(primary, "x-request-id"))
+            # In the request's trace, as a parent of its own, not sampled.
+            ours, theirs = header(copy, "traceparent").split("-"), header(primary, "traceparent").split("-")
+            self.assertEqual((ours[1], ours[3], theirs[3]), (theirs[1], "00", "01"))
+            self.assertNotEqual(ours[2], theirs[2])
             self.assertEqual(header(copy, "x-forwarded-for"), header(primary, "x-forwarded-for"))
         self.assertEqual((copies[1]["body_len"], copies[1]["body_crc"]), (len(body), zlib.crc32(body)))
         # A chunked body goes whole, with its length.
@@ -675,7 +681,9 @@ class MirrorTest(unittest.TestCase):
             self.assertEqual(c.request("POST", "/h2", body=body, host="shop.local").status, 200)
             self.assertEqual(c.request("HEAD", "/h2").status, 200)
         # The copies go on their own: the second may overtake the first (which has a body).
-        copies = sorted(echo.wait_requests(2), key=lambda q: q["method"], reverse=True)
+        done = h.wait_for(lambda: len(echo.requests()) >= 2 and all(q["complete"] for q in echo.requests()) and
+                          echo.requests(), 5, what="2 complete copies at the shadow")
+        copies = sorted(done, key=lambda q: q["method"], reverse=True)
         self.assertEqual([(q["method"], q["target"]) for q in copies], [("POST", "/h2"), ("HEAD", "/h2")])
         self.assertEqual(header(copies[0], "host"), "shop.local-shadow")
         self.assertEqual(copies[0]["body_len"], len(body))

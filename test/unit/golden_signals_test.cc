@@ -56,6 +56,20 @@ TEST(GoldenSignals, TenSecondsAndAMinute) {
   EXPECT_NE(g.table().find("ingress"), std::string::npos);
 }
 
+TEST(GoldenSignals, ACounterThatStartedAgainCountsFromZero) {
+  // A route removed by a reload and added back: its counters start from zero.
+  GoldenSignals g;
+  MetricsRegistry::RouteKey api{"ingress", "api", "app"};
+  g.add_sample(0, Routes{{api, counts(1000, 0, 3)}});
+  MetricsRegistry::RouteSample after = counts(1000, 0, 0);
+  after.buckets[14] = 100;  // 1000 fast ones and 100 slow: more than before in all, fewer in bucket 3
+  after.count = 1100;
+  g.add_sample(5000, Routes{{api, after}});
+  auto w = g.rows()[0].last_10s;
+  EXPECT_EQ(w.requests, 1100u);
+  EXPECT_LT(w.p50_ms, 1);  // not the 100 slow ones alone
+}
+
 TEST(GoldenSignals, AMinuteIsKeptAndNoMore) {
   GoldenSignals g;
   MetricsRegistry::RouteKey api{"ingress", "api", "app"};

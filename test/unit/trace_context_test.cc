@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace pilotfish {
 namespace {
 
@@ -40,10 +42,10 @@ TEST(TraceContext, ReadsALaterVersionByItsFirstFields) {
   TraceContext t;
   ASSERT_TRUE(parse_traceparent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-what-comes-next", t));
   EXPECT_EQ(t.id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-  EXPECT_EQ(t.flags, 1);  // only the sampled bit, which version 00 defines
+  EXPECT_EQ(t.flags, 3);  // sampled and random, the flags defined so far
   char out[kTraceparentSize];
   format_traceparent(out, t, 0x1234);
-  EXPECT_EQ(std::string_view(out, kTraceparentSize), "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001234-01");
+  EXPECT_EQ(std::string_view(out, kTraceparentSize), "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001234-03");
 }
 
 TEST(TraceContext, NewTraceWhenAbsentInvalidOrTwice) {
@@ -73,6 +75,30 @@ TEST(TraceContext, NewTraceWhenAbsentInvalidOrTwice) {
   EXPECT_FALSE(t.continued);
   random_trace_id(id, 0, 0);
   EXPECT_NE(std::string_view(id, 32), std::string(32, '0'));
+}
+
+TEST(TraceContext, UndefinedFlagsAreZeroOnTheWayOn) {
+  TraceContext t;
+  ASSERT_TRUE(parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff", t));
+  EXPECT_EQ(t.flags, 0x03);  // sampled and Level 2's random; the rest zero
+}
+
+TEST(TraceContext, TracestateIsBounded) {
+  HeaderList many;
+  many.add("traceparent", kValid);
+  std::string list;
+  for (int i = 0; i < 40; ++i) list += (i ? "," : "") + std::string("v") + std::to_string(i) + "=x";
+  many.add("tracestate", list);
+  TraceContext t;
+  std::string state;
+  ASSERT_TRUE(continue_trace(many, t, state));
+  EXPECT_EQ(std::count(state.begin(), state.end(), ','), 31);  // the first 32 members
+  EXPECT_TRUE(state.starts_with("v0=x,v1=x"));
+  HeaderList long_one;
+  long_one.add("traceparent", kValid);
+  long_one.add("tracestate", "a=" + std::string(300, 'x') + ",b=" + std::string(300, 'y') + ",c=z");
+  ASSERT_TRUE(continue_trace(long_one, t, state));
+  EXPECT_EQ(state, "a=" + std::string(300, 'x'));  // b would pass 512 characters: it and what follows go
 }
 
 TEST(TraceContext, TracestateFieldsAreOneList) {
