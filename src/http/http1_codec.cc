@@ -307,6 +307,22 @@ std::string http1_parser_version() {
          std::to_string(LLHTTP_VERSION_PATCH);
 }
 
+uint64_t content_length_value(std::string_view value) {
+  uint64_t n = 0;
+  for (char c : trim_ows(value)) {
+    uint64_t digit = static_cast<uint64_t>(c - '0');
+    n = n > (UINT64_MAX - digit) / 10 ? UINT64_MAX : n * 10 + digit;
+  }
+  return n;
+}
+
+bool response_head_acceptable(const Http1Decoder& decoder, const ResponseHead& head) {
+  constexpr size_t kMaxReasonBytes = 1024;
+  int status = decoder.status_code();
+  return decoder.version_major() == 1 && status >= 100 && status <= 999 && fields_valid(head.fields) &&
+         framing_headers_valid(head.fields) && head.reason.size() <= kMaxReasonBytes && is_valid_field_value(head.reason);
+}
+
 uint64_t keep_alive_idle_limit_ms(const HeaderList& fields) {
   size_t ka = fields.find("keep-alive");
   if (ka == HeaderList::npos) return 0;

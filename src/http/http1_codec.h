@@ -147,6 +147,16 @@ inline void append_response_last_chunk(std::string& out, const HeaderList& trail
   append_last_chunk(out, trailers, connection_tokens, [](std::string_view) { return true; });
 }
 void append_uint(std::string& out, uint64_t v);
+// A content-length value's number (its digits; the framing checks made sure there are only
+// digits), saturating at UINT64_MAX.
+uint64_t content_length_value(std::string_view value);
+// An upstream's response head as decoded: HTTP/1.x, a status of three digits, valid fields and
+// framing, and a reason phrase (RFC 9112 4: HTAB, SP, visible ASCII, obs-text) of at most
+// 1 KiB. What fails is an invalid response, although the reason is never passed on.
+bool response_head_acceptable(const Http1Decoder& decoder, const ResponseHead& head);
+// Interim (1xx) responses an upstream may send before its final one: a few are normal, a stream
+// of them is an upstream gone wrong.
+constexpr int kMaxInterimResponses = 16;
 // How long a pooled connection may stay idle after a response that said `Keep-Alive: timeout=N`
 // (the upstream closes idle connections after N s): 80% of it, at least 1 ms; 0 when it said
 // nothing.

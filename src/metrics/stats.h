@@ -124,8 +124,9 @@ struct ClusterStats {
   RelaxedCounter retry_budget_exhausted;
   std::array<RelaxedCounter, 4> breaker_overflow;
   RelaxedCounter outlier_ejections;
-  // Copies a route's mirror sent to this cluster: answered (sent), not sent (dropped: over a
-  // bound, or the request never completed), or sent and not answered (failed).
+  // Copies a route's mirror made for this cluster: answered (sent), not sent (dropped: over a
+  // bound, or the request never completed or pilotfish answered it), or not answered by the
+  // cluster (failed: no endpoint, refused, reset, timed out).
   std::array<RelaxedCounter, 3> mirror;
 };
 enum class MirrorResult : size_t { sent, dropped, failed };

@@ -27,8 +27,6 @@ namespace pilotfish {
 
 namespace {
 
-constexpr size_t kMaxReasonBytes = 1024;
-constexpr int kMaxInterimResponses = 16;
 // A request body up to this size is kept, so that an idempotent request can be sent again.
 constexpr size_t kMaxReplayBytes = 64 * 1024;
 // A timer this late means the worker's loop was held up, not that a peer was slow.
@@ -306,14 +304,14 @@ uint64_t Exchange::inject_fault(const FaultPolicy& f, const ExchangeRequest& r) 
   // Only a request that carries the policy's header, when it names one: a client cannot switch
   // faults on where the policy does not let it.
   if (!f.header.empty() && r.fields.find(f.header) == HeaderList::npos) return 0;
-  auto drawn = [this](double percent) { return pilotfish::drawn(worker_.random(), percent); };
+  FastRandom& random = worker_.random();
   RouteStats& stats = snap_->route(listener_index_, st_.route_index, st_.cluster_index);
   uint64_t delay_ms = 0;
-  if (f.delay.count() > 0 && !st_.websocket && drawn(f.delay_percent)) {
+  if (f.delay.count() > 0 && !st_.websocket && drawn(random, f.delay_percent)) {
     stats.faults_delay.add();
     delay_ms = static_cast<uint64_t>(f.delay.count());
   }
-  if (f.abort_status && drawn(f.abort_percent)) {
+  if (f.abort_status && drawn(random, f.abort_percent)) {
     stats.faults_abort.add();
     if (delay_ms == 0)
       answer(f.abort_status, "fault_abort", st_.has_body);
@@ -327,10 +325,7 @@ void Exchange::copy_for_mirror(const MirrorPolicy& m, const ExchangeRequest& r, 
   size_t length = r.fields.find("content-length");
   if (length != HeaderList::npos && st_.has_body) {
     // A body known to be over the copy's limit: not copied at all.
-    std::string_view v = trim_ows(r.fields.value(length));
-    uint64_t n = 0;
-    for (char c : v) n = n < UINT64_MAX / 10 ? n * 10 + static_cast<uint64_t>(c - '0') : UINT64_MAX;
-    if (n > m.max_body_bytes) {
+    if (content_length_value(r.fields.value(length)) > m.max_body_bytes) {
       snap_->clusters[m.cluster_index]->stats->mirror[static_cast<size_t>(MirrorResult::dropped)].add();
       return;
     }
@@ -946,13 +941,8 @@ void Exchange::on_upstream_end(UpstreamConnection& from, int status) {
 // The response
 
 Step Exchange::on_response_head(ResponseHead&) {
-  // A reason phrase is HTAB, SP, visible ASCII and obs-text (RFC 9112 4): one with NUL or other
-  // control characters makes the response invalid, although it is never passed on.
-  if (response_.version_major() != 1 || !fields_valid(resp_.fields) || !framing_headers_valid(resp_.fields) ||
-      resp_.reason.size() > kMaxReasonBytes || !is_valid_field_value(resp_.reason))
-    return Step::fail;
+  if (!response_head_acceptable(response_, resp_)) return Step::fail;
   int status = response_.status_code();
-  if (status < 100 || status > 999) return Step::fail;
   resp_.status = status;
   if (status >= 200 || status == 101) cluster_state().stats->upstream_codes.add(status);
   if (status == 101) {

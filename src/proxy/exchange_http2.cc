@@ -21,12 +21,7 @@ constexpr int kMaxRefusedResends = 3;
 
 bool Exchange::use_h2(const EndpointPool& pool) const {
   if (st_.websocket) return false;  // a WebSocket upgrade is HTTP/1.1's (no RFC 8441 here)
-  switch (pool.protocol()) {
-    case UpstreamProtocol::http1: return false;
-    case UpstreamProtocol::http2: return true;
-    case UpstreamProtocol::automatic: return pool.speaks_h2() != EndpointPool::H2::no;
-  }
-  return false;
+  return pool.prefers_h2();
 }
 
 void Exchange::start_h2_attempt() {
@@ -143,7 +138,7 @@ void Exchange::h2_head(ResponseHead& head, bool end_stream) {
   }
   if (status >= 200) cluster_state().stats->upstream_codes.add(status);
   if (status < 200) {
-    if (++st_.interim_responses > 16) {
+    if (++st_.interim_responses > kMaxInterimResponses) {
       release_upstream(false);
       answer(502, "invalid_response", true);
       owner_.exchange_progress();

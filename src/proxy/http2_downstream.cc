@@ -403,10 +403,7 @@ bool Http2Downstream::check_request(H2Stream& s, bool end_stream) {
   size_t length = h.fields.find("content-length");
   uint64_t max = listener().max_body_bytes;
   if (max && length != HeaderList::npos) {
-    std::string_view v = trim_ows(h.fields.value(length));
-    uint64_t n = 0;
-    for (char c : v) n = n > UINT64_MAX / 10 ? UINT64_MAX : n * 10 + static_cast<uint64_t>(c - '0');
-    if (n > max) {
+    if (content_length_value(h.fields.value(length)) > max) {
       ex.answer(413, "body_too_large", !end_stream);
       return false;
     }

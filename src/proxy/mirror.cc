@@ -18,23 +18,20 @@ namespace {
 // content-length when it is sent).
 class MirrorHeadWriter final : public UpstreamHeadWriter {
  public:
-  explicit MirrorHeadWriter(RequestHead& out) : out_(out) {}
+  explicit MirrorHeadWriter(RequestHead& out) : parts_(out, {}) {}
   void request_line(std::string_view method, std::string_view path, std::string_view query) override {
-    out_.clear();
-    out_.method.assign(method);
-    out_.target.assign(path);
-    out_.target += query;
+    parts_.request_line(method, path, query);
   }
   void field(std::string_view name, std::initializer_list<std::string_view> value) override {
     if (iequals(name, "content-length") || iequals(name, "transfer-encoding")) return;
-    std::string text;
-    for (auto piece : value) text += piece;
-    if (iequals(name, "host")) text = shadow_authority(text);
-    out_.fields.add(name, text);
+    if (!iequals(name, "host")) return parts_.field(name, value);
+    std::string host;
+    for (auto piece : value) host += piece;
+    parts_.field(name, {shadow_authority(host)});
   }
 
  private:
-  RequestHead& out_;
+  Http2HeadWriter parts_;
 };
 
 }  // namespace
@@ -135,7 +132,6 @@ MirrorCopy::MirrorCopy(SnapshotPtr snap, const MirrorPolicy& policy, const Upstr
                        bool idempotent, bool te_trailers)
     : snap_(std::move(snap)),
       cluster_(policy.cluster_index),
-      max_in_flight_(policy.max_in_flight),
       max_body_bytes_(policy.max_body_bytes),
       has_length_(has_length),
       idempotent_(idempotent),
@@ -193,9 +189,7 @@ void Mirror::attempt(bool fresh) {
   }
   ++up_.attempts;
   const std::shared_ptr<EndpointPool>& pool = state.pools[static_cast<size_t>(up_.endpoint)];
-  bool h2 = pool->protocol() == UpstreamProtocol::http2 ||
-            (pool->protocol() == UpstreamProtocol::automatic && pool->speaks_h2() != EndpointPool::H2::no);
-  if (h2) {
+  if (pool->prefers_h2()) {
     BreakerLimit limit = BreakerLimit::connections;
     mux_ = Http2Upstream::for_stream(pool, worker_, &limit);
     if (mux_ == nullptr) {
@@ -303,10 +297,8 @@ void Mirror::on_upstream_closed(UpstreamConnection&) {
 Step Mirror::on_response_head(ResponseHead&) {
   int status = decoder_.status_code();
   // Checked as an exchange checks an answer: the connection may serve a request next.
-  if (decoder_.version_major() != 1 || status < 100 || status > 999 || status == 101 || !fields_valid(resp_.fields) ||
-      !framing_headers_valid(resp_.fields))
-    return Step::fail;
-  if (status < 200) return ++interim_ > 16 ? Step::fail : Step::skip_body;  // ends at its blank line
+  if (!response_head_acceptable(decoder_, resp_) || status == 101) return Step::fail;
+  if (status < 200) return ++interim_ > kMaxInterimResponses ? Step::fail : Step::skip_body;  // ends at its blank line
   answered(status);
   if (uint64_t idle = keep_alive_idle_limit_ms(resp_.fields); idle && up_.connection)
     up_.connection->set_idle_limit(idle);

@@ -55,7 +55,6 @@ class MirrorCopy {
 
   SnapshotPtr snap_;
   size_t cluster_;
-  uint32_t max_in_flight_;
   uint64_t max_body_bytes_;
   bool has_length_;
   bool idempotent_;  // safe to send again after the keep-alive race

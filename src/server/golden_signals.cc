@@ -21,9 +21,9 @@ Counts minus(const Counts& now, const Counts& then) {
   for (size_t i = 0; i < now.buckets.size(); ++i) reset = reset || now.buckets[i] < then.buckets[i];
   if (reset) return now;
   Counts d;
-  d.count = now.count - std::min(now.count, then.count);
-  d.errors = now.errors - std::min(now.errors, then.errors);
-  for (size_t i = 0; i < d.buckets.size(); ++i) d.buckets[i] = now.buckets[i] - std::min(now.buckets[i], then.buckets[i]);
+  d.count = now.count - then.count;
+  d.errors = now.errors - then.errors;
+  for (size_t i = 0; i < d.buckets.size(); ++i) d.buckets[i] = now.buckets[i] - then.buckets[i];
   return d;
 }
 

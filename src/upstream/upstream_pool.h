@@ -209,6 +209,11 @@ class EndpointPool {
   // auto: what the endpoint picked in ALPN last time (HTTP/1.1 requests then go on HTTP/1.1).
   enum class H2 { unknown, yes, no };
   H2 speaks_h2() const { return speaks_h2_; }
+  // A request to this endpoint goes as an HTTP/2 stream: protocol http2, or auto unless the
+  // endpoint picked http/1.1 last time.
+  bool prefers_h2() const {
+    return protocol_ == UpstreamProtocol::http2 || (protocol_ == UpstreamProtocol::automatic && speaks_h2_ != H2::no);
+  }
   void set_speaks_h2(bool yes) { speaks_h2_ = yes ? H2::yes : H2::no; }
   bool retired() const { return retired_; }
   uint64_t idle_timeout_ms() const { return idle_timeout_ms_; }

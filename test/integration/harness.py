@@ -422,6 +422,16 @@ class Pilotfish:
             self.stdout_file.close()
 
 
+def check_policy(policy):
+    """`pilotfish check` of a policy (a dict) written to a file of its own: (exit code, stdout +
+    stderr)."""
+    path = os.path.join(make_tmpdir("pf-check-"), "policy.yaml")
+    with open(path, "w") as f:
+        f.write(policy_text(policy))
+    rc, out, err = run_cli(["check", "--config", path])
+    return rc, out + err
+
+
 def run_cli(args, timeout=20.0):
     """Runs the binary to completion: (exit code, stdout, stderr)."""
     p = spawn([BIN] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)

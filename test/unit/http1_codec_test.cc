@@ -417,5 +417,13 @@ TEST(KeepAliveIdleLimit, EightyPercentOfTheUpstreamsTimeout) {
   EXPECT_EQ(keep_alive_idle_limit_ms(none), 0u);
 }
 
+TEST(ContentLengthValue, DigitsAndSaturation) {
+  EXPECT_EQ(content_length_value("0"), 0u);
+  EXPECT_EQ(content_length_value(" 1234 "), 1234u);
+  EXPECT_EQ(content_length_value("18446744073709551615"), UINT64_MAX);
+  EXPECT_EQ(content_length_value("18446744073709551616"), UINT64_MAX);
+  EXPECT_EQ(content_length_value("99999999999999999999999"), UINT64_MAX);
+}
+
 }  // namespace
 }  // namespace pilotfish
