@@ -162,6 +162,8 @@ class UpstreamConnection final : public Stream {
   std::shared_ptr<ClusterShared> shared_;
   bool pending_counted_ = false;
   int deferred_failure_ = 0;    // a connect that could not start, reported by the timer
+  bool deadline_rechecked_ = false;  // connect_timeout passed once with the outcome waiting
+  bool connect_outcome_waiting();
   uint64_t idle_limit_ms_ = 0;  // 0: none
   void end_pending();
   // Every connection of a pool, idle or busy, so that a pool that goes away can let go of all.
