@@ -2,7 +2,8 @@
 # Installs what pilotfish needs from Debian 12 packages, by purpose, and only what is missing.
 #   scripts/install-deps.sh [PURPOSE...]   PURPOSE: build (the default), test, image, bench
 #     build   compile and run pilotfish (scripts/quickstart.sh installs this alone)
-#     test    the whole test suite (scripts/test.sh): build, plus the tools the tests drive, the
+#     test    the whole test suite (scripts/test.sh): build, plus the tools the tests drive (a
+#             headless Chromium for the status page), the
 #             image test's container tools, Prometheus, and clang for the fuzz targets (scripts/fuzz.sh)
 #     image   podman and buildah for the container images (test/image/build-and-check.sh)
 #     bench   the benchmark peers and load generators (test/bench/bench.py, instructions.py)
@@ -14,7 +15,8 @@ build=(meson ninja-build pkg-config g++ libuv1-dev node-llhttp libssl-dev libyam
        nlohmann-json3-dev libnghttp2-dev curl openssl python3)
 image=(podman buildah debootstrap fuse-overlayfs uidmap)
 test=("${build[@]}" "${image[@]}" libgtest-dev libgmock-dev procps prometheus iproute2 iptables util-linux
-      python3-yaml python3-h2 python3-grpcio nghttp2-client clang libclang-rt-14-dev)
+      python3-yaml python3-h2 python3-grpcio nghttp2-client clang libclang-rt-14-dev
+      chromium chromium-driver python3-selenium)
 bench=("${build[@]}" wrk haproxy nginx-light util-linux valgrind nghttp2-client)
 
 list=0

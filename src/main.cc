@@ -1,4 +1,4 @@
-// pilotfish command line: run, check, wait-ready, drain, top, iptables, version. Nothing else lives here.
+// pilotfish command line: run, check, wait-ready, drain, top, tap, iptables, version. Nothing else lives here.
 
 #include <openssl/crypto.h>
 #include <fcntl.h>
@@ -6,6 +6,8 @@
 #include <spawn.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -29,6 +31,8 @@ constexpr const char* kUsage =
     "       pilotfish wait-ready (--config FILE | --admin HOST:PORT) [--timeout DURATION] [--path /ready|/live]\n"
     "       pilotfish drain (--config FILE | --admin HOST:PORT)\n"
     "       pilotfish top (--config FILE | --admin HOST:PORT) [--once]\n"
+    "       pilotfish tap (--config FILE | --admin HOST:PORT) [--listener NAME] [--route NAME] [--cluster NAME]\n"
+    "                 [--status 5xx|CODE] [--method METHOD] [--path-prefix /PATH] [--rate N] [--count N] [--json]\n"
     "       pilotfish iptables --policy FILE [--uid UID] [--print | --apply | --clean]\n"
     "                 [--inbound-ports LIST] [--exclude-inbound-ports LIST] [--exclude-outbound-ports LIST]\n"
     "                 [--ipv4-only]\n"
@@ -146,8 +150,75 @@ int cmd_check(const Options& opt) {
   return 0;
 }
 
-// wait-ready, drain and top: the admin address comes from --admin, or from the policy's
-// admin.address.
+// The admin address of wait-ready, drain, top and tap: from --admin, or from the policy's
+// admin.address. -1 when found, else the exit code.
+int resolve_admin(const std::string& config, const std::string& admin_text, const char* name,
+                  pilotfish::SocketAddress* admin) {
+  if (config.empty() == admin_text.empty())
+    return usage_error(std::string(name) + " needs --config FILE or --admin HOST:PORT");
+  std::string err;
+  if (!config.empty()) {
+    auto result = pilotfish::load_policy_file(config);
+    if (!result.ok()) {
+      for (const auto& e : result.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
+      return 1;
+    }
+    *admin = result.policy->admin_address;
+    if (admin->port() == 0) return usage_error("the policy's admin.address has port 0; pass --admin HOST:PORT");
+  } else {
+    auto parsed = pilotfish::parse_socket_address(admin_text, &err);
+    if (!parsed) return usage_error("--admin: " + err);
+    *admin = *parsed;
+  }
+  return -1;
+}
+
+// `pilotfish tap`: the filters become GET /tap's query (the sidecar checks their values).
+int cmd_tap(int argc, char** argv) {
+  std::string config, admin_text, query;
+  long count = 0;
+  bool json = false;
+  static constexpr std::pair<std::string_view, std::string_view> kFilters[] = {
+      {"--listener", "listener"}, {"--route", "route"},          {"--cluster", "cluster"}, {"--status", "status"},
+      {"--method", "method"},     {"--path-prefix", "path_prefix"}, {"--rate", "rate"},
+  };
+  for (int i = 2; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--json") {
+      json = true;
+      continue;
+    }
+    const auto* f = std::find_if(std::begin(kFilters), std::end(kFilters), [&](const auto& f) { return f.first == arg; });
+    if (f == std::end(kFilters) && arg != "--config" && arg != "-c" && arg != "--admin" && arg != "--count")
+      return usage_error("unknown argument '" + std::string(arg) + "' for tap");
+    if (i + 1 >= argc) return usage_error(std::string(arg) + " needs a value");
+    std::string_view value = argv[++i];
+    if (arg == "--config" || arg == "-c") {
+      config = value;
+    } else if (arg == "--admin") {
+      admin_text = value;
+    } else if (arg == "--count") {
+      char* end = nullptr;
+      count = std::strtol(argv[i], &end, 10);
+      if (value.empty() || *end != '\0' || count <= 0) return usage_error("--count is a number of requests, 1 or more");
+    } else {
+      if (!query.empty()) query += '&';
+      query += f->second;
+      query += '=';
+      static constexpr char kHex[] = "0123456789ABCDEF";
+      for (unsigned char c : value) {
+        if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '/')
+          query += static_cast<char>(c);
+        else
+          query += '%', query += kHex[c >> 4], query += kHex[c & 15];
+      }
+    }
+  }
+  pilotfish::SocketAddress admin;
+  if (int rc = resolve_admin(config, admin_text, "tap", &admin); rc >= 0) return rc;
+  return pilotfish::tap(admin, query, count, json);
+}
+
 int cmd_wait_ready(int argc, char** argv, bool drain, bool top = false) {
   std::string config, admin_text, timeout_text = "60s", path = "/ready";
   bool once = false;
@@ -168,25 +239,11 @@ int cmd_wait_ready(int argc, char** argv, bool drain, bool top = false) {
     if (i + 1 >= argc) return usage_error(std::string(arg) + " needs a value");
     *target = argv[++i];
   }
-  if (config.empty() == admin_text.empty())
-    return usage_error(std::string(name) + " needs --config FILE or --admin HOST:PORT");
   pilotfish::Duration timeout{};
   std::string err;
   if (!pilotfish::parse_duration(timeout_text, &timeout, &err)) return usage_error("--timeout: " + err);
   pilotfish::SocketAddress admin;
-  if (!config.empty()) {
-    auto result = pilotfish::load_policy_file(config);
-    if (!result.ok()) {
-      for (const auto& e : result.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
-      return 1;
-    }
-    admin = result.policy->admin_address;
-    if (admin.port() == 0) return usage_error("the policy's admin.address has port 0; pass --admin HOST:PORT");
-  } else {
-    auto parsed = pilotfish::parse_socket_address(admin_text, &err);
-    if (!parsed) return usage_error("--admin: " + err);
-    admin = *parsed;
-  }
+  if (int rc = resolve_admin(config, admin_text, name, &admin); rc >= 0) return rc;
   if (drain) return pilotfish::request_drain(admin);
   if (top) return pilotfish::top(admin, once);
   if (path != "/ready" && path != "/live") return usage_error("--path is /ready or /live");
@@ -328,6 +385,7 @@ int main(int argc, char** argv) {
   if (cmd == "wait-ready") return cmd_wait_ready(argc, argv, /*drain=*/false);
   if (cmd == "drain") return cmd_wait_ready(argc, argv, /*drain=*/true);
   if (cmd == "top") return cmd_wait_ready(argc, argv, /*drain=*/false, /*top=*/true);
+  if (cmd == "tap") return cmd_tap(argc, argv);
   if (cmd == "iptables") return cmd_iptables(argc, argv);
   return usage_error("unknown command '" + std::string(cmd) + "'");
 }

@@ -25,6 +25,10 @@ int wait_ready(const SocketAddress& admin, Duration timeout, const std::string& 
 // second until interrupted (a sidecar that does not answer is waited for), or printed once (1
 // when the sidecar does not answer).
 int top(const SocketAddress& admin, bool once);
+// `pilotfish tap`: GET /tap?`query` streamed, a line per request for a person (colour on a
+// terminal), or with `json` the sidecar's JSON lines; `count` (0: no end) requests, then 0.
+// 1 when the sidecar refuses the tap or ends it first.
+int tap(const SocketAddress& admin, const std::string& query, long count, bool json);
 // `pilotfish drain`: POST /drain to a running sidecar (a preStop hook); 0 once it drains.
 int request_drain(const SocketAddress& admin);
 

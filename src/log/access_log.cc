@@ -63,6 +63,16 @@ void AccessLogWriter::write(std::string_view batch) const {
   }
 }
 
+size_t utc_time_ms(char (&out)[32]) {
+  timeval tv;
+  gettimeofday(&tv, nullptr);
+  tm t;
+  gmtime_r(&tv.tv_sec, &t);
+  int n = snprintf(out, sizeof out, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
+                   t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>(tv.tv_usec / 1000));
+  return n > 0 ? static_cast<size_t>(n) : 0;
+}
+
 void AccessLogBuffer::init(uv_loop_t* loop, AccessLogWriter* writer) {
   writer_ = writer;
   uv_timer_init(loop, &timer_);
@@ -72,18 +82,13 @@ void AccessLogBuffer::init(uv_loop_t* loop, AccessLogWriter* writer) {
 
 void AccessLogBuffer::record(const AccessLogEntry& e) {
   if (!enabled()) return;
-  timeval tv;
-  gettimeofday(&tv, nullptr);
-  tm t;
-  gmtime_r(&tv.tv_sec, &t);
   char ts[32];
-  int n = snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
-                   t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>(tv.tv_usec / 1000));
+  size_t n = utc_time_ms(ts);
   char duration[24];
   int d = snprintf(duration, sizeof duration, "%.6f", e.duration_seconds);
   JsonWriter w(buffer_);
   w.begin_object();
-  w.key("time").str({ts, static_cast<size_t>(n)});
+  w.key("time").str({ts, n});
   w.key("listener").str(e.listener).key("route").str(e.route).key("method").str(e.method).key("authority").str(e.authority);
   w.key("path").str(e.path).key("status").integer(e.status);
   w.key("duration").raw({duration, static_cast<size_t>(d)});  // microseconds, not %.17g

@@ -45,7 +45,14 @@ struct AccessLogEntry {
   std::string_view error;
   std::string_view request_id;
   std::string_view trace_id;  // W3C trace context's, "" when the request never got that far
+  // For taps (metrics/tap.h), not the access log: the cluster's name ("" for none) and the client's
+  // identity ("" without mTLS).
+  std::string_view cluster;
+  std::string_view peer;
 };
+
+// Now, as "2026-12-06T15:04:05.123Z" (UTC, milliseconds): its length.
+size_t utc_time_ms(char (&out)[32]);
 
 class AccessLogBuffer {
  public:

@@ -318,6 +318,16 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
   add_counter(rotations, {{"result", "applied"}}, static_cast<double>(ps.identity_rotations_applied.load()));
   add_counter(rotations, {{"result", "rejected"}}, static_cast<double>(ps.identity_rotations_rejected.load()));
 
+  auto taps = family("tap_events_total",
+                     "Requests taps (GET /tap) matched: streamed to the tap, dropped because its reader was behind, "
+                     "or over the tap's rate.",
+                     MetricType::Counter);
+  add_counter(taps, {{"result", "streamed"}}, static_cast<double>(ps.tap_sent.load()));
+  add_counter(taps, {{"result", "dropped"}}, static_cast<double>(ps.tap_dropped.load()));
+  add_counter(taps, {{"result", "over_rate"}}, static_cast<double>(ps.tap_limited.load()));
+  auto tap_streams = family("tap_streams", "Taps (GET /tap) open.", MetricType::Gauge);
+  add_gauge(tap_streams, {}, static_cast<double>(ps.tap_streams.load()));
+
   auto cert = family("cert_expiry_timestamp_seconds", "When the workload certificate and the CA expire (Unix time).",
                      MetricType::Gauge);
   auto policy_info = family("policy_info", "The running policy.", MetricType::Gauge);
@@ -348,7 +358,7 @@ std::vector<MetricFamily> StatsCollectable::Collect() const {
 
   for (auto* f : {&requests, &duration, &grpc, &faults, &mirror, &upstream, &up_conns, &down_conns, &down_total, &retries, &budget, &overflow,
                   &ejections, &ejected, &tls, &resumed, &authz, &auth_failures, &rate_limited, &cert, &reloads, &rotations, &policy_info, &build,
-                  &fd_refused, &fd_use, &fd_limit})
+                  &fd_refused, &fd_use, &fd_limit, &taps, &tap_streams})
     out.push_back(std::move(*f));
   return out;
 }

@@ -143,6 +143,12 @@ struct ProcessStats {
   RelaxedCounter policy_reloads_rejected;
   RelaxedCounter identity_rotations_applied;  // written by the main thread only
   RelaxedCounter identity_rotations_rejected;
+  // Taps (metrics/tap.h), counted under the taps' lock: events queued for a tap, dropped for want
+  // of room (its reader is behind), and over its rate.
+  RelaxedCounter tap_sent;
+  RelaxedCounter tap_dropped;
+  RelaxedCounter tap_limited;
+  RelaxedGauge tap_streams;  // taps open
 };
 
 }  // namespace pilotfish

@@ -185,6 +185,7 @@ bool Exchange::begin(const ExchangeRequest& r) {
   st_.websocket = r.websocket;
   st_.has_body = r.has_body;
   st_.body_chunked = r.body_chunked;
+  if (worker_.tapping() && r.tls && r.tls->established()) st_.peer_identity = r.tls->peer_id();  // for the tap
   if (st_.grpc) {
     size_t t = r.fields.find("grpc-timeout");
     uint64_t ms = t == HeaderList::npos ? 0 : parse_grpc_timeout(r.fields.value(t));
@@ -573,7 +574,8 @@ void Exchange::log() {
     }
   }
   AccessLogBuffer& log = worker_.access_log();
-  if (!log.enabled()) {
+  TapHub* tap = worker_.tapping();
+  if (!log.enabled() && !tap) {
     st_.started_ns = 0;
     return;
   }
@@ -593,7 +595,17 @@ void Exchange::log() {
   e.error = st_.error;
   e.request_id = request_id_;
   e.trace_id = trace_.id();
-  log.record(e);
+  if (log.enabled()) log.record(e);
+  if (tap) {
+    if (st_.cluster) e.cluster = st_.cluster->name;
+    e.peer = st_.peer_identity;
+    // The path without its query or fragment (which may carry a token), also when refused
+    // before routing; a target that is not a path (absolute-form may carry user:password) is
+    // not shown.
+    if (st_.target.path.empty())
+      e.path = e.path.starts_with('/') ? e.path.substr(0, e.path.find_first_of("?#")) : std::string_view("-");
+    tap->publish(e);
+  }
   st_.started_ns = 0;
 }
 

@@ -238,7 +238,7 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
     // The route answers itself (respond, redirect): once the request is in, nothing upstream.
     bool route_answers = false;
     int fault_abort = 0;        // a delayed request the route's fault also aborts: its status
-    std::string peer_identity;  // the client's, for the route's response_headers (only then)
+    std::string peer_identity;  // the client's, for the route's response_headers and a tap (only then)
     std::unique_ptr<MirrorCopy> mirror;  // the route's copy of this request, sent once it is all in
     const Cluster* cluster = nullptr;
     size_t cluster_index = 0;

@@ -15,6 +15,7 @@
 #include "gateway/rate_limit.h"
 #include "log/access_log.h"
 #include "metrics/stats.h"
+#include "metrics/tap.h"
 #include "pilotfish/balancer.h"
 #include "pilotfish/policy.h"
 #include "tls/tls.h"
@@ -80,6 +81,8 @@ class WorkerContext : public UpstreamHost {
   FastRandom& random() { return random_; }
   JwtCache& jwt_cache() { return jwt_cache_; }
   AccessLogBuffer& access_log() { return access_log_; }
+  // The process's taps (GET /tap): non-null only while one is open, so a request checks once.
+  TapHub* tapping() const { return tap_ && tap_->active() ? tap_ : nullptr; }
   // Client connections: counted while open; the last one to close may end a drain.
   size_t downstream_count() const { return downstream_count_; }
   void add_downstream() { ++downstream_count_; }
@@ -97,6 +100,7 @@ class WorkerContext : public UpstreamHost {
   FastRandom random_;
   JwtCache jwt_cache_;
   AccessLogBuffer access_log_;
+  TapHub* tap_ = nullptr;
   std::vector<std::unique_ptr<Spare>> spare_streams_;
 };
 

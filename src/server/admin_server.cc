@@ -5,6 +5,7 @@
 
 #include "http/http1_codec.h"
 #include "log/logger.h"
+#include "metrics/tap.h"
 #include "net/descriptor_budget.h"
 #include "net/listen_socket.h"
 #include "net/stream.h"
@@ -19,6 +20,13 @@ constexpr size_t kMaxAdminRequestBytes = 8192;
 // connection (and a descriptor) no longer than one that sends nothing.
 constexpr uint64_t kAdminHeaderMs = 10'000;
 constexpr uint64_t kAdminIdleMs = 30'000;
+// A tap's connection takes what its tap gathered this often, while what it wrote before is
+// under the high-water mark: a reader that falls further behind loses events (counted), and
+// never holds more than the mark and one tap's queue.
+constexpr uint64_t kTapTickMs = 100;
+constexpr size_t kTapHighWater = 256 * 1024;
+constexpr int kTapSendBuffer = 64 * 1024;
+constexpr uint64_t kTapStuckMs = 60'000;
 // Admin clients are an operator's tools, a probe and a scraper: a few connections at a time.
 // Past this, a new connection is closed at once rather than let one client hold every
 // descriptor: 64, or fewer under a small descriptor limit (their share of its reserve).
@@ -67,9 +75,16 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
   }
 
  protected:
-  void on_data(char* data, size_t length) override { parse(data, length); }
+  void on_data(char* data, size_t length) override {
+    if (tap_) return;  // a tap's stream lasts until the client closes; what it sends is ignored
+    parse(data, length);
+  }
   void on_read_end(int) override { close(); }
   void on_timeout() override {
+    if (tap_) {
+      pump_tap();
+      return;
+    }
     if (awaiting_) {
       start_timer(kAdminIdleMs);  // the backend answers within its own bound
       return;
@@ -86,6 +101,7 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
     resume();
   }
   void on_close() override {
+    if (tap_) server_.backend().tap_hub()->close(tap_);
     *self_ = nullptr;  // an answer that comes later finds no one
     server_.connection_closed();
   }
@@ -104,6 +120,7 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
   }
   Step on_message_complete(RequestHead&) override {
     answer();
+    if (tap_) return Step::pause;  // streaming from now on (an upgrade it asked for is ignored)
     // A request that asks for an upgrade is answered, and then the connection ends with a 400
     // (admin switches to no other protocol): once its answer is out, when one is awaited.
     if (decoder_.upgrade()) {
@@ -127,6 +144,7 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
       }
       data += r.consumed;
       length -= r.consumed;
+      if (tap_) return;  // streaming until the client closes (flushed already)
       if (awaiting_ || pending_bytes() > kHighWater) {
         unparsed_.assign(data, length);
         paused_ = true;
@@ -176,6 +194,8 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
         {"/clusters", false, false, &AdminBackend::clusters},
         {"/policy/history", false, false, &AdminBackend::history},
         {"/stats", false, true, nullptr},
+        {"/tap", false, false, nullptr},
+        {"/", false, false, &AdminBackend::status_page},
         {"/reload", true, false, nullptr},
         {"/drain", true, false, &AdminBackend::drain},
     };
@@ -186,8 +206,8 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
       a = server_.read_only()
               ? AdminBackend::Answer{404, "text/plain", "404 not_found: this address serves GET /metrics /stats /ready /live\n"}
               : AdminBackend::Answer{404, "text/plain",
-                                     "404 not_found: the admin endpoints are /metrics /stats /ready /live /config /clusters "
-                                     "/policy/history, POST /reload, POST /drain\n"};
+                                     "404 not_found: the admin endpoints are / (the status page) /metrics /stats /tap /ready "
+                                     "/live /config /clusters /policy/history, POST /reload, POST /drain\n"};
     } else if ((found->post && !post) || (!found->post && !get)) {
       a = {405, "text/plain", std::string("405 method_not_allowed: use ") + (found->post ? "POST" : "GET") + "\n"};
       allow_ = found->post ? "POST" : "GET, HEAD";
@@ -201,6 +221,9 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
         a = b.stats(query == "?format=table");
       else
         a = {400, "text/plain", "400 bad_request: /stats takes ?format=json (the default) or ?format=table\n"};
+    } else if (path == "/tap") {
+      if (open_tap()) return;
+      a = tap_refusal_;
     } else if (!found->fn && path == "/reload") {
       awaiting_ = true;
       bool keep_alive = decoder_.keep_alive();
@@ -213,6 +236,55 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
     }
     respond(a, decoder_.keep_alive());
     done_with_request();
+  }
+
+  // GET /tap: the stream's head, then every kTapTickMs what the tap gathered, until the client
+  // closes. False with tap_refusal_ set when refused (bad filters, too many taps, HEAD).
+  bool open_tap() {
+    std::string_view target = head_.target;
+    size_t q = target.find('?');
+    std::string_view query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+    TapFilter filter;
+    std::string why;
+    TapHub* hub = server_.backend().tap_hub();
+    if (!hub) {
+      tap_refusal_ = {404, "text/plain", "404 not_found: no taps here\n"};
+    } else if (!parse_tap_query(query, &filter, &why)) {
+      tap_refusal_ = {400, "text/plain", "400 bad_request: " + why + "\n"};
+    } else if (decoder_.method_is_head()) {
+      tap_refusal_ = {200, "application/x-ndjson", ""};
+    } else if (!(tap_ = hub->open(std::move(filter)))) {
+      tap_refusal_ = {503, "text/plain",
+                      "503 too_many_taps: " + std::to_string(kMaxTaps) + " taps are open; close one first\n"};
+    }
+    if (!tap_) return false;
+    // The kernel holds a fixed share of the stream too (not autotuned to megabytes): a reader
+    // that stops reading finds its events dropped soon, and costs little memory.
+    int sndbuf = kTapSendBuffer;
+    uv_send_buffer_size(reinterpret_cast<uv_handle_t*>(tcp()), &sndbuf);
+    uv_tcp_keepalive(tcp(), 1, 60);  // a reader that vanished without a word is noticed
+    // Delimited by the close (no length, no chunks): what HTTP/1.0 and 1.1 clients both read.
+    out() += "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ncache-control: no-store\r\n"
+             "connection: close\r\n\r\n";
+    done_with_request();
+    start_timer(kTapTickMs);
+    if (flush() != 0) close();
+    return true;
+  }
+
+  void pump_tap() {
+    start_timer(kTapTickMs);
+    uint64_t now = uv_now(server_.loop());
+    if (pending_bytes() > kTapHighWater) {
+      // The tap keeps gathering, up to its bound. A reader that takes nothing for a minute has
+      // gone (or stopped for good): its tap is ended, for the next operator's.
+      if (stuck_since_ms_ == 0) stuck_since_ms_ = now;
+      if (now - stuck_since_ms_ > kTapStuckMs) close();
+      return;
+    }
+    stuck_since_ms_ = 0;
+    server_.backend().tap_hub()->take(*tap_, &out());
+    if (flush() != 0) close();
   }
 
   void deliver(const AdminBackend::Answer& a, bool keep_alive) {
@@ -238,6 +310,7 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
     o += "HTTP/1.1 " + std::to_string(a.status) + " " + reason_of(a.status) + "\r\ncontent-type: " + a.content_type +
          "\r\ncontent-length: " + std::to_string(a.body.size()) + "\r\ncache-control: no-store\r\n";
     if (allow_) o += std::string("allow: ") + allow_ + "\r\n";
+    o += a.headers;
     if (!keep_alive) o += "connection: close\r\n";
     o += "\r\n";
     if (!decoder_.method_is_head()) o += a.body;
@@ -261,6 +334,9 @@ class AdminConnection final : public Stream, private Http1RequestHandler {
   bool awaiting_ = false;  // an answer the backend gives later (see AdminBackend::Reply)
   bool upgrade_refused_ = false;  // a request asked for an upgrade: 400 once it is answered
   std::string unparsed_;
+  std::shared_ptr<TapHub::Tap> tap_;  // GET /tap's, while it streams
+  uint64_t stuck_since_ms_ = 0;       // its reader has been behind since (0: it is not)
+  AdminBackend::Answer tap_refusal_;
   // Cleared when the connection closes: what an answer given later reaches.
   std::shared_ptr<AdminConnection*> self_ = std::make_shared<AdminConnection*>(this);
 };

@@ -17,14 +17,20 @@
 
 namespace pilotfish {
 
+class TapHub;
+
 // What the admin endpoints read and do; the process implements it.
 class AdminBackend {
  public:
   virtual ~AdminBackend() = default;
   struct Answer {
+    Answer() = default;
+    Answer(int s, std::string type, std::string text, std::string more_headers = {})
+        : status(s), content_type(std::move(type)), body(std::move(text)), headers(std::move(more_headers)) {}
     int status = 200;
     std::string content_type = "application/json";
     std::string body;
+    std::string headers;  // more header lines, each ending "\r\n" (pilotfish's own text)
   };
   virtual Answer metrics() = 0;
   virtual Answer ready() = 0;
@@ -35,11 +41,15 @@ class AdminBackend {
   // Golden signals per route (server/golden_signals.h): JSON, or with `table` the text
   // `pilotfish top` shows.
   virtual Answer stats(bool table) = 0;
+  // The taps GET /tap opens (metrics/tap.h); null: none served.
+  virtual TapHub* tap_hub() { return nullptr; }
   // Answered later, once every worker has the new policy: the admin loop serves /live, /ready
   // and the rest meanwhile. `reply` runs on the admin loop, at most once.
   using Reply = std::function<void(Answer)>;
   virtual void reload(Reply reply) = 0;
   virtual Answer drain() = 0;
+  // GET /: the status page (server/status_page.h).
+  virtual Answer status_page() { return {404, "text/plain", "404 not_found\n", {}}; }
 
   // An answer whose body is one JSON object, written by `write` (a JsonWriter inside the
   // object's braces), ending with a newline.

@@ -54,6 +54,7 @@ struct Process final : AdminBackend {
   std::unique_ptr<ResilienceRegistry> resilience;
   std::unique_ptr<AccessLogWriter> access_log;
   PolicyHistory events;
+  std::unique_ptr<TapHub> tap;  // GET /tap's; outlives the workers and the admin servers (declared after)
   std::vector<std::unique_ptr<Worker>> workers;
 
   // ---- lifecycle (server.cc) -------------------------------------------------------------------
@@ -78,6 +79,8 @@ struct Process final : AdminBackend {
   Answer clusters() override;
   Answer history() override;
   Answer stats(bool table) override;
+  TapHub* tap_hub() override { return tap.get(); }
+  Answer status_page() override;
   // The workers' route counters, sampled once a second for /stats.
   GoldenSignals golden;
   uv_timer_t stats_timer;

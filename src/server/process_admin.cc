@@ -3,6 +3,7 @@
 #include "log/logger.h"
 #include "policy/policy_json.h"
 #include "server/process.h"
+#include "server/status_page.h"
 
 namespace pilotfish {
 
@@ -98,6 +99,10 @@ AdminBackend::Answer Process::stats(bool table) {
 void Process::on_stats_timer(uv_timer_t* t) {
   auto* p = static_cast<Process*>(t->data);
   p->golden.add_sample(uv_now(p->loop), p->registry->route_samples());
+}
+
+AdminBackend::Answer Process::status_page() {
+  return {200, "text/html; charset=utf-8", std::string(status_page_html()), status_page_headers()};
 }
 
 AdminBackend::Answer Process::history() { return {200, "application/json", events.to_json()}; }

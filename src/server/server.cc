@@ -103,6 +103,7 @@ int run_server(const RunOptions& options) {
   p.loop = uv_default_loop();
   p.loaded_at = std::time(nullptr);
   p.registry = std::make_unique<MetricsRegistry>(policy->workers);
+  p.tap = std::make_unique<TapHub>(p.registry->process());
   p.resilience = std::make_unique<ResilienceRegistry>(policy->workers);
   p.registry->set_policy_info(1, policy->sha256);
   p.policy = policy;
@@ -164,7 +165,7 @@ int run_server(const RunOptions& options) {
   PolicyPtr snapshot = policy;
   for (unsigned w = 0; w < n; ++w)
     p.workers.push_back(std::make_unique<Worker>(w, snapshot, p.keys(), listeners->keys, listeners->release(w),
-                                                 p.access_log.get(), *p.registry, *p.resilience));
+                                                 p.access_log.get(), p.tap.get(), *p.registry, *p.resilience));
   for (auto& w : p.workers) w->start_with_callback([&p] {
     p.finished.fetch_add(1);
     uv_async_send(&p.worker_done);

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "pilotfish/server.h"
+#include "server/admin_client.h"
 
 namespace pilotfish {
 
@@ -20,52 +21,67 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// One request (`method` `path`, no body), bounded by `budget`. Returns the status code, or 0
-// with *why set; with `body`, the answer's body too (read to the close, up to 1 MiB).
-int probe(const SocketAddress& admin, const char* method, const std::string& path, std::chrono::milliseconds budget,
-          std::string* why, std::string* body = nullptr) {
+}  // namespace
+
+int admin_request(const SocketAddress& admin, const char* method, const std::string& path,
+                  std::chrono::milliseconds budget, std::string* why) {
   int fd = ::socket(admin.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *why = std::strerror(errno);
-    return 0;
+    return -1;
   }
   auto deadline = Clock::now() + budget;
-  auto wait = [&](short events) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd, events, 0};
-    return ::poll(&p, 1, static_cast<int>(left)) == 1;
-  };
-  int status = 0;
   std::string request = std::string(method) + " " + path + " HTTP/1.1\r\nContent-Length: 0\r\nHost: " + admin.text + "\r\nConnection: close\r\n\r\n";
-  std::string response;
   if (::connect(fd, admin.sa(), admin.length) != 0 && errno != EINPROGRESS) {
     *why = std::strerror(errno);
-  } else if (!wait(POLLOUT)) {
+  } else if (!wait_for(fd, POLLOUT, deadline)) {
     *why = "connect timed out";
   } else {
     int err = 0;
     socklen_t len = sizeof err;
     ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0) {
+    if (err != 0)
       *why = std::strerror(err);
-    } else if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+    else if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size()))
       *why = std::strerror(errno);
-    } else {
-      char buf[512];
-      size_t limit = body ? 1 << 20 : 4096;
-      while ((body || response.find("\r\n") == std::string::npos) && response.size() < limit && wait(POLLIN)) {
-        ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        response.append(buf, static_cast<size_t>(n));
-      }
-      size_t head_end = response.find("\r\n\r\n");
-      if (body && head_end != std::string::npos) body->assign(response, head_end + 4);
-      // "HTTP/1.1 200 OK"
-      if (response.size() >= 12 && response.compare(0, 5, "HTTP/") == 0) status = std::atoi(response.c_str() + 9);
-      if (status == 0) *why = "no HTTP answer";
-    }
+    else
+      return fd;
   }
+  ::close(fd);
+  return -1;
+}
+
+bool wait_for(int fd, short events, std::chrono::steady_clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  if (left <= 0) return false;
+  pollfd p{fd, events, 0};
+  return ::poll(&p, 1, static_cast<int>(left)) == 1;
+}
+
+namespace {
+
+// One request (`method` `path`, no body), bounded by `budget`. Returns the status code, or 0
+// with *why set; with `body`, the answer's body too (read to the close, up to 1 MiB).
+int probe(const SocketAddress& admin, const char* method, const std::string& path, std::chrono::milliseconds budget,
+          std::string* why, std::string* body = nullptr) {
+  auto deadline = Clock::now() + budget;
+  int fd = admin_request(admin, method, path, budget, why);
+  if (fd < 0) return 0;
+  int status = 0;
+  std::string response;
+  auto wait = [&](short events) { return wait_for(fd, events, deadline); };
+  char buf[512];
+  size_t limit = body ? 1 << 20 : 4096;
+  while ((body || response.find("\r\n") == std::string::npos) && response.size() < limit && wait(POLLIN)) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    response.append(buf, static_cast<size_t>(n));
+  }
+  size_t head_end = response.find("\r\n\r\n");
+  if (body && head_end != std::string::npos) body->assign(response, head_end + 4);
+  // "HTTP/1.1 200 OK"
+  if (response.size() >= 12 && response.compare(0, 5, "HTTP/") == 0) status = std::atoi(response.c_str() + 9);
+  if (status == 0) *why = "no HTTP answer";
   ::close(fd);
   return status;
 }

@@ -75,8 +75,10 @@ RouteStats& WorkerSnapshot::route(size_t listener, size_t route, size_t cluster)
 }
 
 Worker::Worker(unsigned index, PolicyPtr policy, WorkerKeys keys, std::vector<std::string> listen_keys,
-               std::vector<int> listen_fds, AccessLogWriter* access_log, MetricsRegistry& metrics, ResilienceRegistry& resilience)
+               std::vector<int> listen_fds, AccessLogWriter* access_log, TapHub* tap, MetricsRegistry& metrics,
+               ResilienceRegistry& resilience)
     : WorkerContext(&loop_, index), metrics_(metrics), resilience_(resilience) {
+  tap_ = tap;
   uv_loop_init(&loop_);
   loop_.data = this;
   uv_async_init(&loop_, &async_, on_async);

@@ -34,7 +34,8 @@ class Worker final : public WorkerContext {
  public:
   // `listen_fds[i]` is this worker's bound socket for policy->listeners[i], kept under `keys[i]`.
   Worker(unsigned index, PolicyPtr policy, WorkerKeys keys, std::vector<std::string> listen_keys,
-         std::vector<int> listen_fds, AccessLogWriter* access_log, MetricsRegistry& metrics, ResilienceRegistry& resilience);
+         std::vector<int> listen_fds, AccessLogWriter* access_log, TapHub* tap, MetricsRegistry& metrics,
+         ResilienceRegistry& resilience);
   ~Worker();
 
   // Runs the loop on a new thread; `done` is called on that thread when the loop has ended.

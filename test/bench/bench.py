@@ -15,6 +15,9 @@ proxy CPU. Each pair runs twice: the hop in HTTP/1.1, and in HTTP/2 (`-h2`: pilo
 `protocol: auto`, HAProxy A with `alpn h2`; one multiplexed connection carries the hop). It also measures new TLS connections per second into B with `openssl s_time`, full
 handshakes and resumed sessions.
 
+--with-tap adds pilotfish with a tap (GET /tap) open and read for the whole run: one at the default
+100 events a second (`pilotfish tap`), one at 10000.
+
 --with-churn adds pilotfish (and the --baseline-bin build, if given) with every request on a new
 client connection (wrk sends `Connection: close`): the cost of accepting, and of closing, a
 connection per request.
@@ -93,8 +96,9 @@ def children(pid):
 
 
 class Target:
-    def __init__(self, name, port, proc, pids_fn, scrape_port=None, headers=()):
+    def __init__(self, name, port, proc, pids_fn, scrape_port=None, headers=(), tap=None):
         self.name, self.port, self.proc, self.pids_fn = name, port, proc, pids_fn
+        self.tap = tap  # (admin port, GET /tap query): a tap held open during the run
         self.headers = list(headers)  # sent with every wrk request
         self.scrape_port = scrape_port  # scrape /metrics here once a second during the run
         self.runs = []
@@ -153,6 +157,36 @@ class Scraper:
         self.done.set()
         self.thread.join(10)
         return self.count
+
+
+class Tapper:
+    """Holds a GET /tap open during the run and reads everything it sends, as `pilotfish tap`
+    (or `--json | jq`) would: the cost of a tap open on the data path."""
+
+    def __init__(self, port, query):
+        import threading
+        self.bytes = 0
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(f"GET /tap?{query} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+
+        def loop():
+            try:
+                while True:
+                    data = self.sock.recv(1 << 16)
+                    if not data:
+                        return
+                    self.bytes += len(data)
+            except OSError:
+                return
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(10)
+        return self.bytes
 
 
 def start(cmd, **kw):
@@ -340,6 +374,9 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "pilotfish"))
     ap.add_argument("--with-access-log", action="store_true", help="also measure pilotfish with its access log on")
+    ap.add_argument("--with-tap", action="store_true",
+                    help="also measure pilotfish with a tap (GET /tap) open and read during the load: at the "
+                         "default 100 events a second, and at 10000")
     ap.add_argument("--with-scrape", action="store_true",
                     help="also measure pilotfish scraped once a second during the load")
     ap.add_argument("--with-resilience", action="store_true",
@@ -396,7 +433,7 @@ http {{ access_log off; keepalive_requests 1000000;
 """
 
         def add_pilotfish(name, access_log, scrape=False, binary=None, cluster_extra="", listener_extra="",
-                          headers=(), routes="[{cluster: upstream}]", more_clusters=""):
+                          headers=(), routes="[{cluster: upstream}]", more_clusters="", tap=None):
             port = free_port()
             admin_port = free_port()
             pol = os.path.join(tmp, f"{name}.yaml")
@@ -417,7 +454,8 @@ clusters:
             p = start([binary or args.bin, "run", "--config", pol])
             procs.append(p)
             wait_port(port)
-            targets.append(Target(name, port, p, lambda p=p: [p.pid], admin_port if scrape else None, headers))
+            targets.append(Target(name, port, p, lambda p=p: [p.pid], admin_port if scrape else None, headers,
+                                  (admin_port, tap) if tap else None))
 
         if args.only_mtls:
             args.with_mtls = True
@@ -427,6 +465,10 @@ clusters:
             add_pilotfish("pilotfish+log", True)
         if args.with_scrape:
             add_pilotfish("pilotfish+scrape", False, scrape=True)
+        if args.with_tap:
+            # `pilotfish tap` as a person runs it (100 a second), and one that takes 10000 a second.
+            add_pilotfish("pilotfish+tap", False, tap="rate=100")
+            add_pilotfish("pilotfish+tap10k", False, tap="rate=10000")
         if args.with_resilience:
             add_pilotfish("pilotfish+resilience", False, cluster_extra=resilience.rstrip())
         if args.baseline_bin:
@@ -511,9 +553,12 @@ http {{ access_log off; keepalive_requests 1000000;
                 # in the direct run.
                 c0 = cpu_seconds(pids)
                 scraper = Scraper(t.scrape_port) if t.scrape_port else None
+                tapper = Tapper(*t.tap) if t.tap else None
                 res = run_wrk(t.port, args.duration, args.connections, t.headers)
                 if scraper:
                     res["scrapes"] = scraper.stop()
+                if tapper:
+                    res["tapped_bytes"] = tapper.stop()
                 c1 = cpu_seconds(pids)
                 res["cpu_us_per_req"] = (c1 - c0) / res["requests"] * 1e6 if res["requests"] else float("nan")
                 t.runs.append(res)

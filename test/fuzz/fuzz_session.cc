@@ -72,6 +72,8 @@
 #include <vector>
 
 #include "http/http1_codec.h"
+#include "json/json_reader.h"
+#include "metrics/tap.h"
 #include "http/http2_codec.h"
 #include "proxy/http_session.h"
 #include "log/logger.h"
@@ -146,6 +148,14 @@ int bound_socket(uint16_t* port) {
 struct Fixture {
   pilotfish::MetricsRegistry metrics{1};
   pilotfish::ResilienceRegistry resilience{1};
+  // A tap open for the whole run, taking every request: each one's line is checked (JSON, one
+  // line) at the teardown.
+  pilotfish::TapHub taps{metrics.process()};
+  std::shared_ptr<pilotfish::TapHub::Tap> tap = [this] {
+    pilotfish::TapFilter all;
+    all.rate = pilotfish::kTapMaxRate;
+    return taps.open(all);
+  }();
   std::unique_ptr<pilotfish::Worker> worker;
   int upstream_listen = -1;
   int upstream_h2_listen = -1;
@@ -213,7 +223,7 @@ struct Fixture {
     pilotfish::set_log_level(trace_on() ? pilotfish::LogLevel::debug : loaded.policy->log_level);
     worker = std::make_unique<pilotfish::Worker>(0, loaded.policy, pilotfish::WorkerKeys{},
                                                  std::vector<std::string>{"fuzz"}, std::vector<int>{listen_fd},
-                                                 nullptr, metrics, resilience);
+                                                 nullptr, &taps, metrics, resilience);
   }
 };
 
@@ -536,6 +546,17 @@ class Exchange {
     // Copies start on the loop's next turn and end at their refused connect: turned until done.
     for (int turn = 0; turn < 1000 && (stream_count() > 0 || copies_in_flight() > 0); ++turn) uv_run(loop_, UV_RUN_NOWAIT);
     if (copies_in_flight() != 0) fail("a mirror copy is still counted in flight after the teardown");
+    std::string lines;
+    f_.taps.take(*f_.tap, &lines);
+    for (size_t start = 0, end; start < lines.size(); start = end + 1) {
+      end = lines.find('\n', start);
+      if (end == std::string::npos) fail("a tap line without its newline");
+      std::string why;
+      auto doc = pilotfish::parse_json_strict(std::string_view(lines).substr(start, end - start), {}, &why);
+      if (!doc || !doc->is_object()) fail("a tap line that is not a JSON object");
+      if (doc->contains("time") && (!(*doc)["path"].is_string() || (*doc)["path"].get<std::string>().find('?') != std::string::npos))
+        fail("a tap line with a query string");
+    }
     if (stream_count() != 0) fail("a stream is left after the teardown");
     if (w.downstream_count() != 0) fail("the worker still counts a downstream connection");
     if (pilotfish::DescriptorBudget::process().in_use() != 0) fail("the descriptor budget is not given back");
