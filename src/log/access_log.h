@@ -53,6 +53,8 @@ struct AccessLogEntry {
 
 // Now, as "2026-12-06T15:04:05.123Z" (UTC, milliseconds): its length.
 size_t utc_time_ms(char (&out)[32]);
+// `seconds` as "0.012345" (microseconds, as printf's %.6f): its length.
+size_t seconds_with_micros(char (&out)[24], double seconds);
 
 class AccessLogBuffer {
  public:

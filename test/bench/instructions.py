@@ -4,14 +4,16 @@ per request that a loaded or shared machine does not blur, for comparing two bui
 clock benchmark, bench.py, needs a quiet machine for differences of a few per cent).
 
   python3 test/bench/instructions.py [--bin build/pilotfish] [--baseline-bin OTHER] [--requests 20000]
-                                     [--keep DIR]
+                                     [--keep DIR] [--tap QUERY ...]
 
 --keep DIR leaves each run's callgrind dump in DIR (NAME-MODE.callgrind), to see where the
 instructions go: callgrind_annotate DIR/pilotfish-keep-alive.callgrind.
 
 Each binary runs under callgrind (1 worker) in front of an NGINX upstream; after a warm-up its
 counters are zeroed, h2load sends --requests requests (HTTP/1.1, 10 clients), and the count is
-read. Keep-alive (every client keeps its connection) and churn (a new connection per request)."""
+read. Keep-alive (every client keeps its connection) and churn (a new connection per request).
+--tap QUERY (repeatable) counts --bin's keep-alive again with GET /tap?QUERY open and read: the
+workers' and the admin loop's instructions for it, per request."""
 import argparse
 import glob
 import os
@@ -24,7 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import free_port, wait_port  # noqa: E402
+from bench import Tapper, free_port, wait_port  # noqa: E402
 
 
 def h2load(port, requests, churn):
@@ -38,7 +40,9 @@ def h2load(port, requests, churn):
     return int(m.group(2))
 
 
-def measure(binary, upstream_port, tmp, name, requests, keep=None):
+def measure(binary, upstream_port, tmp, name, requests, keep=None, taps=()):
+    """{mode: instructions per request}: keep-alive and churn, then keep-alive again with a tap
+    open and read (GET /tap?QUERY) for each query in `taps` ("keep-alive, tap QUERY")."""
     port, admin = free_port(), free_port()
     policy = os.path.join(tmp, name + ".yaml")
     with open(policy, "w") as f:
@@ -61,11 +65,14 @@ clusters:
     try:
         wait_port(port, timeout=60)  # valgrind starts slowly
         results = {}
-        for mode in ("keep-alive", "churn"):
+        for mode in ["keep-alive", "churn"] + ["keep-alive, tap " + q for q in taps]:
             churn = mode == "churn"
+            tapper = Tapper(admin, mode.split("tap ", 1)[1]) if "tap " in mode else None
             h2load(port, max(1000, requests // 10), churn)  # warm-up: pools, caches, allocator
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
             done = h2load(port, requests, churn)
+            if tapper:
+                time.sleep(0.5)  # the admin loop's last sends (every 100 ms) are counted too
             for old in glob.glob(out_file + ".*"):
                 os.unlink(old)
             subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
@@ -78,6 +85,8 @@ clusters:
                 if keep:
                     shutil.copy(dump, os.path.join(keep, "%s-%s.callgrind" % (name, mode)))
             results[mode] = total / done
+            if tapper:
+                tapper.stop()
         return results
     finally:
         proc.terminate()
@@ -90,6 +99,8 @@ def main():
     ap.add_argument("--baseline-bin")
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--keep", help="a directory for the callgrind dumps")
+    ap.add_argument("--tap", action="append", default=[], metavar="QUERY",
+                    help="also count --bin's keep-alive with a tap open and read (GET /tap?QUERY); repeatable")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "h2load", "nginx"):
         if not shutil.which(tool):
@@ -108,7 +119,7 @@ http {{ access_log off; keepalive_requests 1000000;
     up = subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(up_port)
-        rows = [("pilotfish", measure(args.bin, up_port, tmp, "pilotfish", args.requests, args.keep))]
+        rows = [("pilotfish", measure(args.bin, up_port, tmp, "pilotfish", args.requests, args.keep, args.tap))]
         if args.baseline_bin:
             rows.append(("baseline", measure(args.baseline_bin, up_port, tmp, "baseline", args.requests, args.keep)))
     finally:
@@ -125,6 +136,10 @@ http {{ access_log off; keepalive_requests 1000000;
             base = rows[1][1]
             line += " (%.3fx, %.3fx of baseline)" % (r["keep-alive"] / base["keep-alive"], r["churn"] / base["churn"])
         print(line)
+    for mode, v in rows[0][1].items():
+        if "tap" in mode:
+            print("| pilotfish, %s open | %.0f (%.3fx of no tap) | |" % (mode.split(", ", 1)[1], v,
+                                                                      v / rows[0][1]["keep-alive"]))
 
 
 if __name__ == "__main__":

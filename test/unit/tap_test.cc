@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <ctime>
 
 #include <nlohmann/json.hpp>
 
@@ -95,6 +97,31 @@ TEST(TapEvent, IsOneJsonObjectWithTheRequestsSummary) {
   EXPECT_DOUBLE_EQ(j["duration"].get<double>(), 0.0125);
   EXPECT_EQ(j.size(), 14u);
   EXPECT_FALSE(j.contains("request_id"));  // the client may send its own: a header value
+}
+
+TEST(LineTime, DurationAndTimeWithoutPrintf) {
+  char d[24];
+  auto text = [&](double v) { return std::string(d, seconds_with_micros(d, v)); };
+  EXPECT_EQ(text(0), "0.000000");
+  EXPECT_EQ(text(0.0125), "0.012500");
+  EXPECT_EQ(text(1.5), "1.500000");
+  EXPECT_EQ(text(12.3456789), "12.345679");
+  EXPECT_EQ(text(-1), "0.000000");
+  EXPECT_EQ(text(86400.000001), "86400.000001");
+  char t[32];
+  for (int i = 0; i < 3; ++i) {  // the second cached, or not
+    std::string s(t, utc_time_ms(t));
+    ASSERT_EQ(s.size(), 24u) << s;
+    time_t now = time(nullptr);
+    tm g;
+    gmtime_r(&now, &g);
+    char year[8];
+    std::snprintf(year, sizeof year, "%04d-", g.tm_year + 1900);
+    EXPECT_EQ(s.substr(0, 5), year);
+    EXPECT_EQ(s[10], 'T');
+    EXPECT_EQ(s[19], '.');
+    EXPECT_EQ(s.back(), 'Z');
+  }
 }
 
 TEST(TapHub, OpenCloseAndTheActiveFlag) {
