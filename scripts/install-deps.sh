@@ -6,7 +6,7 @@
 #             headless Chromium for the status page), the
 #             image test's container tools, Prometheus, and clang for the fuzz targets (scripts/fuzz.sh)
 #     image   podman and buildah for the container images (test/image/build-and-check.sh)
-#     bench   the benchmark peers and load generators (test/bench/bench.py, instructions.py)
+#     bench   the benchmark peers, load generators and counters (test/bench/bench.py, instructions.py, counts.py)
 #   scripts/install-deps.sh --list PURPOSE...   prints the packages of those purposes and installs nothing
 #   scripts/install-deps.sh --bench             the same as `build bench` (kept for old scripts)
 set -euo pipefail
@@ -17,7 +17,7 @@ image=(podman buildah debootstrap fuse-overlayfs uidmap)
 test=("${build[@]}" "${image[@]}" libgtest-dev libgmock-dev procps prometheus iproute2 iptables util-linux
       python3-yaml python3-h2 python3-grpcio nghttp2-client clang libclang-rt-14-dev
       chromium chromium-driver python3-selenium)
-bench=("${build[@]}" wrk haproxy nginx-light util-linux valgrind nghttp2-client)
+bench=("${build[@]}" wrk haproxy nginx-light util-linux valgrind nghttp2-client strace)
 
 list=0
 purposes=()

@@ -15,6 +15,10 @@ proxy CPU. Each pair runs twice: the hop in HTTP/1.1, and in HTTP/2 (`-h2`: pilo
 `protocol: auto`, HAProxy A with `alpn h2`; one multiplexed connection carries the hop). It also measures new TLS connections per second into B with `openssl s_time`, full
 handshakes and resumed sessions.
 
+The floor (test/bench/floor.cc, built with the tests as build/test/floor) runs in every round: a
+byte forwarder that parses nothing, one upstream connection per client connection; the table's
+last column is each target's CPU per request over the floor's (the median of per-round ratios).
+
 --with-tap adds pilotfish with a tap (GET /tap) open and read for the whole run: one at the default
 100 events a second (`pilotfish tap`), one at 10000.
 
@@ -540,6 +544,18 @@ http {{ access_log off; keepalive_requests 1000000;
             wait_port(ng_port)
             targets.append(Target("nginx", ng_port, ng, lambda p=ng: children(p.pid)))
 
+        # The floor: a byte forwarder that parses nothing (test/bench/floor.cc, built with the
+        # tests as build/test/floor), one client connection to one upstream connection.
+        floor_bin = os.path.join(os.path.dirname(os.path.abspath(args.bin)), "test", "floor")
+        if not args.only_mtls and os.path.exists(floor_bin):
+            fl_port = free_port()
+            fl = start([floor_bin, str(fl_port), str(up_port)])
+            procs.append(fl)
+            wait_port(fl_port)
+            targets.append(Target("floor", fl_port, fl, lambda p=fl: [p.pid]))
+        elif not args.only_mtls:
+            print(f"bench: no {floor_bin} (a build with tests on makes it): the floor is left out", file=sys.stderr)
+
         time.sleep(0.5)
         for t in targets:
             t.rss_idle = rss_kib(t.pids_fn())
@@ -577,14 +593,19 @@ http {{ access_log off; keepalive_requests 1000000;
         print(f"{time.strftime('%Y-%m-%d')}: wrk -t1 -c{args.connections} -d{args.duration}s, "
               f"{args.rounds} interleaved rounds, medians; proxy+upstream on CPU {PROXY_CPU}, wrk on CPU {WRK_CPU}")
         print()
-        print("| target | req/s | p50 ms | p99 ms | added p50 ms | proxy CPU us/req | RSS idle MiB | RSS after MiB | req/s vs pilotfish |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        floor = next((t for t in targets if t.name == "floor"), None)
+        print("| target | req/s | p50 ms | p99 ms | added p50 ms | proxy CPU us/req | RSS idle MiB | RSS after MiB | "
+              "req/s vs pilotfish | CPU vs floor |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for t in targets:
             added = med(t, "p50") - med(direct, "p50") if t is not direct else 0.0
             cpu = med(t, "cpu_us_per_req")
+            # The ratio of medians of per-round CPU: each round's targets ran minutes apart at most.
+            vs_floor = (f"{statistics.median(a['cpu_us_per_req'] / b['cpu_us_per_req'] for a, b in zip(t.runs, floor.runs)):.2f}"
+                        if floor and t is not direct and "churn" not in t.name else "-")
             print(f"| {t.name} | {med(t, 'rps'):.0f} | {med(t, 'p50'):.3f} | {med(t, 'p99'):.3f} | "
                   f"{added:.3f} | {cpu:.2f} | {t.rss_idle / 1024:.1f} | {t.rss_loaded / 1024:.1f} | "
-                  f"{med(t, 'rps') / med(pf, 'rps'):.2f} |")
+                  f"{med(t, 'rps') / med(pf, 'rps'):.2f} | {vs_floor} |")
         if mtls_info:
             report_mtls(mtls_info, args)
     finally:

@@ -77,7 +77,10 @@ class DescriptorExhaustionTest(unittest.TestCase):
         self.addCleanup(self.up.stop)
 
     def start(self, **kw):
-        pf = h.Pilotfish(h.simple_policy(self.up, workers=2, cluster={"timeout": "3s"}), **kw)
+        # Timeouts far from the upstream's 1 s: on a loaded machine (CI runs two tests at once)
+        # a request of the burst may wait seconds for a core, and its 504, or an endpoint
+        # ejected for connects that took too long, would be the machine's doing, not pilotfish's.
+        pf = h.Pilotfish(h.simple_policy(self.up, workers=2, cluster={"timeout": "30s", "connect_timeout": "10s"}), **kw)
         self.addCleanup(pf.kill)
         return pf
 
@@ -149,7 +152,18 @@ class DescriptorExhaustionTest(unittest.TestCase):
     def test_a_limit_lowered_while_running_does_not_wedge_a_worker(self):
         # Lowered after the budget was set, so accept() itself fails with EMFILE: libuv then
         # retries at once, and used to spin there for ever, answering no one on that worker.
-        pf = self.start()
+        # Under UBSan (scripts/test.sh --sanitize) the vptr check's false reports while no
+        # descriptor is free (see stop_and_check_emfile_run) must not stop the process: with
+        # halt_on_error=1 one of them, when it came, ended it before it answered anyone (a
+        # clean-clone CI run: 400 clients, no answer). They are still checked at the stop.
+        saved = os.environ.get("UBSAN_OPTIONS")
+        if saved is not None:
+            os.environ["UBSAN_OPTIONS"] = saved.replace("halt_on_error=1", "halt_on_error=0")
+        try:
+            pf = self.start()
+        finally:
+            if saved is not None:
+                os.environ["UBSAN_OPTIONS"] = saved
         subprocess.run(["prlimit", "--pid", str(pf.pid), "--nofile=256:256"], check=True)
         outcomes = burst(pf.port(), CLIENTS)
         self.assertEqual(set(outcomes) - {"200", "503 overloaded", "no answer"}, set(), outcomes)
