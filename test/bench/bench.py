@@ -220,6 +220,44 @@ def write(path, text, binary=False):
     return path
 
 
+# Every HAProxy the benchmarks run: one thread, the same timeouts, connections to the upstream reused.
+HAPROXY_HEAD = """global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+"""
+
+
+def upstream_conf(tmp, port):
+    """The benchmarks' upstream: an NGINX config (one worker, keep-alive without end) answering a
+    small fixed body on 127.0.0.1:`port`; its path."""
+    path = os.path.join(tmp, "upstream.conf")
+    write(path, f"""worker_processes 1; daemon off; pid {tmp}/up.pid; error_log {tmp}/up-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ return 200 "hello from upstream\\n"; }} }} }}
+""")
+    return path
+
+
+def haproxy_conf(tmp, port, upstream_port):
+    """HAProxy as the same keep-alive reverse proxy (one thread, `http-reuse always`); its path."""
+    path = os.path.join(tmp, "haproxy.cfg")
+    write(path, HAPROXY_HEAD + f"""  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server up 127.0.0.1:{upstream_port}
+""")
+    return path
+
+
 def add_mtls_pairs(tmp, procs, targets, up_port, binary):
     """Starts the pilotfish pair and the HAProxy pair for the mTLS rows; returns what
     report_mtls needs (admin ports, certificate paths, B's ports)."""
@@ -284,17 +322,7 @@ clusters:
             return write(os.path.join(tmp, name), c.read() + k.read())
     ha_a_pem, ha_b_pem = combined(a_cert, a_key, "ha-a.pem"), combined(b_cert, b_key, "ha-b.pem")
     ha, hb = free_port(), free_port()
-    common = """global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-  option http-keep-alive
-"""
+    common = HAPROXY_HEAD + "  option http-keep-alive\n"
     conf_b = write(os.path.join(tmp, "ha-b.cfg"), common + f"""frontend fe
   bind 127.0.0.1:{hb} ssl crt {ha_b_pem} ca-file {pki.cert} verify required alpn h2,http/1.1
   default_backend be
@@ -407,13 +435,7 @@ def main():
     try:
         # The upstream: NGINX answering a small fixed body, one worker.
         up_port = free_port()
-        up_conf = os.path.join(tmp, "upstream.conf")
-        with open(up_conf, "w") as f:
-            f.write(f"""worker_processes 1; daemon off; pid {tmp}/up.pid; error_log {tmp}/up-error.log;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{up_port} backlog=4096; location / {{ return 200 "hello from upstream\\n"; }} }} }}
-""")
+        up_conf = upstream_conf(tmp, up_port)
         up = start(["nginx", "-c", up_conf, "-p", tmp])
         procs.append(up)
         wait_port(up_port)
@@ -504,24 +526,7 @@ clusters:
             mtls_info = add_mtls_pairs(tmp, procs, targets, up_port, args.bin)
 
         ha_port = free_port()
-        ha_conf = os.path.join(tmp, "haproxy.cfg")
-        with open(ha_conf, "w") as f:
-            f.write(f"""global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:{ha_port}
-  default_backend be
-backend be
-  server up 127.0.0.1:{up_port}
-""")
+        ha_conf = haproxy_conf(tmp, ha_port, up_port)
         if not args.only_mtls:
             ha = start(["haproxy", "-f", ha_conf])
             procs.append(ha)

@@ -37,7 +37,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench  # noqa: E402  (free_port, wait_port, cpu_seconds, rss_kib, children, start, write)
+import bench  # noqa: E402  (free_port, wait_port, cpu_seconds, rss_kib, children, start, write, HAPROXY_HEAD)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GRPC_PATH = "/grpc.Bench/Unary"
@@ -160,16 +160,7 @@ def main():
         pf = bench.start([args.bin, "run", "--config", os.path.join(tmp, "pf.yaml")])
         procs.append(pf)
 
-        ha_conf = """global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-"""
+        ha_conf = bench.HAPROXY_HEAD
         for s in scenarios:
             port = ports[s]["haproxy"] = bench.free_port()
             server = f"127.0.0.1:{up_h1}" if s == "front" else f"127.0.0.1:{up_h2} proto h2"

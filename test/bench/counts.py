@@ -11,7 +11,8 @@ request (churn):
   request, with the calls that make them up (pilotfish, HAProxy and the floor, test/bench/floor.cc);
 - allocations: pilotfish under the counting library test/bench/count_alloc.c (built with the
   tests as build/test/libcount_alloc.so): malloc, calloc, realloc and aligned allocations per
-  request in steady state (the library's own reporter adds about 30 a second).
+  request in steady state (counted in a second pilotfish: the library's reporter thread makes
+  system calls of its own, which must not be in the first one's).
 """
 import argparse
 import os
@@ -24,14 +25,14 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import free_port, wait_port  # noqa: E402
+from bench import free_port, haproxy_conf, upstream_conf, wait_port  # noqa: E402
 from instructions import h2load  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def pilotfish_policy(tmp, port, upstream_port):
-    path = os.path.join(tmp, "pilotfish.yaml")
+def pilotfish_policy(tmp, port, upstream_port, name="pilotfish"):
+    path = os.path.join(tmp, name + ".yaml")
     with open(path, "w") as f:
         f.write(f"""version: 1
 admin: {{address: "127.0.0.1:{free_port()}"}}
@@ -48,45 +49,27 @@ clusters:
     return path
 
 
-def haproxy_config(tmp, port, upstream_port):
-    path = os.path.join(tmp, "haproxy.cfg")
-    with open(path, "w") as f:
-        f.write(f"""global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend be
-backend be
-  server up 127.0.0.1:{upstream_port}
-""")
-    return path
-
-
 def strace_counts(pid, port, requests, churn):
     """(system calls per request, [(calls per request, name)] largest first) for `requests`."""
     h2load(port, max(1000, requests // 10), churn)  # warm-up
-    out = tempfile.mktemp(prefix="pf-strace-")
+    fd, out = tempfile.mkstemp(prefix="pf-strace-")
+    os.close(fd)
     tracer = subprocess.Popen(["strace", "-c", "-f", "-o", out, "-p", str(pid)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # attached to every thread
     done = h2load(port, requests, churn)
     tracer.send_signal(signal.SIGINT)
-    tracer.wait(timeout=60)
+    _, err = tracer.communicate(timeout=60)
     calls = []
     with open(out) as f:
-        for line in f:
-            # % time  seconds  usecs/call  calls  [errors]  syscall
-            m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?([a-z_0-9]+)\s*$", line)
-            if m and m.group(2) != "total":
-                calls.append((int(m.group(1)) / done, m.group(2)))
+        text = f.read()
+    if not re.search(r"^\s*100\.00\s.*\btotal\s*$", text, re.M):
+        raise SystemExit("strace -c -p %d gave no summary:\n%s%s" % (pid, err, text))
+    for line in text.splitlines():
+        # % time  seconds  usecs/call  calls  [errors]  syscall
+        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?([a-z_0-9]+)\s*$", line)
+        if m and m.group(2) != "total":
+            calls.append((int(m.group(1)) / done, m.group(2)))
     os.unlink(out)
     calls.sort(reverse=True)
     return sum(c for c, _ in calls), calls
@@ -121,13 +104,7 @@ def main():
 
     try:
         up_port = free_port()
-        conf = os.path.join(tmp, "upstream.conf")
-        with open(conf, "w") as f:
-            f.write(f"""worker_processes 1; daemon off; pid {tmp}/up.pid; error_log {tmp}/up-error.log;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{up_port} backlog=4096; location / {{ return 200 "hello from upstream\\n"; }} }} }}
-""")
+        conf = upstream_conf(tmp, up_port)
         start(["nginx", "-c", conf, "-p", tmp])
         wait_port(up_port)
 
@@ -135,17 +112,19 @@ http {{ access_log off; keepalive_requests 1000000;
         pf_port, ha_port, fl_port = free_port(), free_port(), free_port()
         alloc_file = os.path.join(tmp, "allocations")
         env = dict(os.environ, LD_PRELOAD=shim, COUNT_ALLOC_FILE=alloc_file)
-        pf = start([args.bin, "run", "--config", pilotfish_policy(tmp, pf_port, up_port)], env=env)
-        ha = start(["haproxy", "-f", haproxy_config(tmp, ha_port, up_port)])
+        pf = start([args.bin, "run", "--config", pilotfish_policy(tmp, pf_port, up_port)])
+        pf_alloc_port = free_port()
+        start([args.bin, "run", "--config", pilotfish_policy(tmp, pf_alloc_port, up_port, "counted")], env=env)
+        ha = start(["haproxy", "-f", haproxy_conf(tmp, ha_port, up_port)])
         fl = start([floor_bin, str(fl_port), str(up_port)])
-        for port in (pf_port, ha_port, fl_port):
+        for port in (pf_port, pf_alloc_port, ha_port, fl_port):
             wait_port(port)
         for mode in ("keep-alive", "churn"):
             churn = mode == "churn"
-            h2load(pf_port, max(1000, args.requests // 10), churn)
+            h2load(pf_alloc_port, max(1000, args.requests // 10), churn)
             time.sleep(0.3)
             before = allocations(alloc_file)
-            done = h2load(pf_port, args.requests, churn)
+            done = h2load(pf_alloc_port, args.requests, churn)
             time.sleep(0.3)
             rows[("pilotfish", mode, "allocations")] = (allocations(alloc_file) - before) / done
             for name, proc, port in (("pilotfish", pf, pf_port), ("haproxy", ha, ha_port), ("floor", fl, fl_port)):

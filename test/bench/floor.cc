@@ -11,7 +11,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -106,6 +108,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: floor LISTEN_PORT UPSTREAM_PORT\n");
     return 2;
   }
+  signal(SIGPIPE, SIG_IGN);  // a write to a reset peer is an error, not the end of the floor
+  rlimit files;
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0) {  // as many descriptors as pilotfish takes
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   sockaddr_in listen_at = loopback(std::atoi(argv[1])), upstream = loopback(std::atoi(argv[2]));
   int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int one = 1;
@@ -133,6 +141,10 @@ int main(int argc, char** argv) {
           if (cfd < 0) break;
           setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
           int ufd = open_socket();
+          if (ufd < 0) {
+            close(cfd);
+            continue;
+          }
           if (connect(ufd, reinterpret_cast<sockaddr*>(&upstream), sizeof upstream) != 0 && errno != EINPROGRESS) {
             close(cfd);
             close(ufd);

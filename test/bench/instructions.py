@@ -26,7 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Tapper, free_port, wait_port  # noqa: E402
+from bench import Tapper, free_port, upstream_conf, wait_port  # noqa: E402
 
 
 def h2load(port, requests, churn):
@@ -109,13 +109,7 @@ def main():
         os.makedirs(args.keep, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="pf-instr-")
     up_port = free_port()
-    conf = os.path.join(tmp, "upstream.conf")
-    with open(conf, "w") as f:
-        f.write(f"""worker_processes 1; daemon off; pid {tmp}/up.pid; error_log {tmp}/up-error.log;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{up_port} backlog=4096; location / {{ return 200 "hello from upstream\\n"; }} }} }}
-""")
+    conf = upstream_conf(tmp, up_port)
     up = subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(up_port)
