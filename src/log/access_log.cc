@@ -106,18 +106,22 @@ void AccessLogBuffer::init(uv_loop_t* loop, AccessLogWriter* writer) {
   initialized_ = true;
 }
 
-void AccessLogBuffer::record(const AccessLogEntry& e) {
-  if (!enabled()) return;
+void write_request_fields(JsonWriter& w, const AccessLogEntry& e) {
   char ts[32];
   size_t n = utc_time_ms(ts);
   char duration[24];
   size_t d = seconds_with_micros(duration, e.duration_seconds);
-  JsonWriter w(buffer_);
-  w.begin_object();
   w.key("time").str({ts, n});
   w.key("listener").str(e.listener).key("route").str(e.route).key("method").str(e.method).key("authority").str(e.authority);
   w.key("path").str(e.path).key("status").integer(e.status);
   w.key("duration").raw({duration, d});  // microseconds, not %.17g
+}
+
+void AccessLogBuffer::record(const AccessLogEntry& e) {
+  if (!enabled()) return;
+  JsonWriter w(buffer_);
+  w.begin_object();
+  write_request_fields(w, e);
   w.key("bytes_in").integer(static_cast<int64_t>(e.bytes_in)).key("bytes_out").integer(static_cast<int64_t>(e.bytes_out));
   w.key("attempts").integer(e.attempts);
   w.key("upstream").str(e.upstream).key("request_id").str(e.request_id).key("trace_id").str(e.trace_id);

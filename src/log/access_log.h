@@ -56,6 +56,11 @@ size_t utc_time_ms(char (&out)[32]);
 // `seconds` as "0.012345" (microseconds, as printf's %.6f): its length.
 size_t seconds_with_micros(char (&out)[24], double seconds);
 
+class JsonWriter;
+// The fields an access-log line and a tap's line (metrics/tap.h) both begin with: time (now),
+// listener, route, method, authority, path, status, duration. `w` is inside the line's object.
+void write_request_fields(JsonWriter& w, const AccessLogEntry& e);
+
 class AccessLogBuffer {
  public:
   void init(uv_loop_t* loop, AccessLogWriter* writer);

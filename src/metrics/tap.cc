@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
-#include <cstdio>
 
 #include "json/json_writer.h"
 
@@ -130,16 +129,9 @@ bool parse_tap_query(std::string_view query, TapFilter* out, std::string* error)
 }
 
 void format_tap_event(std::string& out, const AccessLogEntry& e) {
-  char ts[32];
-  size_t n = utc_time_ms(ts);
-  char duration[24];
-  size_t d = seconds_with_micros(duration, e.duration_seconds);
   JsonWriter w(out);
   w.begin_object();
-  w.key("time").str({ts, n});
-  w.key("listener").str(e.listener).key("route").str(e.route).key("method").str(e.method).key("authority").str(e.authority);
-  w.key("path").str(e.path).key("status").integer(e.status);
-  w.key("duration").raw({duration, d});
+  write_request_fields(w, e);
   w.key("cluster").str(e.cluster).key("endpoint").str(e.upstream).key("attempts").integer(e.attempts);
   w.key("peer").str(e.peer).key("error").str(e.error);
   w.key("trace_id").str(e.trace_id);  // not the request id: a client may send its own

@@ -233,6 +233,23 @@ defaults
 """
 
 
+def plain_pilotfish_policy(tmp, name, port, admin_port, upstream_port):
+    """pilotfish as the counting scripts run it (instructions.py, counts.py): one worker, no access
+    log, one listener on `port` routing everything to the upstream; the policy file's path."""
+    return write(os.path.join(tmp, name + ".yaml"), f"""version: 1
+admin: {{address: "127.0.0.1:{admin_port}"}}
+workers: 1
+access_log: "off"
+listeners:
+- name: ingress
+  address: "127.0.0.1:{port}"
+  routes: [{{cluster: app}}]
+clusters:
+- name: app
+  endpoints: ["127.0.0.1:{upstream_port}"]
+""")
+
+
 def upstream_conf(tmp, port):
     """The benchmarks' upstream: an NGINX config (one worker, keep-alive without end) answering a
     small fixed body on 127.0.0.1:`port`; its path."""

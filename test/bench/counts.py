@@ -25,28 +25,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import free_port, haproxy_conf, upstream_conf, wait_port  # noqa: E402
+from bench import free_port, haproxy_conf, plain_pilotfish_policy, upstream_conf, wait_port  # noqa: E402
 from instructions import h2load  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def pilotfish_policy(tmp, port, upstream_port, name="pilotfish"):
-    path = os.path.join(tmp, name + ".yaml")
-    with open(path, "w") as f:
-        f.write(f"""version: 1
-admin: {{address: "127.0.0.1:{free_port()}"}}
-workers: 1
-access_log: "off"
-listeners:
-- name: ingress
-  address: "127.0.0.1:{port}"
-  routes: [{{cluster: app}}]
-clusters:
-- name: app
-  endpoints: ["127.0.0.1:{upstream_port}"]
-""")
-    return path
 
 
 def strace_counts(pid, port, requests, churn):
@@ -112,9 +94,9 @@ def main():
         pf_port, ha_port, fl_port = free_port(), free_port(), free_port()
         alloc_file = os.path.join(tmp, "allocations")
         env = dict(os.environ, LD_PRELOAD=shim, COUNT_ALLOC_FILE=alloc_file)
-        pf = start([args.bin, "run", "--config", pilotfish_policy(tmp, pf_port, up_port)])
+        pf = start([args.bin, "run", "--config", plain_pilotfish_policy(tmp, "pilotfish", pf_port, free_port(), up_port)])
         pf_alloc_port = free_port()
-        start([args.bin, "run", "--config", pilotfish_policy(tmp, pf_alloc_port, up_port, "counted")], env=env)
+        start([args.bin, "run", "--config", plain_pilotfish_policy(tmp, "counted", pf_alloc_port, free_port(), up_port)], env=env)
         ha = start(["haproxy", "-f", haproxy_conf(tmp, ha_port, up_port)])
         fl = start([floor_bin, str(fl_port), str(up_port)])
         for port in (pf_port, pf_alloc_port, ha_port, fl_port):

@@ -26,7 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Tapper, free_port, upstream_conf, wait_port  # noqa: E402
+from bench import Tapper, free_port, plain_pilotfish_policy, upstream_conf, wait_port  # noqa: E402
 
 
 def h2load(port, requests, churn):
@@ -44,20 +44,7 @@ def measure(binary, upstream_port, tmp, name, requests, keep=None, taps=()):
     """{mode: instructions per request}: keep-alive and churn, then keep-alive again with a tap
     open and read (GET /tap?QUERY) for each query in `taps` ("keep-alive, tap QUERY")."""
     port, admin = free_port(), free_port()
-    policy = os.path.join(tmp, name + ".yaml")
-    with open(policy, "w") as f:
-        f.write(f"""version: 1
-admin: {{address: "127.0.0.1:{admin}"}}
-workers: 1
-access_log: "off"
-listeners:
-- name: ingress
-  address: "127.0.0.1:{port}"
-  routes: [{{cluster: app}}]
-clusters:
-- name: app
-  endpoints: ["127.0.0.1:{upstream_port}"]
-""")
+    policy = plain_pilotfish_policy(tmp, name, port, admin, upstream_port)
     out_file = os.path.join(tmp, name + ".callgrind")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out_file + ".%p",
                              binary, "run", "--config", policy], stdout=subprocess.DEVNULL,
