@@ -7,6 +7,8 @@
 #include <string_view>
 #include <vector>
 
+#include "pilotfish/capacity_pool.h"
+
 namespace pilotfish {
 
 class HeaderList {
@@ -54,6 +56,18 @@ class HeaderList {
     open_ = false;
   }
 
+  // A connection's heads borrow their two buffers from the thread's pool (capacity_pool.h) when
+  // it starts and give them back, emptied, when it ends.
+  void take_pooled() {
+    StringPool<PoolRole::header_text>::take(storage_);
+    EntryPool::take(entries_);
+  }
+  void give_pooled() {
+    open_ = false;
+    StringPool<PoolRole::header_text>::give(storage_);
+    EntryPool::give(entries_);
+  }
+
   size_t size() const { return entries_.size(); }
   std::string_view name(size_t i) const { return {storage_.data() + entries_[i].name_offset, entries_[i].name_length}; }
   std::string_view value(size_t i) const { return {storage_.data() + entries_[i].value_offset, entries_[i].value_length}; }
@@ -65,6 +79,7 @@ class HeaderList {
   static constexpr size_t npos = static_cast<size_t>(-1);
 
  private:
+  using EntryPool = CapacityPool<std::vector<Entry>, PoolRole::header_entries>;
   std::string storage_;
   std::vector<Entry> entries_;
   bool open_ = false;

@@ -7,6 +7,7 @@
 
 #include "net/descriptor_budget.h"
 #include "net/event_loop.h"
+#include "pilotfish/capacity_pool.h"
 #include "tls/tls.h"
 
 namespace pilotfish {
@@ -37,11 +38,14 @@ Stream::Stream(EventLoop& event_loop) : event_loop_(event_loop) {
   tcp_.data = this;
   timer_.data = this;
   event_loop.link_stream(this);
+  StringPool<PoolRole::output>::take(out_);
 }
 
 Stream::~Stream() {
   event_loop_.unlink_stream(this);
   give_back_descriptor();
+  StringPool<PoolRole::output>::give(out_);
+  StringPool<PoolRole::cipher>::give(cipher_);
 }
 
 void Stream::alloc_cb(uv_handle_t* handle, size_t, uv_buf_t* buf) {
@@ -75,6 +79,7 @@ void Stream::read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
 }
 
 void Stream::start_tls(std::shared_ptr<const TlsMaterial> material, const TlsOptions& options) {
+  StringPool<PoolRole::cipher>::take(cipher_);
   tls_ = std::make_unique<TlsState>(std::move(material), options, &cipher_);
   if (tls_->failed()) {
     on_tls_failed();
@@ -255,6 +260,11 @@ void Stream::close_after_flush() {
   maybe_finish_flush();  // if a shutdown is under way, its callback sees close_after_flush_
 }
 
+void Stream::close_after_flush_no_linger() {
+  if (!tls_) no_linger_ = true;
+  close_after_flush();
+}
+
 void Stream::shutdown_after_flush() {
   shutdown_requested_ = true;
   maybe_finish_flush();
@@ -267,6 +277,10 @@ void Stream::maybe_finish_flush() {
 }
 
 void Stream::do_shutdown() {
+  if (no_linger_ && close_after_flush_) {
+    close();  // everything is with the kernel (pending_bytes() == 0): it sends it, then FIN
+    return;
+  }
   if (tls_ && tls_->established() && !tls_->close_notify_sent()) {
     // close_notify first, so the peer can tell our end from a truncation.
     tls_->shutdown();

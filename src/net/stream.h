@@ -92,6 +92,12 @@ class Stream {
   // side is drained (discarding) for a short while so the peer sees our last bytes before a
   // close, instead of a reset that could destroy them (a lingering close, as nginx does).
   void close_after_flush();
+  // Closes once everything queued is written, without the lingering read: for a peer known to
+  // have sent its last byte (a client that asked for the close, its request all read and
+  // nothing after it). A plain connection is closed outright: the kernel sends what is queued,
+  // then FIN; the shutdown, the read of the peer's FIN and their poll changes are saved. With
+  // TLS it is close_after_flush(): a peer answering close_notify is not sent a reset.
+  void close_after_flush_no_linger();
   // After everything queued is written, sends FIN (half-close) and keeps reading.
   void shutdown_after_flush();
   bool write_shut() const { return shutdown_requested_; }
@@ -171,6 +177,7 @@ class Stream {
   bool shutdown_started_ = false;
   bool shutdown_done_ = false;
   bool lingering_ = false;
+  bool no_linger_ = false;
   Descriptor descriptor_ = Descriptor::none;
 };
 

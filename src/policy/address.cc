@@ -163,6 +163,18 @@ bool is_unspecified(const SocketAddress& a) {
   return false;
 }
 
+size_t format_ipv4(const unsigned char* four, char* out) {
+  char* p = out;
+  for (int i = 0; i < 4; ++i) {
+    unsigned v = four[i];
+    if (v >= 100) *p++ = static_cast<char>('0' + v / 100);
+    if (v >= 10) *p++ = static_cast<char>('0' + v / 10 % 10);
+    *p++ = static_cast<char>('0' + v % 10);
+    if (i < 3) *p++ = '.';
+  }
+  return static_cast<size_t>(p - out);
+}
+
 std::string format_sockaddr(const sockaddr* sa) {
   if (sa == nullptr) return "(none)";
   char buf[INET6_ADDRSTRLEN] = {};

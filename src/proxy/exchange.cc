@@ -43,10 +43,21 @@ bool drawn(FastRandom& random, double percent) {
 
 Exchange::Exchange(WorkerContext& worker, ExchangeOwner& owner) : worker_(worker), owner_(owner) {
   response_.set_head_limit(kMaxResponseHeadBytes);
+  // Buffers an earlier connection (or stream) of this worker grew, instead of growing new ones.
+  StringPool<PoolRole::upstream_head>::take(upstream_head_);
+  StringPool<PoolRole::to_upstream>::take(to_upstream_);
+  StringPool<PoolRole::request_id>::take(request_id_);
+  StringPool<PoolRole::path>::take(st_.target.path);
+  resp_.fields.take_pooled();
 }
 
 Exchange::~Exchange() {
   if (st_.mux) st_.mux->abandon(this, st_.stream);  // a shared connection never calls an exchange that is gone
+  StringPool<PoolRole::upstream_head>::give(upstream_head_);
+  StringPool<PoolRole::to_upstream>::give(to_upstream_);
+  StringPool<PoolRole::request_id>::give(request_id_);
+  StringPool<PoolRole::path>::give(st_.target.path);
+  resp_.fields.give_pooled();
 }
 
 void Exchange::open(const SnapshotPtr& snap, size_t listener_index) {
@@ -538,8 +549,15 @@ void Exchange::reset() {
   // Destroyed and made anew in place (no temporary to move from): its holds give back their
   // slots, probe and balancer count.
   if (st_.mux) st_.mux->abandon(this, st_.stream);
+  // The target's buffers keep their capacity for the next request (a path longer than 15 bytes
+  // would otherwise be a heap allocation for every request).
+  std::string path = std::move(st_.target.path), query = std::move(st_.target.query);
   st_.~State();
   new (&st_) State();
+  path.clear();
+  query.clear();
+  st_.target.path = std::move(path);
+  st_.target.query = std::move(query);
   method_.clear();
   raw_target_.clear();
   authority_.clear();

@@ -7,6 +7,7 @@
 #include "http/local_reply.h"
 #include "log/logger.h"
 #include "pilotfish/header_rules.h"
+#include "pilotfish/socket_address.h"
 #include "proxy/worker_context.h"
 
 namespace pilotfish {
@@ -29,6 +30,13 @@ HttpSession::HttpSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> sl
   conn_stats_->connections.add(1);
   conn_stats_->connections_total.add();
   worker.add_downstream();
+  req_.fields.take_pooled();
+  StringPool<PoolRole::target>::take(req_.target);
+}
+
+HttpSession::~HttpSession() {
+  req_.fields.give_pooled();
+  StringPool<PoolRole::target>::give(req_.target);
 }
 
 void HttpSession::start() {
@@ -64,19 +72,20 @@ void HttpSession::start_adopted(const std::string& first_bytes) {
 }
 
 void HttpSession::note_peer() {
-  uv_tcp_nodelay(tcp(), 1);
+  // TCP_NODELAY came with the socket from its listener (Worker::open_listener).
   sockaddr_storage peer;
   int len = sizeof peer;
   if (uv_tcp_getpeername(tcp(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
     char ip[64] = "";
     if (peer.ss_family == AF_INET)
-      uv_ip4_name(reinterpret_cast<sockaddr_in*>(&peer), ip, sizeof ip);
+      client_address_.assign(ip, format_ipv4(reinterpret_cast<const unsigned char*>(
+                                                 &reinterpret_cast<sockaddr_in*>(&peer)->sin_addr.s_addr),
+                                             ip));
     else if (peer.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr))
       // An IPv4 client of a "[::]" listener: written as IPv4, as the same client on 0.0.0.0 is.
-      uv_inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr.s6_addr[12], ip, sizeof ip);
-    else if (peer.ss_family == AF_INET6)
-      uv_ip6_name(reinterpret_cast<sockaddr_in6*>(&peer), ip, sizeof ip);
-    client_address_ = ip;
+      client_address_.assign(ip, format_ipv4(&reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr.s6_addr[12], ip));
+    else if (peer.ss_family == AF_INET6 && uv_ip6_name(reinterpret_cast<sockaddr_in6*>(&peer), ip, sizeof ip) == 0)
+      client_address_ = ip;
   }
 }
 
@@ -318,7 +327,8 @@ bool HttpSession::validate_request_head() {
 
 Step HttpSession::on_request_head(RequestHead&) {
   if (!validate_request_head()) return Step::fail;
-  h1_.client_keep_alive = request_.keep_alive() && !draining();
+  h1_.client_close = !request_.keep_alive();
+  h1_.client_keep_alive = !h1_.client_close && !draining();
   h1_.keep_alive = h1_.client_keep_alive;
 
   bool websocket = false;
@@ -398,8 +408,11 @@ void HttpSession::exchange_request_flow(bool go) {
     stop_read();
 }
 
-void HttpSession::close_when_flushed() {
-  close_after_flush();
+void HttpSession::close_when_flushed(bool linger) {
+  if (linger)
+    close_after_flush();
+  else
+    close_after_flush_no_linger();
   // A client that does not take its last answer is not waited for longer than an idle one.
   if (!closing() && pending_bytes() > 0) arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));
 }
@@ -424,10 +437,13 @@ void HttpSession::maybe_finish_request() {
 void HttpSession::finish_request() {
   ex_.log();
   bool keep = h1_.keep_alive && !close_after_response_ && !draining();
+  // The client asked for the close and sent nothing after this request: it has no more bytes
+  // to send, so no lingering read waits for its FIN (nginx decides the same way).
+  bool client_done = (h1_.client_close || client_eof_) && leftover_.size() <= leftover_off_;
   reset_request();
   arm_timer(Timer::none, 0);
   if (!keep) {
-    close_when_flushed();
+    close_when_flushed(/*linger=*/!client_done);
     return;
   }
   request_.resume();

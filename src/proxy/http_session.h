@@ -11,6 +11,7 @@
 
 #include "http/http1_codec.h"
 #include "net/stream.h"
+#include "pilotfish/capacity_pool.h"
 #include "pilotfish/policy.h"
 #include "proxy/exchange.h"
 #include "proxy/http2_downstream.h"
@@ -21,6 +22,10 @@ namespace pilotfish {
 class HttpSession final : public Stream, private ExchangeOwner, private Http1RequestHandler {
  public:
   HttpSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> slot);
+  ~HttpSession() override;
+  // A worker's connections reuse the memory of those that ended (capacity_pool.h).
+  static void* operator new(size_t size) { return BlockPool<HttpSession>::take(size); }
+  static void operator delete(void* p, size_t size) { BlockPool<HttpSession>::give(p, size); }
   // Called once the socket is accepted.
   void start();
   // Called instead of start() for a connection an InterceptSession hands over (see
@@ -81,7 +86,7 @@ class HttpSession final : public Stream, private ExchangeOwner, private Http1Req
   void write_response_head(const ResponseHead& head);
   void maybe_finish_request();
   // Closes once what is queued for the client has gone out, or after idle_timeout.
-  void close_when_flushed();
+  void close_when_flushed(bool linger = true);
   void finish_request();
   void continue_pipeline();
   void reset_request();
@@ -108,6 +113,7 @@ class HttpSession final : public Stream, private ExchangeOwner, private Http1Req
   struct H1Request {
     bool in_request = false;
     bool client_keep_alive = true;
+    bool client_close = false;  // the client asked for the close (Connection: close, HTTP/1.0)
     bool keep_alive = true;
     Framing framing = Framing::none;
     bool zero_length = false;  // a body-less answer that must say content-length: 0

@@ -1,6 +1,9 @@
 #include "server/worker.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <map>
@@ -178,6 +181,11 @@ void Worker::open_listener(size_t index, const std::string& key, int fd) {
   h->key = key;
   uv_tcp_init(&loop_, &h->tcp);
   h->tcp.data = h;
+  // Set once here, Nagle's algorithm stays off for every connection accepted from this socket:
+  // Linux copies TCP_NODELAY from the listening socket to each accepted one, which saves a
+  // setsockopt per connection (also for a socket handed over by the previous process).
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   uv_tcp_open(&h->tcp, fd);
   int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&h->tcp), 1024, on_connection);
   if (rc != 0) log_error("worker " + std::to_string(index_) + ": listen on " + l.name + ": " + uv_strerror(rc));

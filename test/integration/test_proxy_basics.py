@@ -4,6 +4,7 @@ path normalisation, routing, load balancing, HEAD/204/304, HTTP/1.0, 100-continu
 
 import json
 import os
+import socket
 import sys
 import time
 import unittest
@@ -83,6 +84,42 @@ class KeepAliveTest(ProxyTest):
         self.assertEqual(r.status, 200)
         self.assertIn("close", connection_tokens(r.headers_all("connection")))
         self.assertTrue(c.is_closed(2), "pilotfish should close after a `Connection: close` request")
+
+    def test_close_asked_by_the_client_delivers_a_large_answer_to_a_slow_reader(self):
+        # The client asked for the close and sent nothing more: pilotfish closes outright once
+        # the last byte is with the kernel (no lingering read). What the kernel still holds must
+        # reach a reader that takes its time, all of it, ended by FIN, not a reset.
+        size = 3 * 1024 * 1024
+        c = self.client(timeout=20.0)
+        small = socket.socket()
+        small.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # before connecting: the window
+        small.settimeout(20.0)
+        small.connect(("127.0.0.1", self.port))
+        c.sock.close()
+        c.sock = small
+        c.send(h.build_request("GET", "/download?bytes=%d" % size, [("Connection", "close")], None,
+                               "HTTP/1.1", "test.local"))
+        time.sleep(0.5)  # the answer fills the socket buffers; pilotfish waits on a full queue
+        r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.body), size)
+        block = up.pattern_block()
+        self.assertEqual(zlib.crc32(r.body), zlib.crc32((block * (size // len(block) + 1))[:size]))
+        self.assertTrue(c.is_closed(5), "pilotfish should close after the answer")
+        self.assertFalse(c.reset, "the close must be a FIN after the last byte, not a reset")
+
+    def test_a_request_pipelined_after_a_close_keeps_the_lingering_close(self):
+        # Bytes after the request that asked for the close: pilotfish still lingers (reads and
+        # discards) so that its close does not reset the answer away.
+        c = self.client()
+        c.send(h.build_request("GET", "/first", [("Connection", "close")], None, "HTTP/1.1", "test.local") +
+               h.build_request("GET", "/second", None, None, "HTTP/1.1", "test.local") + b"x" * 100000)
+        r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["target"], "/first")
+        self.assertTrue(c.is_closed(5))
+        self.assertFalse(c.reset, "the answer's connection must end with a FIN, not a reset")
+        self.assertEqual([q["target"] for q in self.up.requests()], ["/first"])
 
     def test_upstream_closing_its_connection_does_not_break_the_client(self):
         c = self.client()

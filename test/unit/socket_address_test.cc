@@ -121,3 +121,26 @@ TEST(SocketAddressPort, ZeroForAnEmptyAddress) { EXPECT_EQ(SocketAddress{}.port(
 
 }  // namespace
 }  // namespace pilotfish
+
+namespace pilotfish {
+namespace {
+
+TEST(FormatIpv4, MatchesInetNtop) {
+  // Every value of each byte position, with the others varied: the digit counts 1 to 3 and
+  // every length from "0.0.0.0" to "255.255.255.255".
+  const unsigned char others[] = {0, 1, 9, 10, 99, 100, 127, 199, 200, 255};
+  for (int position = 0; position < 4; ++position)
+    for (int v = 0; v < 256; ++v)
+      for (unsigned char other : others) {
+        unsigned char four[4] = {other, static_cast<unsigned char>(other ^ 0x5a), other, 255};
+        four[position] = static_cast<unsigned char>(v);
+        char expected[INET_ADDRSTRLEN];
+        ASSERT_NE(inet_ntop(AF_INET, four, expected, sizeof expected), nullptr);
+        char got[16];
+        size_t n = format_ipv4(four, got);
+        ASSERT_EQ(std::string(got, n), expected);
+      }
+}
+
+}  // namespace
+}  // namespace pilotfish
