@@ -212,6 +212,7 @@ int Stream::write_bytes(std::string& bytes) {
     int n = uv_try_write(stream(), b.data(), b.count());
     if (n == static_cast<int>(bytes.size())) {
       bytes.clear();
+      maybe_release_output();
       maybe_finish_flush();
       return 0;
     }
@@ -242,7 +243,9 @@ void Stream::write_cb(uv_write_t* req, int status) {
   self->event_loop_.give_write_request(w);
   if (status == UV_ECANCELED || self->closing_) return;
   self->on_write_done(status);
-  if (!self->closing_) self->maybe_finish_flush();
+  if (self->closing_) return;
+  self->maybe_release_output();
+  self->maybe_finish_flush();
 }
 
 void Stream::on_write_done(int status) {
@@ -258,6 +261,18 @@ void Stream::close_after_flush() {
     return;
   }
   maybe_finish_flush();  // if a shutdown is under way, its callback sees close_after_flush_
+}
+
+void Stream::take_output() {
+  release_output_ = false;
+  StringPool<PoolRole::output>::take(out_);
+}
+
+void Stream::maybe_release_output() {
+  if (release_output_ && out_.empty()) {
+    release_output_ = false;
+    StringPool<PoolRole::output>::give(out_);
+  }
 }
 
 void Stream::close_after_flush_no_linger() {

@@ -85,6 +85,13 @@ class Stream {
   void append(std::string_view bytes) { out_.append(bytes); }
   // Writes what is in out(); returns 0 or a libuv error (the connection is then unusable).
   int flush();
+  // An idle connection's output buffer goes back to the worker's pool once it is empty (now,
+  // or when the last bytes are with the kernel); take_output() borrows one for the next answer.
+  void release_output_when_flushed() {
+    release_output_ = true;
+    maybe_release_output();
+  }
+  void take_output();
   // Bytes accepted but not yet handed to the kernel: the backpressure measure.
   size_t pending_bytes() const;
 
@@ -155,6 +162,7 @@ class Stream {
   static void timer_cb(uv_timer_t* t);
   static void close_cb(uv_handle_t* h);
   void maybe_finish_flush();
+  void maybe_release_output();
   void do_shutdown();
   int write_bytes(std::string& bytes);
   void tls_input(const char* data, size_t length);
@@ -178,6 +186,7 @@ class Stream {
   bool shutdown_done_ = false;
   bool lingering_ = false;
   bool no_linger_ = false;
+  bool release_output_ = false;
   Descriptor descriptor_ = Descriptor::none;
 };
 

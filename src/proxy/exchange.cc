@@ -43,7 +43,16 @@ bool drawn(FastRandom& random, double percent) {
 
 Exchange::Exchange(WorkerContext& worker, ExchangeOwner& owner) : worker_(worker), owner_(owner) {
   response_.set_head_limit(kMaxResponseHeadBytes);
-  // Buffers an earlier connection (or stream) of this worker grew, instead of growing new ones.
+  take_buffers();
+}
+
+Exchange::~Exchange() {
+  if (st_.mux) st_.mux->abandon(this, st_.stream);  // a shared connection never calls an exchange that is gone
+  release_buffers();
+}
+
+// Buffers an earlier connection (or stream) of this worker grew, instead of growing new ones.
+void Exchange::take_buffers() {
   StringPool<PoolRole::upstream_head>::take(upstream_head_);
   StringPool<PoolRole::to_upstream>::take(to_upstream_);
   StringPool<PoolRole::request_id>::take(request_id_);
@@ -51,8 +60,7 @@ Exchange::Exchange(WorkerContext& worker, ExchangeOwner& owner) : worker_(worker
   resp_.fields.take_pooled();
 }
 
-Exchange::~Exchange() {
-  if (st_.mux) st_.mux->abandon(this, st_.stream);  // a shared connection never calls an exchange that is gone
+void Exchange::release_buffers() {
   StringPool<PoolRole::upstream_head>::give(upstream_head_);
   StringPool<PoolRole::to_upstream>::give(to_upstream_);
   StringPool<PoolRole::request_id>::give(request_id_);

@@ -120,6 +120,11 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   void reset();
   // Kept for another owner's request later: as reset, and the policy and big buffers let go.
   void recycle();
+  // Between requests (reset() done, the connection idle) the buffers that grew for requests go
+  // back to the worker's pools (capacity_pool.h), so that an idle keep-alive connection holds
+  // none; take_buffers() at the next request's first byte borrows them again.
+  void release_buffers();
+  void take_buffers();
   // The client went away: counted as downstream_closed unless answered.
   void client_gone();
   // The connection of a tunnel or attempt in flight is dropped (the client's side closed).

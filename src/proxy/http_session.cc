@@ -290,6 +290,10 @@ void HttpSession::on_write_done(int status) {
 Step HttpSession::on_message_begin() {
   refresh_snapshot();
   h1_.in_request = true;
+  req_.fields.take_pooled();
+  StringPool<PoolRole::target>::take(req_.target);
+  ex_.take_buffers();
+  take_output();
   ex_.open(snap_, listener_index_);
   request_.set_head_limit(listener_->max_header_bytes);
   arm_timer(Timer::header, static_cast<uint64_t>(listener_->header_timeout.count()));
@@ -449,6 +453,13 @@ void HttpSession::finish_request() {
   request_.resume();
   parser_paused_ = false;
   continue_pipeline();
+  if (!closing() && !h1_.in_request && !h2_ && leftover_.size() <= leftover_off_) {
+    // Idle: what grew for requests goes back to the worker's pools until the next one.
+    req_.fields.give_pooled();
+    StringPool<PoolRole::target>::give(req_.target);
+    ex_.release_buffers();
+    release_output_when_flushed();
+  }
 }
 
 void HttpSession::continue_pipeline() {

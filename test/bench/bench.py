@@ -22,9 +22,12 @@ last column is each target's CPU per request over the floor's (the median of per
 --with-tap adds pilotfish with a tap (GET /tap) open and read for the whole run: one at the default
 100 events a second (`pilotfish tap`), one at 10000.
 
---with-churn adds pilotfish (and the --baseline-bin build, if given) with every request on a new
-client connection (wrk sends `Connection: close`): the cost of accepting, and of closing, a
-connection per request.
+--with-churn adds pilotfish (and the --baseline-bin build, if given), HAProxy and NGINX with every
+request on a new client connection (wrk sends `Connection: close`): the cost of accepting, and of
+closing, a connection per request; and pilotfish's CPU over HAProxy's and NGINX's for it.
+
+--with-latency adds unloaded latency: one connection, one request at a time, for the upstream
+alone, pilotfish, HAProxy, NGINX and the floor (p50 and p99, and what each adds to the upstream's).
 """
 import argparse
 import json
@@ -416,6 +419,29 @@ def report_mtls(info, args):
         print(f"| {name} | {statistics.median(rows[(name, False)]):.0f} | {statistics.median(rows[(name, True)]):.0f} |")
 
 
+def report_latency(targets, args):
+    """Unloaded latency: one connection sending one request at a time (wrk -t1 -c1), targets
+    interleaved over the rounds; medians of each round's p50 and p99, and what each adds to the
+    upstream's own (the direct row)."""
+    runs = {t.name: [] for t in targets}
+    for _ in range(args.rounds):
+        for t in targets:
+            runs[t.name].append(run_wrk(t.port, args.duration, 1))
+    print()
+    print(f"Unloaded latency: wrk -t1 -c1 -d{args.duration}s, {args.rounds} interleaved rounds, medians")
+    print()
+    print("| target | p50 us | p99 us | added p50 us | added p99 us |")
+    print("|---|---|---|---|---|")
+    direct = runs["direct"]
+    for t in targets:
+        p50 = statistics.median(r["p50"] for r in runs[t.name]) * 1000
+        p99 = statistics.median(r["p99"] for r in runs[t.name]) * 1000
+        d50 = statistics.median(r["p50"] for r in direct) * 1000
+        d99 = statistics.median(r["p99"] for r in direct) * 1000
+        added = "- | -" if t.name == "direct" else f"{p50 - d50:+.0f} | {p99 - d99:+.0f}"
+        print(f"| {t.name} | {p50:.0f} | {p99:.0f} | {added} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -433,7 +459,11 @@ def main():
                          "detection explicitly")
     ap.add_argument("--baseline-bin", help="also measure this pilotfish binary (an older build) as 'baseline'")
     ap.add_argument("--with-churn", action="store_true",
-                    help="also measure pilotfish (and --baseline-bin) with a new client connection per request")
+                    help="also measure pilotfish (and --baseline-bin), HAProxy and NGINX with a new client connection "
+                         "per request")
+    ap.add_argument("--with-latency", action="store_true",
+                    help="also measure unloaded latency: one connection, one request at a time (wrk -c1), for the "
+                         "upstream, pilotfish, HAProxy, NGINX and the floor")
     ap.add_argument("--with-mtls", action="store_true",
                     help="also measure an mTLS hop (plain -> A -> mTLS -> B -> plain) for pilotfish and HAProxy")
     ap.add_argument("--only-mtls", action="store_true", help="measure only the direct upstream and the mTLS pairs")
@@ -549,6 +579,9 @@ clusters:
             procs.append(ha)
             wait_port(ha_port)
             targets.append(Target("haproxy", ha_port, ha, lambda p=ha: children(p.pid)))
+            if args.with_churn:
+                targets.append(Target("haproxy-churn", ha_port, ha, lambda p=ha: children(p.pid),
+                                      headers=["Connection: close"]))
 
         ng_port = free_port()
         ng_conf = os.path.join(tmp, "nginx-proxy.conf")
@@ -565,6 +598,9 @@ http {{ access_log off; keepalive_requests 1000000;
             procs.append(ng)
             wait_port(ng_port)
             targets.append(Target("nginx", ng_port, ng, lambda p=ng: children(p.pid)))
+            if args.with_churn:
+                targets.append(Target("nginx-churn", ng_port, ng, lambda p=ng: children(p.pid),
+                                      headers=["Connection: close"]))
 
         # The floor: a byte forwarder that parses nothing (test/bench/floor.cc, built with the
         # tests as build/test/floor), one client connection to one upstream connection.
@@ -628,6 +664,18 @@ http {{ access_log off; keepalive_requests 1000000;
             print(f"| {t.name} | {med(t, 'rps'):.0f} | {med(t, 'p50'):.3f} | {med(t, 'p99'):.3f} | "
                   f"{added:.3f} | {cpu:.2f} | {t.rss_idle / 1024:.1f} | {t.rss_loaded / 1024:.1f} | "
                   f"{med(t, 'rps') / med(pf, 'rps'):.2f} | {vs_floor} |")
+        churn = {t.name: t for t in targets if t.name.endswith("-churn")}
+        if "pilotfish-churn" in churn:
+            print()
+            for other in ("haproxy-churn", "nginx-churn"):
+                if other in churn:
+                    ratio = statistics.median(a["cpu_us_per_req"] / b["cpu_us_per_req"]
+                                              for a, b in zip(churn["pilotfish-churn"].runs, churn[other].runs))
+                    print(f"churn: pilotfish CPU per request / {other.split('-')[0]}'s: {ratio:.2f} "
+                          "(median of per-round ratios)")
+        if args.with_latency:
+            report_latency([t for t in targets if "churn" not in t.name and "+" not in t.name
+                            and t.name in ("direct", "pilotfish", "haproxy", "nginx", "floor")], args)
         if mtls_info:
             report_mtls(mtls_info, args)
     finally:
