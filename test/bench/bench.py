@@ -196,6 +196,19 @@ class Tapper:
         return self.bytes
 
 
+def stop_all(procs, tmp):
+    """SIGTERM to each process still running (a kill after 10 s), then the scratch folder goes."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def start(cmd, **kw):
     return subprocess.Popen(["taskset", "-c", PROXY_CPU] + cmd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, **kw)
@@ -679,15 +692,7 @@ http {{ access_log off; keepalive_requests 1000000;
         if mtls_info:
             report_mtls(mtls_info, args)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
 
 
 if __name__ == "__main__":

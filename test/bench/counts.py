@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import free_port, haproxy_conf, plain_pilotfish_policy, upstream_conf, wait_port  # noqa: E402
+from bench import free_port, haproxy_conf, plain_pilotfish_policy, stop_all, upstream_conf, wait_port  # noqa: E402
 from instructions import h2load  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -112,14 +112,7 @@ def main():
             for name, proc, port in (("pilotfish", pf, pf_port), ("haproxy", ha, ha_port), ("floor", fl, fl_port)):
                 rows[(name, mode, "syscalls")] = strace_counts(proc.pid, port, args.requests, churn)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
 
     print("%s: per request, %d requests, 10 clients (h2load --h1), one worker or thread"
           % (time.strftime("%Y-%m-%d"), args.requests))

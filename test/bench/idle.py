@@ -14,7 +14,6 @@ in RSS and not counted, for either proxy. Not a test: it asserts nothing.
 import argparse
 import os
 import resource
-import shutil
 import signal
 import socket
 import ssl
@@ -24,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import HAPROXY_HEAD, free_port, rss_kib, upstream_conf, wait_port, write  # noqa: E402
+from bench import HAPROXY_HEAD, free_port, rss_kib, stop_all, upstream_conf, wait_port, write  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TD = "spiffe://bench.local/ns/bench/sa/"
@@ -157,15 +156,7 @@ backend be
         for proxy, kind, before, after in rows:
             print(f"| {proxy} | {kind} | {before / 1024:.1f} | {after / 1024:.1f} | {(after - before) / n:.2f} |")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
 
 
 if __name__ == "__main__":
