@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 
 using pilotfish::HeadScanner;
@@ -45,6 +47,66 @@ TEST(HeadScanner, RejectsBareLfBareCrAndFolding) {
     for (size_t step : {1u, 4u, 100u}) {
       auto [r, used] = scan(bad, step);
       EXPECT_EQ(r, HeadScanner::Result::invalid) << bad << " step " << step;
+    }
+  }
+}
+
+namespace {
+// The scanner as first written, a byte at a time: the reference the line-at-a-time one must
+// agree with on every input and every way of cutting it into pieces.
+struct ByteScanner {
+  char last = 0;
+  size_t line_length = 0, lines = 0;
+  HeadScanner::Result feed(const char* data, size_t length, size_t* used) {
+    for (size_t i = 0; i < length; ++i) {
+      char c = data[i];
+      if (last == '\r' && c != '\n') return *used = i, HeadScanner::Result::invalid;
+      if (c == '\n') {
+        if (last != '\r') return *used = i, HeadScanner::Result::invalid;
+        last = c;
+        if (line_length == 0) {
+          if (lines == 0) continue;
+          *used = i + 1;
+          return HeadScanner::Result::head_complete;
+        }
+        ++lines;
+        line_length = 0;
+        continue;
+      }
+      if (c != '\r') {
+        if (line_length == 0 && lines > 0 && (c == ' ' || c == '\t')) return *used = i, HeadScanner::Result::invalid;
+        ++line_length;
+      }
+      last = c;
+    }
+    *used = length;
+    return HeadScanner::Result::in_head;
+  }
+};
+}  // namespace
+
+TEST(HeadScanner, AgreesWithTheByteAtATimeScannerOnRandomInput) {
+  const char alphabet[] = {'a', 'b', ':', ' ', '\t', '\r', '\n', '\r', '\n'};
+  uint32_t seed = 12345;
+  auto next = [&seed] { return seed = seed * 1103515245u + 12345u, (seed >> 16) & 0x7fff; };
+  for (int round = 0; round < 20000; ++round) {
+    std::string text;
+    size_t length = next() % 40;
+    for (size_t i = 0; i < length; ++i) text += alphabet[next() % sizeof alphabet];
+    if (round % 3 == 0) text = "GET / HTTP/1.1\r\n" + text;  // often past the first line
+    HeadScanner fast;
+    fast.reset();
+    ByteScanner slow;
+    size_t off = 0;
+    while (off < text.size()) {
+      size_t n = std::min<size_t>(1 + next() % 8, text.size() - off);
+      size_t used_fast = 99, used_slow = 98;
+      auto a = fast.feed(text.data() + off, n, &used_fast);
+      auto b = slow.feed(text.data() + off, n, &used_slow);
+      ASSERT_EQ(a, b) << "round " << round << " at " << off;
+      ASSERT_EQ(used_fast, used_slow) << "round " << round << " at " << off;
+      if (a != HeadScanner::Result::in_head) break;
+      off += n;
     }
   }
 }
