@@ -118,6 +118,9 @@ class Stream {
   virtual void drain() {}
   // The worker switched to a new policy snapshot (a connection of a removed listener drains).
   virtual void on_policy_changed() {}
+  // The worker's once-a-second sweep: an idle connection lets go of memory it holds only for
+  // requests (HttpSession: its exchange).
+  virtual void release_idle_memory() {}
 
   // One timer per connection. start_timer/stop_timer arm and disarm it exactly.
   // set_deadline/clear_deadline are for deadlines that move on every request: they only

@@ -41,7 +41,7 @@ bool drawn(FastRandom& random, double percent) {
 
 }  // namespace
 
-Exchange::Exchange(WorkerContext& worker, ExchangeOwner& owner) : worker_(worker), owner_(owner) {
+Exchange::Exchange(WorkerContext& worker, ExchangeOwner& owner) : worker_(worker), owner_(&owner) {
   response_.set_head_limit(kMaxResponseHeadBytes);
   take_buffers();
 }
@@ -440,7 +440,7 @@ void Exchange::answer(int status, const char* error, bool request_unread) {
   st_.status = status;
   st_.response_started = true;
   st_.response_complete = true;
-  owner_.exchange_local_reply(status, error, local_headers_, request_unread);
+  owner_->exchange_local_reply(status, error, local_headers_, request_unread);
   local_headers_.clear();
 }
 
@@ -521,18 +521,18 @@ void Exchange::answer_from_route(const Route& route) {
   st_.local_response = true;  // pilotfish's own answer: nothing of the request goes further
   st_.response_started = true;
   bool no_body = st_.method_head || resp_.status == 204 || resp_.status == 304;
-  owner_.exchange_head(resp_, no_body, true);
+  owner_->exchange_head(resp_, no_body, true);
   if (!no_body && !body.empty()) {
     st_.bytes_out += body.size();
-    owner_.exchange_body(body);
+    owner_->exchange_body(body);
   }
   st_.response_complete = true;
-  owner_.exchange_end(resp_);
+  owner_->exchange_end(resp_);
 }
 
 void Exchange::break_off() {
   st_.broken = true;
-  owner_.exchange_broken();
+  owner_->exchange_broken();
 }
 
 void Exchange::client_gone() {
@@ -580,6 +580,13 @@ void Exchange::reset() {
   resp_.clear();
   replay_.clear();
   if (replay_.capacity() > 16 * 1024) replay_.shrink_to_fit();  // one big PUT does not pin 64 KiB
+}
+
+void Exchange::detach() {
+  // The policy snapshot stays until forget_snapshot(): this may run inside the exchange's own
+  // callback, whose code after it may still read the snapshot.
+  if (to_upstream_.capacity() > 16 * 1024) std::string().swap(to_upstream_);
+  release_buffers();
 }
 
 void Exchange::recycle() {
@@ -768,7 +775,7 @@ void Exchange::arm_upstream_timer() {
   uint64_t next = st_.upstream.next_deadline_ms();
   if (next == 0) return;
   uint64_t now = uv_now(worker_.loop());
-  owner_.exchange_timer(next > now ? next - now : 1);
+  owner_->exchange_timer(next > now ? next - now : 1);
 }
 
 AttemptScope Exchange::attempt_scope() {
@@ -804,7 +811,7 @@ void Exchange::flush_upstream() {
       !st_.paused_for_upstream) {
     st_.paused_for_upstream = true;
     if (st_.mux && st_.stream >= 0) st_.mux->wait_drained(st_.stream);
-    owner_.exchange_request_flow(false);
+    owner_->exchange_request_flow(false);
   }
 }
 
@@ -813,26 +820,26 @@ void Exchange::tunnel_send(const char* data, size_t length) {
   if (st_.upstream.connection) st_.upstream.connection->flush();
   if (upstream_pending() > Stream::kHighWater && !st_.paused_for_upstream) {
     st_.paused_for_upstream = true;
-    owner_.exchange_request_flow(false);
+    owner_->exchange_request_flow(false);
   }
 }
 
 void Exchange::wait_for_downstream() {
   bool was = st_.paused_for_downstream;
   st_.paused_for_downstream = true;
-  owner_.exchange_downstream_blocked();
+  owner_->exchange_downstream_blocked();
   // From now a stall is the client's, bounded by the listener's idle_timeout (on_timer): the
   // timer armed for the cluster's timeout may be due later than that.
   if (!was && st_.response_started && st_.cluster) {
     uint64_t idle = static_cast<uint64_t>(listener().idle_timeout.count());
     uint64_t timeout = static_cast<uint64_t>(st_.cluster->timeout.count());
     uint64_t ms = idle && timeout ? std::min(idle, timeout) : std::max(idle, timeout);
-    if (ms) owner_.exchange_timer(ms);
+    if (ms) owner_->exchange_timer(ms);
   }
 }
 
 void Exchange::downstream_drained() {
-  if (st_.paused_for_downstream && owner_.exchange_downstream_pending() < Stream::kLowWater) {
+  if (st_.paused_for_downstream && owner_->exchange_downstream_pending() < Stream::kLowWater) {
     st_.paused_for_downstream = false;
     if (st_.upstream.connection) st_.upstream.connection->start_read();
     if (st_.mux && st_.stream >= 0 && st_.unconsumed) {
@@ -854,7 +861,7 @@ void Exchange::on_upstream_connected(UpstreamConnection& from) {
   if (st_.upstream.connection->flush() != 0) return;
   if (st_.paused_for_upstream && upstream_pending() < Stream::kLowWater) {
     st_.paused_for_upstream = false;
-    owner_.exchange_request_flow(true);
+    owner_->exchange_request_flow(true);
   }
 }
 
@@ -863,7 +870,7 @@ void Exchange::on_upstream_connect_failed(UpstreamConnection& from, int status) 
   (void)from;
   st_.upstream.connection_lost();
   follow(st_.upstream.after_connect_failure(attempt_scope(), status));
-  owner_.exchange_progress();
+  owner_->exchange_progress();
 }
 
 void Exchange::on_upstream_drained(UpstreamConnection& from) {
@@ -871,7 +878,7 @@ void Exchange::on_upstream_drained(UpstreamConnection& from) {
   (void)from;
   if (st_.paused_for_upstream && upstream_pending() < Stream::kLowWater) {
     st_.paused_for_upstream = false;
-    owner_.exchange_request_flow(true);
+    owner_->exchange_request_flow(true);
   }
 }
 
@@ -882,12 +889,12 @@ void Exchange::on_upstream_data(UpstreamConnection& from, char* data, size_t len
   (void)from;
   if (st_.tunnel) {
     st_.bytes_out += length;
-    owner_.exchange_body({data, length});
-    if (owner_.exchange_downstream_pending() > Stream::kHighWater && st_.upstream.connection) {
+    owner_->exchange_body({data, length});
+    if (owner_->exchange_downstream_pending() > Stream::kHighWater && st_.upstream.connection) {
       wait_for_downstream();
       st_.upstream.connection->stop_read();
     }
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   st_.upstream.response_bytes_seen = true;
@@ -911,7 +918,7 @@ void Exchange::on_upstream_data(UpstreamConnection& from, char* data, size_t len
     st_.after_response = {NextStep::pass};
     release_upstream(false);
     follow(next);
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   if (result.kind == Outcome::upgrade && st_.tunnel) {
@@ -936,15 +943,15 @@ void Exchange::on_upstream_data(UpstreamConnection& from, char* data, size_t len
     } else {
       st_.error = "invalid_response";
       break_off();
-      owner_.exchange_progress();
+      owner_->exchange_progress();
       return;
     }
   }
-  if (st_.upstream.connection && owner_.exchange_downstream_pending() > Stream::kHighWater) {
+  if (st_.upstream.connection && owner_->exchange_downstream_pending() > Stream::kHighWater) {
     wait_for_downstream();
     st_.upstream.connection->stop_read();
   }
-  owner_.exchange_progress();
+  owner_->exchange_progress();
 }
 
 void Exchange::on_upstream_end(UpstreamConnection& from, int status) {
@@ -955,24 +962,24 @@ void Exchange::on_upstream_end(UpstreamConnection& from, int status) {
   st_.upstream.connection_lost();
   if (st_.tunnel) {
     break_off();
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   if (st_.response_started && !st_.response_complete && status == UV_EOF) {
     // A response delimited by the connection's close ends here.
     if (response_.finish() && st_.response_complete) {
-      owner_.exchange_progress();
+      owner_->exchange_progress();
       return;
     }
   }
   if (st_.response_started) {
     st_.error = "upstream_reset";
     break_off();
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   follow(st_.upstream.after_reset(attempt_scope(), tls_refused, st_.idempotent));
-  owner_.exchange_progress();
+  owner_->exchange_progress();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -991,14 +998,14 @@ Step Exchange::on_response_head(ResponseHead&) {
     st_.upstream.retry_slot.release();
     st_.status = 101;
     st_.tunnel = true;
-    owner_.exchange_head(resp_, true, false);
+    owner_->exchange_head(resp_, true, false);
     return Step::go;
   }
   if (status < 200) {
     // Interim response (100 Continue, 103 Early Hints): passed on, the final one follows.
     // A few are normal; a stream of them is an upstream gone wrong.
     if (++st_.interim_responses > kMaxInterimResponses) return Step::fail;
-    owner_.exchange_head(resp_, true, false);
+    owner_->exchange_head(resp_, true, false);
     // It ends at its blank line, whatever its fields say (RFC 9112 6.3). llhttp would read a
     // body after a 1xx with Content-Length or chunked, and that body would reach the client
     // unframed: a response the upstream forged inside it, taken for this request's answer.
@@ -1016,15 +1023,15 @@ Step Exchange::on_response_head(ResponseHead&) {
   bool no_body = st_.method_head || status == 204 || status == 304;
   st_.response_started = true;
   apply_response_rules(resp_);
-  owner_.exchange_head(resp_, no_body, response_.has_content_length());
+  owner_->exchange_head(resp_, no_body, response_.has_content_length());
   // The answer is arriving; from now on the timeout guards against a stalled stream.
-  owner_.exchange_timer(static_cast<uint64_t>(st_.cluster->timeout.count()));
+  owner_->exchange_timer(static_cast<uint64_t>(st_.cluster->timeout.count()));
   return no_body ? Step::skip_body : Step::go;
 }
 
 Step Exchange::on_response_body(std::string_view piece) {
   st_.bytes_out += piece.size();
-  owner_.exchange_body(piece);
+  owner_->exchange_body(piece);
   return Step::go;
 }
 
@@ -1033,7 +1040,7 @@ Step Exchange::on_response_message_complete(ResponseHead& head) {
   if (!st_.response_started) return Step::pause;  // the end of an interim response
   if (!fields_valid(head.trailers)) return Step::fail;  // cut short: the client sees no last chunk
   st_.response_complete = true;
-  owner_.exchange_end(head);
+  owner_->exchange_end(head);
   return Step::pause;
 }
 
@@ -1042,7 +1049,7 @@ void Exchange::enter_tunnel(const char* rest, size_t rest_length) {
   st_.response_started = true;
   st_.response_complete = true;
   log();
-  owner_.exchange_upgraded({rest, rest_length});
+  owner_->exchange_upgraded({rest, rest_length});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1059,12 +1066,12 @@ void Exchange::on_timer() {
     // A response is streaming: only a stall as long as the timeout ends it, where a stall
     // is no byte from the upstream and no byte taken by the client.
     if (now - st_.last_progress_ms < limit) {
-      owner_.exchange_timer(limit - (now - st_.last_progress_ms));
+      owner_->exchange_timer(limit - (now - st_.last_progress_ms));
       return;
     }
     st_.error = "upstream_stalled";
     break_off();
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   if (st_.upstream.deadline_ms && now >= st_.upstream.deadline_ms) {
@@ -1072,7 +1079,7 @@ void Exchange::on_timer() {
       // This timer is late: the worker itself was held up (and an answer may be waiting
       // unread in the socket). The I/O gets one turn of the loop before the verdict.
       st_.upstream.stall_checked = true;
-      owner_.exchange_timer(1);
+      owner_->exchange_timer(1);
       return;
     }
     // The endpoint had the request when it is connected and nothing is left in
@@ -1081,7 +1088,7 @@ void Exchange::on_timer() {
     bool had_it = st_.mux ? st_.stream >= 0 && st_.mux->pending(st_.stream) == 0
                           : c && c->connected() && c->pending_bytes() == 0;
     follow(st_.upstream.after_deadline(attempt_scope(), had_it));
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   if (st_.upstream.backoff_until_ms && now >= st_.upstream.backoff_until_ms) {
@@ -1090,13 +1097,13 @@ void Exchange::on_timer() {
       answer(st_.fault_abort, "fault_abort", st_.has_body && !st_.request_complete);
     else
       start_attempt();
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   if (st_.upstream.try_deadline_ms && now >= st_.upstream.try_deadline_ms && attempt_active()) {
     release_upstream(false);
     follow(st_.upstream.after_try_timeout(attempt_scope()));
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   arm_upstream_timer();

@@ -78,10 +78,13 @@ struct ExchangeRequest {
   std::string_view fixed_cluster;  // intercepted: the destination's cluster, by name
 };
 
-class Exchange final : public UpstreamHandler, private Http1ResponseHandler, private Http2StreamOwner {
+class Exchange final : public Spare, public UpstreamHandler, private Http1ResponseHandler, private Http2StreamOwner {
  public:
   Exchange(WorkerContext& worker, ExchangeOwner& owner);
   ~Exchange() override;
+  // A worker's sessions reuse the memory of exchanges that ended (capacity_pool.h).
+  static void* operator new(size_t size) { return BlockPool<Exchange>::take(size); }
+  static void operator delete(void* p, size_t size) { BlockPool<Exchange>::give(p, size); }
   Exchange(const Exchange&) = delete;
   Exchange& operator=(const Exchange&) = delete;
 
@@ -125,6 +128,13 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   // none; take_buffers() at the next request's first byte borrows them again.
   void release_buffers();
   void take_buffers();
+  // An HTTP/1.1 connection gone idle hands its exchange (reset()) to the worker to keep for the
+  // next connection's request (WorkerContext::spare_exchanges): its buffers go back to the pools.
+  // rebind() gives it to its next owner.
+  void detach();
+  void rebind(ExchangeOwner& owner) { owner_ = &owner; }
+  // A spare's snapshot is let go at the worker's next sweep, so a reload's old policy is not held.
+  void forget_snapshot() { snap_.reset(); }
   // The client went away: counted as downstream_closed unless answered.
   void client_gone();
   // The connection of a tunnel or attempt in flight is dropped (the client's side closed).
@@ -210,7 +220,7 @@ class Exchange final : public UpstreamHandler, private Http1ResponseHandler, pri
   ClusterState& cluster_state() { return *snap_->clusters[st_.cluster_index]; }
 
   WorkerContext& worker_;
-  ExchangeOwner& owner_;
+  ExchangeOwner* owner_;
   SnapshotPtr snap_;
   size_t listener_index_ = 0;
 

@@ -102,7 +102,7 @@ void Exchange::h2_ready() { h2_open(); }
 void Exchange::h2_connect_failed(int status) {
   h2_let_go();
   follow(st_.upstream.after_connect_failure(attempt_scope(), status));
-  owner_.exchange_progress();
+  owner_->exchange_progress();
 }
 
 void Exchange::h2_not_spoken() {
@@ -111,7 +111,7 @@ void Exchange::h2_not_spoken() {
   h2_let_go();
   --st_.upstream.attempts;
   start_attempt();
-  owner_.exchange_progress();
+  owner_->exchange_progress();
 }
 
 void Exchange::h2_head(ResponseHead& head, bool end_stream) {
@@ -133,7 +133,7 @@ void Exchange::h2_head(ResponseHead& head, bool end_stream) {
       answer(502, "invalid_response", true);
     else
       st_.error = "invalid_response", break_off();
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   if (status >= 200) cluster_state().stats->upstream_codes.add(status);
@@ -141,11 +141,11 @@ void Exchange::h2_head(ResponseHead& head, bool end_stream) {
     if (++st_.interim_responses > kMaxInterimResponses) {
       release_upstream(false);
       answer(502, "invalid_response", true);
-      owner_.exchange_progress();
+      owner_->exchange_progress();
       return;
     }
-    owner_.exchange_head(head, true, false);
-    owner_.exchange_progress();
+    owner_->exchange_head(head, true, false);
+    owner_->exchange_progress();
     return;
   }
   // A trailers-only gRPC answer (the call failed before any message): its grpc-status may be
@@ -163,7 +163,7 @@ void Exchange::h2_head(ResponseHead& head, bool end_stream) {
   if (next.kind != NextStep::pass) {
     release_upstream(false);  // this answer is dropped: a retry, or pilotfish's own
     follow(next);
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   st_.status = status;
@@ -173,9 +173,9 @@ void Exchange::h2_head(ResponseHead& head, bool end_stream) {
   std::swap(resp_, head);  // kept for the end (its fields name the connection tokens)
   apply_response_rules(resp_);
   bool has_length = resp_.fields.find("content-length") != HeaderList::npos;
-  owner_.exchange_head(resp_, no_body, has_length);
-  owner_.exchange_timer(static_cast<uint64_t>(st_.cluster->timeout.count()));
-  owner_.exchange_progress();
+  owner_->exchange_head(resp_, no_body, has_length);
+  owner_->exchange_timer(static_cast<uint64_t>(st_.cluster->timeout.count()));
+  owner_->exchange_progress();
 }
 
 void Exchange::h2_data(std::string_view piece) {
@@ -185,15 +185,15 @@ void Exchange::h2_data(std::string_view piece) {
   }
   st_.last_progress_ms = uv_now(worker_.loop());
   st_.bytes_out += piece.size();
-  owner_.exchange_body(piece);
-  if (owner_.exchange_downstream_pending() > Stream::kHighWater) {
+  owner_->exchange_body(piece);
+  if (owner_->exchange_downstream_pending() > Stream::kHighWater) {
     // The client is behind: the stream's window stays shut until it catches up.
     wait_for_downstream();
     st_.unconsumed += piece.size();
   } else if (st_.mux) {
     st_.mux->consume(st_.stream, piece.size());
   }
-  owner_.exchange_progress();
+  owner_->exchange_progress();
 }
 
 void Exchange::h2_end(HeaderList& trailers) {
@@ -201,13 +201,13 @@ void Exchange::h2_end(HeaderList& trailers) {
   if (!st_.response_started) {
     // Only interim heads came, then the end: no final response.
     answer(502, "invalid_response", true);
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   std::swap(resp_.trailers, trailers);  // valid fields: the codec refuses others (a stream error)
   st_.response_complete = true;
-  owner_.exchange_end(resp_);
-  owner_.exchange_progress();
+  owner_->exchange_end(resp_);
+  owner_->exchange_progress();
 }
 
 void Exchange::h2_reset(uint32_t error_code, bool unprocessed) {
@@ -215,7 +215,7 @@ void Exchange::h2_reset(uint32_t error_code, bool unprocessed) {
   if (st_.response_started) {
     st_.error = "upstream_reset";
     break_off();
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   if (unprocessed && ++st_.refused <= kMaxRefusedResends && (!st_.has_body || st_.body_kept)) {
@@ -223,12 +223,12 @@ void Exchange::h2_reset(uint32_t error_code, bool unprocessed) {
     // on another connection, and not held against the endpoint.
     --st_.upstream.attempts;
     start_attempt();
-    owner_.exchange_progress();
+    owner_->exchange_progress();
     return;
   }
   (void)error_code;
   follow(st_.upstream.after_reset(attempt_scope(), false, st_.idempotent));
-  owner_.exchange_progress();
+  owner_->exchange_progress();
 }
 
 void Exchange::h2_gone() {
@@ -237,14 +237,14 @@ void Exchange::h2_gone() {
     st_.error = "upstream_reset", break_off();
   else
     answer(502, "upstream_reset", true);
-  owner_.exchange_progress();
+  owner_->exchange_progress();
 }
 
 void Exchange::h2_drained() {
   if (!st_.paused_for_upstream) return;
   if (upstream_pending() < Stream::kLowWater) {
     st_.paused_for_upstream = false;
-    owner_.exchange_request_flow(true);
+    owner_->exchange_request_flow(true);
   } else if (st_.mux && st_.stream >= 0) {
     st_.mux->wait_drained(st_.stream);
   }

@@ -172,9 +172,9 @@ void HttpSession::on_data(char* data, size_t length) {
     return;
   }
   if (detect_http2_ && !detect_http2(data, length)) return;
-  ex_.count_in(length);
+  ex().count_in(length);
   if (tunnel_) {
-    ex_.tunnel_send(data, length);
+    ex().tunnel_send(data, length);
     return;
   }
   if (leftover_off_ >= leftover_.size()) {
@@ -214,8 +214,8 @@ void HttpSession::parse_input(const char* data, size_t length) {
     }
     parser_paused_ = true;
   } else if (result.kind == Http1Decoder::Outcome::failed) {
-    if (!ex_.local_response()) {
-      if (ex_.target().path.empty()) ex_.set_raw_target(req_.target);
+    if (!ex().local_response()) {
+      if (ex().target().path.empty()) ex().set_raw_target(req_.target);
       log_debug(std::string("listener ") + listener_->name + ": bad request from " + client_address_ + ": " +
                 result.reason);
       if (result.too_large)
@@ -232,7 +232,7 @@ void HttpSession::after_downstream_io() {
   if (closing()) return;
   // Writes what is queued upstream (a failed write is reported by the connection's read side),
   // and stops reading the body when the upstream is behind.
-  if (h1_.in_request || tunnel_) ex_.flush_upstream();
+  if (h1_.in_request || tunnel_) ex().flush_upstream();
   if (flush() != 0) {
     close();
     return;
@@ -258,7 +258,7 @@ void HttpSession::on_read_end(int status) {
     return;
   }
   // The client went away (or reset). Nothing can be answered any more.
-  if (h1_.in_request) ex_.client_gone();
+  if (h1_.in_request) ex().client_gone();
   close();
 }
 
@@ -271,8 +271,10 @@ void HttpSession::on_write_done(int status) {
     h2_->on_write_done();
     return;
   }
-  ex_.set_last_progress(uv_now(worker_.loop()));
-  ex_.downstream_drained();
+  if (ex_) {
+    ex_->set_last_progress(uv_now(worker_.loop()));
+    ex_->downstream_drained();
+  }
   if (closing()) return;
   if (waiting_for_client_ && timer_kind_ == Timer::idle)
     arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));  // it reads: not idle
@@ -292,16 +294,16 @@ Step HttpSession::on_message_begin() {
   h1_.in_request = true;
   req_.fields.take_pooled();
   StringPool<PoolRole::target>::take(req_.target);
-  ex_.take_buffers();
+  if (ex_) ex_->take_buffers();  // one kept since the last request (no spare was free)
   take_output();
-  ex_.open(snap_, listener_index_);
+  ex().open(snap_, listener_index_);
   request_.set_head_limit(listener_->max_header_bytes);
   arm_timer(Timer::header, static_cast<uint64_t>(listener_->header_timeout.count()));
   return Step::go;
 }
 
 bool HttpSession::validate_request_head() {
-  ex_.set_raw_target(req_.target);
+  ex().set_raw_target(req_.target);
   if (request_.version_major() != 1 || request_.version_minor() > 1) {
     send_local_response(505, "version_not_supported", true);
     return false;
@@ -315,12 +317,12 @@ bool HttpSession::validate_request_head() {
     send_local_response(400, "invalid_host", true);
     return false;
   }
-  if (hosts == 1 && !ex_.set_authority(req_.fields.value(req_.fields.find("host")))) return false;
+  if (hosts == 1 && !ex().set_authority(req_.fields.value(req_.fields.find("host")))) return false;
   if (request_.method_is_connect()) {
     send_local_response(405, "connect_refused", true);
     return false;
   }
-  if (!ex_.set_target(req_.target, request_.method_is_options())) return false;
+  if (!ex().set_target(req_.target, request_.method_is_options())) return false;
   if (listener_->max_body_bytes && !request_.chunked() && request_.has_content_length() &&
       request_.content_length() > listener_->max_body_bytes) {
     send_local_response(413, "body_too_large", true);
@@ -345,17 +347,17 @@ Step HttpSession::on_request_head(RequestHead&) {
     // the other protocol's bytes, not as a next request.
     close_after_response_ = true;
   }
-  ex_.set_request_id(req_.fields);
+  ex().set_request_id(req_.fields);
   bool chunked = request_.chunked();
   bool has_body = chunked || (request_.has_content_length() && request_.content_length() > 0);
   ExchangeRequest request{request_.method_name(), request_.method_is_head(), request_.method_is_idempotent(),
                           websocket, has_body, chunked, req_.fields, client_address_, tls(), fixed_cluster_};
-  bool started = ex_.begin(request);
+  bool started = ex().begin(request);
   if (closing()) return Step::fail;
   // Answered: the rest of a body cannot be told from a next request.
   if (!started) return has_body || !h1_.keep_alive ? Step::fail : Step::go;
   // A fault's delay holds the request: its timer stays, and the body's starts when it is over.
-  if (ex_.delayed()) return Step::go;
+  if (ex().delayed()) return Step::go;
   if (has_body && listener_->body_timeout.count() > 0)
     arm_timer(Timer::body, static_cast<uint64_t>(listener_->body_timeout.count()));
   else
@@ -364,11 +366,11 @@ Step HttpSession::on_request_head(RequestHead&) {
 }
 
 Step HttpSession::on_body(std::string_view piece) {
-  return ex_.request_body(piece) ? Step::go : Step::fail;
+  return ex().request_body(piece) ? Step::go : Step::fail;
 }
 
 Step HttpSession::on_message_complete(RequestHead& head) {
-  if (!ex_.request_end(head.fields, head.trailers)) return Step::fail;
+  if (!ex().request_end(head.fields, head.trailers)) return Step::fail;
   if (request_.upgrade()) return Step::go;  // the decoder stops after an upgrade by itself
   return Step::pause;
 }
@@ -377,8 +379,8 @@ Step HttpSession::on_message_complete(RequestHead& head) {
 // Local responses, completion, timers
 
 void HttpSession::send_local_response(int status, const char* reason, bool close_connection) {
-  if (ex_.target().path.empty()) ex_.set_raw_target(req_.target);
-  ex_.answer(status, reason, close_connection);
+  if (ex().target().path.empty()) ex().set_raw_target(req_.target);
+  ex().answer(status, reason, close_connection);
 }
 
 void HttpSession::exchange_local_reply(int status, const char* error, std::string_view extra_headers,
@@ -387,11 +389,11 @@ void HttpSession::exchange_local_reply(int status, const char* error, std::strin
   if (request_unread || close_after_response_ || draining()) h1_.keep_alive = false;
   LocalReply reply{status, error, extra_headers, h1_.keep_alive, request_.version_minor() == 0,
                    request_.method_is_head()};
-  ex_.count_out(append_local_reply(out(), reply));
+  ex().count_out(append_local_reply(out(), reply));
   if (!h1_.keep_alive) {
     // Nothing more is read or parsed from this connection.
-    ex_.log();
-    ex_.drop_upstream();
+    ex().log();
+    ex().drop_upstream();
     h1_.in_request = false;
     stop_read();
     close_when_flushed();
@@ -423,12 +425,12 @@ void HttpSession::close_when_flushed(bool linger) {
 
 void HttpSession::maybe_finish_request() {
   if (closing() || tunnel_ || !h1_.in_request) return;
-  if (!ex_.response_complete()) return;
-  if (!ex_.request_complete()) {
+  if (!ex().response_complete()) return;
+  if (!ex().request_complete()) {
     // Answered before the request was all in (an early error, an upstream that did not wait):
     // the rest of the request cannot be told apart from the next one, so the connection ends.
-    ex_.log();
-    ex_.drop_upstream();
+    ex().log();
+    ex().drop_upstream();
     h1_.in_request = false;
     arm_timer(Timer::none, 0);
     stop_read();
@@ -439,7 +441,7 @@ void HttpSession::maybe_finish_request() {
 }
 
 void HttpSession::finish_request() {
-  ex_.log();
+  ex().log();
   bool keep = h1_.keep_alive && !close_after_response_ && !draining();
   // The client asked for the close and sent nothing after this request: it has no more bytes
   // to send, so no lingering read waits for its FIN (nginx decides the same way).
@@ -457,7 +459,7 @@ void HttpSession::finish_request() {
     // Idle: what grew for requests goes back to the worker's pools until the next one.
     req_.fields.give_pooled();
     StringPool<PoolRole::target>::give(req_.target);
-    ex_.release_buffers();
+    give_back_exchange();
     release_output_when_flushed();
   }
 }
@@ -504,7 +506,7 @@ void HttpSession::continue_pipeline() {
   }
   if (client_eof_) {
     // Nothing more will come: close once the last complete request is answered.
-    if (!h1_.in_request || !ex_.request_complete()) close_when_flushed();
+    if (!h1_.in_request || !ex().request_complete()) close_when_flushed();
     return;
   }
   if (!h1_.in_request) arm_timer(Timer::idle, static_cast<uint64_t>(listener_->idle_timeout.count()));
@@ -514,7 +516,7 @@ void HttpSession::continue_pipeline() {
 void HttpSession::reset_request() {
   h1_ = H1Request();
   req_.clear();
-  ex_.reset();
+  if (ex_) ex_->reset();
 }
 
 void HttpSession::arm_timer(Timer which, uint64_t ms) {
@@ -527,10 +529,45 @@ void HttpSession::arm_timer(Timer which, uint64_t ms) {
   set_deadline(ms);
 }
 
+namespace {
+// Enough for the requests of a busy worker's connections that go idle and come back; more
+// exchanges than this stay with their connections until the next sweep destroys them.
+constexpr size_t kSpareExchanges = 64;
+}  // namespace
+
+void HttpSession::adopt_exchange() {
+  auto& spares = worker_.spare_exchanges();
+  if (spares.empty()) {
+    ex_.reset(new Exchange(worker_, static_cast<ExchangeOwner&>(*this)));
+    return;
+  }
+  ex_.reset(static_cast<Exchange*>(spares.back().release()));
+  spares.pop_back();
+  ex_->rebind(*this);
+  ex_->take_buffers();
+}
+
+void HttpSession::give_back_exchange() {
+  // Called as a request ends, maybe from inside the exchange's own callback: it is kept alive
+  // (a spare, or still ours), never destroyed here.
+  if (!ex_) return;
+  ex_->detach();
+  auto& spares = worker_.spare_exchanges();
+  if (spares.size() < kSpareExchanges) spares.push_back(std::move(ex_));
+}
+
+void HttpSession::release_idle_memory() {
+  // The worker's once-a-second sweep, outside every exchange callback: an idle connection that
+  // still holds an exchange (the spares were full when it went idle) lets it go.
+  if (ex_ && !closing() && !h1_.in_request && !tunnel_ && !h2_ && leftover_.size() <= leftover_off_) ex_.reset();
+}
+
 void HttpSession::on_close() {
   if (h2_) h2_->on_close();
-  if (h1_.in_request) ex_.log();
-  ex_.drop_upstream();
+  if (ex_) {
+    if (h1_.in_request) ex_->log();
+    ex_->drop_upstream();
+  }
   conn_stats_->connections.add(-1);
   worker_.remove_downstream();
 }

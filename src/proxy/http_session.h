@@ -23,6 +23,7 @@ class HttpSession final : public Stream, private ExchangeOwner, private Http1Req
  public:
   HttpSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> slot);
   ~HttpSession() override;
+  void release_idle_memory() override;
   // A worker's connections reuse the memory of those that ended (capacity_pool.h).
   static void* operator new(size_t size) { return BlockPool<HttpSession>::take(size); }
   static void operator delete(void* p, size_t size) { BlockPool<HttpSession>::give(p, size); }
@@ -119,7 +120,18 @@ class HttpSession final : public Stream, private ExchangeOwner, private Http1Req
     bool zero_length = false;  // a body-less answer that must say content-length: 0
   };
   H1Request h1_;
-  Exchange ex_{worker_, *this};
+  // The request in flight's exchange: taken at a request's first byte from the worker's spares
+  // (or made), and given back when the connection goes idle, so that an idle keep-alive
+  // connection does not hold its 1.8 KiB.
+  std::unique_ptr<Exchange> ex_;
+  Exchange& ex() {
+    if (!ex_) adopt_exchange();
+    return *ex_;
+  }
+  void adopt_exchange();
+  // Between requests: the exchange goes back to the worker (its spares), if it keeps fewer
+  // than kSpareExchanges.
+  void give_back_exchange();
 
   // The connection.
   bool close_after_response_ = false;

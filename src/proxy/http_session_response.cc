@@ -70,7 +70,7 @@ void HttpSession::write_response_head(const ResponseHead& head) {
     if (h1_.zero_length) o += "content-length: 0\r\n"sv;
     // Answered before the request is all in: the rest of it cannot be told from a next request,
     // so the connection closes after this response (maybe_finish_request), and says so.
-    if (!ex_.request_complete()) h1_.keep_alive = false;
+    if (!ex().request_complete()) h1_.keep_alive = false;
     if (!h1_.keep_alive)
       o += "connection: close\r\n"sv;
     else if (request_.version_minor() == 0)
@@ -98,9 +98,9 @@ void HttpSession::exchange_upgraded(std::string_view rest) {
   h1_.in_request = false;
   if (!rest.empty()) append(rest);
   if (leftover_.size() > leftover_off_)
-    ex_.tunnel_send(leftover_.data() + leftover_off_, leftover_.size() - leftover_off_);
+    ex().tunnel_send(leftover_.data() + leftover_off_, leftover_.size() - leftover_off_);
   else
-    ex_.flush_upstream();
+    ex().flush_upstream();
   leftover_.clear();
   leftover_off_ = 0;
   if (flush() != 0) {
@@ -128,17 +128,17 @@ void HttpSession::on_timeout() {
       return;
     case Timer::header:
     case Timer::body:
-      if (!h1_.in_request || ex_.response_started()) return;
+      if (!h1_.in_request || ex().response_started()) return;
       // A client that trickles its head or body is cut off here, whatever it still sends.
       send_local_response(408, timer_kind_ == Timer::header ? "header_timeout" : "body_timeout", true);
       flush();
       return;
     case Timer::upstream: {
       if (!h1_.in_request) return;
-      bool was_delayed = ex_.delayed();
-      ex_.on_timer();
+      bool was_delayed = ex().delayed();
+      ex().on_timer();
       // The delay is over and the body is still coming: it has body_timeout from now.
-      if (was_delayed && !closing() && !ex_.delayed() && !ex_.request_complete() && !ex_.local_response() &&
+      if (was_delayed && !closing() && !ex().delayed() && !ex().request_complete() && !ex().local_response() &&
           listener_->body_timeout.count() > 0)
         arm_timer(Timer::body, static_cast<uint64_t>(listener_->body_timeout.count()));
       return;

@@ -89,6 +89,8 @@ class WorkerContext : public UpstreamHost {
   virtual void remove_downstream() = 0;
   // HTTP/2 streams that ended, kept with their buffers for the next ones (proxy/http2_downstream).
   std::vector<std::unique_ptr<Spare>>& spare_streams() { return spare_streams_; }
+  // HTTP/1.1 exchanges of connections gone idle, kept for the next requests (proxy/http_session).
+  std::vector<std::unique_ptr<Spare>>& spare_exchanges() { return spare_exchanges_; }
 
  protected:
   WorkerContext(uv_loop_t* loop, unsigned index) : UpstreamHost(loop), index_(index) {}
@@ -102,6 +104,7 @@ class WorkerContext : public UpstreamHost {
   AccessLogBuffer access_log_;
   TapHub* tap_ = nullptr;
   std::vector<std::unique_ptr<Spare>> spare_streams_;
+  std::vector<std::unique_ptr<Spare>> spare_exchanges_;
 };
 
 }  // namespace pilotfish

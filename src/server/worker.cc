@@ -223,6 +223,8 @@ void Worker::run() {
 void Worker::on_heartbeat(uv_timer_t* t) {
   auto* w = static_cast<Worker*>(t->data);
   w->heartbeat_ms_.store(uv_now(&w->loop_), std::memory_order_relaxed);
+  w->for_each_stream([](Stream* s) { s->release_idle_memory(); });
+  for (auto& spare : w->spare_exchanges()) static_cast<Exchange&>(*spare).forget_snapshot();
 }
 
 void Worker::on_connection(uv_stream_t* server, int status) {

@@ -54,7 +54,7 @@ def measure(name, proc, pids, port, n, tls=None):
     time.sleep(1.0)
     before = rss_kib(pids)
     held = hold(port, n, tls)
-    time.sleep(1.0)
+    time.sleep(2.5)  # pilotfish lets an idle connection's exchange go at its once-a-second sweep
     after = rss_kib(pids)
     alive = proc.poll() is None
     for s in held:
