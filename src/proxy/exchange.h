@@ -133,6 +133,8 @@ class Exchange final : public Spare, public UpstreamHandler, private Http1Respon
   // rebind() gives it to its next owner.
   void detach();
   void rebind(ExchangeOwner& owner) { owner_ = &owner; }
+  // reset() since open(): nothing of a request is left in it.
+  bool is_reset() const { return st_.started_ns == 0 && st_.bytes_in == 0 && st_.bytes_out == 0; }
   // A spare's snapshot is let go at the worker's next sweep, so a reload's old policy is not held.
   void forget_snapshot() { snap_.reset(); }
   // The client went away: counted as downstream_closed unless answered.

@@ -455,13 +455,24 @@ void HttpSession::finish_request() {
   request_.resume();
   parser_paused_ = false;
   continue_pipeline();
-  if (!closing() && !h1_.in_request && !h2_ && leftover_.size() <= leftover_off_) {
-    // Idle: what grew for requests goes back to the worker's pools until the next one.
-    req_.fields.give_pooled();
-    StringPool<PoolRole::target>::give(req_.target);
-    give_back_exchange();
-    release_output_when_flushed();
-  }
+  // Idle, it seems: what grew for requests goes back to the worker at the end of this loop turn
+  // (run_deferred), not from here. This may run inside the parser's or the exchange's own
+  // callback, whose code after it still uses what it holds, and bytes of a next request may
+  // still be in the parser's input.
+  if (!closing() && !h1_.in_request && !h2_) event_loop_.defer(*this);
+}
+
+bool HttpSession::idle() const {
+  return !closing() && !write_shut() && !h1_.in_request && !tunnel_ && !h2_ && !parser_paused_ &&
+         leftover_.size() <= leftover_off_;
+}
+
+void HttpSession::run_deferred() {
+  if (!idle()) return;
+  req_.fields.give_pooled();
+  StringPool<PoolRole::target>::give(req_.target);
+  give_back_exchange();
+  release_output_when_flushed();
 }
 
 void HttpSession::continue_pipeline() {
@@ -548,9 +559,9 @@ void HttpSession::adopt_exchange() {
 }
 
 void HttpSession::give_back_exchange() {
-  // Called as a request ends, maybe from inside the exchange's own callback: it is kept alive
-  // (a spare, or still ours), never destroyed here.
-  if (!ex_) return;
+  // Only an exchange reset after its request (a request refused with a close is not): a spare
+  // must be as a new one.
+  if (!ex_ || !ex_->is_reset()) return;
   ex_->detach();
   auto& spares = worker_.spare_exchanges();
   if (spares.size() < kSpareExchanges) spares.push_back(std::move(ex_));
@@ -559,10 +570,11 @@ void HttpSession::give_back_exchange() {
 void HttpSession::release_idle_memory() {
   // The worker's once-a-second sweep, outside every exchange callback: an idle connection that
   // still holds an exchange (the spares were full when it went idle) lets it go.
-  if (ex_ && !closing() && !h1_.in_request && !tunnel_ && !h2_ && leftover_.size() <= leftover_off_) ex_.reset();
+  if (ex_ && idle()) ex_.reset();
 }
 
 void HttpSession::on_close() {
+  event_loop_.cancel(*this);
   if (h2_) h2_->on_close();
   if (ex_) {
     if (h1_.in_request) ex_->log();

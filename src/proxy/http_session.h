@@ -19,11 +19,13 @@
 
 namespace pilotfish {
 
-class HttpSession final : public Stream, private ExchangeOwner, private Http1RequestHandler {
+class HttpSession final : public Stream, private ExchangeOwner, private Http1RequestHandler, private Deferred {
  public:
   HttpSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> slot);
   ~HttpSession() override;
   void release_idle_memory() override;
+  // Between requests, at the end of a loop turn: buffers and the exchange go back to the worker.
+  void run_deferred() override;
   // A worker's connections reuse the memory of those that ended (capacity_pool.h).
   static void* operator new(size_t size) { return BlockPool<HttpSession>::take(size); }
   static void operator delete(void* p, size_t size) { BlockPool<HttpSession>::give(p, size); }
@@ -132,6 +134,8 @@ class HttpSession final : public Stream, private ExchangeOwner, private Http1Req
   // Between requests: the exchange goes back to the worker (its spares), if it keeps fewer
   // than kSpareExchanges.
   void give_back_exchange();
+  // No request in flight, none waiting in the input, not a tunnel or HTTP/2.
+  bool idle() const;
 
   // The connection.
   bool close_after_response_ = false;
