@@ -5,7 +5,8 @@ connection adds to it, plain and mTLS, for pilotfish and HAProxy.
   python3 test/bench/idle.py [--bin build/pilotfish] [--connections 10000]
 
 Each proxy runs (one worker or thread) in front of an NGINX upstream. Its RSS is read once it is
-up (idle); then --connections clients connect, each sends one keep-alive request, reads the
+up (idle), with the part of it that is anonymous memory (most of an idle proxy's RSS is the code
+pages of the libraries it maps, libcrypto's first); then --connections clients connect, each sends one keep-alive request, reads the
 answer and stays connected, and the RSS is read again: (after - before) / connections is the
 memory an idle keep-alive connection costs. The mTLS rows do the same with a TLS 1.3 client
 presenting a SPIFFE certificate (the handshake, then the request). Kernel socket memory is not
@@ -50,9 +51,22 @@ def hold(port, n, tls=None):
     return held
 
 
+def anonymous_kib(pids):
+    """Memory the processes wrote themselves (heap, stacks, libraries' data), without the
+    libraries' code pages that RSS also counts (shared with every process that maps them)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Anonymous:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def measure(name, proc, pids, port, n, tls=None):
     time.sleep(1.0)
     before = rss_kib(pids)
+    anonymous = anonymous_kib(pids)
     held = hold(port, n, tls)
     time.sleep(2.5)  # pilotfish lets an idle connection's exchange go at its once-a-second sweep
     after = rss_kib(pids)
@@ -61,7 +75,7 @@ def measure(name, proc, pids, port, n, tls=None):
         s.close()
     if not alive:
         raise SystemExit("idle: %s exited while holding %d connections" % (name, n))
-    return before, after
+    return before, anonymous, after
 
 
 def main():
@@ -72,8 +86,11 @@ def main():
     n = args.connections
     # Room for n client sockets here and n accepted ones in each proxy (which inherit the limit).
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < n + 1024:
-        raise SystemExit("idle: the descriptor limit (%d) is too low for %d connections" % (hard, n))
+    # pilotfish takes client connections up to half of its descriptors (the rest are for its
+    # upstream connections): --connections needs a hard limit of a little over twice as many.
+    if hard != resource.RLIM_INFINITY and hard < 2 * n + 1024:
+        raise SystemExit("idle: the descriptor limit (%d) is too low for %d connections: pilotfish takes client "
+                         "connections up to half of it; pass --connections %d or less" % (hard, n, (hard - 1024) // 2))
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     sys.path.insert(0, os.path.join(ROOT, "test", "integration"))
@@ -124,16 +141,17 @@ clusters:
 """)
             p = start([args.bin, "run", "--config", policy])
             wait_port(port)
-            before, after = measure("pilotfish", p, [p.pid], port, n, tls if mtls else None)
-            rows.append(("pilotfish", "mTLS" if mtls else "plain", before, after))
+            rows.append(("pilotfish", "mTLS" if mtls else "plain") +
+                        measure("pilotfish", p, [p.pid], port, n, tls if mtls else None))
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=30)
 
-            # HAProxy, one thread, room for n connections.
+            # HAProxy, one thread, room for n connections (it wants two descriptors per maxconn).
             pem = write(os.path.join(tmp, "ha.pem"), open(server_cert).read() + open(server_key).read())
+            port = free_port()
             bind = f"127.0.0.1:{port}" + (f" ssl crt {pem} ca-file {pki.cert} verify required" if mtls else "")
             conf = write(os.path.join(tmp, "ha-%d.cfg" % mtls),
-                         HAPROXY_HEAD.replace("maxconn 4000", "maxconn %d" % (n + 1000)) + f"""  option http-keep-alive
+                         HAPROXY_HEAD.replace("maxconn 4000", "maxconn %d" % (n + 100)) + f"""  option http-keep-alive
 frontend fe
   bind {bind}
   default_backend be
@@ -142,8 +160,8 @@ backend be
 """)
             h = start(["haproxy", "-f", conf])
             wait_port(port)
-            before, after = measure("haproxy", h, [h.pid], port, n, tls if mtls else None)
-            rows.append(("haproxy", "mTLS" if mtls else "plain", before, after))
+            rows.append(("haproxy", "mTLS" if mtls else "plain") +
+                        measure("haproxy", h, [h.pid], port, n, tls if mtls else None))
             h.send_signal(signal.SIGTERM)
             h.wait(timeout=30)
 
@@ -151,10 +169,12 @@ backend be
         print(f"{time.strftime('%Y-%m-%d')}: RSS idle, and per idle keep-alive connection ({n} connections, "
               "each after one answered request; kernel socket memory not included)")
         print()
-        print("| proxy | client connections | RSS idle MiB | RSS holding them MiB | per connection KiB |")
-        print("|---|---|---|---|---|")
-        for proxy, kind, before, after in rows:
-            print(f"| {proxy} | {kind} | {before / 1024:.1f} | {after / 1024:.1f} | {(after - before) / n:.2f} |")
+        print("| proxy | client connections | RSS idle MiB | of which anonymous MiB | RSS holding them MiB | "
+              "per connection KiB |")
+        print("|---|---|---|---|---|---|")
+        for proxy, kind, before, anonymous, after in rows:
+            print(f"| {proxy} | {kind} | {before / 1024:.1f} | {anonymous / 1024:.1f} | {after / 1024:.1f} | "
+                  f"{(after - before) / n:.2f} |")
     finally:
         stop_all(procs, tmp)
 
