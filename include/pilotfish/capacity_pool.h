@@ -18,6 +18,16 @@
 #include <utility>
 #include <vector>
 
+// AddressSanitizer in this build: gcc says so with __SANITIZE_ADDRESS__, clang (the fuzz build)
+// only through __has_feature.
+#if defined(__SANITIZE_ADDRESS__)
+#define PILOTFISH_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PILOTFISH_ASAN 1
+#endif
+#endif
+
 namespace pilotfish {
 
 // Heap memory a buffer holds: a std::string's first 15 bytes are inside the object, not on the heap.
@@ -78,7 +88,7 @@ template <class T, size_t kKeep = 64>
 class BlockPool {
  public:
   static void* take(size_t size) {
-#ifndef __SANITIZE_ADDRESS__
+#ifndef PILOTFISH_ASAN
     std::vector<void*>& kept = blocks();
     if (size == sizeof(T) && !kept.empty()) {
       void* p = kept.back();
@@ -89,7 +99,7 @@ class BlockPool {
     return ::operator new(size);
   }
   static void give(void* p, size_t size) {
-#ifndef __SANITIZE_ADDRESS__
+#ifndef PILOTFISH_ASAN
     std::vector<void*>& kept = blocks();
     if (size == sizeof(T) && kept.size() < kKeep) {
       kept.push_back(p);

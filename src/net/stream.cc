@@ -1,5 +1,6 @@
 #include "net/stream.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -293,8 +294,18 @@ void Stream::maybe_finish_flush() {
 
 void Stream::do_shutdown() {
   if (no_linger_ && close_after_flush_) {
-    close();  // everything is with the kernel (pending_bytes() == 0): it sends it, then FIN
-    return;
+    // Everything is with the kernel (pending_bytes() == 0): a close sends it, then FIN. Unless
+    // input is waiting unread (a stray CRLF after a body, a request the client should not have
+    // sent): a close with unread input sends a reset, which can destroy the answer in the
+    // client's buffer. Then the lingering close reads it away first.
+    uv_os_fd_t fd;
+    int unread = 0;
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp_), &fd) == 0 && ::ioctl(fd, FIONREAD, &unread) == 0 &&
+        unread == 0) {
+      close();
+      return;
+    }
+    no_linger_ = false;
   }
   if (tls_ && tls_->established() && !tls_->close_notify_sent()) {
     // close_notify first, so the peer can tell our end from a truncation.

@@ -88,7 +88,9 @@ bool Exchange::set_target(std::string_view target, bool options) {
     answer(400, ambiguous ? "ambiguous_path" : "invalid_target", true);
     return false;
   }
-  st_.target = std::move(*normalized);
+  // Copied, not moved: the target's buffers keep the capacity earlier requests gave them.
+  st_.target.path.assign(normalized->path);
+  st_.target.query.assign(normalized->query);
   return true;
 }
 
@@ -587,6 +589,7 @@ void Exchange::detach() {
   // callback, whose code after it may still read the snapshot.
   if (to_upstream_.capacity() > 16 * 1024) std::string().swap(to_upstream_);
   release_buffers();
+  owner_ = nullptr;  // a spare calls no one until rebind()
 }
 
 void Exchange::recycle() {

@@ -562,9 +562,13 @@ void HttpSession::give_back_exchange() {
   // Only an exchange reset after its request (a request refused with a close is not): a spare
   // must be as a new one.
   if (!ex_ || !ex_->is_reset()) return;
-  ex_->detach();
   auto& spares = worker_.spare_exchanges();
-  if (spares.size() < kSpareExchanges) spares.push_back(std::move(ex_));
+  if (spares.size() >= kSpareExchanges) {
+    ex_->release_buffers();  // kept until the next request or the sweep; its buffers go now
+    return;
+  }
+  ex_->detach();
+  spares.push_back(std::move(ex_));
 }
 
 void HttpSession::release_idle_memory() {

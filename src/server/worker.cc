@@ -433,7 +433,9 @@ void Worker::close_everything() {
   stopping_ = true;
   stop_listening(/*keep_outbound=*/false);
   for_each_stream([](Stream* s) { s->close(); });
-  // The snapshot (and with it the pools) goes once the last connection has let go of it.
+  // The snapshot (and with it the pools) goes once the last connection has let go of it; spare
+  // exchanges hold it too.
+  spare_exchanges_.clear();
   snapshot_.reset();
   access_log_.close();
   close_deferred();
