@@ -6,13 +6,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define PILOTFISH_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PILOTFISH_ASAN 1
-#endif
-#endif
+#include "pilotfish/capacity_pool.h"  // PILOTFISH_ASAN
 
 #ifdef PILOTFISH_ASAN
 #include <sanitizer/asan_interface.h>
