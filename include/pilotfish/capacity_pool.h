@@ -63,7 +63,6 @@ class CapacityPool {
     kept.emplace_back();
     kept.back().swap(from);  // `from` is left empty, with the (empty) buffer it swapped with
   }
-  static size_t kept_count() { return items().size(); }
 
  private:
   static std::vector<Buffer>& items() {

@@ -30,11 +30,18 @@ HttpSession::HttpSession(WorkerContext& worker, std::shared_ptr<ListenerSlot> sl
   conn_stats_->connections.add(1);
   conn_stats_->connections_total.add();
   worker.add_downstream();
+}
+
+HttpSession::~HttpSession() { give_request_buffers(); }
+
+// The request head's buffers: borrowed from the worker's pools at a request's first byte,
+// given back when the connection goes idle or ends.
+void HttpSession::take_request_buffers() {
   req_.fields.take_pooled();
   StringPool<PoolRole::target>::take(req_.target);
 }
 
-HttpSession::~HttpSession() {
+void HttpSession::give_request_buffers() {
   req_.fields.give_pooled();
   StringPool<PoolRole::target>::give(req_.target);
 }
@@ -292,8 +299,7 @@ void HttpSession::on_write_done(int status) {
 Step HttpSession::on_message_begin() {
   refresh_snapshot();
   h1_.in_request = true;
-  req_.fields.take_pooled();
-  StringPool<PoolRole::target>::take(req_.target);
+  take_request_buffers();
   if (ex_) ex_->take_buffers();  // one kept since the last request (no spare was free)
   take_output();
   ex().open(snap_, listener_index_);
@@ -469,8 +475,7 @@ bool HttpSession::idle() const {
 
 void HttpSession::run_deferred() {
   if (!idle()) return;
-  req_.fields.give_pooled();
-  StringPool<PoolRole::target>::give(req_.target);
+  give_request_buffers();
   give_back_exchange();
   release_output_when_flushed();
 }

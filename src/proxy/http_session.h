@@ -131,6 +131,8 @@ class HttpSession final : public Stream, private ExchangeOwner, private Http1Req
     return *ex_;
   }
   void adopt_exchange();
+  void take_request_buffers();
+  void give_request_buffers();
   // Between requests: the exchange goes back to the worker (its spares), if it keeps fewer
   // than kSpareExchanges.
   void give_back_exchange();

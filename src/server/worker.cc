@@ -183,7 +183,7 @@ void Worker::open_listener(size_t index, const std::string& key, int fd) {
   h->tcp.data = h;
   // Set once here, Nagle's algorithm stays off for every connection accepted from this socket:
   // Linux copies TCP_NODELAY from the listening socket to each accepted one, which saves a
-  // setsockopt per connection (also for a socket handed over by the previous process).
+  // setsockopt per connection.
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   uv_tcp_open(&h->tcp, fd);
