@@ -18,9 +18,9 @@
 #include "pilotfish/policy_loader.h"
 #include "policy/policy_reader.h"
 #include "policy/yaml_openers.h"
+#include "text/sha256.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <yaml-cpp/depthguard.h>
@@ -184,20 +184,6 @@ namespace {
 // A policy is a few kilobytes; anything near this is not a policy (or is /dev/zero), and reading
 // it whole would only waste memory.
 constexpr size_t kMaxPolicyBytes = 16 * 1024 * 1024;
-
-std::string sha256_hex(std::string_view bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  if (EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr) != 1) return {};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(length * 2);
-  for (unsigned int i = 0; i < length; ++i) {
-    out += kHex[digest[i] >> 4];
-    out += kHex[digest[i] & 0xf];
-  }
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Documents

@@ -4,7 +4,7 @@
 // textContent, never as markup: names, paths and errors come from policy files and requests.
 #include "server/status_page.h"
 
-#include <openssl/evp.h>
+#include "text/sha256.h"
 
 namespace pilotfish {
 
@@ -203,12 +203,7 @@ std::string inline_hash(std::string_view page, std::string_view open, std::strin
   size_t end = page.find(close, start);
   if (start == std::string_view::npos || end == std::string_view::npos) return "'none'";
   start += open.size();
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  if (EVP_Digest(page.data() + start, end - start, digest, &length, EVP_sha256(), nullptr) != 1) return "'none'";
-  unsigned char b64[4 * ((EVP_MAX_MD_SIZE + 2) / 3) + 1];
-  int n = EVP_EncodeBlock(b64, digest, static_cast<int>(length));
-  return "'sha256-" + std::string(reinterpret_cast<char*>(b64), static_cast<size_t>(n)) + "'";
+  return "'sha256-" + sha256_base64(page.substr(start, end - start)) + "'";
 }
 
 }  // namespace
