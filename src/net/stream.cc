@@ -267,12 +267,16 @@ void Stream::close_after_flush() {
 void Stream::take_output() {
   release_output_ = false;
   StringPool<PoolRole::output>::take(out_);
+  if (tls_) StringPool<PoolRole::cipher>::take(cipher_);
 }
 
+// With TLS the ciphertext buffer goes back too: it grew to the handshake's flight (the
+// certificate chain), which an idle connection would otherwise hold.
 void Stream::maybe_release_output() {
-  if (release_output_ && out_.empty()) {
+  if (release_output_ && out_.empty() && cipher_.empty()) {
     release_output_ = false;
     StringPool<PoolRole::output>::give(out_);
+    if (tls_) StringPool<PoolRole::cipher>::give(cipher_);
   }
 }
 
