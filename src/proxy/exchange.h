@@ -147,6 +147,9 @@ class Exchange final : public Spare, public UpstreamHandler, private Http1Respon
   bool delayed() const { return st_.upstream.backoff_until_ms != 0 && st_.upstream.attempts == 0; }
   bool response_started() const { return st_.response_started; }
   bool response_complete() const { return st_.response_complete; }
+  // The attempt is a stream on an HTTP/2 connection: its response comes in pieces (head, data,
+  // end) from one read of that connection.
+  bool on_h2_stream() const { return st_.mux != nullptr; }
   bool request_complete() const { return st_.request_complete; }
   size_t upstream_pending() const;
   void flush_upstream();

@@ -235,6 +235,19 @@ void HttpSession::parse_input(const char* data, size_t length) {
   after_downstream_io();
 }
 
+void HttpSession::exchange_progress() {
+  // An HTTP/2 upstream hands over a response in pieces from one read of its connection (the
+  // HEADERS, then DATA, then the stream's end): they go to the client in one write at the end
+  // of this loop turn (run_deferred), not a write for each. The end itself goes at once.
+  if (h1_.in_request && !closing() && ex().on_h2_stream() && !ex().response_complete()) {
+    progress_deferred_ = true;
+    event_loop_.defer(*this);
+    return;
+  }
+  progress_deferred_ = false;
+  after_downstream_io();
+}
+
 void HttpSession::after_downstream_io() {
   if (closing()) return;
   // Writes what is queued upstream (a failed write is reported by the connection's read side),
@@ -474,6 +487,10 @@ bool HttpSession::idle() const {
 }
 
 void HttpSession::run_deferred() {
+  if (progress_deferred_) {
+    progress_deferred_ = false;
+    after_downstream_io();
+  }
   if (!idle()) return;
   give_request_buffers();
   give_back_exchange();

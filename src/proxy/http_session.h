@@ -68,7 +68,7 @@ class HttpSession final : public Stream, private ExchangeOwner, private Http1Req
   void exchange_request_flow(bool go) override;
   size_t exchange_downstream_pending() const override { return pending_bytes(); }
   void exchange_upgraded(std::string_view rest) override;
-  void exchange_progress() override { after_downstream_io(); }
+  void exchange_progress() override;
 
   enum class Timer { none, idle, handshake, header, body, upstream };
   static constexpr uint64_t kTunnelIdleMs = 3600 * 1000;
@@ -148,6 +148,7 @@ class HttpSession final : public Stream, private ExchangeOwner, private Http1Req
   bool pipeline_again_ = false;
   bool waiting_for_client_ = false;  // answers queued past the high-water mark
   bool client_eof_ = false;          // the client shut down its side
+  bool progress_deferred_ = false;   // an HTTP/2 upstream's piece of the answer waits for the turn's end
   bool tunnel_ = false;
   Timer timer_kind_ = Timer::none;
   bool detect_http2_ = false;   // no byte read yet, and the listener takes HTTP/2

@@ -111,6 +111,8 @@ class RawH2Server:
                REFUSED_STREAM as soon as their HEADERS arrive; the others are echoed
       cut      a path starting /cut: a 200 head (content-length 100000 when the query has cl=1),
                1000 body bytes, then RST_STREAM INTERNAL_ERROR; other paths are echoed
+      hold     a path starting /hold: a 200 head (content-length 2000) and 1000 body bytes, then
+               nothing until `release` is set (at most 20 s), then the other 1000 and the end
     `events`: dicts {conn, stream, method, path, body, action} with action answered, refused,
     ignored (goaway: above the last stream id), cut, reset_by_peer."""
 
@@ -123,6 +125,7 @@ class RawH2Server:
         self.conns = 0
         self.refusals_left = n if mode == "refuse" else 0
         self.stopping = threading.Event()
+        self.release = threading.Event()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
@@ -135,6 +138,7 @@ class RawH2Server:
 
     def close(self):
         self.stopping.set()
+        self.release.set()
         for t in list(self.threads):
             t.join(5)
         self.listener.close()
@@ -253,6 +257,14 @@ class RawH2Server:
                             conn.reset_stream(ev.stream_id, INTERNAL_ERROR)
                             self.record(conn=idx, stream=ev.stream_id, method=req["method"], path=req["path"],
                                         body=req["body"], action="cut")
+                        elif self.mode == "hold" and req["path"].startswith("/hold"):
+                            conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", "2000")])
+                            conn.send_data(ev.stream_id, b"a" * 1000)
+                            sock.sendall(conn.data_to_send())
+                            self.record(conn=idx, stream=ev.stream_id, method=req["method"], path=req["path"],
+                                        body=req["body"], action="held")
+                            self.release.wait(20)
+                            conn.send_data(ev.stream_id, b"b" * 1000, end_stream=True)
                         else:
                             self._answer(conn, idx, ev.stream_id, req)
                 if not going_away:
@@ -841,6 +853,27 @@ class RawUpstreamTest(unittest.TestCase):
         self.assertEqual(len(srv.of("refused", "/never")), 4, srv.events)  # the first and 3 resends
         self.assertEqual(srv.of("answered"), [])
         self.assertTrue(pf.alive())
+        pf.stop_and_check(self)
+
+    def test_response_pieces_go_out_before_the_stream_ends(self):
+        # pilotfish gathers what one read of the HTTP/2 connection brings for a stream (its
+        # HEADERS and DATA) into one write to the HTTP/1.1 client at the end of the loop turn:
+        # the head and the first bytes must still reach the client while the stream is open.
+        srv = RawH2Server(self, "hold")
+        pf = self.start(srv)
+        with h.Client(pf.port(), timeout=10) as c:
+            c.send(h.build_request("GET", "/hold"))
+            deadline = time.monotonic() + 10
+            while b"\r\n\r\n" not in c.buf or len(c.buf) - c.buf.find(b"\r\n\r\n") - 4 < 1000:
+                self.assertTrue(c._fill(deadline), "closed before the first piece: %r" % bytes(c.buf[:200]))
+            self.assertFalse(srv.release.is_set())
+            self.assertTrue(c.buf.startswith(b"HTTP/1.1 200 "), bytes(c.buf[:100]))
+            self.assertEqual(len(srv.of("held")), 1)
+            srv.release.set()
+            r = c.read_response(timeout=10)
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.body, b"a" * 1000 + b"b" * 1000)
+        self.assertEqual(srv.errors, [])
         pf.stop_and_check(self)
 
     def test_stream_reset_mid_response(self):
