@@ -1,6 +1,7 @@
 #include "pilotfish/header_rules.h"
 
 #include <array>
+#include <bit>
 #include <cctype>
 #include <cstdint>
 #include <cstring>
@@ -23,6 +24,7 @@ char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) :
 // Eight bytes at a time (issue 18: comparing and checking header fields was a tenth of a
 // request's instructions). Each test below says whether ANY byte of the word matches exactly;
 // which byte, it may not say, and no caller needs to know.
+static_assert(std::endian::native == std::endian::little, "load_short puts the first byte lowest");
 constexpr uint64_t kOnes = 0x0101010101010101ull;
 constexpr uint64_t kHighs = 0x8080808080808080ull;
 

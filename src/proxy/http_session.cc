@@ -420,6 +420,13 @@ void HttpSession::exchange_local_reply(int status, const char* error, std::strin
 }
 
 void HttpSession::exchange_broken() {
+  if (progress_deferred_) {
+    // What an HTTP/2 upstream sent before its stream broke (the head, part of the body) was
+    // held for the turn's end: it goes out first, so the client sees the answer cut short
+    // rather than no answer at all.
+    progress_deferred_ = false;
+    flush();
+  }
   if (tunnel_)
     close_when_flushed();
   else
@@ -490,6 +497,10 @@ void HttpSession::run_deferred() {
   if (progress_deferred_) {
     progress_deferred_ = false;
     after_downstream_io();
+    // The pieces held this turn may have counted against the client's high-water mark and
+    // paused the stream; written now (often whole, with no write callback to report it), they
+    // no longer do.
+    if (!closing() && ex_ && ex_->waiting_for_downstream()) ex_->downstream_drained();
   }
   if (!idle()) return;
   give_request_buffers();

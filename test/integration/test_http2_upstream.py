@@ -110,7 +110,8 @@ class RawH2Server:
       refuse   the first `n` streams of the server (all connections) get RST_STREAM
                REFUSED_STREAM as soon as their HEADERS arrive; the others are echoed
       cut      a path starting /cut: a 200 head (content-length 100000 when the query has cl=1),
-               1000 body bytes, then RST_STREAM INTERNAL_ERROR; other paths are echoed
+               1000 body bytes, then RST_STREAM INTERNAL_ERROR (50 ms later, or in the same write
+               with now=1 in the query); other paths are echoed
       hold     a path starting /hold: a 200 head (content-length 2000) and 1000 body bytes, then
                nothing until `release` is set (at most 20 s), then the other 1000 and the end
     `events`: dicts {conn, stream, method, path, body, action} with action answered, refused,
@@ -252,17 +253,18 @@ class RawH2Server:
                                 head.append(("content-length", "100000"))
                             conn.send_headers(ev.stream_id, head)
                             conn.send_data(ev.stream_id, b"x" * 1000)
-                            sock.sendall(conn.data_to_send())
-                            time.sleep(0.05)  # the head and the bytes go out before the reset
-                            conn.reset_stream(ev.stream_id, INTERNAL_ERROR)
+                            if "now=1" not in req["path"]:
+                                sock.sendall(conn.data_to_send())
+                                time.sleep(0.05)  # the head and the bytes go out before the reset
+                            conn.reset_stream(ev.stream_id, INTERNAL_ERROR)  # now=1: in the same write
                             self.record(conn=idx, stream=ev.stream_id, method=req["method"], path=req["path"],
                                         body=req["body"], action="cut")
                         elif self.mode == "hold" and req["path"].startswith("/hold"):
                             conn.send_headers(ev.stream_id, [(":status", "200"), ("content-length", "2000")])
                             conn.send_data(ev.stream_id, b"a" * 1000)
-                            sock.sendall(conn.data_to_send())
                             self.record(conn=idx, stream=ev.stream_id, method=req["method"], path=req["path"],
                                         body=req["body"], action="held")
+                            sock.sendall(conn.data_to_send())
                             self.release.wait(20)
                             conn.send_data(ev.stream_id, b"b" * 1000, end_stream=True)
                         else:
@@ -405,6 +407,19 @@ class PlainChainTest(unittest.TestCase):
             self.assertEqual((r.returncode, r.stdout), (0, b"2 200"), r.stderr)
             with open(out_path, "rb") as f:
                 self.assertEqual(f.read(), block, "download %d differs" % i)
+        self.assertEqual(downstream_total(self.b), 1)
+
+    def test_http1_client_large_download_over_the_h2_hop(self):
+        """An HTTP/1.1 client reads 8 MiB through A, whose hop to B is HTTP/2, three times: A
+        gathers a read's DATA frames into one write at the turn's end, and the stream's window
+        must keep opening again as the client reads, until the whole body is through."""
+        for i in range(3):
+            with h.Client(self.a.port(), timeout=30) as c:
+                c.send(h.build_request("GET", "/download?bytes=%d&i=%d" % (8 * MIB, i)))
+                r = c.read_response(timeout=30)
+            self.assertEqual(r.status, 200)
+            self.assertEqual(len(r.body), 8 * MIB)
+            self.assertEqual(r.body[:MIB], up.pattern_block()[:MIB])
         self.assertEqual(downstream_total(self.b), 1)
 
     def test_one_connection_for_sequential_and_concurrent_requests(self):
@@ -880,7 +895,7 @@ class RawUpstreamTest(unittest.TestCase):
         srv = RawH2Server(self, "cut")
         pf = self.start(srv)
         self.assertEqual(h.request(pf.port(), "GET", "/before").status, 200)
-        for path in ("/cut?cl=1", "/cut"):
+        for path in ("/cut?cl=1", "/cut", "/cut?cl=1&now=1"):
             with self.subTest(path=path):
                 with h.Client(pf.port(), timeout=10) as c:
                     c.send(h.build_request("GET", path))
@@ -891,13 +906,14 @@ class RawUpstreamTest(unittest.TestCase):
                         self.assertIn("of 100000 body bytes", str(caught.exception))
                 r = h.request(pf.port(), "GET", "/after%s" % path)
                 self.assertEqual(r.status, 200, r)
-        self.assertEqual(len(srv.of("cut")), 2)
-        self.assertEqual([e["path"] for e in srv.of("answered")], ["/before", "/after/cut?cl=1", "/after/cut"])
+        self.assertEqual(len(srv.of("cut")), 3)
+        self.assertEqual([e["path"] for e in srv.of("answered")],
+                         ["/before", "/after/cut?cl=1", "/after/cut", "/after/cut?cl=1&now=1"])
         self.assertEqual(srv.conns, 1, "a stream reset should not cost the shared connection")
-        lines = h.wait_for(lambda: len(access_lines(self.log_path)) >= 5 and access_lines(self.log_path), 5,
-                           what="5 access-log lines")
+        lines = h.wait_for(lambda: len(access_lines(self.log_path)) >= 7 and access_lines(self.log_path), 5,
+                           what="7 access-log lines")
         cut = [l for l in lines if l["path"].startswith("/cut")]
-        self.assertEqual([l["error"] for l in cut], ["upstream_reset", "upstream_reset"], cut)
+        self.assertEqual([l["error"] for l in cut], ["upstream_reset"] * 3, cut)
         self.assertEqual(srv.errors, [])
         pf.stop_and_check(self)
 
