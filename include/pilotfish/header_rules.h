@@ -25,10 +25,9 @@ std::string host_for_routing(std::string_view host);
 // pilotfish sets is removed from requests in either spelling.
 bool same_field_name_folded(std::string_view a, std::string_view b);
 
-// The lower-cased tokens of every Connection header, comma-separated in one string (",a,b,")
-// so that membership is a substring search of ",name,".
+// The lower-cased tokens of every Connection header, comma-separated in one string (",a,b,"):
+// is_hop_by_hop reads them.
 std::string connection_tokens(const HeaderList& headers);
-bool has_token(const std::string& tokens, std::string_view lower_name);
 
 // Hop-by-hop headers (RFC 9110 7.6.1) plus those the Connection header names: never forwarded.
 // Content-Length and Host cannot be named away: they frame and route the message.

@@ -195,17 +195,6 @@ std::string connection_tokens(const HeaderList& headers) {
   return tokens;
 }
 
-bool has_token(const std::string& tokens, std::string_view lower_name) {
-  if (tokens.empty()) return false;
-  size_t pos = 0;
-  while ((pos = tokens.find(lower_name, pos)) != std::string::npos) {
-    if (tokens[pos - 1] == ',' && pos + lower_name.size() < tokens.size() && tokens[pos + lower_name.size()] == ',')
-      return true;
-    pos += 1;
-  }
-  return false;
-}
-
 bool is_hop_by_hop(std::string_view name, const std::string& tokens) {
   // By length first: this runs for every field of both heads of every request.
   switch (name.size()) {

@@ -19,13 +19,16 @@ Sha256Digest sha256(std::string_view bytes) {
 }
 
 std::string sha256_hex(std::string_view bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
   Sha256Digest digest = sha256(bytes);
-  std::string out;
-  out.reserve(digest.size() * 2);
-  for (unsigned char c : digest) {
-    out += kHex[c >> 4];
-    out += kHex[c & 0xf];
+  return digest_hex(digest.data(), digest.size());
+}
+
+std::string digest_hex(const unsigned char* bytes, size_t length) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(length * 2, '\0');
+  for (size_t i = 0; i < length; ++i) {
+    out[2 * i] = kHex[bytes[i] >> 4];
+    out[2 * i + 1] = kHex[bytes[i] & 0xf];
   }
   return out;
 }

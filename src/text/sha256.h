@@ -2,6 +2,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -15,6 +16,8 @@ using Sha256Digest = std::array<unsigned char, 32>;
 Sha256Digest sha256(std::string_view bytes);
 
 std::string sha256_hex(std::string_view bytes);     // 64 lowercase hex digits
+// A digest's bytes (this one's, or another from OpenSSL) as lowercase hex.
+std::string digest_hex(const unsigned char* bytes, size_t length);
 std::string sha256_base64(std::string_view bytes);  // standard base64, padded (44 characters)
 
 }  // namespace pilotfish

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string_view>
 
+#include "text/sha256.h"
 #include "tls/identity_files.h"
 
 namespace pilotfish {
@@ -418,14 +419,7 @@ bool TlsState::finish_handshake() {
   }
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int md_length = 0;
-  if (X509_digest(peer, EVP_sha256(), md, &md_length) == 1) {
-    static const char kHex[] = "0123456789abcdef";
-    peer_hash_.resize(md_length * 2);
-    for (unsigned i = 0; i < md_length; ++i) {
-      peer_hash_[2 * i] = kHex[md[i] >> 4];
-      peer_hash_[2 * i + 1] = kHex[md[i] & 15];
-    }
-  }
+  if (X509_digest(peer, EVP_sha256(), md, &md_length) == 1) peer_hash_ = digest_hex(md, md_length);
   return true;
 }
 
